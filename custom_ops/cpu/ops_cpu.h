@@ -1,0 +1,14 @@
+// CPU kernels of MatMulCompress, Conv2dCompress and CompressOp (fp32 and fp16), for
+// CPUExecutionProvider.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "common/ort_api.h"
+
+namespace onnxsparse::cpu {
+
+// Appends one OrtCustomOp per (op, dtype) variant; RegisterCustomOps adds them to the domain.
+void AppendCpuOps(std::vector<std::unique_ptr<OrtCustomOp>>& ops);
+
+}  // namespace onnxsparse::cpu

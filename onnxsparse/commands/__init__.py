@@ -1,0 +1,1 @@
+"""One module per CLI command; ``onnxsparse.cli`` discovers them."""
