@@ -15,15 +15,17 @@ namespace {
 
 constexpr const char* kDomain = "onnxsparse";
 
-// Ops and domains must outlive every session that uses them; they live as long as the process.
+// Ops and domains must outlive every session that uses them, so they live as long as the process
+// and are never destroyed: the lite ops are derived objects without a virtual destructor, and ONNX
+// Runtime may still hold the domains while static destructors run at exit.
 std::vector<std::unique_ptr<OrtCustomOp>>& AllOps() {
-  static std::vector<std::unique_ptr<OrtCustomOp>> ops;
-  return ops;
+  static auto* ops = new std::vector<std::unique_ptr<OrtCustomOp>>();
+  return *ops;
 }
 
 std::vector<Ort::CustomOpDomain>& AllDomains() {
-  static std::vector<Ort::CustomOpDomain> domains;
-  return domains;
+  static auto* domains = new std::vector<Ort::CustomOpDomain>();
+  return *domains;
 }
 
 std::mutex& RegistryMutex() {

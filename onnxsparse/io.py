@@ -10,6 +10,7 @@ into place, so a failure leaves no partial output and never touches the input.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -100,15 +101,36 @@ def _expected_bytes(tensor: onnx.TensorProto) -> int | None:
     count = 1
     for dim in tensor.dims:
         count *= dim
-    if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+    # Sub-byte types are packed; numpy's stand-ins for them take a whole byte per element.
+    if tensor.data_type in _PACKED_4BIT:
         return (count + 1) // 2
+    if tensor.data_type in _PACKED_2BIT:
+        return (count + 3) // 4
+    if tensor.data_type in _PACKED_OTHER:
+        return None
     return count * itemsize
+
+
+def _tensor_types(*names: str) -> frozenset[int]:
+    """The TensorProto types of these names that this onnx version knows."""
+    return frozenset(getattr(onnx.TensorProto, name) for name in names if hasattr(onnx.TensorProto, name))
+
+
+_PACKED_4BIT = _tensor_types("INT4", "UINT4", "FLOAT4E2M1")
+_PACKED_2BIT = _tensor_types("INT2", "UINT2")
+_PACKED_OTHER = _tensor_types("FLOAT6E2M3", "FLOAT6E3M2")
 
 
 def uses_external_data(path: str | os.PathLike) -> bool:
     """Whether the model file at ``path`` keeps tensors in external data files."""
+    return bool(_external_locations(load_model(path, load_external_data=False)))
+
+
+def external_data_files(path: str | os.PathLike) -> list[Path]:
+    """The external data files the model at ``path`` refers to, resolved (empty when none)."""
     model = onnx.load(str(path), load_external_data=False)
-    return bool(_external_locations(model))
+    base = Path(path).parent
+    return [(base / location).resolve() for location in sorted(set(_external_locations(model)))]
 
 
 def check_output_path(out: str | os.PathLike, inputs: list[str | os.PathLike] = ()) -> Path:
@@ -157,6 +179,8 @@ def save_model(model: onnx.ModelProto, out: str | os.PathLike, external_data: bo
                 onnx.load_external_data_for_model(model, staging)
                 staged_data = Path(staging) / data_name
                 if staged_data.exists():
+                    # onnx creates the data file owner-only (0600); give it the model file's mode.
+                    shutil.copymode(staged_model, staged_data)
                     os.replace(staged_data, folder / data_name)
                     written.append(folder / data_name)
             else:

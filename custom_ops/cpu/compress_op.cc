@@ -1,0 +1,150 @@
+#include "cpu/compress_op.h"
+
+#include <vector>
+
+#include "common/attributes.h"
+#include "common/float_convert.h"
+#include "common/sparse_format.h"
+#include "common/status.h"
+#include "cpu/compressed_weight.h"
+
+namespace onnxsparse::cpu {
+
+namespace {
+
+// Where element kk of row r of the [rows, K] view lies in the weight's own layout.
+struct RowKView {
+  WeightLayout layout;
+  int64_t rows = 0, k = 0;
+  int64_t n = 0;                           // kn: N
+  int64_t channels = 0, kh = 0, kw = 0;    // oihw: C/group, KH, KW
+
+  int64_t Offset(int64_t r, int64_t kk) const {
+    switch (layout) {
+      case WeightLayout::kKN: return kk * n + r;
+      case WeightLayout::kNK: return r * k + kk;
+      case WeightLayout::kOIHW: {
+        // kk runs over (kh, kw, c); the weight is [OC, C, KH, KW].
+        const int64_t c = kk % channels;
+        const int64_t tap = kk / channels;  // kh * KW + kw
+        return (r * channels + c) * kh * kw + tap;
+      }
+    }
+    return 0;
+  }
+};
+
+}  // namespace
+
+template <typename T>
+CompressOpKernel<T>::CompressOpKernel(const OrtApi* /*api*/, const OrtKernelInfo* info) noexcept {
+  try {
+    std::string layout;
+    switch (ReadAttr(info, "layout", layout)) {
+      case AttrResult::kAbsent: init_error_ = "attribute 'layout' is required (\"kn\", \"nk\" or \"oihw\")"; return;
+      case AttrResult::kWrongType: init_error_ = "attribute 'layout' must be a string"; return;
+      case AttrResult::kFound: break;
+    }
+    if (layout == "kn") {
+      layout_ = WeightLayout::kKN;
+    } else if (layout == "nk") {
+      layout_ = WeightLayout::kNK;
+    } else if (layout == "oihw") {
+      layout_ = WeightLayout::kOIHW;
+    } else {
+      init_error_ = "attribute 'layout' must be \"kn\", \"nk\" or \"oihw\", got \"" + layout + "\"";
+    }
+  } catch (const std::exception& e) {
+    init_error_ = e.what();
+  } catch (...) {
+    init_error_ = "unknown error while reading attributes";
+  }
+}
+
+template <typename T>
+Ort::Status CompressOpKernel<T>::Compute(const Ort::Custom::Tensor<T>& weight, Ort::Custom::Tensor<T>& values,
+                                         Ort::Custom::Tensor<uint8_t>& index) {
+  return GuardCompute(kOpName, [&]() -> Ort::Status {
+    if (!init_error_.empty()) return InvalidArgument(kOpName, init_error_);
+    return ComputeImpl(weight, values, index);
+  });
+}
+
+template <typename T>
+Ort::Status CompressOpKernel<T>::ComputeImpl(const Ort::Custom::Tensor<T>& weight, Ort::Custom::Tensor<T>& values,
+                                             Ort::Custom::Tensor<uint8_t>& index) {
+  const std::vector<int64_t>& shape = weight.Shape();
+  RowKView view{layout_};
+  if (layout_ == WeightLayout::kOIHW) {
+    if (shape.size() != 4) {
+      return InvalidArgument(kOpName, "an \"oihw\" weight must have rank 4, got shape " + ShapeString(shape));
+    }
+    view.rows = shape[0];
+    view.channels = shape[1];
+    view.kh = shape[2];
+    view.kw = shape[3];
+    view.k = shape[1] * shape[2] * shape[3];
+  } else {
+    if (shape.size() != 2) {
+      return InvalidArgument(kOpName, "a \"kn\" or \"nk\" weight must have rank 2, got shape " + ShapeString(shape));
+    }
+    const bool kn = layout_ == WeightLayout::kKN;
+    view.rows = kn ? shape[1] : shape[0];
+    view.k = kn ? shape[0] : shape[1];
+    view.n = shape[1];
+  }
+  if (view.k % 4 != 0) return InvalidArgument(kOpName, StrCat("K=", view.k, " is not a multiple of 4"));
+
+  const int64_t groups = view.k / 4;
+  const int64_t values_per_row = ValuesPerRow(view.k);
+  const int64_t index_per_row = IndexBytesPerRow(view.k);
+  T* values_out = values.Allocate({view.rows, values_per_row});
+  uint8_t* index_out = index.Allocate({view.rows, index_per_row});
+  const T* w = weight.Data();
+  const T zero = FromFloat<T>(0.0f);  // +0: an empty slot stores zero, whatever the sign of the input's zeros
+  int64_t bad_groups = 0;
+
+  for (int64_t r = 0; r < view.rows; ++r) {
+    T* row_values = values_out + r * values_per_row;
+    uint8_t* row_index = index_out + r * index_per_row;
+    for (int64_t b = 0; b < index_per_row; ++b) row_index[b] = 0;  // also the spare nibble
+    for (int64_t g = 0; g < groups; ++g) {
+      T e[4];
+      bool nz[4];
+      int count = 0;
+      for (int j = 0; j < 4; ++j) {
+        e[j] = w[view.Offset(r, 4 * g + j)];
+        nz[j] = ToFloat(e[j]) != 0.0f;  // -0.0 counts as zero; NaN as non-zero
+        count += nz[j];
+      }
+      if (count > 2) ++bad_groups;
+      // index0: the first non-zero among elements 0..2.
+      int first = 0;
+      bool has_first = false;
+      for (int j = 0; j < 3 && !has_first; ++j) {
+        if (nz[j]) first = j, has_first = true;
+      }
+      // index1: the last non-zero among elements 1..3 that index0 did not take.
+      int second = 0;
+      bool has_second = false;
+      for (int j = 3; j >= 1 && !has_second; --j) {
+        if (nz[j] && !(has_first && j == first)) second = j - 1, has_second = true;
+      }
+      row_values[2 * g] = has_first ? e[first] : zero;
+      row_values[2 * g + 1] = has_second ? e[second + 1] : zero;
+      const uint8_t nibble = static_cast<uint8_t>(first | (second << 2));
+      row_index[g >> 1] |= static_cast<uint8_t>((g & 1) ? nibble << 4 : nibble);
+    }
+  }
+  if (bad_groups > 0) {
+    return InvalidArgument(kOpName, StrCat("the weight is not 2:4 sparse: ", bad_groups, " of ", view.rows * groups,
+                                           " groups have more than 2 non-zeros"));
+  }
+  return Ort::Status{nullptr};
+}
+
+template struct CompressOpKernel<float>;
+template struct CompressOpKernel<Ort::Float16_t>;
+template struct CompressOpKernel<Ort::BFloat16_t>;
+
+}  // namespace onnxsparse::cpu

@@ -1,0 +1,54 @@
+// Conv2dCompress (CPU): ONNX Conv on NCHW whose weight [OC, C/group, KH, KW] comes in SPEC's
+// compressed form (values [OC, K/2], index [OC, ceil(K/8)], K = KH*KW*C/group in (kh, kw, c)
+// order). Computed as one SparseGemm per (image, group): im2col of a tile of output pixels into
+// the panel, in the weight's (kh, kw, c) order, times the group's compressed rows.
+#pragma once
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/ort_api.h"
+
+namespace onnxsparse::cpu {
+
+enum class AutoPad { kNotSet, kSameUpper, kSameLower, kValid };
+
+// Conv's attributes, read once when the kernel is created.
+struct ConvAttributes {
+  std::vector<int64_t> kernel_shape;             // [KH, KW], required
+  std::vector<int64_t> strides{1, 1};
+  std::vector<int64_t> pads{0, 0, 0, 0};         // h_begin, w_begin, h_end, w_end
+  std::vector<int64_t> dilations{1, 1};
+  int64_t group = 1;
+  AutoPad auto_pad = AutoPad::kNotSet;
+};
+
+// The geometry of one call, once X's shape is known (auto_pad resolved).
+struct ConvGeometry {
+  int64_t batch, channels, height, width;         // X
+  int64_t out_channels, out_height, out_width;    // Y
+  int64_t pad_top, pad_left;
+  int64_t channels_per_group, out_channels_per_group;
+};
+
+template <typename T>
+struct Conv2dCompressKernel {
+  static constexpr size_t kFirstOptionalInput = 3;  // inputs from here on are optional
+  static constexpr const char* kOpName = "Conv2dCompress";
+
+  Conv2dCompressKernel(const OrtApi* api, const OrtKernelInfo* info) noexcept;
+
+  Ort::Status Compute(OrtKernelContext* context, const Ort::Custom::Tensor<T>& x,
+                      const Ort::Custom::Tensor<T>& values, const Ort::Custom::Tensor<uint8_t>& index,
+                      std::optional<const Ort::Custom::Tensor<T>*> bias, Ort::Custom::Tensor<T>& y);
+
+ private:
+  Ort::Status ComputeImpl(OrtKernelContext* context, const Ort::Custom::Tensor<T>& x,
+                          const Ort::Custom::Tensor<T>& values, const Ort::Custom::Tensor<uint8_t>& index,
+                          const Ort::Custom::Tensor<T>* bias, Ort::Custom::Tensor<T>& y);
+
+  ConvAttributes attrs_;
+  std::string init_error_;  // set by the constructor, returned by every Compute
+};
+
+}  // namespace onnxsparse::cpu

@@ -1,0 +1,33 @@
+// MatMulCompress (CPU): Y = alpha * (A @ W) + bias, W the dense [K, N] matrix that SPEC's
+// compressed pair (values [N, K/2], index [N, ceil(K/8)]) encodes. A is [..., K] (rank 1 to 4,
+// MatMul semantics) or, with transA=1, [K, M]. See DEVELOPERS.md "The ops".
+#pragma once
+#include <optional>
+#include <string>
+
+#include "common/ort_api.h"
+
+namespace onnxsparse::cpu {
+
+template <typename T>
+struct MatMulCompressKernel {
+  static constexpr size_t kFirstOptionalInput = 3;  // inputs from here on are optional
+  static constexpr const char* kOpName = "MatMulCompress";
+
+  MatMulCompressKernel(const OrtApi* api, const OrtKernelInfo* info) noexcept;
+
+  Ort::Status Compute(OrtKernelContext* context, const Ort::Custom::Tensor<T>& a,
+                      const Ort::Custom::Tensor<T>& values, const Ort::Custom::Tensor<uint8_t>& index,
+                      std::optional<const Ort::Custom::Tensor<T>*> bias, Ort::Custom::Tensor<T>& y);
+
+ private:
+  Ort::Status ComputeImpl(OrtKernelContext* context, const Ort::Custom::Tensor<T>& a,
+                          const Ort::Custom::Tensor<T>& values, const Ort::Custom::Tensor<uint8_t>& index,
+                          const Ort::Custom::Tensor<T>* bias, Ort::Custom::Tensor<T>& y);
+
+  float alpha_ = 1.0f;
+  bool trans_a_ = false;
+  std::string init_error_;  // set by the constructor, returned by every Compute
+};
+
+}  // namespace onnxsparse::cpu

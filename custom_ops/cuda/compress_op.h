@@ -1,0 +1,22 @@
+// CompressOp on CUDA: a dense 2:4 weight in its ONNX layout -> SPEC's (values, index).
+// Attribute layout: "kn", "nk" or "oihw" (see DEVELOPERS.md).
+#pragma once
+#include <string>
+
+#include "common/ort_api.h"
+#include "cuda/cuda_utils.h"
+
+namespace onnxsparse::cuda {
+
+template <typename OrtT>
+struct CompressOpCuda {
+  CompressOpCuda(const OrtApi* api, const OrtKernelInfo* info);
+  Ort::Status Compute(OrtKernelContext* context, const Ort::Custom::Tensor<OrtT>& weight,
+                      Ort::Custom::Tensor<OrtT>& values, Ort::Custom::Tensor<uint8_t>& index);
+
+ private:
+  std::string layout_;
+  DeviceBuffer bad_groups_;  // device counter of non-2:4 groups
+};
+
+}  // namespace onnxsparse::cuda

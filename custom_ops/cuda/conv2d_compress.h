@@ -1,0 +1,28 @@
+// Conv2dCompress on CUDA: ONNX Conv (NCHW) with SPEC's compressed weight, as
+// NCHW -> NHWC transpose, im2col in (kh, kw, c) order, the sparse GEMM per group into NHWC, and an
+// NHWC -> NCHW transpose with the bias fused. Attributes as ONNX Conv (see DEVELOPERS.md).
+#pragma once
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/ort_api.h"
+#include "cuda/sparse_gemm_runner.h"
+
+namespace onnxsparse::cuda {
+
+template <typename OrtT>
+struct Conv2dCompressCuda {
+  Conv2dCompressCuda(const OrtApi* api, const OrtKernelInfo* info);
+  Ort::Status Compute(OrtKernelContext* context, const Ort::Custom::Tensor<OrtT>& x,
+                      const Ort::Custom::Tensor<OrtT>& values, const Ort::Custom::Tensor<uint8_t>& index,
+                      std::optional<const Ort::Custom::Tensor<OrtT>*> bias, Ort::Custom::Tensor<OrtT>& y);
+
+ private:
+  std::vector<int64_t> kernel_shape_, strides_, pads_, dilations_;
+  int64_t group_ = 1;
+  std::string auto_pad_;
+  SparseGemmRunner runner_;
+};
+
+}  // namespace onnxsparse::cuda

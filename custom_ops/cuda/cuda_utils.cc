@@ -1,0 +1,105 @@
+#include "cuda/cuda_utils.h"
+
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+namespace onnxsparse::cuda {
+
+namespace {
+
+struct StreamPool {
+  std::unique_ptr<DeviceBuffer> current;
+  std::vector<std::unique_ptr<DeviceBuffer>> retired;  // kept alive for graphs captured earlier
+};
+
+}  // namespace
+
+void* StreamScratch(cudaStream_t stream, size_t bytes, cudaError_t* err) {
+  static std::mutex mutex;
+  static auto* pools = new std::map<cudaStream_t, StreamPool>();  // lives as long as the process
+  std::lock_guard<std::mutex> lock(mutex);
+  *err = cudaSuccess;
+  StreamPool& pool = (*pools)[stream];
+  if (pool.current && pool.current->bytes() >= bytes) return pool.current->get();
+  // Grow geometrically so that a sequence of larger shapes allocates few times.
+  size_t want = AlignUp(bytes, size_t{1} << 20);
+  if (pool.current) {
+    want = std::max(want, pool.current->bytes() + pool.current->bytes() / 2);
+    pool.retired.push_back(std::move(pool.current));
+  }
+  auto buffer = std::make_unique<DeviceBuffer>();
+  *err = buffer->Allocate(want);
+  if (*err != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky-free allocation error
+    return nullptr;
+  }
+  pool.current = std::move(buffer);
+  return pool.current->get();
+}
+
+int64_t AttributeInt(const OrtKernelInfo* info, const char* name, int64_t fallback) {
+  int64_t value = 0;
+  OrtStatus* status = Ort::GetApi().KernelInfoGetAttribute_int64(info, name, &value);
+  if (status != nullptr) {
+    Ort::GetApi().ReleaseStatus(status);
+    return fallback;
+  }
+  return value;
+}
+
+float AttributeFloat(const OrtKernelInfo* info, const char* name, float fallback) {
+  float value = 0;
+  OrtStatus* status = Ort::GetApi().KernelInfoGetAttribute_float(info, name, &value);
+  if (status != nullptr) {
+    Ort::GetApi().ReleaseStatus(status);
+    return fallback;
+  }
+  return value;
+}
+
+std::string AttributeString(const OrtKernelInfo* info, const char* name, const std::string& fallback) {
+  size_t size = 0;
+  OrtStatus* status = Ort::GetApi().KernelInfoGetAttribute_string(info, name, nullptr, &size);
+  if (status != nullptr) {
+    Ort::GetApi().ReleaseStatus(status);
+    return fallback;
+  }
+  std::string out(size, '\0');
+  status = Ort::GetApi().KernelInfoGetAttribute_string(info, name, out.data(), &size);
+  if (status != nullptr) {
+    Ort::GetApi().ReleaseStatus(status);
+    return fallback;
+  }
+  if (!out.empty() && out.back() == '\0') out.pop_back();
+  return out;
+}
+
+std::vector<int64_t> AttributeInts(const OrtKernelInfo* info, const char* name, std::vector<int64_t> fallback) {
+  size_t size = 0;
+  OrtStatus* status = Ort::GetApi().KernelInfoGetAttributeArray_int64(info, name, nullptr, &size);
+  if (status != nullptr) {
+    Ort::GetApi().ReleaseStatus(status);
+    return fallback;
+  }
+  std::vector<int64_t> out(size);
+  if (size == 0) return out;
+  status = Ort::GetApi().KernelInfoGetAttributeArray_int64(info, name, out.data(), &size);
+  if (status != nullptr) {
+    Ort::GetApi().ReleaseStatus(status);
+    return fallback;
+  }
+  return out;
+}
+
+int64_t EnvInt(const char* name, int64_t fallback) {
+  const char* text = std::getenv(name);
+  if (text == nullptr || *text == '\0') return fallback;
+  char* end = nullptr;
+  long long value = std::strtoll(text, &end, 10);
+  return (end != nullptr && *end == '\0') ? static_cast<int64_t>(value) : fallback;
+}
+
+}  // namespace onnxsparse::cuda

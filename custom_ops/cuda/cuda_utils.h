@@ -1,0 +1,95 @@
+// Host-side helpers shared by the CUDA kernels: cudaError_t -> Ort::Status with the op's name,
+// ORT's compute stream, owned device buffers, a per-stream scratch pool, and the mapping from
+// ONNX Runtime's element types to CUDA's.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "common/ort_api.h"
+#include "common/status.h"
+
+namespace onnxsparse::cuda {
+
+// Ort::Float16_t -> __half, Ort::BFloat16_t -> __nv_bfloat16, float -> float.
+template <typename OrtT>
+struct DeviceTypeOf {
+  using type = OrtT;
+};
+template <>
+struct DeviceTypeOf<Ort::Float16_t> {
+  using type = __half;
+};
+template <>
+struct DeviceTypeOf<Ort::BFloat16_t> {
+  using type = __nv_bfloat16;
+};
+template <typename OrtT>
+using DeviceType = typename DeviceTypeOf<OrtT>::type;
+
+inline Ort::Status CudaStatus(const char* op, cudaError_t err, const char* what) {
+  if (err == cudaSuccess) return Ort::Status{nullptr};
+  return RuntimeError(op, StrCat(what, ": CUDA error ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ")"));
+}
+
+#define ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, expr) ONNXSPARSE_RETURN_IF_ERROR(::onnxsparse::cuda::CudaStatus(op, (expr), #expr))
+
+// ONNX Runtime's compute stream for this kernel call (the CUDA EP's stream, or a user stream).
+inline cudaStream_t ComputeStream(OrtKernelContext* context) {
+  return reinterpret_cast<cudaStream_t>(Ort::KernelContext(context).GetGPUComputeStream());
+}
+
+// One cudaMalloc'ed buffer, freed with the kernel that owns it.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { Reset(); }
+  cudaError_t Allocate(size_t bytes) {
+    Reset();
+    if (bytes == 0) return cudaSuccess;
+    cudaError_t err = cudaMalloc(&ptr_, bytes);
+    if (err == cudaSuccess) bytes_ = bytes;
+    else ptr_ = nullptr;
+    return err;
+  }
+  // Grows (never shrinks); returns cudaSuccess without allocating when big enough already.
+  cudaError_t Reserve(size_t bytes) { return bytes <= bytes_ ? cudaSuccess : Allocate(bytes); }
+  void Reset() {
+    if (ptr_ != nullptr) cudaFree(ptr_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+  }
+  void* get() const { return ptr_; }
+  template <typename T>
+  T* as() const { return static_cast<T*>(ptr_); }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Scratch memory for one stream, shared by every kernel that runs on it (kernels on one stream run
+// one after another, so they can share). It grows at first calls for larger shapes and keeps the
+// buffers it outgrew, so a CUDA graph captured earlier never points at freed memory. Thread-safe.
+// Returns nullptr and sets *err when the allocation fails.
+void* StreamScratch(cudaStream_t stream, size_t bytes, cudaError_t* err);
+
+inline size_t AlignUp(size_t bytes, size_t alignment = 256) { return (bytes + alignment - 1) / alignment * alignment; }
+
+// Reads an attribute, returning `fallback` when the node does not have it.
+int64_t AttributeInt(const OrtKernelInfo* info, const char* name, int64_t fallback);
+float AttributeFloat(const OrtKernelInfo* info, const char* name, float fallback);
+std::string AttributeString(const OrtKernelInfo* info, const char* name, const std::string& fallback);
+std::vector<int64_t> AttributeInts(const OrtKernelInfo* info, const char* name, std::vector<int64_t> fallback);
+
+// An environment variable as an integer (fallback when unset or not a number).
+int64_t EnvInt(const char* name, int64_t fallback);
+
+}  // namespace onnxsparse::cuda

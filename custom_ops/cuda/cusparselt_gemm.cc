@@ -1,0 +1,343 @@
+#include "cuda/cusparselt_gemm.h"
+
+#include <dlfcn.h>
+#include <link.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "cuda/sparse_gemm_impl.cuh"
+
+#ifdef ONNXSPARSE_WITH_CUSPARSELT
+#include <cusparseLt.h>
+#endif
+
+namespace onnxsparse::cuda {
+
+#ifndef ONNXSPARSE_WITH_CUSPARSELT
+
+bool CusparseLtAvailable(std::string* why) {
+  *why = "this onnxsparse library was built without the cuSPARSELt header (see cmake/Cuda.cmake)";
+  return false;
+}
+int CusparseLtVersion() { return 0; }
+struct SparseLtWeight::Impl {};
+struct SparseLtWeight::Plan {};
+SparseLtWeight::SparseLtWeight() = default;
+SparseLtWeight::~SparseLtWeight() = default;
+Ort::Status SparseLtWeight::Build(const char* op, ElementType, const void*, const uint8_t*, int64_t, int64_t,
+                                  const void*, cudaStream_t) {
+  std::string why;
+  CusparseLtAvailable(&why);
+  return RuntimeError(op, why);
+}
+Ort::Status SparseLtWeight::Run(const char*, const void*, int64_t, void*, int64_t, float, cudaStream_t, bool* used) {
+  *used = false;
+  return Ort::Status{nullptr};
+}
+
+#else  // ONNXSPARSE_WITH_CUSPARSELT
+
+namespace {
+
+// The entry points this library calls, resolved with dlsym.
+struct Api {
+  int version = 0;
+  decltype(&cusparseLtInit) Init = nullptr;
+  decltype(&cusparseLtGetErrorString) GetErrorString = nullptr;
+  decltype(&cusparseLtGetVersion) GetVersion = nullptr;
+  decltype(&cusparseLtDenseDescriptorInit) DenseDescriptorInit = nullptr;
+  decltype(&cusparseLtStructuredDescriptorInit) StructuredDescriptorInit = nullptr;
+  decltype(&cusparseLtMatDescriptorDestroy) MatDescriptorDestroy = nullptr;
+  decltype(&cusparseLtMatmulDescriptorInit) MatmulDescriptorInit = nullptr;
+  decltype(&cusparseLtMatmulDescSetAttribute) MatmulDescSetAttribute = nullptr;
+  decltype(&cusparseLtMatmulAlgSelectionInit) MatmulAlgSelectionInit = nullptr;
+  decltype(&cusparseLtMatmulAlgSelectionDestroy) MatmulAlgSelectionDestroy = nullptr;
+  decltype(&cusparseLtMatmulPlanInit) MatmulPlanInit = nullptr;
+  decltype(&cusparseLtMatmulPlanDestroy) MatmulPlanDestroy = nullptr;
+  decltype(&cusparseLtMatmulGetWorkspace) MatmulGetWorkspace = nullptr;
+  decltype(&cusparseLtMatmulSearch) MatmulSearch = nullptr;
+  decltype(&cusparseLtMatmul) Matmul = nullptr;
+  decltype(&cusparseLtSpMMACompressedSize2) CompressedSize2 = nullptr;
+  decltype(&cusparseLtSpMMACompress2) Compress2 = nullptr;
+};
+
+// Candidate paths of the NVIDIA wheel layout next to any already-loaded NVIDIA library
+// (onnxruntime.preload_dlls() and torch load cuBLAS/cuDNN from site-packages/nvidia/...).
+int CollectNvidiaDirs(struct dl_phdr_info* info, size_t, void* data) {
+  auto* dirs = static_cast<std::vector<std::string>*>(data);
+  if (info->dlpi_name == nullptr) return 0;
+  std::string path(info->dlpi_name);
+  const size_t at = path.rfind("/nvidia/");
+  if (at != std::string::npos) {
+    const std::string root = path.substr(0, at + 8);
+    for (const char* sub : {"cusparselt/lib/libcusparseLt.so.0", "cu13/lib/libcusparseLt.so.0"}) {
+      dirs->push_back(root + sub);
+    }
+  }
+  return 0;
+}
+
+void* OpenLibrary(std::string* tried) {
+  std::vector<std::string> candidates;
+  if (const char* env = std::getenv("ONNXSPARSE_CUSPARSELT_LIBRARY"); env != nullptr && *env) candidates.push_back(env);
+  candidates.push_back("libcusparseLt.so.0");
+  dl_iterate_phdr(CollectNvidiaDirs, &candidates);
+  for (const std::string& path : candidates) {
+    if (void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL)) return handle;
+    *tried += (tried->empty() ? "" : ", ") + path;
+  }
+  return nullptr;
+}
+
+struct Loaded {
+  Api api;
+  std::string error;  // empty when loaded
+  std::mutex mutex;
+  std::map<int, std::unique_ptr<cusparseLtHandle_t>> handles;  // one per device
+};
+
+Loaded& Library() {
+  static Loaded* loaded = [] {
+    auto* l = new Loaded();  // lives as long as the process, like the dlopen'ed library
+    std::string tried;
+    void* lib = OpenLibrary(&tried);
+    if (lib == nullptr) {
+      l->error = "cuSPARSELt (libcusparseLt.so.0) could not be loaded (tried " + tried +
+                 "); install nvidia-cusparselt-cu13 or set ONNXSPARSE_CUSPARSELT_LIBRARY";
+      return l;
+    }
+    bool ok = true;
+    auto sym = [&](auto& fn, const char* name) {
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, name));
+      if (fn == nullptr) {
+        ok = false;
+        l->error += std::string(l->error.empty() ? "cuSPARSELt lacks " : ", ") + name;
+      }
+    };
+    Api& a = l->api;
+    sym(a.Init, "cusparseLtInit");
+    sym(a.GetErrorString, "cusparseLtGetErrorString");
+    sym(a.GetVersion, "cusparseLtGetVersion");
+    sym(a.DenseDescriptorInit, "cusparseLtDenseDescriptorInit");
+    sym(a.StructuredDescriptorInit, "cusparseLtStructuredDescriptorInit");
+    sym(a.MatDescriptorDestroy, "cusparseLtMatDescriptorDestroy");
+    sym(a.MatmulDescriptorInit, "cusparseLtMatmulDescriptorInit");
+    sym(a.MatmulDescSetAttribute, "cusparseLtMatmulDescSetAttribute");
+    sym(a.MatmulAlgSelectionInit, "cusparseLtMatmulAlgSelectionInit");
+    sym(a.MatmulAlgSelectionDestroy, "cusparseLtMatmulAlgSelectionDestroy");
+    sym(a.MatmulPlanInit, "cusparseLtMatmulPlanInit");
+    sym(a.MatmulPlanDestroy, "cusparseLtMatmulPlanDestroy");
+    sym(a.MatmulGetWorkspace, "cusparseLtMatmulGetWorkspace");
+    sym(a.MatmulSearch, "cusparseLtMatmulSearch");
+    sym(a.Matmul, "cusparseLtMatmul");
+    sym(a.CompressedSize2, "cusparseLtSpMMACompressedSize2");
+    sym(a.Compress2, "cusparseLtSpMMACompress2");
+    if (!ok) l->error += " (library too old?)";
+    return l;
+  }();
+  return *loaded;
+}
+
+std::string LtError(cusparseStatus_t status) {
+  const Api& a = Library().api;
+  return std::string("cuSPARSELt error ") + std::to_string(static_cast<int>(status)) +
+         (a.GetErrorString ? std::string(" (") + a.GetErrorString(status) + ")" : std::string());
+}
+
+#define LT_RETURN_IF_ERROR(op, expr)                                                  \
+  do {                                                                                \
+    cusparseStatus_t _st = (expr);                                                    \
+    if (_st != CUSPARSE_STATUS_SUCCESS) return RuntimeError(op, #expr ": " + LtError(_st)); \
+  } while (0)
+
+// The process's cuSPARSELt handle for the current device (created on first use).
+Ort::Status DeviceHandle(const char* op, const cusparseLtHandle_t** out) {
+  Loaded& lib = Library();
+  if (!lib.error.empty()) return RuntimeError(op, lib.error);
+  int device = 0;
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(lib.mutex);
+  auto& slot = lib.handles[device];
+  if (!slot) {
+    auto handle = std::make_unique<cusparseLtHandle_t>();
+    LT_RETURN_IF_ERROR(op, lib.api.Init(handle.get()));
+    if (lib.api.version == 0) lib.api.GetVersion(handle.get(), &lib.api.version);
+    slot = std::move(handle);
+  }
+  *out = slot.get();
+  return Ort::Status{nullptr};
+}
+
+cudaDataType DataType(ElementType type) { return type == ElementType::kFloat16 ? CUDA_R_16F : CUDA_R_16BF; }
+
+}  // namespace
+
+bool CusparseLtAvailable(std::string* why) {
+  Loaded& lib = Library();
+  *why = lib.error;
+  return lib.error.empty();
+}
+
+int CusparseLtVersion() {
+  Loaded& lib = Library();
+  if (!lib.error.empty()) return 0;
+  if (lib.api.version == 0) {
+    const cusparseLtHandle_t* h = nullptr;
+    Ort::Status ignored = DeviceHandle("cuSPARSELt", &h);
+    (void)ignored;
+  }
+  return lib.api.version;
+}
+
+// Column-major view: D[n, m] = op(A)[n, k] * B[k, m], with A the structured weight stored as the
+// column-major [k, n] matrix (SPEC's row-major [n, k] decoded) and opA = transpose; B = X^T
+// (row-major X[m, k] is column-major [k, m]); D = Y^T (row-major Y[m, ldy]).
+struct SparseLtWeight::Impl {
+  const cusparseLtHandle_t* handle = nullptr;
+  cusparseLtMatDescriptor_t mat_a;
+  bool has_mat_a = false;
+};
+
+struct SparseLtWeight::Plan {
+  cusparseLtMatDescriptor_t mat_b, mat_c;
+  cusparseLtMatmulDescriptor_t matmul;
+  cusparseLtMatmulAlgSelection_t alg;
+  cusparseLtMatmulPlan_t plan;
+  bool supported = false;
+  bool initialised = false;
+};
+
+SparseLtWeight::SparseLtWeight() : impl_(std::make_unique<Impl>()) {}
+
+SparseLtWeight::~SparseLtWeight() {
+  Loaded& lib = Library();
+  if (!lib.error.empty()) return;
+  for (auto& entry : plans_) {
+    Plan& p = *entry.second;
+    if (!p.initialised) continue;
+    lib.api.MatmulPlanDestroy(&p.plan);
+    lib.api.MatmulAlgSelectionDestroy(&p.alg);
+    lib.api.MatDescriptorDestroy(&p.mat_b);
+    lib.api.MatDescriptorDestroy(&p.mat_c);
+  }
+  if (impl_->has_mat_a) lib.api.MatDescriptorDestroy(&impl_->mat_a);
+}
+
+Ort::Status SparseLtWeight::Build(const char* op, ElementType type, const void* values, const uint8_t* index,
+                                  int64_t n, int64_t k, const void* bias, cudaStream_t stream) {
+  ready_ = false;
+  ONNXSPARSE_RETURN_IF_ERROR(DeviceHandle(op, &impl_->handle));
+  const Api& a = Library().api;
+  type_ = type;
+  n_ = n;
+  k_ = k;
+  bias_ = bias;
+  LT_RETURN_IF_ERROR(op, a.StructuredDescriptorInit(impl_->handle, &impl_->mat_a, k, n, k, 16, DataType(type),
+                                                    CUSPARSE_ORDER_COL, CUSPARSELT_SPARSITY_50_PERCENT));
+  impl_->has_mat_a = true;
+  size_t compressed_bytes = 0, buffer_bytes = 0;
+  LT_RETURN_IF_ERROR(op, a.CompressedSize2(impl_->handle, &impl_->mat_a, &compressed_bytes, &buffer_bytes));
+  DeviceBuffer dense, buffer;
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, dense.Allocate(static_cast<size_t>(n * k * 2)));
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, buffer.Allocate(buffer_bytes));
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, compressed_.Allocate(compressed_bytes));
+  if (type == ElementType::kFloat16) {
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchDecompress<__half>(static_cast<const __half*>(values), index, n, k,
+                                                                 dense.as<__half>(), stream));
+  } else {
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(
+        op, LaunchDecompress<__nv_bfloat16>(static_cast<const __nv_bfloat16*>(values), index, n, k,
+                                            dense.as<__nv_bfloat16>(), stream));
+  }
+  LT_RETURN_IF_ERROR(op, a.Compress2(impl_->handle, &impl_->mat_a, 1, CUSPARSE_OPERATION_TRANSPOSE, dense.get(),
+                                     compressed_.get(), buffer.get(), stream));
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaStreamSynchronize(stream));  // before the temporaries go
+  ready_ = true;
+  return Ort::Status{nullptr};
+}
+
+Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, const void* x, void* y, float alpha,
+                                    cudaStream_t stream, Plan** out) {
+  auto key = std::make_pair(m, ldy);
+  auto it = plans_.find(key);
+  if (it != plans_.end()) {
+    *out = it->second.get();
+    return Ort::Status{nullptr};
+  }
+  auto owned = std::make_unique<Plan>();
+  Plan& p = *owned;
+  plans_[key] = std::move(owned);
+  *out = &p;
+  const Api& a = Library().api;
+  const cusparseLtHandle_t* h = impl_->handle;
+  const cudaDataType dt = DataType(type_);
+  // A shape cuSPARSELt rejects is remembered as unsupported (the own kernel runs it).
+  if (a.DenseDescriptorInit(h, &p.mat_b, k_, m, k_, 16, dt, CUSPARSE_ORDER_COL) != CUSPARSE_STATUS_SUCCESS) {
+    return Ort::Status{nullptr};
+  }
+  if (a.DenseDescriptorInit(h, &p.mat_c, n_, m, ldy, 16, dt, CUSPARSE_ORDER_COL) != CUSPARSE_STATUS_SUCCESS) {
+    a.MatDescriptorDestroy(&p.mat_b);
+    return Ort::Status{nullptr};
+  }
+  if (a.MatmulDescriptorInit(h, &p.matmul, CUSPARSE_OPERATION_TRANSPOSE, CUSPARSE_OPERATION_NON_TRANSPOSE,
+                             &impl_->mat_a, &p.mat_b, &p.mat_c, &p.mat_c, CUSPARSE_COMPUTE_32F) !=
+      CUSPARSE_STATUS_SUCCESS) {
+    a.MatDescriptorDestroy(&p.mat_b);
+    a.MatDescriptorDestroy(&p.mat_c);
+    return Ort::Status{nullptr};
+  }
+  if (bias_ != nullptr) {
+    const void* bias = bias_;
+    LT_RETURN_IF_ERROR(op, a.MatmulDescSetAttribute(h, &p.matmul, CUSPARSELT_MATMUL_BIAS_POINTER, &bias, sizeof(bias)));
+  }
+  LT_RETURN_IF_ERROR(op, a.MatmulAlgSelectionInit(h, &p.alg, &p.matmul, CUSPARSELT_MATMUL_ALG_DEFAULT));
+  LT_RETURN_IF_ERROR(op, a.MatmulPlanInit(h, &p.plan, &p.matmul, &p.alg));
+  p.initialised = true;
+  size_t workspace_bytes = 0;
+  LT_RETURN_IF_ERROR(op, a.MatmulGetWorkspace(h, &p.plan, &workspace_bytes));
+  if (workspace_bytes > workspace_.bytes()) {
+    // Only at the first call of a new M; wait for work that may still use the old workspace.
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaStreamSynchronize(stream));
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, workspace_.Allocate(workspace_bytes));
+  }
+  if (EnvInt("ONNXSPARSE_CUSPARSELT_SEARCH", 1) != 0) {
+    const float beta = 0.f;
+    cudaStream_t streams[1] = {stream};
+    LT_RETURN_IF_ERROR(op, a.MatmulSearch(h, &p.plan, &alpha, compressed_.get(), x, &beta, y, y, workspace_.get(),
+                                          streams, 1));
+    // The search may pick an algorithm that needs a larger workspace.
+    LT_RETURN_IF_ERROR(op, a.MatmulGetWorkspace(h, &p.plan, &workspace_bytes));
+    if (workspace_bytes > workspace_.bytes()) {
+      ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaStreamSynchronize(stream));
+      ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, workspace_.Allocate(workspace_bytes));
+    }
+  }
+  p.supported = true;
+  return Ort::Status{nullptr};
+}
+
+Ort::Status SparseLtWeight::Run(const char* op, const void* x, int64_t m, void* y, int64_t ldy, float alpha,
+                                cudaStream_t stream, bool* used) {
+  *used = false;
+  if (!ready_ || m <= 0 || m % kMAlign != 0) return Ort::Status{nullptr};
+  // The descriptors promise 16-byte alignment (8 elements) of every column.
+  if (reinterpret_cast<uintptr_t>(x) % 16 != 0 || reinterpret_cast<uintptr_t>(y) % 16 != 0 || ldy % 8 != 0) {
+    return Ort::Status{nullptr};
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  Plan* plan = nullptr;
+  ONNXSPARSE_RETURN_IF_ERROR(GetPlan(op, m, ldy, x, y, alpha, stream, &plan));
+  if (!plan->supported) return Ort::Status{nullptr};
+  const float beta = 0.f;
+  cudaStream_t streams[1] = {stream};
+  LT_RETURN_IF_ERROR(op, Library().api.Matmul(impl_->handle, &plan->plan, &alpha, compressed_.get(), x, &beta, y, y,
+                                              workspace_.get(), streams, 1));
+  *used = true;
+  return Ort::Status{nullptr};
+}
+
+#endif  // ONNXSPARSE_WITH_CUSPARSELT
+
+}  // namespace onnxsparse::cuda

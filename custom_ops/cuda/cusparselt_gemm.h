@@ -1,0 +1,67 @@
+// cuSPARSELt, loaded at run time (dlopen of libcusparseLt.so.0), for the large-M sparse GEMMs.
+// A SparseLtWeight holds one weight in cuSPARSELt's compressed form (built once, from SPEC's form)
+// and a plan per M (algorithm searched once, on the first call of that M), with its workspace.
+// Every call after the first for an M launches on the given stream with no allocation and no host
+// synchronisation, so CUDA graphs can capture it.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "common/ort_api.h"
+#include "cuda/cuda_utils.h"
+
+namespace onnxsparse::cuda {
+
+enum class ElementType { kFloat16, kBFloat16 };
+
+// Whether cuSPARSELt could be loaded; when not, *why says so (built without it, library missing).
+bool CusparseLtAvailable(std::string* why);
+// The loaded library's version (major*1000 + minor*100 + patch), 0 when not loaded.
+int CusparseLtVersion();
+
+class SparseLtWeight {
+ public:
+  SparseLtWeight();
+  ~SparseLtWeight();
+  SparseLtWeight(const SparseLtWeight&) = delete;
+  SparseLtWeight& operator=(const SparseLtWeight&) = delete;
+
+  // Builds the compressed weight from SPEC's (values [n, k/2], index [n, ceil(k/8)]) on the device.
+  // bias (device, [n], may be null) is fused into the GEMM; it must outlive this object.
+  // Synchronises `stream` (done once, at kernel creation or first call).
+  Ort::Status Build(const char* op, ElementType type, const void* values, const uint8_t* index, int64_t n, int64_t k,
+                    const void* bias, cudaStream_t stream);
+  bool ready() const { return ready_; }
+
+  // Y[m, n] (row stride ldy) = alpha * X[m, k] @ W (+ bias). Returns false in *used (and OK) when
+  // cuSPARSELt does not take this shape (the caller then runs its own kernel).
+  Ort::Status Run(const char* op, const void* x, int64_t m, void* y, int64_t ldy, float alpha, cudaStream_t stream,
+                  bool* used);
+
+  // cuSPARSELt needs M a multiple of this; the caller runs the remainder rows itself.
+  static constexpr int64_t kMAlign = 16;
+
+ private:
+  struct Plan;
+  Ort::Status GetPlan(const char* op, int64_t m, int64_t ldy, const void* x, void* y, float alpha,
+                      cudaStream_t stream, Plan** plan);
+
+  bool ready_ = false;
+  ElementType type_ = ElementType::kFloat16;
+  int64_t n_ = 0;
+  int64_t k_ = 0;
+  const void* bias_ = nullptr;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Plan>> plans_;  // by (m, ldy)
+  DeviceBuffer compressed_;
+  DeviceBuffer workspace_;
+  std::mutex mutex_;
+};
+
+}  // namespace onnxsparse::cuda

@@ -1,0 +1,385 @@
+// Sparse GEMM kernels reading SPEC's compressed 2:4 form (values + 2-bit indexes) directly.
+//
+// fp16/bf16 (SparseGemmMmaKernel): memory-bound for small M, so the weight is read once in its
+// compressed form (9/16 of the dense bytes) with 16-byte loads, decoded in registers into the A
+// fragments of mma.sync.m16n8k16 (weight rows = the MMA's M, activations = its N), accumulated in
+// fp32. The MMA sums over K in any order as long as A and B agree, so each thread's four K slots of
+// a fragment (2t, 2t+1, 2t+8, 2t+9) are mapped to one whole group of 4 consecutive K: a thread
+// decodes whole groups, and its 8 groups of a 128-K chunk are contiguous in memory (values: 32
+// bytes, index: 4 bytes), the activations too (64 bytes). Warps of a block split K; they are summed
+// in shared memory and alpha and bias are applied in fp32 before the one rounding.
+// float (SparseGemmF32Kernel): FMA, a warp per weight row.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "cuda/device_common.cuh"
+#include "cuda/sparse_gemm_impl.cuh"
+#include "cuda/static_switch.h"
+
+namespace onnxsparse::cuda {
+namespace {
+
+constexpr int kGemmWarps = 8;
+
+template <typename T>
+struct Mma;
+template <>
+struct Mma<__half> {
+  static __device__ __forceinline__ void Run(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                             uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+};
+template <>
+struct Mma<__nv_bfloat16> {
+  static __device__ __forceinline__ void Run(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                             uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+};
+
+// Decodes one group: `pair` holds values[2g] (low 16 bits) and values[2g+1] (high), `nibble` the
+// group's indexes. Returns the 4 dense 16-bit elements as two 32-bit words (elements 0,1 and 2,3).
+// SPEC adds the second value onto the first when both land on one element; one of them is then an
+// empty (zero) slot, so the sum is the other value.
+__device__ __forceinline__ void DecodeGroup(uint32_t pair, uint32_t nibble, uint32_t& lo, uint32_t& hi) {
+  const uint32_t v0 = pair & 0xFFFFu;
+  const uint32_t v1 = pair >> 16;
+  const uint32_t p0 = nibble & 3u;
+  uint32_t p1 = 1u + ((nibble >> 2) & 3u);
+  p1 = p1 > 3u ? 3u : p1;  // an invalid index (3) must not shift out of the group
+  uint64_t dense = static_cast<uint64_t>(v0) << (16u * p0);
+  const bool keep_first = (p1 == p0) && ((v1 & 0x7FFFu) == 0u);
+  if (!keep_first) {
+    dense = (dense & ~(0xFFFFull << (16u * p1))) | (static_cast<uint64_t>(v1) << (16u * p1));
+  }
+  lo = static_cast<uint32_t>(dense);
+  hi = static_cast<uint32_t>(dense >> 32);
+}
+
+__device__ __forceinline__ uint4 LoadStreaming16(const void* ptr) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(ptr));
+  return v;
+}
+
+// Loads a thread's 8 groups of one weight row: value pairs and nibbles (nibble s in bits 4s..4s+3).
+template <bool kFull>
+__device__ __forceinline__ void LoadWeightGroups(const uint16_t* __restrict__ values, const uint8_t* __restrict__ index,
+                                                 int64_t row, bool row_ok, int64_t half_k, int64_t index_stride,
+                                                 int64_t first_group, int64_t ngroups, uint32_t (&pairs)[8],
+                                                 uint32_t& nibbles) {
+  if (kFull) {
+    if (row_ok) {
+      const uint16_t* v = values + row * half_k + first_group * 2;
+      const uint4 q0 = LoadStreaming16(v);
+      const uint4 q1 = LoadStreaming16(v + 8);
+      pairs[0] = q0.x, pairs[1] = q0.y, pairs[2] = q0.z, pairs[3] = q0.w;
+      pairs[4] = q1.x, pairs[5] = q1.y, pairs[6] = q1.z, pairs[7] = q1.w;
+      nibbles = __ldg(reinterpret_cast<const uint32_t*>(index + row * index_stride + first_group / 2));
+    } else {
+#pragma unroll
+      for (int s = 0; s < 8; ++s) pairs[s] = 0;
+      nibbles = 0;
+    }
+  } else {
+    nibbles = 0;
+#pragma unroll
+    for (int s = 0; s < 8; ++s) {
+      const int64_t g = first_group + s;
+      pairs[s] = 0;
+      if (row_ok && g < ngroups) {
+        pairs[s] = __ldg(reinterpret_cast<const uint32_t*>(values + row * half_k + 2 * g));
+        const uint32_t byte = __ldg(index + row * index_stride + g / 2);
+        nibbles |= ((g & 1) ? (byte >> 4) : (byte & 0xFu)) << (4 * s);
+      }
+    }
+  }
+}
+
+template <typename T, int kMTiles, bool kAligned>
+__global__ void __launch_bounds__(kGemmWarps * 32) SparseGemmMmaKernel(SparseGemmArgs p) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * 16;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * (8 * kMTiles);
+  const int64_t ra = r0 + g;
+  const int64_t rb = r0 + g + 8;
+  const bool ra_ok = ra < p.n;
+  const bool rb_ok = rb < p.n;
+  const int64_t ngroups = p.k / 4;
+  const int64_t half_k = p.k / 2;
+  const int64_t index_stride = (p.k + 7) / 8;
+  const uint16_t* values = static_cast<const uint16_t*>(p.values);
+  const uint16_t* x = static_cast<const uint16_t*>(p.x);
+
+  float acc[kMTiles][4];
+#pragma unroll
+  for (int i = 0; i < kMTiles; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+
+  const int64_t nchunks = (ngroups + 31) / 32;
+  for (int64_t c = warp; c < nchunks; c += kGemmWarps) {
+    const int64_t first_group = c * 32 + 8 * t;
+    const bool full = kAligned && (c * 32 + 32 <= ngroups);
+    uint32_t pa[8], pb[8], na, nb;
+    if (full) {
+      LoadWeightGroups<true>(values, p.index, ra, ra_ok, half_k, index_stride, first_group, ngroups, pa, na);
+      LoadWeightGroups<true>(values, p.index, rb, rb_ok, half_k, index_stride, first_group, ngroups, pb, nb);
+    } else {
+      LoadWeightGroups<false>(values, p.index, ra, ra_ok, half_k, index_stride, first_group, ngroups, pa, na);
+      LoadWeightGroups<false>(values, p.index, rb, rb_ok, half_k, index_stride, first_group, ngroups, pb, nb);
+    }
+    // Activations: row m0 + 8*tile + g, elements 4*first_group .. +31 (two words per group).
+    uint32_t xf[kMTiles][16];
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+      const int64_t row = m0 + mt * 8 + g;
+      const uint16_t* xr = x + row * p.k + 4 * first_group;
+      if (row < p.m && full) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const uint4 v = __ldg(reinterpret_cast<const uint4*>(xr) + q);
+          xf[mt][4 * q + 0] = v.x, xf[mt][4 * q + 1] = v.y, xf[mt][4 * q + 2] = v.z, xf[mt][4 * q + 3] = v.w;
+        }
+      } else {
+#pragma unroll
+        for (int s = 0; s < 8; ++s) {
+          uint2 v = make_uint2(0, 0);
+          if (row < p.m && first_group + s < ngroups) v = __ldg(reinterpret_cast<const uint2*>(xr) + s);
+          xf[mt][2 * s] = v.x, xf[mt][2 * s + 1] = v.y;
+        }
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < 8; ++s) {
+      uint32_t a0, a1, a2, a3;
+      DecodeGroup(pa[s], (na >> (4 * s)) & 0xFu, a0, a2);
+      DecodeGroup(pb[s], (nb >> (4 * s)) & 0xFu, a1, a3);
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) Mma<T>::Run(acc[mt], a0, a1, a2, a3, xf[mt][2 * s], xf[mt][2 * s + 1]);
+    }
+  }
+
+  __shared__ float partial[kGemmWarps][kMTiles * 4][32];
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) partial[warp][mt * 4 + j][lane] = acc[mt][j];
+  __syncthreads();
+  const T* bias = static_cast<const T*>(p.bias);
+  T* y = static_cast<T*>(p.y);
+  for (int e = threadIdx.x; e < kMTiles * 4 * 32; e += kGemmWarps * 32) {
+    const int slot = e >> 5;
+    const int ln = e & 31;
+    float sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < kGemmWarps; ++w) sum += partial[w][slot][ln];
+    const int mt = slot >> 2;
+    const int j = slot & 3;
+    const int64_t col = r0 + (ln >> 2) + (j >= 2 ? 8 : 0);
+    const int64_t row = m0 + mt * 8 + 2 * (ln & 3) + (j & 1);
+    if (col < p.n && row < p.m) {
+      float v = p.alpha * sum;
+      if (bias != nullptr) v += ToFloat(bias[col]);
+      y[row * p.ldy + col] = FromFloat<T>(v);
+    }
+  }
+}
+
+constexpr int kF32Rows = 8;  // activation rows per warp
+
+__global__ void __launch_bounds__(128) SparseGemmF32Kernel(SparseGemmArgs p) {
+  const int lane = threadIdx.x & 31;
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * 4 + (threadIdx.x >> 5);
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kF32Rows;
+  if (col >= p.n) return;
+  const int64_t ngroups = p.k / 4;
+  const float* values = static_cast<const float*>(p.values) + col * (p.k / 2);
+  const uint8_t* index = p.index + col * ((p.k + 7) / 8);
+  const float* x = static_cast<const float*>(p.x);
+  float acc[kF32Rows] = {};
+  for (int64_t g = lane; g < ngroups; g += 32) {
+    const float v0 = values[2 * g];
+    const float v1 = values[2 * g + 1];
+    const uint32_t byte = index[g / 2];
+    const uint32_t nibble = (g & 1) ? (byte >> 4) : (byte & 0xFu);
+    const int64_t e0 = 4 * g + (nibble & 3u);
+    const int64_t e1 = 4 * g + min(3u, 1u + ((nibble >> 2) & 3u));
+#pragma unroll
+    for (int i = 0; i < kF32Rows; ++i) {
+      const int64_t row = m0 + i;
+      if (row < p.m) acc[i] += v0 * x[row * p.k + e0] + v1 * x[row * p.k + e1];
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kF32Rows; ++i) {
+    float v = acc[i];
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, off);
+    acc[i] = v;
+  }
+  if (lane < kF32Rows && m0 + lane < p.m) {
+    float v = 0.f;
+#pragma unroll
+    for (int i = 0; i < kF32Rows; ++i) v = (i == lane) ? acc[i] : v;
+    v *= p.alpha;
+    if (p.bias != nullptr) v += static_cast<const float*>(p.bias)[col];
+    static_cast<float*>(p.y)[(m0 + lane) * p.ldy + col] = v;
+  }
+}
+
+template <typename T>
+__global__ void DecompressKernel(const T* __restrict__ values, const uint8_t* __restrict__ index, int64_t rows,
+                                 int64_t k, T* __restrict__ dense) {
+  const int64_t ngroups = k / 4;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * ngroups) return;
+  const int64_t row = i / ngroups;
+  const int64_t g = i % ngroups;
+  const uint32_t byte = index[row * ((k + 7) / 8) + g / 2];
+  const uint32_t nibble = (g & 1) ? (byte >> 4) : (byte & 0xFu);
+  float out[4] = {0.f, 0.f, 0.f, 0.f};
+  out[nibble & 3u] += ToFloat(values[row * (k / 2) + 2 * g]);
+  out[min(3u, 1u + ((nibble >> 2) & 3u))] += ToFloat(values[row * (k / 2) + 2 * g + 1]);
+#pragma unroll
+  for (int e = 0; e < 4; ++e) dense[row * k + 4 * g + e] = FromFloat<T>(out[e]);
+}
+
+template <typename T>
+__global__ void AddBiasKernel(T* y, int64_t m, int64_t n, int64_t ldy, const T* __restrict__ bias) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= m * n) return;
+  const int64_t row = i / n;
+  const int64_t col = i % n;
+  T& v = y[row * ldy + col];
+  v = FromFloat<T>(ToFloat(v) + ToFloat(bias[col]));
+}
+
+template <typename T>
+__global__ void TransposeKernel(const T* __restrict__ in, T* __restrict__ out, int64_t rows, int64_t cols,
+                                const T* __restrict__ bias) {
+  __shared__ T tile[32][33];
+  const int64_t b = blockIdx.z;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * 32;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * 32;
+  const T* src = in + b * rows * cols;
+  T* dst = out + b * rows * cols;
+  for (int i = threadIdx.y; i < 32; i += blockDim.y) {
+    const int64_t r = r0 + i;
+    const int64_t c = c0 + threadIdx.x;
+    if (r < rows && c < cols) tile[i][threadIdx.x] = src[r * cols + c];
+  }
+  __syncthreads();
+  for (int i = threadIdx.y; i < 32; i += blockDim.y) {
+    const int64_t c = c0 + i;
+    const int64_t r = r0 + threadIdx.x;
+    if (r < rows && c < cols) {
+      T v = tile[threadIdx.x][i];
+      if (bias != nullptr) v = FromFloat<T>(ToFloat(v) + ToFloat(bias[c]));
+      dst[c * rows + r] = v;
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+cudaError_t LaunchSparseGemm(const SparseGemmArgs& args, cudaStream_t stream) {
+  if (args.m <= 0 || args.n <= 0) return cudaSuccess;
+  if constexpr (std::is_same_v<T, float>) {
+    const dim3 grid(CeilDiv(args.n, 4), CeilDiv(args.m, kF32Rows));
+    SparseGemmF32Kernel<<<grid, 128, 0, stream>>>(args);
+  } else {
+    // 16-byte loads of values and activations need K % 32 == 0 (row starts aligned); the other
+    // shapes take the per-group path.
+    const bool aligned = args.k % 32 == 0 && reinterpret_cast<uintptr_t>(args.values) % 16 == 0 &&
+                         reinterpret_cast<uintptr_t>(args.x) % 16 == 0 &&
+                         reinterpret_cast<uintptr_t>(args.index) % 4 == 0;
+    M_TILES_SWITCH(args.m, kTiles, [&] {
+      BOOL_SWITCH(aligned, kAligned, [&] {
+        const dim3 grid(CeilDiv(args.n, 16), CeilDiv(args.m, 8 * kTiles));
+        SparseGemmMmaKernel<T, kTiles, kAligned><<<grid, kGemmWarps * 32, 0, stream>>>(args);
+      });
+    });
+  }
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t LaunchDecompress(const T* values, const uint8_t* index, int64_t rows, int64_t k, T* dense,
+                             cudaStream_t stream) {
+  const int64_t total = rows * (k / 4);
+  if (total == 0) return cudaSuccess;
+  DecompressKernel<T><<<CeilDiv(total, 256), 256, 0, stream>>>(values, index, rows, k, dense);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t LaunchAddBias(T* y, int64_t m, int64_t n, int64_t ldy, const T* bias, cudaStream_t stream) {
+  if (m * n == 0) return cudaSuccess;
+  AddBiasKernel<T><<<CeilDiv(m * n, 256), 256, 0, stream>>>(y, m, n, ldy, bias);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t LaunchTranspose(const T* in, T* out, int64_t batch, int64_t rows, int64_t cols, const T* bias,
+                            cudaStream_t stream) {
+  if (batch * rows * cols == 0) return cudaSuccess;
+  const dim3 grid(CeilDiv(cols, 32), CeilDiv(rows, 32), static_cast<unsigned int>(batch));
+  TransposeKernel<T><<<grid, dim3(32, 8), 0, stream>>>(in, out, rows, cols, bias);
+  return cudaGetLastError();
+}
+
+#define ONNXSPARSE_INSTANTIATE(T)                                                                              \
+  template cudaError_t LaunchDecompress<T>(const T*, const uint8_t*, int64_t, int64_t, T*, cudaStream_t);      \
+  template cudaError_t LaunchAddBias<T>(T*, int64_t, int64_t, int64_t, const T*, cudaStream_t);                \
+  template cudaError_t LaunchTranspose<T>(const T*, T*, int64_t, int64_t, int64_t, const T*, cudaStream_t); \
+  template cudaError_t LaunchSparseGemm<T>(const SparseGemmArgs&, cudaStream_t);
+
+ONNXSPARSE_INSTANTIATE(float)
+ONNXSPARSE_INSTANTIATE(__half)
+ONNXSPARSE_INSTANTIATE(__nv_bfloat16)
+#undef ONNXSPARSE_INSTANTIATE
+
+}  // namespace onnxsparse::cuda
+
+namespace onnxsparse::cuda {
+namespace {
+__global__ void CountInvalidNibblesKernel(const uint8_t* __restrict__ index, int64_t rows, int64_t k,
+                                          unsigned int* invalid_count) {
+  const int64_t stride = (k + 7) / 8;
+  const int64_t ngroups = k / 4;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * stride) return;
+  const int64_t byte_in_row = i % stride;
+  const uint32_t byte = index[i];
+  unsigned int bad = 0;
+  for (int half = 0; half < 2; ++half) {
+    const int64_t g = 2 * byte_in_row + half;
+    const uint32_t nib = (byte >> (4 * half)) & 0xFu;
+    if (g < ngroups) bad += ((nib & 3u) == 3u || (nib & 0xCu) == 0xCu) ? 1u : 0u;
+  }
+  if (bad) atomicAdd(invalid_count, bad);
+}
+}  // namespace
+
+cudaError_t LaunchCountInvalidNibbles(const uint8_t* index, int64_t rows, int64_t k, unsigned int* invalid_count,
+                                      cudaStream_t stream) {
+  const int64_t total = rows * ((k + 7) / 8);
+  if (total == 0) return cudaSuccess;
+  CountInvalidNibblesKernel<<<CeilDiv(total, 256), 256, 0, stream>>>(index, rows, k, invalid_count);
+  return cudaGetLastError();
+}
+}  // namespace onnxsparse::cuda

@@ -1,0 +1,51 @@
+// Launchers of the sparse GEMM kernels that read SPEC's compressed form directly, and of the small
+// helpers around them. Host code includes this header only; the kernels live in
+// sparse_gemm_impl.cu, instantiated for float, __half and __nv_bfloat16.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace onnxsparse::cuda {
+
+// Y[m, n] (row stride ldy) = alpha * X[m, k] @ W + bias, W the dense [k, n] matrix that
+// (values [n, k/2], index [n, ceil(k/8)]) encode. bias may be null. fp16/bf16 accumulate in fp32
+// on the tensor cores (mma.sync, the weight decoded in registers); float uses FMA.
+struct SparseGemmArgs {
+  const void* x = nullptr;
+  int64_t m = 0;
+  int64_t k = 0;
+  int64_t n = 0;
+  const void* values = nullptr;
+  const uint8_t* index = nullptr;
+  const void* bias = nullptr;
+  float alpha = 1.0f;
+  void* y = nullptr;
+  int64_t ldy = 0;
+};
+
+template <typename T>
+cudaError_t LaunchSparseGemm(const SparseGemmArgs& args, cudaStream_t stream);
+
+// dense[rows, k] = the matrix (values, index) encode.
+template <typename T>
+cudaError_t LaunchDecompress(const T* values, const uint8_t* index, int64_t rows, int64_t k, T* dense,
+                             cudaStream_t stream);
+
+// y[i, j] += bias[j] for i < m, j < n (row stride ldy), in fp32.
+template <typename T>
+cudaError_t LaunchAddBias(T* y, int64_t m, int64_t n, int64_t ldy, const T* bias, cudaStream_t stream);
+
+// out[b, c, r] = in[b, r, c] (+ bias[c] when bias is not null), for b < batch.
+template <typename T>
+cudaError_t LaunchTranspose(const T* in, T* out, int64_t batch, int64_t rows, int64_t cols, const T* bias,
+                            cudaStream_t stream);
+
+}  // namespace onnxsparse::cuda
+
+namespace onnxsparse::cuda {
+// *invalid_count (device) += number of groups of index [rows, ceil(k/8)] holding the invalid
+// 2-bit value 3.
+cudaError_t LaunchCountInvalidNibbles(const uint8_t* index, int64_t rows, int64_t k, unsigned int* invalid_count,
+                                      cudaStream_t stream);
+}  // namespace onnxsparse::cuda

@@ -1,0 +1,109 @@
+#include "cuda/sparse_gemm_runner.h"
+
+#include <type_traits>
+
+#include "common/status.h"
+#include "cuda/cuda_utils.h"
+
+namespace onnxsparse::cuda {
+
+namespace {
+
+bool InputIsConstant(const OrtKernelInfo* info, size_t input) {
+  size_t count = 0;
+  if (Ort::GetApi().KernelInfo_GetInputCount(info, &count) != nullptr || input >= count) return false;
+  int is_constant = 0;
+  const OrtValue* value = nullptr;
+  OrtStatus* status = Ort::GetApi().KernelInfoGetConstantInput_tensor(info, input, &is_constant, &value);
+  if (status != nullptr) {
+    Ort::GetApi().ReleaseStatus(status);
+    return false;
+  }
+  return is_constant != 0 && value != nullptr;
+}
+
+}  // namespace
+
+void SparseGemmRunner::Init(const OrtKernelInfo* info, size_t values_input, size_t index_input, size_t bias_input) {
+  weight_constant_ = InputIsConstant(info, values_input) && InputIsConstant(info, index_input);
+  bias_constant_ = InputIsConstant(info, bias_input);
+  small_m_max_ = EnvInt("ONNXSPARSE_CUDA_SMALL_M_MAX", 32);
+  allow_without_cusparselt_ = EnvInt("ONNXSPARSE_CUDA_ALLOW_NO_CUSPARSELT", 0) != 0;
+}
+
+Ort::Status SparseGemmRunner::ValidateOnce(const char* op, cudaStream_t stream, const uint8_t* index, int64_t rows,
+                                           int64_t k) {
+  if (!weight_constant_) return Ort::Status{nullptr};  // fed at run time: checking would need a sync per call
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (validated_) return Ort::Status{nullptr};
+  DeviceBuffer count;
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, count.Allocate(sizeof(unsigned int)));
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaMemsetAsync(count.get(), 0, sizeof(unsigned int), stream));
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchCountInvalidNibbles(index, rows, k, count.as<unsigned int>(), stream));
+  unsigned int invalid = 0;
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaMemcpyAsync(&invalid, count.get(), sizeof(invalid), cudaMemcpyDeviceToHost, stream));
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaStreamSynchronize(stream));
+  if (invalid != 0) {
+    return InvalidArgument(op, StrCat("index holds the invalid 2-bit value 3 in ", invalid, " groups"));
+  }
+  validated_ = true;
+  return Ort::Status{nullptr};
+}
+
+template <typename T>
+Ort::Status SparseGemmRunner::Run(const char* op, cudaStream_t stream, int slot, const SparseGemmArgs& args) {
+  SparseGemmArgs rest = args;
+  if constexpr (!std::is_same_v<T, float>) {
+    const int64_t m_main = args.m / SparseLtWeight::kMAlign * SparseLtWeight::kMAlign;
+    if (weight_constant_ && args.m > small_m_max_ && m_main > 0) {
+      SparseLtWeight* weight = nullptr;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (static_cast<int>(sparselt_.size()) <= slot) {
+          sparselt_.resize(slot + 1);
+          sparselt_error_.resize(slot + 1);
+        }
+        if (!sparselt_[slot] && sparselt_error_[slot].empty()) {
+          std::string why;
+          if (!CusparseLtAvailable(&why)) {
+            sparselt_error_[slot] = why;
+          } else {
+            auto built = std::make_unique<SparseLtWeight>();
+            const ElementType type = std::is_same_v<T, __half> ? ElementType::kFloat16 : ElementType::kBFloat16;
+            Ort::Status status = built->Build(op, type, args.values, args.index, args.n, args.k,
+                                              bias_constant_ ? args.bias : nullptr, stream);
+            if (status.IsOK()) sparselt_[slot] = std::move(built);
+            else sparselt_error_[slot] = status.GetErrorMessage();  // a shape it rejects: own kernel
+          }
+        }
+        weight = sparselt_[slot].get();
+        std::string why;
+        if (weight == nullptr && !allow_without_cusparselt_ && !CusparseLtAvailable(&why)) {
+          return RuntimeError(op, StrCat("M=", args.m, " needs cuSPARSELt, which is not usable: ", why,
+                                         " (ONNXSPARSE_CUDA_ALLOW_NO_CUSPARSELT=1 runs the slower own kernel)"));
+        }
+      }
+      if (weight != nullptr) {
+        bool used = false;
+        ONNXSPARSE_RETURN_IF_ERROR(weight->Run(op, args.x, m_main, args.y, args.ldy, args.alpha, stream, &used));
+        if (used) {
+          if (args.bias != nullptr && !bias_constant_) {
+            ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchAddBias<T>(static_cast<T*>(args.y), m_main, args.n, args.ldy,
+                                                                 static_cast<const T*>(args.bias), stream));
+          }
+          rest.m = args.m - m_main;
+          rest.x = static_cast<const T*>(args.x) + m_main * args.k;
+          rest.y = static_cast<T*>(args.y) + m_main * args.ldy;
+        }
+      }
+    }
+  }
+  if (rest.m > 0) ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchSparseGemm<T>(rest, stream));
+  return Ort::Status{nullptr};
+}
+
+template Ort::Status SparseGemmRunner::Run<float>(const char*, cudaStream_t, int, const SparseGemmArgs&);
+template Ort::Status SparseGemmRunner::Run<__half>(const char*, cudaStream_t, int, const SparseGemmArgs&);
+template Ort::Status SparseGemmRunner::Run<__nv_bfloat16>(const char*, cudaStream_t, int, const SparseGemmArgs&);
+
+}  // namespace onnxsparse::cuda

@@ -1,0 +1,46 @@
+// Chooses and runs the sparse GEMM of one MatMulCompress / Conv2dCompress node:
+//   fp16/bf16, constant weight, M > ONNXSPARSE_CUDA_SMALL_M_MAX (32): cuSPARSELt on the rows
+//     that are a multiple of 16 (its compressed weight built on the first such call), the own kernel
+//     on the remaining rows;
+//   otherwise (small M, float, a weight fed at run time): the own kernel, reading SPEC's form.
+// A weight is split into `slots` independent row blocks (Conv's groups), each its own GEMM.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "common/ort_api.h"
+#include "cuda/cusparselt_gemm.h"
+#include "cuda/sparse_gemm_impl.cuh"
+
+namespace onnxsparse::cuda {
+
+class SparseGemmRunner {
+ public:
+  // Reads at kernel creation whether the weight (values_input, index_input) and the bias are
+  // constant initializers.
+  void Init(const OrtKernelInfo* info, size_t values_input, size_t index_input, size_t bias_input);
+
+  // One GEMM: args.values/index/bias already point at the slot's rows. T is float, __half or
+  // __nv_bfloat16.
+  template <typename T>
+  Ort::Status Run(const char* op, cudaStream_t stream, int slot, const SparseGemmArgs& args);
+
+  // Validates the whole index once for a constant weight (first call; synchronises then).
+  Ort::Status ValidateOnce(const char* op, cudaStream_t stream, const uint8_t* index, int64_t rows, int64_t k);
+
+ private:
+  bool weight_constant_ = false;
+  bool bias_constant_ = false;
+  int64_t small_m_max_ = 32;
+  bool allow_without_cusparselt_ = false;
+  bool validated_ = false;
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<SparseLtWeight>> sparselt_;  // by slot
+  std::vector<std::string> sparselt_error_;                // by slot: why it could not be built
+};
+
+}  // namespace onnxsparse::cuda

@@ -1,0 +1,155 @@
+"""The compiler's Python API: ``check_model`` and ``compile_model``.
+
+Both take a model path or an ``onnx.ModelProto`` (never modified) and run the passes of
+``onnxsparse.passes`` on a copy: ``VerifySparsity`` -> ``RewriteSparseOps`` -> ``FoldCompress``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+
+import onnx
+from onnx.external_data_helper import _get_all_tensors
+
+from . import io
+from .passes import (
+    CompressedWeight,
+    DensePolicy,
+    FoldCompress,
+    LayerDecision,
+    LayerRecord,
+    ModelGraph,
+    RewriteSparseOps,
+    VerifySparsity,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CheckReport:
+    """The verifier's per-layer records for one model."""
+
+    layers: list[LayerRecord]
+    path: str | None = None
+
+    @property
+    def eligible(self) -> list[LayerRecord]:
+        return [layer for layer in self.layers if layer.eligible]
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.path,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "eligible": len(self.eligible),
+            "total": len(self.layers),
+        }
+
+
+@dataclass
+class CompileResult:
+    """The compiled model, what happened to each layer, and the weight bytes before and after."""
+
+    model: onnx.ModelProto
+    layers: list[LayerDecision]
+    weight_bytes_before: int
+    weight_bytes_after: int
+    folded: bool
+    compressed: list[CompressedWeight] = field(default_factory=list)
+    path: str | None = None
+
+    @property
+    def rewritten(self) -> list[LayerDecision]:
+        return [layer for layer in self.layers if layer.rewritten]
+
+    @property
+    def left(self) -> list[LayerDecision]:
+        return [layer for layer in self.layers if not layer.rewritten]
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.path,
+            "folded": self.folded,
+            "rewritten": len(self.rewritten),
+            "total": len(self.layers),
+            "layers": [layer.to_dict() for layer in self.layers],
+            "compressed": [
+                {"source": c.source, "layout": c.layout, "node": c.node, "values": c.values,
+                 "index": c.index, "users": list(c.users)}
+                for c in self.compressed
+            ],
+            "weight_bytes_before": self.weight_bytes_before,
+            "weight_bytes_after": self.weight_bytes_after,
+        }
+
+
+def check_model(model: str | os.PathLike | onnx.ModelProto) -> CheckReport:
+    """Per-layer 2:4 report: which Conv/MatMul/Gemm weights comply, how much, and why not."""
+    proto, path = _load(model)
+    result = VerifySparsity()(ModelGraph(proto))
+    return CheckReport(layers=result.layers, path=path)
+
+
+def compile_model(
+    model: str | os.PathLike | onnx.ModelProto,
+    fold: bool = True,
+    policy: DensePolicy | None = None,
+) -> CompileResult:
+    """Rewrite every eligible layer into onnxsparse's ops.
+
+    ``fold``: evaluate CompressOp offline (True) or keep it in the graph to run in the session.
+    ``policy``: called with each eligible ``LayerRecord``; a returned string keeps that layer
+    dense and is reported as the reason (the per-layer dense fallback).
+    With nothing rewritten, ``result.model`` is the input model unchanged.
+    """
+    proto, path = _load(model)
+    before = weight_bytes(proto)
+    input_valid = _passes_checker(proto)
+    graph = ModelGraph(proto)
+    verified = VerifySparsity()(graph)
+    rewrite = RewriteSparseOps(verified.layers, policy=policy)(graph)
+    if not rewrite.modified:
+        logger.info("nothing rewritten; the model is unchanged")
+        return CompileResult(proto, rewrite.decisions, before, before, folded=fold, path=path)
+    if fold:
+        FoldCompress()(graph)
+    compiled = graph.to_model()
+    if input_valid and compiled.ByteSize() < io.EXTERNAL_DATA_THRESHOLD:
+        # Custom-domain nodes have no schema; full_check=False checks the rest of the graph.
+        onnx.checker.check_model(compiled, full_check=False)
+    return CompileResult(
+        compiled, rewrite.decisions, before, weight_bytes(compiled), folded=fold, compressed=rewrite.compressed, path=path
+    )
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of every constant tensor in the model: initializers and Constant nodes' values."""
+    total = 0
+    for tensor in _get_all_tensors(model):
+        if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+            continue
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        total += math.prod(tensor.dims) * itemsize
+    return total
+
+
+def _load(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    if isinstance(model, onnx.ModelProto):
+        return copy.deepcopy(model), None
+    return io.load_model(model), os.fspath(model)
+
+
+def _passes_checker(model: onnx.ModelProto) -> bool:
+    """Whether the input passes onnx.checker; if it does not, its compiled form is not expected to."""
+    if model.ByteSize() >= io.EXTERNAL_DATA_THRESHOLD:
+        return False
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        logger.warning("the input model does not pass onnx.checker: %s", str(exc).splitlines()[0])
+        return False
+    return True

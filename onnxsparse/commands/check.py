@@ -1,0 +1,55 @@
+"""``onnxsparse check MODEL [--json]``: the per-layer 2:4 report; exit 0 whenever the model was read."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..api import check_model
+from ..passes.verify_sparsity import percent
+
+NAME = "check"
+HELP = "report which Conv/MatMul/Gemm weights are 2:4-sparse and why any layer is not eligible"
+ORDER = 10
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="the ONNX model to inspect")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    report = check_model(args.model)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    if not report.layers:
+        print(f"{args.model}: no Conv, MatMul or Gemm layers")
+        return 0
+    rows = [
+        (
+            layer.node,
+            layer.op,
+            layer.weight or "-",
+            format_shape(layer.shape),
+            layer.dtype or "-",
+            percent(layer.share) if layer.share is not None else "-",
+            "eligible" if layer.eligible else f"no: {layer.reason}",
+        )
+        for layer in report.layers
+    ]
+    print_table(("node", "op", "weight", "shape", "dtype", "2:4", "eligible"), rows)
+    print(f"{len(report.eligible)} of {len(report.layers)} layers eligible")
+    return 0
+
+
+def format_shape(shape: tuple[int, ...] | None) -> str:
+    return "-" if shape is None else "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """Columns padded to their widest cell; the last column (reasons) is left unpadded."""
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        cells = [str(cell).ljust(width) for cell, width in zip(row, widths)]
+        print("  ".join([*cells, str(row[-1])]))

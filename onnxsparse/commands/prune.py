@@ -1,0 +1,106 @@
+"""``onnxsparse prune MODEL [-o OUT] --method magnitude|wanda|sparsegpt``: dense model -> 2:4 weights.
+
+Prunes the selected Conv/MatMul/Gemm weights to N:M (2:4 by default) along SPEC's sparse axis,
+so that ``check`` passes them and ``compile`` rewrites them. Calibration data (``--calib``, one
+``.npz`` or a directory of them, keys = the model's input names) drives wanda and sparsegpt and
+measures every method's error; without it, random inputs from the input specs are used, with a
+warning. Progress goes to stderr, the report to stdout (``--json`` for machines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .. import io
+from ..errors import OnnxSparseError
+from ..prune import Calibration, PruneOptions, prune_model, scan_layers
+from ..prune.pruner import no_layers_error
+from ..prune.report import prune_text
+
+NAME = "prune"
+HELP = "prune a dense model's Conv/MatMul/Gemm weights to 2:4 (magnitude, wanda or sparsegpt)"
+ORDER = 15
+
+
+def add_selection_arguments(parser: argparse.ArgumentParser, default_method: str) -> None:
+    """Options shared with ``sensitivity``: method, N:M, calibration, layer selection."""
+    parser.add_argument("model", help="the dense ONNX model (never modified)")
+    parser.add_argument("--method", default=default_method,
+                        help=f"magnitude, wanda or sparsegpt (default {default_method})")
+    parser.add_argument("--n", type=int, default=2, help="weights kept per group (default 2)")
+    parser.add_argument("--m", type=int, default=4, help="group size along K (default 4)")
+    parser.add_argument("--calib", help=".npz file or directory of .npz files; keys are the model's input names")
+    parser.add_argument("--calib-samples", type=int, default=32,
+                        help="samples to generate when --calib is not given (default 32)")
+    parser.add_argument("--batch-size", type=int, default=8, help="calibration samples per run (default 8)")
+    parser.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                        help="only layers whose node name or op type matches (fnmatch; repeatable)")
+    parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                        help="leave layers whose node name or op type matches dense (fnmatch; repeatable)")
+    parser.add_argument("--prune-head", action="store_true",
+                        help="also prune the head (the last layer before a graph output; kept dense by default)")
+    parser.add_argument("--block-size", type=int, default=128, help="sparsegpt: columns per block (default 128)")
+    parser.add_argument("--damp", type=float, default=0.01,
+                        help="sparsegpt: Hessian dampening, share of its mean diagonal (default 0.01)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_selection_arguments(parser, "magnitude")
+    parser.add_argument("-o", "--output", help="output model (default: <stem>.pruned.onnx beside the input)")
+    parser.add_argument("--max-error", type=float, metavar="E",
+                        help="prune only the layers (largest first) that keep the model output's relative L2 error <= E")
+    parser.add_argument("--no-sequential", action="store_true",
+                        help="wanda/sparsegpt: take every layer's inputs from the dense model in one pass")
+
+
+def options_from(args: argparse.Namespace) -> PruneOptions:
+    options = PruneOptions(
+        method=args.method, n=args.n, m=args.m, include=args.include, exclude=args.exclude,
+        prune_head=args.prune_head, block_size=args.block_size, damp=args.damp,
+        sequential=not getattr(args, "no_sequential", False), max_error=getattr(args, "max_error", None),
+    )
+    options.validate()
+    if args.batch_size < 1 or args.calib_samples < 1:
+        raise OnnxSparseError("--batch-size and --calib-samples must be at least 1")
+    return options
+
+
+def progress_printer(args: argparse.Namespace):
+    if args.quiet:
+        return None
+    return lambda message: print(f"onnxsparse {args.command}: {message}", file=sys.stderr, flush=True)
+
+
+def load_calibration(args: argparse.Namespace, model) -> Calibration:
+    calibration = Calibration(model, args.calib, batch_size=args.batch_size, samples=args.calib_samples)
+    if calibration.synthetic:
+        print(f"onnxsparse {args.command}: warning: no --calib given; using {args.calib_samples} random samples "
+              "from the model's input specs (real data gives much better pruning and error estimates)",
+              file=sys.stderr)
+    return calibration
+
+
+def run(args: argparse.Namespace) -> int:
+    options = options_from(args)
+    source = Path(args.model)
+    model = io.load_model(source)
+    out = Path(args.output) if args.output else source.with_name(f"{source.stem}.pruned.onnx")
+    io.check_output_path(out, inputs=[source])
+    scan = scan_layers(model, options.m, options.include, options.exclude, options.prune_head)
+    if not scan.layers:  # before the calibration warning: this is the one thing to say
+        raise no_layers_error(scan.skipped)
+    calibration = load_calibration(args, model)
+
+    pruned, report = prune_model(model, options, calibration, progress_printer(args))
+    written = io.save_model(pruned, out, external_data=io.uses_external_data(source))
+    if args.json:
+        print(json.dumps({**report.to_json(), "output": str(out), "written": [str(p) for p in written]}, indent=2))
+    else:
+        print(prune_text(report))
+        print(f"wrote {out}")
+    return 0

@@ -1,0 +1,57 @@
+"""``onnxsparse sensitivity MODEL``: the model-output error each layer causes when pruned alone.
+
+Every eligible layer is pruned to N:M on its own (``--method``, magnitude by default) and the
+model's outputs on the calibration data are compared with the dense model's (relative L2 and
+cosine similarity). A table, most harmful first; ``--json``; ``--plot out.png`` (matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .. import io
+from ..errors import OnnxSparseError
+from ..prune import layer_sensitivity, scan_layers
+from ..prune.pruner import no_layers_error
+from ..prune.report import plot_sensitivity, sensitivity_text
+from .prune import add_selection_arguments, load_calibration, options_from, progress_printer
+
+NAME = "sensitivity"
+HELP = "prune each eligible layer alone and report the model-output error it causes"
+ORDER = 16
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_selection_arguments(parser, "magnitude")
+    parser.add_argument("--plot", metavar="PNG", help="also draw the errors as a bar chart (needs matplotlib)")
+
+
+def run(args: argparse.Namespace) -> int:
+    options = options_from(args)
+    model = io.load_model(Path(args.model))
+    if args.plot:
+        plot = Path(args.plot)
+        if not (plot.parent if str(plot.parent) else Path(".")).is_dir():
+            raise OnnxSparseError(f"{plot}: output folder '{plot.parent}' does not exist")
+    scan = scan_layers(model, options.m, options.include, options.exclude, options.prune_head)
+    if not scan.layers:
+        raise no_layers_error(scan.skipped)
+    calibration = load_calibration(args, model)
+    found = layer_sensitivity(model, scan.layers, calibration, options, say=progress_printer(args) or (lambda m: None))
+    if args.plot:
+        plot_sensitivity(found, args.plot)
+    if args.json:
+        print(json.dumps({"method": options.method, "n": options.n, "m": options.m,
+                          "layers": [s.to_json() for s in found],
+                          "skipped": [{"name": s.node, "op_type": s.op_type, "reason": s.reason} for s in scan.skipped]},
+                         indent=2))
+    else:
+        print(sensitivity_text(found, options.method, options.n, options.m))
+        if scan.skipped:
+            print(f"\nnot analysed ({len(scan.skipped)}):")
+            print("\n".join(f"  {s.node} ({s.op_type}): {s.reason}" for s in scan.skipped))
+        if args.plot:
+            print(f"wrote {args.plot}")
+    return 0

@@ -1,0 +1,172 @@
+"""Layer inputs from ONNX Runtime, reduced on the fly to each layer's Hessian H = X^T X.
+
+``expose(model, tensors)`` cuts the graph down to the nodes that compute ``tensors`` and makes
+them the outputs, so that ONNX Runtime runs only the prefix a layer needs. ``capture`` runs the
+calibration batches through it and accumulates, per layer, H in float64 (``[groups, K, K]``):
+memory is bounded by one batch's activations plus the Hessians, never by the whole data set.
+
+Rows of X are the layer's input vectors in SPEC's K order:
+- MatMul ``X @ W``: X reshaped to ``[-1, K]``; Gemm: A (``A^T`` with transA=1).
+- Conv: im2col of the input, one row per output pixel, the K = KH*KW*C/group elements in
+  (kh, kw, c) order, one block of rows per group (``unfold_conv``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from ..errors import OnnxSparseError
+from .layers import ConvGeometry, Layer, Use
+
+
+@dataclass
+class Statistics:
+    """Per-layer accumulated input statistics."""
+
+    hessian: np.ndarray  # [groups, K, K] float64, sum over rows of x x^T
+    rows: int = 0
+
+    def mean(self) -> np.ndarray:
+        return self.hessian / max(self.rows, 1)
+
+
+def _subgraph_inputs(node: onnx.NodeProto) -> list[str]:
+    names = []
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            for inner in sub.node:
+                names.extend(inner.input)
+                names.extend(_subgraph_inputs(inner))
+    return names
+
+
+def expose(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose outputs are ``tensors``, with only the nodes that compute them."""
+    graph = model.graph
+    producer = {out: index for index, node in enumerate(graph.node) for out in node.output}
+    keep, seen, stack = set(), set(), list(tensors)
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        index = producer.get(name)
+        if index is None or index in keep:
+            continue
+        keep.add(index)
+        node = graph.node[index]
+        stack.extend(i for i in list(node.input) + _subgraph_inputs(node) if i)
+    cut = onnx.ModelProto()
+    cut.CopyFrom(model)  # keeps opsets, functions, metadata
+    cut.graph.ClearField("node")
+    cut.graph.node.extend(graph.node[i] for i in sorted(keep))
+    cut.graph.ClearField("initializer")
+    cut.graph.initializer.extend(t for t in graph.initializer if t.name in seen)
+    cut.graph.ClearField("input")
+    cut.graph.input.extend(i for i in graph.input if i.name in seen)
+    cut.graph.ClearField("output")
+    inputs = {i.name for i in graph.input}
+    cut.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors if t not in inputs)
+    return cut
+
+
+def session(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types
+        raise OnnxSparseError(f"ONNX Runtime cannot run the model: {str(exc).splitlines()[0]}") from None
+
+
+def run_tensors(model: onnx.ModelProto, tensors: list[str], batches: Iterable[dict]) -> Iterator[dict[str, np.ndarray]]:
+    """For each calibration batch, the values of ``tensors`` (graph inputs are passed through)."""
+    inputs = {i.name for i in model.graph.input}
+    if all(t in inputs for t in tensors):  # nothing to compute
+        for batch in batches:
+            yield {t: batch[t] for t in tensors}
+        return
+    runner = session(expose(model, tensors))
+    fed = [i.name for i in runner.get_inputs()]
+    outputs = [o.name for o in runner.get_outputs()]
+    for batch in batches:
+        try:
+            values = runner.run(outputs, {name: batch[name] for name in fed})
+        except Exception as exc:
+            raise OnnxSparseError(f"ONNX Runtime failed on a calibration batch: {str(exc).splitlines()[0]}") from None
+        found = dict(zip(outputs, values))
+        yield {t: found[t] if t in found else batch[t] for t in tensors}
+
+
+def _pads(geometry: ConvGeometry, height: int, width: int) -> tuple[int, int, int, int]:
+    if geometry.auto_pad in ("NOTSET", ""):
+        return geometry.pads
+    if geometry.auto_pad == "VALID":
+        return (0, 0, 0, 0)
+    pads = []
+    for size, k, s, d in zip((height, width), geometry.kernel, geometry.strides, geometry.dilations):
+        total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        small, large = total // 2, total - total // 2
+        pads.append((small, large) if geometry.auto_pad == "SAME_UPPER" else (large, small))
+    return (pads[0][0], pads[1][0], pads[0][1], pads[1][1])
+
+
+def unfold_conv(x: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+    """im2col of one image ``[C, H, W]``: ``[groups, OH*OW, KH*KW*C/group]`` in (kh, kw, c) order."""
+    channels, height, width = x.shape
+    top, left, bottom, right = _pads(geometry, height, width)
+    padded = np.pad(x, ((0, 0), (top, bottom), (left, right)))
+    (kh, kw), (sh, sw), (dh, dw) = geometry.kernel, geometry.strides, geometry.dilations
+    out_h = (height + top + bottom - (kh - 1) * dh - 1) // sh + 1
+    out_w = (width + left + right - (kw - 1) * dw - 1) // sw + 1
+    patches = np.empty((kh, kw, channels, out_h, out_w), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            patches[i, j] = padded[:, i * dh : i * dh + (out_h - 1) * sh + 1 : sh, j * dw : j * dw + (out_w - 1) * sw + 1 : sw]
+    groups = geometry.group
+    patches = patches.reshape(kh, kw, groups, channels // groups, out_h, out_w)
+    return patches.transpose(2, 4, 5, 0, 1, 3).reshape(groups, out_h * out_w, kh * kw * (channels // groups))
+
+
+def input_rows(activation: np.ndarray, use: Use) -> Iterator[np.ndarray]:
+    """The layer's input vectors ``[groups, rows, K]`` (float64), a chunk at a time."""
+    if use.conv is not None:
+        if activation.ndim != 4:
+            raise OnnxSparseError(f"{use.node}: Conv input has rank {activation.ndim}, expected 4 (N, C, H, W)")
+        for image in activation:
+            yield unfold_conv(image.astype(np.float64), use.conv)
+        return
+    x = activation.astype(np.float64)
+    if use.trans_a:
+        x = x.T
+    yield x.reshape(1, -1, x.shape[-1])
+
+
+def new_statistics(layer: Layer) -> Statistics:
+    # For Conv, K = KH*KW*C/group is already per group.
+    return Statistics(hessian=np.zeros((layer.groups, layer.k, layer.k)))
+
+
+def accumulate(stats: Statistics, activation: np.ndarray, use: Use) -> None:
+    for chunk in input_rows(activation, use):
+        if chunk.shape[-1] != stats.hessian.shape[-1]:
+            raise OnnxSparseError(f"{use.node}: input has {chunk.shape[-1]} features, the weight expects K={stats.hessian.shape[-1]}")
+        stats.hessian += np.matmul(chunk.transpose(0, 2, 1), chunk)
+        stats.rows += chunk.shape[1]
+
+
+def capture(model: onnx.ModelProto, layers: list[Layer], batches: Iterable[dict]) -> dict[str, Statistics]:
+    """Run the calibration batches through ``model`` and return H for each layer (by weight)."""
+    tensors = sorted({use.activation for layer in layers for use in layer.uses})
+    stats = {layer.weight: new_statistics(layer) for layer in layers}
+    for values in run_tensors(model, tensors, batches):
+        for layer in layers:
+            for use in layer.uses:
+                accumulate(stats[layer.weight], values[use.activation], use)
+    return stats

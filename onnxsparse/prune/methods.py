@@ -1,0 +1,106 @@
+"""N:M pruning of a ``[rows, K]`` weight matrix (SPEC's view: groups of M along K, per row).
+
+- ``magnitude``: keep the N largest |w| of each group.
+- ``wanda``: keep the N largest |w_rk| * ||X_k||_2 of each group, ||X_k|| the L2 norm of input
+  feature k over the calibration data (Sun et al., 2023: per output row, N:M along K).
+- ``sparsegpt``: one-shot OBS reconstruction (Frantar & Alistarh, 2023). With H = X^T X + λI
+  (λ = ``damp`` * mean(diag H)) and U the upper Cholesky factor of H^-1, columns are visited left
+  to right in blocks of ``block_size``; at the first column of each group of M, the group's mask
+  keeps the N columns with the largest w^2 / U_jj^2, and after each column j is quantised to its
+  mask the error e = (w_j - q_j) / U_jj is spread over the remaining columns: W[:, j:] -= e U[j, j:].
+
+``H`` is always float64; weights are computed in float64 and cast back by the caller.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import OnnxSparseError
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+
+
+def _keep_top(scores: np.ndarray, n: int, m: int) -> np.ndarray:
+    """Boolean mask keeping the n highest scores of each group of m along the last axis."""
+    rows, k = scores.shape
+    groups = scores.reshape(rows, k // m, m)
+    order = np.argsort(-groups, axis=-1, kind="stable")
+    keep = np.zeros(groups.shape, dtype=bool)
+    np.put_along_axis(keep, order[..., :n], True, axis=-1)
+    return keep.reshape(rows, k)
+
+
+def magnitude(weight: np.ndarray, n: int, m: int) -> np.ndarray:
+    return np.where(_keep_top(np.abs(weight), n, m), weight, 0.0)
+
+
+def wanda(weight: np.ndarray, hessian: np.ndarray, n: int, m: int) -> np.ndarray:
+    norms = np.sqrt(np.maximum(np.diag(hessian), 0.0))
+    return np.where(_keep_top(np.abs(weight) * norms[None, :], n, m), weight, 0.0)
+
+
+def _inverse_cholesky_upper(hessian: np.ndarray, damp: float) -> np.ndarray:
+    """Upper Cholesky factor U of (H + λI)^-1 (H^-1 = U^T U), raising λ until H is positive definite."""
+    h = hessian.copy()
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0  # inputs that never fire: no information, keep H invertible
+    mean_diag = float(np.mean(np.diag(h)))
+    eye = np.eye(h.shape[0])
+    for attempt in range(6):
+        try:
+            lower = np.linalg.cholesky(h + (damp * 10**attempt) * mean_diag * eye)
+            lower_inv = np.linalg.inv(lower)
+            return np.linalg.cholesky(lower_inv.T @ lower_inv).T
+        except np.linalg.LinAlgError:
+            continue
+    raise OnnxSparseError("SparseGPT: the layer's input Hessian is not positive definite even with damping")
+
+
+def sparsegpt(weight: np.ndarray, hessian: np.ndarray, n: int, m: int, block_size: int = 128, damp: float = 0.01) -> np.ndarray:
+    w = weight.astype(np.float64, copy=True)
+    rows, k = w.shape
+    hinv = _inverse_cholesky_upper(hessian, damp)
+    block_size = max(m, block_size - block_size % m)
+    for start in range(0, k, block_size):
+        stop = min(start + block_size, k)
+        w1 = w[:, start:stop].copy()
+        q1 = np.zeros_like(w1)
+        err1 = np.zeros_like(w1)
+        hinv1 = hinv[start:stop, start:stop]
+        mask1 = np.zeros(w1.shape, dtype=bool)  # True = pruned
+        for i in range(stop - start):
+            if i % m == 0:
+                scores = w1[:, i : i + m] ** 2 / np.diag(hinv1)[i : i + m][None, :] ** 2
+                mask1[:, i : i + m] = ~_keep_top(scores, n, m)
+            column = w1[:, i]
+            quantised = np.where(mask1[:, i], 0.0, column)
+            q1[:, i] = quantised
+            err = (column - quantised) / hinv1[i, i]
+            w1[:, i:] -= np.outer(err, hinv1[i, i:])
+            err1[:, i] = err
+        w[:, start:stop] = q1
+        w[:, stop:] -= err1 @ hinv[start:stop, stop:]
+    return w
+
+
+def prune_matrix(method: str, weight: np.ndarray, hessian: np.ndarray | None, n: int, m: int,
+                 block_size: int = 128, damp: float = 0.01) -> np.ndarray:
+    """Prune a float64 ``[rows, K]`` matrix to n:m along K with the named method."""
+    if method == "magnitude":
+        return magnitude(weight, n, m)
+    if hessian is None:
+        raise ValueError(f"{method} needs the layer's input statistics")
+    if method == "wanda":
+        return wanda(weight, hessian, n, m)
+    if method == "sparsegpt":
+        return sparsegpt(weight, hessian, n, m, block_size, damp)
+    raise OnnxSparseError(f"unknown pruning method {method!r} (choose from {', '.join(METHODS)})")
+
+
+def reconstruction_error(dense: np.ndarray, pruned: np.ndarray, hessian: np.ndarray) -> float:
+    """||X (W - W')||_F / ||X W||_F over the calibration inputs, from H = X^T X (rows of W: outputs)."""
+    diff = pruned - dense
+    num = float(np.sum((diff @ hessian) * diff))
+    den = float(np.sum((dense @ hessian) * dense))
+    return float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0

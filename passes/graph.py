@@ -1,0 +1,259 @@
+"""The model being compiled, on onnx-graphsurgeon; the only module that knows graphsurgeon's quirks.
+
+``ModelGraph`` wraps a ``gs.Graph`` together with what graphsurgeon does not keep across
+import/export: graph inputs that are also initializers (graphsurgeon drops them from the inputs),
+the IR version (export resets it), metadata and opset imports. The passes read and build tensors
+through the helpers here:
+
+- ``resolve_constant(tensor)``: follows ``Identity`` chains to the initializer or ``Constant``
+  node holding a weight, or says why there is none;
+- ``constant_array`` / ``make_constant``: values as numpy arrays, read from and written to ONNX
+  TensorProtos directly, because graphsurgeon mangles bfloat16 when it converts arrays itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
+
+from onnxsparse import DOMAIN, OPSET_VERSION
+from onnxsparse.io import MAX_IR_VERSION
+
+logger = logging.getLogger(__name__)
+# graphsurgeon logs warnings of its own (colours, dtypes) on stderr; the CLI promises one line.
+gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
+
+ONNX_DOMAINS = ("", "ai.onnx")
+
+
+class ModelGraph:
+    """A model as a graphsurgeon graph, exportable back to an ``onnx.ModelProto``."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.source = model
+        self.graph: gs.Graph = gs.import_onnx(model)
+        # Graph inputs by name, including initializers that are also inputs (overridable defaults).
+        self.input_names = {value.name for value in model.graph.input}
+        self._taken: set[str] | None = None  # names in use, filled on the first unique_name
+
+    def nodes(self) -> list[gs.Node]:
+        """The top-level nodes, in graph order."""
+        return list(self.graph.nodes)
+
+    def is_graph_input(self, tensor: gs.Tensor) -> bool:
+        return tensor.name in self.input_names
+
+    def unique_name(self, base: str) -> str:
+        """A tensor or node name not used in the graph yet."""
+        if self._taken is None:
+            self._taken = set(self.graph.tensors().keys()) | {node.name for node in self.graph.nodes}
+        name, count = base, 1
+        while name in self._taken:
+            name, count = f"{base}_{count}", count + 1
+        self._taken.add(name)
+        return name
+
+    def add_node(self, node: gs.Node, before: gs.Node | None = None, after: gs.Node | None = None) -> gs.Node:
+        """Add a node, next to another one when given (keeps the graph's order recognisable)."""
+        anchor = before if before is not None else after
+        nodes = self.graph.nodes
+        position = next((i for i, other in enumerate(nodes) if other is anchor), None) if anchor is not None else None
+        if position is None:
+            nodes.append(node)
+        else:
+            nodes.insert(position if before is not None else position + 1, node)
+        return node
+
+    @staticmethod
+    def remove_node(node: gs.Node) -> None:
+        """Disconnect a node; ``cleanup`` then drops it and whatever only it used."""
+        node.inputs.clear()
+        node.outputs.clear()
+
+    def cleanup(self) -> None:
+        self.graph.cleanup().toposort()
+
+    def to_model(self) -> onnx.ModelProto:
+        """Export, restoring what graphsurgeon does not carry over from the source model."""
+        model = gs.export_onnx(self.graph, do_type_check=True)
+        _hoist_outer_initializers(model, {tensor.name for tensor in self.source.graph.initializer})
+        source = self.source
+        model.ir_version = min(source.ir_version, MAX_IR_VERSION)
+        for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+            setattr(model, field, getattr(source, field))
+        del model.metadata_props[:]
+        model.metadata_props.extend(source.metadata_props)
+        model.graph.doc_string = source.graph.doc_string
+        _restore_opset_imports(model, source)
+        _restore_overridable_inputs(model, source)
+        return model
+
+
+def _hoist_outer_initializers(model: onnx.ModelProto, main_names: set[str]) -> None:
+    """Graphsurgeon exports a main-graph initializer that only subgraphs read as an initializer
+    of each such subgraph; put it back in the main graph, once."""
+    present = {tensor.name for tensor in model.graph.initializer}
+
+    def visit(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            for attribute in node.attribute:
+                for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                    keep = []
+                    for tensor in subgraph.initializer:
+                        if tensor.name in main_names:
+                            if tensor.name not in present:
+                                model.graph.initializer.append(tensor)
+                                present.add(tensor.name)
+                        else:
+                            keep.append(tensor)
+                    del subgraph.initializer[:]
+                    subgraph.initializer.extend(keep)
+                    visit(subgraph)
+
+    visit(model.graph)
+
+
+def _restore_opset_imports(model: onnx.ModelProto, source: onnx.ModelProto) -> None:
+    imports = [copy.deepcopy(entry) for entry in source.opset_import]
+    known = {entry.domain for entry in imports}
+    used = {node.domain for node in model.graph.node} | {
+        node.domain for function in model.functions for node in function.node
+    }
+    if DOMAIN in used and DOMAIN not in known:
+        imports.append(onnx.helper.make_opsetid(DOMAIN, OPSET_VERSION))
+    del model.opset_import[:]
+    model.opset_import.extend(imports)
+
+
+def _restore_overridable_inputs(model: onnx.ModelProto, source: onnx.ModelProto) -> None:
+    """Graphsurgeon drops graph inputs that are also initializers; put back those still there."""
+    present = {value.name for value in model.graph.input} | {tensor.name for tensor in model.graph.initializer}
+    inputs = [copy.deepcopy(value) for value in source.graph.input if value.name in present]
+    exported = {value.name: value for value in model.graph.input}
+    # Keep the source's order, then any input the passes added.
+    names = {value.name for value in inputs}
+    inputs += [copy.deepcopy(value) for name, value in exported.items() if name not in names]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+
+
+# --- constants -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConstantSource:
+    """Where a weight's value lives: an initializer (``gs.Constant``) or a ``Constant`` node's output."""
+
+    tensor: gs.Tensor
+
+    @property
+    def name(self) -> str:
+        return self.tensor.name
+
+    def proto(self) -> onnx.TensorProto:
+        return constant_proto(self.tensor)
+
+
+def is_omitted(tensor: gs.Tensor | None) -> bool:
+    """An optional input left out (absent, or the empty name)."""
+    return tensor is None or (isinstance(tensor, gs.Variable) and tensor.name == "")
+
+
+def producer(tensor: gs.Tensor) -> gs.Node | None:
+    return tensor.inputs[0] if tensor.inputs else None
+
+
+def resolve_constant(mg: ModelGraph, tensor: gs.Tensor) -> tuple[ConstantSource | None, str | None]:
+    """The constant behind ``tensor`` (through Identity chains), or ``(None, reason)``."""
+    current = tensor
+    via = ""
+    while True:
+        if mg.is_graph_input(current):
+            if current is tensor:
+                return None, f"weight '{tensor.name}' is a graph input, so it is not constant"
+            return None, f"weight '{tensor.name}' comes from graph input '{current.name}', so it is not constant"
+        if isinstance(current, gs.Constant):
+            return ConstantSource(current), None
+        node = producer(current)
+        if node is None:
+            return None, f"weight '{tensor.name}' is not constant (no initializer or Constant node produces it{via})"
+        if node.op == "Identity" and node.domain in ONNX_DOMAINS and node.inputs:
+            current, via = node.inputs[0], " through Identity"
+            continue
+        if node.op == "Constant" and node.domain in ONNX_DOMAINS:
+            if isinstance(node.attrs.get("value"), gs.Constant):
+                return ConstantSource(current), None
+            return None, f"weight '{tensor.name}' comes from a Constant node without a 'value' tensor"
+        return None, f"weight '{tensor.name}' is computed by a {node.op} node, so it is not constant"
+
+
+def constant_proto(tensor: gs.Tensor) -> onnx.TensorProto:
+    """The TensorProto of an initializer or of a Constant node's output."""
+    if isinstance(tensor, gs.Variable):
+        node = producer(tensor)
+        if node is None or node.op != "Constant":
+            raise ValueError(f"tensor '{tensor.name}' is not a constant")
+        tensor = node.attrs["value"]
+    values = tensor._values  # LazyValues keeps the original TensorProto; use it as it is
+    if isinstance(values, LazyValues):
+        return values.tensor
+    return onnx.numpy_helper.from_array(np.asarray(values), tensor.name)
+
+
+def constant_array(tensor: gs.Tensor) -> np.ndarray:
+    """A constant's values (bfloat16 as ``ml_dtypes.bfloat16``)."""
+    return onnx.numpy_helper.to_array(constant_proto(tensor))
+
+
+def make_constant(name: str, array: np.ndarray) -> gs.Constant:
+    """A new initializer built from a TensorProto, so every dtype (bfloat16 too) exports exactly."""
+    return gs.Constant(name, LazyValues(onnx.numpy_helper.from_array(np.ascontiguousarray(array), name)))
+
+
+def set_constant(tensor: gs.Variable, array: np.ndarray) -> gs.Constant:
+    """Turn a Variable whose producer was removed into an initializer in place (consumers follow)."""
+    return tensor.to_constant(LazyValues(onnx.numpy_helper.from_array(np.ascontiguousarray(array), tensor.name)))
+
+
+def dtype_name(data_type: int) -> str:
+    """ONNX's name of a tensor element type, lower case: float, float16, bfloat16, ..."""
+    try:
+        return onnx.TensorProto.DataType.Name(data_type).lower()
+    except ValueError:
+        return f"type {data_type}"
+
+
+def np_dtype(data_type: int) -> np.dtype:
+    return onnx.helper.tensor_dtype_to_np_dtype(data_type)
+
+
+# --- subgraphs and functions -----------------------------------------------------------------------
+
+
+def nested_nodes(mg: ModelGraph) -> Iterator[tuple[gs.Node, str]]:
+    """Nodes the passes do not visit, with where they are: subgraph bodies and local functions."""
+
+    def walk(graph: gs.Graph, where: str) -> Iterator[tuple[gs.Node, str]]:
+        for node in graph.nodes:
+            for attr, value in node.attrs.items():
+                for sub in value if isinstance(value, list) else [value]:
+                    if isinstance(sub, gs.Graph):
+                        inner = f"{where}the {attr} of {node.op} '{node.name}'"
+                        for inner_node in sub.nodes:
+                            yield inner_node, inner
+                        yield from walk(sub, inner + " > ")
+
+    yield from walk(mg.graph, "")
+    for function in getattr(mg.graph, "functions", []):
+        where = f"function '{function.name}'"
+        for node in function.nodes:
+            yield node, where
+        yield from walk(function, where + " > ")

@@ -1,0 +1,68 @@
+"""Shared test helpers: models from ONNX text, 2:4 weights, and the custom-op library switch.
+
+Tests marked ``kernels`` run the compiled models in ONNX Runtime with the custom-op library. They
+run whenever the library is found (``ONNXSPARSE_LIBRARY``, ``build/cpu/``, or ``get_library_path``).
+Without it they are skipped locally, but in CI (``CI`` set) they run and fail: CI always installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import onnx.parser
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the checkout's onnxsparse, also when it is not installed
+
+_LOCAL_BUILD = REPO / "build" / "cpu" / "libonnxsparse_ops.so"
+if "ONNXSPARSE_LIBRARY" not in os.environ and _LOCAL_BUILD.is_file():
+    os.environ["ONNXSPARSE_LIBRARY"] = str(_LOCAL_BUILD)
+
+from onnxsparse import OnnxSparseError, get_library_path  # noqa: E402
+from onnxsparse import format as fmt  # noqa: E402
+
+DTYPES = {"float": np.float32, "float16": np.float16, "bfloat16": onnx.helper.tensor_dtype_to_np_dtype(16)}
+
+
+def make_model(text: str, **initializers: np.ndarray) -> onnx.ModelProto:
+    """A model from ONNX text, plus initializers given as arrays (names as keywords)."""
+    model = onnx.parser.parse_model(text)
+    model.graph.initializer.extend(onnx.numpy_helper.from_array(a, name) for name, a in initializers.items())
+    return model
+
+
+def sparse_weight(shape, layout: str, dtype=np.float32, seed: int = 0) -> np.ndarray:
+    """A random weight magnitude-pruned to 2:4 along SPEC's axis for ``layout``."""
+    dense = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    return fmt.prune_weight_magnitude(dense, layout).astype(dtype)
+
+
+def random_input(shape, dtype=np.float32, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32).astype(dtype)
+
+
+def library_available() -> bool:
+    try:
+        get_library_path()
+    except OnnxSparseError:
+        return False
+    return True
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "kernels: runs compiled models in ONNX Runtime with the custom-op library")
+
+
+def pytest_collection_modifyitems(config, items):
+    if library_available() or os.environ.get("CI"):
+        return
+    skip = pytest.mark.skip(reason="custom-op library not built (build it or set ONNXSPARSE_LIBRARY); in CI this fails")
+    for item in items:
+        if "kernels" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,117 @@
+"""SPEC's compressed format: the worked cases, -0.0, packing, layouts, round trips."""
+
+import numpy as np
+import pytest
+
+from onnxsparse import format as fmt
+
+# SPEC's worked cases: elements e0 e1 e2 e3 -> (index0, index1)
+WORKED_CASES = {
+    "00XY": (2, 2),
+    "0X0Y": (1, 2),
+    "000X": (0, 2),
+    "00X0": (2, 0),
+    "0000": (0, 0),
+    "XY00": (0, 0),
+    "X00Y": (0, 2),
+    "0XY0": (1, 1),
+}
+
+
+def _group(pattern, x=1.5, y=-2.25, dtype=np.float32):
+    return np.array([[0.0 if c == "0" else (x if c == "X" else y) for c in pattern]], dtype=dtype)
+
+
+@pytest.mark.parametrize("pattern", sorted(WORKED_CASES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_worked_cases(pattern, dtype):
+    group = _group(pattern, dtype=dtype)
+    values, index = fmt.compress(group)
+    nibble = int(index[0, 0]) & 0xF
+    assert (nibble & 0x3, nibble >> 2) == WORKED_CASES[pattern]
+    assert int(index[0, 0]) >> 4 == 0, "the spare high nibble of an odd group count is 0"
+    assert np.array_equal(fmt.decompress(values, index), group)
+    kept = sorted(v for v in group[0] if v != 0)
+    assert sorted(v for v in values[0] if v != 0) == kept
+
+
+def test_negative_zero_counts_as_zero():
+    group = np.array([[-0.0, 3.0, -0.0, 4.0, 1.0, -0.0, -0.0, -0.0]], np.float32)
+    assert fmt.group_stats(group).share == 1.0
+    values, index = fmt.compress(group)
+    assert np.array_equal(fmt.decompress(values, index), group)  # -0.0 == 0.0
+    assert not np.signbit(values[values == 0]).any()
+
+
+def test_three_nonzeros_rejected():
+    with pytest.raises(fmt.NotTwoFourError, match="more than 2"):
+        fmt.compress(np.array([[1.0, 2.0, 3.0, 0.0]], np.float32))
+
+
+def test_k_not_multiple_of_four_rejected():
+    with pytest.raises(fmt.NotTwoFourError, match="multiple of 4"):
+        fmt.compress(np.zeros((2, 6), np.float32))
+
+
+def test_packing_two_groups_per_byte():
+    # group 0: 0XY0 -> (1, 1) -> nibble 0b0101; group 1: 000X -> (0, 2) -> nibble 0b1000
+    row = np.array([[0, 1, 2, 0, 0, 0, 0, 3]], np.float32)
+    values, index = fmt.compress(row)
+    assert index.shape == (1, 1)
+    assert int(index[0, 0]) == 0b1000_0101
+    assert values.tolist() == [[1, 2, 0, 3]]
+
+
+@pytest.mark.parametrize("k", [4, 8, 12, 20, 64, 100])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_round_trip_random(k, dtype):
+    rng = np.random.default_rng(k)
+    dense = fmt.prune_magnitude(rng.standard_normal((9, k)).astype(dtype))
+    # sprinkle extra zeros so groups with 0 and 1 non-zeros occur too
+    dense[rng.random(dense.shape) < 0.3] = 0
+    values, index = fmt.compress(dense)
+    assert values.shape == (9, k // 2) and values.dtype == dtype
+    assert index.shape == (9, (k + 7) // 8) and index.dtype == np.uint8
+    assert np.array_equal(fmt.decompress(values, index), dense)
+    nibbles = np.stack([index & 0xF, index >> 4], axis=-1).reshape(9, -1)[:, : k // 4]
+    assert ((nibbles & 3) != 3).all() and ((nibbles >> 2) != 3).all()
+
+
+@pytest.mark.parametrize(
+    "layout,shape",
+    [("kn", (12, 5)), ("nk", (5, 12)), ("oihw", (6, 8, 3, 3)), ("oihw", (4, 4, 1, 1))],
+)
+def test_layouts_group_along_reduction_axis(layout, shape):
+    rng = np.random.default_rng(1)
+    weight = rng.standard_normal(shape).astype(np.float32)
+    pruned = fmt.prune_weight_magnitude(weight, layout)
+    assert fmt.group_stats(fmt.to_rows_k(pruned, layout)).share == 1.0
+    assert np.array_equal(fmt.from_rows_k(fmt.to_rows_k(weight, layout), layout, shape), weight)
+    values, index = fmt.compress_weight(pruned, layout)
+    assert np.array_equal(fmt.decompress_weight(values, index, layout, shape), pruned)
+
+
+def test_conv_groups_are_consecutive_input_channels():
+    # OIHW: a group of 4 is 4 consecutive input channels at one (kh, kw); pruning one (kh, kw)
+    # position must keep 2 of every 4 channels there.
+    weight = np.arange(1, 1 + 2 * 8 * 2 * 2, dtype=np.float32).reshape(2, 8, 2, 2)
+    pruned = fmt.prune_weight_magnitude(weight, "oihw")
+    for oc in range(2):
+        for kh in range(2):
+            for kw in range(2):
+                channels = pruned[oc, :, kh, kw]
+                assert (channels.reshape(2, 4) != 0).sum(axis=1).tolist() == [2, 2]
+                # magnitude keeps the two largest, i.e. the last two channels of each group
+                assert (channels.reshape(2, 4)[:, 2:] != 0).all()
+
+
+def test_matmul_groups_run_down_columns():
+    weight = np.arange(1, 1 + 8 * 3, dtype=np.float32).reshape(8, 3)  # [K, N]
+    pruned = fmt.prune_weight_magnitude(weight, "kn")
+    assert ((pruned.reshape(2, 4, 3) != 0).sum(axis=1) == 2).all()
+
+
+def test_invalid_index_value_rejected():
+    values = np.ones((1, 2), np.float32)
+    with pytest.raises(ValueError, match="invalid"):
+        fmt.decompress(values, np.array([[0x03]], np.uint8))
