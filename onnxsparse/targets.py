@@ -54,6 +54,7 @@ def _distance(record: dict, k: int, n: int) -> float:
 
 def decide(target: str, dtype: str, k: int, n: int, m: int | None = None) -> Decision:
     """Whether a 2:4 GEMM of this shape should run sparse on ``target``, and why."""
+    dtype = _DTYPE_NAMES.get(dtype, dtype)
     records = [r for r in load_table(target) if r.get("dtype") == dtype]
     if not records:
         return Decision(True, f"no {target} measurements for {dtype}; sparse by default")
@@ -73,3 +74,67 @@ def decide(target: str, dtype: str, k: int, n: int, m: int | None = None) -> Dec
         )
     best = min(rows, key=lambda r: r["sparse_us"] / r["dense_us"])
     return Decision(True, f"sparse faster on {target} ({best['dense_us'] / best['sparse_us']:.2f}x at M={best['m']}, {shape})")
+
+
+_DTYPE_NAMES = {"float": "float32", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def _static_product(dims) -> int | None:
+    if dims is None or any(not isinstance(d, int) or d < 0 for d in dims):
+        return None
+    return math.prod(dims)
+
+
+def layer_gemm_shape(record) -> tuple[int | None, int, int]:
+    """(m, k, n) of the GEMM a verified layer runs (a Conv as its implicit GEMM, per group).
+
+    m is None when the activation's shape is not static (a dynamic batch or sequence).
+    """
+    shape = tuple(record.shape)
+    node = record.gs_node
+    attrs = getattr(node, "attrs", {}) or {}
+    if record.layout == "oihw":
+        group = int(attrs.get("group", 1))
+        k, n = math.prod(shape[1:]), shape[0] // max(group, 1)
+        out_shape = node.outputs[0].shape if node is not None and node.outputs else None
+        m = None
+        if out_shape is not None and len(out_shape) == 4:
+            m = _static_product([out_shape[0], out_shape[2], out_shape[3]])
+        return m, k, n
+    k, n = (shape[0], shape[1]) if record.layout == "kn" else (shape[1], shape[0])
+    a_shape = node.inputs[0].shape if node is not None and node.inputs else None
+    m = None
+    if a_shape is not None and len(a_shape) >= 1:
+        if record.op == "Gemm" and int(attrs.get("transA", 0)) and len(a_shape) == 2:
+            m = _static_product([a_shape[1]])
+        else:
+            m = _static_product(list(a_shape[:-1])) if len(a_shape) > 1 else 1
+    return m, k, n
+
+
+def _matches(patterns, record) -> bool:
+    from fnmatch import fnmatchcase
+
+    return any(fnmatchcase(record.node, p) or fnmatchcase(record.op, p) for p in patterns)
+
+
+def make_policy(target: str, force_sparse: list[str] | None = None, force_dense: list[str] | None = None):
+    """The compiler's per-layer dense fallback for ``target`` (a ``passes.DensePolicy``).
+
+    ``force_dense`` / ``force_sparse``: fnmatch patterns on node names or op types that override
+    the measured choice (``["*"]`` forces every layer).
+    """
+    load_table(target)  # an unknown target fails here, before any layer is looked at
+    force_sparse = list(force_sparse or [])
+    force_dense = list(force_dense or [])
+
+    def policy(record) -> str | None:
+        if _matches(force_dense, record):
+            return "kept dense by --force-dense"
+        if _matches(force_sparse, record):
+            return None
+        m, k, n = layer_gemm_shape(record)
+        decision = decide(target, _DTYPE_NAMES.get(record.dtype, record.dtype), k, n, m)
+        return None if decision.sparse else decision.reason
+
+    return policy

@@ -14,7 +14,6 @@ through the helpers here:
 from __future__ import annotations
 
 import copy
-import logging
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -27,11 +26,10 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnxsparse import DOMAIN, OPSET_VERSION
 from onnxsparse.io import MAX_IR_VERSION
 
-logger = logging.getLogger(__name__)
 # graphsurgeon logs warnings of its own (colours, dtypes) on stderr; the CLI promises one line.
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
 
-ONNX_DOMAINS = ("", "ai.onnx")
+ONNX_DOMAINS = ("", "ai.onnx", None)  # graphsurgeon gives None when the field is unset
 
 
 class ModelGraph:
@@ -79,7 +77,9 @@ class ModelGraph:
         node.outputs.clear()
 
     def cleanup(self) -> None:
-        self.graph.cleanup().toposort()
+        """Drop what no output needs. No toposort: nodes are inserted where they belong, and
+        graphsurgeon's sort would reorder independent nodes, which makes diffs hard to read."""
+        self.graph.cleanup()
 
     def to_model(self) -> onnx.ModelProto:
         """Export, restoring what graphsurgeon does not carry over from the source model."""

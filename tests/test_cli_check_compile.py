@@ -204,7 +204,22 @@ def test_compile_output_folder_missing(model_path, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net.onnx"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_compile_output_folder_unwritable_in_process(model_path, tmp_path, monkeypatch, capsys):
+    # Root writes into read-only folders, so this one fakes the permission check in-process.
+    from onnxsparse import cli as onnxsparse_cli
+    from onnxsparse import io as onnxsparse_io
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(onnxsparse_io.os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    assert onnxsparse_cli.main(["compile", str(model_path), "-o", str(locked / "out.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not writable" in err[0]
+    assert list(locked.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders (see the in-process test)")
 def test_compile_output_folder_unwritable(model_path, tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
-from conftest import make_model, sparse_weight
+from conftest import DTYPES, make_model, sparse_weight
 
 from onnxsparse.api import check_model
 from onnxsparse.passes import ModelGraph, VerifySparsity
@@ -40,6 +41,21 @@ def test_initializer_weight_is_eligible():
     assert (layer.weight, layer.source, layer.shape, layer.dtype, layer.layout, layer.share) == (
         "W", "W", (8, 4), "float", "kn", 1.0,
     )
+
+
+def test_node_without_domain_field_is_verified():
+    from onnx import helper
+
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("MatMul", ["x", "W"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", 1, [2, 8])],
+            [helper.make_tensor_value_info("y", 1, [2, 4])],
+            [onnx.numpy_helper.from_array(sparse_weight((8, 4), "kn"), "W")],
+        )
+    )
+    assert only_layer(model).eligible
 
 
 def test_constant_node_weight_is_eligible():
@@ -111,8 +127,6 @@ def test_constant_as_first_matmul_input_is_refused():
 
 @pytest.mark.parametrize("dtype", ["float", "float16", "bfloat16"])
 def test_supported_dtypes_are_eligible(dtype):
-    from conftest import DTYPES
-
     layer = only_layer(matmul_model(sparse_weight((8, 4), "kn", DTYPES[dtype]), dtype))
     assert layer.eligible and layer.dtype == dtype
 

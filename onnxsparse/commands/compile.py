@@ -14,6 +14,7 @@ from pathlib import Path
 from .. import io
 from ..api import compile_model
 from ..errors import OnnxSparseError
+from ..targets import TARGETS, make_policy
 from .check import format_shape
 
 NAME = "compile"
@@ -26,6 +27,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", help="output model (default: <stem>.sparse.onnx beside the input)")
     parser.add_argument(
         "--no-fold", action="store_true", help="keep CompressOp in the graph (compress when the session starts)"
+    )
+    parser.add_argument(
+        "--target",
+        choices=TARGETS,
+        default="cpu",
+        help="where the model will run: a layer whose sparse kernel was measured slower than dense "
+        "there stays dense (default: cpu)",
+    )
+    parser.add_argument(
+        "--force-sparse",
+        nargs="*",
+        metavar="PATTERN",
+        help="rewrite the eligible layers matching these node-name or op-type patterns whatever the "
+        "measurements say (no pattern: every eligible layer)",
+    )
+    parser.add_argument(
+        "--force-dense", nargs="+", metavar="PATTERN", default=[], help="keep the layers matching these patterns dense"
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -41,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else default_output(source)
     io.check_output_path(out, inputs=[source])
 
-    result = compile_model(source, fold=not args.no_fold)
+    force_sparse = None if args.force_sparse is None else (args.force_sparse or ["*"])
+    policy = make_policy(args.target, force_sparse=force_sparse, force_dense=args.force_dense)
+    result = compile_model(source, fold=not args.no_fold, policy=policy)
     input_data = io.external_data_files(source)
     if input_data and (out.parent / f"{out.name}.data").resolve() in input_data:
         raise OnnxSparseError(f"{out}: its external data file would overwrite the input's; choose another -o")

@@ -1,0 +1,399 @@
+"""GPU benchmark of the onnxsparse CUDA kernels against ONNX Runtime's dense CUDA EP (one command).
+
+    python benchmarks/gpu_bench.py [--out benchmarks/results] [--quick]
+
+(a) per GEMM: M x (K, N) for fp16 and bf16, MatMulCompress vs dense MatMul, both in ONNX Runtime's
+    CUDA EP with the same session options. Each model holds LAYERS independent layers (distinct
+    weights, so that no weight stays in L2) reading one input; it runs under CUDA-graph replay
+    (enable_cuda_graph, io-binding, one graph per M via gpu_graph_id) without a host sync between
+    runs, so the time per layer is kernel time, not per-run overhead.
+(b) end to end, fp16: a BERT-large-like encoder (24 layers, hidden 1024, FFN 4096, seq 384) and a
+    ResNet-50-like conv net, 2:4 magnitude-pruned, dense vs compiled by onnxsparse.api.compile_model.
+Writes gpu_bench.json, gpu_bench.md, gpu_bench.png under --out, and onnxsparse/data/perf_cuda.json
+(the table onnxsparse.targets reads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import onnx.numpy_helper
+import onnxruntime as ort
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from onnxsparse import format as fmt  # noqa: E402
+from onnxsparse.session import session_options  # noqa: E402
+
+MS = [1, 8, 16, 64, 256, 1024, 4096, 16384]
+SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (1024, 4096), (768, 3072)]
+ELEM = {"float16": onnx.TensorProto.FLOAT16, "bfloat16": onnx.TensorProto.BFLOAT16}
+NP = {"float16": np.float16, "bfloat16": onnx.helper.tensor_dtype_to_np_dtype(onnx.TensorProto.BFLOAT16)}
+LAYERS = 8
+
+
+def log(*args):
+    print(*args, flush=True)
+
+
+def fast_24(rows: int, k: int, rng, dtype) -> np.ndarray:
+    """A random [rows, K] matrix with a random 2:4 pattern along K (fast, like magnitude pruning of noise)."""
+    w = rng.standard_normal((rows, k // 4, 4), dtype=np.float32)
+    keep = np.argsort(rng.random((rows, k // 4, 4), dtype=np.float32), axis=-1)[..., :2]
+    mask = np.zeros(w.shape, bool)
+    np.put_along_axis(mask, keep, True, axis=-1)
+    return np.where(mask, w, 0).reshape(rows, k).astype(dtype) * 0.05
+
+
+def _model(nodes, inputs, outputs, inits) -> bytes:
+    g = oh.make_graph(nodes, "bench", inputs, outputs, initializer=inits)
+    m = oh.make_model(g, opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid("onnxsparse", 1)])
+    m.ir_version = 10
+    return m.SerializeToString()
+
+
+def gemm_models(dtype: str, k: int, n: int, rng):
+    """(dense, sparse) models: LAYERS layers on one input X [M, K] (M symbolic)."""
+    elem = ELEM[dtype]
+    base = fast_24(n, k, rng, NP[dtype])  # [N, K] rows
+    values, index = fmt.compress(base)
+    x = oh.make_tensor_value_info("X", elem, ["M", k])
+    outs = [oh.make_tensor_value_info(f"Y{i}", elem, ["M", n]) for i in range(LAYERS)]
+    dense_nodes, dense_inits, sparse_nodes, sparse_inits = [], [], [], []
+    for i in range(LAYERS):
+        # Distinct weights per layer: rows rolled (the dense W's columns), same cost.
+        w_rows = np.roll(base, i * 7, axis=0)
+        dense_inits.append(onnx.numpy_helper.from_array(np.ascontiguousarray(w_rows.T), f"W{i}"))
+        dense_nodes.append(oh.make_node("MatMul", ["X", f"W{i}"], [f"Y{i}"]))
+        sparse_inits += [onnx.numpy_helper.from_array(np.roll(values, i * 7, axis=0), f"V{i}"),
+                         onnx.numpy_helper.from_array(np.roll(index, i * 7, axis=0), f"I{i}")]
+        sparse_nodes.append(oh.make_node("MatMulCompress", ["X", f"V{i}", f"I{i}"], [f"Y{i}"], domain="onnxsparse"))
+    return _model(dense_nodes, [x], outs, dense_inits), _model(sparse_nodes, [x], outs, sparse_inits)
+
+
+def time_graph(sess, dtype, k, n, m, graph_id, min_time=0.15):
+    """Seconds per run under CUDA-graph replay (runs queued without host sync)."""
+    npd = NP[dtype]
+    x = ort.OrtValue.ortvalue_from_numpy((np.random.default_rng(m).standard_normal((m, k)) * 0.5).astype(npd), "cuda", 0)
+    ys = [ort.OrtValue.ortvalue_from_shape_and_type([m, n], npd, "cuda", 0) for _ in range(LAYERS)]
+    b = sess.io_binding()
+    b.bind_ortvalue_input("X", x)
+    for i, y in enumerate(ys):
+        b.bind_ortvalue_output(f"Y{i}", y)
+    ro = ort.RunOptions()
+    ro.add_run_config_entry("gpu_graph_id", str(graph_id))
+    for _ in range(3):  # warm-up runs, then capture, then replay
+        sess.run_with_iobinding(b, ro)
+    ro_async = ort.RunOptions()
+    ro_async.add_run_config_entry("gpu_graph_id", str(graph_id))
+    ro_async.add_run_config_entry("disable_synchronize_execution_providers", "1")
+    reps = 5
+    while True:
+        b.synchronize_outputs()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            sess.run_with_iobinding(b, ro_async)
+        sess.run_with_iobinding(b, ro)  # one synchronised run closes the batch
+        dt = (time.perf_counter() - t0) / (reps + 1)
+        if dt * (reps + 1) >= min_time or reps >= 2000:
+            break
+        reps = int(min(2000, max(reps * 2, min_time / max(dt, 1e-6))))
+    return dt
+
+
+def bench_gemms(dtypes, shapes, ms):
+    records = []
+    rng = np.random.default_rng(0)
+    for dtype in dtypes:
+        for k, n in shapes:
+            t0 = time.time()
+            dense, sparse = gemm_models(dtype, k, n, rng)
+            res = {}
+            for name, blob in (("dense", dense), ("sparse", sparse)):
+                opts = session_options()
+                sess = ort.InferenceSession(blob, opts, providers=[("CUDAExecutionProvider", {"enable_cuda_graph": "1"})])
+                for gid, m in enumerate(ms, start=1):
+                    try:
+                        res[(name, m)] = time_graph(sess, dtype, k, n, m, gid) / LAYERS * 1e6
+                    except Exception as e:  # noqa: BLE001
+                        log(f"  {name} {dtype} M={m} K={k} N={n}: {str(e).splitlines()[0][:200]}")
+                del sess
+            for m in ms:
+                d, s = res.get(("dense", m)), res.get(("sparse", m))
+                if d is None or s is None:
+                    continue
+                rec = {"op": "gemm", "dtype": dtype, "m": m, "k": k, "n": n, "sparse_us": round(s, 3), "dense_us": round(d, 3),
+                       "speedup": round(d / s, 3), "sparse_tflops": round(2 * m * k * n / s / 1e6, 1)}
+                records.append(rec)
+                log(f"{dtype} M={m:6d} K={k:5d} N={n:5d}  dense {d:9.2f} us  sparse {s:9.2f} us  x{d / s:5.2f}")
+            log(f"  ({time.time() - t0:.0f} s)")
+    return records
+
+
+# ----------------------------------------------------------------------------- end to end
+def _w(rng, shape, layout):
+    rows_k = fast_24(*((shape[1], shape[0]) if layout == "kn" else (shape[0], int(np.prod(shape[1:])))), rng, np.float16)
+    if layout == "kn":
+        return np.ascontiguousarray(rows_k.T)
+    oc, c, kh, kw = shape
+    return np.ascontiguousarray(rows_k.reshape(oc, kh, kw, c).transpose(0, 3, 1, 2))
+
+
+def bert_model(layers=24, hidden=1024, ffn=4096, heads=16, seq=384) -> onnx.ModelProto:
+    rng = np.random.default_rng(1)
+    f16 = onnx.TensorProto.FLOAT16
+    nodes, inits = [], []
+
+    def init(name, arr):
+        inits.append(onnx.numpy_helper.from_array(arr.astype(np.float16) if arr.dtype != np.int64 else arr, name))
+        return name
+
+    def linear(x, name, k, n):
+        w = init(f"{name}.w", _w(rng, (k, n), "kn"))
+        b = init(f"{name}.b", (rng.standard_normal(n) * 0.02).astype(np.float16))
+        nodes.append(oh.make_node("MatMul", [x, w], [f"{name}.mm"]))
+        nodes.append(oh.make_node("Add", [f"{name}.mm", b], [f"{name}.out"]))
+        return f"{name}.out"
+
+    def layernorm(x, name):
+        s = init(f"{name}.s", np.ones(hidden, np.float16))
+        b = init(f"{name}.b", np.zeros(hidden, np.float16))
+        nodes.append(oh.make_node("LayerNormalization", [x, s, b], [f"{name}.out"], axis=-1, epsilon=1e-5))
+        return f"{name}.out"
+
+    dh = hidden // heads
+    init("shape_bshd", np.array([0, 0, heads, dh], np.int64))
+    init("shape_bsh", np.array([0, 0, hidden], np.int64))
+    init("scale", np.array(1.0 / np.sqrt(dh), np.float16))
+    x = "X"
+    for i in range(layers):
+        p = f"l{i}"
+        qkv = []
+        for part in ("q", "k", "v"):
+            t = linear(x, f"{p}.{part}", hidden, hidden)
+            nodes.append(oh.make_node("Reshape", [t, "shape_bshd"], [f"{p}.{part}.r"]))
+            perm = [0, 2, 3, 1] if part == "k" else [0, 2, 1, 3]
+            nodes.append(oh.make_node("Transpose", [f"{p}.{part}.r"], [f"{p}.{part}.t"], perm=perm))
+            qkv.append(f"{p}.{part}.t")
+        nodes.append(oh.make_node("MatMul", [qkv[0], qkv[1]], [f"{p}.s"]))
+        nodes.append(oh.make_node("Mul", [f"{p}.s", "scale"], [f"{p}.ss"]))
+        nodes.append(oh.make_node("Softmax", [f"{p}.ss"], [f"{p}.p"], axis=-1))
+        nodes.append(oh.make_node("MatMul", [f"{p}.p", qkv[2]], [f"{p}.c"]))
+        nodes.append(oh.make_node("Transpose", [f"{p}.c"], [f"{p}.ct"], perm=[0, 2, 1, 3]))
+        nodes.append(oh.make_node("Reshape", [f"{p}.ct", "shape_bsh"], [f"{p}.cr"]))
+        o = linear(f"{p}.cr", f"{p}.o", hidden, hidden)
+        nodes.append(oh.make_node("Add", [o, x], [f"{p}.res1"]))
+        h = layernorm(f"{p}.res1", f"{p}.ln1")
+        f1 = linear(h, f"{p}.f1", hidden, ffn)
+        nodes.append(oh.make_node("Gelu", [f1], [f"{p}.g"]) if False else oh.make_node("Relu", [f1], [f"{p}.g"]))
+        f2 = linear(f"{p}.g", f"{p}.f2", ffn, hidden)
+        nodes.append(oh.make_node("Add", [f2, h], [f"{p}.res2"]))
+        x = layernorm(f"{p}.res2", f"{p}.ln2")
+    nodes.append(oh.make_node("Identity", [x], ["Y"]))
+    g = oh.make_graph(nodes, "bert_large_like", [oh.make_tensor_value_info("X", f16, ["B", seq, hidden])],
+                      [oh.make_tensor_value_info("Y", f16, ["B", seq, hidden])], initializer=inits)
+    m = oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)])
+    m.ir_version = 10
+    return m
+
+
+def resnet_model() -> onnx.ModelProto:
+    """ResNet-50-like: the stem, bottleneck stages [3, 4, 6, 3], BN folded into conv bias, fp16."""
+    rng = np.random.default_rng(2)
+    f16 = onnx.TensorProto.FLOAT16
+    nodes, inits = [], []
+    count = [0]
+
+    def conv(x, c, oc, k, stride=1, relu=True, sparse=True):
+        count[0] += 1
+        name = f"c{count[0]}"
+        shape = (oc, c, k, k)
+        w = _w(rng, shape, "oihw") if sparse and c % 4 == 0 else (rng.standard_normal(shape) * 0.05).astype(np.float16)
+        w = (w * np.float16(np.sqrt(2.0 / (c * k * k)) / 0.05)).astype(np.float16)
+        inits.append(onnx.numpy_helper.from_array(w, f"{name}.w"))
+        inits.append(onnx.numpy_helper.from_array(np.zeros(oc, np.float16), f"{name}.b"))
+        nodes.append(oh.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [f"{name}.y"], kernel_shape=[k, k],
+                                  strides=[stride, stride], pads=[k // 2] * 4))
+        if not relu:
+            return f"{name}.y"
+        nodes.append(oh.make_node("Relu", [f"{name}.y"], [f"{name}.r"]))
+        return f"{name}.r"
+
+    x = conv("X", 3, 64, 7, 2, sparse=False)
+    nodes.append(oh.make_node("MaxPool", [x], ["pool"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]))
+    x, c = "pool", 64
+    for stage, (blocks, width) in enumerate([(3, 64), (4, 128), (6, 256), (3, 512)]):
+        for b in range(blocks):
+            stride = 2 if (b == 0 and stage > 0) else 1
+            out = width * 4
+            h = conv(x, c, width, 1)
+            h = conv(h, width, width, 3, stride)
+            h = conv(h, width, out, 1, relu=False)
+            sc = conv(x, c, out, 1, stride, relu=False) if b == 0 else x
+            count[0] += 1
+            nodes.append(oh.make_node("Add", [h, sc], [f"a{count[0]}"]))
+            nodes.append(oh.make_node("Relu", [f"a{count[0]}"], [f"ar{count[0]}"]))
+            x, c = f"ar{count[0]}", out
+    nodes.append(oh.make_node("GlobalAveragePool", [x], ["gap"]))
+    nodes.append(oh.make_node("Flatten", ["gap"], ["flat"]))
+    inits.append(onnx.numpy_helper.from_array(_w(rng, (2048, 1000), "kn"), "fc.w"))
+    nodes.append(oh.make_node("MatMul", ["flat", "fc.w"], ["Y"]))
+    g = oh.make_graph(nodes, "resnet50_like", [oh.make_tensor_value_info("X", f16, ["B", 3, 224, 224])],
+                      [oh.make_tensor_value_info("Y", f16, ["B", 1000])], initializer=inits)
+    m = oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)])
+    m.ir_version = 10
+    return m
+
+
+def compile_sparse(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    try:
+        from onnxsparse.api import compile_model
+
+        result = compile_model(model)
+        return result.model, f"onnxsparse.api.compile_model: {len(result.rewritten)} of {len(result.layers)} layers rewritten"
+    except Exception as e:  # noqa: BLE001
+        raise RuntimeError(f"compile_model failed: {e}") from e
+
+
+def time_e2e(blob: bytes, x_shape, reps_time=1.0):
+    opts = session_options()
+    sess = ort.InferenceSession(blob, opts, providers=["CUDAExecutionProvider"])
+    x = ort.OrtValue.ortvalue_from_numpy((np.random.default_rng(0).standard_normal(x_shape) * 0.5).astype(np.float16), "cuda", 0)
+    b = sess.io_binding()
+    b.bind_ortvalue_input("X", x)
+    b.bind_output("Y", "cuda")
+    for _ in range(3):
+        sess.run_with_iobinding(b)
+    times = []
+    t_end = time.perf_counter() + reps_time
+    while time.perf_counter() < t_end or len(times) < 5:
+        t0 = time.perf_counter()
+        sess.run_with_iobinding(b)
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 200:
+            break
+    out = b.copy_outputs_to_cpu()[0]
+    del sess
+    return float(np.median(times)) * 1e3, out
+
+
+def bench_e2e(quick: bool):
+    rows = []
+    specs = [("bert_large_like", bert_model, [(b, 384, 1024) for b in ([1, 8] if quick else [1, 8, 32])]),
+             ("resnet50_like", resnet_model, [(b, 3, 224, 224) for b in ([1, 32] if quick else [1, 32, 128])])]
+    for name, make, shapes in specs:
+        t0 = time.time()
+        dense = make()
+        sparse, how = compile_sparse(dense)
+        dense_blob, sparse_blob = dense.SerializeToString(), sparse.SerializeToString()
+        log(f"{name}: {how} ({time.time() - t0:.0f} s to build)")
+        del dense, sparse
+        for shape in shapes:
+            try:
+                d_ms, d_out = time_e2e(dense_blob, shape)
+                s_ms, s_out = time_e2e(sparse_blob, shape)
+            except Exception as e:  # noqa: BLE001
+                log(f"  {name} batch {shape[0]}: {str(e).splitlines()[0][:300]}")
+                continue
+            d64, s64 = d_out.astype(np.float64), s_out.astype(np.float64)
+            err = float(np.linalg.norm(s64 - d64) / max(np.linalg.norm(d64), 1e-30))
+            rows.append({"model": name, "batch": shape[0], "dense_ms": round(d_ms, 3), "sparse_ms": round(s_ms, 3),
+                         "speedup": round(d_ms / s_ms, 3), "rel_diff": err, "compile": how})
+            log(f"  {name} batch {shape[0]:4d}: dense {d_ms:8.2f} ms  sparse {s_ms:8.2f} ms  x{d_ms / s_ms:5.2f}  rel diff {err:.1e}")
+    return rows
+
+
+def versions():
+    info = {"onnxruntime": ort.__version__, "python": platform.python_version()}
+    try:
+        q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                           capture_output=True, text=True, timeout=30)
+        info["gpu"] = q.stdout.strip()
+        v = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
+        info["cuda_driver_api"] = next((ln.split("CUDA Version:")[1].split("|")[0].strip() for ln in v.splitlines() if "CUDA Version" in ln), "")
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        import importlib.metadata as md
+
+        for pkg in ("nvidia-cusparselt-cu13", "nvidia-cusparselt-cu12", "nvidia-cublas", "nvidia-cuda-runtime", "torch"):
+            try:
+                info[pkg] = md.version(pkg)
+            except md.PackageNotFoundError:
+                pass
+    except Exception:  # noqa: BLE001
+        pass
+    info["ONNXSPARSE_CUSPARSELT_LIBRARY"] = os.environ.get("ONNXSPARSE_CUSPARSELT_LIBRARY", "")
+    return info
+
+
+def write_outputs(out: Path, gemms, e2e, meta):
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_bench.json").write_text(json.dumps({"meta": meta, "gemm": gemms, "e2e": e2e}, indent=1))
+    table = {"target": "cuda", "meta": meta, "records": [{k: r[k] for k in ("op", "dtype", "m", "k", "n", "sparse_us", "dense_us")} for r in gemms]}
+    (REPO / "onnxsparse" / "data").mkdir(exist_ok=True)
+    (REPO / "onnxsparse" / "data" / "perf_cuda.json").write_text(json.dumps(table, indent=1))
+    lines = [f"# GPU benchmark: onnxsparse CUDA vs ONNX Runtime dense CUDA EP", "",
+             "Machine: " + ", ".join(f"{k} {v}" for k, v in meta.items() if v), "",
+             "## Per GEMM (kernel time per layer, CUDA-graph replay, 8 layers per model)", "",
+             "| dtype | M | K | N | dense us | sparse us | speedup | sparse TFLOP/s |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['dtype']} | {r['m']} | {r['k']} | {r['n']} | {r['dense_us']:.2f} | {r['sparse_us']:.2f} | {r['speedup']:.2f} | {r['sparse_tflops']} |" for r in gemms]
+    lines += ["", "## End to end (fp16, median ms per run, io-binding)", "", "| model | batch | dense ms | compiled ms | speedup | rel diff |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['batch']} | {r['dense_ms']:.2f} | {r['sparse_ms']:.2f} | {r['speedup']:.2f} | {r['rel_diff']:.1e} |" for r in e2e]
+    (out / "gpu_bench.md").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+        for ax, dtype in zip(axes, ("float16", "bfloat16")):
+            for k, n in SHAPES:
+                rs = sorted((r for r in gemms if r["dtype"] == dtype and r["k"] == k and r["n"] == n), key=lambda r: r["m"])
+                if rs:
+                    ax.plot([r["m"] for r in rs], [r["speedup"] for r in rs], marker="o", label=f"K={k} N={n}")
+            ax.axhline(1.0, color="gray", lw=0.8)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("M")
+            ax.set_ylabel("dense time / sparse time")
+            ax.set_title(f"2:4 sparse vs dense, {dtype} ({meta.get('gpu', 'GPU')})")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "gpu_bench.png", dpi=110)
+    except Exception as e:  # noqa: BLE001
+        log(f"no plot: {e}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    ap.add_argument("--quick", action="store_true", help="fewer shapes (a smoke run)")
+    ap.add_argument("--skip-e2e", action="store_true")
+    ap.add_argument("--skip-gemm", action="store_true")
+    args = ap.parse_args()
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        sys.exit("gpu_bench: onnxruntime has no CUDAExecutionProvider")
+    meta = versions()
+    log(json.dumps(meta))
+    shapes = SHAPES[:1] if args.quick else SHAPES
+    ms = [1, 16, 256, 4096] if args.quick else MS
+    gemms = [] if args.skip_gemm else bench_gemms(["float16", "bfloat16"], shapes, ms)
+    write_outputs(Path(args.out), gemms, [], meta)
+    e2e = [] if args.skip_e2e else bench_e2e(args.quick)
+    write_outputs(Path(args.out), gemms, e2e, meta)
+    log(f"wrote {args.out}/gpu_bench.{{json,md,png}} and onnxsparse/data/perf_cuda.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+// The inner kernels over a PackedWeight, one set per ISA (fast_kernels_avx512.cc,
+// fast_kernels_avx2.cc, fast_kernels_portable.cc), chosen at run time through FastKernels(isa).
+//
+// Two shapes of the same product C = alpha * A @ W + bias, all in fp32:
+// - Rows: A row-major [m, K] (MatMul). Vectorised over 16 output features n: per group and row of
+//   A, its 4 inputs are broadcast and permuted by sel (see packed_weight.h), two FMAs; the records
+//   are loaded once per group and reused over a register tile of rows (AVX-512: 8 rows x 32 n).
+// - Cols: A given as a column panel P[k][j] (row k of the reduction holds pixels j contiguous:
+//   Conv's im2col, or an NCHW image itself for a 1x1 convolution). Vectorised over pixels j: per
+//   group and output feature, sel picks two panel rows, each times a broadcast value (AVX-512:
+//   4 features x 64 pixels). C is [n][j] (Conv's NCHW output).
+// Both cover the groups [g_begin, g_end) of K (cache blocking): the first block of K writes C
+// (accumulate = false), later ones add to it, and the last (final) applies alpha and bias.
+#pragma once
+#include <cstdint>
+
+#include "cpu/cpu_isa.h"
+#include "cpu/packed_weight.h"
+
+namespace onnxsparse::cpu {
+
+struct KBlock {
+  int64_t g_begin = 0, g_end = 0;  // groups of K
+  bool accumulate = false;         // add to C (an earlier block of K wrote it)
+  bool final = true;               // C = alpha * (C + this block) + bias
+  float alpha = 1.0f;
+  const float* bias = nullptr;     // [rows] or null
+};
+
+struct RowsTask {
+  const float* a = nullptr;  // A[i, kk] at a[i * lda + kk], kk absolute along K
+  int64_t lda = 0;
+  int64_t m = 0;             // rows of A
+  int64_t block_begin = 0, block_end = 0;  // blocks of 16 output features
+  float* c = nullptr;        // C[i, n] at c[i * ldc + n], n absolute
+  int64_t ldc = 0;
+  KBlock kb;
+};
+
+struct ColsTask {
+  const float* p = nullptr;  // P[kk][j] at p[(kk - 4 * g_begin) * ldp + j]: the panel starts at the block of K
+  int64_t ldp = 0;
+  int64_t cols = 0;          // pixels j in [0, cols)
+  int64_t n_begin = 0, n_end = 0;  // output features (n_begin a multiple of 4)
+  float* c = nullptr;        // C[n, j] at c[(n - n_begin) * ldc + j]
+  int64_t ldc = 0;
+  KBlock kb;
+};
+
+struct FastKernelSet {
+  void (*rows)(const PackedWeight& w, const RowsTask& task);
+  void (*cols)(const PackedWeight& w, const ColsTask& task);
+  void (*half_to_float)(const uint16_t* src, float* dst, int64_t count);
+  void (*float_to_half)(const float* src, uint16_t* dst, int64_t count);
+};
+
+const FastKernelSet& FastKernels(CpuIsa isa);
+
+// Defined in the ISA files.
+extern const FastKernelSet kFastKernelsPortable;
+extern const FastKernelSet kFastKernelsAvx2;
+extern const FastKernelSet kFastKernelsAvx512;
+
+}  // namespace onnxsparse::cpu

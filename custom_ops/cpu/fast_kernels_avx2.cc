@@ -1,0 +1,224 @@
+// AVX2 + FMA + F16C inner kernels over a PackedWeight (see fast_kernels.h): a block of 16 output
+// features is two 8-lane halves; _mm256_permutevar8x32_ps reads sel's low 3 bits, and lanes 0-3
+// and 4-7 each hold the group's 4 inputs.
+#include <immintrin.h>
+
+#include "cpu/fast_kernels.h"
+
+namespace onnxsparse::cpu {
+
+namespace {
+
+inline int64_t Min(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t Max(int64_t a, int64_t b) { return a > b ? a : b; }
+
+template <bool kHalf>
+inline __m256 LoadValues8(const uint8_t* p) {
+  if constexpr (kHalf) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  } else {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
+  }
+}
+
+template <bool kHalf>
+inline float LoadValue(const uint8_t* p, int64_t lane) {
+  if constexpr (kHalf) {
+    return _cvtsh_ss(reinterpret_cast<const uint16_t*>(p)[lane]);
+  } else {
+    return reinterpret_cast<const float*>(p)[lane];
+  }
+}
+
+// A maskload/maskstore mask of the first `count` (clamped to 0..8) lanes.
+inline __m256i FirstLanes8(int64_t count) {
+  const int64_t n = Max(0, Min(8, count));
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+inline void StoreC8(float* c, int64_t valid, __m256 acc, const KBlock& kb, const float* bias_lanes, bool bias_scalar,
+                    float bias_value) {
+  if (valid <= 0) return;
+  const bool full = valid >= 8;
+  const __m256i mask = FirstLanes8(valid);
+  if (kb.accumulate) acc = _mm256_add_ps(acc, full ? _mm256_loadu_ps(c) : _mm256_maskload_ps(c, mask));
+  if (kb.final) {
+    __m256 bias = _mm256_setzero_ps();
+    if (bias_lanes != nullptr) bias = full ? _mm256_loadu_ps(bias_lanes) : _mm256_maskload_ps(bias_lanes, mask);
+    if (bias_scalar) bias = _mm256_set1_ps(bias_value);
+    acc = _mm256_fmadd_ps(acc, _mm256_set1_ps(kb.alpha), bias);
+  }
+  if (full) {
+    _mm256_storeu_ps(c, acc);
+  } else {
+    _mm256_maskstore_ps(c, mask, acc);
+  }
+}
+
+// ---- Rows: MR rows of A x one block of 16 output features (two halves) -------------------------
+
+template <int MR, bool kHalf>
+void RowsMicro(const PackedWeight& w, const float* a, int64_t lda, int64_t block, float* c, int64_t ldc,
+               const KBlock& kb) {
+  const int64_t vb = kBlockN * w.value_bytes;
+  const int64_t rb = w.record_bytes;
+  const uint8_t* rec = ONNXSPARSE_RECORD(w, block, kb.g_begin);
+  __m256 acc[MR][2];
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+
+  const float* a_group = a + 4 * kb.g_begin;
+  for (int64_t g = kb.g_begin; g < kb.g_end; ++g) {
+    __m256i s0[2], s1[2];
+    for (int h = 0; h < 2; ++h) {
+      s0[h] = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rec + 2 * vb + 8 * h)));
+      s1[h] = _mm256_srli_epi32(s0[h], 2);
+    }
+    for (int r = 0; r < MR; ++r) {
+      const __m256 x = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(a_group + r * lda));
+      for (int h = 0; h < 2; ++h) {
+        const int64_t half = h * 8 * w.value_bytes;
+        acc[r][h] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(x, s0[h]), LoadValues8<kHalf>(rec + half), acc[r][h]);
+        acc[r][h] =
+            _mm256_fmadd_ps(_mm256_permutevar8x32_ps(x, s1[h]), LoadValues8<kHalf>(rec + vb + half), acc[r][h]);
+      }
+    }
+    rec += rb;
+    a_group += 4;
+  }
+  const int64_t n0 = block * kBlockN;
+  for (int h = 0; h < 2; ++h) {
+    const int64_t valid = w.rows - n0 - 8 * h;
+    const float* bias = kb.bias != nullptr ? kb.bias + n0 + 8 * h : nullptr;
+    for (int r = 0; r < MR; ++r) StoreC8(c + r * ldc + n0 + 8 * h, valid, acc[r][h], kb, bias, false, 0.0f);
+  }
+}
+
+template <bool kHalf>
+void RowsKernelT(const PackedWeight& w, const RowsTask& t) {
+  constexpr int64_t kMr = 4;
+  for (int64_t i = 0; i < t.m; i += kMr) {
+    const int64_t rows = Min(kMr, t.m - i);
+    const float* a = t.a + i * t.lda;
+    float* c = t.c + i * t.ldc;
+    for (int64_t block = t.block_begin; block < t.block_end; ++block) {
+      switch (rows) {
+        case 1: RowsMicro<1, kHalf>(w, a, t.lda, block, c, t.ldc, t.kb); break;
+        case 2: RowsMicro<2, kHalf>(w, a, t.lda, block, c, t.ldc, t.kb); break;
+        case 3: RowsMicro<3, kHalf>(w, a, t.lda, block, c, t.ldc, t.kb); break;
+        default: RowsMicro<4, kHalf>(w, a, t.lda, block, c, t.ldc, t.kb); break;
+      }
+    }
+  }
+}
+
+void RowsKernel(const PackedWeight& w, const RowsTask& t) {
+  if (w.fp16) return RowsKernelT<true>(w, t);
+  return RowsKernelT<false>(w, t);
+}
+
+// ---- Cols: NR output features x J vectors of 8 pixels ------------------------------------------
+
+template <int NR, int J, bool kHalf>
+void ColsMicro(const PackedWeight& w, const float* p, int64_t ldp, int64_t cols, int64_t n0, float* c, int64_t ldc,
+               const KBlock& kb) {
+  const int64_t vb = kBlockN * w.value_bytes;
+  const int64_t rb = w.record_bytes;
+  const int64_t lane0 = n0 % kBlockN;
+  const uint8_t* rec = ONNXSPARSE_RECORD(w, n0 / kBlockN, kb.g_begin);
+  const int64_t tail_count = cols - 8 * (J - 1);
+  const bool tail_full = tail_count >= 8;
+  const __m256i tail = FirstLanes8(tail_count);
+  const int64_t offsets[4] = {0, ldp, 2 * ldp, 3 * ldp};
+  __m256 acc[NR][J];
+  for (int r = 0; r < NR; ++r)
+    for (int j = 0; j < J; ++j) acc[r][j] = _mm256_setzero_ps();
+
+  const float* p_group = p;
+  for (int64_t g = kb.g_begin; g < kb.g_end; ++g) {
+    const uint8_t* sel = rec + 2 * vb;
+    for (int r = 0; r < NR; ++r) {
+      const unsigned s = sel[lane0 + r];
+      const float* row0 = p_group + offsets[s & 3];
+      const float* row1 = p_group + offsets[s >> 2];
+      const __m256 v0 = _mm256_set1_ps(LoadValue<kHalf>(rec, lane0 + r));
+      const __m256 v1 = _mm256_set1_ps(LoadValue<kHalf>(rec + vb, lane0 + r));
+      for (int j = 0; j < J; ++j) {
+        const bool masked = j == J - 1 && !tail_full;
+        const __m256 x0 = masked ? _mm256_maskload_ps(row0 + 8 * j, tail) : _mm256_loadu_ps(row0 + 8 * j);
+        const __m256 x1 = masked ? _mm256_maskload_ps(row1 + 8 * j, tail) : _mm256_loadu_ps(row1 + 8 * j);
+        acc[r][j] = _mm256_fmadd_ps(x0, v0, acc[r][j]);
+        acc[r][j] = _mm256_fmadd_ps(x1, v1, acc[r][j]);
+      }
+    }
+    rec += rb;
+    p_group += 4 * ldp;
+  }
+  for (int r = 0; r < NR; ++r) {
+    const int64_t n = n0 + r;
+    const bool has_bias = kb.bias != nullptr;
+    const float bias = has_bias ? kb.bias[n] : 0.0f;
+    for (int j = 0; j < J; ++j) {
+      StoreC8(c + r * ldc + 8 * j, j == J - 1 ? tail_count : 8, acc[r][j], kb, nullptr, has_bias, bias);
+    }
+  }
+}
+
+template <int NR, bool kHalf>
+void ColsStrip(const PackedWeight& w, const float* p, int64_t ldp, int64_t cols, int64_t n0, float* c, int64_t ldc,
+               const KBlock& kb) {
+  constexpr int64_t kStrip = 24;  // pixels per micro tile: 3 vectors
+  int64_t j = 0;
+  for (; j + kStrip <= cols; j += kStrip) ColsMicro<NR, 3, kHalf>(w, p + j, ldp, kStrip, n0, c + j, ldc, kb);
+  const int64_t rest = cols - j;
+  if (rest > 16) return ColsMicro<NR, 3, kHalf>(w, p + j, ldp, rest, n0, c + j, ldc, kb);
+  if (rest > 8) return ColsMicro<NR, 2, kHalf>(w, p + j, ldp, rest, n0, c + j, ldc, kb);
+  if (rest > 0) return ColsMicro<NR, 1, kHalf>(w, p + j, ldp, rest, n0, c + j, ldc, kb);
+}
+
+template <bool kHalf>
+void ColsKernelT(const PackedWeight& w, const ColsTask& t) {
+  constexpr int64_t kNr = 4;
+  constexpr int64_t kChunk = 192;
+  for (int64_t j = 0; j < t.cols; j += kChunk) {
+    const int64_t cols = Min(kChunk, t.cols - j);
+    for (int64_t n = t.n_begin, nr = 0; n < t.n_end; n += nr) {
+      nr = Min(Min(kNr, t.n_end - n), kBlockN - n % kBlockN);  // features of one block
+      float* c = t.c + (n - t.n_begin) * t.ldc + j;
+      const float* p = t.p + j;
+      switch (nr) {
+        case 1: ColsStrip<1, kHalf>(w, p, t.ldp, cols, n, c, t.ldc, t.kb); break;
+        case 2: ColsStrip<2, kHalf>(w, p, t.ldp, cols, n, c, t.ldc, t.kb); break;
+        case 3: ColsStrip<3, kHalf>(w, p, t.ldp, cols, n, c, t.ldc, t.kb); break;
+        default: ColsStrip<4, kHalf>(w, p, t.ldp, cols, n, c, t.ldc, t.kb); break;
+      }
+    }
+  }
+}
+
+void ColsKernel(const PackedWeight& w, const ColsTask& t) {
+  if (w.fp16) return ColsKernelT<true>(w, t);
+  return ColsKernelT<false>(w, t);
+}
+
+void HalfToFloat(const uint16_t* src, float* dst, int64_t count) {
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  }
+  for (; i < count; ++i) dst[i] = _cvtsh_ss(src[i]);
+}
+
+void FloatToHalf(const float* src, uint16_t* dst, int64_t count) {
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  for (; i < count; ++i) dst[i] = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+}  // namespace
+
+const FastKernelSet kFastKernelsAvx2 = {RowsKernel, ColsKernel, HalfToFloat, FloatToHalf};
+
+}  // namespace onnxsparse::cpu

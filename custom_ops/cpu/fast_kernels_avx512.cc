@@ -1,0 +1,227 @@
+// AVX-512 inner kernels over a PackedWeight (see fast_kernels.h). Compiled with -mavx512f/bw/vl/dq
+// and only called when cpuid reports them.
+#include <immintrin.h>
+
+#include "cpu/fast_kernels.h"
+
+namespace onnxsparse::cpu {
+
+namespace {
+
+inline int64_t Min(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t Max(int64_t a, int64_t b) { return a > b ? a : b; }
+
+template <bool kHalf>
+inline __m512 LoadValues(const uint8_t* p) {
+  if constexpr (kHalf) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  } else {
+    return _mm512_loadu_ps(reinterpret_cast<const float*>(p));
+  }
+}
+
+template <bool kHalf>
+inline float LoadValue(const uint8_t* p, int64_t lane) {
+  if constexpr (kHalf) {
+    return _cvtsh_ss(reinterpret_cast<const uint16_t*>(p)[lane]);
+  } else {
+    return reinterpret_cast<const float*>(p)[lane];
+  }
+}
+
+inline __mmask16 FirstLanes(int64_t count) {
+  return count >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << count) - 1u);
+}
+
+// C = kb-epilogue(acc) for 16 lanes (the first `mask` ones) at c, bias at bias (same lanes).
+inline void StoreC(float* c, __mmask16 mask, __m512 acc, const KBlock& kb, const float* bias_lanes, bool bias_scalar,
+                   float bias_value) {
+  if (kb.accumulate) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(mask, c));
+  if (kb.final) {
+    __m512 bias = _mm512_setzero_ps();
+    if (bias_lanes != nullptr) bias = _mm512_maskz_loadu_ps(mask, bias_lanes);
+    if (bias_scalar) bias = _mm512_set1_ps(bias_value);
+    acc = _mm512_fmadd_ps(acc, _mm512_set1_ps(kb.alpha), bias);
+  }
+  _mm512_mask_storeu_ps(c, mask, acc);
+}
+
+// ---- Rows: MR rows of A x NB blocks of 16 output features --------------------------------------
+
+template <int MR, int NB, bool kHalf>
+void RowsMicro(const PackedWeight& w, const float* a, int64_t lda, int64_t block, float* c, int64_t ldc,
+               const KBlock& kb) {
+  const int64_t vb = kBlockN * w.value_bytes;
+  const int64_t rb = w.record_bytes;
+  const uint8_t* rec[NB];
+  for (int b = 0; b < NB; ++b) rec[b] = ONNXSPARSE_RECORD(w, block + b, kb.g_begin);
+  __m512 acc[MR][NB];
+  for (int r = 0; r < MR; ++r)
+    for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_setzero_ps();
+
+  const float* a_group = a + 4 * kb.g_begin;
+  for (int64_t g = kb.g_begin; g < kb.g_end; ++g) {
+    __m512 v0[NB], v1[NB];
+    __m512i s0[NB], s1[NB];
+    for (int b = 0; b < NB; ++b) {
+      v0[b] = LoadValues<kHalf>(rec[b]);
+      v1[b] = LoadValues<kHalf>(rec[b] + vb);
+      s0[b] = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec[b] + 2 * vb)));
+      s1[b] = _mm512_srli_epi32(s0[b], 2);
+      rec[b] += rb;
+    }
+    for (int r = 0; r < MR; ++r) {
+      const __m512 x = _mm512_broadcast_f32x4(_mm_loadu_ps(a_group + r * lda));
+      for (int b = 0; b < NB; ++b) {
+        acc[r][b] = _mm512_fmadd_ps(_mm512_permutexvar_ps(s0[b], x), v0[b], acc[r][b]);
+        acc[r][b] = _mm512_fmadd_ps(_mm512_permutexvar_ps(s1[b], x), v1[b], acc[r][b]);
+      }
+    }
+    a_group += 4;
+  }
+  for (int b = 0; b < NB; ++b) {
+    const int64_t n0 = (block + b) * kBlockN;
+    const __mmask16 mask = FirstLanes(w.rows - n0);
+    const float* bias = kb.bias != nullptr ? kb.bias + n0 : nullptr;
+    for (int r = 0; r < MR; ++r) StoreC(c + r * ldc + n0, mask, acc[r][b], kb, bias, false, 0.0f);
+  }
+}
+
+template <int NB, bool kHalf>
+void RowsTail(const PackedWeight& w, const float* a, int64_t lda, int64_t rows, int64_t block, float* c, int64_t ldc,
+              const KBlock& kb) {
+  switch (rows) {
+    case 1: return RowsMicro<1, NB, kHalf>(w, a, lda, block, c, ldc, kb);
+    case 2: return RowsMicro<2, NB, kHalf>(w, a, lda, block, c, ldc, kb);
+    case 3: return RowsMicro<3, NB, kHalf>(w, a, lda, block, c, ldc, kb);
+    case 4: return RowsMicro<4, NB, kHalf>(w, a, lda, block, c, ldc, kb);
+    case 5: return RowsMicro<5, NB, kHalf>(w, a, lda, block, c, ldc, kb);
+    case 6: return RowsMicro<6, NB, kHalf>(w, a, lda, block, c, ldc, kb);
+    case 7: return RowsMicro<7, NB, kHalf>(w, a, lda, block, c, ldc, kb);
+    default: return RowsMicro<8, NB, kHalf>(w, a, lda, block, c, ldc, kb);
+  }
+}
+
+template <bool kHalf>
+void RowsKernelT(const PackedWeight& w, const RowsTask& t) {
+  constexpr int64_t kMr = 8;
+  for (int64_t i = 0; i < t.m; i += kMr) {
+    const int64_t rows = Min(kMr, t.m - i);
+    const float* a = t.a + i * t.lda;
+    float* c = t.c + i * t.ldc;
+    int64_t block = t.block_begin;
+    for (; block + 2 <= t.block_end; block += 2) RowsTail<2, kHalf>(w, a, t.lda, rows, block, c, t.ldc, t.kb);
+    if (block < t.block_end) RowsTail<1, kHalf>(w, a, t.lda, rows, block, c, t.ldc, t.kb);
+  }
+}
+
+void RowsKernel(const PackedWeight& w, const RowsTask& t) {
+  if (w.fp16) return RowsKernelT<true>(w, t);
+  return RowsKernelT<false>(w, t);
+}
+
+// ---- Cols: NR output features x J vectors of 16 pixels -----------------------------------------
+
+template <int NR, int J, bool kHalf>
+void ColsMicro(const PackedWeight& w, const float* p, int64_t ldp, int64_t cols, int64_t n0, float* c, int64_t ldc,
+               const KBlock& kb) {
+  const int64_t vb = kBlockN * w.value_bytes;
+  const int64_t rb = w.record_bytes;
+  const int64_t lane0 = n0 % kBlockN;
+  const uint8_t* rec = ONNXSPARSE_RECORD(w, n0 / kBlockN, kb.g_begin);
+  const __mmask16 tail = FirstLanes(cols - 16 * (J - 1));
+  const int64_t offsets[4] = {0, ldp, 2 * ldp, 3 * ldp};
+  __m512 acc[NR][J];
+  for (int r = 0; r < NR; ++r)
+    for (int j = 0; j < J; ++j) acc[r][j] = _mm512_setzero_ps();
+
+  const float* p_group = p;
+  for (int64_t g = kb.g_begin; g < kb.g_end; ++g) {
+    const uint8_t* sel = rec + 2 * vb;
+    for (int r = 0; r < NR; ++r) {
+      const unsigned s = sel[lane0 + r];
+      const float* row0 = p_group + offsets[s & 3];
+      const float* row1 = p_group + offsets[s >> 2];
+      const __m512 v0 = _mm512_set1_ps(LoadValue<kHalf>(rec, lane0 + r));
+      const __m512 v1 = _mm512_set1_ps(LoadValue<kHalf>(rec + vb, lane0 + r));
+      for (int j = 0; j < J; ++j) {
+        const __m512 x0 = j == J - 1 ? _mm512_maskz_loadu_ps(tail, row0 + 16 * j) : _mm512_loadu_ps(row0 + 16 * j);
+        const __m512 x1 = j == J - 1 ? _mm512_maskz_loadu_ps(tail, row1 + 16 * j) : _mm512_loadu_ps(row1 + 16 * j);
+        acc[r][j] = _mm512_fmadd_ps(x0, v0, acc[r][j]);
+        acc[r][j] = _mm512_fmadd_ps(x1, v1, acc[r][j]);
+      }
+    }
+    rec += rb;
+    p_group += 4 * ldp;
+  }
+  for (int r = 0; r < NR; ++r) {
+    const int64_t n = n0 + r;
+    const bool has_bias = kb.bias != nullptr;
+    const float bias = has_bias ? kb.bias[n] : 0.0f;
+    for (int j = 0; j < J; ++j) {
+      StoreC(c + r * ldc + 16 * j, j == J - 1 ? tail : static_cast<__mmask16>(0xFFFF), acc[r][j], kb, nullptr,
+             has_bias, bias);
+    }
+  }
+}
+
+template <int NR, bool kHalf>
+void ColsStrip(const PackedWeight& w, const float* p, int64_t ldp, int64_t cols, int64_t n0, float* c, int64_t ldc,
+               const KBlock& kb) {
+  constexpr int64_t kStrip = 64;  // pixels per micro tile: 4 vectors
+  int64_t j = 0;
+  for (; j + kStrip <= cols; j += kStrip) ColsMicro<NR, 4, kHalf>(w, p + j, ldp, kStrip, n0, c + j, ldc, kb);
+  const int64_t rest = cols - j;
+  if (rest > 48) return ColsMicro<NR, 4, kHalf>(w, p + j, ldp, rest, n0, c + j, ldc, kb);
+  if (rest > 32) return ColsMicro<NR, 3, kHalf>(w, p + j, ldp, rest, n0, c + j, ldc, kb);
+  if (rest > 16) return ColsMicro<NR, 2, kHalf>(w, p + j, ldp, rest, n0, c + j, ldc, kb);
+  if (rest > 0) return ColsMicro<NR, 1, kHalf>(w, p + j, ldp, rest, n0, c + j, ldc, kb);
+}
+
+template <bool kHalf>
+void ColsKernelT(const PackedWeight& w, const ColsTask& t) {
+  constexpr int64_t kNr = 4;
+  constexpr int64_t kChunk = 256;  // pixels whose panel slice stays in cache across the features
+  for (int64_t j = 0; j < t.cols; j += kChunk) {
+    const int64_t cols = Min(kChunk, t.cols - j);
+    for (int64_t n = t.n_begin, nr = 0; n < t.n_end; n += nr) {
+      nr = Min(Min(kNr, t.n_end - n), kBlockN - n % kBlockN);  // features of one block
+      float* c = t.c + (n - t.n_begin) * t.ldc + j;
+      const float* p = t.p + j;
+      switch (nr) {
+        case 1: ColsStrip<1, kHalf>(w, p, t.ldp, cols, n, c, t.ldc, t.kb); break;
+        case 2: ColsStrip<2, kHalf>(w, p, t.ldp, cols, n, c, t.ldc, t.kb); break;
+        case 3: ColsStrip<3, kHalf>(w, p, t.ldp, cols, n, c, t.ldc, t.kb); break;
+        default: ColsStrip<4, kHalf>(w, p, t.ldp, cols, n, c, t.ldc, t.kb); break;
+      }
+    }
+  }
+}
+
+void ColsKernel(const PackedWeight& w, const ColsTask& t) {
+  if (w.fp16) return ColsKernelT<true>(w, t);
+  return ColsKernelT<false>(w, t);
+}
+
+void HalfToFloat(const uint16_t* src, float* dst, int64_t count) {
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16) {
+    _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+  }
+  for (; i < count; ++i) dst[i] = _cvtsh_ss(src[i]);
+}
+
+void FloatToHalf(const float* src, uint16_t* dst, int64_t count) {
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
+                        _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  for (; i < count; ++i) dst[i] = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+}  // namespace
+
+const FastKernelSet kFastKernelsAvx512 = {RowsKernel, ColsKernel, HalfToFloat, FloatToHalf};
+
+}  // namespace onnxsparse::cpu

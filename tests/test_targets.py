@@ -1,0 +1,75 @@
+"""The per-target dense fallback: measured tables decide, options override, reasons are given."""
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxsparse import format as fmt
+from onnxsparse import targets
+from onnxsparse.api import compile_model
+
+TABLE = (
+    # K=N=64: sparse faster at small M, slower at large M
+    {"op": "gemm", "dtype": "float32", "m": 1, "k": 64, "n": 64, "sparse_us": 5.0, "dense_us": 8.0},
+    {"op": "gemm", "dtype": "float32", "m": 1024, "k": 64, "n": 64, "sparse_us": 90.0, "dense_us": 60.0},
+    # K=N=4096: sparse faster at every M
+    {"op": "gemm", "dtype": "float32", "m": 1, "k": 4096, "n": 4096, "sparse_us": 5.0, "dense_us": 9.0},
+    {"op": "gemm", "dtype": "float32", "m": 1024, "k": 4096, "n": 4096, "sparse_us": 50.0, "dense_us": 60.0},
+)
+
+
+@pytest.fixture
+def table(monkeypatch):
+    monkeypatch.setattr(targets, "load_table", lambda target: TABLE)
+
+
+def test_decide_uses_nearest_shape_and_every_m_when_unknown(table):
+    assert targets.decide("cpu", "float32", 4000, 4100).sparse
+    slow = targets.decide("cpu", "float32", 64, 64)
+    assert not slow.sparse and "slower than dense" in slow.reason and "M=1024" in slow.reason
+
+
+def test_decide_uses_nearest_m_when_known(table):
+    assert targets.decide("cpu", "float", 64, 64, m=2).sparse
+    assert not targets.decide("cpu", "float32", 64, 64, m=800).sparse
+
+
+def test_no_table_means_sparse_with_reason(monkeypatch):
+    monkeypatch.setattr(targets, "load_table", lambda target: ())
+    decision = targets.decide("cuda", "float16", 64, 64)
+    assert decision.sparse and "no cuda measurements" in decision.reason
+
+
+def test_unknown_target_rejected():
+    with pytest.raises(ValueError, match="unknown target"):
+        targets.make_policy("tpu")
+
+
+def _model(m, k, n):
+    rng = np.random.default_rng(0)
+    w = fmt.prune_weight_magnitude(rng.standard_normal((k, n)).astype(np.float32), "kn")
+    text = f"""
+    <ir_version: 10, opset_import: ["" : 17]>
+    g (float[{m}, {k}] x) => (float[{m}, {n}] y) {{ y = MatMul(x, w) }}
+    """
+    model = onnx.parser.parse_model(text)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(w, "w"))
+    return model
+
+
+def test_policy_keeps_slow_layer_dense_with_reason(table):
+    result = compile_model(_model(1024, 64, 64), policy=targets.make_policy("cpu"))
+    assert not result.rewritten
+    assert "slower than dense on cpu" in result.layers[0].reason
+
+
+def test_policy_rewrites_fast_layer(table):
+    assert len(compile_model(_model(1, 64, 64), policy=targets.make_policy("cpu")).rewritten) == 1
+
+
+def test_force_options_override_measurements(table):
+    forced = targets.make_policy("cpu", force_sparse=["MatMul"])
+    assert len(compile_model(_model(1024, 64, 64), policy=forced).rewritten) == 1
+    dense = targets.make_policy("cpu", force_dense=["*"])
+    result = compile_model(_model(1, 64, 64), policy=dense)
+    assert not result.rewritten and result.layers[0].reason == "kept dense by --force-dense"
