@@ -7,6 +7,8 @@
 #include "common/sparse_format.h"
 #include "common/status.h"
 #include "cpu/compressed_weight.h"
+#include "cpu/constant_weight.h"
+#include "cpu/fast_conv.h"
 #include "cpu/sparse_gemm.h"
 
 namespace onnxsparse::cpu {
@@ -147,6 +149,8 @@ template <typename T>
 Conv2dCompressKernel<T>::Conv2dCompressKernel(const OrtApi* /*api*/, const OrtKernelInfo* info) noexcept {
   try {
     init_error_ = ReadConvAttributes(info, attrs_);
+    isa_ = SelectCpuIsa();
+    if (init_error_.empty()) packed_ = PackConstantWeight<T>(info);
   } catch (const std::exception& e) {
     init_error_ = e.what();
   } catch (...) {
@@ -213,6 +217,19 @@ Ort::Status Conv2dCompressKernel<T>::ComputeImpl(OrtKernelContext* context, cons
   if (!error.empty()) return InvalidArgument(kOpName, error);
 
   T* y_data = y.Allocate({geo.batch, geo.out_channels, geo.out_height, geo.out_width});
+
+  if (packed_ != nullptr && packed_->rows == weight.rows && packed_->k == weight.k) {
+    std::vector<float> bias32;
+    if (bias_data != nullptr) {
+      bias32.resize(static_cast<size_t>(weight.rows));
+      for (int64_t n = 0; n < weight.rows; ++n) bias32[n] = ToFloat(bias_data[n]);
+    }
+    if (!FastConv<T>(context, FastKernels(isa_), *packed_, attrs_, geo, x.Data(),
+                     bias_data != nullptr ? bias32.data() : nullptr, y_data)) {
+      return RuntimeError(kOpName, "the convolution failed (out of memory?)");
+    }
+    return Ort::Status{nullptr};
+  }
 
   ConvProblem<T> problem;
   problem.batches = geo.batch * attrs_.group;

@@ -3,11 +3,14 @@
 // order). Computed as one SparseGemm per (image, group): im2col of a tile of output pixels into
 // the panel, in the weight's (kh, kw, c) order, times the group's compressed rows.
 #pragma once
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "common/ort_api.h"
+#include "cpu/cpu_isa.h"
+#include "cpu/packed_weight.h"
 
 namespace onnxsparse::cpu {
 
@@ -48,6 +51,8 @@ struct Conv2dCompressKernel {
                           const Ort::Custom::Tensor<T>* bias, Ort::Custom::Tensor<T>& y);
 
   ConvAttributes attrs_;
+  std::unique_ptr<PackedWeight> packed_;  // the constant weight re-laid out at creation, else null
+  CpuIsa isa_ = CpuIsa::kPortable;
   std::string init_error_;  // set by the constructor, returned by every Compute
 };
 

@@ -1,5 +1,6 @@
 #include "cpu/matmul_compress.h"
 
+#include <type_traits>
 #include <vector>
 
 #include "common/attributes.h"
@@ -7,6 +8,9 @@
 #include "common/sparse_format.h"
 #include "common/status.h"
 #include "cpu/compressed_weight.h"
+#include "cpu/constant_weight.h"
+#include "cpu/fast_kernels.h"
+#include "cpu/fast_matmul.h"
 #include "cpu/sparse_gemm.h"
 
 namespace onnxsparse::cpu {
@@ -55,6 +59,8 @@ MatMulCompressKernel<T>::MatMulCompressKernel(const OrtApi* /*api*/, const OrtKe
       init_error_ = StrCat("attribute 'transA' must be 0 or 1, got ", trans_a);
     }
     trans_a_ = trans_a == 1;
+    isa_ = SelectCpuIsa();
+    if (init_error_.empty()) packed_ = PackConstantWeight<T>(info);
   } catch (const std::exception& e) {
     init_error_ = e.what();
   } catch (...) {
@@ -118,6 +124,10 @@ Ort::Status MatMulCompressKernel<T>::ComputeImpl(OrtKernelContext* context, cons
   y_shape.push_back(weight.rows);
   T* y_data = y.Allocate(y_shape);
 
+  if (packed_ != nullptr && packed_->rows == weight.rows && packed_->k == k) {
+    return ComputeFast(context, a.Data(), m, k, bias_data, y_data);
+  }
+
   MatMulProblem<T> problem;
   problem.m = m;
   problem.n = weight.rows;
@@ -131,6 +141,55 @@ Ort::Status MatMulCompressKernel<T>::ComputeImpl(OrtKernelContext* context, cons
   problem.target.out_stride_m = weight.rows;
   problem.target.out_stride_n = 1;
   return SparseGemm<T>(context, kOpName, problem, alpha_);
+}
+
+template <typename T>
+Ort::Status MatMulCompressKernel<T>::ComputeFast(OrtKernelContext* context, const T* a, int64_t m, int64_t k,
+                                                 const T* bias, T* y) {
+  constexpr bool kFloat = std::is_same_v<T, float>;
+  const FastKernelSet& kernels = FastKernels(isa_);
+  const int64_t n = packed_->rows;
+  if (m == 0) return Ort::Status{nullptr};
+  // A as fp32 rows [m, K]: used in place when it already is, else converted (and transposed) once.
+  std::vector<float> a_buffer;
+  const float* a32 = nullptr;
+  if constexpr (kFloat) {
+    if (!trans_a_) a32 = a;
+  }
+  if (a32 == nullptr) {
+    a_buffer.resize(static_cast<size_t>(m * k));
+    if (trans_a_) {
+      for (int64_t kk = 0; kk < k; ++kk)
+        for (int64_t i = 0; i < m; ++i) a_buffer[i * k + kk] = ToFloat(a[kk * m + i]);
+    } else if constexpr (std::is_same_v<T, Ort::Float16_t>) {
+      kernels.half_to_float(reinterpret_cast<const uint16_t*>(a), a_buffer.data(), m * k);
+    } else {
+      for (int64_t i = 0; i < m * k; ++i) a_buffer[i] = ToFloat(a[i]);
+    }
+    a32 = a_buffer.data();
+  }
+  std::vector<float> bias32;
+  if (bias != nullptr) {
+    bias32.resize(static_cast<size_t>(n));
+    for (int64_t j = 0; j < n; ++j) bias32[j] = ToFloat(bias[j]);
+  }
+  std::vector<float> c_buffer;
+  float* c32 = nullptr;
+  if constexpr (kFloat) {
+    c32 = y;
+  } else {
+    c_buffer.resize(static_cast<size_t>(m * n));
+    c32 = c_buffer.data();
+  }
+  if (!FastMatMul(context, kernels, *packed_, a32, m, c32, bias != nullptr ? bias32.data() : nullptr, alpha_)) {
+    return RuntimeError(kOpName, "the product failed (out of memory?)");
+  }
+  if constexpr (std::is_same_v<T, Ort::Float16_t>) {
+    kernels.float_to_half(c32, reinterpret_cast<uint16_t*>(y), m * n);
+  } else if constexpr (!kFloat) {
+    for (int64_t i = 0; i < m * n; ++i) y[i] = FromFloat<T>(c32[i]);
+  }
+  return Ort::Status{nullptr};
 }
 
 template struct MatMulCompressKernel<float>;

@@ -2,10 +2,13 @@
 // compressed pair (values [N, K/2], index [N, ceil(K/8)]) encodes. A is [..., K] (rank 1 to 4,
 // MatMul semantics) or, with transA=1, [K, M]. See DEVELOPERS.md "The ops".
 #pragma once
+#include <memory>
 #include <optional>
 #include <string>
 
 #include "common/ort_api.h"
+#include "cpu/cpu_isa.h"
+#include "cpu/packed_weight.h"
 
 namespace onnxsparse::cpu {
 
@@ -25,6 +28,11 @@ struct MatMulCompressKernel {
                           const Ort::Custom::Tensor<T>& values, const Ort::Custom::Tensor<uint8_t>& index,
                           const Ort::Custom::Tensor<T>* bias, Ort::Custom::Tensor<T>& y);
 
+  // The fast path: the constant weight re-laid out at creation, and the ISA that runs it.
+  Ort::Status ComputeFast(OrtKernelContext* context, const T* a, int64_t m, int64_t k, const T* bias, T* y);
+
+  std::unique_ptr<PackedWeight> packed_;  // null: values/index fed at run time (or invalid)
+  CpuIsa isa_ = CpuIsa::kPortable;
   float alpha_ = 1.0f;
   bool trans_a_ = false;
   std::string init_error_;  // set by the constructor, returned by every Compute

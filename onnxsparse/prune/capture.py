@@ -46,18 +46,23 @@ def _subgraph_inputs(node: onnx.NodeProto) -> list[str]:
     return names
 
 
-def expose(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose outputs are ``tensors``, with only the nodes that compute them."""
+def expose(model: onnx.ModelProto, tensors: list[str], available: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """A copy of ``model`` computing ``tensors`` with only the nodes needed.
+
+    ``available``: tensors whose values are given (a frontier); they become the cut model's
+    inputs and nothing upstream of them runs. Otherwise the graph inputs are its inputs.
+    """
     graph = model.graph
+    available = available or {}
     producer = {out: index for index, node in enumerate(graph.node) for out in node.output}
-    keep, seen, stack = set(), set(), list(tensors)
+    keep, seen, stack = set(), set(), [t for t in tensors if t not in available]
     while stack:
         name = stack.pop()
         if name in seen:
             continue
         seen.add(name)
         index = producer.get(name)
-        if index is None or index in keep:
+        if name in available or index is None or index in keep:
             continue
         keep.add(index)
         node = graph.node[index]
@@ -67,12 +72,15 @@ def expose(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
     cut.graph.ClearField("node")
     cut.graph.node.extend(graph.node[i] for i in sorted(keep))
     cut.graph.ClearField("initializer")
-    cut.graph.initializer.extend(t for t in graph.initializer if t.name in seen)
+    cut.graph.initializer.extend(t for t in graph.initializer if t.name in seen and t.name not in available)
     cut.graph.ClearField("input")
-    cut.graph.input.extend(i for i in graph.input if i.name in seen)
+    cut.graph.input.extend(i for i in graph.input if i.name in seen and i.name not in available)
+    for name in sorted(seen & set(available)):
+        elem = onnx.helper.np_dtype_to_tensor_dtype(available[name].dtype)
+        cut.graph.input.append(onnx.helper.make_tensor_value_info(name, elem, None))
     cut.graph.ClearField("output")
-    inputs = {i.name for i in graph.input}
-    cut.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors if t not in inputs)
+    given = {i.name for i in cut.graph.input}
+    cut.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors if t not in given)
     return cut
 
 
@@ -86,22 +94,79 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
 
 
 def run_tensors(model: onnx.ModelProto, tensors: list[str], batches: Iterable[dict]) -> Iterator[dict[str, np.ndarray]]:
-    """For each calibration batch, the values of ``tensors`` (graph inputs are passed through)."""
-    inputs = {i.name for i in model.graph.input}
-    if all(t in inputs for t in tensors):  # nothing to compute
-        for batch in batches:
-            yield {t: batch[t] for t in tensors}
-        return
-    runner = session(expose(model, tensors))
-    fed = [i.name for i in runner.get_inputs()]
-    outputs = [o.name for o in runner.get_outputs()]
+    """For each batch (graph inputs, or a frontier's values), the values of ``tensors``."""
+    runner = None
     for batch in batches:
+        missing = [t for t in tensors if t not in batch]
+        if not missing:  # nothing to compute
+            yield {t: batch[t] for t in tensors}
+            continue
+        if runner is None:
+            runner = session(expose(model, tensors, available=batch))
+            fed = [i.name for i in runner.get_inputs()]
+            outputs = [o.name for o in runner.get_outputs()]
         try:
             values = runner.run(outputs, {name: batch[name] for name in fed})
         except Exception as exc:
             raise OnnxSparseError(f"ONNX Runtime failed on a calibration batch: {str(exc).splitlines()[0]}") from None
         found = dict(zip(outputs, values))
         yield {t: found[t] if t in found else batch[t] for t in tensors}
+
+
+class Frontier:
+    """Every calibration batch's values at a cut of the graph, so that later layers run only what follows.
+
+    Sequential pruning captures block after block; recomputing each block's inputs from the graph
+    inputs would run the model's prefix once per block. The frontier instead holds the tensors that
+    cross the cut (produced before node ``position``, read at or after it; constants excepted, they
+    may be weights still to prune) for all batches, and ``advance`` moves it past finished layers.
+    Over ``cache_limit`` bytes it drops the cache and goes back to running from the graph inputs.
+    """
+
+    def __init__(self, model: onnx.ModelProto, calibration: Iterable[dict], cache_limit: int = 2 << 30):
+        self.calibration = calibration
+        self.cache_limit = cache_limit
+        self.position = 0
+        self.cache: list[dict[str, np.ndarray]] | None = None
+        graph = model.graph
+        self._constant = _constant_tensors(graph)
+        self._last_read: dict[str, int] = {}
+        for index, node in enumerate(graph.node):
+            for name in list(node.input) + _subgraph_inputs(node):
+                self._last_read[name] = index
+
+    def batches(self) -> Iterable[dict]:
+        return self.cache if self.cache is not None else self.calibration
+
+    def live(self, model: onnx.ModelProto, position: int) -> list[str]:
+        """The non-constant tensors produced before node ``position`` (or fed) and read at or after it."""
+        produced = [i.name for i in model.graph.input] + [o for node in model.graph.node[:position] for o in node.output]
+        initializers = {t.name for t in model.graph.initializer}
+        return [t for t in produced if self._last_read.get(t, -1) >= position
+                and t not in self._constant and t not in initializers]
+
+    def advance(self, model: onnx.ModelProto, position: int) -> None:
+        """Move the cut to node ``position`` (every node before it final) by running the segment."""
+        if position <= self.position or self.cache_limit <= 0:
+            return
+        tensors = self.live(model, position)
+        cache, size = [], 0
+        for values in run_tensors(model, tensors, self.batches()):
+            size += sum(v.nbytes for v in values.values())
+            if size > self.cache_limit:
+                self.cache, self.position = None, 0
+                return
+            cache.append(values)
+        self.cache, self.position = cache, position
+
+
+def _constant_tensors(graph: onnx.GraphProto) -> set[str]:
+    """Outputs of Constant nodes and of Identity chains on constants."""
+    constant = {t.name for t in graph.initializer} - {i.name for i in graph.input}
+    for node in graph.node:
+        if node.op_type == "Constant" or (node.op_type == "Identity" and node.input[0] in constant):
+            constant.update(node.output)
+    return constant
 
 
 def _pads(geometry: ConvGeometry, height: int, width: int) -> tuple[int, int, int, int]:
@@ -162,7 +227,7 @@ def accumulate(stats: Statistics, activation: np.ndarray, use: Use) -> None:
 
 
 def capture(model: onnx.ModelProto, layers: list[Layer], batches: Iterable[dict]) -> dict[str, Statistics]:
-    """Run the calibration batches through ``model`` and return H for each layer (by weight)."""
+    """Run the batches (graph inputs or a frontier's values) through ``model``; H for each layer (by weight)."""
     tensors = sorted({use.activation for layer in layers for use in layer.uses})
     stats = {layer.weight: new_statistics(layer) for layer in layers}
     for values in run_tensors(model, tensors, batches):

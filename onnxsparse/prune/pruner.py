@@ -21,7 +21,7 @@ import onnx
 from ..errors import OnnxSparseError
 from ..format import from_rows_k, group_stats, to_rows_k
 from .calibration import Calibration
-from .capture import Statistics, capture
+from .capture import Frontier, Statistics, capture
 from .evaluate import OutputError, ReferenceOutputs
 from .layers import Layer, Skipped, node_names, read_weight, scan_layers, weight_params, write_weight
 from .methods import METHODS, prune_matrix
@@ -194,8 +194,12 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, calibration: Cali
         blocks = sequential_blocks(model, layers)
     results: list[LayerResult] = []
     done = 0
-    for block in blocks:
-        stats = capture(pruned, block, calibration)
+    position = {name: index for index, name in enumerate(node_names(model.graph))}
+    frontier = Frontier(model, calibration)
+    for number, block in enumerate(blocks):
+        if number:  # every node before the first unpruned layer is final: run it once, keep the frontier
+            frontier.advance(pruned, min(position[use.node] for later in blocks[number:] for layer in later for use in layer.uses))
+        stats = capture(pruned, block, frontier.batches())
         for layer in block:
             done += 1
             out, result = prune_layer(layer, read_weight(pruned, layer), stats[layer.weight], options)
