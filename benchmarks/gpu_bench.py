@@ -52,7 +52,7 @@ def fast_24(rows: int, k: int, rng, dtype) -> np.ndarray:
     keep = np.argsort(rng.random((rows, k // 4, 4), dtype=np.float32), axis=-1)[..., :2]
     mask = np.zeros(w.shape, bool)
     np.put_along_axis(mask, keep, True, axis=-1)
-    return np.where(mask, w, 0).reshape(rows, k).astype(dtype) * 0.05
+    return (np.where(mask, w, 0).reshape(rows, k) * 0.05).astype(dtype)
 
 
 def _model(nodes, inputs, outputs, inits) -> bytes:

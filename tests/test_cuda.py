@@ -43,7 +43,7 @@ def _session(model: onnx.ModelProto, cuda: bool = True) -> ort.InferenceSession:
     opts = session_options()
     if cuda:
         opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        providers = ["CUDAExecutionProvider"]
     else:
         providers = ["CPUExecutionProvider"]
     return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)

@@ -1,5 +1,7 @@
 // AVX-512 inner kernels over a PackedWeight (see fast_kernels.h). Compiled with -mavx512f/bw/vl/dq
 // and only called when cpuid reports them.
+// GCC 12 warns inside its own AVX-512 intrinsics (their "undefined" pass-through operands).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include "cpu/fast_kernels.h"

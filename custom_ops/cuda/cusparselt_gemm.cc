@@ -191,9 +191,9 @@ int CusparseLtVersion() {
   return lib.api.version;
 }
 
-// Column-major view: D[n, m] = op(A)[n, k] * B[k, m], with A the structured weight stored as the
-// column-major [k, n] matrix (SPEC's row-major [n, k] decoded) and opA = transpose; B = X^T
-// (row-major X[m, k] is column-major [k, m]); D = Y^T (row-major Y[m, ldy]).
+// D[n, m] = A[n, k] * op(B)[k, m]: A the structured weight, row-major [n, k] (SPEC's rows decoded),
+// opA = N; B = X, row-major [m, k], opB = T; D column-major [n, m] with ld = ldy, i.e. row-major
+// Y[m, ldy] (the layout PyTorch's semi-structured linear uses with cuSPARSELt).
 struct SparseLtWeight::Impl {
   const cusparseLtHandle_t* handle = nullptr;
   cusparseLtMatDescriptor_t mat_a;
@@ -234,8 +234,8 @@ Ort::Status SparseLtWeight::Build(const char* op, ElementType type, const void* 
   n_ = n;
   k_ = k;
   bias_ = bias;
-  LT_RETURN_IF_ERROR(op, a.StructuredDescriptorInit(impl_->handle, &impl_->mat_a, k, n, k, 16, DataType(type),
-                                                    CUSPARSE_ORDER_COL, CUSPARSELT_SPARSITY_50_PERCENT));
+  LT_RETURN_IF_ERROR(op, a.StructuredDescriptorInit(impl_->handle, &impl_->mat_a, n, k, k, 16, DataType(type),
+                                                    CUSPARSE_ORDER_ROW, CUSPARSELT_SPARSITY_50_PERCENT));
   impl_->has_mat_a = true;
   size_t compressed_bytes = 0, buffer_bytes = 0;
   LT_RETURN_IF_ERROR(op, a.CompressedSize2(impl_->handle, &impl_->mat_a, &compressed_bytes, &buffer_bytes));
@@ -251,7 +251,7 @@ Ort::Status SparseLtWeight::Build(const char* op, ElementType type, const void* 
         op, LaunchDecompress<__nv_bfloat16>(static_cast<const __nv_bfloat16*>(values), index, n, k,
                                             dense.as<__nv_bfloat16>(), stream));
   }
-  LT_RETURN_IF_ERROR(op, a.Compress2(impl_->handle, &impl_->mat_a, 1, CUSPARSE_OPERATION_TRANSPOSE, dense.get(),
+  LT_RETURN_IF_ERROR(op, a.Compress2(impl_->handle, &impl_->mat_a, 1, CUSPARSE_OPERATION_NON_TRANSPOSE, dense.get(),
                                      compressed_.get(), buffer.get(), stream));
   ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaStreamSynchronize(stream));  // before the temporaries go
   ready_ = true;
@@ -274,14 +274,14 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
   const cusparseLtHandle_t* h = impl_->handle;
   const cudaDataType dt = DataType(type_);
   // A shape cuSPARSELt rejects is remembered as unsupported (the own kernel runs it).
-  if (a.DenseDescriptorInit(h, &p.mat_b, k_, m, k_, 16, dt, CUSPARSE_ORDER_COL) != CUSPARSE_STATUS_SUCCESS) {
+  if (a.DenseDescriptorInit(h, &p.mat_b, m, k_, k_, 16, dt, CUSPARSE_ORDER_ROW) != CUSPARSE_STATUS_SUCCESS) {
     return Ort::Status{nullptr};
   }
   if (a.DenseDescriptorInit(h, &p.mat_c, n_, m, ldy, 16, dt, CUSPARSE_ORDER_COL) != CUSPARSE_STATUS_SUCCESS) {
     a.MatDescriptorDestroy(&p.mat_b);
     return Ort::Status{nullptr};
   }
-  if (a.MatmulDescriptorInit(h, &p.matmul, CUSPARSE_OPERATION_TRANSPOSE, CUSPARSE_OPERATION_NON_TRANSPOSE,
+  if (a.MatmulDescriptorInit(h, &p.matmul, CUSPARSE_OPERATION_NON_TRANSPOSE, CUSPARSE_OPERATION_TRANSPOSE,
                              &impl_->mat_a, &p.mat_b, &p.mat_c, &p.mat_c, CUSPARSE_COMPUTE_32F) !=
       CUSPARSE_STATUS_SUCCESS) {
     a.MatDescriptorDestroy(&p.mat_b);
@@ -302,7 +302,7 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaStreamSynchronize(stream));
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, workspace_.Allocate(workspace_bytes));
   }
-  if (EnvInt("ONNXSPARSE_CUSPARSELT_SEARCH", 1) != 0) {
+  if (EnvInt("ONNXSPARSE_CUSPARSELT_SEARCH", 0) != 0) {
     const float beta = 0.f;
     cudaStream_t streams[1] = {stream};
     LT_RETURN_IF_ERROR(op, a.MatmulSearch(h, &p.plan, &alpha, compressed_.get(), x, &beta, y, y, workspace_.get(),

@@ -27,7 +27,7 @@ template <>
 struct Mma<__half> {
   static __device__ __forceinline__ void Run(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                              uint32_t b0, uint32_t b1) {
-    asm volatile(
+    asm(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
@@ -38,7 +38,7 @@ template <>
 struct Mma<__nv_bfloat16> {
   static __device__ __forceinline__ void Run(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                              uint32_t b0, uint32_t b1) {
-    asm volatile(
+    asm(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
@@ -67,7 +67,7 @@ __device__ __forceinline__ void DecodeGroup(uint32_t pair, uint32_t nibble, uint
 
 __device__ __forceinline__ uint4 LoadStreaming16(const void* ptr) {
   uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "l"(ptr));
   return v;
@@ -129,46 +129,60 @@ __global__ void __launch_bounds__(kGemmWarps * 32) SparseGemmMmaKernel(SparseGem
 #pragma unroll
   for (int i = 0; i < kMTiles; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
 
+  // Each warp issues the weight loads of kBatch chunks before it decodes any, so that enough
+  // bytes are in flight to cover the memory latency.
+  constexpr int kBatch = kMTiles >= 4 ? 2 : 4;
   const int64_t nchunks = (ngroups + 31) / 32;
-  for (int64_t c = warp; c < nchunks; c += kGemmWarps) {
-    const int64_t first_group = c * 32 + 8 * t;
-    const bool full = kAligned && (c * 32 + 32 <= ngroups);
-    uint32_t pa[8], pb[8], na, nb;
-    if (full) {
-      LoadWeightGroups<true>(values, p.index, ra, ra_ok, half_k, index_stride, first_group, ngroups, pa, na);
-      LoadWeightGroups<true>(values, p.index, rb, rb_ok, half_k, index_stride, first_group, ngroups, pb, nb);
-    } else {
-      LoadWeightGroups<false>(values, p.index, ra, ra_ok, half_k, index_stride, first_group, ngroups, pa, na);
-      LoadWeightGroups<false>(values, p.index, rb, rb_ok, half_k, index_stride, first_group, ngroups, pb, nb);
-    }
-    // Activations: row m0 + 8*tile + g, elements 4*first_group .. +31 (two words per group).
-    uint32_t xf[kMTiles][16];
+  for (int64_t c0 = warp; c0 < nchunks; c0 += kGemmWarps * kBatch) {
+    uint32_t pa[kBatch][8], pb[kBatch][8], na[kBatch], nb[kBatch];
 #pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt) {
-      const int64_t row = m0 + mt * 8 + g;
-      const uint16_t* xr = x + row * p.k + 4 * first_group;
-      if (row < p.m && full) {
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const uint4 v = __ldg(reinterpret_cast<const uint4*>(xr) + q);
-          xf[mt][4 * q + 0] = v.x, xf[mt][4 * q + 1] = v.y, xf[mt][4 * q + 2] = v.z, xf[mt][4 * q + 3] = v.w;
-        }
+    for (int u = 0; u < kBatch; ++u) {
+      const int64_t c = c0 + u * kGemmWarps;
+      const int64_t first_group = c * 32 + 8 * t;
+      if (kAligned && c * 32 + 32 <= ngroups) {
+        LoadWeightGroups<true>(values, p.index, ra, ra_ok, half_k, index_stride, first_group, ngroups, pa[u], na[u]);
+        LoadWeightGroups<true>(values, p.index, rb, rb_ok, half_k, index_stride, first_group, ngroups, pb[u], nb[u]);
       } else {
-#pragma unroll
-        for (int s = 0; s < 8; ++s) {
-          uint2 v = make_uint2(0, 0);
-          if (row < p.m && first_group + s < ngroups) v = __ldg(reinterpret_cast<const uint2*>(xr) + s);
-          xf[mt][2 * s] = v.x, xf[mt][2 * s + 1] = v.y;
-        }
+        // Partial chunks (and chunks past the end, which load nothing) take the per-group path.
+        LoadWeightGroups<false>(values, p.index, ra, ra_ok, half_k, index_stride, first_group, ngroups, pa[u], na[u]);
+        LoadWeightGroups<false>(values, p.index, rb, rb_ok, half_k, index_stride, first_group, ngroups, pb[u], nb[u]);
       }
     }
 #pragma unroll
-    for (int s = 0; s < 8; ++s) {
-      uint32_t a0, a1, a2, a3;
-      DecodeGroup(pa[s], (na >> (4 * s)) & 0xFu, a0, a2);
-      DecodeGroup(pb[s], (nb >> (4 * s)) & 0xFu, a1, a3);
+    for (int u = 0; u < kBatch; ++u) {
+      const int64_t c = c0 + u * kGemmWarps;
+      if (c >= nchunks) break;
+      const int64_t first_group = c * 32 + 8 * t;
+      const bool full = kAligned && (c * 32 + 32 <= ngroups);
+      // Activations: row m0 + 8*tile + g, elements 4*first_group .. +31 (two words per group).
+      uint32_t xf[kMTiles][16];
 #pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) Mma<T>::Run(acc[mt], a0, a1, a2, a3, xf[mt][2 * s], xf[mt][2 * s + 1]);
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        const int64_t row = m0 + mt * 8 + g;
+        const uint16_t* xr = x + row * p.k + 4 * first_group;
+        if (row < p.m && full) {
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            const uint4 v = __ldg(reinterpret_cast<const uint4*>(xr) + q);
+            xf[mt][4 * q + 0] = v.x, xf[mt][4 * q + 1] = v.y, xf[mt][4 * q + 2] = v.z, xf[mt][4 * q + 3] = v.w;
+          }
+        } else {
+#pragma unroll
+          for (int s = 0; s < 8; ++s) {
+            uint2 v = make_uint2(0, 0);
+            if (row < p.m && first_group + s < ngroups) v = __ldg(reinterpret_cast<const uint2*>(xr) + s);
+            xf[mt][2 * s] = v.x, xf[mt][2 * s + 1] = v.y;
+          }
+        }
+      }
+#pragma unroll
+      for (int s = 0; s < 8; ++s) {
+        uint32_t a0, a1, a2, a3;
+        DecodeGroup(pa[u][s], (na[u] >> (4 * s)) & 0xFu, a0, a2);
+        DecodeGroup(pb[u][s], (nb[u] >> (4 * s)) & 0xFu, a1, a3);
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) Mma<T>::Run(acc[mt], a0, a1, a2, a3, xf[mt][2 * s], xf[mt][2 * s + 1]);
+      }
     }
   }
 

@@ -2,7 +2,8 @@
 
 ``expose(model, tensors)`` cuts the graph down to the nodes that compute ``tensors`` and makes
 them the outputs, so that ONNX Runtime runs only the prefix a layer needs. ``capture`` runs the
-calibration batches through it and accumulates, per layer, H in float64 (``[groups, K, K]``):
+calibration batches through it and accumulates, per layer, H in float64 (``[groups, K, K]``; each
+chunk's product in float32, summed in float64):
 memory is bounded by one batch's activations plus the Hessians, never by the whole data set.
 
 Rows of X are the layer's input vectors in SPEC's K order:
@@ -23,6 +24,9 @@ import onnxruntime as ort
 
 from ..errors import OnnxSparseError
 from .layers import ConvGeometry, Layer, Use
+
+
+CHUNK_ROWS = 8192  # input vectors per X^T X product
 
 
 @dataclass
@@ -79,7 +83,7 @@ def expose(model: onnx.ModelProto, tensors: list[str], available: dict[str, np.n
         elem = onnx.helper.np_dtype_to_tensor_dtype(available[name].dtype)
         cut.graph.input.append(onnx.helper.make_tensor_value_info(name, elem, None))
     cut.graph.ClearField("output")
-    given = {i.name for i in cut.graph.input}
+    given = {i.name for i in cut.graph.input} | set(available)
     cut.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors if t not in given)
     return cut
 
@@ -200,17 +204,20 @@ def unfold_conv(x: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
 
 
 def input_rows(activation: np.ndarray, use: Use) -> Iterator[np.ndarray]:
-    """The layer's input vectors ``[groups, rows, K]`` (float64), a chunk at a time."""
+    """The layer's input vectors ``[groups, rows, K]`` (float32), at most ``CHUNK_ROWS`` rows at a time."""
+    x = np.asarray(activation, dtype=np.float32)
     if use.conv is not None:
-        if activation.ndim != 4:
-            raise OnnxSparseError(f"{use.node}: Conv input has rank {activation.ndim}, expected 4 (N, C, H, W)")
-        for image in activation:
-            yield unfold_conv(image.astype(np.float64), use.conv)
+        if x.ndim != 4:
+            raise OnnxSparseError(f"{use.node}: Conv input has rank {x.ndim}, expected 4 (N, C, H, W)")
+        per_image = max(1, CHUNK_ROWS // max(1, x.shape[2] * x.shape[3]))
+        for start in range(0, x.shape[0], per_image):
+            yield np.concatenate([unfold_conv(image, use.conv) for image in x[start : start + per_image]], axis=1)
         return
-    x = activation.astype(np.float64)
     if use.trans_a:
         x = x.T
-    yield x.reshape(1, -1, x.shape[-1])
+    x = x.reshape(-1, x.shape[-1])
+    for start in range(0, x.shape[0], CHUNK_ROWS):
+        yield x[None, start : start + CHUNK_ROWS]
 
 
 def new_statistics(layer: Layer) -> Statistics:
@@ -222,6 +229,7 @@ def accumulate(stats: Statistics, activation: np.ndarray, use: Use) -> None:
     for chunk in input_rows(activation, use):
         if chunk.shape[-1] != stats.hessian.shape[-1]:
             raise OnnxSparseError(f"{use.node}: input has {chunk.shape[-1]} features, the weight expects K={stats.hessian.shape[-1]}")
+        # A chunk's X^T X in float32 (BLAS speed), the sum over chunks and all later maths in float64.
         stats.hessian += np.matmul(chunk.transpose(0, 2, 1), chunk)
         stats.rows += chunk.shape[1]
 
