@@ -13,7 +13,9 @@ dtype, and the rows whose m is nearest the layer's m (every m when the layer's m
 so that an unknown batch never picks a kernel that is slower at some batch). The layer runs
 sparse when every such row has sparse_us <= dense_us * (1 + TOLERANCE).
 
-Without a table for the target every eligible layer runs sparse, and the reason says so.
+Without a table for the target every eligible layer runs sparse, and the reason says so. With a
+table that has no rows for the layer's dtype, the layer stays dense (bf16 and fp16 stand in for
+each other: the same kernels move the same bytes).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from importlib import resources
 TARGETS = ("cpu", "cuda")
 # Measurement noise: a sparse kernel within 2% of dense counts as not slower.
 TOLERANCE = 0.02
+# Dtypes whose sparse and dense kernels are the same code at the same width.
+_SAME_PATH = {"bfloat16": "float16", "float16": "bfloat16"}
 
 
 @dataclass(frozen=True)
@@ -55,9 +59,18 @@ def _distance(record: dict, k: int, n: int) -> float:
 def decide(target: str, dtype: str, k: int, n: int, m: int | None = None) -> Decision:
     """Whether a 2:4 GEMM of this shape should run sparse on ``target``, and why."""
     dtype = _DTYPE_NAMES.get(dtype, dtype)
-    records = [r for r in load_table(target) if r.get("dtype") == dtype]
+    table = load_table(target)
+    if not table:
+        return Decision(True, f"no {target} measurements; sparse by default")
+    records = [r for r in table if r.get("dtype") == dtype]
+    proxy = ""
+    if not records and dtype in _SAME_PATH:
+        # bf16 and fp16 run the same kernels and move the same bytes: one stands for the other.
+        records = [r for r in table if r.get("dtype") == _SAME_PATH[dtype]]
+        proxy = f", {_SAME_PATH[dtype]} measurements standing for {dtype}"
     if not records:
-        return Decision(True, f"no {target} measurements for {dtype}; sparse by default")
+        # A target that was measured, but not for this dtype: nothing says sparse is not slower.
+        return Decision(False, f"no {target} measurements for {dtype}; kept dense (use --force-sparse to override)")
     nearest = min(_distance(r, k, n) for r in records)
     rows = [r for r in records if _distance(r, k, n) == nearest]
     if m is not None:
@@ -70,10 +83,12 @@ def decide(target: str, dtype: str, k: int, n: int, m: int | None = None) -> Dec
         return Decision(
             False,
             f"sparse kernel slower than dense on {target} "
-            f"({worst['dense_us'] / worst['sparse_us']:.2f}x at M={worst['m']}, {shape}, measured)",
+            f"({worst['dense_us'] / worst['sparse_us']:.2f}x at M={worst['m']}, {shape}, measured{proxy})",
         )
     best = min(rows, key=lambda r: r["sparse_us"] / r["dense_us"])
-    return Decision(True, f"sparse faster on {target} ({best['dense_us'] / best['sparse_us']:.2f}x at M={best['m']}, {shape})")
+    return Decision(
+        True, f"sparse faster on {target} ({best['dense_us'] / best['sparse_us']:.2f}x at M={best['m']}, {shape}{proxy})"
+    )
 
 
 _DTYPE_NAMES = {"float": "float32", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
@@ -118,20 +133,22 @@ def _matches(patterns, record) -> bool:
     return any(fnmatchcase(record.node, p) or fnmatchcase(record.op, p) for p in patterns)
 
 
-def make_policy(target: str, force_sparse: list[str] | None = None, force_dense: list[str] | None = None):
+def make_policy(target: str | None, force_sparse: list[str] | None = None, force_dense: list[str] | None = None):
     """The compiler's per-layer dense fallback for ``target`` (a ``passes.DensePolicy``).
 
     ``force_dense`` / ``force_sparse``: fnmatch patterns on node names or op types that override
-    the measured choice (``["*"]`` forces every layer).
+    the measured choice (``["*"]`` forces every layer). ``target=None``: no measured choice, only
+    the forced ones.
     """
-    load_table(target)  # an unknown target fails here, before any layer is looked at
+    if target is not None:
+        load_table(target)  # an unknown target fails here, before any layer is looked at
     force_sparse = list(force_sparse or [])
     force_dense = list(force_dense or [])
 
     def policy(record) -> str | None:
         if _matches(force_dense, record):
             return "kept dense by --force-dense"
-        if _matches(force_sparse, record):
+        if target is None or _matches(force_sparse, record):
             return None
         m, k, n = layer_gemm_shape(record)
         decision = decide(target, _DTYPE_NAMES.get(record.dtype, record.dtype), k, n, m)

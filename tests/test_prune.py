@@ -207,3 +207,20 @@ def test_float16_weight_keeps_dtype():
     weight = weight_of(pruned, "w")
     assert weight.dtype == np.float16
     assert group_stats(to_rows_k(weight, "kn")).share == 1.0
+
+
+def test_frontier_gives_the_same_layer_inputs_as_running_from_the_graph_inputs():
+    from onnxsparse.prune.capture import Frontier, capture
+
+    text = f"""{HEADER} g (float[N, 16] x) => (float[N, 8] y) {{
+        a = MatMul(x, w1) b = Relu(a) c = MatMul(b, w2) d = Add(c, a) e = Relu(d) y = MatMul(e, w3) }}"""
+    model = make_model(text, w1=rng_weight((16, 16)), w2=rng_weight((16, 16), 1), w3=rng_weight((16, 8), 2))
+    calibration = Calibration(model, samples=16)
+    layers = scan_layers(model, prune_head=True).layers
+    frontier = Frontier(model, calibration)
+    frontier.advance(model, 2)  # past the first MatMul and Relu: 'a' (read again by Add) and 'b' cross the cut
+    assert sorted(frontier.live(model, 2)) == ["a", "b"] and frontier.cache is not None
+    direct = capture(model, layers[1:], calibration)
+    cached = capture(model, layers[1:], frontier.batches())
+    for layer in layers[1:]:
+        np.testing.assert_allclose(cached[layer.weight].hessian, direct[layer.weight].hessian, rtol=1e-6)

@@ -73,3 +73,12 @@ def test_force_options_override_measurements(table):
     dense = targets.make_policy("cpu", force_dense=["*"])
     result = compile_model(_model(1, 64, 64), policy=dense)
     assert not result.rewritten and result.layers[0].reason == "kept dense by --force-dense"
+
+
+def test_unmeasured_dtype_stays_dense_and_bf16_uses_fp16(monkeypatch):
+    table = ({"op": "gemm", "dtype": "float16", "m": 1, "k": 64, "n": 64, "sparse_us": 9.0, "dense_us": 8.0},)
+    monkeypatch.setattr(targets, "load_table", lambda target: table)
+    fp32 = targets.decide("cuda", "float32", 64, 64)
+    assert not fp32.sparse and "no cuda measurements for float32" in fp32.reason
+    bf16 = targets.decide("cuda", "bfloat16", 64, 64)
+    assert not bf16.sparse and "float16 measurements standing for bfloat16" in bf16.reason

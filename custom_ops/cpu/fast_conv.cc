@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "common/float_convert.h"
+#include "cpu/aligned_buffer.h"
 #include "cpu/parallel.h"
 
 namespace onnxsparse::cpu {
@@ -23,10 +24,12 @@ struct Im2col {
   const ConvAttributes& attrs;
   const ConvGeometry& geo;
 
-  // panel[(kk - k_begin) * ldp + j] = X_group[c, ih, iw] of pixel p0 + j for kk in [k_begin, k_end)
-  // (kk = (kh * KW + kw) * C/group + c), zero where the kernel tap falls in the padding.
+  // The Cols panel (strips of kStripCols pixels, strip_stride apart) of the pixels [p0, p0 + pixels)
+  // for the reduction rows [k_begin, k_end): row kk = (kh * KW + kw) * C/group + c holds
+  // X_group[c, ih, iw] of each pixel, zero where the tap falls in the padding. For a 1x1
+  // convolution with stride 1 and no padding this is a plain copy of channel rows.
   void Fill(const T* x_group, int64_t k_begin, int64_t k_end, int64_t p0, int64_t pixels, float* panel,
-            int64_t ldp) const {
+            int64_t strip_stride) const {
     const int64_t cg = geo.channels_per_group, kw_size = attrs.kernel_shape[1];
     const int64_t sh = attrs.strides[0], sw = attrs.strides[1];
     const int64_t dh = attrs.dilations[0], dw = attrs.dilations[1];
@@ -34,16 +37,17 @@ struct Im2col {
     for (int64_t kk = k_begin; kk < k_end; ++kk) {
       const int64_t kh = kk / (kw_size * cg), kw = (kk / cg) % kw_size, c = kk % cg;
       const T* src = x_group + c * plane;
-      float* dst = panel + (kk - k_begin) * ldp;
+      float* dst = panel + (kk - k_begin) * kStripCols;
       const int64_t iw_base = kw * dw - geo.pad_left;
       // Output columns ow whose tap iw = ow * sw + iw_base lies in [0, W).
       const int64_t ow_lo = iw_base >= 0 ? 0 : CeilDiv(-iw_base, sw);
       const int64_t ow_hi = geo.width - iw_base <= 0 ? 0 : CeilDiv(geo.width - iw_base, sw);
       for (int64_t j = 0, p = p0; j < pixels;) {
+        // A run of pixels on one output row and in one strip.
         const int64_t oh = p / geo.out_width, ow0 = p % geo.out_width;
-        const int64_t run = std::min(geo.out_width - ow0, pixels - j);
+        const int64_t run = std::min({geo.out_width - ow0, pixels - j, kStripCols - j % kStripCols});
         const int64_t ih = oh * sh - geo.pad_top + kh * dh;
-        float* out = dst + j;
+        float* out = dst + (j / kStripCols) * strip_stride + j % kStripCols;
         if (ih < 0 || ih >= geo.height) {
           std::fill(out, out + run, 0.0f);
         } else {
@@ -79,10 +83,6 @@ bool FastConv(OrtKernelContext* context, const FastKernelSet& kernels, const Pac
   const int64_t plane = geo.height * geo.width;
   const int64_t groups = attrs.group;
   const int64_t ocg = geo.out_channels_per_group;
-  // A 1x1 convolution with stride 1 and no padding reads its panel rows straight from X.
-  const bool direct = kFloat && attrs.kernel_shape[0] == 1 && attrs.kernel_shape[1] == 1 && geo.pad_top == 0 &&
-                      geo.pad_left == 0 && geo.out_height == geo.height && geo.out_width == geo.width &&
-                      attrs.strides[0] == 1 && attrs.strides[1] == 1;
   const int64_t pixel_tiles = (pixels + kTilePixels - 1) / kTilePixels;
   const int64_t base_items = geo.batch * groups * pixel_tiles;
   int64_t n_chunks = std::max<int64_t>(1, (kWantedItems + base_items - 1) / base_items);
@@ -102,7 +102,8 @@ bool FastConv(OrtKernelContext* context, const FastKernelSet& kernels, const Pac
     if (n_begin >= n_end) return;
     const T* x_group = x + (image * geo.channels + g * geo.channels_per_group) * plane;
 
-    std::vector<float> panel(direct ? 0 : static_cast<size_t>(4 * kBlockGroups * kTilePixels));
+    constexpr int64_t kStripStride = 4 * kBlockGroups * kStripCols;
+    AlignedFloats panel = AllocateAligned(kStripStride * ((kTilePixels + kStripCols - 1) / kStripCols));
     std::vector<float> scratch(kFloat ? 0 : static_cast<size_t>((n_end - n_begin) * pc));
     ColsTask task;
     task.cols = pc;
@@ -121,17 +122,9 @@ bool FastConv(OrtKernelContext* context, const FastKernelSet& kernels, const Pac
       task.kb.g_end = std::min(w.groups, gk + kBlockGroups);
       task.kb.accumulate = gk > 0;
       task.kb.final = task.kb.g_end == w.groups;
-      if constexpr (kFloat) {
-        if (direct) {
-          task.p = x_group + 4 * gk * plane + p0;
-          task.ldp = plane;
-        }
-      }
-      if (!direct) {
-        im2col.Fill(x_group, 4 * task.kb.g_begin, 4 * task.kb.g_end, p0, pc, panel.data(), kTilePixels);
-        task.p = panel.data();
-        task.ldp = kTilePixels;
-      }
+      im2col.Fill(x_group, 4 * task.kb.g_begin, 4 * task.kb.g_end, p0, pc, panel.get(), kStripStride);
+      task.p = panel.get();
+      task.strip_stride = kStripStride;
       kernels.cols(w, task);
     }
     if constexpr (!kFloat) {

@@ -1,9 +1,10 @@
 // The fast Conv2dCompress over a PackedWeight (rows = OC, all groups): per (image, group), tiles
-// of output pixels times the group's features with the Cols kernel (fast_kernels.h), reading
-// - a 1x1 convolution with stride 1 and no padding straight from X (NCHW: a channel's pixels are
-//   a contiguous panel row), and
-// - any other from an im2col panel in the weight's (kh, kw, c) order, built one cache block of K
-//   at a time for a tile of pixels and reused by all the features of the item.
+// of output pixels times the group's features with the Cols kernel (fast_kernels.h), which reads
+// NCHW's layout as it is: a channel's output pixels are contiguous, so C = Y needs no transpose,
+// and the panel's rows are input-channel rows. The panel is built one cache block of K at a time
+// for a tile of pixels, in the weight's (kh, kw, c) order, and reused by all the item's features:
+// for a 1x1 convolution with stride 1 and no padding it is a plain copy of channel rows into
+// aligned strips (no index arithmetic), otherwise im2col with padding, strides and dilations.
 #pragma once
 #include <cstdint>
 

@@ -6,9 +6,10 @@
 //   A, its 4 inputs are broadcast and permuted by sel (see packed_weight.h), two FMAs; the records
 //   are loaded once per group and reused over a register tile of rows (AVX-512: 8 rows x 32 n).
 // - Cols: A given as a column panel P[k][j] (row k of the reduction holds pixels j contiguous:
-//   Conv's im2col, or an NCHW image itself for a 1x1 convolution). Vectorised over pixels j: per
+//   Conv's im2col, the channels of an NCHW image, or A transposed). Vectorised over pixels j: per
 //   group and output feature, sel picks two panel rows, each times a broadcast value (AVX-512:
-//   4 features x 64 pixels). C is [n][j] (Conv's NCHW output).
+//   4 features x 64 pixels). C is [n][j] (Conv's NCHW output). No permutes: one load per FMA,
+//   so it beats Rows where the product is compute-bound (large M).
 // Both cover the groups [g_begin, g_end) of K (cache blocking): the first block of K writes C
 // (accumulate = false), later ones add to it, and the last (final) applies alpha and bias.
 #pragma once
@@ -37,11 +38,15 @@ struct RowsTask {
   KBlock kb;
 };
 
+// The Cols kernel's panel: strips of kStripCols pixels, each [rows of the K block][kStripCols]
+// contiguous and 64-byte aligned (no cache-line splits, no power-of-two strides between rows).
+constexpr int64_t kStripCols = 64;
+
 struct ColsTask {
-  const float* p = nullptr;  // P[kk][j] at p[(kk - 4 * g_begin) * ldp + j]: the panel starts at the block of K
-  int64_t ldp = 0;
+  const float* p = nullptr;  // P[kk][j] at p[(j / 64) * strip_stride + (kk - 4 * g_begin) * 64 + j % 64]
+  int64_t strip_stride = 0;
   int64_t cols = 0;          // pixels j in [0, cols)
-  int64_t n_begin = 0, n_end = 0;  // output features (n_begin a multiple of 4)
+  int64_t n_begin = 0, n_end = 0;  // output features
   float* c = nullptr;        // C[n, j] at c[(n - n_begin) * ldc + j]
   int64_t ldc = 0;
   KBlock kb;

@@ -61,20 +61,24 @@ template <int MR, bool kHalf>
 void RowsMicro(const PackedWeight& w, const float* a, int64_t lda, int64_t block, float* c, int64_t ldc,
                const KBlock& kb) {
   const int64_t vb = kBlockN * w.value_bytes;
-  const int64_t rb = w.record_bytes;
+  const int64_t rb = w.group_stride;
   const uint8_t* rec = ONNXSPARSE_RECORD(w, block, kb.g_begin);
   __m256 acc[MR][2];
+  #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
 
   const float* a_group = a + 4 * kb.g_begin;
   for (int64_t g = kb.g_begin; g < kb.g_end; ++g) {
     __m256i s0[2], s1[2];
+    #pragma GCC unroll 16
     for (int h = 0; h < 2; ++h) {
       s0[h] = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rec + 2 * vb + 8 * h)));
       s1[h] = _mm256_srli_epi32(s0[h], 2);
     }
+    #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       const __m256 x = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(a_group + r * lda));
+      #pragma GCC unroll 16
       for (int h = 0; h < 2; ++h) {
         const int64_t half = h * 8 * w.value_bytes;
         acc[r][h] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(x, s0[h]), LoadValues8<kHalf>(rec + half), acc[r][h]);
@@ -86,9 +90,11 @@ void RowsMicro(const PackedWeight& w, const float* a, int64_t lda, int64_t block
     a_group += 4;
   }
   const int64_t n0 = block * kBlockN;
+  #pragma GCC unroll 16
   for (int h = 0; h < 2; ++h) {
     const int64_t valid = w.rows - n0 - 8 * h;
     const float* bias = kb.bias != nullptr ? kb.bias + n0 + 8 * h : nullptr;
+    #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) StoreC8(c + r * ldc + n0 + 8 * h, valid, acc[r][h], kb, bias, false, 0.0f);
   }
 }
@@ -119,29 +125,33 @@ void RowsKernel(const PackedWeight& w, const RowsTask& t) {
 // ---- Cols: NR output features x J vectors of 8 pixels ------------------------------------------
 
 template <int NR, int J, bool kHalf>
-void ColsMicro(const PackedWeight& w, const float* p, int64_t ldp, int64_t cols, int64_t n0, float* c, int64_t ldc,
+void ColsMicro(const PackedWeight& w, const float* p, int64_t cols, int64_t n0, float* c, int64_t ldc,
                const KBlock& kb) {
   const int64_t vb = kBlockN * w.value_bytes;
-  const int64_t rb = w.record_bytes;
+  const int64_t rb = w.group_stride;
   const int64_t lane0 = n0 % kBlockN;
   const uint8_t* rec = ONNXSPARSE_RECORD(w, n0 / kBlockN, kb.g_begin);
   const int64_t tail_count = cols - 8 * (J - 1);
   const bool tail_full = tail_count >= 8;
   const __m256i tail = FirstLanes8(tail_count);
-  const int64_t offsets[4] = {0, ldp, 2 * ldp, 3 * ldp};
+  constexpr int64_t ldp = kStripCols;
   __m256 acc[NR][J];
+  #pragma GCC unroll 16
   for (int r = 0; r < NR; ++r)
+    #pragma GCC unroll 16
     for (int j = 0; j < J; ++j) acc[r][j] = _mm256_setzero_ps();
 
   const float* p_group = p;
   for (int64_t g = kb.g_begin; g < kb.g_end; ++g) {
     const uint8_t* sel = rec + 2 * vb;
+    #pragma GCC unroll 16
     for (int r = 0; r < NR; ++r) {
       const unsigned s = sel[lane0 + r];
-      const float* row0 = p_group + offsets[s & 3];
-      const float* row1 = p_group + offsets[s >> 2];
+      const float* row0 = p_group + (s & 3) * ldp;
+      const float* row1 = p_group + (s >> 2) * ldp;
       const __m256 v0 = _mm256_set1_ps(LoadValue<kHalf>(rec, lane0 + r));
       const __m256 v1 = _mm256_set1_ps(LoadValue<kHalf>(rec + vb, lane0 + r));
+      #pragma GCC unroll 16
       for (int j = 0; j < J; ++j) {
         const bool masked = j == J - 1 && !tail_full;
         const __m256 x0 = masked ? _mm256_maskload_ps(row0 + 8 * j, tail) : _mm256_loadu_ps(row0 + 8 * j);
@@ -153,43 +163,46 @@ void ColsMicro(const PackedWeight& w, const float* p, int64_t ldp, int64_t cols,
     rec += rb;
     p_group += 4 * ldp;
   }
+  #pragma GCC unroll 16
   for (int r = 0; r < NR; ++r) {
     const int64_t n = n0 + r;
     const bool has_bias = kb.bias != nullptr;
     const float bias = has_bias ? kb.bias[n] : 0.0f;
+    #pragma GCC unroll 16
     for (int j = 0; j < J; ++j) {
       StoreC8(c + r * ldc + 8 * j, j == J - 1 ? tail_count : 8, acc[r][j], kb, nullptr, has_bias, bias);
     }
   }
 }
 
+// NR features over up to 24 pixels of one strip (3 vectors, the last one masked).
 template <int NR, bool kHalf>
-void ColsStrip(const PackedWeight& w, const float* p, int64_t ldp, int64_t cols, int64_t n0, float* c, int64_t ldc,
+void ColsPiece(const PackedWeight& w, const float* p, int64_t cols, int64_t n0, float* c, int64_t ldc,
                const KBlock& kb) {
-  constexpr int64_t kStrip = 24;  // pixels per micro tile: 3 vectors
-  int64_t j = 0;
-  for (; j + kStrip <= cols; j += kStrip) ColsMicro<NR, 3, kHalf>(w, p + j, ldp, kStrip, n0, c + j, ldc, kb);
-  const int64_t rest = cols - j;
-  if (rest > 16) return ColsMicro<NR, 3, kHalf>(w, p + j, ldp, rest, n0, c + j, ldc, kb);
-  if (rest > 8) return ColsMicro<NR, 2, kHalf>(w, p + j, ldp, rest, n0, c + j, ldc, kb);
-  if (rest > 0) return ColsMicro<NR, 1, kHalf>(w, p + j, ldp, rest, n0, c + j, ldc, kb);
+  if (cols > 16) return ColsMicro<NR, 3, kHalf>(w, p, cols, n0, c, ldc, kb);
+  if (cols > 8) return ColsMicro<NR, 2, kHalf>(w, p, cols, n0, c, ldc, kb);
+  return ColsMicro<NR, 1, kHalf>(w, p, cols, n0, c, ldc, kb);
 }
 
 template <bool kHalf>
 void ColsKernelT(const PackedWeight& w, const ColsTask& t) {
   constexpr int64_t kNr = 4;
-  constexpr int64_t kChunk = 192;
-  for (int64_t j = 0; j < t.cols; j += kChunk) {
-    const int64_t cols = Min(kChunk, t.cols - j);
+  constexpr int64_t kPiece = 24;
+  for (int64_t j = 0; j < t.cols; j += kStripCols) {
+    const int64_t strip_cols = Min(kStripCols, t.cols - j);
+    const float* strip = t.p + (j / kStripCols) * t.strip_stride;
     for (int64_t n = t.n_begin, nr = 0; n < t.n_end; n += nr) {
       nr = Min(Min(kNr, t.n_end - n), kBlockN - n % kBlockN);  // features of one block
-      float* c = t.c + (n - t.n_begin) * t.ldc + j;
-      const float* p = t.p + j;
-      switch (nr) {
-        case 1: ColsStrip<1, kHalf>(w, p, t.ldp, cols, n, c, t.ldc, t.kb); break;
-        case 2: ColsStrip<2, kHalf>(w, p, t.ldp, cols, n, c, t.ldc, t.kb); break;
-        case 3: ColsStrip<3, kHalf>(w, p, t.ldp, cols, n, c, t.ldc, t.kb); break;
-        default: ColsStrip<4, kHalf>(w, p, t.ldp, cols, n, c, t.ldc, t.kb); break;
+      for (int64_t jj = 0; jj < strip_cols; jj += kPiece) {
+        const int64_t cols = Min(kPiece, strip_cols - jj);
+        float* c = t.c + (n - t.n_begin) * t.ldc + j + jj;
+        const float* p = strip + jj;
+        switch (nr) {
+          case 1: ColsPiece<1, kHalf>(w, p, cols, n, c, t.ldc, t.kb); break;
+          case 2: ColsPiece<2, kHalf>(w, p, cols, n, c, t.ldc, t.kb); break;
+          case 3: ColsPiece<3, kHalf>(w, p, cols, n, c, t.ldc, t.kb); break;
+          default: ColsPiece<4, kHalf>(w, p, cols, n, c, t.ldc, t.kb); break;
+        }
       }
     }
   }

@@ -54,17 +54,21 @@ template <int MR, int NB, bool kHalf>
 void RowsMicro(const PackedWeight& w, const float* a, int64_t lda, int64_t block, float* c, int64_t ldc,
                const KBlock& kb) {
   const int64_t vb = kBlockN * w.value_bytes;
-  const int64_t rb = w.record_bytes;
+  const int64_t rb = w.group_stride;
   const uint8_t* rec[NB];
+  #pragma GCC unroll 16
   for (int b = 0; b < NB; ++b) rec[b] = ONNXSPARSE_RECORD(w, block + b, kb.g_begin);
   __m512 acc[MR][NB];
+  #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
+    #pragma GCC unroll 16
     for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_setzero_ps();
 
   const float* a_group = a + 4 * kb.g_begin;
   for (int64_t g = kb.g_begin; g < kb.g_end; ++g) {
     __m512 v0[NB], v1[NB];
     __m512i s0[NB], s1[NB];
+    #pragma GCC unroll 16
     for (int b = 0; b < NB; ++b) {
       v0[b] = LoadValues<kHalf>(rec[b]);
       v1[b] = LoadValues<kHalf>(rec[b] + vb);
@@ -72,8 +76,10 @@ void RowsMicro(const PackedWeight& w, const float* a, int64_t lda, int64_t block
       s1[b] = _mm512_srli_epi32(s0[b], 2);
       rec[b] += rb;
     }
+    #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       const __m512 x = _mm512_broadcast_f32x4(_mm_loadu_ps(a_group + r * lda));
+      #pragma GCC unroll 16
       for (int b = 0; b < NB; ++b) {
         acc[r][b] = _mm512_fmadd_ps(_mm512_permutexvar_ps(s0[b], x), v0[b], acc[r][b]);
         acc[r][b] = _mm512_fmadd_ps(_mm512_permutexvar_ps(s1[b], x), v1[b], acc[r][b]);
@@ -81,10 +87,12 @@ void RowsMicro(const PackedWeight& w, const float* a, int64_t lda, int64_t block
     }
     a_group += 4;
   }
+  #pragma GCC unroll 16
   for (int b = 0; b < NB; ++b) {
     const int64_t n0 = (block + b) * kBlockN;
     const __mmask16 mask = FirstLanes(w.rows - n0);
     const float* bias = kb.bias != nullptr ? kb.bias + n0 : nullptr;
+    #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) StoreC(c + r * ldc + n0, mask, acc[r][b], kb, bias, false, 0.0f);
   }
 }
@@ -125,27 +133,31 @@ void RowsKernel(const PackedWeight& w, const RowsTask& t) {
 // ---- Cols: NR output features x J vectors of 16 pixels -----------------------------------------
 
 template <int NR, int J, bool kHalf>
-void ColsMicro(const PackedWeight& w, const float* p, int64_t ldp, int64_t cols, int64_t n0, float* c, int64_t ldc,
+void ColsMicro(const PackedWeight& w, const float* p, int64_t cols, int64_t n0, float* c, int64_t ldc,
                const KBlock& kb) {
   const int64_t vb = kBlockN * w.value_bytes;
-  const int64_t rb = w.record_bytes;
+  const int64_t rb = w.group_stride;
   const int64_t lane0 = n0 % kBlockN;
   const uint8_t* rec = ONNXSPARSE_RECORD(w, n0 / kBlockN, kb.g_begin);
   const __mmask16 tail = FirstLanes(cols - 16 * (J - 1));
-  const int64_t offsets[4] = {0, ldp, 2 * ldp, 3 * ldp};
+  constexpr int64_t ldp = kStripCols;
   __m512 acc[NR][J];
+  #pragma GCC unroll 16
   for (int r = 0; r < NR; ++r)
+    #pragma GCC unroll 16
     for (int j = 0; j < J; ++j) acc[r][j] = _mm512_setzero_ps();
 
   const float* p_group = p;
   for (int64_t g = kb.g_begin; g < kb.g_end; ++g) {
     const uint8_t* sel = rec + 2 * vb;
+    #pragma GCC unroll 16
     for (int r = 0; r < NR; ++r) {
       const unsigned s = sel[lane0 + r];
-      const float* row0 = p_group + offsets[s & 3];
-      const float* row1 = p_group + offsets[s >> 2];
+      const float* row0 = p_group + (s & 3) * ldp;
+      const float* row1 = p_group + (s >> 2) * ldp;
       const __m512 v0 = _mm512_set1_ps(LoadValue<kHalf>(rec, lane0 + r));
       const __m512 v1 = _mm512_set1_ps(LoadValue<kHalf>(rec + vb, lane0 + r));
+      #pragma GCC unroll 16
       for (int j = 0; j < J; ++j) {
         const __m512 x0 = j == J - 1 ? _mm512_maskz_loadu_ps(tail, row0 + 16 * j) : _mm512_loadu_ps(row0 + 16 * j);
         const __m512 x1 = j == J - 1 ? _mm512_maskz_loadu_ps(tail, row1 + 16 * j) : _mm512_loadu_ps(row1 + 16 * j);
@@ -156,10 +168,12 @@ void ColsMicro(const PackedWeight& w, const float* p, int64_t ldp, int64_t cols,
     rec += rb;
     p_group += 4 * ldp;
   }
+  #pragma GCC unroll 16
   for (int r = 0; r < NR; ++r) {
     const int64_t n = n0 + r;
     const bool has_bias = kb.bias != nullptr;
     const float bias = has_bias ? kb.bias[n] : 0.0f;
+    #pragma GCC unroll 16
     for (int j = 0; j < J; ++j) {
       StoreC(c + r * ldc + 16 * j, j == J - 1 ? tail : static_cast<__mmask16>(0xFFFF), acc[r][j], kb, nullptr,
              has_bias, bias);
@@ -167,34 +181,31 @@ void ColsMicro(const PackedWeight& w, const float* p, int64_t ldp, int64_t cols,
   }
 }
 
+// NR features over one strip of up to 64 pixels (4 vectors, the last one masked).
 template <int NR, bool kHalf>
-void ColsStrip(const PackedWeight& w, const float* p, int64_t ldp, int64_t cols, int64_t n0, float* c, int64_t ldc,
+void ColsStrip(const PackedWeight& w, const float* p, int64_t cols, int64_t n0, float* c, int64_t ldc,
                const KBlock& kb) {
-  constexpr int64_t kStrip = 64;  // pixels per micro tile: 4 vectors
-  int64_t j = 0;
-  for (; j + kStrip <= cols; j += kStrip) ColsMicro<NR, 4, kHalf>(w, p + j, ldp, kStrip, n0, c + j, ldc, kb);
-  const int64_t rest = cols - j;
-  if (rest > 48) return ColsMicro<NR, 4, kHalf>(w, p + j, ldp, rest, n0, c + j, ldc, kb);
-  if (rest > 32) return ColsMicro<NR, 3, kHalf>(w, p + j, ldp, rest, n0, c + j, ldc, kb);
-  if (rest > 16) return ColsMicro<NR, 2, kHalf>(w, p + j, ldp, rest, n0, c + j, ldc, kb);
-  if (rest > 0) return ColsMicro<NR, 1, kHalf>(w, p + j, ldp, rest, n0, c + j, ldc, kb);
+  if (cols > 48) return ColsMicro<NR, 4, kHalf>(w, p, cols, n0, c, ldc, kb);
+  if (cols > 32) return ColsMicro<NR, 3, kHalf>(w, p, cols, n0, c, ldc, kb);
+  if (cols > 16) return ColsMicro<NR, 2, kHalf>(w, p, cols, n0, c, ldc, kb);
+  return ColsMicro<NR, 1, kHalf>(w, p, cols, n0, c, ldc, kb);
 }
 
 template <bool kHalf>
 void ColsKernelT(const PackedWeight& w, const ColsTask& t) {
   constexpr int64_t kNr = 4;
-  constexpr int64_t kChunk = 256;  // pixels whose panel slice stays in cache across the features
-  for (int64_t j = 0; j < t.cols; j += kChunk) {
-    const int64_t cols = Min(kChunk, t.cols - j);
+  // Strip by strip: a strip's panel slice (K block x 64 pixels) stays in L1 across the features.
+  for (int64_t j = 0; j < t.cols; j += kStripCols) {
+    const int64_t cols = Min(kStripCols, t.cols - j);
+    const float* p = t.p + (j / kStripCols) * t.strip_stride;
     for (int64_t n = t.n_begin, nr = 0; n < t.n_end; n += nr) {
       nr = Min(Min(kNr, t.n_end - n), kBlockN - n % kBlockN);  // features of one block
       float* c = t.c + (n - t.n_begin) * t.ldc + j;
-      const float* p = t.p + j;
       switch (nr) {
-        case 1: ColsStrip<1, kHalf>(w, p, t.ldp, cols, n, c, t.ldc, t.kb); break;
-        case 2: ColsStrip<2, kHalf>(w, p, t.ldp, cols, n, c, t.ldc, t.kb); break;
-        case 3: ColsStrip<3, kHalf>(w, p, t.ldp, cols, n, c, t.ldc, t.kb); break;
-        default: ColsStrip<4, kHalf>(w, p, t.ldp, cols, n, c, t.ldc, t.kb); break;
+        case 1: ColsStrip<1, kHalf>(w, p, cols, n, c, t.ldc, t.kb); break;
+        case 2: ColsStrip<2, kHalf>(w, p, cols, n, c, t.ldc, t.kb); break;
+        case 3: ColsStrip<3, kHalf>(w, p, cols, n, c, t.ldc, t.kb); break;
+        default: ColsStrip<4, kHalf>(w, p, cols, n, c, t.ldc, t.kb); break;
       }
     }
   }

@@ -39,7 +39,7 @@ void RowsKernel(const PackedWeight& w, const RowsTask& t) {
     for (int64_t block = t.block_begin; block < t.block_end; ++block) {
       float acc[kMr][kBlockN] = {};
       const uint8_t* rec = ONNXSPARSE_RECORD(w, block, t.kb.g_begin);
-      for (int64_t g = t.kb.g_begin; g < t.kb.g_end; ++g, rec += w.record_bytes) {
+      for (int64_t g = t.kb.g_begin; g < t.kb.g_end; ++g, rec += w.group_stride) {
         float v0[kBlockN], v1[kBlockN];
         RecordValues(w, rec, 0, v0);
         RecordValues(w, rec, 1, v1);
@@ -59,23 +59,23 @@ void RowsKernel(const PackedWeight& w, const RowsTask& t) {
   }
 }
 
-constexpr int64_t kStrip = 16;
-
 void ColsKernel(const PackedWeight& w, const ColsTask& t) {
-  for (int64_t j0 = 0; j0 < t.cols; j0 += kStrip) {
-    const int64_t cols = std::min(kStrip, t.cols - j0);
+  constexpr int64_t ldp = kStripCols;
+  for (int64_t j0 = 0; j0 < t.cols; j0 += kStripCols) {
+    const int64_t cols = std::min(kStripCols, t.cols - j0);
+    const float* strip = t.p + (j0 / kStripCols) * t.strip_stride;
     for (int64_t n = t.n_begin; n < t.n_end; ++n) {
       const int64_t lane = n % kBlockN;
       const uint8_t* rec = ONNXSPARSE_RECORD(w, n / kBlockN, t.kb.g_begin);
-      float acc[kStrip] = {};
-      const float* p_group = t.p + j0;
-      for (int64_t g = t.kb.g_begin; g < t.kb.g_end; ++g, rec += w.record_bytes, p_group += 4 * t.ldp) {
+      float acc[kStripCols] = {};
+      const float* p_group = strip;
+      for (int64_t g = t.kb.g_begin; g < t.kb.g_end; ++g, rec += w.group_stride, p_group += 4 * ldp) {
         float v0[kBlockN], v1[kBlockN];
         RecordValues(w, rec, 0, v0);
         RecordValues(w, rec, 1, v1);
         const uint8_t s = rec[2 * kBlockN * w.value_bytes + lane];
-        const float* row0 = p_group + (s & 3) * t.ldp;
-        const float* row1 = p_group + (s >> 2) * t.ldp;
+        const float* row0 = p_group + (s & 3) * ldp;
+        const float* row1 = p_group + (s >> 2) * ldp;
         for (int64_t j = 0; j < cols; ++j) acc[j] += row0[j] * v0[lane] + row1[j] * v1[lane];
       }
       float* c = t.c + (n - t.n_begin) * t.ldc + j0;

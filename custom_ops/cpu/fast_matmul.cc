@@ -4,12 +4,16 @@
 //   stay in L2 across its row tiles;
 // - inside an item, K is cut into blocks of kBlockGroups groups, so that a register tile's rows
 //   of A (8 rows x 512 fp32 = 16 KiB) stay in L1 while the tile walks the chunk's features.
+// From kColsMinRows rows of A on, the product is compute-bound and runs on the Cols kernel
+// instead (no permutes; see fast_kernels.h): A is first packed, transposed, into aligned strips of
+// 64 rows (in parallel), each item computes C^T for its rows and features and transposes it into C.
 // Every output element is computed by one item in the same order whatever the thread count, so
 // results do not depend on intra_op_num_threads.
 #include "cpu/fast_matmul.h"
 
 #include <algorithm>
 
+#include "cpu/aligned_buffer.h"
 #include "cpu/parallel.h"
 
 namespace onnxsparse::cpu {
@@ -21,10 +25,79 @@ constexpr int64_t kMaxChunkN = 256;    // output features per item
 constexpr int64_t kChunkM = 128;       // rows of A per item
 constexpr int64_t kWantedItems = 8;    // enough items to spread a single row over the threads
 
+constexpr int64_t kColsMinRows = 48;
+constexpr int64_t kColsBlockGroups = 32;  // a strip's K block: 128 x 64 fp32 = 32 KiB, in L1
+constexpr int64_t kColsTileRows = 256;    // rows of A per item (4 strips)
+
+int64_t FeatureChunk(int64_t rows, int64_t items_per_chunk) {
+  const int64_t wanted = std::max<int64_t>(1, kWantedItems / items_per_chunk);
+  const int64_t chunk = (rows + wanted - 1) / wanted;
+  return std::clamp<int64_t>((chunk + 31) / 32 * 32, 32, kMaxChunkN);
+}
+
+bool ColsMatMul(OrtKernelContext* context, const FastKernelSet& kernels, const PackedWeight& w, const float* a,
+                int64_t m, float* c, const float* bias, float alpha) {
+  const int64_t k = w.k, n = w.rows;
+  const int64_t strips = (m + kStripCols - 1) / kStripCols;
+  const int64_t strip_stride = k * kStripCols;
+  AlignedFloats panel = AllocateAligned(strips * strip_stride);
+  // panel[s][kk][j] = A[64 s + j, kk] (zero past the last row).
+  auto pack = [&](int64_t s) {
+    float* dst = panel.get() + s * strip_stride;
+    const int64_t rows = std::min(kStripCols, m - s * kStripCols);
+    const float* src = a + s * kStripCols * k;
+    constexpr int64_t kCols = 16;
+    for (int64_t k0 = 0; k0 < k; k0 += kCols) {
+      const int64_t kc = std::min(kCols, k - k0);
+      for (int64_t j = 0; j < kStripCols; ++j) {
+        for (int64_t kk = 0; kk < kc; ++kk) dst[(k0 + kk) * kStripCols + j] = j < rows ? src[j * k + k0 + kk] : 0.0f;
+      }
+    }
+  };
+  if (!ParallelItems(context, strips, pack)) return false;
+
+  const int64_t m_tiles = (m + kColsTileRows - 1) / kColsTileRows;
+  const int64_t chunk_n = FeatureChunk(n, m_tiles);
+  const int64_t n_chunks = (n + chunk_n - 1) / chunk_n;
+  auto item = [&](int64_t index) {
+    const int64_t nc = index / m_tiles, mt = index % m_tiles;
+    const int64_t m0 = mt * kColsTileRows, rows = std::min(kColsTileRows, m - m0);
+    const int64_t n0 = nc * chunk_n, n1 = std::min(n, n0 + chunk_n);
+    AlignedFloats ct = AllocateAligned((n1 - n0) * rows);  // C^T of the item
+    ColsTask task;
+    task.strip_stride = strip_stride;
+    task.cols = rows;
+    task.n_begin = n0;
+    task.n_end = n1;
+    task.c = ct.get();
+    task.ldc = rows;
+    task.kb.alpha = alpha;
+    task.kb.bias = bias;
+    for (int64_t g = 0; g < w.groups; g += kColsBlockGroups) {
+      task.kb.g_begin = g;
+      task.kb.g_end = std::min(w.groups, g + kColsBlockGroups);
+      task.kb.accumulate = g > 0;
+      task.kb.final = task.kb.g_end == w.groups;
+      task.p = panel.get() + (m0 / kStripCols) * strip_stride + 4 * g * kStripCols;
+      kernels.cols(w, task);
+    }
+    constexpr int64_t kTile = 16;  // transpose C^T into C in 16 x 16 tiles
+    for (int64_t i0 = 0; i0 < rows; i0 += kTile) {
+      for (int64_t j0 = n0; j0 < n1; j0 += kTile) {
+        const int64_t i1 = std::min(rows, i0 + kTile), j1 = std::min(n1, j0 + kTile);
+        for (int64_t i = i0; i < i1; ++i)
+          for (int64_t j = j0; j < j1; ++j) c[(m0 + i) * n + j] = ct[(j - n0) * rows + i];
+      }
+    }
+  };
+  return ParallelItems(context, n_chunks * m_tiles, item);
+}
+
 }  // namespace
 
 bool FastMatMul(OrtKernelContext* context, const FastKernelSet& kernels, const PackedWeight& w, const float* a,
                 int64_t m, float* c, const float* bias, float alpha) {
+  if (m >= kColsMinRows) return ColsMatMul(context, kernels, w, a, m, c, bias, alpha);
   const int64_t m_chunks = (m + kChunkM - 1) / kChunkM;
   // Feature chunks: whole 32-feature pairs of blocks, small enough to give every thread work.
   int64_t chunk_n = (w.rows + kWantedItems - 1) / kWantedItems;

@@ -29,7 +29,9 @@ std::unique_ptr<PackedWeight> PackWeight(const void* values, int value_kind, con
   w.fp16 = value_kind == 1;
   w.value_bytes = w.fp16 ? 2 : 4;
   w.record_bytes = 2 * kBlockN * w.value_bytes + kBlockN;
-  const size_t bytes = static_cast<size_t>(w.blocks * w.groups * w.record_bytes);
+  w.group_stride = 2 * w.record_bytes;
+  const int64_t pairs = (w.blocks + 1) / 2;
+  const size_t bytes = static_cast<size_t>(pairs * w.groups * w.group_stride);
   const size_t rounded = (bytes + 63) / 64 * 64 + 64;  // aligned_alloc wants a multiple of the alignment
   w.data.reset(static_cast<uint8_t*>(std::aligned_alloc(64, rounded)));
   if (!w.data) return nullptr;
@@ -38,9 +40,9 @@ std::unique_ptr<PackedWeight> PackWeight(const void* values, int value_kind, con
 
   const int64_t values_per_row = ValuesPerRow(k);
   const int64_t index_per_row = IndexBytesPerRow(k);
-  for (int64_t b = 0; b < w.blocks; ++b) {
+  for (int64_t b = 0; b < 2 * pairs; ++b) {
     for (int64_t g = 0; g < w.groups; ++g) {
-      uint8_t* record = w.data.get() + (b * w.groups + g) * w.record_bytes;
+      uint8_t* record = const_cast<uint8_t*>(ONNXSPARSE_RECORD(w, b, g));
       uint8_t* sel = record + 2 * kBlockN * w.value_bytes;
       for (int64_t lane = 0; lane < kBlockN; ++lane) {
         const int64_t n = b * kBlockN + lane;

@@ -13,7 +13,10 @@
 // (lane j holds element j % 4), a lane permute by sel selects element index0 and one by sel >> 2
 // selects element 1 + index1: _mm512_permutexvar_ps reads the low 4 bits, _mm256_permutevar8x32_ps
 // the low 3. Features past the last one (rows not a multiple of 16) hold zeros and sel = 4.
-// Blocks follow each other: block b starts at b * groups * record_bytes.
+// Blocks are stored in pairs (32 features, the register tile of the Rows kernel), the records of
+// the pair interleaved group by group, so that a pair is one sequential stream: the record of
+// (b, g) is at ((b / 2) * groups + g) * 2 * record_bytes + (b % 2) * record_bytes. An odd last
+// block is paired with a block of zeros.
 #pragma once
 #include <cstdint>
 #include <cstdlib>
@@ -31,6 +34,7 @@ struct PackedWeight {
   bool fp16 = false;   // values stored as IEEE half (converted on load), else fp32
   int64_t value_bytes = 4;
   int64_t record_bytes = 0;  // 32 * value_bytes + 16
+  int64_t group_stride = 0;  // bytes from a block's record of group g to that of g + 1: 2 * record_bytes
 
   struct Free {
     void operator()(uint8_t* p) const { std::free(p); }
@@ -42,7 +46,8 @@ struct PackedWeight {
 // The record of (block, group). The ISA files (compiled with -mavx512f or -mavx2) use only this
 // header's plain fields and functions of their own anonymous namespace, never an inline function
 // shared with baseline code: the linker could otherwise keep their AVX copy of it for everyone.
-#define ONNXSPARSE_RECORD(w, block, group) ((w).base + ((block) * (w).groups + (group)) * (w).record_bytes)
+#define ONNXSPARSE_RECORD(w, block, group) \
+  ((w).base + (((block) >> 1) * (w).groups + (group)) * (w).group_stride + ((block) & 1) * (w).record_bytes)
 
 // Builds the packed layout of a weight whose values are fp32 (value_kind 0), IEEE fp16 bits
 // (1, kept as fp16) or bfloat16 bits (2, widened to fp32). Returns null when an index nibble holds

@@ -31,9 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target",
         choices=TARGETS,
-        default="cpu",
         help="where the model will run: a layer whose sparse kernel was measured slower than dense "
-        "there stays dense (default: cpu)",
+        "there stays dense (default: no target, every eligible layer is rewritten)",
     )
     parser.add_argument(
         "--force-sparse",
@@ -61,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
 
     force_sparse = None if args.force_sparse is None else (args.force_sparse or ["*"])
     policy = make_policy(args.target, force_sparse=force_sparse, force_dense=args.force_dense)
+    if args.target is None and not args.force_dense:
+        policy = None
     result = compile_model(source, fold=not args.no_fold, policy=policy)
     input_data = io.external_data_files(source)
     if input_data and (out.parent / f"{out.name}.data").resolve() in input_data:

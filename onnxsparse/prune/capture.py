@@ -1,10 +1,13 @@
 """Layer inputs from ONNX Runtime, reduced on the fly to each layer's Hessian H = X^T X.
 
-``expose(model, tensors)`` cuts the graph down to the nodes that compute ``tensors`` and makes
-them the outputs, so that ONNX Runtime runs only the prefix a layer needs. ``capture`` runs the
+``expose(model, tensors, available)`` cuts the graph down to the nodes that compute ``tensors``
+from the graph inputs or from given tensors, so that ONNX Runtime runs only what a layer needs.
+``Frontier`` keeps the tensors crossing a cut for every calibration batch, so that sequential
+pruning runs each node about twice in all instead of once per block. ``capture`` runs the
 calibration batches through it and accumulates, per layer, H in float64 (``[groups, K, K]``; each
 chunk's product in float32, summed in float64):
-memory is bounded by one batch's activations plus the Hessians, never by the whole data set.
+memory holds one batch's activations plus the Hessians (and the frontier: the tensors crossing
+one cut for all batches, as SparseGPT keeps a block's inputs; dropped above ``cache_limit``).
 
 Rows of X are the layer's input vectors in SPEC's K order:
 - MatMul ``X @ W``: X reshaped to ``[-1, K]``; Gemm: A (``A^T`` with transA=1).

@@ -6,7 +6,8 @@
 - wanda, sparsegpt: sequential, as SparseGPT does: layers are visited in graph order in blocks of
   layers that do not feed one another (``sequential_blocks``); each block's input Hessians are
   captured from the model with every earlier block already pruned, so that a layer corrects the
-  error of the layers before it. ``sequential=False`` captures everything once, from the dense model.
+  error of the layers before it. A ``Frontier`` of cached tensors keeps this to about two passes
+  over the graph. ``sequential=False`` captures everything once, from the dense model.
 - ``max_error``: first choose the layers (``sensitivity.select_layers``), then prune those.
 """
 
