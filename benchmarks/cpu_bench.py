@@ -75,6 +75,15 @@ RESNET50_CONVS = [
     ("l4.down.1024-2048.s2", 1024, 2048, 14, 1, 2, 0),
     ("l4.1x1.2048-512", 2048, 512, 7, 1, 1, 0),
 ]
+# The sample convnet's eligible layers at 224x224 (small channel counts; models/convnet.py):
+# (name, C, OC, H=W, kernel, stride, pad, group, dilation)
+CONVNET_CONVS = [
+    ("convnet.down.16-32.s2", 16, 32, 224, 3, 2, 1, 1, 1),
+    ("convnet.pointwise.32-32", 32, 32, 112, 1, 1, 0, 1, 1),
+    ("convnet.grouped.32-32.g2", 32, 32, 112, 3, 1, 1, 2, 1),
+    ("convnet.same.32-64.s2", 32, 64, 112, 3, 2, 1, 1, 1),
+    ("convnet.dilated.64-64.d2", 64, 64, 56, 3, 1, 2, 1, 2),
+]
 CONV_BATCHES = [1, 8]
 
 WEIGHT_BYTES_PER_MODEL = 128 << 20  # dense weight bytes per timed model: well past the 32 MiB L3
@@ -115,14 +124,15 @@ def matmul_models(m: int, k: int, n: int, layers: int, dtype: str, rng) -> tuple
             _model(dense_nodes, inputs, outputs, dense_init, False), {"A": a})
 
 
-def conv_models(batch, c, oc, hw, kernel, stride, pad, layers, dtype, rng) -> tuple[bytes, bytes, dict]:
+def conv_models(batch, c, oc, hw, kernel, stride, pad, layers, dtype, rng, group=1, dilation=1):
     np_dtype = np.dtype(dtype)
     elem = ELEM[dtype]
     x = rng.standard_normal((batch, c, hw, hw)).astype(np_dtype)
-    attrs = dict(kernel_shape=[kernel, kernel], strides=[stride, stride], pads=[pad] * 4)
+    attrs = dict(kernel_shape=[kernel, kernel], strides=[stride, stride], pads=[pad] * 4, group=group,
+                 dilations=[dilation, dilation])
     dense_nodes, sparse_nodes, dense_init, sparse_init, outputs = [], [], [], [], []
     for i in range(layers):
-        w = rng.standard_normal((oc, c, kernel, kernel)).astype(np.float32)
+        w = rng.standard_normal((oc, c // group, kernel, kernel)).astype(np.float32)
         w = fmt.prune_weight_magnitude(w, "oihw").astype(np_dtype)
         bias = rng.standard_normal(oc).astype(np_dtype)
         values, index = fmt.compress_weight(w, "oihw")
@@ -201,15 +211,17 @@ def bench_matmul(args, threads, rng) -> list[dict]:
 
 def bench_conv(args, threads, rng) -> list[dict]:
     rows = []
+    shapes = [(*shape, 1, 1) for shape in RESNET50_CONVS] + CONVNET_CONVS
     for dtype in args.dtypes:
         for batch in args.batches:
-            for name, c, oc, hw, kernel, stride, pad in RESNET50_CONVS:
-                layers = layer_count(oc * c * kernel * kernel * 4, cap=4)
-                sparse, dense, feeds = conv_models(batch, c, oc, hw, kernel, stride, pad, layers, dtype, rng)
+            for name, c, oc, hw, kernel, stride, pad, group, dilation in shapes:
+                layers = layer_count(oc * c // group * kernel * kernel * 4, cap=4)
+                sparse, dense, feeds = conv_models(batch, c, oc, hw, kernel, stride, pad, layers, dtype, rng,
+                                                   group, dilation)
                 s, d, reps = time_pair(sparse, dense, feeds, threads, args.repeats, args.budget)
-                out_hw = (hw + 2 * pad - kernel) // stride + 1
+                out_hw = (hw + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
                 rows.append(row("conv", name, threads, layers, s, d, reps, dtype=dtype, batch=batch,
-                                m=batch * out_hw * out_hw, k=kernel * kernel * c, n=oc))
+                                m=batch * out_hw * out_hw, k=kernel * kernel * c // group, n=oc // group))
     return rows
 
 
@@ -230,11 +242,16 @@ def sample_models() -> list[tuple[str, onnx.ModelProto, dict]]:
 
 
 def bench_models(args, threads) -> list[dict]:
+    """Each sample model compiled with the CPU target's per-layer choice (onnxsparse/data/perf_cpu.json,
+    just written when --perf points there), so layers measured slower stay dense."""
+    from onnxsparse import targets
     from onnxsparse.api import compile_model
 
+    targets.load_table.cache_clear()
+    policy = targets.make_policy("cpu")
     rows = []
     for name, model, feeds in sample_models():
-        compiled = compile_model(model).model
+        compiled = compile_model(model, policy=policy).model
         sparse_ops = sum(node.domain == "onnxsparse" for node in compiled.graph.node)
         s, d, reps = time_pair(compiled.SerializeToString(), model.SerializeToString(), feeds, threads,
                                args.repeats, args.budget)
@@ -302,15 +319,19 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def perf_table(rows: list[dict]) -> dict:
+def perf_table(rows: list[dict], env: dict) -> dict:
+    """The compiler's table (onnxsparse/targets.py): one record per measured shape and thread count;
+    a layer runs sparse only where every nearest record (any thread count) is not slower."""
     records = []
     for r in rows:
         if r["kind"] not in ("matmul", "conv"):
             continue
-        records.append({"op": "gemm" if r["kind"] == "matmul" else "conv", "dtype": r["dtype"].replace("float32", "float32"),
+        records.append({"op": "gemm" if r["kind"] == "matmul" else "conv", "dtype": r["dtype"],
                         "m": r["m"], "k": r["k"], "n": r["n"], "threads": r["threads"],
                         "sparse_us": r["sparse_us"], "dense_us": r["dense_us"]})
-    return {"target": "cpu", "source": "benchmarks/cpu_bench.py", "records": records}
+    meta = {key: env.get(key) for key in ("cpu", "cores", "onnxruntime", "python", "cpu_isa")}
+    meta["source"] = "benchmarks/cpu_bench.py"
+    return {"target": "cpu", "meta": meta, "records": records}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,15 +355,16 @@ def main(argv: list[str] | None = None) -> int:
             report["rows"] += bench_matmul(args, threads, rng)
         if "conv" in args.only:
             report["rows"] += bench_conv(args, threads, rng)
-        if "models" in args.only:
+    if args.perf is not None:  # before the models, which are compiled with it
+        args.perf.parent.mkdir(parents=True, exist_ok=True)
+        args.perf.write_text(json.dumps(perf_table(report["rows"], report["machine"]), indent=1) + "\n")
+    if "models" in args.only:
+        for threads in args.threads:
             report["rows"] += bench_models(args, threads)
     report["loadavg_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report))
-    if args.perf is not None:
-        args.perf.parent.mkdir(parents=True, exist_ok=True)
-        args.perf.write_text(json.dumps(perf_table(report["rows"]), indent=1) + "\n")
     return 0
 
 

@@ -81,11 +81,27 @@ def gemm_models(dtype: str, k: int, n: int, rng):
     return _model(dense_nodes, [x], outs, dense_inits), _model(sparse_nodes, [x], outs, sparse_inits)
 
 
+def device_value(shape, dtype, data=None):
+    """A CUDA OrtValue of `shape`; bf16 through ONNX's element type (numpy has no bfloat16 that
+    ortvalue_from_numpy accepts), filled from the uint16 bits of `data`."""
+    if dtype != "bfloat16":
+        if data is None:
+            return ort.OrtValue.ortvalue_from_shape_and_type(shape, NP[dtype], "cuda", 0)
+        return ort.OrtValue.ortvalue_from_numpy(data.astype(NP[dtype]), "cuda", 0)
+    v = ort.OrtValue.ortvalue_from_shape_and_type(shape, onnx.TensorProto.BFLOAT16, "cuda", 0)
+    if data is not None:
+        bits = np.ascontiguousarray(data.astype(NP[dtype]).view(np.uint16))
+        try:
+            v.update_inplace(bits)
+        except Exception as e:  # noqa: BLE001  (timing does not depend on the values)
+            log(f"  bf16 input left unfilled: {str(e).splitlines()[0][:120]}")
+    return v
+
+
 def time_graph(sess, dtype, k, n, m, graph_id, min_time=0.15):
     """Seconds per run under CUDA-graph replay (runs queued without host sync)."""
-    npd = NP[dtype]
-    x = ort.OrtValue.ortvalue_from_numpy((np.random.default_rng(m).standard_normal((m, k)) * 0.5).astype(npd), "cuda", 0)
-    ys = [ort.OrtValue.ortvalue_from_shape_and_type([m, n], npd, "cuda", 0) for _ in range(LAYERS)]
+    x = device_value([m, k], dtype, np.random.default_rng(m).standard_normal((m, k)).astype(np.float32) * 0.5)
+    ys = [device_value([m, n], dtype) for _ in range(LAYERS)]
     b = sess.io_binding()
     b.bind_ortvalue_input("X", x)
     for i, y in enumerate(ys):
@@ -255,14 +271,15 @@ def resnet_model() -> onnx.ModelProto:
     return m
 
 
-def compile_sparse(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
-    try:
-        from onnxsparse.api import compile_model
+def compile_sparse(model: onnx.ModelProto, table: bool) -> tuple[onnx.ModelProto, str, int]:
+    """table=True: as `onnxsparse compile --target cuda` (layers perf_cuda.json measured slower stay
+    dense); False: every eligible layer rewritten."""
+    from onnxsparse.api import compile_model
+    from onnxsparse.targets import make_policy
 
-        result = compile_model(model)
-        return result.model, f"onnxsparse.api.compile_model: {len(result.rewritten)} of {len(result.layers)} layers rewritten"
-    except Exception as e:  # noqa: BLE001
-        raise RuntimeError(f"compile_model failed: {e}") from e
+    result = compile_model(model, policy=make_policy("cuda") if table else None)
+    how = "target cuda (table)" if table else "all eligible"
+    return result.model, f"{how}: {len(result.rewritten)} of {len(result.layers)} layers rewritten", len(result.rewritten)
 
 
 def time_e2e(blob: bytes, x_shape, reps_time=1.0):
@@ -294,22 +311,34 @@ def bench_e2e(quick: bool):
     for name, make, shapes in specs:
         t0 = time.time()
         dense = make()
-        sparse, how = compile_sparse(dense)
-        dense_blob, sparse_blob = dense.SerializeToString(), sparse.SerializeToString()
-        log(f"{name}: {how} ({time.time() - t0:.0f} s to build)")
-        del dense, sparse
+        variants, seen = [], set()
+        for table in (True, False):
+            sparse, how, count = compile_sparse(dense, table)
+            log(f"{name}: {how}")
+            if count and count not in seen:
+                seen.add(count)
+                variants.append((how, sparse.SerializeToString()))
+        dense_blob = dense.SerializeToString()
+        log(f"{name}: built in {time.time() - t0:.0f} s")
+        del dense
         for shape in shapes:
             try:
                 d_ms, d_out = time_e2e(dense_blob, shape)
-                s_ms, s_out = time_e2e(sparse_blob, shape)
             except Exception as e:  # noqa: BLE001
-                log(f"  {name} batch {shape[0]}: {str(e).splitlines()[0][:300]}")
+                log(f"  {name} batch {shape[0]} dense: {str(e).splitlines()[0][:300]}")
                 continue
-            d64, s64 = d_out.astype(np.float64), s_out.astype(np.float64)
-            err = float(np.linalg.norm(s64 - d64) / max(np.linalg.norm(d64), 1e-30))
-            rows.append({"model": name, "batch": shape[0], "dense_ms": round(d_ms, 3), "sparse_ms": round(s_ms, 3),
-                         "speedup": round(d_ms / s_ms, 3), "rel_diff": err, "compile": how})
-            log(f"  {name} batch {shape[0]:4d}: dense {d_ms:8.2f} ms  sparse {s_ms:8.2f} ms  x{d_ms / s_ms:5.2f}  rel diff {err:.1e}")
+            for how, blob in variants:
+                try:
+                    s_ms, s_out = time_e2e(blob, shape)
+                except Exception as e:  # noqa: BLE001
+                    log(f"  {name} batch {shape[0]} ({how}): {str(e).splitlines()[0][:300]}")
+                    continue
+                d64, s64 = d_out.astype(np.float64), s_out.astype(np.float64)
+                err = float(np.linalg.norm(s64 - d64) / max(np.linalg.norm(d64), 1e-30))
+                rows.append({"model": name, "batch": shape[0], "dense_ms": round(d_ms, 3), "sparse_ms": round(s_ms, 3),
+                             "speedup": round(d_ms / s_ms, 3), "rel_diff": err, "compile": how})
+                log(f"  {name} batch {shape[0]:4d} [{how}]: dense {d_ms:8.2f} ms  sparse {s_ms:8.2f} ms  "
+                    f"x{d_ms / s_ms:5.2f}  rel diff {err:.1e}")
     return rows
 
 
@@ -348,8 +377,8 @@ def write_outputs(out: Path, gemms, e2e, meta):
              "## Per GEMM (kernel time per layer, CUDA-graph replay, 8 layers per model)", "",
              "| dtype | M | K | N | dense us | sparse us | speedup | sparse TFLOP/s |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['dtype']} | {r['m']} | {r['k']} | {r['n']} | {r['dense_us']:.2f} | {r['sparse_us']:.2f} | {r['speedup']:.2f} | {r['sparse_tflops']} |" for r in gemms]
-    lines += ["", "## End to end (fp16, median ms per run, io-binding)", "", "| model | batch | dense ms | compiled ms | speedup | rel diff |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['batch']} | {r['dense_ms']:.2f} | {r['sparse_ms']:.2f} | {r['speedup']:.2f} | {r['rel_diff']:.1e} |" for r in e2e]
+    lines += ["", "## End to end (fp16, median ms per run, io-binding)", "", "| model | batch | compiled | dense ms | compiled ms | speedup | rel diff |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['batch']} | {r.get('compile', '')} | {r['dense_ms']:.2f} | {r['sparse_ms']:.2f} | {r['speedup']:.2f} | {r['rel_diff']:.1e} |" for r in e2e]
     (out / "gpu_bench.md").write_text("\n".join(lines) + "\n")
     try:
         import matplotlib
@@ -381,6 +410,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer shapes (a smoke run)")
     ap.add_argument("--skip-e2e", action="store_true")
     ap.add_argument("--skip-gemm", action="store_true")
+    ap.add_argument("--dtypes", default="float16,bfloat16")
     args = ap.parse_args()
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         sys.exit("gpu_bench: onnxruntime has no CUDAExecutionProvider")
@@ -388,8 +418,14 @@ def main():
     log(json.dumps(meta))
     shapes = SHAPES[:1] if args.quick else SHAPES
     ms = [1, 16, 256, 4096] if args.quick else MS
-    gemms = [] if args.skip_gemm else bench_gemms(["float16", "bfloat16"], shapes, ms)
-    write_outputs(Path(args.out), gemms, [], meta)
+    gemms = [] if args.skip_gemm else bench_gemms(args.dtypes.split(","), shapes, ms)
+    if args.skip_gemm:  # keep the GEMM table of an earlier run (the same --out)
+        try:
+            gemms = json.loads((Path(args.out) / "gpu_bench.json").read_text())["gemm"]
+        except (OSError, ValueError, KeyError):
+            gemms = []
+    else:
+        write_outputs(Path(args.out), gemms, [], meta)
     e2e = [] if args.skip_e2e else bench_e2e(args.quick)
     write_outputs(Path(args.out), gemms, e2e, meta)
     log(f"wrote {args.out}/gpu_bench.{{json,md,png}} and onnxsparse/data/perf_cuda.json")

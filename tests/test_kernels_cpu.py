@@ -4,6 +4,11 @@ Each op runs in ONNX Runtime (CPUExecutionProvider) from a tiny model written in
 SPEC's compressed weight (``onnxsparse.format.compress_weight``) as initializers, and is compared
 with numpy or with ONNX Runtime's own dense MatMul/Gemm/Conv on the decompressed weight.
 
+Every test runs once per CPU kernel path (``ONNXSPARSE_CPU_ISA=avx512|avx2|portable``, read when a
+kernel is created), skipped with the reason where the processor lacks the instruction set. Models
+with constant ``values``/``index`` run the fast kernels over the weight re-laid out at creation;
+models that feed them at run time run the generic kernel over SPEC's form.
+
 Tolerances: fp32 within rtol 1e-5 and an atol that grows with K; fp16 within one fp16 ulp of an
 fp64 reference on the same fp16 inputs (the kernel accumulates in fp32 and rounds once), plus the
 fp32 accumulation term.
@@ -28,6 +33,41 @@ CPU = ["CPUExecutionProvider"]
 DTYPES = {"float": np.float32, "float16": np.float16}
 ORT_ERRORS = (ort_state.Fail, ort_state.InvalidArgument, ort_state.RuntimeException)
 ONNX_DTYPE = {np.dtype(np.float32): "float", np.dtype(np.float16): "float16", np.dtype(np.uint8): "uint8"}
+
+
+# --------------------------------------------------------------------------------------------
+# CPU kernel paths
+
+# What each path needs from the processor (cpuid flags as /proc/cpuinfo spells them).
+ISA_FLAGS = {
+    "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c"},
+    "avx2": {"avx2", "fma", "f16c"},
+    "portable": set(),
+}
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+CPU_FLAGS = cpu_flags()
+
+
+@pytest.fixture(autouse=True, params=list(ISA_FLAGS))
+def cpu_isa(request, monkeypatch):
+    """Runs the test with the kernels forced onto one instruction-set path."""
+    missing = ISA_FLAGS[request.param] - CPU_FLAGS
+    if missing:
+        pytest.skip(f"this processor lacks {', '.join(sorted(missing))} for the {request.param} kernels")
+    monkeypatch.setenv("ONNXSPARSE_CPU_ISA", request.param)
+    return request.param
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,6 +253,70 @@ def test_matmul_bfloat16_through_casts():
     np.testing.assert_allclose(y, expected, rtol=2e-2, atol=2e-2 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k,n", [
+    (1, 1028, 33),     # one row tile: a single run over K; 3 blocks of 16 (an odd block, zero-paired)
+    (9, 1060, 40),     # several row tiles: K in blocks of 256 groups (257..265 groups: a short last block)
+    (20, 132, 16),     # K = 33 groups; row tiles of 8 + 4
+    (47, 36, 70),      # the last size of the Rows kernel
+    (48, 132, 17),     # the first of the Cols kernel (A transposed into strips of 64 rows)
+    (130, 264, 45),    # three strips, the last one partial; K in blocks of 32 groups
+    (300, 1028, 100),  # two tiles of rows
+])
+def test_matmul_fast_paths(dtype, m, k, n):
+    """Shapes that cross every blocking boundary of the fast kernels, against fp64 numpy."""
+    rng = np.random.default_rng(m * 7 + k + n)
+    np_dtype = DTYPES[dtype]
+    w = sparse_weight(rng, (k, n), "kn", np_dtype)
+    values, index = fmt.compress_weight(w, "kn")
+    a = rng.standard_normal((m, k)).astype(np_dtype)
+    bias = rng.standard_normal(n).astype(np_dtype)
+    model = make_model("Y = onnxsparse.MatMulCompress <alpha = 0.5> (A, values, index, bias)", {"A": a},
+                       {"Y": dtype}, {"values": values, "index": index, "bias": bias})
+    (y,) = run(model, {"A": a})
+    assert_close(y, matmul_reference(a, w, 0.5, bias), k, np_dtype)
+
+
+@pytest.mark.parametrize("m", [5, 64])
+def test_matmul_fast_trans_a(m):
+    rng = np.random.default_rng(m)
+    k, n = 72, 50
+    w = sparse_weight(rng, (k, n), "kn", np.float32)
+    values, index = fmt.compress_weight(w, "kn")
+    a = rng.standard_normal((k, m)).astype(np.float32)
+    model = make_model("Y = onnxsparse.MatMulCompress <transA = 1> (A, values, index)", {"A": a}, {"Y": "float"},
+                       {"values": values, "index": index})
+    (y,) = run(model, {"A": a})
+    assert_close(y, matmul_reference(a, w, trans_a=True), k, np.float32)
+
+
+def test_matmul_fast_and_generic_agree():
+    """The same product from constant weights (fast kernels) and from fed weights (generic kernel)."""
+    rng = np.random.default_rng(12)
+    m, k, n = 70, 96, 37
+    w = sparse_weight(rng, (k, n), "kn", np.float32)
+    values, index = fmt.compress_weight(w, "kn")
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    const = make_model("Y = onnxsparse.MatMulCompress(A, values, index)", {"A": a}, {"Y": "float"},
+                       {"values": values, "index": index})
+    fed = make_model("Y = onnxsparse.MatMulCompress(A, values, index)",
+                     {"A": a, "values": values, "index": index}, {"Y": "float"})
+    (fast,) = run(const, {"A": a})
+    (generic,) = run(fed, {"A": a, "values": values, "index": index})
+    np.testing.assert_allclose(fast, generic, rtol=1e-5, atol=1e-5 * k)
+
+
+def test_matmul_constant_invalid_index():
+    """A constant index with an invalid nibble is still reported (the generic kernel runs it)."""
+    values = np.ones((3, 8), np.float32)
+    index = np.zeros((3, 2), np.uint8)
+    index[2, 1] = 0x30
+    a = np.ones((2, 16), np.float32)
+    model = make_model("Y = onnxsparse.MatMulCompress(A, values, index)", {"A": a}, {"Y": "float"},
+                       {"values": values, "index": index})
+    raises_op_error("MatMulCompress", model, {"A": a}, "invalid 2-bit value 3")
+
+
 # --------------------------------------------------------------------------------------------
 # Conv2dCompress
 
@@ -307,6 +411,46 @@ def test_conv_against_numpy():
             patch = xp[:, i * stride:i * stride + kh, j * stride:j * stride + kw]
             expected[0, :, i, j] = np.tensordot(weight.astype(np.float64), patch, axes=([1, 2, 3], [0, 1, 2]))
     assert_close(y, expected, values.shape[1] * 2, np.float32)
+
+
+# Shapes for the fast convolution: several pixel tiles (256) and strips (64), K blocks (128),
+# batches with few tiles (panels shared by feature chunks) and many, 1x1 copies and im2col.
+FAST_CONV_CASES = {
+    # name: (C, OC, H, W, kernel, attributes, batch)
+    "1x1_big": (36, 40, 19, 17, (1, 1), "", 1),
+    "1x1_strided": (36, 21, 19, 17, (1, 1), "strides = [2, 2]", 2),
+    "1x1_padded": (8, 20, 9, 9, (1, 1), "pads = [1, 0, 0, 1]", 1),
+    "3x3_tiles": (16, 24, 18, 17, (3, 3), "pads = [1, 1, 1, 1]", 3),
+    "3x3_deep": (64, 10, 7, 7, (3, 3), "pads = [1, 1, 1, 1]", 1),
+    "3x3_strided_dilated": (12, 18, 15, 16, (3, 3), "strides = [2, 1], dilations = [1, 2], pads = [2, 1, 0, 2]", 2),
+    "grouped_odd": (24, 9, 11, 10, (3, 3), "group = 3, pads = [1, 1, 1, 1]", 2),
+    "5x5_valid": (8, 7, 12, 12, (5, 5), 'auto_pad = "VALID"', 1),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", FAST_CONV_CASES)
+def test_conv_fast_paths(case, dtype):
+    *shape, batch = FAST_CONV_CASES[case]
+    rng = np.random.default_rng(sum(map(ord, case)))
+    sparse, dense, x, x32, k = conv_models(*shape, dtype, batch, True, rng)
+    (expected,) = run_dense(dense, {"X": x32})
+    (y,) = run(sparse, {"X": x})
+    assert_close(y, expected.astype(np.float64), k, DTYPES[dtype])
+
+
+def test_conv_fast_and_generic_agree():
+    rng = np.random.default_rng(21)
+    c, oc = 16, 12
+    weight = sparse_weight(rng, (oc, c, 3, 3), "oihw", np.float32)
+    values, index = fmt.compress_weight(weight, "oihw")
+    x = rng.standard_normal((2, c, 9, 11)).astype(np.float32)
+    body = "Y = onnxsparse.Conv2dCompress <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (X, values, index)"
+    const = make_model(body, {"X": x}, {"Y": "float"}, {"values": values, "index": index})
+    fed = make_model(body, {"X": x, "values": values, "index": index}, {"Y": "float"})
+    (fast,) = run(const, {"X": x})
+    (generic,) = run(fed, {"X": x, "values": values, "index": index})
+    np.testing.assert_allclose(fast, generic, rtol=1e-5, atol=1e-5 * 144)
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,3 +21,23 @@ inline AlignedFloats AllocateAligned(int64_t count) {
 }
 
 }  // namespace onnxsparse::cpu
+
+namespace onnxsparse::cpu {
+
+// Per-thread work buffers, grown on demand and kept for the thread's life, so that a call does not
+// map (and page-fault in) fresh memory: ONNX Runtime's pool threads and the calling thread persist.
+// A slot serves one purpose at a time on a thread.
+enum ScratchSlot { kScratchPanel = 0, kScratchTile = 1, kScratchOut = 2, kScratchSlots = 3 };
+
+inline float* ThreadScratch(ScratchSlot slot, int64_t count) {
+  thread_local AlignedFloats buffers[kScratchSlots];
+  thread_local int64_t sizes[kScratchSlots] = {};
+  if (sizes[slot] < count) {
+    buffers[slot].reset();
+    buffers[slot] = AllocateAligned(count);
+    sizes[slot] = count;
+  }
+  return buffers[slot].get();
+}
+
+}  // namespace onnxsparse::cpu

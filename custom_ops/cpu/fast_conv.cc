@@ -19,16 +19,38 @@ constexpr int64_t kWantedItems = 8;    // split the features when pixels alone g
 
 int64_t CeilDiv(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
 
+// A run of a tile's pixels that lie on one output row and in one strip of the panel.
+struct PixelRun {
+  int64_t j;        // first pixel, relative to the tile
+  int64_t length;
+  int64_t oh, ow0;  // its output row and first output column
+};
+
 template <typename T>
 struct Im2col {
   const ConvAttributes& attrs;
   const ConvGeometry& geo;
+  const FastKernelSet& kernels;  // fp16 -> fp32 conversion of whole runs
+  // A 1x1 convolution with stride 1 and no padding: panel rows are runs of X's channel rows.
+  bool contiguous = false;
 
-  // The Cols panel (strips of kStripCols pixels, strip_stride apart) of the pixels [p0, p0 + pixels)
+  // The runs of the pixels [p0, p0 + pixels), computed once per tile (divisions stay out of Fill).
+  void Runs(int64_t p0, int64_t pixels, std::vector<PixelRun>& runs) const {
+    runs.clear();
+    for (int64_t j = 0, p = p0; j < pixels;) {
+      const int64_t oh = p / geo.out_width, ow0 = p % geo.out_width;
+      int64_t length = std::min(pixels - j, kStripCols - j % kStripCols);
+      if (!contiguous) length = std::min(length, geo.out_width - ow0);
+      runs.push_back({j, length, oh, ow0});
+      j += length;
+      p += length;
+    }
+  }
+
+  // The Cols panel (strips of kStripCols pixels, strip_stride apart) of the tile's pixels (runs)
   // for the reduction rows [k_begin, k_end): row kk = (kh * KW + kw) * C/group + c holds
-  // X_group[c, ih, iw] of each pixel, zero where the tap falls in the padding. For a 1x1
-  // convolution with stride 1 and no padding this is a plain copy of channel rows.
-  void Fill(const T* x_group, int64_t k_begin, int64_t k_end, int64_t p0, int64_t pixels, float* panel,
+  // X_group[c, ih, iw] of each pixel, zero where the tap falls in the padding.
+  void Fill(const T* x_group, int64_t k_begin, int64_t k_end, const std::vector<PixelRun>& runs, float* panel,
             int64_t strip_stride) const {
     const int64_t cg = geo.channels_per_group, kw_size = attrs.kernel_shape[1];
     const int64_t sh = attrs.strides[0], sw = attrs.strides[1];
@@ -38,38 +60,56 @@ struct Im2col {
       const int64_t kh = kk / (kw_size * cg), kw = (kk / cg) % kw_size, c = kk % cg;
       const T* src = x_group + c * plane;
       float* dst = panel + (kk - k_begin) * kStripCols;
+      if (contiguous) {
+        const int64_t p0 = runs.front().oh * geo.out_width + runs.front().ow0;
+        for (const PixelRun& run : runs) {
+          Copy(src + p0 + run.j, 1, dst + (run.j / kStripCols) * strip_stride + run.j % kStripCols, run.length);
+        }
+        continue;
+      }
       const int64_t iw_base = kw * dw - geo.pad_left;
       // Output columns ow whose tap iw = ow * sw + iw_base lies in [0, W).
       const int64_t ow_lo = iw_base >= 0 ? 0 : CeilDiv(-iw_base, sw);
       const int64_t ow_hi = geo.width - iw_base <= 0 ? 0 : CeilDiv(geo.width - iw_base, sw);
-      for (int64_t j = 0, p = p0; j < pixels;) {
-        // A run of pixels on one output row and in one strip.
-        const int64_t oh = p / geo.out_width, ow0 = p % geo.out_width;
-        const int64_t run = std::min({geo.out_width - ow0, pixels - j, kStripCols - j % kStripCols});
-        const int64_t ih = oh * sh - geo.pad_top + kh * dh;
-        float* out = dst + (j / kStripCols) * strip_stride + j % kStripCols;
+      for (const PixelRun& run : runs) {
+        const int64_t ih = run.oh * sh - geo.pad_top + kh * dh;
+        float* out = dst + (run.j / kStripCols) * strip_stride + run.j % kStripCols;
         if (ih < 0 || ih >= geo.height) {
-          std::fill(out, out + run, 0.0f);
-        } else {
-          const int64_t lo = std::clamp<int64_t>(ow_lo - ow0, 0, run);
-          const int64_t hi = std::clamp<int64_t>(ow_hi - ow0, lo, run);
-          std::fill(out, out + lo, 0.0f);
-          const T* row = src + ih * geo.width + (ow0 + lo) * sw + iw_base;
-          if (sw == 1) {
-            if constexpr (std::is_same_v<T, float>) {
-              std::memcpy(out + lo, row, static_cast<size_t>(hi - lo) * sizeof(float));
-            } else {
-              for (int64_t t = 0; t < hi - lo; ++t) out[lo + t] = ToFloat(row[t]);
-            }
-          } else {
-            for (int64_t t = 0; t < hi - lo; ++t) out[lo + t] = ToFloat(row[t * sw]);
-          }
-          std::fill(out + hi, out + run, 0.0f);
+          Zero(out, run.length);
+          continue;
         }
-        j += run;
-        p += run;
+        const int64_t lo = std::clamp<int64_t>(ow_lo - run.ow0, 0, run.length);
+        const int64_t hi = std::clamp<int64_t>(ow_hi - run.ow0, lo, run.length);
+        Zero(out, lo);
+        Copy(src + ih * geo.width + (run.ow0 + lo) * sw + iw_base, sw, out + lo, hi - lo);
+        Zero(out + hi, run.length - hi);
       }
     }
+  }
+
+  void Copy(const T* src, int64_t stride, float* dst, int64_t count) const {
+    if constexpr (std::is_same_v<T, float>) {
+      // Plain loops (runs are a few dozen pixels: no library call per run); stride 2 gets its own
+      // loop so that the compiler vectorises it with shuffles.
+      if (stride == 1) {
+        for (int64_t t = 0; t < count; ++t) dst[t] = src[t];
+        return;
+      }
+      if (stride == 2) {
+        for (int64_t t = 0; t < count; ++t) dst[t] = src[2 * t];
+        return;
+      }
+    } else if constexpr (std::is_same_v<T, Ort::Float16_t>) {
+      if (stride == 1) {
+        kernels.half_to_float(reinterpret_cast<const uint16_t*>(src), dst, count);
+        return;
+      }
+    }
+    for (int64_t t = 0; t < count; ++t) dst[t] = ToFloat(src[t * stride]);
+  }
+
+  static void Zero(float* dst, int64_t count) {
+    for (int64_t t = 0; t < count; ++t) dst[t] = 0.0f;
   }
 };
 
@@ -88,12 +128,40 @@ bool FastConv(OrtKernelContext* context, const FastKernelSet& kernels, const Pac
   int64_t n_chunks = std::max<int64_t>(1, (kWantedItems + base_items - 1) / base_items);
   n_chunks = std::min(n_chunks, std::max<int64_t>(1, ocg / 16));
   const int64_t chunk_n = (ocg + n_chunks - 1) / n_chunks;
-  const Im2col<T> im2col{attrs, geo};
+  Im2col<T> im2col{attrs, geo, kernels};
+  im2col.contiguous = attrs.kernel_shape[0] == 1 && attrs.kernel_shape[1] == 1 && attrs.strides[0] == 1 &&
+                      attrs.strides[1] == 1 && geo.pad_top == 0 && geo.pad_left == 0 &&
+                      geo.out_height == geo.height && geo.out_width == geo.width;
+
+  // With few (image, group, tile) items the features are split too, and the items of a tile would
+  // each build the same panel: then the panels of all K are built once, first, and shared.
+  const bool shared = n_chunks > 1;
+  const int64_t strips_per_tile = (std::min(kTilePixels, pixels) + kStripCols - 1) / kStripCols;
+  const int64_t shared_stride = w.k * kStripCols;  // a shared panel's strip: all K rows
+  float* shared_panels = nullptr;
+  if (shared) {
+    shared_panels = ThreadScratch(kScratchPanel, base_items * strips_per_tile * shared_stride);
+    constexpr int64_t kParts = 4;  // row ranges per panel, to spread a single tile over the threads
+    auto fill = [&](int64_t index) {
+      const int64_t base = index / kParts, part = index % kParts;
+      const int64_t tile = base % pixel_tiles, batch = base / pixel_tiles;
+      const int64_t image = batch / groups, g = batch % groups;
+      const int64_t p0 = tile * kTilePixels, pc = std::min(kTilePixels, pixels - p0);
+      const int64_t k_begin = w.k * part / kParts, k_end = w.k * (part + 1) / kParts;
+      std::vector<PixelRun> runs;
+      im2col.Runs(p0, pc, runs);
+      float* panel = shared_panels + base * strips_per_tile * shared_stride + k_begin * kStripCols;
+      im2col.Fill(x + (image * geo.channels + g * geo.channels_per_group) * plane, k_begin, k_end, runs, panel,
+                  shared_stride);
+    };
+    if (!ParallelItems(context, base_items * kParts, fill)) return false;
+  }
 
   auto item = [&](int64_t index) {
     const int64_t nc = index % n_chunks;
-    const int64_t tile = (index / n_chunks) % pixel_tiles;
-    const int64_t batch = index / (n_chunks * pixel_tiles);
+    const int64_t base = index / n_chunks;
+    const int64_t tile = base % pixel_tiles;
+    const int64_t batch = base / pixel_tiles;
     const int64_t image = batch / groups, g = batch % groups;
     const int64_t p0 = tile * kTilePixels;
     const int64_t pc = std::min(kTilePixels, pixels - p0);
@@ -103,8 +171,10 @@ bool FastConv(OrtKernelContext* context, const FastKernelSet& kernels, const Pac
     const T* x_group = x + (image * geo.channels + g * geo.channels_per_group) * plane;
 
     constexpr int64_t kStripStride = 4 * kBlockGroups * kStripCols;
-    AlignedFloats panel = AllocateAligned(kStripStride * ((kTilePixels + kStripCols - 1) / kStripCols));
-    std::vector<float> scratch(kFloat ? 0 : static_cast<size_t>((n_end - n_begin) * pc));
+    float* panel = shared ? nullptr : ThreadScratch(kScratchTile, kStripStride * ((pc + kStripCols - 1) / kStripCols));
+    float* scratch = kFloat ? nullptr : ThreadScratch(kScratchOut, (n_end - n_begin) * pc);
+    std::vector<PixelRun> runs;
+    if (!shared) im2col.Runs(p0, pc, runs);
     ColsTask task;
     task.cols = pc;
     task.n_begin = n_begin;
@@ -113,23 +183,29 @@ bool FastConv(OrtKernelContext* context, const FastKernelSet& kernels, const Pac
       task.c = y + (image * geo.out_channels + n_begin) * pixels + p0;
       task.ldc = pixels;
     } else {
-      task.c = scratch.data();
+      task.c = scratch;
       task.ldc = pc;
     }
     task.kb.bias = bias;
-    for (int64_t gk = 0; gk < w.groups; gk += kBlockGroups) {
+    const int64_t block_groups = BalancedBlock(w.groups, kBlockGroups);
+    for (int64_t gk = 0; gk < w.groups; gk += block_groups) {
       task.kb.g_begin = gk;
-      task.kb.g_end = std::min(w.groups, gk + kBlockGroups);
+      task.kb.g_end = std::min(w.groups, gk + block_groups);
       task.kb.accumulate = gk > 0;
       task.kb.final = task.kb.g_end == w.groups;
-      im2col.Fill(x_group, 4 * task.kb.g_begin, 4 * task.kb.g_end, p0, pc, panel.get(), kStripStride);
-      task.p = panel.get();
-      task.strip_stride = kStripStride;
+      if (shared) {
+        task.p = shared_panels + base * strips_per_tile * shared_stride + 4 * gk * kStripCols;
+        task.strip_stride = shared_stride;
+      } else {
+        im2col.Fill(x_group, 4 * task.kb.g_begin, 4 * task.kb.g_end, runs, panel, kStripStride);
+        task.p = panel;
+        task.strip_stride = kStripStride;
+      }
       kernels.cols(w, task);
     }
     if constexpr (!kFloat) {
       for (int64_t n = n_begin; n < n_end; ++n) {
-        const float* src = scratch.data() + (n - n_begin) * pc;
+        const float* src = scratch + (n - n_begin) * pc;
         T* dst = y + (image * geo.out_channels + n) * pixels + p0;
         if constexpr (std::is_same_v<T, Ort::Float16_t>) {
           kernels.float_to_half(src, reinterpret_cast<uint16_t*>(dst), pc);

@@ -28,6 +28,13 @@ struct KBlock {
   const float* bias = nullptr;     // [rows] or null
 };
 
+// The size of K blocks of at most `most` groups that cut `groups` into equal parts (no short last
+// block paying a whole block's overhead).
+inline int64_t BalancedBlock(int64_t groups, int64_t most) {
+  const int64_t blocks = (groups + most - 1) / most;
+  return blocks > 0 ? (groups + blocks - 1) / blocks : 1;
+}
+
 struct RowsTask {
   const float* a = nullptr;  // A[i, kk] at a[i * lda + kk], kk absolute along K
   int64_t lda = 0;

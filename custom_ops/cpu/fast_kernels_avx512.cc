@@ -48,6 +48,8 @@ inline void StoreC(float* c, __mmask16 mask, __m512 acc, const KBlock& kb, const
   _mm512_mask_storeu_ps(c, mask, acc);
 }
 
+constexpr int64_t kPrefetchBytes = 2048;
+
 // ---- Rows: MR rows of A x NB blocks of 16 output features --------------------------------------
 
 template <int MR, int NB, bool kHalf>
@@ -68,6 +70,10 @@ void RowsMicro(const PackedWeight& w, const float* a, int64_t lda, int64_t block
   for (int64_t g = kb.g_begin; g < kb.g_end; ++g) {
     __m512 v0[NB], v1[NB];
     __m512i s0[NB], s1[NB];
+    if constexpr (MR <= 4) {  // memory-bound (GEMV): fetch the stream ahead of the prefetcher
+      const char* ahead = reinterpret_cast<const char*>(rec[0]) + kPrefetchBytes;
+      for (int64_t line = 0; line < rb; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
+    }
     #pragma GCC unroll 16
     for (int b = 0; b < NB; ++b) {
       v0[b] = LoadValues<kHalf>(rec[b]);

@@ -2,8 +2,9 @@
 // - work items are (chunk of output features) x (chunk of rows of A), feature-chunk major, so
 //   that a chunk's weights (kChunkN features) are read from memory once per chunk of rows and
 //   stay in L2 across its row tiles;
-// - inside an item, K is cut into blocks of kBlockGroups groups, so that a register tile's rows
-//   of A (8 rows x 512 fp32 = 16 KiB) stay in L1 while the tile walks the chunk's features.
+// - inside an item, K is cut into blocks of kBlockGroups groups, so that the chunk's weights for
+//   a block (256 features x 1024 K: 590 KiB) stay in L2 across the item's row tiles; a single
+//   row tile (M <= 8) streams its weights once, in one run over K.
 // From kColsMinRows rows of A on, the product is compute-bound and runs on the Cols kernel
 // instead (no permutes; see fast_kernels.h): A is first packed, transposed, into aligned strips of
 // 64 rows (in parallel), each item computes C^T for its rows and features and transposes it into C.
@@ -20,7 +21,7 @@ namespace onnxsparse::cpu {
 
 namespace {
 
-constexpr int64_t kBlockGroups = 128;  // groups of K per cache block (K = 512)
+constexpr int64_t kBlockGroups = 256;  // groups of K per cache block (K = 1024) when A has several row tiles
 constexpr int64_t kMaxChunkN = 256;    // output features per item
 constexpr int64_t kChunkM = 128;       // rows of A per item
 constexpr int64_t kWantedItems = 8;    // enough items to spread a single row over the threads
@@ -40,10 +41,10 @@ bool ColsMatMul(OrtKernelContext* context, const FastKernelSet& kernels, const P
   const int64_t k = w.k, n = w.rows;
   const int64_t strips = (m + kStripCols - 1) / kStripCols;
   const int64_t strip_stride = k * kStripCols;
-  AlignedFloats panel = AllocateAligned(strips * strip_stride);
+  float* panel = ThreadScratch(kScratchPanel, strips * strip_stride);
   // panel[s][kk][j] = A[64 s + j, kk] (zero past the last row).
   auto pack = [&](int64_t s) {
-    float* dst = panel.get() + s * strip_stride;
+    float* dst = panel + s * strip_stride;
     const int64_t rows = std::min(kStripCols, m - s * kStripCols);
     const float* src = a + s * kStripCols * k;
     constexpr int64_t kCols = 16;
@@ -63,22 +64,23 @@ bool ColsMatMul(OrtKernelContext* context, const FastKernelSet& kernels, const P
     const int64_t nc = index / m_tiles, mt = index % m_tiles;
     const int64_t m0 = mt * kColsTileRows, rows = std::min(kColsTileRows, m - m0);
     const int64_t n0 = nc * chunk_n, n1 = std::min(n, n0 + chunk_n);
-    AlignedFloats ct = AllocateAligned((n1 - n0) * rows);  // C^T of the item
+    float* ct = ThreadScratch(kScratchTile, (n1 - n0) * rows);  // C^T of the item
     ColsTask task;
     task.strip_stride = strip_stride;
     task.cols = rows;
     task.n_begin = n0;
     task.n_end = n1;
-    task.c = ct.get();
+    task.c = ct;
     task.ldc = rows;
     task.kb.alpha = alpha;
     task.kb.bias = bias;
-    for (int64_t g = 0; g < w.groups; g += kColsBlockGroups) {
+    const int64_t block_groups = BalancedBlock(w.groups, kColsBlockGroups);
+    for (int64_t g = 0; g < w.groups; g += block_groups) {
       task.kb.g_begin = g;
-      task.kb.g_end = std::min(w.groups, g + kColsBlockGroups);
+      task.kb.g_end = std::min(w.groups, g + block_groups);
       task.kb.accumulate = g > 0;
       task.kb.final = task.kb.g_end == w.groups;
-      task.p = panel.get() + (m0 / kStripCols) * strip_stride + 4 * g * kStripCols;
+      task.p = panel + (m0 / kStripCols) * strip_stride + 4 * g * kStripCols;
       kernels.cols(w, task);
     }
     constexpr int64_t kTile = 16;  // transpose C^T into C in 16 x 16 tiles
@@ -105,6 +107,8 @@ bool FastMatMul(OrtKernelContext* context, const FastKernelSet& kernels, const P
   const int64_t chunk_blocks = chunk_n / kBlockN;
   const int64_t n_chunks = (w.blocks + chunk_blocks - 1) / chunk_blocks;
 
+  // A single row tile reuses nothing across tiles: its weights stream once, in one run over K.
+  const int64_t block_groups = m <= 8 ? w.groups : BalancedBlock(w.groups, kBlockGroups);
   auto item = [&](int64_t index) {
     const int64_t nc = index / m_chunks;
     const int64_t mc = index % m_chunks;
@@ -118,9 +122,9 @@ bool FastMatMul(OrtKernelContext* context, const FastKernelSet& kernels, const P
     task.block_end = std::min(w.blocks, task.block_begin + chunk_blocks);
     task.kb.alpha = alpha;
     task.kb.bias = bias;
-    for (int64_t g = 0; g < w.groups; g += kBlockGroups) {
+    for (int64_t g = 0; g < w.groups; g += block_groups) {
       task.kb.g_begin = g;
-      task.kb.g_end = std::min(w.groups, g + kBlockGroups);
+      task.kb.g_end = std::min(w.groups, g + block_groups);
       task.kb.accumulate = g > 0;
       task.kb.final = task.kb.g_end == w.groups;
       kernels.rows(w, task);

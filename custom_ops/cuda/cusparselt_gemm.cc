@@ -36,6 +36,10 @@ Ort::Status SparseLtWeight::Run(const char*, const void*, int64_t, void*, int64_
   *used = false;
   return Ort::Status{nullptr};
 }
+Ort::Status SparseLtWeight::Time(const char*, const void*, int64_t, void*, int64_t, float, cudaStream_t, float* us) {
+  *us = -1.f;
+  return Ort::Status{nullptr};
+}
 
 #else  // ONNXSPARSE_WITH_CUSPARSELT
 
@@ -54,6 +58,8 @@ struct Api {
   decltype(&cusparseLtMatmulDescSetAttribute) MatmulDescSetAttribute = nullptr;
   decltype(&cusparseLtMatmulAlgSelectionInit) MatmulAlgSelectionInit = nullptr;
   decltype(&cusparseLtMatmulAlgSelectionDestroy) MatmulAlgSelectionDestroy = nullptr;
+  decltype(&cusparseLtMatmulAlgSetAttribute) MatmulAlgSetAttribute = nullptr;
+  decltype(&cusparseLtMatmulAlgGetAttribute) MatmulAlgGetAttribute = nullptr;
   decltype(&cusparseLtMatmulPlanInit) MatmulPlanInit = nullptr;
   decltype(&cusparseLtMatmulPlanDestroy) MatmulPlanDestroy = nullptr;
   decltype(&cusparseLtMatmulGetWorkspace) MatmulGetWorkspace = nullptr;
@@ -127,6 +133,8 @@ Loaded& Library() {
     sym(a.MatmulDescSetAttribute, "cusparseLtMatmulDescSetAttribute");
     sym(a.MatmulAlgSelectionInit, "cusparseLtMatmulAlgSelectionInit");
     sym(a.MatmulAlgSelectionDestroy, "cusparseLtMatmulAlgSelectionDestroy");
+    sym(a.MatmulAlgSetAttribute, "cusparseLtMatmulAlgSetAttribute");
+    sym(a.MatmulAlgGetAttribute, "cusparseLtMatmulAlgGetAttribute");
     sym(a.MatmulPlanInit, "cusparseLtMatmulPlanInit");
     sym(a.MatmulPlanDestroy, "cusparseLtMatmulPlanDestroy");
     sym(a.MatmulGetWorkspace, "cusparseLtMatmulGetWorkspace");
@@ -207,6 +215,8 @@ struct SparseLtWeight::Plan {
   cusparseLtMatmulPlan_t plan;
   bool supported = false;
   bool initialised = false;
+  int config_id = -1;      // the algorithm configuration chosen (-1: cuSPARSELt's default)
+  float best_us = -1.f;    // its measured time per call (-1: not measured, e.g. chosen during capture)
 };
 
 SparseLtWeight::SparseLtWeight() : impl_(std::make_unique<Impl>()) {}
@@ -297,24 +307,93 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
   p.initialised = true;
   size_t workspace_bytes = 0;
   LT_RETURN_IF_ERROR(op, a.MatmulGetWorkspace(h, &p.plan, &workspace_bytes));
-  if (workspace_bytes > workspace_.bytes()) {
-    // Only at the first call of a new M; wait for work that may still use the old workspace.
-    ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaStreamSynchronize(stream));
-    ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, workspace_.Allocate(workspace_bytes));
-  }
-  if (EnvInt("ONNXSPARSE_CUSPARSELT_SEARCH", 0) != 0) {
+  // Only at the first call of a new M.
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, GrowWorkspace(workspace_bytes));
+  // Tuning: cuSPARSELt's default (heuristic) algorithm measured 0.2-0.8x of dense on an H200.
+  // ONNXSPARSE_CUSPARSELT_TUNE=1 (default): cusparseLtMatmulSearch picks the fastest algorithm
+  // once per (M, ldy), as PyTorch's _cslt_sparse_mm_search does (this layout is PyTorch's; timing
+  // every CUSPARSELT_MATMUL_ALG_CONFIG_ID ourselves hit CUDA 715 illegal instruction on an H200
+  // with cuSPARSELt 0.8.0). 0: the heuristic default. Either way the chosen plan is then timed with
+  // events (the runner compares it with its own kernel). Never during a CUDA-graph capture.
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaStreamIsCapturing(stream, &capture));
+  if (capture == cudaStreamCaptureStatusNone) {
     const float beta = 0.f;
     cudaStream_t streams[1] = {stream};
-    LT_RETURN_IF_ERROR(op, a.MatmulSearch(h, &p.plan, &alpha, compressed_.get(), x, &beta, y, y, workspace_.get(),
-                                          streams, 1));
-    // The search may pick an algorithm that needs a larger workspace.
-    LT_RETURN_IF_ERROR(op, a.MatmulGetWorkspace(h, &p.plan, &workspace_bytes));
-    if (workspace_bytes > workspace_.bytes()) {
-      ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaStreamSynchronize(stream));
-      ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, workspace_.Allocate(workspace_bytes));
+    if (EnvInt("ONNXSPARSE_CUSPARSELT_TUNE", 1) != 0) {
+      LT_RETURN_IF_ERROR(op, a.MatmulSearch(h, &p.plan, &alpha, compressed_.get(), x, &beta, y, y, Workspace(),
+                                            streams, 1));
+      LT_RETURN_IF_ERROR(op, a.MatmulGetWorkspace(h, &p.plan, &workspace_bytes));
+      ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, GrowWorkspace(workspace_bytes));
+      int id = -1;
+      if (a.MatmulAlgGetAttribute(h, &p.alg, CUSPARSELT_MATMUL_ALG_CONFIG_ID, &id, sizeof(id)) == CUSPARSE_STATUS_SUCCESS) {
+        p.config_id = id;
+      }
     }
+    ONNXSPARSE_RETURN_IF_ERROR(TimePlan(op, p, x, y, alpha, stream, &p.best_us));
   }
   p.supported = true;
+  return Ort::Status{nullptr};
+}
+
+// A larger workspace is a new buffer; the old ones stay alive, since a CUDA graph captured for
+// another M may still point at them.
+cudaError_t SparseLtWeight::GrowWorkspace(size_t bytes) {
+  if (bytes == 0 || (!workspaces_.empty() && workspaces_.back()->bytes() >= bytes)) return cudaSuccess;
+  auto buffer = std::make_unique<DeviceBuffer>();
+  const cudaError_t err = buffer->Allocate(bytes);
+  if (err == cudaSuccess) workspaces_.push_back(std::move(buffer));
+  return err;
+}
+
+void* SparseLtWeight::Workspace() const { return workspaces_.empty() ? nullptr : workspaces_.back()->get(); }
+
+// Times p's plan on (x, y) with events: *us per call (y is overwritten; the real call follows).
+Ort::Status SparseLtWeight::TimePlan(const char* op, Plan& p, const void* x, void* y, float alpha, cudaStream_t stream,
+                                     float* us) {
+  const Api& a = Library().api;
+  const float beta = 0.f;
+  cudaStream_t streams[1] = {stream};
+  auto run = [&] {
+    return a.Matmul(impl_->handle, &p.plan, &alpha, compressed_.get(), x, &beta, y, y, Workspace(), streams, 1);
+  };
+  cudaEvent_t start = nullptr, stop = nullptr;
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaEventCreate(&start));
+  cudaError_t err = cudaEventCreate(&stop);
+  if (err != cudaSuccess) {
+    cudaEventDestroy(start);
+    return CudaStatus(op, err, "cudaEventCreate");
+  }
+  cusparseStatus_t st = run();  // warm-up
+  float ms = 0.f;
+  int reps = 10;
+  for (int pass = 0; pass < 2 && st == CUSPARSE_STATUS_SUCCESS && err == cudaSuccess; ++pass) {
+    err = cudaEventRecord(start, stream);
+    for (int r = 0; r < reps && st == CUSPARSE_STATUS_SUCCESS; ++r) st = run();
+    if (err == cudaSuccess) err = cudaEventRecord(stop, stream);
+    if (err == cudaSuccess) err = cudaEventSynchronize(stop);
+    if (err == cudaSuccess) err = cudaEventElapsedTime(&ms, start, stop);
+    if (pass == 0 && ms > 2.f) break;  // slow shapes: 10 calls are enough
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, err);
+  LT_RETURN_IF_ERROR(op, st);
+  *us = ms * 1000.f / reps;
+  return Ort::Status{nullptr};
+}
+
+Ort::Status SparseLtWeight::Time(const char* op, const void* x, int64_t m, void* y, int64_t ldy, float alpha,
+                                 cudaStream_t stream, float* us) {
+  *us = -1.f;
+  if (!ready_ || m <= 0 || m % kMAlign != 0) return Ort::Status{nullptr};
+  if (reinterpret_cast<uintptr_t>(x) % 16 != 0 || reinterpret_cast<uintptr_t>(y) % 16 != 0 || ldy % 8 != 0) {
+    return Ort::Status{nullptr};
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  Plan* plan = nullptr;
+  ONNXSPARSE_RETURN_IF_ERROR(GetPlan(op, m, ldy, x, y, alpha, stream, &plan));
+  if (plan->supported) *us = plan->best_us;
   return Ort::Status{nullptr};
 }
 
@@ -333,7 +412,7 @@ Ort::Status SparseLtWeight::Run(const char* op, const void* x, int64_t m, void* 
   const float beta = 0.f;
   cudaStream_t streams[1] = {stream};
   LT_RETURN_IF_ERROR(op, Library().api.Matmul(impl_->handle, &plan->plan, &alpha, compressed_.get(), x, &beta, y, y,
-                                              workspace_.get(), streams, 1));
+                                              Workspace(), streams, 1));
   *used = true;
   return Ort::Status{nullptr};
 }

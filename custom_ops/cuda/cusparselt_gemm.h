@@ -1,6 +1,7 @@
 // cuSPARSELt, loaded at run time (dlopen of libcusparseLt.so.0), for the large-M sparse GEMMs.
 // A SparseLtWeight holds one weight in cuSPARSELt's compressed form (built once, from SPEC's form)
-// and a plan per M (algorithm searched once, on the first call of that M), with its workspace.
+// and a plan per M (algorithm searched once with cusparseLtMatmulSearch, on the first call of that
+// M, then timed), with its workspace.
 // Every call after the first for an M launches on the given stream with no allocation and no host
 // synchronisation, so CUDA graphs can capture it.
 #pragma once
@@ -11,6 +12,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "common/ort_api.h"
 #include "cuda/cuda_utils.h"
@@ -43,6 +45,12 @@ class SparseLtWeight {
   Ort::Status Run(const char* op, const void* x, int64_t m, void* y, int64_t ldy, float alpha, cudaStream_t stream,
                   bool* used);
 
+  // Prepares the plan of this M (searching and timing it when not capturing a CUDA graph;
+  // overwrites y) and returns in *us the chosen one's time per call, or -1 when cuSPARSELt
+  // does not take this shape or it was not measured.
+  Ort::Status Time(const char* op, const void* x, int64_t m, void* y, int64_t ldy, float alpha, cudaStream_t stream,
+                   float* us);
+
   // cuSPARSELt needs M a multiple of this; the caller runs the remainder rows itself.
   static constexpr int64_t kMAlign = 16;
 
@@ -50,6 +58,9 @@ class SparseLtWeight {
   struct Plan;
   Ort::Status GetPlan(const char* op, int64_t m, int64_t ldy, const void* x, void* y, float alpha,
                       cudaStream_t stream, Plan** plan);
+  cudaError_t GrowWorkspace(size_t bytes);
+  void* Workspace() const;
+  Ort::Status TimePlan(const char* op, Plan& p, const void* x, void* y, float alpha, cudaStream_t stream, float* us);
 
   bool ready_ = false;
   ElementType type_ = ElementType::kFloat16;
@@ -60,7 +71,7 @@ class SparseLtWeight {
   std::unique_ptr<Impl> impl_;
   std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Plan>> plans_;  // by (m, ldy)
   DeviceBuffer compressed_;
-  DeviceBuffer workspace_;
+  std::vector<std::unique_ptr<DeviceBuffer>> workspaces_;  // the last is the current one
   std::mutex mutex_;
 };
 

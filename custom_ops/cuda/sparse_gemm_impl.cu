@@ -107,8 +107,48 @@ __device__ __forceinline__ void LoadWeightGroups(const uint16_t* __restrict__ va
   }
 }
 
+// One chunk (128 K) of a warp's work: the weight of its 16 rows (thread: rows g and g+8, 8 groups
+// each) and, when kWithX, the activations of its kMTiles tiles (8 rows each, 32 elements).
+template <int kMTiles, bool kWithX>
+struct Stage {
+  uint32_t pa[8], pb[8], na, nb;
+  uint32_t xf[kWithX ? kMTiles : 1][16];
+};
+
+// Activations: row m0 + 8*tile + g, elements 4*first_group .. +31 (two words per group).
+template <int kMTiles>
+__device__ __forceinline__ void LoadActivations(const SparseGemmArgs& p, int64_t m0, int g, int64_t first_group,
+                                                int64_t ngroups, bool full, uint32_t (&xf)[kMTiles][16]) {
+  const uint16_t* x = static_cast<const uint16_t*>(p.x);
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+    const int64_t row = m0 + mt * 8 + g;
+    const uint16_t* xr = x + row * p.k + 4 * first_group;
+    if (row < p.m && full) {
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const uint4 v = __ldg(reinterpret_cast<const uint4*>(xr) + q);
+        xf[mt][4 * q + 0] = v.x, xf[mt][4 * q + 1] = v.y, xf[mt][4 * q + 2] = v.z, xf[mt][4 * q + 3] = v.w;
+      }
+    } else {
+#pragma unroll
+      for (int s = 0; s < 8; ++s) {
+        uint2 v = make_uint2(0, 0);
+        if (row < p.m && first_group + s < ngroups) v = __ldg(reinterpret_cast<const uint2*>(xr) + s);
+        xf[mt][2 * s] = v.x, xf[mt][2 * s + 1] = v.y;
+      }
+    }
+  }
+}
+
+// v3: a register pipeline two chunks deep per warp (the loads of chunk i+1 are in flight while
+// chunk i is decoded and multiplied), and at most 128 registers per thread so that two blocks of 8
+// warps share an SM (v2 took 162-220 registers: one block per SM, 256 blocks of K=N=4096 in two
+// waves; 4 tiles (M 17..32) keep one block per SM: capped at 128 they spill). For M <= 8 the
+// activations travel in the stage too; for more tiles they are loaded at use (from L2: X is small).
 template <typename T, int kMTiles, bool kAligned>
-__global__ void __launch_bounds__(kGemmWarps * 32) SparseGemmMmaKernel(SparseGemmArgs p) {
+__global__ void __launch_bounds__(kGemmWarps * 32, kMTiles <= 2 ? 2 : 1) SparseGemmMmaKernel(SparseGemmArgs p) {
+  constexpr bool kStageX = kMTiles == 1;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int g = lane >> 2;
@@ -123,67 +163,55 @@ __global__ void __launch_bounds__(kGemmWarps * 32) SparseGemmMmaKernel(SparseGem
   const int64_t half_k = p.k / 2;
   const int64_t index_stride = (p.k + 7) / 8;
   const uint16_t* values = static_cast<const uint16_t*>(p.values);
-  const uint16_t* x = static_cast<const uint16_t*>(p.x);
+  const int64_t nchunks = (ngroups + 31) / 32;
 
   float acc[kMTiles][4];
 #pragma unroll
   for (int i = 0; i < kMTiles; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
 
-  // Each warp issues the weight loads of kBatch chunks before it decodes any, so that enough
-  // bytes are in flight to cover the memory latency.
-  constexpr int kBatch = kMTiles >= 4 ? 2 : 4;
-  const int64_t nchunks = (ngroups + 31) / 32;
-  for (int64_t c0 = warp; c0 < nchunks; c0 += kGemmWarps * kBatch) {
-    uint32_t pa[kBatch][8], pb[kBatch][8], na[kBatch], nb[kBatch];
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int64_t c = c0 + u * kGemmWarps;
-      const int64_t first_group = c * 32 + 8 * t;
-      if (kAligned && c * 32 + 32 <= ngroups) {
-        LoadWeightGroups<true>(values, p.index, ra, ra_ok, half_k, index_stride, first_group, ngroups, pa[u], na[u]);
-        LoadWeightGroups<true>(values, p.index, rb, rb_ok, half_k, index_stride, first_group, ngroups, pb[u], nb[u]);
-      } else {
-        // Partial chunks (and chunks past the end, which load nothing) take the per-group path.
-        LoadWeightGroups<false>(values, p.index, ra, ra_ok, half_k, index_stride, first_group, ngroups, pa[u], na[u]);
-        LoadWeightGroups<false>(values, p.index, rb, rb_ok, half_k, index_stride, first_group, ngroups, pb[u], nb[u]);
-      }
+  auto load = [&](int64_t c, Stage<kMTiles, kStageX>& st) {
+    if (c >= nchunks) return;
+    const int64_t first_group = c * 32 + 8 * t;
+    const bool full = kAligned && c * 32 + 32 <= ngroups;
+    if (full) {
+      LoadWeightGroups<true>(values, p.index, ra, ra_ok, half_k, index_stride, first_group, ngroups, st.pa, st.na);
+      LoadWeightGroups<true>(values, p.index, rb, rb_ok, half_k, index_stride, first_group, ngroups, st.pb, st.nb);
+    } else {
+      LoadWeightGroups<false>(values, p.index, ra, ra_ok, half_k, index_stride, first_group, ngroups, st.pa, st.na);
+      LoadWeightGroups<false>(values, p.index, rb, rb_ok, half_k, index_stride, first_group, ngroups, st.pb, st.nb);
     }
+    if constexpr (kStageX) LoadActivations<kMTiles>(p, m0, g, first_group, ngroups, full, st.xf);
+  };
+  auto compute = [&](int64_t c, const Stage<kMTiles, kStageX>& st) {
+    const int64_t first_group = c * 32 + 8 * t;
+    const bool full = kAligned && c * 32 + 32 <= ngroups;
+    uint32_t xl[kStageX ? 1 : kMTiles][16];
+    if constexpr (!kStageX) LoadActivations<kMTiles>(p, m0, g, first_group, ngroups, full, xl);
+    const auto& xf = [&]() -> const auto& {
+      if constexpr (kStageX) return st.xf;
+      else return xl;
+    }();
 #pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int64_t c = c0 + u * kGemmWarps;
-      if (c >= nchunks) break;
-      const int64_t first_group = c * 32 + 8 * t;
-      const bool full = kAligned && (c * 32 + 32 <= ngroups);
-      // Activations: row m0 + 8*tile + g, elements 4*first_group .. +31 (two words per group).
-      uint32_t xf[kMTiles][16];
+    for (int s = 0; s < 8; ++s) {
+      uint32_t a0, a1, a2, a3;
+      DecodeGroup(st.pa[s], (st.na >> (4 * s)) & 0xFu, a0, a2);
+      DecodeGroup(st.pb[s], (st.nb >> (4 * s)) & 0xFu, a1, a3);
 #pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) {
-        const int64_t row = m0 + mt * 8 + g;
-        const uint16_t* xr = x + row * p.k + 4 * first_group;
-        if (row < p.m && full) {
-#pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            const uint4 v = __ldg(reinterpret_cast<const uint4*>(xr) + q);
-            xf[mt][4 * q + 0] = v.x, xf[mt][4 * q + 1] = v.y, xf[mt][4 * q + 2] = v.z, xf[mt][4 * q + 3] = v.w;
-          }
-        } else {
-#pragma unroll
-          for (int s = 0; s < 8; ++s) {
-            uint2 v = make_uint2(0, 0);
-            if (row < p.m && first_group + s < ngroups) v = __ldg(reinterpret_cast<const uint2*>(xr) + s);
-            xf[mt][2 * s] = v.x, xf[mt][2 * s + 1] = v.y;
-          }
-        }
-      }
-#pragma unroll
-      for (int s = 0; s < 8; ++s) {
-        uint32_t a0, a1, a2, a3;
-        DecodeGroup(pa[u][s], (na[u] >> (4 * s)) & 0xFu, a0, a2);
-        DecodeGroup(pb[u][s], (nb[u] >> (4 * s)) & 0xFu, a1, a3);
-#pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt) Mma<T>::Run(acc[mt], a0, a1, a2, a3, xf[mt][2 * s], xf[mt][2 * s + 1]);
-      }
+      for (int mt = 0; mt < kMTiles; ++mt) Mma<T>::Run(acc[mt], a0, a1, a2, a3, xf[mt][2 * s], xf[mt][2 * s + 1]);
     }
+  };
+
+  // Warps take chunks warp, warp + 8, ...: at any time a block reads 8 consecutive chunks of its rows.
+  Stage<kMTiles, kStageX> s0, s1;
+  load(warp, s0);
+  load(warp + kGemmWarps, s1);
+#pragma unroll 1
+  for (int64_t c = warp; c < nchunks; c += 2 * kGemmWarps) {
+    compute(c, s0);
+    load(c + 2 * kGemmWarps, s0);
+    if (c + kGemmWarps >= nchunks) break;
+    compute(c + kGemmWarps, s1);
+    load(c + 3 * kGemmWarps, s1);
   }
 
   __shared__ float partial[kGemmWarps][kMTiles * 4][32];

@@ -1,5 +1,6 @@
 #include "cuda/sparse_gemm_runner.h"
 
+#include <cstdio>
 #include <type_traits>
 
 #include "common/status.h"
@@ -22,12 +23,33 @@ bool InputIsConstant(const OrtKernelInfo* info, size_t input) {
   return is_constant != 0 && value != nullptr;
 }
 
+// Microseconds per call of launch() on `stream` (one warm-up call, then `reps`), -1 on an error.
+template <typename Launch>
+float TimeOnStream(cudaStream_t stream, int reps, Launch launch) {
+  cudaEvent_t start = nullptr, stop = nullptr;
+  if (cudaEventCreate(&start) != cudaSuccess) return -1.f;
+  if (cudaEventCreate(&stop) != cudaSuccess) {
+    cudaEventDestroy(start);
+    return -1.f;
+  }
+  float ms = -1.f;
+  bool ok = launch() == cudaSuccess && cudaEventRecord(start, stream) == cudaSuccess;
+  for (int r = 0; r < reps && ok; ++r) ok = launch() == cudaSuccess;
+  ok = ok && cudaEventRecord(stop, stream) == cudaSuccess && cudaEventSynchronize(stop) == cudaSuccess &&
+       cudaEventElapsedTime(&ms, start, stop) == cudaSuccess;
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ok ? ms * 1000.f / reps : -1.f;
+}
+
 }  // namespace
 
 void SparseGemmRunner::Init(const OrtKernelInfo* info, size_t values_input, size_t index_input, size_t bias_input) {
   weight_constant_ = InputIsConstant(info, values_input) && InputIsConstant(info, index_input);
   bias_constant_ = InputIsConstant(info, bias_input);
   small_m_max_ = EnvInt("ONNXSPARSE_CUDA_SMALL_M_MAX", 32);
+  own_timed_m_max_ = EnvInt("ONNXSPARSE_CUDA_OWN_TIMED_M_MAX", 1024);
+  verbose_ = EnvInt("ONNXSPARSE_CUDA_VERBOSE", 0) != 0;
   allow_without_cusparselt_ = EnvInt("ONNXSPARSE_CUDA_ALLOW_NO_CUSPARSELT", 0) != 0;
 }
 
@@ -83,7 +105,34 @@ Ort::Status SparseGemmRunner::Run(const char* op, cudaStream_t stream, int slot,
                                          " (ONNXSPARSE_CUDA_ALLOW_NO_CUSPARSELT=1 runs the slower own kernel)"));
         }
       }
-      if (weight != nullptr) {
+      // At the first call of an M (outside a capture): time cuSPARSELt's best algorithm against the
+      // own kernel on all M rows and keep the faster for this M.
+      bool use_own = false;
+      if (weight != nullptr && args.m <= own_timed_m_max_) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        const auto key = std::make_pair(slot, args.m);
+        auto it = own_is_faster_.find(key);
+        if (it != own_is_faster_.end()) {
+          use_own = it->second;
+        } else {
+          cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+          ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaStreamIsCapturing(stream, &capture));
+          if (capture == cudaStreamCaptureStatusNone) {
+            float lt_us = -1.f;
+            ONNXSPARSE_RETURN_IF_ERROR(weight->Time(op, args.x, m_main, args.y, args.ldy, args.alpha, stream, &lt_us));
+            const float own_us = TimeOnStream(stream, 10, [&] { return LaunchSparseGemm<T>(args, stream); });
+            ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaGetLastError());
+            use_own = lt_us < 0.f || (own_us > 0.f && own_us <= lt_us);
+            own_is_faster_[key] = use_own;
+            if (verbose_) {
+              std::fprintf(stderr, "onnxsparse: %s M=%lld K=%lld N=%lld: cuSPARSELt %.2f us, own kernel %.2f us -> %s\n",
+                           op, static_cast<long long>(args.m), static_cast<long long>(args.k),
+                           static_cast<long long>(args.n), lt_us, own_us, use_own ? "own" : "cuSPARSELt");
+            }
+          }
+        }
+      }
+      if (weight != nullptr && !use_own) {
         bool used = false;
         ONNXSPARSE_RETURN_IF_ERROR(weight->Run(op, args.x, m_main, args.y, args.ldy, args.alpha, stream, &used));
         if (used) {

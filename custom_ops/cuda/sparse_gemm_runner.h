@@ -1,14 +1,17 @@
 // Chooses and runs the sparse GEMM of one MatMulCompress / Conv2dCompress node:
 //   fp16/bf16, constant weight, M > ONNXSPARSE_CUDA_SMALL_M_MAX (32): cuSPARSELt on the rows
 //     that are a multiple of 16 (its compressed weight built on the first such call), the own kernel
-//     on the remaining rows;
+//     on the remaining rows; for M <= ONNXSPARSE_CUDA_OWN_TIMED_M_MAX (1024) the first call of an M
+//     times cuSPARSELt's best algorithm against the own kernel and the faster serves that M;
 //   otherwise (small M, float, a weight fed at run time): the own kernel, reading SPEC's form.
 // A weight is split into `slots` independent row blocks (Conv's groups), each its own GEMM.
 #pragma once
 #include <cuda_runtime_api.h>
 
+#include <map>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -36,6 +39,9 @@ class SparseGemmRunner {
   bool weight_constant_ = false;
   bool bias_constant_ = false;
   int64_t small_m_max_ = 32;
+  int64_t own_timed_m_max_ = 1024;
+  bool verbose_ = false;  // ONNXSPARSE_CUDA_VERBOSE=1: the measured choice per M on stderr
+  std::map<std::pair<int, int64_t>, bool> own_is_faster_;  // by (slot, M): measured at its first call
   bool allow_without_cusparselt_ = false;
   bool validated_ = false;
   std::mutex mutex_;

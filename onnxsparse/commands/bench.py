@@ -1,0 +1,52 @@
+"""``onnxsparse bench ORIGINAL COMPILED``: dense vs compiled model, timed side by side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+
+import onnxruntime as ort
+
+from .. import __version__, io
+from ..bench import bench
+from ..verify import PROVIDERS
+
+NAME = "bench"
+HELP = "time a compiled model against its original: same inputs, threads and provider, interleaved runs"
+ORDER = 35
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("original", help="the dense model")
+    parser.add_argument("compiled", help="the model `onnxsparse compile` wrote from it")
+    parser.add_argument("--inputs", help=".npz file (or directory) keyed by input name; default: random inputs")
+    parser.add_argument("--batch-size", type=int, default=1, help="batch size for dynamic batch dimensions (default 1)")
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads for both sessions (default 0: all cores)")
+    parser.add_argument("--runs", type=int, default=20, help="timed runs of each model (default 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
+    parser.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu", help="execution provider (default cpu)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    original = io.load_model(args.original)
+    compiled = io.load_model(args.compiled)
+    result = bench(original, compiled, args.inputs, args.batch_size, args.threads, args.runs, args.warmup, args.provider)
+    machine = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "onnxruntime": ort.__version__,
+        "onnxsparse": __version__,
+    }
+    if args.json:
+        print(json.dumps({**result.to_dict(), "machine": machine}, indent=2))
+        return 0
+    threads = "all cores" if result.threads == 0 else f"{result.threads} thread{'s' if result.threads > 1 else ''}"
+    print(f"{result.provider}, {threads}, batch {result.batch_size}, median of {result.runs} interleaved runs")
+    print(f"  dense    {result.dense_ms:9.3f} ms  (IQR {result.dense_spread_ms:.3f})")
+    print(f"  compiled {result.sparse_ms:9.3f} ms  (IQR {result.sparse_spread_ms:.3f})")
+    print(f"  speedup  {result.speedup:9.2f}x")
+    print(f"  onnxruntime {machine['onnxruntime']}, {machine['cores']} cores")
+    return 0
