@@ -309,18 +309,19 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
   LT_RETURN_IF_ERROR(op, a.MatmulGetWorkspace(h, &p.plan, &workspace_bytes));
   // Only at the first call of a new M.
   ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, GrowWorkspace(workspace_bytes));
-  // Tuning: cuSPARSELt's default (heuristic) algorithm measured 0.2-0.8x of dense on an H200.
-  // ONNXSPARSE_CUSPARSELT_TUNE=1 (default): cusparseLtMatmulSearch picks the fastest algorithm
-  // once per (M, ldy), as PyTorch's _cslt_sparse_mm_search does (this layout is PyTorch's; timing
-  // every CUSPARSELT_MATMUL_ALG_CONFIG_ID ourselves hit CUDA 715 illegal instruction on an H200
-  // with cuSPARSELt 0.8.0). 0: the heuristic default. Either way the chosen plan is then timed with
-  // events (the runner compares it with its own kernel). Never during a CUDA-graph capture.
+  // Tuning: cuSPARSELt's default (heuristic) algorithm measured 0.25-1.0x of dense on an H200.
+  // ONNXSPARSE_CUSPARSELT_TUNE=1: cusparseLtMatmulSearch picks the fastest algorithm once per
+  // (M, ldy), as PyTorch's _cslt_sparse_mm_search does. Off by default: on an H200 with
+  // cuSPARSELt 0.8.0 both the search and timing each CUSPARSELT_MATMUL_ALG_CONFIG_ID ourselves hit
+  // CUDA 715 (illegal instruction, context lost) in this layout (gpu_notes.md). Either way the chosen
+  // plan is then timed with events (the runner compares it with its own kernel). Never during a
+  // CUDA-graph capture.
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaStreamIsCapturing(stream, &capture));
   if (capture == cudaStreamCaptureStatusNone) {
     const float beta = 0.f;
     cudaStream_t streams[1] = {stream};
-    if (EnvInt("ONNXSPARSE_CUSPARSELT_TUNE", 1) != 0) {
+    if (EnvInt("ONNXSPARSE_CUSPARSELT_TUNE", 0) != 0) {
       LT_RETURN_IF_ERROR(op, a.MatmulSearch(h, &p.plan, &alpha, compressed_.get(), x, &beta, y, y, Workspace(),
                                             streams, 1));
       LT_RETURN_IF_ERROR(op, a.MatmulGetWorkspace(h, &p.plan, &workspace_bytes));
