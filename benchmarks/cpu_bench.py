@@ -106,10 +106,10 @@ def layer_count(dense_weight_bytes: int, cap: int = MAX_LAYERS) -> int:
     return max(1, min(cap, math.ceil(WEIGHT_BYTES_PER_MODEL / dense_weight_bytes)))
 
 
-def matmul_models(m: int, k: int, n: int, layers: int, dtype: str, rng) -> tuple[bytes, bytes, dict]:
-    np_dtype = np.dtype(dtype)
+def matmul_models(k: int, n: int, layers: int, dtype: str, rng) -> tuple[bytes, bytes]:
+    """L independent MatMul layers on one input A [M, K] (M symbolic, so one model serves every M)."""
     elem = ELEM[dtype]
-    a = rng.standard_normal((m, k)).astype(np_dtype)
+    np_dtype = np.dtype(dtype)
     dense_nodes, sparse_nodes, dense_init, sparse_init, outputs = [], [], [], [], []
     for i in range(layers):
         w = fmt.prune_weight_magnitude(rng.standard_normal((k, n)).astype(np.float32), "kn").astype(np_dtype)
@@ -118,10 +118,10 @@ def matmul_models(m: int, k: int, n: int, layers: int, dtype: str, rng) -> tuple
         sparse_init += [numpy_helper.from_array(values, f"V{i}"), numpy_helper.from_array(index, f"I{i}")]
         dense_nodes.append(helper.make_node("MatMul", ["A", f"W{i}"], [f"Y{i}"]))
         sparse_nodes.append(helper.make_node("MatMulCompress", ["A", f"V{i}", f"I{i}"], [f"Y{i}"], domain="onnxsparse"))
-        outputs.append(helper.make_tensor_value_info(f"Y{i}", elem, [m, n]))
-    inputs = [helper.make_tensor_value_info("A", elem, [m, k])]
+        outputs.append(helper.make_tensor_value_info(f"Y{i}", elem, ["M", n]))
+    inputs = [helper.make_tensor_value_info("A", elem, ["M", k])]
     return (_model(sparse_nodes, inputs, outputs, sparse_init, True),
-            _model(dense_nodes, inputs, outputs, dense_init, False), {"A": a})
+            _model(dense_nodes, inputs, outputs, dense_init, False))
 
 
 def conv_models(batch, c, oc, hw, kernel, stride, pad, layers, dtype, rng, group=1, dilation=1):
@@ -201,9 +201,10 @@ def bench_matmul(args, threads, rng) -> list[dict]:
     rows = []
     for dtype in args.dtypes:
         for k, n in MATMUL_KN:
+            layers = layer_count(k * n * 4)
+            sparse, dense = matmul_models(k, n, layers, dtype, rng)
             for m in args.m:
-                layers = layer_count(k * n * 4)
-                sparse, dense, feeds = matmul_models(m, k, n, layers, dtype, rng)
+                feeds = {"A": rng.standard_normal((m, k)).astype(dtype)}
                 s, d, reps = time_pair(sparse, dense, feeds, threads, args.repeats, args.budget)
                 rows.append(row("matmul", f"{k}x{n}", threads, layers, s, d, reps, dtype=dtype, m=m, k=k, n=n))
     return rows
@@ -268,8 +269,9 @@ def machine() -> dict:
             "onnx": onnx.__version__, "cores": os.cpu_count()}
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name"))
-        flags = next(line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags"))
+        lines = cpuinfo.splitlines()
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+        flags = next(line.split(":", 1)[1].split() for line in lines if line.startswith("flags"))
         info["isa_flags"] = sorted(f for f in flags if f.startswith(("avx", "fma", "f16c")))
     except (OSError, StopIteration):
         pass
@@ -295,13 +297,16 @@ def markdown(report: dict) -> str:
         f"Load average at start / end: {env['loadavg_start']} / {report.get('loadavg_end')} "
         "(other jobs share these cores: sparse and dense runs are interleaved, medians reported)",
         "",
-        "Times are per layer (median over repeats); speedup = dense / sparse (> 1: sparse faster).",
+        "Times are per layer (median over repeats); speedup = dense / sparse (> 1: sparse faster). "
+        "Models are compiled with the CPU target's per-layer choice (onnxsparse/data/perf_cpu.json): "
+        "sparse_ops counts the layers left sparse. Kernel versions and analysis: cpu_notes.md.",
         "",
     ]
     rows = report["rows"]
     for kind, title, cols in [
         ("matmul", "MatMul (fp32 unless noted)", ["dtype", "m", "k", "n"]),
-        ("conv", "ResNet-50 conv layers (implicit GEMM m = batch*OH*OW, k = KH*KW*C, n = OC)", ["dtype", "batch", "m", "k", "n"]),
+        ("conv", "Conv layers: ResNet-50 and the sample convnet (implicit GEMM m = batch*OH*OW, "
+         "k = KH*KW*C/group, n = OC/group)", ["dtype", "batch", "m", "k", "n"]),
         ("model", "Sample models end to end", ["sparse_ops"]),
     ]:
         sel = [r for r in rows if r["kind"] == kind]
@@ -313,9 +318,9 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['name']} | {r['threads']} | " + " | ".join(str(r[c]) for c in cols)
                          + f" | {r['sparse_us']} | {r['dense_us']} | {r['speedup']:.2f} |")
         slower = [r for r in sel if r["speedup"] < 1.0]
-        lines += ["", f"{len(sel) - len(slower)} of {len(sel)} rows faster than dense"
-                  + (f"; slower: {', '.join(r['name'] + ' t' + str(r['threads']) + (' m' + str(r['m']) if 'm' in r else '') for r in slower)}" if slower else "")
-                  + ".", ""]
+        names = [f"{r['name']} ({r['dtype']}, t{r['threads']}" + (f", m={r['m']})" if "m" in r else ")") for r in slower]
+        summary = f"{len(sel) - len(slower)} of {len(sel)} rows faster than dense"
+        lines += ["", summary + (f"; slower: {', '.join(names)}" if slower else "") + ".", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -345,9 +350,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=list(ELEM))
     parser.add_argument("--repeats", type=int, default=7, help="least timed runs per model")
     parser.add_argument("--budget", type=float, default=1.0, help="seconds of timed runs per model, at least")
+    parser.add_argument("--render", type=Path, default=None, help="only rewrite the markdown of this JSON report")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        args.render.with_suffix(".md").write_text(markdown(json.loads(args.render.read_text())))
+        return 0
 
-    report = {"command": "python " + " ".join([os.path.relpath(__file__, REPO)] + sys.argv[1:] if argv is None else argv),
+    arguments = sys.argv[1:] if argv is None else argv
+    report = {"command": "python " + " ".join([os.path.relpath(__file__, REPO)] + arguments),
               "machine": machine(), "rows": []}
     rng = np.random.default_rng(0)
     for threads in args.threads:

@@ -1,7 +1,6 @@
 #include "cpu/fast_conv.h"
 
 #include <algorithm>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -13,8 +12,8 @@ namespace onnxsparse::cpu {
 
 namespace {
 
-constexpr int64_t kTilePixels = 256;   // output pixels per item
-constexpr int64_t kBlockGroups = 32;   // groups of K per cache block: a 128 x 256 fp32 panel
+constexpr int64_t kTilePixels = 128;   // output pixels per item (two strips)
+constexpr int64_t kBlockGroups = 64;   // groups of K per cache block: 256 rows x 64 pixels = 64 KiB a strip
 constexpr int64_t kWantedItems = 8;    // split the features when pixels alone give fewer items
 
 int64_t CeilDiv(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
@@ -47,43 +46,68 @@ struct Im2col {
     }
   }
 
+  // Where one run reads for one kernel tap (kh, kw), the same for every channel: dst is the run's
+  // offset in the panel row, src its first input pixel in a channel plane; [lo, hi) of its
+  // length come from the input, the rest is padding (all of it when `zero`).
+  struct Segment {
+    int64_t dst, src, lo, hi, length;
+    bool zero;
+  };
+
+  void Segments(int64_t kh, int64_t kw, const std::vector<PixelRun>& runs, int64_t strip_stride,
+                std::vector<Segment>& segments) const {
+    segments.clear();
+    const int64_t sh = attrs.strides[0], sw = attrs.strides[1];
+    const int64_t dh = attrs.dilations[0], dw = attrs.dilations[1];
+    const int64_t p0 = runs.front().oh * geo.out_width + runs.front().ow0;
+    const int64_t iw_base = kw * dw - geo.pad_left;
+    // Output columns ow whose tap iw = ow * sw + iw_base lies in [0, W).
+    const int64_t ow_lo = iw_base >= 0 ? 0 : CeilDiv(-iw_base, sw);
+    const int64_t ow_hi = geo.width - iw_base <= 0 ? 0 : CeilDiv(geo.width - iw_base, sw);
+    for (const PixelRun& run : runs) {
+      Segment seg{(run.j / kStripCols) * strip_stride + run.j % kStripCols, 0, 0, run.length, run.length, false};
+      if (contiguous) {
+        seg.src = p0 + run.j;
+      } else {
+        const int64_t ih = run.oh * sh - geo.pad_top + kh * dh;
+        seg.zero = ih < 0 || ih >= geo.height;
+        seg.lo = std::clamp<int64_t>(ow_lo - run.ow0, 0, run.length);
+        seg.hi = std::clamp<int64_t>(ow_hi - run.ow0, seg.lo, run.length);
+        seg.src = seg.zero ? 0 : ih * geo.width + (run.ow0 + seg.lo) * sw + iw_base;
+      }
+      segments.push_back(seg);
+    }
+  }
+
   // The Cols panel (strips of kStripCols pixels, strip_stride apart) of the tile's pixels (runs)
   // for the reduction rows [k_begin, k_end): row kk = (kh * KW + kw) * C/group + c holds
-  // X_group[c, ih, iw] of each pixel, zero where the tap falls in the padding.
+  // X_group[c, ih, iw] of each pixel, zero where the tap falls in the padding. The geometry is
+  // worked out once per tap, then applied to each of its channels.
   void Fill(const T* x_group, int64_t k_begin, int64_t k_end, const std::vector<PixelRun>& runs, float* panel,
             int64_t strip_stride) const {
     const int64_t cg = geo.channels_per_group, kw_size = attrs.kernel_shape[1];
-    const int64_t sh = attrs.strides[0], sw = attrs.strides[1];
-    const int64_t dh = attrs.dilations[0], dw = attrs.dilations[1];
+    const int64_t sw = contiguous ? 1 : attrs.strides[1];
     const int64_t plane = geo.height * geo.width;
-    for (int64_t kk = k_begin; kk < k_end; ++kk) {
-      const int64_t kh = kk / (kw_size * cg), kw = (kk / cg) % kw_size, c = kk % cg;
-      const T* src = x_group + c * plane;
-      float* dst = panel + (kk - k_begin) * kStripCols;
-      if (contiguous) {
-        const int64_t p0 = runs.front().oh * geo.out_width + runs.front().ow0;
-        for (const PixelRun& run : runs) {
-          Copy(src + p0 + run.j, 1, dst + (run.j / kStripCols) * strip_stride + run.j % kStripCols, run.length);
+    std::vector<Segment> segments;
+    for (int64_t kk = k_begin; kk < k_end;) {
+      const int64_t tap = kk / cg, c_begin = kk % cg;
+      const int64_t c_end = std::min(cg, c_begin + (k_end - kk));
+      Segments(tap / kw_size, tap % kw_size, runs, strip_stride, segments);
+      for (int64_t c = c_begin; c < c_end; ++c) {
+        const T* src = x_group + c * plane;
+        float* dst = panel + (kk + (c - c_begin) - k_begin) * kStripCols;
+        for (const Segment& seg : segments) {
+          float* out = dst + seg.dst;
+          if (seg.zero) {
+            Zero(out, seg.length);
+            continue;
+          }
+          Zero(out, seg.lo);
+          Copy(src + seg.src, sw, out + seg.lo, seg.hi - seg.lo);
+          Zero(out + seg.hi, seg.length - seg.hi);
         }
-        continue;
       }
-      const int64_t iw_base = kw * dw - geo.pad_left;
-      // Output columns ow whose tap iw = ow * sw + iw_base lies in [0, W).
-      const int64_t ow_lo = iw_base >= 0 ? 0 : CeilDiv(-iw_base, sw);
-      const int64_t ow_hi = geo.width - iw_base <= 0 ? 0 : CeilDiv(geo.width - iw_base, sw);
-      for (const PixelRun& run : runs) {
-        const int64_t ih = run.oh * sh - geo.pad_top + kh * dh;
-        float* out = dst + (run.j / kStripCols) * strip_stride + run.j % kStripCols;
-        if (ih < 0 || ih >= geo.height) {
-          Zero(out, run.length);
-          continue;
-        }
-        const int64_t lo = std::clamp<int64_t>(ow_lo - run.ow0, 0, run.length);
-        const int64_t hi = std::clamp<int64_t>(ow_hi - run.ow0, lo, run.length);
-        Zero(out, lo);
-        Copy(src + ih * geo.width + (run.ow0 + lo) * sw + iw_base, sw, out + lo, hi - lo);
-        Zero(out + hi, run.length - hi);
-      }
+      kk += c_end - c_begin;
     }
   }
 

@@ -5,6 +5,8 @@
 // - Rows: A row-major [m, K] (MatMul). Vectorised over 16 output features n: per group and row of
 //   A, its 4 inputs are broadcast and permuted by sel (see packed_weight.h), two FMAs; the records
 //   are loaded once per group and reused over a register tile of rows (AVX-512: 8 rows x 32 n).
+//   It reads 9 bytes per group and feature (dense: 16), the win where the product is
+//   memory-bound (small M); compute-bound, its one permute per FMA caps it near dense speed.
 // - Cols: A given as a column panel P[k][j] (row k of the reduction holds pixels j contiguous:
 //   Conv's im2col, the channels of an NCHW image, or A transposed). Vectorised over pixels j: per
 //   group and output feature, sel picks two panel rows, each times a broadcast value (AVX-512:

@@ -1,6 +1,6 @@
 // AVX2 + FMA + F16C inner kernels over a PackedWeight (see fast_kernels.h): a block of 16 output
-// features is two 8-lane halves; _mm256_permutevar8x32_ps reads sel's low 3 bits, and lanes 0-3
-// and 4-7 each hold the group's 4 inputs.
+// features is two 8-lane halves; both 128-bit lanes hold the group's 4 inputs, so the in-lane
+// _mm256_permutevar_ps (sel's low 2 bits) selects an input for each feature.
 #include <immintrin.h>
 
 #include "cpu/fast_kernels.h"
@@ -81,9 +81,9 @@ void RowsMicro(const PackedWeight& w, const float* a, int64_t lda, int64_t block
       #pragma GCC unroll 16
       for (int h = 0; h < 2; ++h) {
         const int64_t half = h * 8 * w.value_bytes;
-        acc[r][h] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(x, s0[h]), LoadValues8<kHalf>(rec + half), acc[r][h]);
+        acc[r][h] = _mm256_fmadd_ps(_mm256_permutevar_ps(x, s0[h]), LoadValues8<kHalf>(rec + half), acc[r][h]);
         acc[r][h] =
-            _mm256_fmadd_ps(_mm256_permutevar8x32_ps(x, s1[h]), LoadValues8<kHalf>(rec + vb + half), acc[r][h]);
+            _mm256_fmadd_ps(_mm256_permutevar_ps(x, s1[h]), LoadValues8<kHalf>(rec + vb + half), acc[r][h]);
       }
     }
     rec += rb;

@@ -48,7 +48,7 @@ inline void StoreC(float* c, __mmask16 mask, __m512 acc, const KBlock& kb, const
   _mm512_mask_storeu_ps(c, mask, acc);
 }
 
-constexpr int64_t kPrefetchBytes = 2048;
+constexpr int64_t kPrefetchBytes = 4096;  // how far ahead a streaming tile fetches its records
 
 // ---- Rows: MR rows of A x NB blocks of 16 output features --------------------------------------
 
@@ -87,8 +87,8 @@ void RowsMicro(const PackedWeight& w, const float* a, int64_t lda, int64_t block
       const __m512 x = _mm512_broadcast_f32x4(_mm_loadu_ps(a_group + r * lda));
       #pragma GCC unroll 16
       for (int b = 0; b < NB; ++b) {
-        acc[r][b] = _mm512_fmadd_ps(_mm512_permutexvar_ps(s0[b], x), v0[b], acc[r][b]);
-        acc[r][b] = _mm512_fmadd_ps(_mm512_permutexvar_ps(s1[b], x), v1[b], acc[r][b]);
+        acc[r][b] = _mm512_fmadd_ps(_mm512_permutevar_ps(x, s0[b]), v0[b], acc[r][b]);
+        acc[r][b] = _mm512_fmadd_ps(_mm512_permutevar_ps(x, s1[b]), v1[b], acc[r][b]);
       }
     }
     a_group += 4;
@@ -147,14 +147,24 @@ void ColsMicro(const PackedWeight& w, const float* p, int64_t cols, int64_t n0, 
   const uint8_t* rec = ONNXSPARSE_RECORD(w, n0 / kBlockN, kb.g_begin);
   const __mmask16 tail = FirstLanes(cols - 16 * (J - 1));
   constexpr int64_t ldp = kStripCols;
-  __m512 acc[NR][J];
+  // Each accumulator takes two dependent FMAs per group; with fewer than 8 of them the FMA latency
+  // (4 cycles) would idle the pipes, so narrow tiles keep the second value's products apart.
+  constexpr bool kSplit = NR * J < 8;
+  __m512 acc[NR][J], acc1[NR][J];
   #pragma GCC unroll 16
   for (int r = 0; r < NR; ++r)
     #pragma GCC unroll 16
-    for (int j = 0; j < J; ++j) acc[r][j] = _mm512_setzero_ps();
+    for (int j = 0; j < J; ++j) acc[r][j] = acc1[r][j] = _mm512_setzero_ps();
 
+  // The first tile of each pair of blocks fetches the pair's records ahead (later tiles of the
+  // pair find them in L1): when few pixels share the weights they stream from memory.
+  const bool lead = n0 % (2 * kBlockN) == 0;
   const float* p_group = p;
   for (int64_t g = kb.g_begin; g < kb.g_end; ++g) {
+    if (lead) {
+      const char* ahead = reinterpret_cast<const char*>(rec) + kPrefetchBytes;
+      for (int64_t line = 0; line < rb; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
+    }
     const uint8_t* sel = rec + 2 * vb;
     #pragma GCC unroll 16
     for (int r = 0; r < NR; ++r) {
@@ -168,11 +178,21 @@ void ColsMicro(const PackedWeight& w, const float* p, int64_t cols, int64_t n0, 
         const __m512 x0 = j == J - 1 ? _mm512_maskz_loadu_ps(tail, row0 + 16 * j) : _mm512_loadu_ps(row0 + 16 * j);
         const __m512 x1 = j == J - 1 ? _mm512_maskz_loadu_ps(tail, row1 + 16 * j) : _mm512_loadu_ps(row1 + 16 * j);
         acc[r][j] = _mm512_fmadd_ps(x0, v0, acc[r][j]);
-        acc[r][j] = _mm512_fmadd_ps(x1, v1, acc[r][j]);
+        if constexpr (kSplit) {
+          acc1[r][j] = _mm512_fmadd_ps(x1, v1, acc1[r][j]);
+        } else {
+          acc[r][j] = _mm512_fmadd_ps(x1, v1, acc[r][j]);
+        }
       }
     }
     rec += rb;
     p_group += 4 * ldp;
+  }
+  if constexpr (kSplit) {
+    #pragma GCC unroll 16
+    for (int r = 0; r < NR; ++r)
+      #pragma GCC unroll 16
+      for (int j = 0; j < J; ++j) acc[r][j] = _mm512_add_ps(acc[r][j], acc1[r][j]);
   }
   #pragma GCC unroll 16
   for (int r = 0; r < NR; ++r) {

@@ -1,12 +1,14 @@
-// SparseGemm: the one product every CPU kernel runs, Y = alpha * A @ W + bias, with W given in
-// SPEC's compressed 2:4 form (values [N, K/2], index [N, ceil(K/8)]) and read as is: no dense copy.
+// SparseGemm: the generic product, Y = alpha * A @ W + bias, with W given in SPEC's compressed 2:4
+// form (values [N, K/2], index [N, ceil(K/8)]) and read as is: no dense copy. It runs when the
+// compressed pair is fed at run time (an unfolded CompressOp) or is invalid; a constant weight is
+// re-laid out once at kernel creation and runs the fast kernels instead (fast_kernels.h).
 //
 // Work is cut into tiles of kTileM rows of A by a block of rows of W (output features). A tile of
 // A is first packed into a fp32 *panel* laid out [K][kTileM] (the caller's Pack: a plain copy for
 // MatMul, im2col for Conv), so that one decoded nibble selects two panel rows, each kTileM wide,
 // and two weight values multiply-accumulate into kTileM accumulators: every nibble and value is
-// decoded once per tile and reused across kTileM rows of A. SparseGemmTile is the inner kernel and
-// the place an ISA-specific variant (AVX-512: kTileM = 16 lanes of one register) slots in.
+// decoded once per tile and reused across kTileM rows of A. SparseGemmTile is the inner kernel,
+// portable C++ that the compiler vectorises (the ISA-specific kernels work on the packed layout).
 //
 // Tiles run on ONNX Runtime's intra-op thread pool (KernelContext::ParallelFor). Each task packs
 // into its own panel, allocated once per task (K * kTileM floats), never weight-sized.
