@@ -2,11 +2,10 @@
 
 #include <vector>
 
-#include "common/attributes.h"
 #include "common/float_convert.h"
+#include "common/op_shapes.h"
 #include "common/sparse_format.h"
 #include "common/status.h"
-#include "cpu/compressed_weight.h"
 
 namespace onnxsparse::cpu {
 
@@ -39,21 +38,7 @@ struct RowKView {
 template <typename T>
 CompressOpKernel<T>::CompressOpKernel(const OrtApi* /*api*/, const OrtKernelInfo* info) noexcept {
   try {
-    std::string layout;
-    switch (ReadAttr(info, "layout", layout)) {
-      case AttrResult::kAbsent: init_error_ = "attribute 'layout' is required (\"kn\", \"nk\" or \"oihw\")"; return;
-      case AttrResult::kWrongType: init_error_ = "attribute 'layout' must be a string"; return;
-      case AttrResult::kFound: break;
-    }
-    if (layout == "kn") {
-      layout_ = WeightLayout::kKN;
-    } else if (layout == "nk") {
-      layout_ = WeightLayout::kNK;
-    } else if (layout == "oihw") {
-      layout_ = WeightLayout::kOIHW;
-    } else {
-      init_error_ = "attribute 'layout' must be \"kn\", \"nk\" or \"oihw\", got \"" + layout + "\"";
-    }
+    init_error_ = ReadWeightLayout(info, layout_);
   } catch (const std::exception& e) {
     init_error_ = e.what();
   } catch (...) {
@@ -73,27 +58,15 @@ Ort::Status CompressOpKernel<T>::Compute(const Ort::Custom::Tensor<T>& weight, O
 template <typename T>
 Ort::Status CompressOpKernel<T>::ComputeImpl(const Ort::Custom::Tensor<T>& weight, Ort::Custom::Tensor<T>& values,
                                              Ort::Custom::Tensor<uint8_t>& index) {
-  const std::vector<int64_t>& shape = weight.Shape();
+  CompressShape shape;
+  ONNXSPARSE_RETURN_IF_ERROR(ResolveCompressShape(kOpName, layout_, weight.Shape(), shape));
   RowKView view{layout_};
-  if (layout_ == WeightLayout::kOIHW) {
-    if (shape.size() != 4) {
-      return InvalidArgument(kOpName, "an \"oihw\" weight must have rank 4, got shape " + ShapeString(shape));
-    }
-    view.rows = shape[0];
-    view.channels = shape[1];
-    view.kh = shape[2];
-    view.kw = shape[3];
-    view.k = shape[1] * shape[2] * shape[3];
-  } else {
-    if (shape.size() != 2) {
-      return InvalidArgument(kOpName, "a \"kn\" or \"nk\" weight must have rank 2, got shape " + ShapeString(shape));
-    }
-    const bool kn = layout_ == WeightLayout::kKN;
-    view.rows = kn ? shape[1] : shape[0];
-    view.k = kn ? shape[0] : shape[1];
-    view.n = shape[1];
-  }
-  if (view.k % 4 != 0) return InvalidArgument(kOpName, StrCat("K=", view.k, " is not a multiple of 4"));
+  view.rows = shape.rows;
+  view.k = shape.k;
+  view.n = shape.rows;  // kn: W is [K, N]
+  view.channels = shape.channels;
+  view.kh = shape.kernel_h;
+  view.kw = shape.kernel_w;
 
   const int64_t groups = view.k / 4;
   const int64_t values_per_row = ValuesPerRow(view.k);

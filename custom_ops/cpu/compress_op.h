@@ -5,11 +5,10 @@
 #pragma once
 #include <string>
 
+#include "common/op_shapes.h"
 #include "common/ort_api.h"
 
 namespace onnxsparse::cpu {
-
-enum class WeightLayout { kKN, kNK, kOIHW };
 
 template <typename T>
 struct CompressOpKernel {

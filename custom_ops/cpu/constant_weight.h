@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "common/ort_api.h"
-#include "cpu/compressed_weight.h"
+#include "common/op_shapes.h"
 #include "cpu/packed_weight.h"
 
 namespace onnxsparse::cpu {

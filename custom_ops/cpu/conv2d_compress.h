@@ -8,31 +8,12 @@
 #include <string>
 #include <vector>
 
+#include "common/op_shapes.h"
 #include "common/ort_api.h"
 #include "cpu/cpu_isa.h"
 #include "cpu/packed_weight.h"
 
 namespace onnxsparse::cpu {
-
-enum class AutoPad { kNotSet, kSameUpper, kSameLower, kValid };
-
-// Conv's attributes, read once when the kernel is created.
-struct ConvAttributes {
-  std::vector<int64_t> kernel_shape;             // [KH, KW], required
-  std::vector<int64_t> strides{1, 1};
-  std::vector<int64_t> pads{0, 0, 0, 0};         // h_begin, w_begin, h_end, w_end
-  std::vector<int64_t> dilations{1, 1};
-  int64_t group = 1;
-  AutoPad auto_pad = AutoPad::kNotSet;
-};
-
-// The geometry of one call, once X's shape is known (auto_pad resolved).
-struct ConvGeometry {
-  int64_t batch, channels, height, width;         // X
-  int64_t out_channels, out_height, out_width;    // Y
-  int64_t pad_top, pad_left;
-  int64_t channels_per_group, out_channels_per_group;
-};
 
 template <typename T>
 struct Conv2dCompressKernel {

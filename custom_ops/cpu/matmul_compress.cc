@@ -3,11 +3,10 @@
 #include <type_traits>
 #include <vector>
 
-#include "common/attributes.h"
 #include "common/float_convert.h"
+#include "common/op_shapes.h"
 #include "common/sparse_format.h"
 #include "common/status.h"
-#include "cpu/compressed_weight.h"
 #include "cpu/constant_weight.h"
 #include "cpu/fast_kernels.h"
 #include "cpu/fast_matmul.h"
@@ -52,13 +51,7 @@ struct MatMulProblem {
 template <typename T>
 MatMulCompressKernel<T>::MatMulCompressKernel(const OrtApi* /*api*/, const OrtKernelInfo* info) noexcept {
   try {
-    init_error_ = ReadOptionalAttr(info, "alpha", alpha_);
-    int64_t trans_a = 0;
-    if (init_error_.empty()) init_error_ = ReadOptionalAttr(info, "transA", trans_a);
-    if (init_error_.empty() && trans_a != 0 && trans_a != 1) {
-      init_error_ = StrCat("attribute 'transA' must be 0 or 1, got ", trans_a);
-    }
-    trans_a_ = trans_a == 1;
+    init_error_ = ReadMatMulAttributes(info, attrs_);
     isa_ = SelectCpuIsa();
     if (init_error_.empty()) packed_ = PackConstantWeight<T>(info);
   } catch (const std::exception& e) {
@@ -85,62 +78,30 @@ Ort::Status MatMulCompressKernel<T>::ComputeImpl(OrtKernelContext* context, cons
                                                  const Ort::Custom::Tensor<T>& values,
                                                  const Ort::Custom::Tensor<uint8_t>& index,
                                                  const Ort::Custom::Tensor<T>* bias, Ort::Custom::Tensor<T>& y) {
-  const std::vector<int64_t>& a_shape = a.Shape();
-  const int64_t rank = static_cast<int64_t>(a_shape.size());
-  if (rank < 1 || rank > 4) {
-    return InvalidArgument(kOpName, "A must have rank 1 to 4, got shape " + ShapeString(a_shape));
-  }
-  if (trans_a_ && rank != 2) {
-    return InvalidArgument(kOpName, "with transA=1, A must have rank 2, got shape " + ShapeString(a_shape));
-  }
-  int64_t m = 1;
-  int64_t k = 0;
-  std::vector<int64_t> y_shape;
-  if (trans_a_) {
-    k = a_shape[0];
-    m = a_shape[1];
-    y_shape = {m};
-  } else {
-    k = a_shape.back();
-    for (int64_t d = 0; d + 1 < rank; ++d) {
-      m *= a_shape[d];
-      y_shape.push_back(a_shape[d]);
-    }
-  }
+  MatMulShape shape;
+  ONNXSPARSE_RETURN_IF_ERROR(ResolveMatMulShape(kOpName, attrs_.trans_a, a.Shape(), values.Shape(), index.Shape(),
+                                                bias != nullptr ? &bias->Shape() : nullptr, shape));
+  const int64_t m = shape.m, k = shape.k, n = shape.n;
+  const T* bias_data = bias != nullptr ? bias->Data() : nullptr;
+  T* y_data = y.Allocate(shape.y_shape);
 
-  CompressedWeightShape weight;
-  ONNXSPARSE_RETURN_IF_ERROR(CheckCompressedWeight(kOpName, values.Shape(), index.Shape(), weight));
-  if (weight.k != k) {
-    return InvalidArgument(kOpName, StrCat("K of A is ", k, " but values of shape ", ShapeString(values.Shape()), " encode K=",
-                                           weight.k, " (K = 2 * values.shape[1])"));
-  }
-  const T* bias_data = nullptr;
-  if (bias != nullptr) {
-    if (bias->Shape() != std::vector<int64_t>{weight.rows}) {
-      return InvalidArgument(kOpName, StrCat("bias must have shape [", weight.rows, "], got ", ShapeString(bias->Shape())));
-    }
-    bias_data = bias->Data();
-  }
-  y_shape.push_back(weight.rows);
-  T* y_data = y.Allocate(y_shape);
-
-  if (packed_ != nullptr && packed_->rows == weight.rows && packed_->k == k) {
+  if (packed_ != nullptr && packed_->rows == n && packed_->k == k) {
     return ComputeFast(context, a.Data(), m, k, bias_data, y_data);
   }
 
   MatMulProblem<T> problem;
   problem.m = m;
-  problem.n = weight.rows;
+  problem.n = n;
   problem.k = k;
   problem.a = a.Data();
-  problem.trans_a = trans_a_;
+  problem.trans_a = attrs_.trans_a;
   problem.target.values = values.Data();
   problem.target.index = index.Data();
   problem.target.bias = bias_data;
   problem.target.out = y_data;
-  problem.target.out_stride_m = weight.rows;
+  problem.target.out_stride_m = n;
   problem.target.out_stride_n = 1;
-  return SparseGemm<T>(context, kOpName, problem, alpha_);
+  return SparseGemm<T>(context, kOpName, problem, attrs_.alpha);
 }
 
 template <typename T>
@@ -154,11 +115,11 @@ Ort::Status MatMulCompressKernel<T>::ComputeFast(OrtKernelContext* context, cons
   std::vector<float> a_buffer;
   const float* a32 = nullptr;
   if constexpr (kFloat) {
-    if (!trans_a_) a32 = a;
+    if (!attrs_.trans_a) a32 = a;
   }
   if (a32 == nullptr) {
     a_buffer.resize(static_cast<size_t>(m * k));
-    if (trans_a_) {
+    if (attrs_.trans_a) {
       for (int64_t kk = 0; kk < k; ++kk)
         for (int64_t i = 0; i < m; ++i) a_buffer[i * k + kk] = ToFloat(a[kk * m + i]);
     } else if constexpr (std::is_same_v<T, Ort::Float16_t>) {
@@ -181,7 +142,7 @@ Ort::Status MatMulCompressKernel<T>::ComputeFast(OrtKernelContext* context, cons
     c_buffer.resize(static_cast<size_t>(m * n));
     c32 = c_buffer.data();
   }
-  if (!FastMatMul(context, kernels, *packed_, a32, m, c32, bias != nullptr ? bias32.data() : nullptr, alpha_)) {
+  if (!FastMatMul(context, kernels, *packed_, a32, m, c32, bias != nullptr ? bias32.data() : nullptr, attrs_.alpha)) {
     return RuntimeError(kOpName, "the product failed (out of memory?)");
   }
   if constexpr (std::is_same_v<T, Ort::Float16_t>) {

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 
+#include "common/op_shapes.h"
 #include "common/ort_api.h"
 #include "cpu/cpu_isa.h"
 #include "cpu/packed_weight.h"
@@ -33,8 +34,7 @@ struct MatMulCompressKernel {
 
   std::unique_ptr<PackedWeight> packed_;  // null: values/index fed at run time (or invalid)
   CpuIsa isa_ = CpuIsa::kPortable;
-  float alpha_ = 1.0f;
-  bool trans_a_ = false;
+  MatMulAttributes attrs_;
   std::string init_error_;  // set by the constructor, returned by every Compute
 };
 
