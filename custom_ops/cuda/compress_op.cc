@@ -2,6 +2,7 @@
 
 #include <vector>
 
+#include "common/op_shapes.h"
 #include "common/status.h"
 #include "cuda/compress_op_impl.cuh"
 
@@ -13,7 +14,7 @@ constexpr const char* kOp = "CompressOp";
 
 template <typename OrtT>
 CompressOpCuda<OrtT>::CompressOpCuda(const OrtApi*, const OrtKernelInfo* info) {
-  layout_ = AttributeString(info, "layout", "");
+  init_error_ = ReadWeightLayout(info, layout_);
 }
 
 template <typename OrtT>
@@ -21,23 +22,18 @@ Ort::Status CompressOpCuda<OrtT>::Compute(OrtKernelContext* context, const Ort::
                                          Ort::Custom::Tensor<OrtT>& values, Ort::Custom::Tensor<uint8_t>& index) {
   return GuardCompute(kOp, [&]() -> Ort::Status {
     using T = DeviceType<OrtT>;
-    const std::vector<int64_t>& s = weight.Shape();
+    if (!init_error_.empty()) return InvalidArgument(kOp, init_error_);
+    CompressShape shape;
+    ONNXSPARSE_RETURN_IF_ERROR(ResolveCompressShape(kOp, layout_, weight.Shape(), shape));
     CompressArgs a;
-    if (layout_ == "kn" || layout_ == "nk") {
-      if (s.size() != 2) return InvalidArgument(kOp, StrCat("a '", layout_, "' weight must have rank 2, got ", s.size()));
-      a.layout = layout_ == "kn" ? WeightLayout::kKN : WeightLayout::kNK;
-      a.rows = layout_ == "kn" ? s[1] : s[0];
-      a.k = layout_ == "kn" ? s[0] : s[1];
-    } else if (layout_ == "oihw") {
-      if (s.size() != 4) return InvalidArgument(kOp, StrCat("an 'oihw' weight must have rank 4, got ", s.size()));
-      a.layout = WeightLayout::kOIHW;
-      a.rows = s[0];
-      a.channels = s[1], a.kernel_h = s[2], a.kernel_w = s[3];
-      a.k = s[1] * s[2] * s[3];
-    } else {
-      return InvalidArgument(kOp, StrCat("layout must be 'kn', 'nk' or 'oihw', got '", layout_, "'"));
+    switch (layout_) {
+      case onnxsparse::WeightLayout::kKN: a.layout = cuda::WeightLayout::kKN; break;
+      case onnxsparse::WeightLayout::kNK: a.layout = cuda::WeightLayout::kNK; break;
+      case onnxsparse::WeightLayout::kOIHW: a.layout = cuda::WeightLayout::kOIHW; break;
     }
-    if (a.k % 4 != 0) return InvalidArgument(kOp, StrCat("K=", a.k, " is not a multiple of 4"));
+    a.rows = shape.rows;
+    a.k = shape.k;
+    a.channels = shape.channels, a.kernel_h = shape.kernel_h, a.kernel_w = shape.kernel_w;
     T* out_values = reinterpret_cast<T*>(values.Allocate({a.rows, a.k / 2}));
     uint8_t* out_index = index.Allocate({a.rows, (a.k + 7) / 8});
     if (a.rows * a.k == 0) return Ort::Status{nullptr};

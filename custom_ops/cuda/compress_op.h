@@ -3,6 +3,7 @@
 #pragma once
 #include <string>
 
+#include "common/op_shapes.h"
 #include "common/ort_api.h"
 #include "cuda/cuda_utils.h"
 
@@ -15,7 +16,8 @@ struct CompressOpCuda {
                       Ort::Custom::Tensor<OrtT>& values, Ort::Custom::Tensor<uint8_t>& index);
 
  private:
-  std::string layout_;
+  onnxsparse::WeightLayout layout_ = onnxsparse::WeightLayout::kKN;  // mapped to the launcher's enum in Compute
+  std::string init_error_;  // set by the constructor, returned by every Compute
   DeviceBuffer bad_groups_;  // device counter of non-2:4 groups
 };
 

@@ -4,8 +4,8 @@
 #pragma once
 #include <optional>
 #include <string>
-#include <vector>
 
+#include "common/op_shapes.h"
 #include "common/ort_api.h"
 #include "cuda/sparse_gemm_runner.h"
 
@@ -19,9 +19,8 @@ struct Conv2dCompressCuda {
                       std::optional<const Ort::Custom::Tensor<OrtT>*> bias, Ort::Custom::Tensor<OrtT>& y);
 
  private:
-  std::vector<int64_t> kernel_shape_, strides_, pads_, dilations_;
-  int64_t group_ = 1;
-  std::string auto_pad_;
+  ConvAttributes attrs_;
+  std::string init_error_;  // set by the constructor, returned by every Compute
   SparseGemmRunner runner_;
 };
 

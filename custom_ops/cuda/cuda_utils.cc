@@ -40,60 +40,6 @@ void* StreamScratch(cudaStream_t stream, size_t bytes, cudaError_t* err) {
   return pool.current->get();
 }
 
-int64_t AttributeInt(const OrtKernelInfo* info, const char* name, int64_t fallback) {
-  int64_t value = 0;
-  OrtStatus* status = Ort::GetApi().KernelInfoGetAttribute_int64(info, name, &value);
-  if (status != nullptr) {
-    Ort::GetApi().ReleaseStatus(status);
-    return fallback;
-  }
-  return value;
-}
-
-float AttributeFloat(const OrtKernelInfo* info, const char* name, float fallback) {
-  float value = 0;
-  OrtStatus* status = Ort::GetApi().KernelInfoGetAttribute_float(info, name, &value);
-  if (status != nullptr) {
-    Ort::GetApi().ReleaseStatus(status);
-    return fallback;
-  }
-  return value;
-}
-
-std::string AttributeString(const OrtKernelInfo* info, const char* name, const std::string& fallback) {
-  size_t size = 0;
-  OrtStatus* status = Ort::GetApi().KernelInfoGetAttribute_string(info, name, nullptr, &size);
-  if (status != nullptr) {
-    Ort::GetApi().ReleaseStatus(status);
-    return fallback;
-  }
-  std::string out(size, '\0');
-  status = Ort::GetApi().KernelInfoGetAttribute_string(info, name, out.data(), &size);
-  if (status != nullptr) {
-    Ort::GetApi().ReleaseStatus(status);
-    return fallback;
-  }
-  if (!out.empty() && out.back() == '\0') out.pop_back();
-  return out;
-}
-
-std::vector<int64_t> AttributeInts(const OrtKernelInfo* info, const char* name, std::vector<int64_t> fallback) {
-  size_t size = 0;
-  OrtStatus* status = Ort::GetApi().KernelInfoGetAttributeArray_int64(info, name, nullptr, &size);
-  if (status != nullptr) {
-    Ort::GetApi().ReleaseStatus(status);
-    return fallback;
-  }
-  std::vector<int64_t> out(size);
-  if (size == 0) return out;
-  status = Ort::GetApi().KernelInfoGetAttributeArray_int64(info, name, out.data(), &size);
-  if (status != nullptr) {
-    Ort::GetApi().ReleaseStatus(status);
-    return fallback;
-  }
-  return out;
-}
-
 int64_t EnvInt(const char* name, int64_t fallback) {
   const char* text = std::getenv(name);
   if (text == nullptr || *text == '\0') return fallback;

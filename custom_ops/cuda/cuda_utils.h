@@ -83,12 +83,6 @@ void* StreamScratch(cudaStream_t stream, size_t bytes, cudaError_t* err);
 
 inline size_t AlignUp(size_t bytes, size_t alignment = 256) { return (bytes + alignment - 1) / alignment * alignment; }
 
-// Reads an attribute, returning `fallback` when the node does not have it.
-int64_t AttributeInt(const OrtKernelInfo* info, const char* name, int64_t fallback);
-float AttributeFloat(const OrtKernelInfo* info, const char* name, float fallback);
-std::string AttributeString(const OrtKernelInfo* info, const char* name, const std::string& fallback);
-std::vector<int64_t> AttributeInts(const OrtKernelInfo* info, const char* name, std::vector<int64_t> fallback);
-
 // An environment variable as an integer (fallback when unset or not a number).
 int64_t EnvInt(const char* name, int64_t fallback);
 

@@ -3,7 +3,9 @@
 // bias [N] (optional). Attributes: alpha (1.0), transA (0). See DEVELOPERS.md.
 #pragma once
 #include <optional>
+#include <string>
 
+#include "common/op_shapes.h"
 #include "common/ort_api.h"
 #include "cuda/sparse_gemm_runner.h"
 
@@ -17,8 +19,8 @@ struct MatMulCompressCuda {
                       std::optional<const Ort::Custom::Tensor<OrtT>*> bias, Ort::Custom::Tensor<OrtT>& y);
 
  private:
-  float alpha_ = 1.0f;
-  int64_t trans_a_ = 0;
+  MatMulAttributes attrs_;
+  std::string init_error_;  // set by the constructor, returned by every Compute
   SparseGemmRunner runner_;
 };
 
