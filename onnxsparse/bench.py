@@ -12,12 +12,10 @@ import time
 from dataclasses import asdict, dataclass
 
 import onnx
-import onnxruntime as ort
 
 from .errors import OnnxSparseError
 from .prune.calibration import Calibration
-from .session import session_options
-from .verify import PROVIDERS
+from .session import open_session
 
 
 @dataclass
@@ -39,17 +37,6 @@ class BenchResult:
         return {**asdict(self), "speedup": self.speedup}
 
 
-def _session(model: onnx.ModelProto, sparse: bool, provider: str, threads: int) -> ort.InferenceSession:
-    options = session_options() if sparse else ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=PROVIDERS[provider])
-    except Exception as exc:
-        which = "compiled" if sparse else "original"
-        raise OnnxSparseError(f"the {which} model does not load in ONNX Runtime: {str(exc).splitlines()[0]}") from None
-
-
 def bench(
     original: onnx.ModelProto,
     compiled: onnx.ModelProto,
@@ -64,7 +51,10 @@ def bench(
     if runs < 1 or warmup < 0:
         raise OnnxSparseError("--runs must be at least 1 and --warmup at least 0")
     batch = next(iter(Calibration(original, inputs, batch_size=batch_size, samples=batch_size)))
-    sessions = {"dense": _session(original, False, provider, threads), "sparse": _session(compiled, True, provider, threads)}
+    sessions = {
+        "dense": open_session(original, sparse=False, provider=provider, threads=threads),
+        "sparse": open_session(compiled, sparse=True, provider=provider, threads=threads),
+    }
     times: dict[str, list[float]] = {"dense": [], "sparse": []}
     try:
         for _ in range(warmup):

@@ -14,15 +14,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from .errors import OnnxSparseError
 from .prune.calibration import Calibration
-from .session import session_options
+from .session import open_session
 
 # Relative L2 error allowed per output dtype.
 TOLERANCE = {"float32": 1e-4, "float64": 1e-6, "float16": 1e-2, "bfloat16": 5e-2}
-PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
 @dataclass
@@ -55,15 +53,6 @@ def _compare(name: str, expected: np.ndarray, actual: np.ndarray, tolerance: flo
     return OutputCheck(name, dtype, list(expected.shape), max_abs, rel, cosine, tol, rel <= tol and not nan_mismatch)
 
 
-def _session(model: onnx.ModelProto, sparse: bool, provider: str) -> ort.InferenceSession:
-    options = session_options() if sparse else ort.SessionOptions()
-    try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=PROVIDERS[provider])
-    except Exception as exc:  # onnxruntime's errors carry no common base class
-        which = "compiled" if sparse else "original"
-        raise OnnxSparseError(f"the {which} model does not load in ONNX Runtime: {str(exc).splitlines()[0]}") from None
-
-
 def verify(
     original: onnx.ModelProto,
     compiled: onnx.ModelProto,
@@ -74,8 +63,8 @@ def verify(
     provider: str = "cpu",
 ) -> list[OutputCheck]:
     """Run both models on the same inputs and compare every output (worst over all batches)."""
-    dense = _session(original, sparse=False, provider=provider)
-    sparse = _session(compiled, sparse=True, provider=provider)
+    dense = open_session(original, sparse=False, provider=provider)
+    sparse = open_session(compiled, sparse=True, provider=provider)
     names = [o.name for o in dense.get_outputs()]
     if names != [o.name for o in sparse.get_outputs()]:
         raise OnnxSparseError("the two models have different outputs; is the second compiled from the first?")

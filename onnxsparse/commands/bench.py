@@ -11,7 +11,7 @@ import onnxruntime as ort
 
 from .. import __version__, io
 from ..bench import bench
-from ..verify import PROVIDERS
+from ._model_pair import add_model_pair_arguments
 
 NAME = "bench"
 HELP = "time a compiled model against its original: same inputs, threads and provider, interleaved runs"
@@ -19,15 +19,10 @@ ORDER = 35
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("original", help="the dense model")
-    parser.add_argument("compiled", help="the model `onnxsparse compile` wrote from it")
-    parser.add_argument("--inputs", help=".npz file (or directory) keyed by input name; default: random inputs")
-    parser.add_argument("--batch-size", type=int, default=1, help="batch size for dynamic batch dimensions (default 1)")
+    add_model_pair_arguments(parser)
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads for both sessions (default 0: all cores)")
     parser.add_argument("--runs", type=int, default=20, help="timed runs of each model (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
-    parser.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu", help="execution provider (default cpu)")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,8 @@ import argparse
 import json
 
 from .. import io
-from ..verify import PROVIDERS, to_dict, verify
+from ..verify import to_dict, verify
+from ._model_pair import add_model_pair_arguments
 
 NAME = "verify"
 HELP = "run a compiled model and its original on the same inputs and compare every output"
@@ -14,14 +15,9 @@ ORDER = 30
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("original", help="the dense model")
-    parser.add_argument("compiled", help="the model `onnxsparse compile` wrote from it")
-    parser.add_argument("--inputs", help=".npz file (or directory of them) keyed by input name; default: random inputs")
+    add_model_pair_arguments(parser)
     parser.add_argument("--samples", type=int, default=4, help="random samples when --inputs is not given (default 4)")
-    parser.add_argument("--batch-size", type=int, default=1, help="batch size for dynamic batch dimensions (default 1)")
     parser.add_argument("--rtol", type=float, help="relative L2 error allowed per output (default: by dtype)")
-    parser.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu", help="execution provider (default cpu)")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
