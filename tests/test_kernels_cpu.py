@@ -262,6 +262,14 @@ def test_matmul_bfloat16_through_casts():
     (48, 132, 17),     # the first of the Cols kernel (A transposed into strips of 64 rows)
     (130, 264, 45),    # three strips, the last one partial; K in blocks of 32 groups
     (300, 1028, 100),  # two tiles of rows
+    # Around the narrow Cols kernel (AVX-512: strips of 16 for 14-16 rows, of 32 for 28-32 and >= 48
+    # rows; Rows elsewhere below 48), odd sizes: feature tiles of 16 / 8 / 4 / 2 / 1 (N = 17, 23).
+    (7, 20, 17), (8, 20, 17), (13, 20, 17), (14, 20, 23), (15, 20, 17), (16, 20, 17), (17, 20, 17),
+    (27, 20, 23), (28, 20, 17), (31, 20, 17), (32, 20, 23), (33, 20, 17), (47, 20, 17), (48, 20, 17),
+    (49, 20, 23), (64, 20, 17), (65, 20, 17),
+    (16, 1060, 40),    # narrow strip of 16: K in blocks of 256 groups (265: two blocks)
+    (30, 540, 33),     # narrow strip of 32: K in blocks of 128 groups (135: two blocks)
+    (100, 540, 70),    # four strips of 32, the last one partial
 ])
 def test_matmul_fast_paths(dtype, m, k, n):
     """Shapes that cross every blocking boundary of the fast kernels, against fp64 numpy."""

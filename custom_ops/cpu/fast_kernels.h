@@ -54,6 +54,7 @@ constexpr int64_t kStripCols = 64;
 struct ColsTask {
   const float* p = nullptr;  // P[kk][j] at p[(j / 64) * strip_stride + (kk - 4 * g_begin) * 64 + j % 64]
   int64_t strip_stride = 0;
+  int64_t strip_cols = kStripCols;  // W: 64 (cols), 16 or 32 (cols_narrow)
   int64_t cols = 0;          // pixels j in [0, cols)
   int64_t n_begin = 0, n_end = 0;  // output features
   float* c = nullptr;        // C[n, j] at c[(n - n_begin) * ldc + j]
@@ -66,6 +67,11 @@ struct FastKernelSet {
   void (*cols)(const PackedWeight& w, const ColsTask& task);
   void (*half_to_float)(const uint16_t* src, float* dst, int64_t count);
   void (*float_to_half)(const float* src, uint16_t* dst, int64_t count);
+  // Cols over a panel of narrow strips (MatMul with few rows of A): strips of task.strip_cols = W
+  // pixels (16 or 32; P[kk][j] at p[(j / W) * strip_stride + (kk - 4 * g_begin) * W + j % W],
+  // 64-byte aligned, zero past the last pixel up to W), a register tile over more features.
+  // Null where an ISA has none.
+  void (*cols_narrow)(const PackedWeight& w, const ColsTask& task) = nullptr;
 };
 
 const FastKernelSet& FastKernels(CpuIsa isa);
