@@ -39,6 +39,20 @@ Ort::Status GuardCompute(const char* op, Body&& body) noexcept {
   }
 }
 
+// Runs a kernel constructor's body and returns its error ("" when none). An exception escaping the
+// body becomes that error too: a constructor must not throw into ONNX Runtime, so the kernel keeps
+// the error and every Compute returns it.
+template <typename Body>
+std::string CaptureInitError(Body&& body) noexcept {
+  try {
+    return body();
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "unknown error while creating the kernel";
+  }
+}
+
 }  // namespace onnxsparse
 
 #define ONNXSPARSE_RETURN_IF_ERROR(expr)       \

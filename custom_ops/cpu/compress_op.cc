@@ -37,13 +37,7 @@ struct RowKView {
 
 template <typename T>
 CompressOpKernel<T>::CompressOpKernel(const OrtApi* /*api*/, const OrtKernelInfo* info) noexcept {
-  try {
-    init_error_ = ReadWeightLayout(info, layout_);
-  } catch (const std::exception& e) {
-    init_error_ = e.what();
-  } catch (...) {
-    init_error_ = "unknown error while reading attributes";
-  }
+  init_error_ = CaptureInitError([&] { return ReadWeightLayout(info, layout_); });
 }
 
 template <typename T>

@@ -83,15 +83,12 @@ struct ConvProblem {
 
 template <typename T>
 Conv2dCompressKernel<T>::Conv2dCompressKernel(const OrtApi* /*api*/, const OrtKernelInfo* info) noexcept {
-  try {
-    init_error_ = ReadConvAttributes(info, attrs_);
+  init_error_ = CaptureInitError([&] {
+    std::string error = ReadConvAttributes(info, attrs_);
     isa_ = SelectCpuIsa();
-    if (init_error_.empty()) packed_ = PackConstantWeight<T>(info);
-  } catch (const std::exception& e) {
-    init_error_ = e.what();
-  } catch (...) {
-    init_error_ = "unknown error while reading attributes";
-  }
+    if (error.empty()) packed_ = PackConstantWeight<T>(info);
+    return error;
+  });
 }
 
 template <typename T>

@@ -50,15 +50,12 @@ struct MatMulProblem {
 
 template <typename T>
 MatMulCompressKernel<T>::MatMulCompressKernel(const OrtApi* /*api*/, const OrtKernelInfo* info) noexcept {
-  try {
-    init_error_ = ReadMatMulAttributes(info, attrs_);
+  init_error_ = CaptureInitError([&] {
+    std::string error = ReadMatMulAttributes(info, attrs_);
     isa_ = SelectCpuIsa();
-    if (init_error_.empty()) packed_ = PackConstantWeight<T>(info);
-  } catch (const std::exception& e) {
-    init_error_ = e.what();
-  } catch (...) {
-    init_error_ = "unknown error while reading attributes";
-  }
+    if (error.empty()) packed_ = PackConstantWeight<T>(info);
+    return error;
+  });
 }
 
 template <typename T>

@@ -13,8 +13,8 @@ constexpr const char* kOp = "CompressOp";
 }
 
 template <typename OrtT>
-CompressOpCuda<OrtT>::CompressOpCuda(const OrtApi*, const OrtKernelInfo* info) {
-  init_error_ = ReadWeightLayout(info, layout_);
+CompressOpCuda<OrtT>::CompressOpCuda(const OrtApi*, const OrtKernelInfo* info) noexcept {
+  init_error_ = CaptureInitError([&] { return ReadWeightLayout(info, layout_); });
 }
 
 template <typename OrtT>

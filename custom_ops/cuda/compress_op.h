@@ -11,7 +11,7 @@ namespace onnxsparse::cuda {
 
 template <typename OrtT>
 struct CompressOpCuda {
-  CompressOpCuda(const OrtApi* api, const OrtKernelInfo* info);
+  CompressOpCuda(const OrtApi* api, const OrtKernelInfo* info) noexcept;
   Ort::Status Compute(OrtKernelContext* context, const Ort::Custom::Tensor<OrtT>& weight,
                       Ort::Custom::Tensor<OrtT>& values, Ort::Custom::Tensor<uint8_t>& index);
 

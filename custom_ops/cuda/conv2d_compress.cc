@@ -15,9 +15,12 @@ constexpr const char* kOp = "Conv2dCompress";
 }  // namespace
 
 template <typename OrtT>
-Conv2dCompressCuda<OrtT>::Conv2dCompressCuda(const OrtApi*, const OrtKernelInfo* info) {
-  init_error_ = ReadConvAttributes(info, attrs_);
-  runner_.Init(info, 1, 2, 3);
+Conv2dCompressCuda<OrtT>::Conv2dCompressCuda(const OrtApi*, const OrtKernelInfo* info) noexcept {
+  init_error_ = CaptureInitError([&] {
+    std::string error = ReadConvAttributes(info, attrs_);
+    runner_.Init(info, 1, 2, 3);
+    return error;
+  });
 }
 
 template <typename OrtT>

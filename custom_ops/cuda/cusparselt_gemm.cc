@@ -384,13 +384,15 @@ Ort::Status SparseLtWeight::TimePlan(const char* op, Plan& p, const void* x, voi
   return Ort::Status{nullptr};
 }
 
+bool SparseLtWeight::Takes(const void* x, int64_t m, const void* y, int64_t ldy) const {
+  return ready_ && m > 0 && m % kMAlign == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(y) % 16 == 0 && ldy % 8 == 0;
+}
+
 Ort::Status SparseLtWeight::Time(const char* op, const void* x, int64_t m, void* y, int64_t ldy, float alpha,
                                  cudaStream_t stream, float* us) {
   *us = -1.f;
-  if (!ready_ || m <= 0 || m % kMAlign != 0) return Ort::Status{nullptr};
-  if (reinterpret_cast<uintptr_t>(x) % 16 != 0 || reinterpret_cast<uintptr_t>(y) % 16 != 0 || ldy % 8 != 0) {
-    return Ort::Status{nullptr};
-  }
+  if (!Takes(x, m, y, ldy)) return Ort::Status{nullptr};
   std::lock_guard<std::mutex> lock(mutex_);
   Plan* plan = nullptr;
   ONNXSPARSE_RETURN_IF_ERROR(GetPlan(op, m, ldy, x, y, alpha, stream, &plan));
@@ -401,11 +403,7 @@ Ort::Status SparseLtWeight::Time(const char* op, const void* x, int64_t m, void*
 Ort::Status SparseLtWeight::Run(const char* op, const void* x, int64_t m, void* y, int64_t ldy, float alpha,
                                 cudaStream_t stream, bool* used) {
   *used = false;
-  if (!ready_ || m <= 0 || m % kMAlign != 0) return Ort::Status{nullptr};
-  // The descriptors promise 16-byte alignment (8 elements) of every column.
-  if (reinterpret_cast<uintptr_t>(x) % 16 != 0 || reinterpret_cast<uintptr_t>(y) % 16 != 0 || ldy % 8 != 0) {
-    return Ort::Status{nullptr};
-  }
+  if (!Takes(x, m, y, ldy)) return Ort::Status{nullptr};
   std::lock_guard<std::mutex> lock(mutex_);
   Plan* plan = nullptr;
   ONNXSPARSE_RETURN_IF_ERROR(GetPlan(op, m, ldy, x, y, alpha, stream, &plan));

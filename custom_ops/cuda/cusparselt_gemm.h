@@ -56,6 +56,9 @@ class SparseLtWeight {
 
  private:
   struct Plan;
+  // Whether cuSPARSELt takes this call: M a positive multiple of kMAlign, X and Y 16-byte aligned
+  // and every column of Y too (the descriptors promise 8-element alignment).
+  bool Takes(const void* x, int64_t m, const void* y, int64_t ldy) const;
   Ort::Status GetPlan(const char* op, int64_t m, int64_t ldy, const void* x, void* y, float alpha,
                       cudaStream_t stream, Plan** plan);
   cudaError_t GrowWorkspace(size_t bytes);

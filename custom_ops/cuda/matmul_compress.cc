@@ -14,9 +14,12 @@ constexpr const char* kOp = "MatMulCompress";
 }
 
 template <typename OrtT>
-MatMulCompressCuda<OrtT>::MatMulCompressCuda(const OrtApi*, const OrtKernelInfo* info) {
-  init_error_ = ReadMatMulAttributes(info, attrs_);
-  runner_.Init(info, 1, 2, 3);
+MatMulCompressCuda<OrtT>::MatMulCompressCuda(const OrtApi*, const OrtKernelInfo* info) noexcept {
+  init_error_ = CaptureInitError([&] {
+    std::string error = ReadMatMulAttributes(info, attrs_);
+    runner_.Init(info, 1, 2, 3);
+    return error;
+  });
 }
 
 template <typename OrtT>

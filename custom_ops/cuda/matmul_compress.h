@@ -13,7 +13,7 @@ namespace onnxsparse::cuda {
 
 template <typename OrtT>
 struct MatMulCompressCuda {
-  MatMulCompressCuda(const OrtApi* api, const OrtKernelInfo* info);
+  MatMulCompressCuda(const OrtApi* api, const OrtKernelInfo* info) noexcept;
   Ort::Status Compute(OrtKernelContext* context, const Ort::Custom::Tensor<OrtT>& a,
                       const Ort::Custom::Tensor<OrtT>& values, const Ort::Custom::Tensor<uint8_t>& index,
                       std::optional<const Ort::Custom::Tensor<OrtT>*> bias, Ort::Custom::Tensor<OrtT>& y);
