@@ -37,6 +37,21 @@ def make_model(text: str, **initializers: np.ndarray) -> onnx.ModelProto:
     return model
 
 
+HEAD = '<ir_version: 10, opset_import: ["" : 17]>'
+
+
+def model_with_weight_in_subgraph() -> onnx.ModelProto:
+    """A 2:4 weight W read by a MatMul in the main graph and by one inside an If's then-branch."""
+    return make_model(
+        f"""{HEAD} g (float[2,8] x, bool c) => (float[2,4] y, float[2,4] z) {{
+        y = MatMul(x, W)
+        z = If(c) <then_branch = t () => (float[2,4] zt) {{ zt = MatMul(x, W) }},
+                    else_branch = e () => (float[2,4] ze) {{ ze = Identity(y) }}>
+        }}""",
+        W=sparse_weight((8, 4), "kn"),
+    )
+
+
 def sparse_weight(shape, layout: str, dtype=np.float32, seed: int = 0) -> np.ndarray:
     """A random weight magnitude-pruned to 2:4 along SPEC's axis for ``layout``."""
     dense = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)

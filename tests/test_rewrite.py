@@ -13,14 +13,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import DTYPES, make_model, random_input, sparse_weight
+from conftest import DTYPES, HEAD, make_model, model_with_weight_in_subgraph, random_input, sparse_weight
 from reference_ops import run_reference
 
 import onnxsparse
 from onnxsparse.api import compile_model
 from onnxsparse.io import MAX_IR_VERSION
 
-HEAD = '<ir_version: 10, opset_import: ["" : 17]>'
 
 
 def ort_run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
@@ -285,14 +284,7 @@ def test_constant_node_weight_is_folded_and_dropped():
 
 
 def test_weight_used_in_a_subgraph_stays():
-    model = make_model(
-        f"""{HEAD} g (float[2,8] x, bool c) => (float[2,4] y, float[2,4] z) {{
-        y = MatMul(x, W)
-        z = If(c) <then_branch = t () => (float[2,4] zt) {{ zt = MatMul(x, W) }},
-                    else_branch = e () => (float[2,4] ze) {{ ze = Identity(y) }}>
-        }}""",
-        W=sparse_weight((8, 4), "kn"),
-    )
+    model = model_with_weight_in_subgraph()
     result = compile_model(model)
     assert "W" in initializer_names(result.model)
     then_branch = result.model.graph.node[-1].attribute[0].g

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import DTYPES, make_model, sparse_weight
+from conftest import DTYPES, HEAD, make_model, model_with_weight_in_subgraph, sparse_weight
 
 from onnxsparse.api import check_model
 from onnxsparse.passes import ModelGraph, VerifySparsity
 
-HEAD = '<ir_version: 10, opset_import: ["" : 17]>'
 
 
 def matmul_model(weight: np.ndarray, dtype: str = "float", k: int | None = None):
@@ -263,14 +262,7 @@ def test_weight_shared_with_an_ineligible_node_stays_eligible():
 
 
 def test_nodes_inside_subgraphs_are_reported_not_visited():
-    model = make_model(
-        f"""{HEAD} g (float[2,8] x, bool c) => (float[2,4] y, float[2,4] z) {{
-        y = MatMul(x, W)
-        z = If(c) <then_branch = t () => (float[2,4] zt) {{ zt = MatMul(x, W) }},
-                    else_branch = e () => (float[2,4] ze) {{ ze = Identity(y) }}>
-        }}""",
-        W=sparse_weight((8, 4), "kn"),
-    )
+    model = model_with_weight_in_subgraph()
     layers = check_model(model).layers
     assert [(layer.op, layer.visited, layer.eligible) for layer in layers] == [
         ("MatMul", True, True),
