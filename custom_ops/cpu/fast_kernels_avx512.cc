@@ -51,6 +51,23 @@ inline void StoreC(float* c, __mmask16 mask, __m512 acc, const KBlock& kb, const
   _mm512_mask_storeu_ps(c, mask, acc);
 }
 
+// Stores an NR x J tile of a Cols kernel: row r is output feature n0 + r (its bias a scalar), its J
+// vectors run over pixels / rows of A, the last one masked by tail.
+template <int NR, int J>
+inline void StoreColsTile(__m512 (&acc)[NR][J], float* c, int64_t ldc, int64_t n0, __mmask16 tail,
+                          const KBlock& kb) {
+  const bool has_bias = kb.bias != nullptr;
+  #pragma GCC unroll 16
+  for (int r = 0; r < NR; ++r) {
+    const float bias = has_bias ? kb.bias[n0 + r] : 0.0f;
+    #pragma GCC unroll 16
+    for (int j = 0; j < J; ++j) {
+      StoreC(c + r * ldc + 16 * j, j == J - 1 ? tail : static_cast<__mmask16>(0xFFFF), acc[r][j], kb, nullptr,
+             has_bias, bias);
+    }
+  }
+}
+
 constexpr int64_t kPrefetchBytes = 4096;  // how far ahead a streaming tile fetches its records
 
 // ---- Rows: MR rows of A x NB blocks of 16 output features --------------------------------------
@@ -197,17 +214,7 @@ void ColsMicro(const PackedWeight& w, const float* p, int64_t cols, int64_t n0, 
       #pragma GCC unroll 16
       for (int j = 0; j < J; ++j) acc[r][j] = _mm512_add_ps(acc[r][j], acc1[r][j]);
   }
-  #pragma GCC unroll 16
-  for (int r = 0; r < NR; ++r) {
-    const int64_t n = n0 + r;
-    const bool has_bias = kb.bias != nullptr;
-    const float bias = has_bias ? kb.bias[n] : 0.0f;
-    #pragma GCC unroll 16
-    for (int j = 0; j < J; ++j) {
-      StoreC(c + r * ldc + 16 * j, j == J - 1 ? tail : static_cast<__mmask16>(0xFFFF), acc[r][j], kb, nullptr,
-             has_bias, bias);
-    }
-  }
+  StoreColsTile<NR, J>(acc, c, ldc, n0, tail, kb);
 }
 
 // NR features over one strip of up to 64 pixels (4 vectors, the last one masked).
@@ -313,17 +320,7 @@ void ColsNarrowMicro(const PackedWeight& w, const float* p, int64_t cols, int64_
     rec += rb;
     p_group += 4 * W * sizeof(float);
   }
-  #pragma GCC unroll 16
-  for (int r = 0; r < NR; ++r) {
-    const int64_t n = n0 + r;
-    const bool has_bias = kb.bias != nullptr;
-    const float bias = has_bias ? kb.bias[n] : 0.0f;
-    #pragma GCC unroll 16
-    for (int j = 0; j < J; ++j) {
-      StoreC(c + r * ldc + 16 * j, j == J - 1 ? tail : static_cast<__mmask16>(0xFFFF), acc[r][j], kb, nullptr,
-             has_bias, bias);
-    }
-  }
+  StoreColsTile<NR, J>(acc, c, ldc, n0, tail, kb);
 }
 
 template <int W, bool kHalf>
