@@ -109,6 +109,8 @@ def compile_model(
     proto, path = _load(model)
     before = weight_bytes(proto)
     input_valid = _passes_checker(proto)
+    if policy is not None and hasattr(policy, "prepare"):
+        policy.prepare(proto)
     graph = ModelGraph(proto)
     verified = VerifySparsity()(graph)
     rewrite = RewriteSparseOps(verified.layers, policy=policy)(graph)

@@ -94,37 +94,86 @@ def decide(target: str, dtype: str, k: int, n: int, m: int | None = None) -> Dec
 _DTYPE_NAMES = {"float": "float32", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
 
-def _static_product(dims) -> int | None:
-    if dims is None or any(not isinstance(d, int) or d < 0 for d in dims):
+def _static_product(dims, bindings: dict[str, int] | None = None) -> int | None:
+    if dims is None:
+        return None
+    dims = [bindings.get(d, d) if bindings and isinstance(d, str) else d for d in dims]
+    if any(not isinstance(d, int) or d < 0 for d in dims):
         return None
     return math.prod(dims)
 
 
-def layer_gemm_shape(record) -> tuple[int | None, int, int]:
+def layer_gemm_shape(
+    record, dims: dict[str, int] | None = None, shapes: dict[str, tuple] | None = None
+) -> tuple[int | None, int, int]:
     """(m, k, n) of the GEMM a verified layer runs (a Conv as its implicit GEMM, per group).
 
-    m is None when the activation's shape is not static (a dynamic batch or sequence).
+    ``dims`` binds symbolic dimensions by name (``{"batch": 32}``); ``shapes`` gives tensor shapes
+    inferred with those bindings (``static_shapes``), which reach past Reshapes that lose the
+    names. m is None when the activation's shape is still not static.
     """
     shape = tuple(record.shape)
     node = record.gs_node
     attrs = getattr(node, "attrs", {}) or {}
+
+    def tensor_shape(tensor):
+        if shapes and tensor.name in shapes:
+            return shapes[tensor.name]
+        return tensor.shape
+
     if record.layout == "oihw":
         group = int(attrs.get("group", 1))
         k, n = math.prod(shape[1:]), shape[0] // max(group, 1)
-        out_shape = node.outputs[0].shape if node is not None and node.outputs else None
+        out_shape = tensor_shape(node.outputs[0]) if node is not None and node.outputs else None
         m = None
         if out_shape is not None and len(out_shape) == 4:
-            m = _static_product([out_shape[0], out_shape[2], out_shape[3]])
+            m = _static_product([out_shape[0], out_shape[2], out_shape[3]], dims)
         return m, k, n
     k, n = (shape[0], shape[1]) if record.layout == "kn" else (shape[1], shape[0])
-    a_shape = node.inputs[0].shape if node is not None and node.inputs else None
+    a_shape = tensor_shape(node.inputs[0]) if node is not None and node.inputs else None
     m = None
     if a_shape is not None and len(a_shape) >= 1:
         if record.op == "Gemm" and int(attrs.get("transA", 0)) and len(a_shape) == 2:
-            m = _static_product([a_shape[1]])
+            m = _static_product([a_shape[1]], dims)
         else:
-            m = _static_product(list(a_shape[:-1])) if len(a_shape) > 1 else 1
+            m = _static_product(list(a_shape[:-1]), dims) if len(a_shape) > 1 else 1
     return m, k, n
+
+
+def static_shapes(model, dims: dict[str, int]) -> dict[str, tuple]:
+    """Shapes of the model's tensors inferred with the graph inputs' symbolic dimensions bound
+    (data propagation carries them through Shape/Reshape chains). Empty when inference fails."""
+    import onnx
+
+    bound = onnx.ModelProto()
+    bound.CopyFrom(model)
+    for value in bound.graph.input:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param in dims:
+                dim.dim_value = dims[dim.dim_param]
+    del bound.graph.value_info[:]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(bound, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - inference is a hint here; without it M stays unknown
+        return {}
+    out: dict[str, tuple] = {}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        t = value.type.tensor_type
+        if t.HasField("shape"):
+            out[value.name] = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
+    return out
+
+
+def parse_dims(items: list[str] | None) -> dict[str, int]:
+    """``["batch=32", "seq=384"]`` -> ``{"batch": 32, "seq": 384}`` (ValueError says what is wrong)."""
+    dims: dict[str, int] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not value.strip().isdigit() or int(value) <= 0:
+            raise ValueError(f"--dim {item!r}: expected NAME=VALUE with a positive integer VALUE")
+        dims[name] = int(value)
+    return dims
 
 
 def _matches(patterns, record) -> bool:
@@ -133,25 +182,47 @@ def _matches(patterns, record) -> bool:
     return any(fnmatchcase(record.node, p) or fnmatchcase(record.op, p) for p in patterns)
 
 
-def make_policy(target: str | None, force_sparse: list[str] | None = None, force_dense: list[str] | None = None):
-    """The compiler's per-layer dense fallback for ``target`` (a ``passes.DensePolicy``).
+class TargetPolicy:
+    """The compiler's per-layer dense fallback for a target (a ``passes.DensePolicy``).
+
+    ``prepare(model)`` is called by ``compile_model`` before the layers are looked at; with
+    ``dims`` it infers the shapes the model has at those dimension values.
+    """
+
+    def __init__(self, target, force_sparse, force_dense, dims):
+        self.target = target
+        self.force_sparse = list(force_sparse or [])
+        self.force_dense = list(force_dense or [])
+        self.dims = dict(dims or {})
+        self.shapes: dict[str, tuple] = {}
+
+    def prepare(self, model) -> None:
+        self.shapes = static_shapes(model, self.dims) if self.dims and self.target else {}
+
+    def __call__(self, record) -> str | None:
+        if _matches(self.force_dense, record):
+            return "kept dense by --force-dense"
+        if self.target is None or _matches(self.force_sparse, record):
+            return None
+        m, k, n = layer_gemm_shape(record, self.dims, self.shapes)
+        decision = decide(self.target, _DTYPE_NAMES.get(record.dtype, record.dtype), k, n, m)
+        return None if decision.sparse else decision.reason
+
+
+def make_policy(
+    target: str | None,
+    force_sparse: list[str] | None = None,
+    force_dense: list[str] | None = None,
+    dims: dict[str, int] | None = None,
+) -> TargetPolicy:
+    """The compiler's per-layer dense fallback for ``target``.
 
     ``force_dense`` / ``force_sparse``: fnmatch patterns on node names or op types that override
     the measured choice (``["*"]`` forces every layer). ``target=None``: no measured choice, only
-    the forced ones.
+    the forced ones. ``dims``: values of symbolic input dimensions (``{"batch": 32}``) for the
+    choice only (the compiled model keeps them symbolic); a layer whose M stays unknown must be
+    not slower at every measured M.
     """
     if target is not None:
         load_table(target)  # an unknown target fails here, before any layer is looked at
-    force_sparse = list(force_sparse or [])
-    force_dense = list(force_dense or [])
-
-    def policy(record) -> str | None:
-        if _matches(force_dense, record):
-            return "kept dense by --force-dense"
-        if target is None or _matches(force_sparse, record):
-            return None
-        m, k, n = layer_gemm_shape(record)
-        decision = decide(target, _DTYPE_NAMES.get(record.dtype, record.dtype), k, n, m)
-        return None if decision.sparse else decision.reason
-
-    return policy
+    return TargetPolicy(target, force_sparse, force_dense, dims)

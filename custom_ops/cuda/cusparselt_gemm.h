@@ -1,7 +1,8 @@
 // cuSPARSELt, loaded at run time (dlopen of libcusparseLt.so.0), for the large-M sparse GEMMs.
 // A SparseLtWeight holds one weight in cuSPARSELt's compressed form (built once, from SPEC's form)
-// and a plan per M (algorithm searched once with cusparseLtMatmulSearch, on the first call of that
-// M, then timed), with its workspace.
+// and a plan per M (at the first call of an M, every algorithm configuration known to be safe is
+// timed and the fastest kept; the choice is shared by every weight of the same problem), with its
+// workspace.
 // Every call after the first for an M launches on the given stream with no allocation and no host
 // synchronisation, so CUDA graphs can capture it.
 #pragma once
@@ -63,7 +64,6 @@ class SparseLtWeight {
                       cudaStream_t stream, Plan** plan);
   cudaError_t GrowWorkspace(size_t bytes);
   void* Workspace() const;
-  Ort::Status TimePlan(const char* op, Plan& p, const void* x, void* y, float alpha, cudaStream_t stream, float* us);
 
   bool ready_ = false;
   ElementType type_ = ElementType::kFloat16;

@@ -73,20 +73,40 @@ __device__ __forceinline__ uint4 LoadStreaming16(const void* ptr) {
   return v;
 }
 
-// Loads a thread's 8 groups of one weight row: value pairs and nibbles (nibble s in bits 4s..4s+3).
-template <bool kFull>
+// Which group of a 128-K chunk (32 groups) a thread (quad lane t) decodes in its MMA step s.
+// v3: groups 8t..8t+7 (its 32 value bytes contiguous: a 16-byte load fills half of each sector it
+// touches, so every sector is fetched twice). Remapped (v4): groups 4t..4t+3 and 16+4t..16+4t+3,
+// so each 16-byte load instruction of the warp covers whole sectors (4 lanes: 64 contiguous bytes).
+template <bool kRemap>
+__device__ __forceinline__ int GroupOf(int t, int s) {
+  if constexpr (kRemap) return s < 4 ? 4 * t + s : 16 + 4 * t + (s - 4);
+  else return 8 * t + s;
+}
+
+// Loads a thread's 8 groups of chunk c of one weight row: value pairs and nibbles (nibble s in bits
+// 4s..4s+3).
+template <bool kFull, bool kRemap>
 __device__ __forceinline__ void LoadWeightGroups(const uint16_t* __restrict__ values, const uint8_t* __restrict__ index,
                                                  int64_t row, bool row_ok, int64_t half_k, int64_t index_stride,
-                                                 int64_t first_group, int64_t ngroups, uint32_t (&pairs)[8],
+                                                 int64_t c, int t, int64_t ngroups, uint32_t (&pairs)[8],
                                                  uint32_t& nibbles) {
   if (kFull) {
     if (row_ok) {
-      const uint16_t* v = values + row * half_k + first_group * 2;
-      const uint4 q0 = LoadStreaming16(v);
-      const uint4 q1 = LoadStreaming16(v + 8);
+      const uint16_t* v = values + row * half_k + c * 64;
+      const uint8_t* ix = index + row * index_stride + c * 16;
+      uint4 q0, q1;
+      if constexpr (kRemap) {
+        q0 = LoadStreaming16(v + 8 * t);
+        q1 = LoadStreaming16(v + 32 + 8 * t);
+        nibbles = static_cast<uint32_t>(__ldg(reinterpret_cast<const uint16_t*>(ix + 2 * t))) |
+                  (static_cast<uint32_t>(__ldg(reinterpret_cast<const uint16_t*>(ix + 8 + 2 * t))) << 16);
+      } else {
+        q0 = LoadStreaming16(v + 16 * t);
+        q1 = LoadStreaming16(v + 16 * t + 8);
+        nibbles = __ldg(reinterpret_cast<const uint32_t*>(ix + 4 * t));
+      }
       pairs[0] = q0.x, pairs[1] = q0.y, pairs[2] = q0.z, pairs[3] = q0.w;
       pairs[4] = q1.x, pairs[5] = q1.y, pairs[6] = q1.z, pairs[7] = q1.w;
-      nibbles = __ldg(reinterpret_cast<const uint32_t*>(index + row * index_stride + first_group / 2));
     } else {
 #pragma unroll
       for (int s = 0; s < 8; ++s) pairs[s] = 0;
@@ -96,7 +116,7 @@ __device__ __forceinline__ void LoadWeightGroups(const uint16_t* __restrict__ va
     nibbles = 0;
 #pragma unroll
     for (int s = 0; s < 8; ++s) {
-      const int64_t g = first_group + s;
+      const int64_t g = c * 32 + GroupOf<kRemap>(t, s);
       pairs[s] = 0;
       if (row_ok && g < ngroups) {
         pairs[s] = __ldg(reinterpret_cast<const uint32_t*>(values + row * half_k + 2 * g));
@@ -115,26 +135,29 @@ struct Stage {
   uint32_t xf[kWithX ? kMTiles : 1][16];
 };
 
-// Activations: row m0 + 8*tile + g, elements 4*first_group .. +31 (two words per group).
-template <int kMTiles>
-__device__ __forceinline__ void LoadActivations(const SparseGemmArgs& p, int64_t m0, int g, int64_t first_group,
+// Activations of chunk c: row m0 + 8*tile + g, the 8 groups GroupOf(t, 0..7) (two words per group).
+template <int kMTiles, bool kRemap>
+__device__ __forceinline__ void LoadActivations(const SparseGemmArgs& p, int64_t m0, int g, int t, int64_t c,
                                                 int64_t ngroups, bool full, uint32_t (&xf)[kMTiles][16]) {
   const uint16_t* x = static_cast<const uint16_t*>(p.x);
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt) {
     const int64_t row = m0 + mt * 8 + g;
-    const uint16_t* xr = x + row * p.k + 4 * first_group;
+    const uint16_t* xr = x + row * p.k + c * 128;
     if (row < p.m && full) {
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
-        const uint4 v = __ldg(reinterpret_cast<const uint4*>(xr) + q);
+        // q covers steps 2q, 2q+1: 8 elements.
+        const int first = kRemap ? (q < 2 ? 16 * t + 8 * q : 64 + 16 * t + 8 * (q - 2)) : 32 * t + 8 * q;
+        const uint4 v = __ldg(reinterpret_cast<const uint4*>(xr + first));
         xf[mt][4 * q + 0] = v.x, xf[mt][4 * q + 1] = v.y, xf[mt][4 * q + 2] = v.z, xf[mt][4 * q + 3] = v.w;
       }
     } else {
 #pragma unroll
       for (int s = 0; s < 8; ++s) {
         uint2 v = make_uint2(0, 0);
-        if (row < p.m && first_group + s < ngroups) v = __ldg(reinterpret_cast<const uint2*>(xr) + s);
+        const int64_t grp = c * 32 + GroupOf<kRemap>(t, s);
+        if (row < p.m && grp < ngroups) v = __ldg(reinterpret_cast<const uint2*>(x + row * p.k) + grp);
         xf[mt][2 * s] = v.x, xf[mt][2 * s + 1] = v.y;
       }
     }
@@ -146,7 +169,7 @@ __device__ __forceinline__ void LoadActivations(const SparseGemmArgs& p, int64_t
 // warps share an SM (v2 took 162-220 registers: one block per SM, 256 blocks of K=N=4096 in two
 // waves; 4 tiles (M 17..32) keep one block per SM: capped at 128 they spill). For M <= 8 the
 // activations travel in the stage too; for more tiles they are loaded at use (from L2: X is small).
-template <typename T, int kMTiles, bool kAligned>
+template <typename T, int kMTiles, bool kAligned, bool kRemap>
 __global__ void __launch_bounds__(kGemmWarps * 32, kMTiles <= 2 ? 2 : 1) SparseGemmMmaKernel(SparseGemmArgs p) {
   constexpr bool kStageX = kMTiles == 1;
   const int lane = threadIdx.x & 31;
@@ -171,22 +194,20 @@ __global__ void __launch_bounds__(kGemmWarps * 32, kMTiles <= 2 ? 2 : 1) SparseG
 
   auto load = [&](int64_t c, Stage<kMTiles, kStageX>& st) {
     if (c >= nchunks) return;
-    const int64_t first_group = c * 32 + 8 * t;
     const bool full = kAligned && c * 32 + 32 <= ngroups;
     if (full) {
-      LoadWeightGroups<true>(values, p.index, ra, ra_ok, half_k, index_stride, first_group, ngroups, st.pa, st.na);
-      LoadWeightGroups<true>(values, p.index, rb, rb_ok, half_k, index_stride, first_group, ngroups, st.pb, st.nb);
+      LoadWeightGroups<true, kRemap>(values, p.index, ra, ra_ok, half_k, index_stride, c, t, ngroups, st.pa, st.na);
+      LoadWeightGroups<true, kRemap>(values, p.index, rb, rb_ok, half_k, index_stride, c, t, ngroups, st.pb, st.nb);
     } else {
-      LoadWeightGroups<false>(values, p.index, ra, ra_ok, half_k, index_stride, first_group, ngroups, st.pa, st.na);
-      LoadWeightGroups<false>(values, p.index, rb, rb_ok, half_k, index_stride, first_group, ngroups, st.pb, st.nb);
+      LoadWeightGroups<false, kRemap>(values, p.index, ra, ra_ok, half_k, index_stride, c, t, ngroups, st.pa, st.na);
+      LoadWeightGroups<false, kRemap>(values, p.index, rb, rb_ok, half_k, index_stride, c, t, ngroups, st.pb, st.nb);
     }
-    if constexpr (kStageX) LoadActivations<kMTiles>(p, m0, g, first_group, ngroups, full, st.xf);
+    if constexpr (kStageX) LoadActivations<kMTiles, kRemap>(p, m0, g, t, c, ngroups, full, st.xf);
   };
   auto compute = [&](int64_t c, const Stage<kMTiles, kStageX>& st) {
-    const int64_t first_group = c * 32 + 8 * t;
     const bool full = kAligned && c * 32 + 32 <= ngroups;
     uint32_t xl[kStageX ? 1 : kMTiles][16];
-    if constexpr (!kStageX) LoadActivations<kMTiles>(p, m0, g, first_group, ngroups, full, xl);
+    if constexpr (!kStageX) LoadActivations<kMTiles, kRemap>(p, m0, g, t, c, ngroups, full, xl);
     const auto& xf = [&]() -> const auto& {
       if constexpr (kStageX) return st.xf;
       else return xl;
@@ -345,14 +366,17 @@ cudaError_t LaunchSparseGemm(const SparseGemmArgs& args, cudaStream_t stream) {
     SparseGemmF32Kernel<<<grid, 128, 0, stream>>>(args);
   } else {
     // 16-byte loads of values and activations need K % 32 == 0 (row starts aligned); the other
-    // shapes take the per-group path.
+    // shapes take the per-group path of the register-pipeline kernel.
     const bool aligned = args.k % 32 == 0 && reinterpret_cast<uintptr_t>(args.values) % 16 == 0 &&
                          reinterpret_cast<uintptr_t>(args.x) % 16 == 0 &&
                          reinterpret_cast<uintptr_t>(args.index) % 4 == 0;
+    // Measured on an H200 (benchmarks/cuda/probe.py own): v3 is faster at M = 1, v4 from M = 8 up.
+    const int variant = args.variant != 0 ? args.variant : (args.m <= 4 ? 3 : 4);
     M_TILES_SWITCH(args.m, kTiles, [&] {
       BOOL_SWITCH(aligned, kAligned, [&] {
         const dim3 grid(CeilDiv(args.n, 16), CeilDiv(args.m, 8 * kTiles));
-        SparseGemmMmaKernel<T, kTiles, kAligned><<<grid, kGemmWarps * 32, 0, stream>>>(args);
+        if (variant == 3) SparseGemmMmaKernel<T, kTiles, kAligned, false><<<grid, kGemmWarps * 32, 0, stream>>>(args);
+        else SparseGemmMmaKernel<T, kTiles, kAligned, true><<<grid, kGemmWarps * 32, 0, stream>>>(args);
       });
     });
   }

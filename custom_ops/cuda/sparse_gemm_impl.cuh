@@ -22,6 +22,9 @@ struct SparseGemmArgs {
   float alpha = 1.0f;
   void* y = nullptr;
   int64_t ldy = 0;
+  // fp16/bf16 small-M kernel: 0 chooses by M; 3 the register pipeline with 8 contiguous groups per
+  // lane, 4 the same with whole-sector loads (benchmarks/cuda/gemm_probe.cu compares them).
+  int variant = 0;
 };
 
 template <typename T>

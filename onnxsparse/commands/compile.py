@@ -14,7 +14,7 @@ from pathlib import Path
 from .. import io
 from ..api import compile_model
 from ..errors import OnnxSparseError
-from ..targets import TARGETS, make_policy
+from ..targets import TARGETS, make_policy, parse_dims
 from .check import format_shape
 
 NAME = "compile"
@@ -44,6 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force-dense", nargs="+", metavar="PATTERN", default=[], help="keep the layers matching these patterns dense"
     )
+    parser.add_argument(
+        "--dim",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="with --target: the value of a symbolic input dimension (batch, sequence) that the "
+        "model will run with, for the per-layer choice only (the output keeps it symbolic); "
+        "without it a layer must be faster at every measured M. Repeatable.",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -59,7 +68,13 @@ def run(args: argparse.Namespace) -> int:
     io.check_output_path(out, inputs=[source])
 
     force_sparse = None if args.force_sparse is None else (args.force_sparse or ["*"])
-    policy = make_policy(args.target, force_sparse=force_sparse, force_dense=args.force_dense)
+    try:
+        dims = parse_dims(args.dim)
+    except ValueError as e:
+        raise OnnxSparseError(str(e)) from None
+    if dims and args.target is None:
+        raise OnnxSparseError("--dim only informs the choice of --target; give --target cpu or cuda")
+    policy = make_policy(args.target, force_sparse=force_sparse, force_dense=args.force_dense, dims=dims)
     if args.target is None and not args.force_dense:
         policy = None
     result = compile_model(source, fold=not args.no_fold, policy=policy)
