@@ -242,3 +242,30 @@ def test_compile_refuses_to_overwrite_its_input(model_path):
 def test_compile_output_is_a_directory(model_path, tmp_path):
     proc = cli("compile", model_path, "-o", tmp_path)
     assert_one_line_error(proc, "is a directory")
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [(["--target", "cpu", "--dim", "batch"], "NAME=VALUE"), (["--dim", "batch=2"], "--dim only informs")],
+)
+def test_compile_dim_errors_are_one_line(tmp_path, extra, fragment):
+    path = tmp_path / "m.onnx"
+    onnx.save(mixed_model(), path)
+    proc = cli("compile", path, "-o", tmp_path / "out.onnx", *extra)
+    assert_one_line_error(proc, fragment)
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_compile_dim_reaches_the_choice(tmp_path):
+    model = make_model(
+        f"""{HEAD} g (float[batch,4096] x) => (float[batch,4096] y) {{ y = MatMul(x, W) }}""",
+        W=sparse_weight((4096, 4096), "kn"),
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    proc = cli("compile", path, "-o", tmp_path / "out.onnx", "--target", "cpu", "--dim", "batch=1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    layers = json.loads(proc.stdout)["layers"]
+    assert len(layers) == 1 and layers[0]["rewritten"], layers

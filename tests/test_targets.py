@@ -82,3 +82,66 @@ def test_unmeasured_dtype_stays_dense_and_bf16_uses_fp16(monkeypatch):
     assert not fp32.sparse and "no cuda measurements for float32" in fp32.reason
     bf16 = targets.decide("cuda", "bfloat16", 64, 64)
     assert not bf16.sparse and "float16 measurements standing for bfloat16" in bf16.reason
+
+
+def test_cuda_needs_ten_percent_and_cpu_only_not_slower(monkeypatch):
+    rows = ({"op": "gemm", "dtype": "float16", "m": 256, "k": 64, "n": 64, "sparse_us": 10.0, "dense_us": 10.5},)
+    monkeypatch.setattr(targets, "load_table", lambda target: rows)
+    cuda = targets.decide("cuda", "float16", 64, 64, m=256)
+    assert not cuda.sparse and "less than 1.10x faster" in cuda.reason and "1.05x" in cuda.reason
+    assert targets.decide("cpu", "float16", 64, 64, m=256).sparse
+
+
+def test_cuda_conv_needs_conv_rows(monkeypatch):
+    gemm_only = ({"op": "gemm", "dtype": "float16", "m": 256, "k": 64, "n": 64, "sparse_us": 5.0, "dense_us": 10.0},)
+    monkeypatch.setattr(targets, "load_table", lambda target: gemm_only)
+    conv = targets.decide("cuda", "float16", 64, 64, m=256, op="conv")
+    assert not conv.sparse and "no cuda measurements for conv layers" in conv.reason
+    assert targets.decide("cuda", "float16", 64, 64, m=256).sparse  # a MatMul of that shape
+    assert targets.decide("cpu", "float16", 64, 64, m=256, op="conv").sparse  # cpu: GEMM rows cover convs
+    with_conv = gemm_only + ({"op": "conv", "dtype": "float16", "m": 256, "k": 64, "n": 64, "sparse_us": 5.0,
+                              "dense_us": 12.0},)
+    monkeypatch.setattr(targets, "load_table", lambda target: with_conv)
+    assert targets.decide("cuda", "float16", 64, 64, m=256, op="conv").sparse
+
+
+def _model_symbolic_batch(reshape: bool):
+    """x [batch, 64] @ w, or x [batch, 4, 16] reshaped to [-1, 64] first (the name is lost)."""
+    rng = np.random.default_rng(0)
+    w = fmt.prune_weight_magnitude(rng.standard_normal((64, 64)).astype(np.float32), "kn")
+    if reshape:
+        text = """
+        <ir_version: 10, opset_import: ["" : 17]>
+        g (float[batch, 4, 16] x) => (float[unk, 64] y) {
+            s = Constant<value = int64[2] {-1, 64}>()
+            r = Reshape(x, s)
+            y = MatMul(r, w)
+        }"""
+    else:
+        text = """
+        <ir_version: 10, opset_import: ["" : 17]>
+        g (float[batch, 64] x) => (float[batch, 64] y) { y = MatMul(x, w) }"""
+    model = onnx.parser.parse_model(text)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(w, "w"))
+    return model
+
+
+@pytest.mark.parametrize("reshape", [False, True])
+def test_dims_bind_symbolic_batch_for_the_choice(table, reshape):
+    model = _model_symbolic_batch(reshape)
+    unknown = compile_model(model, policy=targets.make_policy("cpu"))
+    assert not unknown.rewritten and "M=1024" in unknown.layers[0].reason  # every M must be not slower
+    small = compile_model(model, policy=targets.make_policy("cpu", dims={"batch": 2}))
+    assert len(small.rewritten) == 1
+    large = compile_model(model, policy=targets.make_policy("cpu", dims={"batch": 900}))
+    assert not large.rewritten
+    # The compiled model keeps the batch symbolic.
+    dim = small.model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim.dim_param == "batch"
+
+
+@pytest.mark.parametrize("items, message", [(["batch"], "NAME=VALUE"), (["batch=0"], "positive"), (["=3"], "NAME")])
+def test_parse_dims_rejects_bad_items(items, message):
+    with pytest.raises(ValueError, match=message):
+        targets.parse_dims(items)
+    assert targets.parse_dims(["batch=32", "seq=384"]) == {"batch": 32, "seq": 384}
