@@ -12,7 +12,8 @@ A 2:4 layer is only worth rewriting where its sparse kernel beats the dense op o
 dtype, and the rows whose m is nearest the layer's m (every m when the layer's m is unknown,
 so that an unknown batch never picks a kernel that is slower at some batch). The layer runs
 sparse when every such row is at least MIN_SPEEDUP[target] times faster sparse (cpu: not slower
-beyond the 2% noise; cuda: 10% faster). On cuda a Conv needs rows measured as convs.
+beyond the 2% noise; cuda: 10% faster, and saving at least MIN_SAVING_US per call once scaled to
+the layer's size). On cuda a Conv needs rows measured as convs.
 
 Without a table for the target every eligible layer runs sparse, and the reason says so. With a
 table that has no rows for the layer's dtype, the layer stays dense (bf16 and fp16 stand in for
@@ -36,6 +37,10 @@ TOLERANCE = 0.02
 # and a layer between measured shapes borrows their figures. On an H200, BERT-large-like at batch
 # 1 ran 0.80x end to end with the 24 layers measured 1.04x chosen sparse (gpu_notes.md).
 MIN_SPEEDUP = {"cpu": 1.0 / (1.0 + TOLERANCE), "cuda": 1.10}
+# The least time a layer must save per call, per target, in microseconds (the row's saving scaled
+# by the layer's M*K*N over the row's). End to end without CUDA graphs, BERT-large-like lost about
+# 5-8 us per sparse layer on an H200 beyond what the kernels gained (gpu_notes.md, session 3).
+MIN_SAVING_US = {"cpu": 0.0, "cuda": 8.0}
 # Ops whose kernels a target's table measures as GEMMs. On cuda a Conv adds im2col and a layout
 # transpose around the sparse GEMM, which the GEMM rows leave out (ResNet-50-like at batch 32
 # ran 0.77x with its convs chosen from GEMM rows), so a Conv there needs rows of its own
@@ -102,6 +107,20 @@ def decide(target: str, dtype: str, k: int, n: int, m: int | None = None, op: st
     need = MIN_SPEEDUP.get(target, 1.0 / (1.0 + TOLERANCE))
     slower = [r for r in rows if r["dense_us"] < r["sparse_us"] * need]
     shape = f"K={rows[0]['k']}, N={rows[0]['n']}"
+    min_saving = MIN_SAVING_US.get(target, 0.0)
+    if not slower and min_saving > 0:
+        def saving(r):
+            scale = (k * n) / (r["k"] * r["n"]) * ((m / r["m"]) if m is not None else 1.0)
+            return (r["dense_us"] - r["sparse_us"]) * scale
+
+        small = [r for r in rows if saving(r) < min_saving]
+        if small:
+            least = min(small, key=saving)
+            return Decision(
+                False,
+                f"sparse kernel saves {saving(least):.1f} us per call on {target}, under the {min_saving:g} us an op "
+                f"costs there (measured at M={least['m']}, {shape}{proxy})",
+            )
     if slower:
         worst = max(slower, key=lambda r: r["sparse_us"] / r["dense_us"])
         ratio = worst["dense_us"] / worst["sparse_us"]

@@ -93,14 +93,14 @@ def test_cuda_needs_ten_percent_and_cpu_only_not_slower(monkeypatch):
 
 
 def test_cuda_conv_needs_conv_rows(monkeypatch):
-    gemm_only = ({"op": "gemm", "dtype": "float16", "m": 256, "k": 64, "n": 64, "sparse_us": 5.0, "dense_us": 10.0},)
+    gemm_only = ({"op": "gemm", "dtype": "float16", "m": 256, "k": 64, "n": 64, "sparse_us": 50.0, "dense_us": 100.0},)
     monkeypatch.setattr(targets, "load_table", lambda target: gemm_only)
     conv = targets.decide("cuda", "float16", 64, 64, m=256, op="conv")
     assert not conv.sparse and "no cuda measurements for conv layers" in conv.reason
     assert targets.decide("cuda", "float16", 64, 64, m=256).sparse  # a MatMul of that shape
     assert targets.decide("cpu", "float16", 64, 64, m=256, op="conv").sparse  # cpu: GEMM rows cover convs
-    with_conv = gemm_only + ({"op": "conv", "dtype": "float16", "m": 256, "k": 64, "n": 64, "sparse_us": 5.0,
-                              "dense_us": 12.0},)
+    with_conv = gemm_only + ({"op": "conv", "dtype": "float16", "m": 256, "k": 64, "n": 64, "sparse_us": 50.0,
+                              "dense_us": 120.0},)
     monkeypatch.setattr(targets, "load_table", lambda target: with_conv)
     assert targets.decide("cuda", "float16", 64, 64, m=256, op="conv").sparse
 
@@ -145,3 +145,13 @@ def test_parse_dims_rejects_bad_items(items, message):
     with pytest.raises(ValueError, match=message):
         targets.parse_dims(items)
     assert targets.parse_dims(["batch=32", "seq=384"]) == {"batch": 32, "seq": 384}
+
+
+def test_cuda_needs_a_saving_above_the_per_op_cost(monkeypatch):
+    rows = ({"op": "gemm", "dtype": "float16", "m": 1024, "k": 1024, "n": 4096, "sparse_us": 40.0, "dense_us": 50.0},)
+    monkeypatch.setattr(targets, "load_table", lambda target: rows)
+    assert targets.decide("cuda", "float16", 1024, 4096, m=1024).sparse  # saves 10 us
+    small = targets.decide("cuda", "float16", 1024, 1024, m=1024)  # a quarter of the work: 2.5 us
+    assert not small.sparse and "saves 2.5 us" in small.reason
+    assert targets.decide("cuda", "float16", 1024, 1024, m=4096).sparse  # four times the rows: 10 us
+    assert targets.decide("cpu", "float16", 1024, 1024, m=1024).sparse  # no per-op floor on cpu

@@ -10,7 +10,7 @@
 // operators receive it (SPEC's values [N, K/2] and index [N, K/8]). Every timing rotates through
 // enough weight copies (>= 256 MB) that no weight stays in L2, and every result is checked against
 // cuBLAS on the dense weight. Output lines: "<what> <us per call> <max |err| / max |ref|>".
-// Environment: PROBE_CUBLAS and PROBE_CUSPARSELT name the shared libraries.
+// Environment: PROBE_CUBLAS and PROBE_CUSPARSELT name the shared libraries; PROBE_BIAS=1 fuses a bias.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
@@ -201,7 +201,7 @@ struct Lt {
   LT_FN(Init) LT_FN(DenseDescriptorInit) LT_FN(StructuredDescriptorInit) LT_FN(MatmulDescriptorInit)
   LT_FN(MatmulAlgSelectionInit) LT_FN(MatmulAlgSetAttribute) LT_FN(MatmulAlgGetAttribute) LT_FN(MatmulPlanInit)
   LT_FN(MatmulPlanDestroy) LT_FN(MatmulGetWorkspace) LT_FN(MatmulSearch) LT_FN(Matmul) LT_FN(SpMMACompressedSize2)
-  LT_FN(SpMMACompress2) LT_FN(GetVersion) LT_FN(MatmulAlgSelectionDestroy)
+  LT_FN(SpMMACompress2) LT_FN(GetVersion) LT_FN(MatmulAlgSelectionDestroy) LT_FN(MatmulDescSetAttribute)
 #undef LT_FN
   Lt() {
     const char* path = std::getenv("PROBE_CUSPARSELT");
@@ -215,6 +215,7 @@ struct Lt {
     LT_SYM(MatmulAlgSelectionInit) LT_SYM(MatmulAlgSetAttribute) LT_SYM(MatmulAlgGetAttribute) LT_SYM(MatmulPlanInit)
     LT_SYM(MatmulPlanDestroy) LT_SYM(MatmulGetWorkspace) LT_SYM(MatmulSearch) LT_SYM(Matmul)
     LT_SYM(SpMMACompressedSize2) LT_SYM(SpMMACompress2) LT_SYM(GetVersion) LT_SYM(MatmulAlgSelectionDestroy)
+    LT_SYM(MatmulDescSetAttribute)
 #undef LT_SYM
   }
 };
@@ -304,6 +305,13 @@ int RunLt(Problem& p, int first_id, bool search) {
   cusparseLtMatmulDescriptor_t mm;
   CHECK_LT(lt.MatmulDescriptorInit(&h, &mm, CUSPARSE_OPERATION_NON_TRANSPOSE, CUSPARSE_OPERATION_TRANSPOSE, &ma, &mb,
                                    &mc, &mc, CUSPARSE_COMPUTE_32F));
+  // PROBE_BIAS=1: a (zero) bias fused into the epilogue, as the library does for a constant bias.
+  void* bias = nullptr;
+  if (const char* b = std::getenv("PROBE_BIAS"); b != nullptr && std::atoi(b) != 0) {
+    CHECK_CUDA(cudaMalloc(&bias, static_cast<size_t>(p.n) * 2));
+    CHECK_CUDA(cudaMemset(bias, 0, static_cast<size_t>(p.n) * 2));
+    CHECK_LT(lt.MatmulDescSetAttribute(&h, &mm, CUSPARSELT_MATMUL_BIAS_POINTER, &bias, sizeof(bias)));
+  }
   size_t csize = 0, bsize = 0;
   CHECK_LT(lt.SpMMACompressedSize2(&h, &ma, &csize, &bsize));
   void *compressed, *cbuf;
@@ -366,6 +374,7 @@ int RunLt(Problem& p, int first_id, bool search) {
     CHECK_LT(lt.MatmulAlgGetAttribute(&h, &alg, CUSPARSELT_MATMUL_ALG_CONFIG_MAX_ID, &max_id, sizeof(max_id)));
     lt.MatmulAlgSelectionDestroy(&alg);
   }
+  if (const char* cap = std::getenv("PROBE_MAX_ID"); cap != nullptr) max_id = std::min(max_id, std::atoi(cap));
   std::printf("max_id %d 0\n", max_id);
   if (first_id <= 0) try_config(-1, false);
   for (int id = std::max(first_id, 0); id <= max_id; ++id) {
