@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -85,5 +86,32 @@ inline size_t AlignUp(size_t bytes, size_t alignment = 256) { return (bytes + al
 
 // An environment variable as an integer (fallback when unset or not a number).
 int64_t EnvInt(const char* name, int64_t fallback);
+
+// Microseconds per call of launch() (which returns true on success) on `stream`: one warm-up
+// call, then `passes` timed passes of `reps` calls with events, the fastest kept; a pass longer
+// than stop_ms ends the timing (slow shapes need no second pass). -1 on any error.
+template <typename Launch>
+float TimeOnStream(cudaStream_t stream, int reps, Launch launch, int passes = 1, float stop_ms = 0.f) {
+  cudaEvent_t start = nullptr, stop = nullptr;
+  if (cudaEventCreate(&start) != cudaSuccess) return -1.f;
+  if (cudaEventCreate(&stop) != cudaSuccess) {
+    cudaEventDestroy(start);
+    return -1.f;
+  }
+  bool ok = launch();
+  float best_ms = -1.f;
+  for (int pass = 0; pass < passes && ok; ++pass) {
+    float ms = 0.f;
+    ok = cudaEventRecord(start, stream) == cudaSuccess;
+    for (int r = 0; r < reps && ok; ++r) ok = launch();
+    ok = ok && cudaEventRecord(stop, stream) == cudaSuccess && cudaEventSynchronize(stop) == cudaSuccess &&
+         cudaEventElapsedTime(&ms, start, stop) == cudaSuccess;
+    if (ok) best_ms = best_ms < 0.f ? ms : std::min(best_ms, ms);
+    if (ms > stop_ms) break;
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ok ? best_ms * 1000.f / reps : -1.f;
+}
 
 }  // namespace onnxsparse::cuda

@@ -192,33 +192,17 @@ int SafeMaxConfigId(int version, int sm_major) {
   return -1;
 }
 
-// Microseconds per cusparseLtMatmul call of `plan` (events; one warm-up call), -1 on any error.
+// Microseconds per cusparseLtMatmul call of `plan` (the fastest of two passes of 5 calls; one
+// pass when it takes over 5 ms), -1 on any error.
 float TimeMatmul(const cusparseLtHandle_t* h, const cusparseLtMatmulPlan_t* plan, const void* a, const void* x,
                  void* y, void* workspace, float alpha, cudaStream_t stream) {
   const Api& api = Library().api;
   const float beta = 0.f;
   cudaStream_t streams[1] = {stream};
-  auto run = [&] { return api.Matmul(h, plan, &alpha, a, x, &beta, y, y, workspace, streams, 1); };
-  cudaEvent_t start = nullptr, stop = nullptr;
-  if (cudaEventCreate(&start) != cudaSuccess) return -1.f;
-  if (cudaEventCreate(&stop) != cudaSuccess) {
-    cudaEventDestroy(start);
-    return -1.f;
-  }
-  bool ok = run() == CUSPARSE_STATUS_SUCCESS;
-  float ms = 0.f, best = -1.f;
-  int reps = 5;
-  for (int pass = 0; pass < 2 && ok; ++pass) {
-    ok = cudaEventRecord(start, stream) == cudaSuccess;
-    for (int r = 0; r < reps && ok; ++r) ok = run() == CUSPARSE_STATUS_SUCCESS;
-    ok = ok && cudaEventRecord(stop, stream) == cudaSuccess && cudaEventSynchronize(stop) == cudaSuccess &&
-         cudaEventElapsedTime(&ms, start, stop) == cudaSuccess;
-    if (ok) best = best < 0.f ? ms / reps : std::min(best, ms / reps);
-    if (ms > 5.f) break;  // slow shapes: one pass is enough
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  return ok ? best * 1000.f : -1.f;
+  return TimeOnStream(
+      stream, 5,
+      [&] { return api.Matmul(h, plan, &alpha, a, x, &beta, y, y, workspace, streams, 1) == CUSPARSE_STATUS_SUCCESS; },
+      2, 5.f);
 }
 
 // The configuration chosen per problem, shared by every weight of the process (the layers of a

@@ -23,25 +23,6 @@ bool InputIsConstant(const OrtKernelInfo* info, size_t input) {
   return is_constant != 0 && value != nullptr;
 }
 
-// Microseconds per call of launch() on `stream` (one warm-up call, then `reps`), -1 on an error.
-template <typename Launch>
-float TimeOnStream(cudaStream_t stream, int reps, Launch launch) {
-  cudaEvent_t start = nullptr, stop = nullptr;
-  if (cudaEventCreate(&start) != cudaSuccess) return -1.f;
-  if (cudaEventCreate(&stop) != cudaSuccess) {
-    cudaEventDestroy(start);
-    return -1.f;
-  }
-  float ms = -1.f;
-  bool ok = launch() == cudaSuccess && cudaEventRecord(start, stream) == cudaSuccess;
-  for (int r = 0; r < reps && ok; ++r) ok = launch() == cudaSuccess;
-  ok = ok && cudaEventRecord(stop, stream) == cudaSuccess && cudaEventSynchronize(stop) == cudaSuccess &&
-       cudaEventElapsedTime(&ms, start, stop) == cudaSuccess;
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  return ok ? ms * 1000.f / reps : -1.f;
-}
-
 }  // namespace
 
 void SparseGemmRunner::Init(const OrtKernelInfo* info, size_t values_input, size_t index_input, size_t bias_input) {
@@ -120,7 +101,7 @@ Ort::Status SparseGemmRunner::Run(const char* op, cudaStream_t stream, int slot,
           if (capture == cudaStreamCaptureStatusNone) {
             float lt_us = -1.f;
             ONNXSPARSE_RETURN_IF_ERROR(weight->Time(op, args.x, m_main, args.y, args.ldy, args.alpha, stream, &lt_us));
-            const float own_us = TimeOnStream(stream, 10, [&] { return LaunchSparseGemm<T>(args, stream); });
+            const float own_us = TimeOnStream(stream, 10, [&] { return LaunchSparseGemm<T>(args, stream) == cudaSuccess; });
             ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaGetLastError());
             use_own = lt_us < 0.f || (own_us > 0.f && own_us <= lt_us);
             own_is_faster_[key] = use_own;
