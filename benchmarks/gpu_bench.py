@@ -282,15 +282,27 @@ def compile_sparse(model: onnx.ModelProto, table: bool, batch: int | None = None
     return result.model, f"{how}: {len(result.rewritten)} of {len(result.layers)} layers rewritten", len(result.rewritten)
 
 
-def time_e2e(blob: bytes, x_shape, reps_time=1.0):
+def _e2e_session(blob: bytes, x_shape, graph: bool):
     opts = session_options()
-    sess = ort.InferenceSession(blob, opts, providers=["CUDAExecutionProvider"])
+    provider = ("CUDAExecutionProvider", {"enable_cuda_graph": "1"} if graph else {})
+    sess = ort.InferenceSession(blob, opts, providers=[provider])
     x = ort.OrtValue.ortvalue_from_numpy((np.random.default_rng(0).standard_normal(x_shape) * 0.5).astype(np.float16), "cuda", 0)
     b = sess.io_binding()
     b.bind_ortvalue_input("X", x)
-    b.bind_output("Y", "cuda")
+    if graph:  # a graph replays into fixed output memory
+        y = sess.get_outputs()[0]
+        out_shape = [x_shape[0] if not isinstance(d, int) else d for d in y.shape]
+        b.bind_ortvalue_output("Y", ort.OrtValue.ortvalue_from_shape_and_type(out_shape, np.float16, "cuda", 0))
+    else:
+        b.bind_output("Y", "cuda")
     for _ in range(3):
         sess.run_with_iobinding(b)
+    return sess, b, x
+
+
+def time_e2e(blob: bytes, x_shape, reps_time=1.0, graph=False):
+    """Median ms per run (io-binding; with graph, CUDA-graph replay) and the output."""
+    sess, b, _x = _e2e_session(blob, x_shape, graph)
     times = []
     t_end = time.perf_counter() + reps_time
     while time.perf_counter() < t_end or len(times) < 5:
@@ -304,11 +316,49 @@ def time_e2e(blob: bytes, x_shape, reps_time=1.0):
     return float(np.median(times)) * 1e3, out
 
 
-def bench_e2e(quick: bool):
+def kernel_breakdown(blob: bytes, x_shape, runs=5, top=12) -> dict:
+    """GPU kernel time per run, by kernel, from CUDA's activity trace (torch.profiler records every
+    kernel of the process, ONNX Runtime's too). Empty where torch or the trace is not available."""
+    try:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+    except ImportError:
+        return {}
+    sess, b, _x = _e2e_session(blob, x_shape, False)
+    kernels: dict[str, list[float]] = {}
+    try:
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(runs):
+                sess.run_with_iobinding(b)
+            torch.cuda.synchronize()
+        for ev in prof.events():
+            if ev.device_type.name != "CUDA":
+                continue
+            name = ev.name
+            short = name.split("<")[0].split("(")[0][:60] if len(name) > 60 else name
+            kernels.setdefault(short, [0.0, 0])
+            kernels[short][0] += getattr(ev, "device_time_total", None) or ev.cuda_time_total
+            kernels[short][1] += 1
+    except Exception as e:  # noqa: BLE001 - a diagnostic only
+        return {"error": str(e).splitlines()[0][:200] if str(e) else type(e).__name__}
+    finally:
+        del sess
+    total = sum(v[0] for v in kernels.values()) / runs
+    rows = sorted(((k, v[0] / runs, v[1] // runs) for k, v in kernels.items()), key=lambda r: -r[1])
+    return {"gpu_us_per_run": round(total, 1), "kernels": [{"kernel": k, "us": round(us, 1), "calls": c} for k, us, c in rows[:top]]}
+
+
+def bench_e2e(quick: bool, models=("bert_large_like", "resnet50_like"), batches=None, graph=False, breakdown=False):
+    """graph: time every model also under CUDA-graph replay; breakdown: log kernel times per kernel."""
     rows = []
     specs = [("bert_large_like", bert_model, [(b, 384, 1024) for b in ([1, 8] if quick else [1, 8, 32])]),
              ("resnet50_like", resnet_model, [(b, 3, 224, 224) for b in ([1, 32] if quick else [1, 32, 128])])]
     for name, make, shapes in specs:
+        if name not in models:
+            continue
+        if batches:
+            shapes = [(b, *shapes[0][1:]) for b in batches]
         t0 = time.time()
         dense = make()
         sparse, how, all_count = compile_sparse(dense, False)
@@ -325,24 +375,29 @@ def bench_e2e(quick: bool):
         log(f"{name}: built in {time.time() - t0:.0f} s")
         del dense
         for shape in shapes:
-            try:
-                d_ms, d_out = time_e2e(dense_blob, shape)
-            except Exception as e:  # noqa: BLE001
-                log(f"  {name} batch {shape[0]} dense: {str(e).splitlines()[0][:300]}")
-                continue
-            variants = [v for v in (per_batch[shape[0]], all_sparse) if v is not None]
-            for how, blob in variants:
+            for g in ([False, True] if graph else [False]):
                 try:
-                    s_ms, s_out = time_e2e(blob, shape)
+                    d_ms, d_out = time_e2e(dense_blob, shape, graph=g)
                 except Exception as e:  # noqa: BLE001
-                    log(f"  {name} batch {shape[0]} ({how}): {str(e).splitlines()[0][:300]}")
+                    log(f"  {name} batch {shape[0]} dense: {str(e).splitlines()[0][:300]}")
                     continue
-                d64, s64 = d_out.astype(np.float64), s_out.astype(np.float64)
-                err = float(np.linalg.norm(s64 - d64) / max(np.linalg.norm(d64), 1e-30))
-                rows.append({"model": name, "batch": shape[0], "dense_ms": round(d_ms, 3), "sparse_ms": round(s_ms, 3),
-                             "speedup": round(d_ms / s_ms, 3), "rel_diff": err, "compile": how})
-                log(f"  {name} batch {shape[0]:4d} [{how}]: dense {d_ms:8.2f} ms  sparse {s_ms:8.2f} ms  "
-                    f"x{d_ms / s_ms:5.2f}  rel diff {err:.1e}")
+                if breakdown and not g:
+                    log(f"  {name} batch {shape[0]} dense kernels: {json.dumps(kernel_breakdown(dense_blob, shape))}")
+                variants = [v for v in (per_batch[shape[0]], all_sparse) if v is not None]
+                for how, blob in variants:
+                    try:
+                        s_ms, s_out = time_e2e(blob, shape, graph=g)
+                    except Exception as e:  # noqa: BLE001
+                        log(f"  {name} batch {shape[0]} ({how}): {str(e).splitlines()[0][:300]}")
+                        continue
+                    if breakdown and not g:
+                        log(f"  {name} batch {shape[0]} [{how}] kernels: {json.dumps(kernel_breakdown(blob, shape))}")
+                    d64, s64 = d_out.astype(np.float64), s_out.astype(np.float64)
+                    err = float(np.linalg.norm(s64 - d64) / max(np.linalg.norm(d64), 1e-30))
+                    rows.append({"model": name, "batch": shape[0], "dense_ms": round(d_ms, 3), "sparse_ms": round(s_ms, 3),
+                                 "speedup": round(d_ms / s_ms, 3), "rel_diff": err, "compile": how, "cuda_graph": g})
+                    log(f"  {name} batch {shape[0]:4d} [{how}]{' graph' if g else ''}: dense {d_ms:8.2f} ms  "
+                        f"sparse {s_ms:8.2f} ms  x{d_ms / s_ms:5.2f}  rel diff {err:.1e}")
     return rows
 
 
@@ -381,8 +436,8 @@ def write_outputs(out: Path, gemms, e2e, meta):
              "## Per GEMM (kernel time per layer, CUDA-graph replay, 8 layers per model)", "",
              "| dtype | M | K | N | dense us | sparse us | speedup | sparse TFLOP/s |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['dtype']} | {r['m']} | {r['k']} | {r['n']} | {r['dense_us']:.2f} | {r['sparse_us']:.2f} | {r['speedup']:.2f} | {r['sparse_tflops']} |" for r in gemms]
-    lines += ["", "## End to end (fp16, median ms per run, io-binding)", "", "| model | batch | compiled | dense ms | compiled ms | speedup | rel diff |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['batch']} | {r.get('compile', '')} | {r['dense_ms']:.2f} | {r['sparse_ms']:.2f} | {r['speedup']:.2f} | {r['rel_diff']:.1e} |" for r in e2e]
+    lines += ["", "## End to end (fp16, median ms per run, io-binding; graph: CUDA-graph replay)", "", "| model | batch | compiled | run | dense ms | compiled ms | speedup | rel diff |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['batch']} | {r.get('compile', '')} | {'graph' if r.get('cuda_graph') else 'plain'} | {r['dense_ms']:.2f} | {r['sparse_ms']:.2f} | {r['speedup']:.2f} | {r['rel_diff']:.1e} |" for r in e2e]
     (out / "gpu_bench.md").write_text("\n".join(lines) + "\n")
     try:
         import matplotlib
@@ -415,6 +470,10 @@ def main():
     ap.add_argument("--skip-e2e", action="store_true")
     ap.add_argument("--skip-gemm", action="store_true")
     ap.add_argument("--dtypes", default="float16,bfloat16")
+    ap.add_argument("--models", default="bert_large_like,resnet50_like", help="end-to-end models to run")
+    ap.add_argument("--batches", default="", help="end-to-end batch sizes (default: the issue's per model)")
+    ap.add_argument("--cuda-graph", action="store_true", help="end to end under CUDA-graph replay as well")
+    ap.add_argument("--breakdown", action="store_true", help="log GPU kernel time per kernel (needs torch)")
     args = ap.parse_args()
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         sys.exit("gpu_bench: onnxruntime has no CUDAExecutionProvider")
@@ -430,7 +489,18 @@ def main():
             gemms = []
     else:
         write_outputs(Path(args.out), gemms, [], meta)
-    e2e = [] if args.skip_e2e else bench_e2e(args.quick)
+    e2e = []
+    if not args.skip_e2e:
+        models = args.models.split(",")
+        batches = [int(b) for b in args.batches.split(",")] if args.batches else None
+        e2e = bench_e2e(args.quick, models, batches, args.cuda_graph, args.breakdown)
+        # Rows of an earlier run (the same --out) that this run did not redo stay.
+        try:
+            earlier = json.loads((Path(args.out) / "gpu_bench.json").read_text()).get("e2e", [])
+        except (OSError, ValueError):
+            earlier = []
+        done = {(r["model"], r["batch"], r.get("cuda_graph", False)) for r in e2e}
+        e2e = [r for r in earlier if (r["model"], r["batch"], r.get("cuda_graph", False)) not in done] + e2e
     write_outputs(Path(args.out), gemms, e2e, meta)
     log(f"wrote {args.out}/gpu_bench.{{json,md,png}} and onnxsparse/data/perf_cuda.json")
 

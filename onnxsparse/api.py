@@ -17,6 +17,7 @@ from onnx.external_data_helper import _get_all_tensors
 
 from . import io
 from .passes import (
+    AnnotateShapes,
     CompressedWeight,
     DensePolicy,
     FoldCompress,
@@ -119,6 +120,7 @@ def compile_model(
         return CompileResult(proto, rewrite.decisions, before, before, folded=fold, path=path)
     if fold:
         FoldCompress()(graph)
+    AnnotateShapes()(graph)
     compiled = graph.to_model()
     if input_valid and compiled.ByteSize() < io.EXTERNAL_DATA_THRESHOLD:
         # Custom-domain nodes have no schema; full_check=False checks the rest of the graph.

@@ -1,9 +1,11 @@
 """The onnxsparse compiler passes, on onnx-graphsurgeon (see ``graph.ModelGraph``).
 
-``VerifySparsity`` (looks only) -> ``RewriteSparseOps`` (trusts its records) -> ``FoldCompress``.
+``VerifySparsity`` (looks only) -> ``RewriteSparseOps`` (trusts its records) -> ``FoldCompress``
+-> ``AnnotateShapes`` (shapes for what ONNX Runtime cannot infer through the custom ops).
 None of them descends into subgraphs (If/Loop/Scan bodies) or local functions.
 """
 
+from .annotate_shapes import AnnotateResult, AnnotateShapes
 from .base import SUPPORTED_DTYPES, TARGET_OPS, DensePolicy, LayerRecord, Pass, PassResult
 from .fold_compress import FoldCompress, FoldedWeight, FoldResult
 from .graph import ModelGraph
@@ -11,6 +13,8 @@ from .rewrite_sparse_ops import CompressedWeight, LayerDecision, RewriteResult, 
 from .verify_sparsity import VerifyResult, VerifySparsity
 
 __all__ = [
+    "AnnotateResult",
+    "AnnotateShapes",
     "SUPPORTED_DTYPES",
     "TARGET_OPS",
     "CompressedWeight",

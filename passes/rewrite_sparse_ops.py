@@ -2,7 +2,10 @@
 
 Rewrites (domain ``onnxsparse``, opset 1; the new node is named ``<original name>_sparse``):
 
-- ``MatMul(A, W)`` -> ``MatMulCompress(A, values, index)``
+- ``MatMul(A, W)`` -> ``MatMulCompress(A, values, index)``; when the product's only consumer is an
+  ``Add`` of a constant row of N (shapes ``[N]``, ``[1]``, ``[]``, ``[1, .., 1, N]`` of rank at most
+  the product's) and the product is not a graph output, the row becomes the op's ``bias`` and the
+  Add goes: the kernels add it in their epilogue, which saves a pass over the output.
 - ``Gemm(A, B, C, alpha, beta, transA, transB)`` -> ``MatMulCompress(A, values, index, bias, alpha, transA)``
   with ``(values, index) = CompressOp(B, layout="nk" if transB else "kn")``. Gemm computes
   ``alpha * A' @ B' + beta * C``; MatMulCompress computes ``alpha * (A' @ W) + bias`` with W = B'
@@ -38,7 +41,16 @@ from onnxsparse import DOMAIN
 from onnxsparse import format as fmt
 
 from .base import DensePolicy, LayerRecord, Pass, PassResult
-from .graph import ModelGraph, constant_array, constant_proto, is_omitted, make_constant, np_dtype, resolve_constant
+from .graph import (
+    ONNX_DOMAINS,
+    ModelGraph,
+    constant_array,
+    constant_proto,
+    is_omitted,
+    make_constant,
+    np_dtype,
+    resolve_constant,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +63,11 @@ class LayerDecision:
     rewritten: bool
     reason: str | None = None  # why it stays dense: not eligible, or the policy's reason
     replacement: str | None = None  # the name of the node that replaced it
+    fused_bias: str | None = None  # the Add node folded into it as its bias
 
     def to_dict(self) -> dict:
         return {**self.record.to_dict(), "rewritten": self.rewritten, "reason": self.reason,
-                "replacement": self.replacement}
+                "replacement": self.replacement, "fused_bias": self.fused_bias}
 
 
 @dataclass
@@ -103,10 +116,11 @@ class RewriteSparseOps(Pass):
                 pairs[key] = _insert_compress(graph, record)
                 result.compressed.append(pairs[key])
             pair = pairs[key]
-            new_node = _REWRITERS[record.op](graph, record, pair)
+            new_node, fused = _REWRITERS[record.op](graph, record, pair)
             pair.users.append(new_node.name)
-            logger.info("%s: %s -> %s '%s'", record.node, record.op, new_node.op, new_node.name)
-            result.decisions.append(LayerDecision(record, rewritten=True, replacement=new_node.name))
+            logger.info("%s: %s -> %s '%s'%s", record.node, record.op, new_node.op, new_node.name,
+                        f" (bias from Add '{fused}')" if fused else "")
+            result.decisions.append(LayerDecision(record, rewritten=True, replacement=new_node.name, fused_bias=fused))
             result.modified = True
         if result.modified:
             graph.cleanup()
@@ -143,12 +157,48 @@ def _replace(graph: ModelGraph, old: gs.Node, op: str, inputs: list, attrs: dict
     return new
 
 
-def _rewrite_matmul(graph: ModelGraph, record: LayerRecord, pair: CompressedWeight) -> gs.Node:
+def _rewrite_matmul(graph: ModelGraph, record: LayerRecord, pair: CompressedWeight) -> tuple[gs.Node, str | None]:
     node = record.gs_node
-    return _replace(graph, node, "MatMulCompress", [node.inputs[0], *pair.tensors], {})
+    inputs = [node.inputs[0], *pair.tensors]
+    add, bias = _bias_add(graph, node, record.shape[1], constant_proto(record.gs_source).data_type)
+    if add is None:
+        return _replace(graph, node, "MatMulCompress", inputs, {}), None
+    outputs = list(add.outputs)
+    graph.remove_node(add)
+    return _replace(graph, node, "MatMulCompress", [*inputs, bias], {}, outputs=outputs), add.name or outputs[0].name
 
 
-def _rewrite_gemm(graph: ModelGraph, record: LayerRecord, pair: CompressedWeight) -> gs.Node:
+def _bias_add(graph: ModelGraph, node: gs.Node, n: int, data_type: int) -> tuple[gs.Node | None, gs.Tensor | None]:
+    """The Add that follows a MatMul with a constant row of N, and that row as a [N] bias; or (None, None)."""
+    product = node.outputs[0]
+    if len(product.outputs) != 1 or any(out is product for out in graph.graph.outputs):
+        return None, None
+    add = product.outputs[0]
+    if add.op != "Add" or add.domain not in ONNX_DOMAINS or len(add.inputs) != 2 or len(add.outputs) != 1:
+        return None, None
+    if add.inputs[0] is add.inputs[1]:
+        return None, None
+    row = add.inputs[1] if add.inputs[0] is product else add.inputs[0]
+    source, _ = resolve_constant(graph, row)
+    if source is None:
+        return None, None
+    proto = constant_proto(source.tensor)
+    dims = tuple(proto.dims)
+    # The row must not raise the product's rank by broadcasting (A [K] @ W gives [N]; A [..., K] keeps its rank).
+    a_shape = node.inputs[0].shape
+    product_rank = 1 if a_shape is None or len(a_shape) <= 1 else len(a_shape)
+    if proto.data_type != data_type or len(dims) > product_rank or any(d != 1 for d in dims[:-1]):
+        return None, None
+    if dims and dims[-1] not in (1, n):
+        return None, None
+    if dims == (n,):
+        return add, row
+    values = constant_array(source.tensor)
+    base = add.name or add.outputs[0].name
+    return add, make_constant(graph.unique_name(f"{base}_bias"), np.broadcast_to(values.reshape(-1), (n,)).copy())
+
+
+def _rewrite_gemm(graph: ModelGraph, record: LayerRecord, pair: CompressedWeight) -> tuple[gs.Node, str | None]:
     node = record.gs_node
     alpha = float(node.attrs.get("alpha", 1.0))
     beta = float(node.attrs.get("beta", 1.0))
@@ -160,7 +210,7 @@ def _rewrite_gemm(graph: ModelGraph, record: LayerRecord, pair: CompressedWeight
     inputs = [node.inputs[0], *pair.tensors]
     c = node.inputs[2] if len(node.inputs) > 2 and not is_omitted(node.inputs[2]) else None
     if c is None:
-        return _replace(graph, node, "MatMulCompress", inputs, attrs)
+        return _replace(graph, node, "MatMulCompress", inputs, attrs), None
 
     n = record.shape[0] if record.layout == "nk" else record.shape[1]
     base = node.name or node.outputs[0].name
@@ -172,7 +222,7 @@ def _rewrite_gemm(graph: ModelGraph, record: LayerRecord, pair: CompressedWeight
         else:
             folded = np.broadcast_to(np.float32(beta) * c_values.astype(np.float32).reshape(-1), (n,))
             bias = make_constant(graph.unique_name(f"{base}_bias"), folded.astype(c_values.dtype))
-        return _replace(graph, node, "MatMulCompress", [*inputs, bias], attrs)
+        return _replace(graph, node, "MatMulCompress", [*inputs, bias], attrs), None
 
     # C is not a constant row: MatMulCompress, then add beta * C as Gemm would.
     y = node.outputs[0]
@@ -187,7 +237,7 @@ def _rewrite_gemm(graph: ModelGraph, record: LayerRecord, pair: CompressedWeight
         last = graph.add_node(mul, after=new_node)
     add = gs.Node("Add", name=graph.unique_name(f"{base}_sparse_bias"), inputs=[product, addend], outputs=[y])
     graph.add_node(add, after=last)
-    return new_node
+    return new_node, None
 
 
 def _is_row(shape: tuple[int, ...], n: int) -> bool:
@@ -199,14 +249,14 @@ def _is_row(shape: tuple[int, ...], n: int) -> bool:
     return not shape or shape[-1] in (1, n)
 
 
-def _rewrite_conv(graph: ModelGraph, record: LayerRecord, pair: CompressedWeight) -> gs.Node:
+def _rewrite_conv(graph: ModelGraph, record: LayerRecord, pair: CompressedWeight) -> tuple[gs.Node, None]:
     node = record.gs_node
     attrs = dict(node.attrs)
     attrs.setdefault("kernel_shape", list(record.shape[2:]))
     inputs = [node.inputs[0], *pair.tensors]
     if len(node.inputs) > 2 and not is_omitted(node.inputs[2]):
         inputs.append(node.inputs[2])
-    return _replace(graph, node, "Conv2dCompress", inputs, attrs)
+    return _replace(graph, node, "Conv2dCompress", inputs, attrs), None
 
 
 _REWRITERS = {"MatMul": _rewrite_matmul, "Gemm": _rewrite_gemm, "Conv": _rewrite_conv}

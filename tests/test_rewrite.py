@@ -58,12 +58,34 @@ def conv(attrs: str, x_shape=(1, 8, 9, 9), w=W_CONV, bias=True):
     return text, inits
 
 
+def matmul_add(x: str, y: str, add: str, c_shape: tuple):
+    text = f"{HEAD} g (float{x} x) => (float{y} y) {{ p = MatMul(x, B)  {add} }}"
+    return text, {"B": B_KN, "C": random_input(c_shape, seed=5)}
+
+
 CASES = {
     # MatMul, A of rank 1 to 4
     "matmul_rank1": (f"{HEAD} g (float[8] x) => (float[4] y) {{ y = MatMul(x, B) }}", {"B": B_KN}),
     "matmul_rank2": (f"{HEAD} g (float[3,8] x) => (float[3,4] y) {{ y = MatMul(x, B) }}", {"B": B_KN}),
     "matmul_rank3": (f"{HEAD} g (float[2,3,8] x) => (float[2,3,4] y) {{ y = MatMul(x, B) }}", {"B": B_KN}),
     "matmul_rank4": (f"{HEAD} g (float[2,1,3,8] x) => (float[2,1,3,4] y) {{ y = MatMul(x, B) }}", {"B": B_KN}),
+    # MatMul + Add of a constant row: folded into the bias where that keeps Add's result
+    "matmul_add_row": matmul_add("[2,3,8]", "[2,3,4]", "y = Add(p, C)", (N,)),
+    "matmul_add_row_first": matmul_add("[3,8]", "[3,4]", "y = Add(C, p)", (N,)),
+    "matmul_add_1x1xn": matmul_add("[2,3,8]", "[2,3,4]", "y = Add(p, C)", (1, 1, N)),
+    "matmul_add_1": matmul_add("[3,8]", "[3,4]", "y = Add(p, C)", (1,)),
+    "matmul_add_scalar": matmul_add("[8]", "[4]", "y = Add(p, C)", ()),
+    "matmul_add_raises_rank": matmul_add("[3,8]", "[1,3,4]", "y = Add(p, C)", (1, 1, N)),
+    "matmul_add_mxn": matmul_add("[3,8]", "[3,4]", "y = Add(p, C)", (M, N)),
+    "matmul_add_mx1": matmul_add("[3,8]", "[3,4]", "y = Add(p, C)", (M, 1)),
+    "matmul_add_input": (f"{HEAD} g (float[3,8] x, float[4] c) => (float[3,4] y) {{ p = MatMul(x, B)  y = Add(p, c) }}",
+                         {"B": B_KN}),
+    "matmul_add_product_is_output": (
+        f"{HEAD} g (float[3,8] x) => (float[3,4] y, float[3,4] p) {{ p = MatMul(x, B)  y = Add(p, C) }}",
+        {"B": B_KN, "C": random_input((N,), seed=5)}),
+    "matmul_add_two_users": (
+        f"{HEAD} g (float[3,8] x) => (float[3,4] y, float[3,4] z) {{ p = MatMul(x, B)  y = Add(p, C)  z = Relu(p) }}",
+        {"B": B_KN, "C": random_input((N,), seed=5)}),
     # Gemm: attributes and every form of C
     "gemm_plain": gemm(""),
     "gemm_transB": gemm("<transB=1>", b=B_NK),
@@ -98,7 +120,14 @@ EXPECTED_OPS = {
     "gemm_c_mxn_beta1": ["MatMulCompress", "Add"],
     "gemm_c_mx1": ["MatMulCompress", "Add"],
     "gemm_c_input": ["MatMulCompress", "Mul", "Add"],
+    "matmul_add_raises_rank": ["MatMulCompress", "Add"],
+    "matmul_add_mxn": ["MatMulCompress", "Add"],
+    "matmul_add_mx1": ["MatMulCompress", "Add"],
+    "matmul_add_input": ["MatMulCompress", "Add"],
+    "matmul_add_product_is_output": ["MatMulCompress", "Add"],
+    "matmul_add_two_users": ["MatMulCompress", "Add", "Relu"],
 }
+FUSED_BIAS = {"matmul_add_row", "matmul_add_row_first", "matmul_add_1x1xn", "matmul_add_1", "matmul_add_scalar"}
 
 
 def case(name):
@@ -127,6 +156,11 @@ def test_variant_matches_dense_model(name, fold):
     result = compile_model(model, fold=fold)
     assert [layer.rewritten for layer in result.layers] == [True]
     assert sorted(op_types(result.model)) == expected_ops(name, fold)
+    assert (result.layers[0].fused_bias is not None) == (name in FUSED_BIAS)
+    if name in FUSED_BIAS:
+        (node,) = [n for n in result.model.graph.node if n.op_type == "MatMulCompress"]
+        bias = next(t for t in result.model.graph.initializer if t.name == node.input[3])
+        assert list(bias.dims) == [N]
     onnx.checker.check_model(result.model)
     for got, want in zip(run_reference(result.model, feeds), ort_run(model, feeds)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -346,3 +380,60 @@ def test_overridable_initializer_stays_a_graph_input():
     compiled = compile_model(model).model
     assert [i.name for i in compiled.graph.input] == ["x", "D"]
     assert "D" in initializer_names(compiled)
+
+
+# --- shapes for ONNX Runtime ------------------------------------------------------------------------
+
+RESIDUAL_LN = f"""{HEAD} g (float["batch",3,8] x) => (float["batch",3,8] y) {{
+    p = MatMul(x, B)
+    h = Add(p, C)
+    r = Add(h, x)
+    y = LayerNormalization<axis=-1>(r, S, T) }}"""
+
+
+def residual_ln_model() -> onnx.ModelProto:
+    return make_model(RESIDUAL_LN, B=sparse_weight((8, 8), "kn", seed=31), C=random_input((8,), seed=32),
+                      S=np.ones(8, np.float32), T=np.zeros(8, np.float32))
+
+
+def dims_of(value: onnx.ValueInfoProto) -> list:
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+def test_custom_op_outputs_carry_the_inferred_shape():
+    compiled = compile_model(residual_ln_model()).model
+    (node,) = [n for n in compiled.graph.node if n.op_type == "MatMulCompress"]
+    assert node.output[0] == "h"  # the bias Add folded: the op produces the Add's tensor
+    value = {v.name: v for v in compiled.graph.value_info}["h"]
+    assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert dims_of(value) == ["batch", 3, 8]
+    assert [v.name for v in compiled.graph.input] == ["x"]  # the symbolic input stays symbolic
+    assert dims_of(compiled.graph.input[0]) == ["batch", 3, 8]
+
+
+def test_model_inference_cannot_type_is_compiled_without_shapes():
+    # A Reshape to a shape computed at run time: inference types p but cannot give its shape.
+    model = make_model(f"""{HEAD} g (float[3,8] x, int64[2] s) => (float[?,?] y) {{
+        q = Reshape(x, s)
+        y = MatMul(q, B) }}""", B=B_KN)
+    compiled = compile_model(model).model
+    assert op_types(compiled) == ["Reshape", "MatMulCompress"]
+    x = random_input((3, 8), seed=1)
+    feeds = {"x": x, "s": np.array([3, 8], np.int64)}
+    np.testing.assert_allclose(run_reference(compiled, feeds)[0], ort_run(model, feeds)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.kernels
+def test_onnxruntime_fuses_across_the_custom_op(tmp_path):
+    """With the shapes, ONNX Runtime's optimizer still fuses the residual Add and the
+    LayerNormalization behind a MatMulCompress (SkipLayerNormalization), as it does in the dense model."""
+    model = residual_ln_model()
+    compiled = compile_model(model).model
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.register_custom_ops_library(onnxsparse.get_library_path())
+    session = ort.InferenceSession(compiled.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    optimized = op_types(onnx.load(str(tmp_path / "optimized.onnx")))
+    assert "SkipLayerNormalization" in optimized and "LayerNormalization" not in optimized
+    x = random_input((2, 3, 8), seed=33)
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], ort_run(model, {"x": x})[0], rtol=1e-4, atol=1e-4)

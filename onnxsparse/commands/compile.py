@@ -98,7 +98,9 @@ def print_summary(result, source: Path, out: Path) -> None:
             record = layer.record
             print(
                 f"  {record.node}: {record.op} -> {layer.replacement} "
-                f"(weight {record.weight} {format_shape(record.shape)} {record.dtype})"
+                f"(weight {record.weight} {format_shape(record.shape)} {record.dtype}"
+                + (f"; bias from Add {layer.fused_bias}" if layer.fused_bias else "")
+                + ")"
             )
     else:
         eligible = any(layer.record.eligible for layer in left)

@@ -1,0 +1,79 @@
+"""Give the outputs of onnxsparse's nodes the shapes ONNX's shape inference finds in the source model.
+
+ONNX Runtime cannot infer shapes through a custom op, so without this every tensor after a
+``MatMulCompress`` or ``Conv2dCompress`` has an unknown shape, and the graph optimizations that look
+at shapes stop there (the fusion of a residual Add with the LayerNormalization after it, for
+example). The rewritten nodes keep the names of the tensors they produce, so the shapes inferred for
+the source model are theirs. Symbolic dimensions stay symbolic; a dimension inference could not
+tell stays unknown. Nothing is written when inference fails (a model ONNX cannot infer still
+compiles) or when the model is too large to serialise in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import onnx
+
+from onnxsparse import DOMAIN
+
+from .base import Pass, PassResult
+from .graph import ModelGraph
+
+logger = logging.getLogger(__name__)
+
+_MAX_BYTES = 2**31 - 1  # protobuf's limit on one serialised message
+
+
+@dataclass
+class AnnotateResult(PassResult):
+    annotated: list[str] = field(default_factory=list)  # tensors that got a shape
+
+
+def inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, list[int | str | None]]]:
+    """name -> (elem_type, dims) for every tensor ONNX's inference types; empty when it fails."""
+    if model.ByteSize() > _MAX_BYTES:
+        logger.info("shape annotation skipped: the model is too large to infer in memory")
+        return {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception as exc:  # noqa: BLE001 - a hint only; the compiled model is valid without it
+        logger.info("shape annotation skipped: inference failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        return {}
+    out = {}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        tensor_type = value.type.tensor_type
+        if not value.type.HasField("tensor_type") or not tensor_type.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim]
+        out[value.name] = (tensor_type.elem_type, dims)
+    return out
+
+
+class AnnotateShapes(Pass):
+    """Set the shape of each onnxsparse node's outputs that has none, from the source model."""
+
+    def call(self, graph: ModelGraph) -> AnnotateResult:
+        result = AnnotateResult(graph=graph, modified=False)
+        targets = [
+            tensor
+            for node in graph.nodes()
+            if node.domain == DOMAIN and node.op in ("MatMulCompress", "Conv2dCompress")
+            for tensor in node.outputs
+            if tensor.shape is None
+        ]
+        if not targets:
+            return result
+        shapes = inferred_shapes(graph.source)
+        for tensor in targets:
+            found = shapes.get(tensor.name)
+            if found is None:
+                continue
+            elem_type, dims = found
+            tensor.shape = dims
+            if tensor.dtype is None and elem_type:
+                tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+            result.annotated.append(tensor.name)
+            result.modified = True
+        return result
