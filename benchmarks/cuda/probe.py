@@ -26,6 +26,11 @@ def find(pattern: str) -> str | None:
     return hits[0] if hits else None
 
 
+# A configuration that hangs (seen: cuSPARSELt 0.8.0, id 4 at M=6272 K=1152 N=128) costs this much, then
+# the sweep goes on after it, like after a crash.
+CSLT_CHILD_TIMEOUT_S = float(os.environ.get("PROBE_CHILD_TIMEOUT", "25"))
+
+
 def child(exe, args, timeout):
     t0 = time.time()
     try:
@@ -65,7 +70,7 @@ def run_cslt(exe, dtypes, ms, shapes, rows, budget_s):
                     return
                 first, ids, crashed, default, dense, version = 0, {}, [], None, None, None
                 while True:
-                    lines, rc, _ = child(exe, ["cslt", dtype, m, k, n, first], 300)
+                    lines, rc, _ = child(exe, ["cslt", dtype, m, k, n, first], CSLT_CHILD_TIMEOUT_S)
                     trying = None
                     for ln in lines:
                         p = ln.split()

@@ -1,5 +1,6 @@
 #include "cuda/conv2d_compress.h"
 
+#include <cstdio>
 #include <vector>
 
 #include "common/op_shapes.h"
@@ -49,6 +50,14 @@ Ort::Status Conv2dCompressCuda<OrtT>::Compute(OrtKernelContext* context, const O
     const int64_t pixels = batch * oh * ow;
     if (pixels == 0 || oc == 0) return Ort::Status{nullptr};
     cudaStream_t stream = ComputeStream(context);
+    static const bool trace = EnvInt("ONNXSPARSE_CUDA_TRACE", 0) != 0;
+    if (trace) {
+      cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+      cudaStreamIsCapturing(stream, &capture);
+      std::fprintf(stderr, "onnxsparse trace: %s enter %p stream %p M=%lld K=%lld N=%lld capturing=%d\n", kOp,
+                   static_cast<void*>(this), static_cast<void*>(stream), static_cast<long long>(pixels),
+                   static_cast<long long>(k), static_cast<long long>(oc), static_cast<int>(capture));
+    }
     ONNXSPARSE_RETURN_IF_ERROR(runner_.ValidateOnce(kOp, stream, index.Data(), oc, k));
 
     // Scratch: the NHWC input, the im2col matrix of one group, the NHWC output.
@@ -93,6 +102,7 @@ Ort::Status Conv2dCompressCuda<OrtT>::Compute(OrtKernelContext* context, const O
     }
     // [N, OH*OW, OC] -> [N, OC, OH*OW], + bias
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchTranspose<T>(out_nhwc, out, batch, oh * ow, oc, bias_ptr, stream));
+    if (trace) std::fprintf(stderr, "onnxsparse trace: %s leave %p\n", kOp, static_cast<void*>(this));
     return Ort::Status{nullptr};
   });
 }

@@ -3,8 +3,10 @@
 #include <dlfcn.h>
 #include <link.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <tuple>
 #include <vector>
@@ -381,15 +383,26 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
       a.MatmulAlgSelectionDestroy(&probe);
     }
     max_id = std::min(max_id, SafeMaxConfigId(Library().api.version, sm_major));
+    // A selection per id: reusing one selection for every id crashed cuSPARSELt 0.8.0 (H200).
+    static const bool trace = EnvInt("ONNXSPARSE_CUDA_TRACE", 0) != 0;
+    const auto tune_start = std::chrono::steady_clock::now();
+    auto ms_since = [](std::chrono::steady_clock::time_point t) {
+      return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
+    };
+    double plan_ms = 0.0, time_ms = 0.0;
     for (int id = 0; id <= max_id; ++id) {
+      auto t0 = std::chrono::steady_clock::now();
       cusparseLtMatmulAlgSelection_t alg;
       if (a.MatmulAlgSelectionInit(h, &alg, &p.matmul, CUSPARSELT_MATMUL_ALG_DEFAULT) != CUSPARSE_STATUS_SUCCESS) break;
       cusparseLtMatmulPlan_t plan;
       if (a.MatmulAlgSetAttribute(h, &alg, CUSPARSELT_MATMUL_ALG_CONFIG_ID, &id, sizeof(id)) == CUSPARSE_STATUS_SUCCESS &&
           a.MatmulPlanInit(h, &plan, &p.matmul, &alg) == CUSPARSE_STATUS_SUCCESS) {
+        plan_ms += ms_since(t0);
         size_t bytes = 0;
         if (a.MatmulGetWorkspace(h, &plan, &bytes) == CUSPARSE_STATUS_SUCCESS && GrowWorkspace(bytes) == cudaSuccess) {
+          t0 = std::chrono::steady_clock::now();
           const float us = TimeMatmul(h, &plan, compressed_.get(), x, y, Workspace(), alpha, stream);
+          time_ms += ms_since(t0);
           if (us > 0.f && (p.best_us < 0.f || us < p.best_us)) {
             p.best_us = us;
             p.config_id = id;
@@ -398,6 +411,13 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
         a.MatmulPlanDestroy(&plan);
       }
       a.MatmulAlgSelectionDestroy(&alg);
+    }
+    if (trace) {
+      std::fprintf(stderr,
+                   "onnxsparse trace: cuSPARSELt m=%lld n=%lld k=%lld: ids 0..%d tuned in %.1f ms (plans %.1f, timing %.1f)"
+                   " -> config %d, %.2f us\n",
+                   static_cast<long long>(m), static_cast<long long>(n_), static_cast<long long>(k_), max_id,
+                   ms_since(tune_start), plan_ms, time_ms, p.config_id, p.best_us);
     }
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaGetLastError());
   }
