@@ -13,7 +13,9 @@ dtype, and the rows whose m is nearest the layer's m (every m when the layer's m
 so that an unknown batch never picks a kernel that is slower at some batch). The layer runs
 sparse when every such row is at least MIN_SPEEDUP[target] times faster sparse (cpu: not slower
 beyond the 2% noise; cuda: 10% faster, and saving at least MIN_SAVING_US per call once scaled to
-the layer's size). On cuda a Conv needs rows measured as convs.
+the layer's size). On cuda a Conv needs rows measured as convs. Where the compiler folds a bias Add
+into the sparse op and the dense graph would run that Add as a kernel of its own, the dense side
+also counts that pass (BIAS_PASS, a fit to measured kernels), once the layer's M is known.
 
 Without a table for the target every eligible layer runs sparse, and the reason says so. With a
 table that has no rows for the layer's dtype, the layer stays dense (bf16 and fp16 stand in for
@@ -38,9 +40,23 @@ TOLERANCE = 0.02
 # 1 ran 0.80x end to end with the 24 layers measured 1.04x chosen sparse (gpu_notes.md).
 MIN_SPEEDUP = {"cpu": 1.0 / (1.0 + TOLERANCE), "cuda": 1.10}
 # The least time a layer must save per call, per target, in microseconds (the row's saving scaled
-# by the layer's M*K*N over the row's). End to end without CUDA graphs, BERT-large-like lost about
-# 5-8 us per sparse layer on an H200 beyond what the kernels gained (gpu_notes.md, session 3).
-MIN_SAVING_US = {"cpu": 0.0, "cuda": 8.0}
+# by the layer's M*K*N over the row's, plus the bias pass below). On an H200 (gpu_notes.md, session
+# 4), BERT-large-like's q/k/v layers at batch 8, which save about 5 us per call (kernel and bias
+# pass), gained end to end; at batch 1, where layers save under 1 us, the run is bound by launches
+# and a sparse op launches more work than cuBLAS (0.90x with every layer sparse).
+MIN_SAVING_US = {"cpu": 0.0, "cuda": 4.0}
+# What the dense graph pays for a bias Add the compiler folds into the sparse op, per target:
+# (us per kernel, bytes per second) for one pass that reads and writes M*N elements. Fitted to
+# ONNX Runtime's bias-add kernel in the BERT-large-like kernel trace on an H200 (96 calls per run at
+# batches 1, 8 and 32: 10.4, 37.4 and 143 us per layer against 8.2, 37.8 and 140 predicted).
+BIAS_PASS = {"cuda": (1.0, 2.6e12)}
+# Ops that ONNX Runtime fuses a preceding bias Add into (SkipLayerNormalization, BiasGelu,
+# FastGelu, BiasDropout, BiasSoftmax, ...): only a bias Add read by none of the ops outside this
+# list of plain readers runs as a kernel of its own in the dense graph.
+_BIAS_READERS_UNFUSED = frozenset(
+    {"", "Reshape", "Transpose", "Relu", "MatMul", "Gemm", "Flatten", "Squeeze", "Unsqueeze", "Identity",
+     "Concat", "Split", "Slice", "Cast", "MatMulCompress", "Conv2dCompress"}
+)
 # Ops whose kernels a target's table measures as GEMMs. On cuda a Conv adds im2col and a layout
 # transpose around the sparse GEMM, which the GEMM rows leave out (ResNet-50-like at batch 32
 # ran 0.77x with its convs chosen from GEMM rows), so a Conv there needs rows of its own
@@ -73,10 +89,22 @@ def _distance(record: dict, k: int, n: int) -> float:
     return abs(math.log(record["k"] / k)) + abs(math.log(record["n"] / n))
 
 
-def decide(target: str, dtype: str, k: int, n: int, m: int | None = None, op: str = "gemm") -> Decision:
+def bias_pass_us(target: str, m: int, n: int, itemsize: int) -> float:
+    """The time a separate bias-add kernel over an [m, n] output takes on ``target`` (0: not modelled)."""
+    if target not in BIAS_PASS:
+        return 0.0
+    launch_us, bytes_per_s = BIAS_PASS[target]
+    return launch_us + 2.0 * m * n * itemsize / bytes_per_s * 1e6
+
+
+def decide(
+    target: str, dtype: str, k: int, n: int, m: int | None = None, op: str = "gemm", dense_extra_us: float = 0.0
+) -> Decision:
     """Whether a 2:4 GEMM of this shape should run sparse on ``target``, and why.
 
-    ``op``: "gemm" (MatMul, Gemm) or "conv" (a Conv as its implicit GEMM).
+    ``op``: "gemm" (MatMul, Gemm) or "conv" (a Conv as its implicit GEMM). ``dense_extra_us``:
+    what the dense layer costs on top of its GEMM that the sparse op saves (the bias pass the
+    fold removes); counted only when ``m`` is known, since the rows are scaled to the layer.
     """
     dtype = _DTYPE_NAMES.get(dtype, dtype)
     table = load_table(target)
@@ -105,37 +133,44 @@ def decide(target: str, dtype: str, k: int, n: int, m: int | None = None, op: st
         closest_m = min(abs(math.log(max(r["m"], 1) / max(m, 1))) for r in rows)
         rows = [r for r in rows if abs(math.log(max(r["m"], 1) / max(m, 1))) == closest_m]
     need = MIN_SPEEDUP.get(target, 1.0 / (1.0 + TOLERANCE))
-    slower = [r for r in rows if r["dense_us"] < r["sparse_us"] * need]
+    extra = dense_extra_us if m is not None else 0.0
+
+    def scale(r):
+        return (k * n) / (r["k"] * r["n"]) * ((m / r["m"]) if m is not None else 1.0)
+
+    def speedup(r):  # the layer's dense time (GEMM and what the fold saves) over its sparse time
+        return (r["dense_us"] * scale(r) + extra) / (r["sparse_us"] * scale(r))
+
+    slower = [r for r in rows if speedup(r) < need]
     shape = f"K={rows[0]['k']}, N={rows[0]['n']}"
+    counted = f"; counting the {extra:.1f} us bias pass the fold saves" if extra > 0 else ""
     min_saving = MIN_SAVING_US.get(target, 0.0)
     if not slower and min_saving > 0:
         def saving(r):
-            scale = (k * n) / (r["k"] * r["n"]) * ((m / r["m"]) if m is not None else 1.0)
-            return (r["dense_us"] - r["sparse_us"]) * scale
+            return (r["dense_us"] - r["sparse_us"]) * scale(r) + extra
 
         small = [r for r in rows if saving(r) < min_saving]
         if small:
             least = min(small, key=saving)
             return Decision(
                 False,
-                f"sparse kernel saves {saving(least):.1f} us per call on {target}, under the {min_saving:g} us an op "
-                f"costs there (measured at M={least['m']}, {shape}{proxy})",
+                f"sparse kernel saves {saving(least):.1f} us per call on {target}, under the {min_saving:g} us a "
+                f"sparse layer must save there (measured at M={least['m']}, {shape}{proxy}{counted})",
             )
     if slower:
-        worst = max(slower, key=lambda r: r["sparse_us"] / r["dense_us"])
-        ratio = worst["dense_us"] / worst["sparse_us"]
+        worst = min(slower, key=speedup)
+        ratio = speedup(worst)
         what = "slower than dense" if ratio < 1.0 / (1.0 + TOLERANCE) else f"less than {need:.2f}x faster than dense"
         return Decision(
             False,
-            f"sparse kernel {what} on {target} ({ratio:.2f}x at M={worst['m']}, {shape}, measured{proxy})",
+            f"sparse kernel {what} on {target} ({ratio:.2f}x at M={worst['m']}, {shape}, measured{proxy}{counted})",
         )
-    best = min(rows, key=lambda r: r["sparse_us"] / r["dense_us"])
-    return Decision(
-        True, f"sparse faster on {target} ({best['dense_us'] / best['sparse_us']:.2f}x at M={best['m']}, {shape}{proxy})"
-    )
+    best = max(rows, key=speedup)
+    return Decision(True, f"sparse faster on {target} ({speedup(best):.2f}x at M={best['m']}, {shape}{proxy}{counted})")
 
 
 _DTYPE_NAMES = {"float": "float32", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def _static_product(dims, bindings: dict[str, int] | None = None) -> int | None:
@@ -250,7 +285,13 @@ class TargetPolicy:
             return None
         m, k, n = layer_gemm_shape(record, self.dims, self.shapes)
         op = "conv" if record.layout == "oihw" else "gemm"
-        decision = decide(self.target, _DTYPE_NAMES.get(record.dtype, record.dtype), k, n, m, op)
+        dtype = _DTYPE_NAMES.get(record.dtype, record.dtype)
+        extra = 0.0
+        if m is not None and getattr(record, "bias_add", None) and all(
+            reader in _BIAS_READERS_UNFUSED for reader in record.bias_consumers
+        ):
+            extra = bias_pass_us(self.target, m, n, _ITEMSIZE.get(dtype, 4))
+        decision = decide(self.target, dtype, k, n, m, op, extra)
         return None if decision.sparse else decision.reason
 
 

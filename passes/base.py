@@ -46,6 +46,10 @@ class LayerRecord:
     layout: str | None = None  # "kn", "nk" or "oihw" (onnxsparse.format)
     share: float | None = None  # share of 2:4-compliant groups along SPEC's axis, 0..1
     visited: bool = True  # False for nodes inside subgraphs and functions
+    # Set by RewriteSparseOps before the policy sees the layer: the bias Add it would fold into the
+    # sparse op (MatMul only), and the op types that read that Add's result ("" for a graph output).
+    bias_add: str | None = None
+    bias_consumers: tuple[str, ...] = ()
     gs_node: Any = field(default=None, repr=False, compare=False)  # the node in the verified graph
     gs_source: Any = field(default=None, repr=False, compare=False)  # the tensor holding the weight
 

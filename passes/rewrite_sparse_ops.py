@@ -106,6 +106,8 @@ class RewriteSparseOps(Pass):
                 continue
             if id(record.gs_node) not in in_graph:
                 raise ValueError(f"layer record '{record.node}' does not belong to this graph")
+            if record.op == "MatMul":
+                _note_bias_add(graph, record)
             keep_dense = self.policy(record) if self.policy else None
             if keep_dense:
                 logger.info("%s: kept dense: %s", record.node, keep_dense)
@@ -166,6 +168,19 @@ def _rewrite_matmul(graph: ModelGraph, record: LayerRecord, pair: CompressedWeig
     outputs = list(add.outputs)
     graph.remove_node(add)
     return _replace(graph, node, "MatMulCompress", [*inputs, bias], {}, outputs=outputs), add.name or outputs[0].name
+
+
+def _note_bias_add(graph: ModelGraph, record: LayerRecord) -> None:
+    """Tell the policy which bias Add the rewrite would fold, and what reads its result."""
+    add, _ = _bias_add(graph, record.gs_node, record.shape[1], constant_proto(record.gs_source).data_type)
+    if add is None:
+        return
+    result = add.outputs[0]
+    record.bias_add = add.name or result.name
+    readers = [consumer.op for consumer in result.outputs]
+    if any(out is result for out in graph.graph.outputs):
+        readers.append("")
+    record.bias_consumers = tuple(readers)
 
 
 def _bias_add(graph: ModelGraph, node: gs.Node, n: int, data_type: int) -> tuple[gs.Node | None, gs.Tensor | None]:
