@@ -374,24 +374,29 @@ def bench_e2e(quick: bool, models=("bert_large_like", "resnet50_like"), batches=
         dense_blob = dense.SerializeToString()
         log(f"{name}: built in {time.time() - t0:.0f} s")
         del dense
+        def timed(blob, shape, g, label):
+            """(ms, output) of one model, with its kernel breakdown logged; None (logged) when it fails."""
+            try:
+                result = time_e2e(blob, shape, graph=g)
+            except Exception as e:  # noqa: BLE001
+                log(f"  {name} batch {shape[0]} {label}: {str(e).splitlines()[0][:300]}")
+                return None
+            if breakdown and not g:
+                log(f"  {name} batch {shape[0]} {label} kernels: {json.dumps(kernel_breakdown(blob, shape))}")
+            return result
+
         for shape in shapes:
             for g in ([False, True] if graph else [False]):
-                try:
-                    d_ms, d_out = time_e2e(dense_blob, shape, graph=g)
-                except Exception as e:  # noqa: BLE001
-                    log(f"  {name} batch {shape[0]} dense: {str(e).splitlines()[0][:300]}")
+                dense_run = timed(dense_blob, shape, g, "dense")
+                if dense_run is None:
                     continue
-                if breakdown and not g:
-                    log(f"  {name} batch {shape[0]} dense kernels: {json.dumps(kernel_breakdown(dense_blob, shape))}")
+                d_ms, d_out = dense_run
                 variants = [v for v in (per_batch[shape[0]], all_sparse) if v is not None]
                 for how, blob in variants:
-                    try:
-                        s_ms, s_out = time_e2e(blob, shape, graph=g)
-                    except Exception as e:  # noqa: BLE001
-                        log(f"  {name} batch {shape[0]} ({how}): {str(e).splitlines()[0][:300]}")
+                    sparse_run = timed(blob, shape, g, f"[{how}]")
+                    if sparse_run is None:
                         continue
-                    if breakdown and not g:
-                        log(f"  {name} batch {shape[0]} [{how}] kernels: {json.dumps(kernel_breakdown(blob, shape))}")
+                    s_ms, s_out = sparse_run
                     d64, s64 = d_out.astype(np.float64), s_out.astype(np.float64)
                     err = float(np.linalg.norm(s64 - d64) / max(np.linalg.norm(d64), 1e-30))
                     rows.append({"model": name, "batch": shape[0], "dense_ms": round(d_ms, 3), "sparse_ms": round(s_ms, 3),

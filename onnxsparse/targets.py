@@ -224,6 +224,8 @@ def static_shapes(model, dims: dict[str, int]) -> dict[str, tuple]:
     (data propagation carries them through Shape/Reshape chains). Empty when inference fails."""
     import onnx
 
+    from .passes.annotate_shapes import inferred_shapes
+
     bound = onnx.ModelProto()
     bound.CopyFrom(model)
     for value in bound.graph.input:
@@ -231,16 +233,7 @@ def static_shapes(model, dims: dict[str, int]) -> dict[str, tuple]:
             if dim.HasField("dim_param") and dim.dim_param in dims:
                 dim.dim_value = dims[dim.dim_param]
     del bound.graph.value_info[:]
-    try:
-        inferred = onnx.shape_inference.infer_shapes(bound, strict_mode=False, data_prop=True)
-    except Exception:  # noqa: BLE001 - inference is a hint here; without it M stays unknown
-        return {}
-    out: dict[str, tuple] = {}
-    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        t = value.type.tensor_type
-        if t.HasField("shape"):
-            out[value.name] = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
-    return out
+    return {name: tuple(shape) for name, (_, shape) in inferred_shapes(bound, data_prop=True).items()}
 
 
 def parse_dims(items: list[str] | None) -> dict[str, int]:

@@ -31,15 +31,16 @@ class AnnotateResult(PassResult):
     annotated: list[str] = field(default_factory=list)  # tensors that got a shape
 
 
-def inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, list[int | str | None]]]:
-    """name -> (elem_type, dims) for every tensor ONNX's inference types; empty when it fails."""
+def inferred_shapes(model: onnx.ModelProto, data_prop: bool = False) -> dict[str, tuple[int, list[int | str | None]]]:
+    """name -> (elem_type, dims) for every tensor ONNX's inference types (a dim: its value, its
+    symbolic name, or None); empty when inference fails or the model is too large to infer in memory."""
     if model.ByteSize() > _MAX_BYTES:
-        logger.info("shape annotation skipped: the model is too large to infer in memory")
+        logger.info("shape inference skipped: the model is too large to infer in memory")
         return {}
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception as exc:  # noqa: BLE001 - a hint only; the compiled model is valid without it
-        logger.info("shape annotation skipped: inference failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=data_prop)
+    except Exception as exc:  # noqa: BLE001 - a hint only; callers work without shapes
+        logger.info("shape inference skipped: it failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
         return {}
     out = {}
     for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
