@@ -250,15 +250,35 @@ int RunOwn(Problem& p, const std::vector<int>& variants) {
   CHECK_CUDA(cudaMemcpy(ref.data(), y_ref, ysize * 2, cudaMemcpyDeviceToHost));
   const double dense_us = TimeUs(stream, p.copies, [&](int c) { blas.Run(x, wd + c * wsize, y_ref, p.m, p.k, p.n, dt); });
   std::printf("dense %.2f 0\n", dense_us);
+  // Variants 7 and 8: the cp.async kernel on the packed weight (sparse tensor-core MMA), with and
+  // without PDL.
+  void* packed = nullptr;
+  const size_t packed_bytes = onnxsparse::cuda::PackedWeightBytes(p.n, p.k);
   for (int variant : variants) {
     SparseGemmArgs a;
     a.x = x, a.m = p.m, a.k = p.k, a.n = p.n, a.values = values, a.index = index, a.y = y, a.ldy = p.n;
     a.variant = variant;
+    a.weight_constant = true;
+    const bool use_packed = variant == 7 || variant == 8;
+    if (use_packed) {
+      if (!onnxsparse::cuda::CanPackWeight(p.k, values, index)) continue;
+      if (packed == nullptr) {
+        CHECK_CUDA(cudaMalloc(&packed, packed_bytes * p.copies));
+        for (int c = 0; c < p.copies; ++c) {
+          const auto pack = p.bf16 ? onnxsparse::cuda::LaunchPackWeight<__nv_bfloat16>
+                                   : onnxsparse::cuda::LaunchPackWeight<__half>;
+          CHECK_CUDA(pack(values + c * (wsize / 2), index + c * (wsize / 8), p.n, p.k,
+                                                        static_cast<char*>(packed) + c * packed_bytes, stream));
+        }
+      }
+      a.variant = variant == 7 ? 0 : 5;
+    }
     CHECK_CUDA(cudaMemset(y, 0xFF, ysize * 2));
     auto launch = [&](int c) {
       SparseGemmArgs b = a;
       b.values = values + c * (wsize / 2);
       b.index = index + c * (wsize / 8);
+      if (use_packed) b.packed = static_cast<char*>(packed) + c * packed_bytes;
       return p.bf16 ? LaunchSparseGemm<__nv_bfloat16>(b, stream) : LaunchSparseGemm<__half>(b, stream);
     };
     CHECK_CUDA(launch(0));

@@ -1,6 +1,6 @@
 """Drives gemm_probe (kernel-level timings outside ONNX Runtime) on the GPU machine.
 
-    python benchmarks/cuda/probe.py --exe PATH own  [--variants 3 4 5]
+    python benchmarks/cuda/probe.py --exe PATH own  [--variants 3 4 5 6 7 8]
     python benchmarks/cuda/probe.py --exe PATH cslt [--ms 256 1024 ...]
 
 Each (dtype, M, K, N) runs in its own child process. In `cslt` mode a child that dies (a
@@ -113,7 +113,7 @@ def main():
     ap.add_argument("--dtypes", nargs="+", default=["f16"])
     ap.add_argument("--ms", nargs="+", type=int)
     ap.add_argument("--shapes", nargs="+", help="KxN")
-    ap.add_argument("--variants", nargs="+", type=int, default=[3, 4, 5])
+    ap.add_argument("--variants", nargs="+", type=int, default=[3, 4, 5, 6, 7, 8])
     ap.add_argument("--budget", type=float, default=240)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()

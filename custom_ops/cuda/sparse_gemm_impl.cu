@@ -12,6 +12,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
+#include <atomic>
+
 #include "cuda/device_common.cuh"
 #include "cuda/sparse_gemm_impl.cuh"
 #include "cuda/static_switch.h"
@@ -45,6 +48,37 @@ struct Mma<__nv_bfloat16> {
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
   }
 };
+
+// The sparse tensor-core MMA: A is 16 x 32 with 2 of every 4 along K stored (4 registers of value
+// pairs), `meta` the 2-bit positions of those values (ascending within a group), B is 32 x 8.
+template <typename T>
+struct MmaSp;
+template <>
+struct MmaSp<__half> {
+  static __device__ __forceinline__ void Run(float (&c)[4], const uint4& a, const uint32_t (&b)[4], uint32_t meta) {
+    asm("mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9,%10,%11}, {%0,%1,%2,%3}, %12, 0x0;\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]), "r"(meta));
+  }
+};
+template <>
+struct MmaSp<__nv_bfloat16> {
+  static __device__ __forceinline__ void Run(float (&c)[4], const uint4& a, const uint32_t (&b)[4], uint32_t meta) {
+    asm("mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9,%10,%11}, {%0,%1,%2,%3}, %12, 0x0;\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]), "r"(meta));
+  }
+};
+
+// Four 8 x 8 16-bit matrices from shared memory, lane L giving the address of row L % 8 of matrix
+// L / 8; register i of lane (g, t) receives row g, columns 2t and 2t + 1 of matrix i.
+__device__ __forceinline__ void LoadMatrixX4(uint32_t addr, uint32_t (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
 
 // Decodes one group: `pair` holds values[2g] (low 16 bits) and values[2g+1] (high), `nibble` the
 // group's indexes. Returns the 4 dense 16-bit elements as two 32-bit words (elements 0,1 and 2,3).
@@ -261,6 +295,372 @@ __global__ void __launch_bounds__(kGemmWarps * 32, kMTiles <= 2 ? 2 : 1) SparseG
   }
 }
 
+// v5: the same MMA mapping as v4 (remapped groups), fed by a cp.async ring per warp instead of
+// registers, so that a warp keeps kStages chunks of its 16 weight rows in flight (v3/v4: two, held
+// in registers) and every global load is a whole 16-byte piece of a 128-byte line. A warp copies
+// and reads only its own ring, so __syncwarp orders it; no block barrier until the reduction.
+// Needs K % 128 == 0 and 16-byte aligned values, index and activations.
+// Per warp and stage (bytes): weight 16 rows x 128, index 16 x 16, activations x_rows x 256, the
+// 16-byte pieces of a row XOR-swizzled so that the fragment reads are free of bank conflicts.
+constexpr int kAsyncWRowBytes = 128;
+constexpr int kAsyncWBytes = 16 * kAsyncWRowBytes;
+constexpr int kAsyncIndexBytes = 16 * 16;
+constexpr int kAsyncXRowBytes = 256;
+// The packed weight: tile (row block b of 16 rows, chunk c of 128 K) at (b * K / 128 + c) * this
+// many bytes, laid out as a stage's weight and index (so one contiguous copy fills a stage).
+constexpr int kPackedTileBytes = kAsyncWBytes + kAsyncIndexBytes;
+
+__host__ __device__ constexpr int AsyncStageBytes(int x_rows) {
+  return kAsyncWBytes + kAsyncIndexBytes + x_rows * kAsyncXRowBytes;
+}
+
+__device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+__device__ __forceinline__ uint4 LoadShared16(uint32_t addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
+  return v;
+}
+
+// x_rows: activation rows a stage holds (min(M, 8 * kMTiles), the same for every block).
+template <typename T, int kMTiles, int kStages, bool kPacked>
+__global__ void __launch_bounds__(kGemmWarps * 32, kMTiles <= 2 ? 2 : 1) SparseGemmAsyncKernel(SparseGemmArgs p, int x_rows) {
+  extern __shared__ __align__(16) unsigned char ring[];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * 16;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * (8 * kMTiles);
+  const int valid_x = static_cast<int>(p.m - m0 < x_rows ? p.m - m0 : x_rows);
+  const int64_t half_k = p.k / 2;
+  const int64_t index_stride = p.k / 8;
+  const int64_t nchunks = p.k / 128;
+  const int stage_bytes = AsyncStageBytes(x_rows);
+  const uint32_t my_ring = static_cast<uint32_t>(__cvta_generic_to_shared(ring)) + warp * kStages * stage_bytes;
+  // 16 zero bytes after the rings: what ldmatrix reads for activation rows past M.
+  const uint32_t zero_piece = static_cast<uint32_t>(__cvta_generic_to_shared(ring)) + kGemmWarps * kStages * stage_bytes;
+  if constexpr (kPacked) {
+    if (threadIdx.x < 4) reinterpret_cast<uint32_t*>(ring + kGemmWarps * kStages * stage_bytes)[threadIdx.x] = 0u;
+    __syncthreads();
+  }
+  const uint16_t* values = static_cast<const uint16_t*>(p.values);
+  const uint16_t* x = static_cast<const uint16_t*>(p.x);
+
+  // Copies the weight (values and index) of chunk c into stage st; nothing when c is past the end.
+  // From the packed form a stage is one contiguous tile, already in the ring's order.
+  auto issue_weight = [&](int64_t c, int st) {
+    if (c >= nchunks) return;
+    const uint32_t base = my_ring + st * stage_bytes;
+    if constexpr (kPacked) {
+      const unsigned char* tile =
+          static_cast<const unsigned char*>(p.packed) + (blockIdx.x * nchunks + c) * kPackedTileBytes;
+#pragma unroll
+      for (int j = 0; j < (kPackedTileBytes / 16 + 31) / 32; ++j) {
+        const int i = lane + 32 * j;
+        if (i < kPackedTileBytes / 16) CpAsync16(base + i * 16, tile + i * 16, true);
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int i = lane + 32 * j;
+        const int r = i >> 3;
+        const int piece = i & 7;
+        const bool ok = r0 + r < p.n;
+        const uint16_t* src = ok ? values + (r0 + r) * half_k + c * 64 + piece * 8 : values;
+        CpAsync16(base + r * kAsyncWRowBytes + ((piece ^ ((r & 1) << 2)) << 4), src, ok);
+      }
+      if (lane < 16) {
+        const bool ok = r0 + lane < p.n;
+        const uint8_t* src = ok ? p.index + (r0 + lane) * index_stride + c * 16 : p.index;
+        CpAsync16(base + kAsyncWBytes + lane * 16, src, ok);
+      }
+    }
+  };
+  // Copies the activations of chunk c into stage st.
+  auto issue_x = [&](int64_t c, int st) {
+    if (c >= nchunks) return;
+    const uint32_t xbase = my_ring + st * stage_bytes + kAsyncWBytes + kAsyncIndexBytes;
+    for (int i = lane; i < valid_x * 16; i += 32) {
+      const int r = i >> 4;
+      const int piece = i & 15;
+      // Swizzle: ldmatrix (packed) reads one piece of 8 consecutive rows at a time, the decoding
+      // path two pieces of 2 rows.
+      const int phys = kPacked ? piece ^ (r & 7) : piece ^ (r & 1);
+      CpAsync16(xbase + r * kAsyncXRowBytes + (phys << 4), x + (m0 + r) * p.k + c * 128 + piece * 8, true);
+    }
+  };
+
+  float acc[kMTiles][4];
+#pragma unroll
+  for (int i = 0; i < kMTiles; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+
+  // Packed: per MMA j (32 K of the chunk), lane (g, t) holds A registers (row g, group 8j + t),
+  // (g + 8, 8j + t), (g, 8j + t + 4), (g + 8, 8j + t + 4) as one 16-byte piece, and lanes t = 0, 1
+  // the metadata of groups 8j + 4t .. 8j + 4t + 3 of rows g (low 16 bits) and g + 8 (high).
+  auto compute_packed = [&](int st) {
+    const uint32_t base = my_ring + st * stage_bytes;
+    const uint4 meta = LoadShared16(base + kAsyncWBytes + ((g * 2 + (t & 1)) << 4));
+    const uint32_t metas[4] = {meta.x, meta.y, meta.z, meta.w};
+    const uint32_t xbase = base + kAsyncWBytes + kAsyncIndexBytes;
+    const int xr = lane & 7;   // the activation row this lane addresses, within a tile
+    const int piece = lane >> 3;  // and which 8 K of the MMA's 32
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const uint4 a = LoadShared16(base + ((j * 32 + lane) << 4));
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        const int r = mt * 8 + xr;
+        const uint32_t addr =
+            r < valid_x ? xbase + r * kAsyncXRowBytes + (((4 * j + piece) ^ (r & 7)) << 4) : zero_piece;
+        uint32_t b[4];
+        LoadMatrixX4(addr, b);
+        MmaSp<T>::Run(acc[mt], a, b, metas[j]);
+      }
+    }
+  };
+  auto compute_decoded = [&](int st) {
+    const uint32_t base = my_ring + st * stage_bytes;
+    const int swz = (g & 1) << 2;  // rows g and g + 8 have the same parity
+    const uint4 wa0 = LoadShared16(base + g * kAsyncWRowBytes + ((t ^ swz) << 4));
+    const uint4 wa1 = LoadShared16(base + g * kAsyncWRowBytes + (((4 + t) ^ swz) << 4));
+    const uint4 wb0 = LoadShared16(base + (g + 8) * kAsyncWRowBytes + ((t ^ swz) << 4));
+    const uint4 wb1 = LoadShared16(base + (g + 8) * kAsyncWRowBytes + (((4 + t) ^ swz) << 4));
+    const uint4 ia = LoadShared16(base + kAsyncWBytes + g * 16);
+    const uint4 ib = LoadShared16(base + kAsyncWBytes + (g + 8) * 16);
+    // Nibbles of groups 4t..4t+3 (16-bit word t of the row's index) and 16+4t.. (word 4+t).
+    const int shift = (t & 1) * 16;
+    const uint32_t na = (((t >> 1) ? ia.y : ia.x) >> shift & 0xFFFFu) | ((((t >> 1) ? ia.w : ia.z) >> shift) << 16);
+    const uint32_t nb = (((t >> 1) ? ib.y : ib.x) >> shift & 0xFFFFu) | ((((t >> 1) ? ib.w : ib.z) >> shift) << 16);
+    const uint32_t pa[8] = {wa0.x, wa0.y, wa0.z, wa0.w, wa1.x, wa1.y, wa1.z, wa1.w};
+    const uint32_t pb[8] = {wb0.x, wb0.y, wb0.z, wb0.w, wb1.x, wb1.y, wb1.z, wb1.w};
+    uint32_t xf[kMTiles][16];
+    const uint32_t xbase = base + kAsyncWBytes + kAsyncIndexBytes;
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+      const int r = mt * 8 + g;
+      if (r < valid_x) {
+        const int sx = r & 1;
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const uint4 lo = LoadShared16(xbase + r * kAsyncXRowBytes + (((2 * t + q) ^ sx) << 4));
+          const uint4 hi = LoadShared16(xbase + r * kAsyncXRowBytes + (((8 + 2 * t + q) ^ sx) << 4));
+          xf[mt][4 * q + 0] = lo.x, xf[mt][4 * q + 1] = lo.y, xf[mt][4 * q + 2] = lo.z, xf[mt][4 * q + 3] = lo.w;
+          xf[mt][8 + 4 * q + 0] = hi.x, xf[mt][8 + 4 * q + 1] = hi.y, xf[mt][8 + 4 * q + 2] = hi.z;
+          xf[mt][8 + 4 * q + 3] = hi.w;
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < 16; ++e) xf[mt][e] = 0;
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < 8; ++s) {
+      uint32_t a0, a1, a2, a3;
+      DecodeGroup(pa[s], (na >> (4 * s)) & 0xFu, a0, a2);
+      DecodeGroup(pb[s], (nb >> (4 * s)) & 0xFu, a1, a3);
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) Mma<T>::Run(acc[mt], a0, a1, a2, a3, xf[mt][2 * s], xf[mt][2 * s + 1]);
+    }
+  };
+
+  // Warps take chunks warp, warp + 8, ...: a block reads 8 consecutive chunks of its rows at a time.
+  // Launched as a programmatic dependent (PDL), a constant weight is fetched before the wait for
+  // the previous kernel, whose output may be X; the first commit group then holds the weight of
+  // every prologue stage. Without PDL the wait returns at once.
+  if (p.weight_constant) {
+#pragma unroll
+    for (int st = 0; st < kStages - 1; ++st) issue_weight(warp + st * kGemmWarps, st);
+  }
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (!p.weight_constant) issue_weight(warp + st * kGemmWarps, st);
+    issue_x(warp + st * kGemmWarps, st);
+    CpAsyncCommit();
+  }
+  int st = 0;
+#pragma unroll 1
+  for (int64_t c = warp; c < nchunks; c += kGemmWarps) {
+    CpAsyncWait<kStages - 2>();
+    __syncwarp();  // chunk c has landed for every lane, and every lane is done with the stage reused next
+    const int next = st == 0 ? kStages - 1 : st - 1;
+    issue_weight(c + (kStages - 1) * kGemmWarps, next);
+    issue_x(c + (kStages - 1) * kGemmWarps, next);
+    CpAsyncCommit();
+    if constexpr (kPacked) compute_packed(st);
+    else compute_decoded(st);
+    st = st + 1 == kStages ? 0 : st + 1;
+  }
+  // The next kernel, when launched as a programmatic dependent, may start its prologue now (its
+  // own wait still waits for this grid to finish).
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  CpAsyncWait<0>();
+  __syncthreads();  // the ring is free: the partial sums go there
+
+  float* partial = reinterpret_cast<float*>(ring);  // [kGemmWarps][kMTiles * 4][32]
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) partial[(warp * kMTiles * 4 + mt * 4 + j) * 32 + lane] = acc[mt][j];
+  __syncthreads();
+  const T* bias = static_cast<const T*>(p.bias);
+  T* y = static_cast<T*>(p.y);
+  for (int e = threadIdx.x; e < kMTiles * 4 * 32; e += kGemmWarps * 32) {
+    const int slot = e >> 5;
+    const int ln = e & 31;
+    float sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < kGemmWarps; ++w) sum += partial[(w * kMTiles * 4 + slot) * 32 + ln];
+    const int mt = slot >> 2;
+    const int j = slot & 3;
+    const int64_t col = r0 + (ln >> 2) + (j >= 2 ? 8 : 0);
+    const int64_t row = m0 + mt * 8 + 2 * (ln & 3) + (j & 1);
+    if (col < p.n && row < p.m) {
+      float v = p.alpha * sum;
+      if (bias != nullptr) v += ToFloat(bias[col]);
+      y[row * p.ldy + col] = FromFloat<T>(v);
+    }
+  }
+}
+
+// Shared memory of one v5 block with kStages stages; the stage count for a given M is the largest
+// that keeps a block within kAsyncBlockBudget, so that two blocks share an SM where they fit.
+constexpr int kAsyncBlockBudget = 100 * 1024;
+constexpr int kAsyncMaxStages = 6;
+inline int AsyncRingBytes(int x_rows, int stages) { return kGemmWarps * stages * AsyncStageBytes(x_rows); }
+
+template <typename T, int kMTiles, int kStages, bool kPacked>
+cudaError_t LaunchAsync(const SparseGemmArgs& args, int x_rows, bool pdl, cudaStream_t stream) {
+  const int bytes = std::max(AsyncRingBytes(x_rows, kStages) + 16, kGemmWarps * kMTiles * 4 * 32 * 4);
+  auto* kernel = SparseGemmAsyncKernel<T, kMTiles, kStages, kPacked>;
+  // Raised once per device to the most a block may opt into (it does not change occupancy; the
+  // launch's size does): a bit per device id.
+  static std::atomic<uint64_t> raised{0};
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return e;
+  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+  if (bit == 0 || (raised.load(std::memory_order_acquire) & bit) == 0) {
+    int optin = 0;
+    e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (e == cudaSuccess) e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin);
+    if (e != cudaSuccess) return e;
+    raised.fetch_or(bit, std::memory_order_acq_rel);
+  }
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(CeilDiv(args.n, 16), CeilDiv(args.m, 8 * kMTiles));
+  config.blockDim = dim3(kGemmWarps * 32);
+  config.dynamicSmemBytes = bytes;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, args, x_rows);
+}
+
+template <typename T, int kMTiles>
+cudaError_t LaunchAsyncStages(const SparseGemmArgs& args, bool pdl, cudaStream_t stream) {
+  const int x_rows = static_cast<int>(std::min<int64_t>(args.m, 8 * kMTiles));
+  int stages = kAsyncMaxStages;
+  while (stages > 2 && AsyncRingBytes(x_rows, stages) > kAsyncBlockBudget) --stages;
+  return BOOL_SWITCH(args.packed != nullptr, kPacked, [&] {
+    switch (stages) {
+      case 6: return LaunchAsync<T, kMTiles, 6, kPacked>(args, x_rows, pdl, stream);
+      case 5: return LaunchAsync<T, kMTiles, 5, kPacked>(args, x_rows, pdl, stream);
+      case 4: return LaunchAsync<T, kMTiles, 4, kPacked>(args, x_rows, pdl, stream);
+      case 3: return LaunchAsync<T, kMTiles, 3, kPacked>(args, x_rows, pdl, stream);
+      default: return LaunchAsync<T, kMTiles, 2, kPacked>(args, x_rows, pdl, stream);
+    }
+  });
+}
+
+template <typename T>
+__device__ __forceinline__ uint16_t SumBits(uint16_t a, uint16_t b) {
+  T x, y;
+  memcpy(&x, &a, 2);
+  memcpy(&y, &b, 2);
+  const T sum = FromFloat<T>(ToFloat(x) + ToFloat(y));
+  uint16_t out;
+  memcpy(&out, &sum, 2);
+  return out;
+}
+
+// Group `group` of weight row `row` in the sparse MMA's terms: its two values (low 16 bits first)
+// and their positions, ascending (2 bits each). SPEC's positions come in either order, and the two
+// may name one element, whose value is then their sum; rows past n are zero.
+template <typename T>
+__device__ __forceinline__ void EncodeGroup(const uint16_t* values, const uint8_t* index, int64_t n, int64_t k,
+                                            int64_t row, int64_t group, uint32_t& pair, uint32_t& nibble) {
+  pair = 0;
+  nibble = 0x4u;  // positions 0 and 1
+  if (row >= n) return;
+  const uint32_t v0 = values[row * (k / 2) + 2 * group];
+  const uint32_t v1 = values[row * (k / 2) + 2 * group + 1];
+  const uint32_t byte = index[row * (k / 8) + group / 2];
+  const uint32_t nib = (group & 1) ? byte >> 4 : byte & 0xFu;
+  const uint32_t p0 = nib & 3u;
+  const uint32_t p1 = min(3u, 1u + ((nib >> 2) & 3u));
+  if (p0 < p1) {
+    pair = v0 | (v1 << 16), nibble = p0 | (p1 << 2);
+  } else if (p0 > p1) {
+    pair = v1 | (v0 << 16), nibble = p1 | (p0 << 2);
+  } else {  // p0 = p1 >= 1: a zero at position 0, the sum at p0
+    pair = static_cast<uint32_t>(SumBits<T>(static_cast<uint16_t>(v0), static_cast<uint16_t>(v1))) << 16;
+    nibble = p0 << 2;
+  }
+}
+
+// One thread per 16-byte piece of the packed form (see kPackedTileBytes and compute_packed).
+template <typename T>
+__global__ void PackWeightKernel(const uint16_t* __restrict__ values, const uint8_t* __restrict__ index, int64_t n,
+                                 int64_t k, int64_t pieces, uint4* __restrict__ packed) {
+  constexpr int kPieces = kPackedTileBytes / 16;
+  const int64_t nchunks = k / 128;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= pieces) return;
+  const int64_t tile = i / kPieces;
+  const int piece = static_cast<int>(i % kPieces);
+  const int64_t r0 = tile / nchunks * 16;
+  const int64_t g0 = tile % nchunks * 32;  // first group of the chunk
+  uint32_t out[4];
+  if (piece < kAsyncWBytes / 16) {
+    const int j = piece >> 5;
+    const int lane = piece & 31;
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    uint32_t unused;
+    EncodeGroup<T>(values, index, n, k, r0 + g, g0 + 8 * j + t, out[0], unused);
+    EncodeGroup<T>(values, index, n, k, r0 + g + 8, g0 + 8 * j + t, out[1], unused);
+    EncodeGroup<T>(values, index, n, k, r0 + g, g0 + 8 * j + t + 4, out[2], unused);
+    EncodeGroup<T>(values, index, n, k, r0 + g + 8, g0 + 8 * j + t + 4, out[3], unused);
+  } else {
+    const int e = piece - kAsyncWBytes / 16;
+    const int g = e >> 1;
+    const int half = e & 1;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      uint32_t meta = 0;
+      for (int c = 0; c < 4; ++c) {
+        uint32_t pair, lo, hi;
+        EncodeGroup<T>(values, index, n, k, r0 + g, g0 + 8 * j + 4 * half + c, pair, lo);
+        EncodeGroup<T>(values, index, n, k, r0 + g + 8, g0 + 8 * j + 4 * half + c, pair, hi);
+        meta |= (lo << (4 * c)) | (hi << (16 + 4 * c));
+      }
+      out[j] = meta;
+    }
+  }
+  packed[i] = make_uint4(out[0], out[1], out[2], out[3]);
+}
+
 constexpr int kF32Rows = 8;  // activation rows per warp
 
 __global__ void __launch_bounds__(128) SparseGemmF32Kernel(SparseGemmArgs p) {
@@ -372,6 +772,17 @@ cudaError_t LaunchSparseGemm(const SparseGemmArgs& args, cudaStream_t stream) {
                          reinterpret_cast<uintptr_t>(args.index) % 4 == 0;
     // Measured on an H200 (benchmarks/cuda/probe.py own): v3 is faster at M = 1, v4 from M = 8 up.
     const int variant = args.variant != 0 ? args.variant : (args.m <= 4 ? 3 : 4);
+    const bool async_ok = args.k % 128 == 0 && reinterpret_cast<uintptr_t>(args.values) % 16 == 0 &&
+                          reinterpret_cast<uintptr_t>(args.x) % 16 == 0 &&
+                          reinterpret_cast<uintptr_t>(args.index) % 16 == 0;
+    if (args.packed != nullptr && args.k % 128 == 0 && reinterpret_cast<uintptr_t>(args.x) % 16 == 0) {
+      const bool pdl = variant != 5;
+      return M_TILES_SWITCH(args.m, kTiles, [&] { return LaunchAsyncStages<T, kTiles>(args, pdl, stream); });
+    }
+    if ((variant == 5 || variant == 6) && async_ok) {
+      const bool pdl = variant == 6;
+      return M_TILES_SWITCH(args.m, kTiles, [&] { return LaunchAsyncStages<T, kTiles>(args, pdl, stream); });
+    }
     M_TILES_SWITCH(args.m, kTiles, [&] {
       BOOL_SWITCH(aligned, kAligned, [&] {
         const dim3 grid(CeilDiv(args.n, 16), CeilDiv(args.m, 8 * kTiles));
@@ -389,6 +800,25 @@ cudaError_t LaunchDecompress(const T* values, const uint8_t* index, int64_t rows
   const int64_t total = rows * (k / 4);
   if (total == 0) return cudaSuccess;
   DecompressKernel<T><<<CeilDiv(total, 256), 256, 0, stream>>>(values, index, rows, k, dense);
+  return cudaGetLastError();
+}
+
+bool CanPackWeight(int64_t k, const void* values, const uint8_t* index) {
+  return k > 0 && k % 128 == 0 && reinterpret_cast<uintptr_t>(values) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(index) % 16 == 0;
+}
+
+size_t PackedWeightBytes(int64_t n, int64_t k) {
+  return static_cast<size_t>(CeilDiv(n, 16)) * static_cast<size_t>(k / 128) * kPackedTileBytes;
+}
+
+template <typename T>
+cudaError_t LaunchPackWeight(const void* values, const uint8_t* index, int64_t n, int64_t k, void* packed,
+                             cudaStream_t stream) {
+  const int64_t pieces = static_cast<int64_t>(PackedWeightBytes(n, k) / 16);
+  if (pieces == 0) return cudaSuccess;
+  PackWeightKernel<T><<<CeilDiv(pieces, 256), 256, 0, stream>>>(static_cast<const uint16_t*>(values), index, n, k,
+                                                               pieces, static_cast<uint4*>(packed));
   return cudaGetLastError();
 }
 
@@ -418,6 +848,9 @@ ONNXSPARSE_INSTANTIATE(float)
 ONNXSPARSE_INSTANTIATE(__half)
 ONNXSPARSE_INSTANTIATE(__nv_bfloat16)
 #undef ONNXSPARSE_INSTANTIATE
+template cudaError_t LaunchPackWeight<__half>(const void*, const uint8_t*, int64_t, int64_t, void*, cudaStream_t);
+template cudaError_t LaunchPackWeight<__nv_bfloat16>(const void*, const uint8_t*, int64_t, int64_t, void*,
+                                                     cudaStream_t);
 
 }  // namespace onnxsparse::cuda
 

@@ -4,6 +4,7 @@
 #pragma once
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace onnxsparse::cuda {
@@ -23,9 +24,26 @@ struct SparseGemmArgs {
   void* y = nullptr;
   int64_t ldy = 0;
   // fp16/bf16 small-M kernel: 0 chooses by M; 3 the register pipeline with 8 contiguous groups per
-  // lane, 4 the same with whole-sector loads (benchmarks/cuda/gemm_probe.cu compares them).
+  // lane, 4 the same with whole-sector loads, 5 a cp.async ring per warp (K % 128 == 0, 16-byte
+  // aligned operands; others take 4), 6 the same launched as a programmatic dependent
+  // (benchmarks/cuda/gemm_probe.cu compares them).
   int variant = 0;
+  // The weight (values, index) is constant for the session, so a kernel launched as a
+  // programmatic dependent may read it before the previous kernel has finished.
+  bool weight_constant = false;
+  // The same weight in the packed form (LaunchPackWeight), or null. When set (K % 128 == 0), the
+  // cp.async kernel reads it: one contiguous tile per stage instead of 16 row pieces.
+  const void* packed = nullptr;
 };
+
+// The packed form of a weight of n rows (fp16/bf16): tiles of 16 rows x 128 K, each contiguous and
+// laid out as the registers and metadata of the sparse tensor-core MMA (mma.sp), which the cp.async
+// kernel then feeds without decoding. 9/16 of the dense bytes, like SPEC's form.
+bool CanPackWeight(int64_t k, const void* values, const uint8_t* index);
+size_t PackedWeightBytes(int64_t n, int64_t k);
+template <typename T>
+cudaError_t LaunchPackWeight(const void* values, const uint8_t* index, int64_t n, int64_t k, void* packed,
+                             cudaStream_t stream);
 
 template <typename T>
 cudaError_t LaunchSparseGemm(const SparseGemmArgs& args, cudaStream_t stream);
