@@ -484,6 +484,11 @@ def main():
         sys.exit("gpu_bench: onnxruntime has no CUDAExecutionProvider")
     meta = versions()
     log(json.dumps(meta))
+    # Rows of an earlier run (the same --out) that this run does not redo stay.
+    try:
+        earlier_e2e = json.loads((Path(args.out) / "gpu_bench.json").read_text()).get("e2e", [])
+    except (OSError, ValueError):
+        earlier_e2e = []
     shapes = SHAPES[:1] if args.quick else SHAPES
     ms = [1, 16, 256, 4096] if args.quick else MS
     gemms = [] if args.skip_gemm else bench_gemms(args.dtypes.split(","), shapes, ms)
@@ -493,19 +498,14 @@ def main():
         except (OSError, ValueError, KeyError):
             gemms = []
     else:
-        write_outputs(Path(args.out), gemms, [], meta)
-    e2e = []
+        write_outputs(Path(args.out), gemms, earlier_e2e, meta)
+    e2e = earlier_e2e
     if not args.skip_e2e:
         models = args.models.split(",")
         batches = [int(b) for b in args.batches.split(",")] if args.batches else None
         e2e = bench_e2e(args.quick, models, batches, args.cuda_graph, args.breakdown)
-        # Rows of an earlier run (the same --out) that this run did not redo stay.
-        try:
-            earlier = json.loads((Path(args.out) / "gpu_bench.json").read_text()).get("e2e", [])
-        except (OSError, ValueError):
-            earlier = []
         done = {(r["model"], r["batch"], r.get("cuda_graph", False)) for r in e2e}
-        e2e = [r for r in earlier if (r["model"], r["batch"], r.get("cuda_graph", False)) not in done] + e2e
+        e2e = [r for r in earlier_e2e if (r["model"], r["batch"], r.get("cuda_graph", False)) not in done] + e2e
     write_outputs(Path(args.out), gemms, e2e, meta)
     log(f"wrote {args.out}/gpu_bench.{{json,md,png}} and onnxsparse/data/perf_cuda.json")
 

@@ -339,3 +339,87 @@ def test_cuda_graph_replay_matches():
             np.testing.assert_array_equal(o, outs[0])
         ref = a.numpy().astype(np.float64) @ fmt.decompress(values, index).astype(np.float64).T
         assert _rel_err(outs[-1].astype(np.float64), ref) < TOLERANCE["float16"]
+
+
+def _odd_encodings(values: np.ndarray, index: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The same kind of weight with groups SPEC allows but the compressor never writes: the two
+    values in descending position order, and both on one element (which then holds their sum)."""
+    values, index = values.copy(), index.copy()
+    rng = np.random.default_rng(seed)
+    rows, groups = values.shape[0], values.shape[1] // 2
+    for r in range(rows):
+        for g in rng.choice(groups, size=max(1, groups // 4), replace=False):
+            shift = 4 * (g % 2)
+            nib = (index[r, g // 2] >> shift) & 0xF
+            first, second = nib & 3, 1 + ((nib >> 2) & 3)  # positions of values[2g], values[2g+1]
+            if rng.integers(2) == 0 and first >= 1 and second <= 2:
+                # descending: values[2g] at `second`, values[2g+1] at `first`
+                new = second | ((first - 1) << 2)
+                values[r, 2 * g], values[r, 2 * g + 1] = values[r, 2 * g + 1], values[r, 2 * g]
+            elif second <= 2:
+                new = second | ((second - 1) << 2)  # both on element `second`
+            else:
+                continue
+            index[r, g // 2] = (index[r, g // 2] & ~np.uint8(0xF << shift)) | np.uint8(new << shift)
+    return values, index
+
+
+@pytest.mark.parametrize("pack", ["1", "0"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("m", [1, 5, 16, 24, 32])
+def test_small_m_packed_weight_matches_spec_form(monkeypatch, pack, dtype, m):
+    """The own kernel on the weight packed for the sparse tensor cores (K % 128 == 0), and on SPEC's
+    form (ONNXSPARSE_CUDA_PACK=0), against numpy on the decompressed weight; N not a multiple of 16
+    and groups in every order SPEC allows."""
+    monkeypatch.setenv("ONNXSPARSE_CUDA_PACK", pack)
+    k, n = 384, 200
+    _, values, index = _weight(n, k, dtype, 21)
+    values, index = _odd_encodings(values, index, 22)
+    dense = fmt.decompress(values, index).astype(np.float64)
+    rng = np.random.default_rng(m)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    node = oh.make_node("MatMulCompress", ["A", "values", "u8_index", "bias"], ["Y"], domain="onnxsparse")
+    model = _model(node, dtype, {"A": [m, k]}, {"values": values, "u8_index": index, "bias": b.astype(DTYPES[dtype][1])})
+    out = _session(model).run(None, {"A": a})[0].astype(np.float64)
+    ref = _round(a, dtype) @ dense.T + _round(b, dtype)
+    assert _rel_err(out, ref) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("pdl", ["1", "0"])
+def test_chained_small_m_layers(monkeypatch, pdl):
+    """Sparse layers back to back, each reading the one before (launched as programmatic
+    dependents, they must still wait for it), plain and under CUDA-graph replay."""
+    from onnxsparse.session import session_options
+
+    monkeypatch.setenv("ONNXSPARSE_CUDA_PDL", pdl)
+    m, width, depth = 4, 512, 6
+    nodes, inits, dense = [], [], []
+    prev = "A"
+    for i in range(depth):
+        w, values, index = _weight(width, width, "float16", 40 + i)
+        dense.append(w)
+        inits += [onnx.numpy_helper.from_array(values, f"v{i}"), onnx.numpy_helper.from_array(index, f"i{i}")]
+        nodes.append(oh.make_node("MatMulCompress", [prev, f"v{i}", f"i{i}"], [f"y{i}"], domain="onnxsparse",
+                                  alpha=0.05))
+        prev = f"y{i}"
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("A", onnx.TensorProto.FLOAT16, [m, width])],
+                          [oh.make_tensor_value_info(prev, onnx.TensorProto.FLOAT16, [m, width])], initializer=inits)
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid("onnxsparse", 1)])
+    model.ir_version = 10
+    a = np.random.default_rng(3).standard_normal((m, width)).astype(np.float16)
+    ref = a.astype(np.float64)
+    for w in dense:
+        ref = _round((0.05 * ref @ w.T).astype(np.float32), "float16")
+    plain = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CUDAExecutionProvider"])
+    assert _rel_err(plain.run(None, {"A": a})[0].astype(np.float64), ref) < 4 * TOLERANCE["float16"]
+    graphed = ort.InferenceSession(model.SerializeToString(), session_options(),
+                                   providers=[("CUDAExecutionProvider", {"enable_cuda_graph": "1"})])
+    x = ort.OrtValue.ortvalue_from_numpy(a, "cuda", 0)
+    y = ort.OrtValue.ortvalue_from_shape_and_type([m, width], np.float16, "cuda", 0)
+    binding = graphed.io_binding()
+    binding.bind_ortvalue_input("A", x)
+    binding.bind_ortvalue_output(prev, y)
+    for _ in range(3):
+        graphed.run_with_iobinding(binding)
+        assert _rel_err(y.numpy().astype(np.float64), ref) < 4 * TOLERANCE["float16"]

@@ -1,7 +1,9 @@
 // Kernel-level probe of the sparse GEMM paths, outside ONNX Runtime (driven by probe.py, which
 // runs it in child processes so that a kernel that kills its CUDA context costs one child only).
 //
-//   gemm_probe own  DTYPE M K N VARIANT...     the own small-M kernels vs cuBLAS dense
+//   gemm_probe own  DTYPE M K N VARIANT...     the own small-M kernels vs cuBLAS dense (3, 4:
+//                                              registers; 5, 6: cp.async, decoding; 7, 8: cp.async,
+//                                              packed, sparse MMA; 6 and 7 with PDL)
 //   gemm_probe cslt DTYPE M K N FIRST_ID       cuSPARSELt's default algorithm, then every
 //                                              configuration id from FIRST_ID (a line each)
 //   gemm_probe search DTYPE M K N              cusparseLtMatmulSearch's choice
@@ -250,14 +252,15 @@ int RunOwn(Problem& p, const std::vector<int>& variants) {
   CHECK_CUDA(cudaMemcpy(ref.data(), y_ref, ysize * 2, cudaMemcpyDeviceToHost));
   const double dense_us = TimeUs(stream, p.copies, [&](int c) { blas.Run(x, wd + c * wsize, y_ref, p.m, p.k, p.n, dt); });
   std::printf("dense %.2f 0\n", dense_us);
-  // Variants 7 and 8: the cp.async kernel on the packed weight (sparse tensor-core MMA), with and
-  // without PDL.
+  // Variants 7 and 8: the cp.async kernel on the packed weight (sparse tensor-core MMA).
   void* packed = nullptr;
   const size_t packed_bytes = onnxsparse::cuda::PackedWeightBytes(p.n, p.k);
   for (int variant : variants) {
     SparseGemmArgs a;
     a.x = x, a.m = p.m, a.k = p.k, a.n = p.n, a.values = values, a.index = index, a.y = y, a.ldy = p.n;
-    a.variant = variant;
+    // The library's variants 3, 4, 5 and 7, 5 and 8 without PDL, 6 and 7 with it.
+    a.variant = variant == 6 ? 5 : variant == 8 ? 7 : variant;
+    a.pdl = variant == 6 || variant == 7;
     a.weight_constant = true;
     const bool use_packed = variant == 7 || variant == 8;
     if (use_packed) {
@@ -271,7 +274,6 @@ int RunOwn(Problem& p, const std::vector<int>& variants) {
                                                         static_cast<char*>(packed) + c * packed_bytes, stream));
         }
       }
-      a.variant = variant == 7 ? 0 : 5;
     }
     CHECK_CUDA(cudaMemset(y, 0xFF, ysize * 2));
     auto launch = [&](int c) {

@@ -113,7 +113,7 @@ def main():
     ap.add_argument("--dtypes", nargs="+", default=["f16"])
     ap.add_argument("--ms", nargs="+", type=int)
     ap.add_argument("--shapes", nargs="+", help="KxN")
-    ap.add_argument("--variants", nargs="+", type=int, default=[3, 4, 5, 6, 7, 8])
+    ap.add_argument("--variants", nargs="+", type=int, default=[4, 5, 6, 7, 8])
     ap.add_argument("--budget", type=float, default=240)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()

@@ -80,20 +80,33 @@ __device__ __forceinline__ void LoadMatrixX4(uint32_t addr, uint32_t (&r)[4]) {
                : "r"(addr));
 }
 
+// The 16-bit sum of two 16-bit values of type T (rounded once).
+template <typename T>
+__device__ __forceinline__ uint16_t SumBits(uint16_t a, uint16_t b) {
+  T x, y;
+  memcpy(&x, &a, 2);
+  memcpy(&y, &b, 2);
+  const T sum = FromFloat<T>(ToFloat(x) + ToFloat(y));
+  uint16_t out;
+  memcpy(&out, &sum, 2);
+  return out;
+}
+
 // Decodes one group: `pair` holds values[2g] (low 16 bits) and values[2g+1] (high), `nibble` the
 // group's indexes. Returns the 4 dense 16-bit elements as two 32-bit words (elements 0,1 and 2,3).
-// SPEC adds the second value onto the first when both land on one element; one of them is then an
-// empty (zero) slot, so the sum is the other value.
+// When both values land on one element, SPEC makes it their sum.
+template <typename T>
 __device__ __forceinline__ void DecodeGroup(uint32_t pair, uint32_t nibble, uint32_t& lo, uint32_t& hi) {
   const uint32_t v0 = pair & 0xFFFFu;
   const uint32_t v1 = pair >> 16;
   const uint32_t p0 = nibble & 3u;
   uint32_t p1 = 1u + ((nibble >> 2) & 3u);
   p1 = p1 > 3u ? 3u : p1;  // an invalid index (3) must not shift out of the group
-  uint64_t dense = static_cast<uint64_t>(v0) << (16u * p0);
-  const bool keep_first = (p1 == p0) && ((v1 & 0x7FFFu) == 0u);
-  if (!keep_first) {
-    dense = (dense & ~(0xFFFFull << (16u * p1))) | (static_cast<uint64_t>(v1) << (16u * p1));
+  uint64_t dense;
+  if (p1 != p0) {
+    dense = (static_cast<uint64_t>(v0) << (16u * p0)) | (static_cast<uint64_t>(v1) << (16u * p1));
+  } else {
+    dense = static_cast<uint64_t>(SumBits<T>(static_cast<uint16_t>(v0), static_cast<uint16_t>(v1))) << (16u * p0);
   }
   lo = static_cast<uint32_t>(dense);
   hi = static_cast<uint32_t>(dense >> 32);
@@ -249,8 +262,8 @@ __global__ void __launch_bounds__(kGemmWarps * 32, kMTiles <= 2 ? 2 : 1) SparseG
 #pragma unroll
     for (int s = 0; s < 8; ++s) {
       uint32_t a0, a1, a2, a3;
-      DecodeGroup(st.pa[s], (st.na >> (4 * s)) & 0xFu, a0, a2);
-      DecodeGroup(st.pb[s], (st.nb >> (4 * s)) & 0xFu, a1, a3);
+      DecodeGroup<T>(st.pa[s], (st.na >> (4 * s)) & 0xFu, a0, a2);
+      DecodeGroup<T>(st.pb[s], (st.nb >> (4 * s)) & 0xFu, a1, a3);
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt) Mma<T>::Run(acc[mt], a0, a1, a2, a3, xf[mt][2 * s], xf[mt][2 * s + 1]);
     }
@@ -463,8 +476,8 @@ __global__ void __launch_bounds__(kGemmWarps * 32, kMTiles <= 2 ? 2 : 1) SparseG
 #pragma unroll
     for (int s = 0; s < 8; ++s) {
       uint32_t a0, a1, a2, a3;
-      DecodeGroup(pa[s], (na >> (4 * s)) & 0xFu, a0, a2);
-      DecodeGroup(pb[s], (nb >> (4 * s)) & 0xFu, a1, a3);
+      DecodeGroup<T>(pa[s], (na >> (4 * s)) & 0xFu, a0, a2);
+      DecodeGroup<T>(pb[s], (nb >> (4 * s)) & 0xFu, a1, a3);
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt) Mma<T>::Run(acc[mt], a0, a1, a2, a3, xf[mt][2 * s], xf[mt][2 * s + 1]);
     }
@@ -581,17 +594,6 @@ cudaError_t LaunchAsyncStages(const SparseGemmArgs& args, bool pdl, cudaStream_t
       default: return LaunchAsync<T, kMTiles, 2, kPacked>(args, x_rows, pdl, stream);
     }
   });
-}
-
-template <typename T>
-__device__ __forceinline__ uint16_t SumBits(uint16_t a, uint16_t b) {
-  T x, y;
-  memcpy(&x, &a, 2);
-  memcpy(&y, &b, 2);
-  const T sum = FromFloat<T>(ToFloat(x) + ToFloat(y));
-  uint16_t out;
-  memcpy(&out, &sum, 2);
-  return out;
 }
 
 // Group `group` of weight row `row` in the sparse MMA's terms: its two values (low 16 bits first)
@@ -770,18 +772,20 @@ cudaError_t LaunchSparseGemm(const SparseGemmArgs& args, cudaStream_t stream) {
     const bool aligned = args.k % 32 == 0 && reinterpret_cast<uintptr_t>(args.values) % 16 == 0 &&
                          reinterpret_cast<uintptr_t>(args.x) % 16 == 0 &&
                          reinterpret_cast<uintptr_t>(args.index) % 4 == 0;
-    // Measured on an H200 (benchmarks/cuda/probe.py own): v3 is faster at M = 1, v4 from M = 8 up.
-    const int variant = args.variant != 0 ? args.variant : (args.m <= 4 ? 3 : 4);
-    const bool async_ok = args.k % 128 == 0 && reinterpret_cast<uintptr_t>(args.values) % 16 == 0 &&
-                          reinterpret_cast<uintptr_t>(args.x) % 16 == 0 &&
+    // Variant 0 chooses: the packed weight when there is one (sparse tensor cores), else the
+    // cp.async decoding kernel where the shape allows, else the register kernels (measured on an
+    // H200 with benchmarks/cuda/probe.py own: v3 is faster at M <= 4, v4 above).
+    const bool x_ok = args.k % 128 == 0 && reinterpret_cast<uintptr_t>(args.x) % 16 == 0;
+    const bool async_ok = x_ok && reinterpret_cast<uintptr_t>(args.values) % 16 == 0 &&
                           reinterpret_cast<uintptr_t>(args.index) % 16 == 0;
-    if (args.packed != nullptr && args.k % 128 == 0 && reinterpret_cast<uintptr_t>(args.x) % 16 == 0) {
-      const bool pdl = variant != 5;
-      return M_TILES_SWITCH(args.m, kTiles, [&] { return LaunchAsyncStages<T, kTiles>(args, pdl, stream); });
-    }
-    if ((variant == 5 || variant == 6) && async_ok) {
-      const bool pdl = variant == 6;
-      return M_TILES_SWITCH(args.m, kTiles, [&] { return LaunchAsyncStages<T, kTiles>(args, pdl, stream); });
+    const int registers = args.m <= 4 ? 3 : 4;
+    int variant = args.variant;
+    if (variant == 0 || variant == 7) variant = args.packed != nullptr && x_ok ? 7 : (async_ok ? 5 : registers);
+    if (variant == 5 && !async_ok) variant = registers;
+    if (variant == 5 || variant == 7) {
+      SparseGemmArgs a = args;
+      if (variant == 5) a.packed = nullptr;
+      return M_TILES_SWITCH(a.m, kTiles, [&] { return LaunchAsyncStages<T, kTiles>(a, a.pdl, stream); });
     }
     M_TILES_SWITCH(args.m, kTiles, [&] {
       BOOL_SWITCH(aligned, kAligned, [&] {

@@ -23,11 +23,16 @@ struct SparseGemmArgs {
   float alpha = 1.0f;
   void* y = nullptr;
   int64_t ldy = 0;
-  // fp16/bf16 small-M kernel: 0 chooses by M; 3 the register pipeline with 8 contiguous groups per
-  // lane, 4 the same with whole-sector loads, 5 a cp.async ring per warp (K % 128 == 0, 16-byte
-  // aligned operands; others take 4), 6 the same launched as a programmatic dependent
-  // (benchmarks/cuda/gemm_probe.cu compares them).
+  // fp16/bf16 small-M kernel: 0 chooses; 3 the register pipeline with 8 contiguous groups per lane,
+  // 4 the same with whole-sector loads, 5 a cp.async ring per warp decoding SPEC's form (K % 128
+  // == 0, 16-byte aligned operands), 7 the same ring on the packed weight (below) and the sparse
+  // tensor cores. A variant the shape does not allow falls back (benchmarks/cuda/gemm_probe.cu
+  // compares them).
   int variant = 0;
+  // Variants 5 and 7 are launched as programmatic dependents (PDL): they start while the previous
+  // kernel on the stream finishes, and wait for it before reading X (and, unless weight_constant,
+  // the weight) or writing Y.
+  bool pdl = true;
   // The weight (values, index) is constant for the session, so a kernel launched as a
   // programmatic dependent may read it before the previous kernel has finished.
   bool weight_constant = false;

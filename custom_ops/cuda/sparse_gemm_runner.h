@@ -3,7 +3,10 @@
 //     that are a multiple of 16 (its compressed weight built on the first such call), the own kernel
 //     on the remaining rows; for M <= ONNXSPARSE_CUDA_OWN_TIMED_M_MAX (1024) the first call of an M
 //     times cuSPARSELt's best algorithm against the own kernel and the faster serves that M;
-//   otherwise (small M, float, a weight fed at run time): the own kernel, reading SPEC's form.
+//   otherwise (small M, float, a weight fed at run time): the own kernel. For a constant fp16/bf16
+//     weight with K % 128 == 0 it reads the weight packed for the sparse tensor cores (built on the
+//     first such call outside a CUDA-graph capture; ONNXSPARSE_CUDA_PACK=0 keeps SPEC's form), and
+//     it is launched as a programmatic dependent of the previous kernel (ONNXSPARSE_CUDA_PDL=0: not).
 // A weight is split into `slots` independent row blocks (Conv's groups), each its own GEMM.
 #pragma once
 #include <cuda_runtime_api.h>
@@ -16,6 +19,7 @@
 #include <vector>
 
 #include "common/ort_api.h"
+#include "cuda/cuda_utils.h"
 #include "cuda/cusparselt_gemm.h"
 #include "cuda/sparse_gemm_impl.cuh"
 
@@ -36,17 +40,27 @@ class SparseGemmRunner {
   Ort::Status ValidateOnce(const char* op, cudaStream_t stream, const uint8_t* index, int64_t rows, int64_t k);
 
  private:
+  // The own kernel's arguments for this call: the packed weight of the slot (built here at its
+  // first use outside a capture) where it applies. mutex_ held.
+  template <typename T>
+  Ort::Status OwnArgsLocked(const char* op, cudaStream_t stream, int slot, const SparseGemmArgs& args,
+                            SparseGemmArgs* own);
+
   bool weight_constant_ = false;
   bool bias_constant_ = false;
   int64_t small_m_max_ = 32;
   int64_t own_timed_m_max_ = 1024;
   bool verbose_ = false;  // ONNXSPARSE_CUDA_VERBOSE=1: the measured choice per M on stderr
+  bool pack_ = true;      // ONNXSPARSE_CUDA_PACK
+  bool pdl_ = true;       // ONNXSPARSE_CUDA_PDL
   std::map<std::pair<int, int64_t>, bool> own_is_faster_;  // by (slot, M): measured at its first call
   bool allow_without_cusparselt_ = false;
   bool validated_ = false;
   std::mutex mutex_;
   std::vector<std::unique_ptr<SparseLtWeight>> sparselt_;  // by slot
   std::vector<std::string> sparselt_error_;                // by slot: why it could not be built
+  std::vector<std::unique_ptr<DeviceBuffer>> packed_;      // by slot: the packed weight, or null
+  std::vector<bool> own_ran_;                              // by slot: the own kernel served a call
 };
 
 }  // namespace onnxsparse::cuda
