@@ -120,6 +120,39 @@ __device__ __forceinline__ uint4 LoadStreaming16(const void* ptr) {
   return v;
 }
 
+// The end of both MMA kernels: each warp's accumulators (rows r0 + g, r0 + g + 8 of the weight;
+// activation rows m0 + 8 * tile + 2t, +1) go to `partial` (shared, kGemmWarps * kMTiles * 4 * 32
+// floats), and the block sums them over the warps, applies alpha and the bias in fp32 and stores.
+template <typename T, int kMTiles>
+__device__ __forceinline__ void ReduceAndStore(float* partial, const float (&acc)[kMTiles][4], const SparseGemmArgs& p,
+                                               int64_t r0, int64_t m0) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) partial[(warp * kMTiles * 4 + mt * 4 + j) * 32 + lane] = acc[mt][j];
+  __syncthreads();
+  const T* bias = static_cast<const T*>(p.bias);
+  T* y = static_cast<T*>(p.y);
+  for (int e = threadIdx.x; e < kMTiles * 4 * 32; e += kGemmWarps * 32) {
+    const int slot = e >> 5;
+    const int ln = e & 31;
+    float sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < kGemmWarps; ++w) sum += partial[(w * kMTiles * 4 + slot) * 32 + ln];
+    const int mt = slot >> 2;
+    const int j = slot & 3;
+    const int64_t col = r0 + (ln >> 2) + (j >= 2 ? 8 : 0);
+    const int64_t row = m0 + mt * 8 + 2 * (ln & 3) + (j & 1);
+    if (col < p.n && row < p.m) {
+      float v = p.alpha * sum;
+      if (bias != nullptr) v += ToFloat(bias[col]);
+      y[row * p.ldy + col] = FromFloat<T>(v);
+    }
+  }
+}
+
 // Which group of a 128-K chunk (32 groups) a thread (quad lane t) decodes in its MMA step s.
 // v3: groups 8t..8t+7 (its 32 value bytes contiguous: a 16-byte load fills half of each sector it
 // touches, so every sector is fetched twice). Remapped (v4): groups 4t..4t+3 and 16+4t..16+4t+3,
@@ -282,30 +315,8 @@ __global__ void __launch_bounds__(kGemmWarps * 32, kMTiles <= 2 ? 2 : 1) SparseG
     load(c + 3 * kGemmWarps, s1);
   }
 
-  __shared__ float partial[kGemmWarps][kMTiles * 4][32];
-#pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) partial[warp][mt * 4 + j][lane] = acc[mt][j];
-  __syncthreads();
-  const T* bias = static_cast<const T*>(p.bias);
-  T* y = static_cast<T*>(p.y);
-  for (int e = threadIdx.x; e < kMTiles * 4 * 32; e += kGemmWarps * 32) {
-    const int slot = e >> 5;
-    const int ln = e & 31;
-    float sum = 0.f;
-#pragma unroll
-    for (int w = 0; w < kGemmWarps; ++w) sum += partial[w][slot][ln];
-    const int mt = slot >> 2;
-    const int j = slot & 3;
-    const int64_t col = r0 + (ln >> 2) + (j >= 2 ? 8 : 0);
-    const int64_t row = m0 + mt * 8 + 2 * (ln & 3) + (j & 1);
-    if (col < p.n && row < p.m) {
-      float v = p.alpha * sum;
-      if (bias != nullptr) v += ToFloat(bias[col]);
-      y[row * p.ldy + col] = FromFloat<T>(v);
-    }
-  }
+  __shared__ float partial[kGemmWarps * kMTiles * 4 * 32];
+  ReduceAndStore<T, kMTiles>(partial, acc, p, r0, m0);
 }
 
 // v5: the same MMA mapping as v4 (remapped groups), fed by a cp.async ring per warp instead of
@@ -517,30 +528,7 @@ __global__ void __launch_bounds__(kGemmWarps * 32, kMTiles <= 2 ? 2 : 1) SparseG
   CpAsyncWait<0>();
   __syncthreads();  // the ring is free: the partial sums go there
 
-  float* partial = reinterpret_cast<float*>(ring);  // [kGemmWarps][kMTiles * 4][32]
-#pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) partial[(warp * kMTiles * 4 + mt * 4 + j) * 32 + lane] = acc[mt][j];
-  __syncthreads();
-  const T* bias = static_cast<const T*>(p.bias);
-  T* y = static_cast<T*>(p.y);
-  for (int e = threadIdx.x; e < kMTiles * 4 * 32; e += kGemmWarps * 32) {
-    const int slot = e >> 5;
-    const int ln = e & 31;
-    float sum = 0.f;
-#pragma unroll
-    for (int w = 0; w < kGemmWarps; ++w) sum += partial[(w * kMTiles * 4 + slot) * 32 + ln];
-    const int mt = slot >> 2;
-    const int j = slot & 3;
-    const int64_t col = r0 + (ln >> 2) + (j >= 2 ? 8 : 0);
-    const int64_t row = m0 + mt * 8 + 2 * (ln & 3) + (j & 1);
-    if (col < p.n && row < p.m) {
-      float v = p.alpha * sum;
-      if (bias != nullptr) v += ToFloat(bias[col]);
-      y[row * p.ldy + col] = FromFloat<T>(v);
-    }
-  }
+  ReduceAndStore<T, kMTiles>(reinterpret_cast<float*>(ring), acc, p, r0, m0);
 }
 
 // Shared memory of one v5 block with kStages stages; the stage count for a given M is the largest
