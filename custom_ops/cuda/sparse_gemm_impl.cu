@@ -331,7 +331,8 @@ constexpr int kAsyncWBytes = 16 * kAsyncWRowBytes;
 constexpr int kAsyncIndexBytes = 16 * 16;
 constexpr int kAsyncXRowBytes = 256;
 // The packed weight: tile (row block b of 16 rows, chunk c of 128 K) at (b * K / 128 + c) * this
-// many bytes, laid out as a stage's weight and index (so one contiguous copy fills a stage).
+// many bytes: the A registers of the chunk's 4 sparse MMAs, then their metadata (PackWeightKernel),
+// copied as they are into a stage's weight and index area.
 constexpr int kPackedTileBytes = kAsyncWBytes + kAsyncIndexBytes;
 
 __host__ __device__ constexpr int AsyncStageBytes(int x_rows) {
@@ -538,7 +539,7 @@ constexpr int kAsyncMaxStages = 6;
 inline int AsyncRingBytes(int x_rows, int stages) { return kGemmWarps * stages * AsyncStageBytes(x_rows); }
 
 template <typename T, int kMTiles, int kStages, bool kPacked>
-cudaError_t LaunchAsync(const SparseGemmArgs& args, int x_rows, bool pdl, cudaStream_t stream) {
+cudaError_t LaunchAsync(const SparseGemmArgs& args, int x_rows, cudaStream_t stream) {
   const int bytes = std::max(AsyncRingBytes(x_rows, kStages) + 16, kGemmWarps * kMTiles * 4 * 32 * 4);
   auto* kernel = SparseGemmAsyncKernel<T, kMTiles, kStages, kPacked>;
   // Raised once per device to the most a block may opt into (it does not change occupancy; the
@@ -564,22 +565,22 @@ cudaError_t LaunchAsync(const SparseGemmArgs& args, int x_rows, bool pdl, cudaSt
   attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute[0].val.programmaticStreamSerializationAllowed = 1;
   config.attrs = attribute;
-  config.numAttrs = pdl ? 1 : 0;
+  config.numAttrs = args.pdl ? 1 : 0;
   return cudaLaunchKernelEx(&config, kernel, args, x_rows);
 }
 
 template <typename T, int kMTiles>
-cudaError_t LaunchAsyncStages(const SparseGemmArgs& args, bool pdl, cudaStream_t stream) {
+cudaError_t LaunchAsyncStages(const SparseGemmArgs& args, cudaStream_t stream) {
   const int x_rows = static_cast<int>(std::min<int64_t>(args.m, 8 * kMTiles));
   int stages = kAsyncMaxStages;
   while (stages > 2 && AsyncRingBytes(x_rows, stages) > kAsyncBlockBudget) --stages;
   return BOOL_SWITCH(args.packed != nullptr, kPacked, [&] {
     switch (stages) {
-      case 6: return LaunchAsync<T, kMTiles, 6, kPacked>(args, x_rows, pdl, stream);
-      case 5: return LaunchAsync<T, kMTiles, 5, kPacked>(args, x_rows, pdl, stream);
-      case 4: return LaunchAsync<T, kMTiles, 4, kPacked>(args, x_rows, pdl, stream);
-      case 3: return LaunchAsync<T, kMTiles, 3, kPacked>(args, x_rows, pdl, stream);
-      default: return LaunchAsync<T, kMTiles, 2, kPacked>(args, x_rows, pdl, stream);
+      case 6: return LaunchAsync<T, kMTiles, 6, kPacked>(args, x_rows, stream);
+      case 5: return LaunchAsync<T, kMTiles, 5, kPacked>(args, x_rows, stream);
+      case 4: return LaunchAsync<T, kMTiles, 4, kPacked>(args, x_rows, stream);
+      case 3: return LaunchAsync<T, kMTiles, 3, kPacked>(args, x_rows, stream);
+      default: return LaunchAsync<T, kMTiles, 2, kPacked>(args, x_rows, stream);
     }
   });
 }
@@ -773,7 +774,7 @@ cudaError_t LaunchSparseGemm(const SparseGemmArgs& args, cudaStream_t stream) {
     if (variant == 5 || variant == 7) {
       SparseGemmArgs a = args;
       if (variant == 5) a.packed = nullptr;
-      return M_TILES_SWITCH(a.m, kTiles, [&] { return LaunchAsyncStages<T, kTiles>(a, a.pdl, stream); });
+      return M_TILES_SWITCH(a.m, kTiles, [&] { return LaunchAsyncStages<T, kTiles>(a, stream); });
     }
     M_TILES_SWITCH(args.m, kTiles, [&] {
       BOOL_SWITCH(aligned, kAligned, [&] {
