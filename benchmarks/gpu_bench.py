@@ -475,6 +475,8 @@ def main():
     ap.add_argument("--skip-e2e", action="store_true")
     ap.add_argument("--skip-gemm", action="store_true")
     ap.add_argument("--dtypes", default="float16,bfloat16")
+    ap.add_argument("--shapes", default="", help="per-GEMM K x N list, e.g. 1024x1024,4096x1024 (default: the issue's)")
+    ap.add_argument("--ms", default="", help="per-GEMM M list, e.g. 384,3072 (default: the issue's)")
     ap.add_argument("--models", default="bert_large_like,resnet50_like", help="end-to-end models to run")
     ap.add_argument("--batches", default="", help="end-to-end batch sizes (default: the issue's per model)")
     ap.add_argument("--cuda-graph", action="store_true", help="end to end under CUDA-graph replay as well")
@@ -486,18 +488,23 @@ def main():
     log(json.dumps(meta))
     # Rows of an earlier run (the same --out) that this run does not redo stay.
     try:
-        earlier_e2e = json.loads((Path(args.out) / "gpu_bench.json").read_text()).get("e2e", [])
+        earlier = json.loads((Path(args.out) / "gpu_bench.json").read_text())
     except (OSError, ValueError):
-        earlier_e2e = []
+        earlier = {}
+    earlier_e2e, gemms = earlier.get("e2e", []), earlier.get("gemm", [])
     shapes = SHAPES[:1] if args.quick else SHAPES
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",")]
     ms = [1, 16, 256, 4096] if args.quick else MS
-    gemms = [] if args.skip_gemm else bench_gemms(args.dtypes.split(","), shapes, ms)
-    if args.skip_gemm:  # keep the GEMM table of an earlier run (the same --out)
-        try:
-            gemms = json.loads((Path(args.out) / "gpu_bench.json").read_text())["gemm"]
-        except (OSError, ValueError, KeyError):
-            gemms = []
-    else:
+    if args.ms:
+        ms = [int(m) for m in args.ms.split(",")]
+    if not args.skip_gemm:
+        new = bench_gemms(args.dtypes.split(","), shapes, ms)
+        key = lambda r: (r["dtype"], r["m"], r["k"], r["n"])  # noqa: E731
+        done = {key(r) for r in new}
+        order = {shape: i for i, shape in enumerate(SHAPES)}  # the shapes first, then the extra ones
+        gemms = sorted([r for r in gemms if key(r) not in done] + new,
+                       key=lambda r: (r["dtype"] != "float16", order.get((r["k"], r["n"]), len(SHAPES)), r["k"], r["n"], r["m"]))
         write_outputs(Path(args.out), gemms, earlier_e2e, meta)
     e2e = earlier_e2e
     if not args.skip_e2e:
