@@ -9,6 +9,11 @@ Skipped, with the reason, where ONNX Runtime has no CUDA EP or the library has n
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import onnx.helper as oh
@@ -16,7 +21,7 @@ import onnx.numpy_helper
 import onnxruntime as ort
 import pytest
 
-from conftest import library_available
+from conftest import REPO, library_available
 from onnxsparse import format as fmt
 
 BF16 = onnx.helper.tensor_dtype_to_np_dtype(onnx.TensorProto.BFLOAT16)
@@ -423,3 +428,111 @@ def test_chained_small_m_layers(monkeypatch, pdl):
     for _ in range(3):
         graphed.run_with_iobinding(binding)
         assert _rel_err(y.numpy().astype(np.float64), ref) < 4 * TOLERANCE["float16"]
+
+
+# The cuSPARSELt tuning cache (ONNXSPARSE_CUSPARSELT_CACHE). Each run is a new Python process: the
+# file is read once per process, and what it saves is the search a new process would repeat.
+
+CACHE_HEADER = "# onnxsparse cuSPARSELt tuning cache v1"
+# One GEMM, M above ONNXSPARSE_CUDA_SMALL_M_MAX: cuSPARSELt's; with ONNXSPARSE_CUDA_OWN_TIMED_M_MAX=0
+# it serves all rows, not timed against the own kernel, so both runs compute with the same plan.
+CACHE_M, CACHE_K, CACHE_N = 256, 512, 512
+_TUNED_LINE = re.compile(rf"cuSPARSELt m={CACHE_M} n={CACHE_N} k={CACHE_K}: ids 0\.\.(-?\d+) tuned")
+_CACHED_LINE = re.compile(rf"cuSPARSELt m={CACHE_M} n={CACHE_N} k={CACHE_K}: config (\d+) from cache")
+_RUN_IN_NEW_PROCESS = """
+import sys
+import numpy as np
+import onnxruntime as ort
+from onnxsparse.session import session_options
+
+opts = session_options()
+opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+session = ort.InferenceSession(sys.argv[1], opts, providers=["CUDAExecutionProvider"])
+np.save(sys.argv[3], session.run(None, {"A": np.load(sys.argv[2])})[0])
+"""
+
+
+def _cache_model(tmp_path) -> np.ndarray:
+    """Writes the fp16 MatMulCompress model and its input under tmp_path; returns the reference."""
+    dense, values, index = _weight(CACHE_N, CACHE_K, "float16", 50)
+    rng = np.random.default_rng(51)
+    a = rng.standard_normal((CACHE_M, CACHE_K)).astype(np.float32)
+    b = rng.standard_normal(CACHE_N).astype(np.float32)
+    node = oh.make_node("MatMulCompress", ["A", "values", "u8_index", "bias"], ["Y"], domain="onnxsparse")
+    model = _model(node, "float16", {"A": [CACHE_M, CACHE_K]},
+                   {"values": values, "u8_index": index, "bias": b.astype(np.float16)})
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    np.save(tmp_path / "a.npy", a)
+    return _round(a, "float16") @ dense.T + _round(b, "float16")
+
+
+def _run_in_new_process(tmp_path, cache, name: str) -> tuple[np.ndarray, str]:
+    """Runs the model of _cache_model in a new process with the cache at `cache`: (output, stderr)."""
+    env = dict(os.environ, ONNXSPARSE_CUSPARSELT_CACHE=str(cache), ONNXSPARSE_CUDA_TRACE="1",
+               ONNXSPARSE_CUSPARSELT_TUNE="1", ONNXSPARSE_CUDA_SMALL_M_MAX="32", ONNXSPARSE_CUDA_OWN_TIMED_M_MAX="0",
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+    out = tmp_path / f"{name}.npy"
+    done = subprocess.run([sys.executable, "-c", _RUN_IN_NEW_PROCESS, str(tmp_path / "model.onnx"),
+                           str(tmp_path / "a.npy"), str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return np.load(out).astype(np.float64), done.stderr
+
+
+def _assert_tuned_or_skip(stderr: str) -> None:
+    found = _TUNED_LINE.search(stderr)
+    assert found, f"no cuSPARSELt tuning line:\n{stderr[-3000:]}"
+    if int(found.group(1)) < 0:
+        pytest.skip("no cuSPARSELt configuration range is known safe for this GPU and version "
+                    "(see ONNXSPARSE_CUSPARSELT_MAX_CONFIG_ID): nothing is tuned, so nothing is cached")
+
+
+def _cache_entries(cache) -> list[list[str]]:
+    lines = cache.read_text().splitlines()
+    assert lines and lines[0] == CACHE_HEADER, lines[:2]
+    return [line.split("\t") for line in lines[1:] if line and not line.startswith("#")]
+
+
+def test_cusparselt_tuning_cache_serves_a_new_process(tmp_path):
+    """The first process searches and writes the cache (creating its directory); the second takes
+    the configuration from it, searches nothing, and computes the same output."""
+    ref = _cache_model(tmp_path)
+    cache = tmp_path / "cache" / "cusparselt_tuning.txt"
+    first, err = _run_in_new_process(tmp_path, cache, "first")
+    _assert_tuned_or_skip(err)
+    entries = _cache_entries(cache)
+    mine = [e for e in entries if len(e) == 12 and e[4:7] == [str(CACHE_M), str(CACHE_N), str(CACHE_K)]]
+    assert len(mine) == 1, entries
+    second, err = _run_in_new_process(tmp_path, cache, "second")
+    cached = _CACHED_LINE.search(err)
+    assert cached and not _TUNED_LINE.search(err), err[-3000:]
+    assert cached.group(1) == mine[0][10]
+    assert _rel_err(second, first) < 1e-3  # the same configuration (bit-equal unless it splits K with atomics)
+    assert _rel_err(first, ref) < TOLERANCE["float16"]
+
+
+def test_cusparselt_tuning_cache_bad_entries_are_tuned_again(tmp_path):
+    """Garbage lines are skipped, and the entry of this very problem with an impossible configuration
+    id (9999) is not used: the process searches again, computes correctly and rewrites the file."""
+    ref = _cache_model(tmp_path)
+    cache = tmp_path / "cache.txt"
+    _, err = _run_in_new_process(tmp_path, cache, "first")
+    _assert_tuned_or_skip(err)
+    [entry] = _cache_entries(cache)
+    impossible = entry[:10] + ["9999"] + entry[11:]
+    cache.write_text("\n".join([CACHE_HEADER, "garbage", "", "\t".join(["x"] * 12), "\t".join(impossible),
+                                "0.8.1\tthree\tfields"]) + "\n")
+    out, err = _run_in_new_process(tmp_path, cache, "again")
+    assert _TUNED_LINE.search(err) and "from cache" not in err, err[-3000:]
+    assert _rel_err(out, ref) < TOLERANCE["float16"]
+    [rewritten] = _cache_entries(cache)
+    assert rewritten[:10] == entry[:10] and rewritten[10] != "9999"
+
+
+def test_cusparselt_tuning_cache_write_error_only_warns(tmp_path):
+    """A cache that cannot be written (its directory would be under a file): one warning, and the op runs."""
+    ref = _cache_model(tmp_path)
+    (tmp_path / "a_file").write_text("")
+    out, err = _run_in_new_process(tmp_path, tmp_path / "a_file" / "cache.txt", "out")
+    _assert_tuned_or_skip(err)
+    assert err.count("onnxsparse: cannot write cuSPARSELt tuning cache") == 1, err[-3000:]
+    assert _rel_err(out, ref) < TOLERANCE["float16"]

@@ -1,8 +1,8 @@
 // cuSPARSELt, loaded at run time (dlopen of libcusparseLt.so.0), for the large-M sparse GEMMs.
 // A SparseLtWeight holds one weight in cuSPARSELt's compressed form (built once, from SPEC's form)
 // and a plan per M (at the first call of an M, every algorithm configuration known to be safe is
-// timed and the fastest kept; the choice is shared by every weight of the same problem), with its
-// workspace.
+// timed and the fastest kept; the choice is shared by every weight of the same problem, and kept
+// in a tuning cache file for later processes, see ONNXSPARSE_CUSPARSELT_CACHE), with its workspace.
 // Every call after the first for an M launches on the given stream with no allocation and no host
 // synchronisation, so CUDA graphs can capture it.
 #pragma once
@@ -62,6 +62,11 @@ class SparseLtWeight {
   bool Takes(const void* x, int64_t m, const void* y, int64_t ldy) const;
   Ort::Status GetPlan(const char* op, int64_t m, int64_t ldy, const void* x, void* y, float alpha,
                       cudaStream_t stream, Plan** plan);
+  // The id sweep: times configurations 0..max_id (overwrites y) and sets plan's config_id, best_us.
+  Ort::Status TimeConfigs(const char* op, int max_id, int64_t m, const void* x, void* y, float alpha,
+                          cudaStream_t stream, Plan* plan);
+  // The plan of plan->config_id (-1: cuSPARSELt's default algorithm).
+  Ort::Status InitPlan(const char* op, Plan* plan);
   cudaError_t GrowWorkspace(size_t bytes);
   void* Workspace() const;
 
