@@ -9,6 +9,8 @@
     runs, so the time per layer is kernel time, not per-run overhead.
 (b) end to end, fp16: a BERT-large-like encoder (24 layers, hidden 1024, FFN 4096, seq 384) and a
     ResNet-50-like conv net, 2:4 magnitude-pruned, dense vs compiled by onnxsparse.api.compile_model.
+With --convs B,...: every conv of the ResNet-50-like net, Conv2dCompress vs dense Conv, at those
+batches (the rows `compile --target cuda` needs to run a Conv sparse).
 Writes gpu_bench.json, gpu_bench.md, gpu_bench.png under --out, and onnxsparse/data/perf_cuda.json
 (the table onnxsparse.targets reads).
 """
@@ -98,10 +100,13 @@ def device_value(shape, dtype, data=None):
     return v
 
 
-def time_graph(sess, dtype, k, n, m, graph_id, min_time=0.15):
-    """Seconds per run under CUDA-graph replay (runs queued without host sync)."""
-    x = device_value([m, k], dtype, np.random.default_rng(m).standard_normal((m, k)).astype(np.float32) * 0.5)
-    ys = [device_value([m, n], dtype) for _ in range(LAYERS)]
+def time_graph(sess, dtype, k, n, m, graph_id, min_time=0.15, x_shape=None, y_shape=None):
+    """Seconds per run under CUDA-graph replay (runs queued without host sync). X is [m, k] and
+    each Y [m, n], or x_shape and y_shape where given (a conv's NCHW)."""
+    x_shape, y_shape = x_shape or [m, k], y_shape or [m, n]
+    rng = np.random.default_rng(int(np.prod(x_shape)) % 2**32)
+    x = device_value(x_shape, dtype, rng.standard_normal(x_shape).astype(np.float32) * 0.5)
+    ys = [device_value(y_shape, dtype) for _ in range(LAYERS)]
     b = sess.io_binding()
     b.bind_ortvalue_input("X", x)
     for i, y in enumerate(ys):
@@ -153,6 +158,82 @@ def bench_gemms(dtypes, shapes, ms):
                 records.append(rec)
                 log(f"{dtype} M={m:6d} K={k:5d} N={n:5d}  dense {d:9.2f} us  sparse {s:9.2f} us  x{d / s:5.2f}")
             log(f"  ({time.time() - t0:.0f} s)")
+    return records
+
+
+def conv_specs(model: onnx.ModelProto) -> list[dict]:
+    """The distinct 2:4-eligible convs of `model` (input channels a multiple of 4): channels, kernel,
+    stride, pads and input size, from shape inference with the batch left symbolic."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
+              for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+    inits = {t.name: t for t in model.graph.initializer}
+    specs = []
+    for node in model.graph.node:
+        if node.op_type != "Conv" or node.input[0] not in shapes:
+            continue
+        oc, c, kh, kw = inits[node.input[1]].dims
+        attrs = {a.name: list(a.ints) for a in node.attribute}
+        spec = {"c": c, "oc": oc, "kernel": kh, "stride": attrs.get("strides", [1])[0],
+                "pad": attrs.get("pads", [0])[0], "hw": shapes[node.input[0]][2]}
+        if c % 4 == 0 and kh == kw and spec not in specs:
+            specs.append(spec)
+    return specs
+
+
+def conv_models(spec: dict, rng):
+    """(dense, sparse) models: LAYERS convs of one spec on one input X [B, C, H, W], with a zero
+    bias like the BN-folded convs of resnet_model; the sparse one as compile_model rewrites it."""
+    from onnxsparse.api import compile_model
+
+    c, oc, k, hw = spec["c"], spec["oc"], spec["kernel"], spec["hw"]
+    ohw = (hw + 2 * spec["pad"] - k) // spec["stride"] + 1
+    f16 = onnx.TensorProto.FLOAT16
+    nodes, inits = [], []
+    for i in range(LAYERS):
+        inits += [onnx.numpy_helper.from_array(_w(rng, (oc, c, k, k), "oihw"), f"W{i}"),
+                  onnx.numpy_helper.from_array(np.zeros(oc, np.float16), f"B{i}")]
+        nodes.append(oh.make_node("Conv", ["X", f"W{i}", f"B{i}"], [f"Y{i}"], kernel_shape=[k, k],
+                                  strides=[spec["stride"]] * 2, pads=[spec["pad"]] * 4))
+    g = oh.make_graph(nodes, "convs", [oh.make_tensor_value_info("X", f16, ["B", c, hw, hw])],
+                      [oh.make_tensor_value_info(f"Y{i}", f16, ["B", oc, ohw, ohw]) for i in range(LAYERS)],
+                      initializer=inits)
+    dense = oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)])
+    dense.ir_version = 10
+    sparse = compile_model(dense).model
+    return dense.SerializeToString(), sparse.SerializeToString(), ohw
+
+
+def bench_convs(batches):
+    """Per conv of resnet_model (fp16): Conv2dCompress vs ONNX Runtime's dense Conv at each batch,
+    kernel time per layer under CUDA-graph replay. Records enter perf_cuda.json as op "conv" (m =
+    batch * OH * OW, k = KH * KW * C, n = OC), the rows `compile --target cuda` needs for a Conv."""
+    records = []
+    rng = np.random.default_rng(3)
+    for spec in conv_specs(resnet_model()):
+        t0 = time.time()
+        dense, sparse, ohw = conv_models(spec, rng)
+        c, oc, hw = spec["c"], spec["oc"], spec["hw"]
+        res = {}
+        for name, blob in (("dense", dense), ("sparse", sparse)):
+            sess = ort.InferenceSession(blob, session_options(), providers=[("CUDAExecutionProvider", {"enable_cuda_graph": "1"})])
+            for gid, b in enumerate(batches, start=1):
+                try:
+                    res[(name, b)] = time_graph(sess, "float16", 0, 0, b, gid, x_shape=[b, c, hw, hw],
+                                                y_shape=[b, oc, ohw, ohw]) / LAYERS * 1e6
+                except Exception as e:  # noqa: BLE001
+                    log(f"  conv {name} {spec} batch {b}: {str(e).splitlines()[0][:200]}")
+            del sess
+        for b in batches:
+            d, s_ = res.get(("dense", b)), res.get(("sparse", b))
+            if d is None or s_ is None:
+                continue
+            rec = {"op": "conv", "dtype": "float16", "m": b * ohw * ohw, "k": spec["kernel"] ** 2 * c, "n": oc,
+                   "sparse_us": round(s_, 3), "dense_us": round(d, 3), "speedup": round(d / s_, 3), "batch": b, **spec}
+            records.append(rec)
+            log(f"conv {spec['kernel']}x{spec['kernel']} s{spec['stride']} C={c:4d} OC={oc:4d} HW={hw:3d} batch {b:3d}  "
+                f"dense {d:9.2f} us  sparse {s_:9.2f} us  x{d / s_:5.2f}")
+        log(f"  ({time.time() - t0:.0f} s)")
     return records
 
 
@@ -430,10 +511,11 @@ def versions():
     return info
 
 
-def write_outputs(out: Path, gemms, e2e, meta):
+def write_outputs(out: Path, gemms, e2e, meta, convs=()):
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_bench.json").write_text(json.dumps({"meta": meta, "gemm": gemms, "e2e": e2e}, indent=1))
-    table = {"target": "cuda", "meta": meta, "records": [{k: r[k] for k in ("op", "dtype", "m", "k", "n", "sparse_us", "dense_us")} for r in gemms]}
+    (out / "gpu_bench.json").write_text(json.dumps({"meta": meta, "gemm": gemms, "conv": list(convs), "e2e": e2e}, indent=1))
+    table = {"target": "cuda", "meta": meta,
+             "records": [{k: r[k] for k in ("op", "dtype", "m", "k", "n", "sparse_us", "dense_us")} for r in [*gemms, *convs]]}
     (REPO / "onnxsparse" / "data").mkdir(exist_ok=True)
     (REPO / "onnxsparse" / "data" / "perf_cuda.json").write_text(json.dumps(table, indent=1))
     lines = [f"# GPU benchmark: onnxsparse CUDA vs ONNX Runtime dense CUDA EP", "",
@@ -441,6 +523,11 @@ def write_outputs(out: Path, gemms, e2e, meta):
              "## Per GEMM (kernel time per layer, CUDA-graph replay, 8 layers per model)", "",
              "| dtype | M | K | N | dense us | sparse us | speedup | sparse TFLOP/s |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['dtype']} | {r['m']} | {r['k']} | {r['n']} | {r['dense_us']:.2f} | {r['sparse_us']:.2f} | {r['speedup']:.2f} | {r['sparse_tflops']} |" for r in gemms]
+    if convs:
+        lines += ["", "## Per conv of the ResNet-50-like net (fp16, kernel time per layer, CUDA-graph replay, 8 layers per model)", "",
+                  "| kernel | stride | C | OC | H=W | batch | M | dense us | sparse us | speedup |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['kernel']}x{r['kernel']} | {r['stride']} | {r['c']} | {r['oc']} | {r['hw']} | {r['batch']} | {r['m']} | "
+                  f"{r['dense_us']:.2f} | {r['sparse_us']:.2f} | {r['speedup']:.2f} |" for r in convs]
     lines += ["", "## End to end (fp16, median ms per run, io-binding; graph: CUDA-graph replay)", "", "| model | batch | compiled | run | dense ms | compiled ms | speedup | rel diff |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['batch']} | {r.get('compile', '')} | {'graph' if r.get('cuda_graph') else 'plain'} | {r['dense_ms']:.2f} | {r['sparse_ms']:.2f} | {r['speedup']:.2f} | {r['rel_diff']:.1e} |" for r in e2e]
     (out / "gpu_bench.md").write_text("\n".join(lines) + "\n")
@@ -477,6 +564,7 @@ def main():
     ap.add_argument("--dtypes", default="float16,bfloat16")
     ap.add_argument("--shapes", default="", help="per-GEMM K x N list, e.g. 1024x1024,4096x1024 (default: the issue's)")
     ap.add_argument("--ms", default="", help="per-GEMM M list, e.g. 384,3072 (default: the issue's)")
+    ap.add_argument("--convs", default="", help="also time every conv of the ResNet-50-like net at these batches, e.g. 1,32,128")
     ap.add_argument("--models", default="bert_large_like,resnet50_like", help="end-to-end models to run")
     ap.add_argument("--batches", default="", help="end-to-end batch sizes (default: the issue's per model)")
     ap.add_argument("--cuda-graph", action="store_true", help="end to end under CUDA-graph replay as well")
@@ -491,7 +579,7 @@ def main():
         earlier = json.loads((Path(args.out) / "gpu_bench.json").read_text())
     except (OSError, ValueError):
         earlier = {}
-    earlier_e2e, gemms = earlier.get("e2e", []), earlier.get("gemm", [])
+    earlier_e2e, gemms, convs = earlier.get("e2e", []), earlier.get("gemm", []), earlier.get("conv", [])
     shapes = SHAPES[:1] if args.quick else SHAPES
     if args.shapes:
         shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",")]
@@ -505,7 +593,13 @@ def main():
         order = {shape: i for i, shape in enumerate(SHAPES)}  # the issue's shapes first, then the extra ones
         gemms = sorted([r for r in gemms if key(r) not in done] + new,
                        key=lambda r: (r["dtype"] != "float16", order.get((r["k"], r["n"]), len(SHAPES)), r["k"], r["n"], r["m"]))
-        write_outputs(Path(args.out), gemms, earlier_e2e, meta)
+        write_outputs(Path(args.out), gemms, earlier_e2e, meta, convs)
+    if args.convs:
+        new = bench_convs([int(b) for b in args.convs.split(",")])
+        key = lambda r: (r["dtype"], r["batch"], r["c"], r["oc"], r["kernel"], r["stride"], r["hw"])  # noqa: E731
+        done = {key(r) for r in new}
+        convs = [r for r in convs if key(r) not in done] + new
+        write_outputs(Path(args.out), gemms, earlier_e2e, meta, convs)
     e2e = earlier_e2e
     if not args.skip_e2e:
         models = args.models.split(",")
@@ -513,7 +607,7 @@ def main():
         e2e = bench_e2e(args.quick, models, batches, args.cuda_graph, args.breakdown)
         done = {(r["model"], r["batch"], r.get("cuda_graph", False)) for r in e2e}
         e2e = [r for r in earlier_e2e if (r["model"], r["batch"], r.get("cuda_graph", False)) not in done] + e2e
-    write_outputs(Path(args.out), gemms, e2e, meta)
+    write_outputs(Path(args.out), gemms, e2e, meta, convs)
     log(f"wrote {args.out}/gpu_bench.{{json,md,png}} and onnxsparse/data/perf_cuda.json")
 
 
