@@ -215,3 +215,22 @@ def test_policy_counts_the_bias_pass_only_where_the_dense_graph_runs_it(monkeypa
         assert layer.fused_bias is not None
     else:
         assert "1.03x" in layer.reason and "bias pass" not in layer.reason
+
+
+@pytest.mark.parametrize("op", ["gemm", "conv"])
+def test_shipped_cuda_table_reproduces_its_own_measurements(op):
+    """At every measured point of the shipped CUDA table, the choice is what the rows there say: sparse
+    exactly when each row at that (M, K, N) is at least MIN_SPEEDUP faster and saves MIN_SAVING_US."""
+    rows = [r for r in targets.load_table("cuda") if r.get("op", "gemm") == op and r["dtype"] == "float16"]
+    assert rows, f"perf_cuda.json has no fp16 {op} rows"
+    points = {(r["m"], r["k"], r["n"]) for r in rows}
+    chosen = 0
+    for m, k, n in points:
+        here = [r for r in rows if (r["m"], r["k"], r["n"]) == (m, k, n)]
+        expect = all(r["dense_us"] / r["sparse_us"] >= targets.MIN_SPEEDUP["cuda"]
+                     and r["dense_us"] - r["sparse_us"] >= targets.MIN_SAVING_US["cuda"] for r in here)
+        decision = targets.decide("cuda", "float16", k, n, m=m, op=op)
+        assert decision.sparse == expect, (m, k, n, decision.reason)
+        chosen += decision.sparse
+    # The table holds both outcomes (a table that chose everything or nothing would decide nothing).
+    assert 0 < chosen < len(points)
