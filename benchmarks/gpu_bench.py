@@ -132,6 +132,22 @@ def time_graph(sess, dtype, k, n, m, graph_id, min_time=0.15, x_shape=None, y_sh
     return dt
 
 
+def time_pair(dense: bytes, sparse: bytes, points, run, what: str):
+    """[(point, dense us, sparse us) per layer] for the points both models ran: each model in one
+    session with CUDA graphs, one graph per point; run(session, point, graph_id) gives seconds per
+    run. A point that fails is logged and left out."""
+    res = {}
+    for name, blob in (("dense", dense), ("sparse", sparse)):
+        sess = ort.InferenceSession(blob, session_options(), providers=[("CUDAExecutionProvider", {"enable_cuda_graph": "1"})])
+        for gid, point in enumerate(points, start=1):
+            try:
+                res[(name, point)] = run(sess, point, gid) / LAYERS * 1e6
+            except Exception as e:  # noqa: BLE001
+                log(f"  {name} {what} {point}: {str(e).splitlines()[0][:200]}")
+        del sess
+    return [(p, res[("dense", p)], res[("sparse", p)]) for p in points if ("dense", p) in res and ("sparse", p) in res]
+
+
 def bench_gemms(dtypes, shapes, ms):
     records = []
     rng = np.random.default_rng(0)
@@ -139,20 +155,9 @@ def bench_gemms(dtypes, shapes, ms):
         for k, n in shapes:
             t0 = time.time()
             dense, sparse = gemm_models(dtype, k, n, rng)
-            res = {}
-            for name, blob in (("dense", dense), ("sparse", sparse)):
-                opts = session_options()
-                sess = ort.InferenceSession(blob, opts, providers=[("CUDAExecutionProvider", {"enable_cuda_graph": "1"})])
-                for gid, m in enumerate(ms, start=1):
-                    try:
-                        res[(name, m)] = time_graph(sess, dtype, k, n, m, gid) / LAYERS * 1e6
-                    except Exception as e:  # noqa: BLE001
-                        log(f"  {name} {dtype} M={m} K={k} N={n}: {str(e).splitlines()[0][:200]}")
-                del sess
-            for m in ms:
-                d, s = res.get(("dense", m)), res.get(("sparse", m))
-                if d is None or s is None:
-                    continue
+            timed = time_pair(dense, sparse, ms, lambda sess, m, gid: time_graph(sess, dtype, k, n, m, gid),
+                              f"{dtype} K={k} N={n} M=")
+            for m, d, s in timed:
                 rec = {"op": "gemm", "dtype": dtype, "m": m, "k": k, "n": n, "sparse_us": round(s, 3), "dense_us": round(d, 3),
                        "speedup": round(d / s, 3), "sparse_tflops": round(2 * m * k * n / s / 1e6, 1)}
                 records.append(rec)
@@ -214,20 +219,11 @@ def bench_convs(batches):
         t0 = time.time()
         dense, sparse, ohw = conv_models(spec, rng)
         c, oc, hw = spec["c"], spec["oc"], spec["hw"]
-        res = {}
-        for name, blob in (("dense", dense), ("sparse", sparse)):
-            sess = ort.InferenceSession(blob, session_options(), providers=[("CUDAExecutionProvider", {"enable_cuda_graph": "1"})])
-            for gid, b in enumerate(batches, start=1):
-                try:
-                    res[(name, b)] = time_graph(sess, "float16", 0, 0, b, gid, x_shape=[b, c, hw, hw],
-                                                y_shape=[b, oc, ohw, ohw]) / LAYERS * 1e6
-                except Exception as e:  # noqa: BLE001
-                    log(f"  conv {name} {spec} batch {b}: {str(e).splitlines()[0][:200]}")
-            del sess
-        for b in batches:
-            d, s_ = res.get(("dense", b)), res.get(("sparse", b))
-            if d is None or s_ is None:
-                continue
+
+        def run(sess, b, gid):
+            return time_graph(sess, "float16", 0, 0, b, gid, x_shape=[b, c, hw, hw], y_shape=[b, oc, ohw, ohw])
+
+        for b, d, s_ in time_pair(dense, sparse, batches, run, f"conv {spec} batch"):
             rec = {"op": "conv", "dtype": "float16", "m": b * ohw * ohw, "k": spec["kernel"] ** 2 * c, "n": oc,
                    "sparse_us": round(s_, 3), "dense_us": round(d, 3), "speedup": round(d / s_, 3), "batch": b, **spec}
             records.append(rec)

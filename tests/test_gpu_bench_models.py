@@ -64,3 +64,23 @@ def test_conv_models_compute_the_same():
     for d, s in zip(*outs):
         assert d.shape == (2, 24, 5, 5)
         assert np.linalg.norm(s - d) / np.linalg.norm(d) < 2e-3
+
+
+def test_time_pair_keeps_the_points_both_models_ran(monkeypatch):
+    """Per-layer microseconds from each model's seconds per run; a point either model failed is
+    left out (and logged), not reported against nothing."""
+    spec = {"c": 4, "oc": 4, "kernel": 1, "stride": 1, "pad": 0, "hw": 2}
+    dense, sparse, _ = gpu_bench.conv_models(spec, np.random.default_rng(0))
+    monkeypatch.setattr(gpu_bench.ort, "InferenceSession", lambda blob, *a, **kw: "dense" if blob == dense else "sparse")
+    logged = []
+    monkeypatch.setattr(gpu_bench, "log", logged.append)
+
+    def run(sess, point, graph_id):
+        if (sess, point) == ("sparse", 3):
+            raise RuntimeError("no kernel\nmore")
+        return point * (2.0 if sess == "dense" else 1.0) * gpu_bench.LAYERS * 1e-6
+
+    timed = gpu_bench.time_pair(dense, sparse, [1, 3, 5], run, "what")
+    assert [p for p, _, _ in timed] == [1, 5]
+    np.testing.assert_allclose([[d, s] for _, d, s in timed], [[2.0, 1.0], [10.0, 5.0]])
+    assert logged == ["  sparse what 3: no kernel"]
