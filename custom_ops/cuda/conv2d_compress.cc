@@ -50,8 +50,7 @@ Ort::Status Conv2dCompressCuda<OrtT>::Compute(OrtKernelContext* context, const O
     const int64_t pixels = batch * oh * ow;
     if (pixels == 0 || oc == 0) return Ort::Status{nullptr};
     cudaStream_t stream = ComputeStream(context);
-    static const bool trace = EnvInt("ONNXSPARSE_CUDA_TRACE", 0) != 0;
-    if (trace) {
+    if (TraceEnabled()) {
       cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
       cudaStreamIsCapturing(stream, &capture);
       std::fprintf(stderr, "onnxsparse trace: %s enter %p stream %p M=%lld K=%lld N=%lld capturing=%d\n", kOp,
@@ -102,7 +101,7 @@ Ort::Status Conv2dCompressCuda<OrtT>::Compute(OrtKernelContext* context, const O
     }
     // [N, OH*OW, OC] -> [N, OC, OH*OW], + bias
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchTranspose<T>(out_nhwc, out, batch, oh * ow, oc, bias_ptr, stream));
-    if (trace) std::fprintf(stderr, "onnxsparse trace: %s leave %p\n", kOp, static_cast<void*>(this));
+    if (TraceEnabled()) std::fprintf(stderr, "onnxsparse trace: %s leave %p\n", kOp, static_cast<void*>(this));
     return Ort::Status{nullptr};
   });
 }

@@ -48,4 +48,9 @@ int64_t EnvInt(const char* name, int64_t fallback) {
   return (end != nullptr && *end == '\0') ? static_cast<int64_t>(value) : fallback;
 }
 
+bool TraceEnabled() {
+  static const bool trace = EnvInt("ONNXSPARSE_CUDA_TRACE", 0) != 0;
+  return trace;
+}
+
 }  // namespace onnxsparse::cuda

@@ -237,11 +237,6 @@ std::map<TunedKey, std::pair<int, float>>& Tuned() {
   return *tuned;
 }
 
-bool Trace() {
-  static const bool trace = EnvInt("ONNXSPARSE_CUDA_TRACE", 0) != 0;
-  return trace;
-}
-
 // The tuning cache file. The id sweep costs about 5 s per problem (mostly cusparseLtMatmulPlanInit),
 // so its results outlive the process, like the timing caches of other inference engines. A result
 // holds for one cuSPARSELt version, GPU model (any ordinal) and problem, searched over ids
@@ -664,7 +659,7 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
   Ort::Status planned = InitPlan(op, &p);
   if (!planned.IsOK() && from_cache) {
     // A cached id that this cuSPARSELt build refuses (the file came from another build): tune.
-    if (Trace()) {
+    if (TraceEnabled()) {
       std::fprintf(stderr, "onnxsparse trace: cuSPARSELt m=%lld n=%lld k=%lld: cached config %d refused (%s)\n",
                    static_cast<long long>(m), static_cast<long long>(n_), static_cast<long long>(k_), p.config_id,
                    planned.GetErrorMessage().c_str());
@@ -676,7 +671,7 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
     planned = InitPlan(op, &p);
   }
   if (!planned.IsOK()) return planned;
-  if (from_cache && Trace()) {
+  if (from_cache && TraceEnabled()) {
     std::fprintf(stderr,
                  "onnxsparse trace: cuSPARSELt m=%lld n=%lld k=%lld: config %d from cache %s (%.2f us when tuned)\n",
                  static_cast<long long>(m), static_cast<long long>(n_), static_cast<long long>(k_), p.config_id,
@@ -732,7 +727,7 @@ Ort::Status SparseLtWeight::TimeConfigs(const char* op, int max_id, int64_t m, c
     }
     a.MatmulAlgSelectionDestroy(&alg);
   }
-  if (Trace()) {
+  if (TraceEnabled()) {
     std::fprintf(stderr,
                  "onnxsparse trace: cuSPARSELt m=%lld n=%lld k=%lld: ids 0..%d tuned in %.1f ms (plans %.1f, timing %.1f)"
                  " -> config %d, %.2f us\n",
