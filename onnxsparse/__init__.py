@@ -1,22 +1,24 @@
-"""onnxsparse: compile 2:4-sparse ONNX models into sparse custom ops for ONNX Runtime."""
+"""onnxsparse: compile 2:4-sparse ONNX models into sparse custom ops for ONNX Runtime.
+
+The package root is lazy (PEP 562): ``import onnxsparse.compiler`` or ``onnxsparse.format`` loads
+neither ONNX Runtime nor the front door; the names below are imported on first use.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from importlib import import_module
+
+from .spec import DOMAIN, OPSET_VERSION
 
 __version__ = "0.1.0"
-DOMAIN = "onnxsparse"
-OPSET_VERSION = 1
 
-# Installed, the compiler passes are the subpackage onnxsparse.passes (pyproject maps passes/
-# there). In a source checkout they sit beside this package in passes/: let the same import find them.
-_here = Path(__file__).resolve().parent
-if not (_here / "passes").is_dir() and (_here.parent / "passes" / "__init__.py").is_file():
-    __path__.append(str(_here.parent))  # type: ignore[name-defined]  # noqa: F821
-
-from ._library import get_library_path  # noqa: E402
-from .errors import OnnxSparseError  # noqa: E402
-from .session import InferenceSession, session_options  # noqa: E402
+# name -> the module that defines it
+_LAZY = {
+    "InferenceSession": ".session",
+    "session_options": ".session",
+    "get_library_path": "._library",
+    "OnnxSparseError": ".errors",
+}
 
 __all__ = [
     "DOMAIN",
@@ -26,3 +28,16 @@ __all__ = [
     "get_library_path",
     "session_options",
 ]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'onnxsparse' has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,7 +1,7 @@
 """The compiler's Python API: ``check_model`` and ``compile_model``.
 
 Both take a model path or an ``onnx.ModelProto`` (never modified) and run the passes of
-``onnxsparse.passes`` on a copy: ``VerifySparsity`` -> ``RewriteSparseOps`` -> ``FoldCompress``.
+``onnxsparse.compiler`` on a copy: ``VerifySparsity`` -> ``RewriteSparseOps`` -> ``FoldCompress``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import onnx
 from onnx.external_data_helper import _get_all_tensors
 
 from . import io
-from .passes import (
+from .compiler import (
     AnnotateShapes,
     CompressedWeight,
     DensePolicy,

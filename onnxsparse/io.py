@@ -18,10 +18,8 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from .errors import OnnxSparseError
+from .spec import MAX_IR_VERSION
 
-# Models must load in the ONNX Runtime versions the project supports (1.21 and newer); onnx 1.23
-# writes IR 14 by default, which they do not read. IR 10 covers every op and type we emit.
-MAX_IR_VERSION = 10
 # Above this size a model must keep its weights in an external data file (protobuf's 2 GiB limit).
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 

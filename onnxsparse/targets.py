@@ -224,7 +224,7 @@ def static_shapes(model, dims: dict[str, int]) -> dict[str, tuple]:
     (data propagation carries them through Shape/Reshape chains). Empty when inference fails."""
     import onnx
 
-    from .passes.annotate_shapes import inferred_shapes
+    from .compiler.annotate_shapes import inferred_shapes
 
     bound = onnx.ModelProto()
     bound.CopyFrom(model)
@@ -255,7 +255,7 @@ def _matches(patterns, record) -> bool:
 
 
 class TargetPolicy:
-    """The compiler's per-layer dense fallback for a target (a ``passes.DensePolicy``).
+    """The compiler's per-layer dense fallback for a target (a ``compiler.DensePolicy``).
 
     ``prepare(model)`` is called by ``compile_model`` before the layers are looked at; with
     ``dims`` it infers the shapes the model has at those dimension values.

@@ -8,7 +8,7 @@ import pytest
 from conftest import DTYPES, HEAD, make_model, model_with_weight_in_subgraph, sparse_weight
 
 from onnxsparse.api import check_model
-from onnxsparse.passes import ModelGraph, VerifySparsity
+from onnxsparse.compiler import ModelGraph, VerifySparsity
 
 
 

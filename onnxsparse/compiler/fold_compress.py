@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from onnxsparse import DOMAIN
-from onnxsparse import format as fmt
-from onnxsparse.errors import OnnxSparseError
+from .. import format as fmt
+from ..errors import OnnxSparseError
+from ..spec import DOMAIN
 
 from .base import Pass, PassResult
 from .graph import ModelGraph, constant_array, resolve_constant, set_constant

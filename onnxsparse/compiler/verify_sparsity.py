@@ -28,10 +28,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from onnxsparse import format as fmt
-
-from .base import SUPPORTED_DTYPES, TARGET_OPS, LayerRecord, Pass, PassResult, node_label
-from .graph import ONNX_DOMAINS, ModelGraph, constant_array, dtype_name, nested_nodes, resolve_constant
+from .. import format as fmt
+from ..spec import ONNX_DOMAINS, SUPPORTED_DTYPES, TARGET_OPS
+from .base import LayerRecord, Pass, PassResult, node_label
+from .graph import ModelGraph, constant_array, dtype_name, nested_nodes, resolve_constant
 
 
 @dataclass
@@ -58,12 +58,12 @@ class VerifySparsity(Pass):
 
     def call(self, graph: ModelGraph) -> VerifyResult:
         layers = [self.verify_node(graph, node) for node in graph.nodes() if _is_target(node)]
-        for node, where in nested_nodes(graph):
-            if _is_target(node):
+        for node, where in nested_nodes(graph.source):
+            if node.op_type in TARGET_OPS and node.domain in ONNX_DOMAINS:
                 layers.append(
                     LayerRecord(
-                        node=node_label(node),
-                        op=node.op,
+                        node=node.name or (f"<{node.op_type} -> {node.output[0]}>" if node.output else f"<{node.op_type}>"),
+                        op=node.op_type,
                         eligible=False,
                         reason=f"inside {where}; subgraphs and functions are not visited",
                         visited=False,

@@ -6,7 +6,8 @@ the IR version (export resets it), metadata and opset imports. The passes read a
 through the helpers here:
 
 - ``resolve_constant(tensor)``: follows ``Identity`` chains to the initializer or ``Constant``
-  node holding a weight, or says why there is none;
+  node holding a weight, or says why there is none (the one constant resolver);
+- ``walk_subgraphs`` / ``nested_nodes``: the subgraph bodies and functions the passes do not visit;
 - ``constant_array`` / ``make_constant``: values as numpy arrays, read from and written to ONNX
   TensorProtos directly, because graphsurgeon mangles bfloat16 when it converts arrays itself.
 """
@@ -23,13 +24,12 @@ import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from onnxsparse import DOMAIN, OPSET_VERSION
-from onnxsparse.io import MAX_IR_VERSION
+from ..errors import OnnxSparseError
+from ..spec import DOMAIN, MAX_IR_VERSION, ONNX_DOMAINS, OPSET_VERSION
 
 # graphsurgeon logs warnings of its own (colours, dtypes) on stderr; the CLI promises one line.
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
 
-ONNX_DOMAINS = ("", "ai.onnx", None)  # graphsurgeon gives None when the field is unset
 
 
 class ModelGraph:
@@ -101,24 +101,17 @@ def _hoist_outer_initializers(model: onnx.ModelProto, main_names: set[str]) -> N
     """Graphsurgeon exports a main-graph initializer that only subgraphs read as an initializer
     of each such subgraph; put it back in the main graph, once."""
     present = {tensor.name for tensor in model.graph.initializer}
-
-    def visit(graph: onnx.GraphProto) -> None:
-        for node in graph.node:
-            for attribute in node.attribute:
-                for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-                    keep = []
-                    for tensor in subgraph.initializer:
-                        if tensor.name in main_names:
-                            if tensor.name not in present:
-                                model.graph.initializer.append(tensor)
-                                present.add(tensor.name)
-                        else:
-                            keep.append(tensor)
-                    del subgraph.initializer[:]
-                    subgraph.initializer.extend(keep)
-                    visit(subgraph)
-
-    visit(model.graph)
+    for _, subgraph in walk_subgraphs(model.graph.node):
+        keep = []
+        for tensor in subgraph.initializer:
+            if tensor.name in main_names:
+                if tensor.name not in present:
+                    model.graph.initializer.append(tensor)
+                    present.add(tensor.name)
+            else:
+                keep.append(tensor)
+        del subgraph.initializer[:]
+        subgraph.initializer.extend(keep)
 
 
 def _restore_opset_imports(model: onnx.ModelProto, source: onnx.ModelProto) -> None:
@@ -172,10 +165,16 @@ def producer(tensor: gs.Tensor) -> gs.Node | None:
 
 
 def resolve_constant(mg: ModelGraph, tensor: gs.Tensor) -> tuple[ConstantSource | None, str | None]:
-    """The constant behind ``tensor`` (through Identity chains), or ``(None, reason)``."""
+    """The constant behind ``tensor`` (through Identity chains), or ``(None, reason)``.
+
+    An Identity cycle (an invalid graph) is an ``OnnxSparseError`` naming the tensor."""
     current = tensor
     via = ""
+    seen: set[int] = set()
     while True:
+        if id(current) in seen:
+            raise OnnxSparseError(f"weight '{tensor.name}': the Identity chain behind it is a cycle (through '{current.name}')")
+        seen.add(id(current))
         if mg.is_graph_input(current):
             if current is tensor:
                 return None, f"weight '{tensor.name}' is a graph input, so it is not constant"
@@ -238,22 +237,31 @@ def np_dtype(data_type: int) -> np.dtype:
 # --- subgraphs and functions -----------------------------------------------------------------------
 
 
-def nested_nodes(mg: ModelGraph) -> Iterator[tuple[gs.Node, str]]:
+def walk_subgraphs(nodes, where: str = "") -> Iterator[tuple[str, onnx.GraphProto]]:
+    """Every subgraph body (If/Loop/Scan) that these ``NodeProto``s hold, nested ones too, with
+    where it is: "the then_branch of If 'c' > the body of Loop 'l'". The one subgraph walker."""
+    for node in nodes:
+        for attribute in node.attribute:
+            for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                inner = f"{where}the {attribute.name} of {node.op_type} '{node.name}'"
+                yield inner, subgraph
+                yield from walk_subgraphs(subgraph.node, inner + " > ")
+
+
+def subgraph_reads(node: onnx.NodeProto) -> list[str]:
+    """The tensor names that nodes inside ``node``'s subgraphs read (outer-scope reads included)."""
+    return [name for _, subgraph in walk_subgraphs([node]) for inner in subgraph.node for name in inner.input]
+
+
+def nested_nodes(model: onnx.ModelProto) -> Iterator[tuple[onnx.NodeProto, str]]:
     """Nodes the passes do not visit, with where they are: subgraph bodies and local functions."""
-
-    def walk(graph: gs.Graph, where: str) -> Iterator[tuple[gs.Node, str]]:
-        for node in graph.nodes:
-            for attr, value in node.attrs.items():
-                for sub in value if isinstance(value, list) else [value]:
-                    if isinstance(sub, gs.Graph):
-                        inner = f"{where}the {attr} of {node.op} '{node.name}'"
-                        for inner_node in sub.nodes:
-                            yield inner_node, inner
-                        yield from walk(sub, inner + " > ")
-
-    yield from walk(mg.graph, "")
-    for function in getattr(mg.graph, "functions", []):
-        where = f"function '{function.name}'"
-        for node in function.nodes:
+    for where, subgraph in walk_subgraphs(model.graph.node):
+        for node in subgraph.node:
             yield node, where
-        yield from walk(function, where + " > ")
+    for function in model.functions:
+        where = f"function '{function.name}'"
+        for node in function.node:
+            yield node, where
+        for inner, subgraph in walk_subgraphs(function.node, where + " > "):
+            for node in subgraph.node:
+                yield node, inner

@@ -11,9 +11,6 @@ from typing import Any, Callable
 
 from .graph import ModelGraph
 
-TARGET_OPS = ("Conv", "MatMul", "Gemm")
-SUPPORTED_DTYPES = ("float", "float16", "bfloat16")
-
 
 @dataclass
 class PassResult:

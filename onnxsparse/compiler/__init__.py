@@ -6,7 +6,8 @@ None of them descends into subgraphs (If/Loop/Scan bodies) or local functions.
 """
 
 from .annotate_shapes import AnnotateResult, AnnotateShapes
-from .base import SUPPORTED_DTYPES, TARGET_OPS, DensePolicy, LayerRecord, Pass, PassResult
+from ..spec import SUPPORTED_DTYPES, TARGET_OPS
+from .base import DensePolicy, LayerRecord, Pass, PassResult
 from .fold_compress import FoldCompress, FoldedWeight, FoldResult
 from .graph import ModelGraph
 from .rewrite_sparse_ops import CompressedWeight, LayerDecision, RewriteResult, RewriteSparseOps

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from onnxsparse import DOMAIN
+from ..spec import DOMAIN
 
 from .base import Pass, PassResult
 from .graph import ModelGraph

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxsparse import DOMAIN
-from onnxsparse import format as fmt
+from .. import format as fmt
+from ..spec import DOMAIN
 
 from .base import DensePolicy, LayerRecord, Pass, PassResult
 from .graph import (
