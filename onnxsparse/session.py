@@ -15,15 +15,56 @@ _REGISTERED_KEY = "onnxsparse.library_registered"
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
-def session_options(options: ort.SessionOptions | None = None) -> ort.SessionOptions:
-    """Session options (new, or the given ones) with the custom-op library registered once."""
+# The library's run-time options (custom_ops/common/runtime_options.h): keyword -> session config
+# entry, read when the library is registered. Environment variables ONNXSPARSE_* override them.
+RUNTIME_OPTIONS = {
+    "cpu_isa": "onnxsparse.cpu_isa",  # auto | portable | avx2 | avx512
+    "cuda_small_m_max": "onnxsparse.cuda.small_m_max",
+    "cuda_own_timed_m_max": "onnxsparse.cuda.own_timed_m_max",
+    "cuda_pack": "onnxsparse.cuda.pack",
+    "cuda_pdl": "onnxsparse.cuda.pdl",
+    "cuda_allow_no_cusparselt": "onnxsparse.cuda.allow_no_cusparselt",
+    "cusparselt_tune": "onnxsparse.cusparselt.tune",
+    "cusparselt_cache": "onnxsparse.cusparselt.cache",  # a file, or "off"
+    "cusparselt_max_config_id": "onnxsparse.cusparselt.max_config_id",
+    "cusparselt_library": "onnxsparse.cusparselt.library",
+    "log_verbose": "onnxsparse.log_verbose",
+    "trace": "onnxsparse.trace",
+}
+
+
+def session_options(options: ort.SessionOptions | None = None, **runtime: Any) -> ort.SessionOptions:
+    """Session options (new, or the given ones) with the custom-op library registered once.
+
+    Keyword arguments set the library's run-time options (``RUNTIME_OPTIONS``; e.g. ``cpu_isa="avx2"``,
+    ``cuda_small_m_max=16``, ``trace=True``) as ``onnxsparse.*`` session config entries before the
+    library is registered, which reads them. An unknown keyword, options given for options that
+    already have the library, or a value the library refuses raise ``OnnxSparseError``.
+    """
+    unknown = sorted(set(runtime) - set(RUNTIME_OPTIONS))
+    if unknown:
+        raise OnnxSparseError(f"unknown onnxsparse runtime option(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(RUNTIME_OPTIONS)}")
     options = ort.SessionOptions() if options is None else options
     try:
         already = options.get_session_config_entry(_REGISTERED_KEY) == "1"
     except Exception:  # onnxruntime raises when the key is absent
         already = False
+    if already and runtime:
+        raise OnnxSparseError("runtime options must be given before the library is registered on these session "
+                              "options (it reads them at registration)")
     if not already:
-        options.register_custom_ops_library(get_library_path())
+        for name, value in runtime.items():
+            if value is None:
+                continue
+            text = ("1" if value else "0") if isinstance(value, bool) else str(value)
+            options.add_session_config_entry(RUNTIME_OPTIONS[name], text)
+        try:
+            options.register_custom_ops_library(get_library_path())
+        except Exception as exc:
+            if "onnxsparse: " in str(exc):  # the library refused an option
+                raise OnnxSparseError(str(exc).split("onnxsparse: ", 1)[-1]) from exc
+            raise
         options.add_session_config_entry(_REGISTERED_KEY, "1")
     return options
 

@@ -1,9 +1,44 @@
 #include "cpu/cpu_isa.h"
 
-#include <cstdlib>
-#include <cstring>
+#include "common/log.h"
+#include "common/status.h"
 
 namespace onnxsparse::cpu {
+
+namespace {
+
+CpuIsa Best() {
+  CpuIsa best = CpuIsa::kAvx512;
+  while (!CpuSupports(best)) best = static_cast<CpuIsa>(static_cast<int>(best) - 1);
+  return best;
+}
+
+// The ISA an option names (kAuto: the best there is).
+CpuIsa Wanted(CpuIsaOption option) {
+  switch (option) {
+    case CpuIsaOption::kPortable: return CpuIsa::kPortable;
+    case CpuIsaOption::kAvx2: return CpuIsa::kAvx2;
+    case CpuIsaOption::kAvx512: return CpuIsa::kAvx512;
+    case CpuIsaOption::kAuto: break;
+  }
+  return Best();
+}
+
+std::string NodeName(const OrtKernelInfo* info) {
+  if (info == nullptr) return "?";
+  size_t size = 0;
+  OrtStatus* status = Ort::GetApi().KernelInfo_GetNodeName(info, nullptr, &size);
+  std::string name(size, '\0');
+  if (status == nullptr) status = Ort::GetApi().KernelInfo_GetNodeName(info, name.data(), &size);
+  if (status != nullptr) {
+    Ort::GetApi().ReleaseStatus(status);
+    return "?";
+  }
+  name.resize(size > 0 ? size - 1 : 0);
+  return name;
+}
+
+}  // namespace
 
 bool CpuSupports(CpuIsa isa) {
   switch (isa) {
@@ -18,14 +53,26 @@ bool CpuSupports(CpuIsa isa) {
   return false;
 }
 
+std::string CheckCpuIsaOption(CpuIsaOption option) {
+  const CpuIsa wanted = Wanted(option);
+  if (CpuSupports(wanted)) return "";
+  return StrCat("onnxsparse.cpu_isa=", CpuIsaName(wanted), " but this processor lacks it (it supports ",
+                CpuIsaName(Best()), ")");
+}
+
 CpuIsa SelectCpuIsa() {
-  CpuIsa wanted = CpuIsa::kAvx512;
-  if (const char* env = std::getenv("ONNXSPARSE_CPU_ISA"); env != nullptr) {
-    if (std::strcmp(env, "portable") == 0) wanted = CpuIsa::kPortable;
-    if (std::strcmp(env, "avx2") == 0) wanted = CpuIsa::kAvx2;
+  const KernelContext context = CurrentKernelContext();
+  const CpuIsaOption option = context.options->cpu_isa;
+  CpuIsa isa = Wanted(option);
+  if (!CpuSupports(isa)) isa = Best();  // refused at registration already; never an illegal instruction
+  const OrtLogger* logger = KernelLogger(context.info);
+  if (LogEnabled(logger, ORT_LOGGING_LEVEL_VERBOSE)) {
+    ONNXSPARSE_LOG(logger, ORT_LOGGING_LEVEL_VERBOSE,
+                   StrCat("onnxsparse: node '", NodeName(context.info), "': CPU kernels use ", CpuIsaName(isa),
+                          option == CpuIsaOption::kAuto ? " (the best this processor has)"
+                                                        : " (forced by onnxsparse.cpu_isa)"));
   }
-  while (!CpuSupports(wanted)) wanted = static_cast<CpuIsa>(static_cast<int>(wanted) - 1);
-  return wanted;
+  return isa;
 }
 
 const char* CpuIsaName(CpuIsa isa) {

@@ -1,8 +1,12 @@
 // Which instruction set the fast CPU kernels use. Chosen once per kernel, when ONNX Runtime creates
-// it: the best the processor supports (cpuid), or the one ONNXSPARSE_CPU_ISA=avx512|avx2|portable
-// forces (tests run every path this way). A forced ISA the processor lacks falls back to the best
-// it has, never to an illegal instruction.
+// it: the best the processor supports (cpuid), or the one the session's `onnxsparse.cpu_isa`
+// entry (or its developer override ONNXSPARSE_CPU_ISA) forces, see common/runtime_options.h.
+// Forcing an ISA the processor lacks is refused when the library is registered, never run into an
+// illegal instruction.
 #pragma once
+#include <string>
+
+#include "common/runtime_options.h"
 
 namespace onnxsparse::cpu {
 
@@ -11,7 +15,11 @@ enum class CpuIsa { kPortable, kAvx2, kAvx512 };
 // The processor supports this ISA (AVX-512 F/BW/VL/DQ; AVX2 with FMA and F16C).
 bool CpuSupports(CpuIsa isa);
 
-// The ISA a kernel created now uses (reads ONNXSPARSE_CPU_ISA each time, so tests can switch it).
+// "" when `option` can run on this processor, else why not (checked at registration).
+std::string CheckCpuIsaOption(CpuIsaOption option);
+
+// The ISA a kernel created now uses: its registration's option (CurrentKernelContext), the best
+// the processor has for kAuto. Logs the choice at VERBOSE on the session's logger.
 CpuIsa SelectCpuIsa();
 
 const char* CpuIsaName(CpuIsa isa);
