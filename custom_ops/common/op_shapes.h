@@ -24,6 +24,40 @@ inline std::string ShapeString(const std::vector<int64_t>& shape) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Sizes come from the model (attributes) and from the inputs' shapes, and an empty tensor may have
+// any other dimension as large as int64 allows: every product or sum of them is checked here, once,
+// so that the kernels can compute offsets in int64 without overflow.
+
+// The largest reduction length K accepted (K/2, ceil(K/8) and K + padding rows then stay far from
+// overflow).
+constexpr int64_t kMaxReduction = int64_t{1} << 60;
+
+// a * b and a + b of non-negative sizes; false when the result does not fit in int64.
+inline bool CheckedMul(int64_t a, int64_t b, int64_t& out) { return !__builtin_mul_overflow(a, b, &out); }
+inline bool CheckedAdd(int64_t a, int64_t b, int64_t& out) { return !__builtin_add_overflow(a, b, &out); }
+
+// A shape whose non-zero dimensions multiply to at most INT64_MAX: then the product of any subset
+// of its dimensions (an element count, a plane, an offset inside it) fits in int64, empty or not.
+inline Ort::Status CheckShapeFits(const char* op, const char* name, const std::vector<int64_t>& shape) {
+  int64_t product = 1;
+  for (int64_t d : shape) {
+    if (d < 0) return InvalidArgument(op, StrCat(name, " has a negative dimension: ", ShapeString(shape)));
+    if (d != 0 && !CheckedMul(product, d, product)) {
+      return InvalidArgument(op, StrCat(name, " of shape ", ShapeString(shape),
+                                        " is too large (its dimensions multiply past 2^63 - 1)"));
+    }
+  }
+  return Ort::Status{nullptr};
+}
+
+// The number of elements of a shape that passed CheckShapeFits.
+inline int64_t ElementCount(const std::vector<int64_t>& shape) {
+  int64_t count = 1;
+  for (int64_t d : shape) count *= d;
+  return count;
+}
+
+// ---------------------------------------------------------------------------------------------
 // SPEC's compressed pair: values [rows, K/2], index [rows, ceil(K/8)], K % 4 == 0.
 
 struct CompressedWeightShape {
@@ -38,6 +72,11 @@ inline Ort::Status CheckCompressedWeight(const char* op, const std::vector<int64
   }
   if (index_shape.size() != 2) {
     return InvalidArgument(op, "index must have rank 2 [rows, ceil(K/8)], got shape " + ShapeString(index_shape));
+  }
+  ONNXSPARSE_RETURN_IF_ERROR(CheckShapeFits(op, "values", values_shape));
+  ONNXSPARSE_RETURN_IF_ERROR(CheckShapeFits(op, "index", index_shape));
+  if (values_shape[1] > kMaxReduction / 2) {
+    return InvalidArgument(op, StrCat("K = 2 * values.shape[1] = 2 * ", values_shape[1], " is too large"));
   }
   out.rows = values_shape[0];
   out.k = 2 * values_shape[1];
@@ -96,6 +135,8 @@ inline Ort::Status ResolveCompressShape(const char* op, WeightLayout layout, con
     if (shape.size() != 4) {
       return InvalidArgument(op, "an \"oihw\" weight must have rank 4, got shape " + ShapeString(shape));
     }
+    // K = C/group * KH * KW may overflow when OC is 0 (an empty weight): checked like the shape.
+    ONNXSPARSE_RETURN_IF_ERROR(CheckShapeFits(op, "the weight", {shape[1], shape[2], shape[3]}));
     out.rows = shape[0];
     out.channels = shape[1];
     out.kernel_h = shape[2];
@@ -109,6 +150,8 @@ inline Ort::Status ResolveCompressShape(const char* op, WeightLayout layout, con
     out.rows = kn ? shape[1] : shape[0];
     out.k = kn ? shape[0] : shape[1];
   }
+  ONNXSPARSE_RETURN_IF_ERROR(CheckShapeFits(op, "the weight", shape));
+  if (out.k > kMaxReduction) return InvalidArgument(op, StrCat("K=", out.k, " is too large"));
   if (out.k % 4 != 0) return InvalidArgument(op, StrCat("K=", out.k, " is not a multiple of 4"));
   return Ort::Status{nullptr};
 }
@@ -144,6 +187,7 @@ inline Ort::Status ResolveMatMulShape(const char* op, bool trans_a, const std::v
                                       const std::vector<int64_t>* bias_shape, MatMulShape& out) {
   const size_t rank = a_shape.size();
   if (rank < 1 || rank > 4) return InvalidArgument(op, "A must have rank 1 to 4, got shape " + ShapeString(a_shape));
+  ONNXSPARSE_RETURN_IF_ERROR(CheckShapeFits(op, "A", a_shape));
   if (trans_a && rank != 2) {
     return InvalidArgument(op, "with transA=1, A must have rank 2, got shape " + ShapeString(a_shape));
   }
@@ -169,6 +213,7 @@ inline Ort::Status ResolveMatMulShape(const char* op, bool trans_a, const std::v
   ONNXSPARSE_RETURN_IF_ERROR(CheckBias(op, "bias", bias_shape, weight.rows));
   out.n = weight.rows;
   out.y_shape.push_back(out.n);
+  ONNXSPARSE_RETURN_IF_ERROR(CheckShapeFits(op, "the output Y", out.y_shape));
   return Ort::Status{nullptr};
 }
 
@@ -241,33 +286,52 @@ struct ConvGeometry {
 
 namespace detail {
 // One spatial axis: the output size and the padding on each side; an error message when the
-// kernel does not fit.
+// kernel does not fit. Computed in 128 bits (every attribute may be as large as int64 allows);
+// the result keeps in + pad_begin + pad_end within int64, which bounds every index the kernels
+// form from it ((out - 1) * stride + dilated kernel <= padded input).
 inline std::string ResolveConvAxis(const char* axis, AutoPad auto_pad, int64_t in, int64_t kernel, int64_t stride,
                                    int64_t dilation, int64_t pad_begin, int64_t pad_end, int64_t& out,
                                    int64_t& pad_begin_out, int64_t& pad_end_out) {
-  const int64_t extent = dilation * (kernel - 1) + 1;
+  using Wide = __int128;
+  constexpr Wide kMax = INT64_MAX;
+  const Wide extent = Wide{dilation} * (kernel - 1) + 1;
+  if (extent > kMax) {
+    return StrCat("the dilated kernel along the ", axis, " (dilation ", dilation, " * (kernel ", kernel,
+                  " - 1) + 1) is too large");
+  }
+  Wide begin = pad_begin, end = pad_end, out_wide = 0;
   if (auto_pad == AutoPad::kSameUpper || auto_pad == AutoPad::kSameLower) {
-    out = (in + stride - 1) / stride;
-    const int64_t total = std::max<int64_t>(0, (out - 1) * stride + extent - in);
-    pad_begin_out = auto_pad == AutoPad::kSameUpper ? total / 2 : total - total / 2;
-    pad_end_out = total - pad_begin_out;
-    return {};
+    out_wide = in / stride + (in % stride != 0 ? 1 : 0);  // ceil(in / stride), no in + stride - 1
+    const Wide needed = (out_wide - 1) * stride + extent - in;
+    const Wide total = needed > 0 ? needed : 0;
+    begin = auto_pad == AutoPad::kSameUpper ? total / 2 : total - total / 2;
+    end = total - begin;
+  } else if (auto_pad == AutoPad::kValid) {
+    begin = end = 0;
   }
-  if (auto_pad == AutoPad::kValid) pad_begin = pad_end = 0;
-  const int64_t padded = in + pad_begin + pad_end;
-  if (padded < extent) {
-    return StrCat("output ", axis, " would be negative: input ", in, " + pads ", pad_begin + pad_end,
-                  " is smaller than the dilated kernel ", extent);
+  const Wide padded = Wide{in} + begin + end;
+  if (padded > kMax) {
+    return StrCat("the ", axis, " of the input plus its padding (", in, " + ", static_cast<int64_t>(begin), " + ",
+                  static_cast<int64_t>(end), ") is too large");
   }
-  out = (padded - extent) / stride + 1;
-  pad_begin_out = pad_begin;
-  pad_end_out = pad_end;
+  if (auto_pad != AutoPad::kSameUpper && auto_pad != AutoPad::kSameLower) {
+    if (padded < extent) {
+      return StrCat("output ", axis, " would be negative: input ", in, " + pads ", static_cast<int64_t>(begin + end),
+                    " is smaller than the dilated kernel ", static_cast<int64_t>(extent));
+    }
+    out_wide = (padded - extent) / stride + 1;
+  }
+  out = static_cast<int64_t>(out_wide);
+  pad_begin_out = static_cast<int64_t>(begin);
+  pad_end_out = static_cast<int64_t>(end);
   return {};
 }
 }  // namespace detail
 
 // X [N, C, H, W]; the pair [OC, K/2], [OC, ceil(K/8)] with K = KH*KW*C/group; B [OC] (bias_shape
-// null when absent). Y is [batch, out_channels, out_height, out_width].
+// null when absent). Y is [batch, out_channels, out_height, out_width]. Every size is checked:
+// X's and Y's non-zero dimensions multiply to at most INT64_MAX (CheckShapeFits), and so do the
+// attributes' products (KH*KW, group * C/group, the padded input).
 inline Ort::Status ResolveConvGeometry(const char* op, const ConvAttributes& attrs, const std::vector<int64_t>& x_shape,
                                        const std::vector<int64_t>& values_shape,
                                        const std::vector<int64_t>& index_shape,
@@ -275,6 +339,7 @@ inline Ort::Status ResolveConvGeometry(const char* op, const ConvAttributes& att
   if (x_shape.size() != 4) {
     return InvalidArgument(op, "X must have rank 4 [N, C, H, W], got shape " + ShapeString(x_shape));
   }
+  ONNXSPARSE_RETURN_IF_ERROR(CheckShapeFits(op, "X", x_shape));
   CompressedWeightShape weight;
   ONNXSPARSE_RETURN_IF_ERROR(CheckCompressedWeight(op, values_shape, index_shape, weight));
   geo = ConvGeometry{};
@@ -284,12 +349,16 @@ inline Ort::Status ResolveConvGeometry(const char* op, const ConvAttributes& att
   geo.width = x_shape[3];
   geo.out_channels = weight.rows;
   geo.k = weight.k;
-  const int64_t taps = attrs.kernel_shape[0] * attrs.kernel_shape[1];
+  int64_t taps = 0;
+  if (!CheckedMul(attrs.kernel_shape[0], attrs.kernel_shape[1], taps)) {
+    return InvalidArgument(op, "kernel_shape " + ShapeString(attrs.kernel_shape) + " is too large (KH*KW overflows)");
+  }
   if (weight.k % taps != 0) {
     return InvalidArgument(op, StrCat("K=", weight.k, " of the compressed weight is not a multiple of KH*KW=", taps));
   }
   geo.channels_per_group = weight.k / taps;
-  if (geo.channels_per_group * attrs.group != geo.channels) {
+  int64_t group_channels = 0;
+  if (!CheckedMul(geo.channels_per_group, attrs.group, group_channels) || group_channels != geo.channels) {
     return InvalidArgument(op, StrCat("X has C=", geo.channels, " channels but the weight expects group * C/group = ",
                                       attrs.group, " * ", geo.channels_per_group));
   }
@@ -307,7 +376,7 @@ inline Ort::Status ResolveConvGeometry(const char* op, const ConvAttributes& att
                                     geo.pad_right);
   }
   if (!error.empty()) return InvalidArgument(op, error);
-  return Ort::Status{nullptr};
+  return CheckShapeFits(op, "the output Y", {geo.batch, geo.out_channels, geo.out_height, geo.out_width});
 }
 
 }  // namespace onnxsparse

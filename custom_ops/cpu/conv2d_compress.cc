@@ -113,6 +113,9 @@ Ort::Status Conv2dCompressKernel<T>::ComputeImpl(OrtKernelContext* context, cons
                                                  bias != nullptr ? &bias->Shape() : nullptr, geo));
   const T* bias_data = bias != nullptr ? bias->Data() : nullptr;
   T* y_data = y.Allocate({geo.batch, geo.out_channels, geo.out_height, geo.out_width});
+  // An empty output (N = 0, OC = 0, or OH or OW = 0 from an empty input) is an empty tensor, as
+  // dense Conv gives for N = 0; nothing below may divide by its size.
+  if (geo.batch == 0 || geo.out_channels == 0 || geo.out_height == 0 || geo.out_width == 0) return Ort::Status{nullptr};
 
   if (packed_ != nullptr && packed_->rows == geo.out_channels && packed_->k == geo.k) {
     std::vector<float> bias32;

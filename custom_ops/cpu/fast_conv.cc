@@ -16,7 +16,8 @@ constexpr int64_t kTilePixels = 128;   // output pixels per item (two strips)
 constexpr int64_t kBlockGroups = 64;   // groups of K per cache block: 256 rows x 64 pixels = 64 KiB a strip
 constexpr int64_t kWantedItems = 8;    // split the features when pixels alone give fewer items
 
-int64_t CeilDiv(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
+// ceil(a / b) for b > 0, without forming a + b (a stride may be as large as int64 allows).
+int64_t CeilDiv(int64_t a, int64_t b) { return a >= 0 ? a / b + (a % b != 0 ? 1 : 0) : -((-a) / b); }
 
 // A run of a tile's pixels that lie on one output row and in one strip of the panel.
 struct PixelRun {
@@ -149,6 +150,7 @@ bool FastConv(OrtKernelContext* context, const FastKernelSet& kernels, const Pac
   const int64_t ocg = geo.out_channels_per_group;
   const int64_t pixel_tiles = (pixels + kTilePixels - 1) / kTilePixels;
   const int64_t base_items = geo.batch * groups * pixel_tiles;
+  if (base_items == 0 || ocg == 0) return true;  // an empty output (N = 0, OH or OW = 0): nothing to do
   int64_t n_chunks = std::max<int64_t>(1, (kWantedItems + base_items - 1) / base_items);
   n_chunks = std::min(n_chunks, std::max<int64_t>(1, ocg / 16));
   const int64_t chunk_n = (ocg + n_chunks - 1) / n_chunks;

@@ -81,6 +81,7 @@ Ort::Status MatMulCompressKernel<T>::ComputeImpl(OrtKernelContext* context, cons
   const int64_t m = shape.m, k = shape.k, n = shape.n;
   const T* bias_data = bias != nullptr ? bias->Data() : nullptr;
   T* y_data = y.Allocate(shape.y_shape);
+  if (m == 0 || n == 0) return Ort::Status{nullptr};  // an empty output
 
   if (packed_ != nullptr && packed_->rows == n && packed_->k == k) {
     return ComputeFast(context, a.Data(), m, k, bias_data, y_data);
