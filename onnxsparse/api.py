@@ -1,7 +1,8 @@
 """The compiler's Python API: ``check_model`` and ``compile_model``.
 
 Both take a model path or an ``onnx.ModelProto`` (never modified) and run the passes of
-``onnxsparse.compiler`` on a copy: ``VerifySparsity`` -> ``RewriteSparseOps`` -> ``FoldCompress``.
+``onnxsparse.compiler`` on a copy: ``check_model`` the eligibility check, ``compile_model`` the
+compile pipeline (``compiler.compile_pipeline``). The compiler never calls back into this module.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ from onnx.external_data_helper import _get_all_tensors
 
 from . import io
 from .compiler import (
-    AnnotateShapes,
+    CheckSparsity,
     CompressedWeight,
     DensePolicy,
-    FoldCompress,
     LayerDecision,
+    LayerPolicy,
     LayerRecord,
     ModelGraph,
-    RewriteSparseOps,
-    VerifySparsity,
+    RewriteResult,
+    compile_pipeline,
 )
 
 logger = logging.getLogger(__name__)
@@ -91,36 +92,31 @@ class CompileResult:
 def check_model(model: str | os.PathLike | onnx.ModelProto) -> CheckReport:
     """Per-layer 2:4 report: which Conv/MatMul/Gemm weights comply, how much, and why not."""
     proto, path = _load(model)
-    result = VerifySparsity()(ModelGraph(proto))
+    result = CheckSparsity()(ModelGraph(proto))
     return CheckReport(layers=result.layers, path=path)
 
 
 def compile_model(
     model: str | os.PathLike | onnx.ModelProto,
     fold: bool = True,
-    policy: DensePolicy | None = None,
+    policy: LayerPolicy | DensePolicy | None = None,
 ) -> CompileResult:
     """Rewrite every eligible layer into onnxsparse's ops.
 
     ``fold``: evaluate CompressOp offline (True) or keep it in the graph to run in the session.
-    ``policy``: called with each eligible ``LayerRecord``; a returned string keeps that layer
-    dense and is reported as the reason (the per-layer dense fallback).
+    ``policy``: a ``LayerPolicy`` (prepared once with the model) or a plain function, called with
+    each eligible ``LayerRecord``; a returned string keeps that layer dense and is reported as the
+    reason (the per-layer dense fallback).
     With nothing rewritten, ``result.model`` is the input model unchanged.
     """
     proto, path = _load(model)
     before = weight_bytes(proto)
     input_valid = _passes_checker(proto)
-    if policy is not None and hasattr(policy, "prepare"):
-        policy.prepare(proto)
     graph = ModelGraph(proto)
-    verified = VerifySparsity()(graph)
-    rewrite = RewriteSparseOps(verified.layers, policy=policy)(graph)
+    rewrite = compile_pipeline(fold=fold, policy=policy)(graph).of(RewriteResult)
     if not rewrite.modified:
         logger.info("nothing rewritten; the model is unchanged")
         return CompileResult(proto, rewrite.decisions, before, before, folded=fold, path=path)
-    if fold:
-        FoldCompress()(graph)
-    AnnotateShapes()(graph)
     compiled = graph.to_model()
     if input_valid and compiled.ByteSize() < io.EXTERNAL_DATA_THRESHOLD:
         # Custom-domain nodes have no schema; full_check=False checks the rest of the graph.

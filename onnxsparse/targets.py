@@ -30,6 +30,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
+import onnx
+
+from .compiler.annotate_shapes import inferred_shapes
+from .compiler.layers import matches
+from .compiler.pipeline import LayerPolicy
+from .spec import itemsize
+
 TARGETS = ("cpu", "cuda")
 # Measurement noise: a sparse kernel within 2% of dense counts as not slower.
 TOLERANCE = 0.02
@@ -169,8 +176,8 @@ def decide(
     return Decision(True, f"sparse faster on {target} ({speedup(best):.2f}x at M={best['m']}, {shape}{proxy}{counted})")
 
 
-_DTYPE_NAMES = {"float": "float32", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
-_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
+# The tables name float "float32".
+_DTYPE_NAMES = {"float": "float32"}
 
 
 def _static_product(dims, bindings: dict[str, int] | None = None) -> int | None:
@@ -192,24 +199,23 @@ def layer_gemm_shape(
     names. m is None when the activation's shape is still not static.
     """
     shape = tuple(record.shape)
-    node = record.gs_node
-    attrs = getattr(node, "attrs", {}) or {}
+    attrs = record.attrs or {}
 
-    def tensor_shape(tensor):
-        if shapes and tensor.name in shapes:
-            return shapes[tensor.name]
-        return tensor.shape
+    def tensor_shape(name, known):
+        if shapes and name in shapes:
+            return shapes[name]
+        return known
 
     if record.layout == "oihw":
         group = int(attrs.get("group", 1))
         k, n = math.prod(shape[1:]), shape[0] // max(group, 1)
-        out_shape = tensor_shape(node.outputs[0]) if node is not None and node.outputs else None
+        out_shape = tensor_shape(record.output, record.output_shape) if record.output else None
         m = None
         if out_shape is not None and len(out_shape) == 4:
             m = _static_product([out_shape[0], out_shape[2], out_shape[3]], dims)
         return m, k, n
     k, n = (shape[0], shape[1]) if record.layout == "kn" else (shape[1], shape[0])
-    a_shape = tensor_shape(node.inputs[0]) if node is not None and node.inputs else None
+    a_shape = tensor_shape(record.activation, record.activation_shape) if record.activation else None
     m = None
     if a_shape is not None and len(a_shape) >= 1:
         if record.op == "Gemm" and int(attrs.get("transA", 0)) and len(a_shape) == 2:
@@ -222,10 +228,6 @@ def layer_gemm_shape(
 def static_shapes(model, dims: dict[str, int]) -> dict[str, tuple]:
     """Shapes of the model's tensors inferred with the graph inputs' symbolic dimensions bound
     (data propagation carries them through Shape/Reshape chains). Empty when inference fails."""
-    import onnx
-
-    from .compiler.annotate_shapes import inferred_shapes
-
     bound = onnx.ModelProto()
     bound.CopyFrom(model)
     for value in bound.graph.input:
@@ -249,16 +251,14 @@ def parse_dims(items: list[str] | None) -> dict[str, int]:
 
 
 def _matches(patterns, record) -> bool:
-    from fnmatch import fnmatchcase
-
-    return any(fnmatchcase(record.node, p) or fnmatchcase(record.op, p) for p in patterns)
+    return matches(patterns, record.node, record.op)
 
 
-class TargetPolicy:
-    """The compiler's per-layer dense fallback for a target (a ``compiler.DensePolicy``).
+class TargetPolicy(LayerPolicy):
+    """The compiler's per-layer dense fallback for a target (a ``compiler.LayerPolicy``).
 
-    ``prepare(model)`` is called by ``compile_model`` before the layers are looked at; with
-    ``dims`` it infers the shapes the model has at those dimension values.
+    The compile pipeline calls ``prepare(model)`` before the layers are looked at; with ``dims``
+    it infers the shapes the model has at those dimension values.
     """
 
     def __init__(self, target, force_sparse, force_dense, dims):
@@ -280,10 +280,10 @@ class TargetPolicy:
         op = "conv" if record.layout == "oihw" else "gemm"
         dtype = _DTYPE_NAMES.get(record.dtype, record.dtype)
         extra = 0.0
-        if m is not None and getattr(record, "bias_add", None) and all(
+        if m is not None and record.bias_add and all(
             reader in _BIAS_READERS_UNFUSED for reader in record.bias_consumers
         ):
-            extra = bias_pass_us(self.target, m, n, _ITEMSIZE.get(dtype, 4))
+            extra = bias_pass_us(self.target, m, n, itemsize(dtype))
         decision = decide(self.target, dtype, k, n, m, op, extra)
         return None if decision.sparse else decision.reason
 

@@ -1,4 +1,4 @@
-"""RewriteSparseOps and FoldCompress: each op variant compiled, then run and compared with the
+"""RewriteSparseOps (its rules) and FoldCompress: each op variant compiled, then run and compared with the
 original dense model on the same inputs.
 
 The compiled models run through ``reference_ops`` (an independent Python reference of the ops) and,
@@ -17,7 +17,8 @@ from conftest import DTYPES, HEAD, make_model, model_with_weight_in_subgraph, ra
 from reference_ops import run_reference
 
 import onnxsparse
-from onnxsparse.api import compile_model
+from onnxsparse.api import check_model, compile_model
+from onnxsparse.errors import OnnxSparseError
 from onnxsparse.io import MAX_IR_VERSION
 
 
@@ -437,3 +438,52 @@ def test_onnxruntime_fuses_across_the_custom_op(tmp_path):
     assert "SkipLayerNormalization" in optimized and "LayerNormalization" not in optimized
     x = random_input((2, 3, 8), seed=33)
     np.testing.assert_allclose(session.run(None, {"x": x})[0], ort_run(model, {"x": x})[0], rtol=1e-4, atol=1e-4)
+
+
+# --- the pipeline and its rules ---------------------------------------------------------------------
+
+
+def test_every_bias_not_folded_has_its_reason():
+    model = make_model(
+        f"""{HEAD} g (float[3,8] x) => (float[3,4] y, float[3,4] z) {{
+        p = MatMul(x, W)
+        y = Relu(p)
+        q = MatMul(x, V)
+        z = Add(q, b)
+        }}""",
+        W=sparse_weight((8, 4), "kn", seed=1), V=sparse_weight((8, 4), "kn", seed=2), b=random_input((4,), seed=3),
+    )
+    relu, add = compile_model(model).layers
+    assert relu.rewritten and relu.fused_bias is None and relu.rule == "MatMul"
+    assert relu.bias_not_folded == "the product is read by a Relu, not by an Add of two inputs"
+    assert add.rewritten and add.fused_bias is not None and add.rule == "MatMulBiasAdd" and add.bias_not_folded is None
+
+
+def test_gemm_with_a_non_constant_c_says_why_it_is_not_folded():
+    text, inits = gemm("<transB=0>", c_decl=f"float[{M},{N}] C")
+    (layer,) = compile_model(make_model(text, **inits)).layers
+    assert layer.rewritten and layer.bias_not_folded.startswith("C is not constant")
+
+
+def test_identity_cycle_is_a_clear_error_not_a_hang():
+    model = make_model(
+        f"""{HEAD} g (float[3,8] x) => (float[3,4] y) {{
+        a = Identity(b)
+        b = Identity(a)
+        y = MatMul(x, a)
+        }}"""
+    )
+    with pytest.raises(OnnxSparseError, match="Identity chain behind it is a cycle"):
+        check_model(model)
+
+
+def test_a_failing_pass_is_named():
+    from onnxsparse.compiler import ModelGraph, Pass, PassError, Pipeline
+
+    class Broken(Pass):
+        def call(self, graph):
+            raise ValueError("boom")
+
+    text, inits = CASES["conv_bias"]
+    with pytest.raises(PassError, match="^Broken: ValueError: boom$"):
+        Pipeline([Broken()])(ModelGraph(make_model(text, **inits)))

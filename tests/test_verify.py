@@ -1,4 +1,4 @@
-"""VerifySparsity: every eligibility rule, positive and negative, with the reason it gives."""
+"""CheckSparsity: every eligibility rule, positive and negative, with the reason it gives."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from conftest import DTYPES, HEAD, make_model, model_with_weight_in_subgraph, sparse_weight
 
 from onnxsparse.api import check_model
-from onnxsparse.compiler import ModelGraph, VerifySparsity
+from onnxsparse.compiler import CheckSparsity, ModelGraph
 
 
 
@@ -276,7 +276,7 @@ def test_verifier_never_modifies():
     model = matmul_model(sparse_weight((8, 4), "kn"))
     before = model.SerializeToString()
     graph = ModelGraph(model)
-    result = VerifySparsity()(graph)
+    result = CheckSparsity()(graph)
     assert result.modified is False
     assert model.SerializeToString() == before
     assert graph.to_model().graph.node[0].op_type == "MatMul"

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..api import check_model
-from ..compiler.verify_sparsity import percent
+from ..compiler.eligibility import percent
 
 NAME = "check"
 HELP = "report which Conv/MatMul/Gemm weights are 2:4-sparse and why any layer is not eligible"

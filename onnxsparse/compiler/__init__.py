@@ -1,35 +1,61 @@
-"""The onnxsparse compiler passes, on onnx-graphsurgeon (see ``graph.ModelGraph``).
+"""The onnxsparse compiler: passes on onnx-graphsurgeon (see ``graph.ModelGraph``).
 
-``VerifySparsity`` (looks only) -> ``RewriteSparseOps`` (trusts its records) -> ``FoldCompress``
--> ``AnnotateShapes`` (shapes for what ONNX Runtime cannot infer through the custom ops).
-None of them descends into subgraphs (If/Loop/Scan bodies) or local functions.
+``compile_pipeline`` runs ``CheckSparsity`` (looks only) -> ``RewriteSparseOps`` (rules, trusts the
+check's records) -> ``FoldCompress`` -> ``AnnotateShapes`` (shapes for what ONNX Runtime cannot
+infer through the custom ops). Layer discovery (``layers.find_layers``) is shared with the pruner.
+None of the passes descends into subgraphs (If/Loop/Scan bodies) or local functions.
+
+The compiler imports only the leaves (``spec``, ``format``, ``errors``), onnx, graphsurgeon and
+numpy: never ONNX Runtime, never the front door.
 """
 
-from .annotate_shapes import AnnotateResult, AnnotateShapes
 from ..spec import SUPPORTED_DTYPES, TARGET_OPS
-from .base import DensePolicy, LayerRecord, Pass, PassResult
+from .annotate_shapes import AnnotateResult, AnnotateShapes
+from .eligibility import CheckResult, CheckSparsity
 from .fold_compress import FoldCompress, FoldedWeight, FoldResult
 from .graph import ModelGraph
+from .layers import LayerRecord, find_layers
+from .pipeline import DensePolicy, LayerPolicy, Pass, PassError, PassResult, Pipeline, PipelineResult, as_policy
 from .rewrite_sparse_ops import CompressedWeight, LayerDecision, RewriteResult, RewriteSparseOps
-from .verify_sparsity import VerifyResult, VerifySparsity
+from .rules import RULES, Match, Rule
+
+
+def compile_pipeline(fold: bool = True, policy: LayerPolicy | DensePolicy | None = None) -> Pipeline:
+    """The compile passes in order; ``policy`` may keep eligible layers dense."""
+    policy = as_policy(policy)
+    passes = [CheckSparsity(), RewriteSparseOps(policy)]
+    if fold:
+        passes.append(FoldCompress())
+    passes.append(AnnotateShapes())
+    return Pipeline(passes, policy=policy)
+
 
 __all__ = [
     "AnnotateResult",
     "AnnotateShapes",
-    "SUPPORTED_DTYPES",
-    "TARGET_OPS",
+    "CheckResult",
+    "CheckSparsity",
     "CompressedWeight",
     "DensePolicy",
     "FoldCompress",
     "FoldResult",
     "FoldedWeight",
     "LayerDecision",
+    "LayerPolicy",
     "LayerRecord",
+    "Match",
     "ModelGraph",
     "Pass",
+    "PassError",
     "PassResult",
+    "Pipeline",
+    "PipelineResult",
+    "RULES",
     "RewriteResult",
     "RewriteSparseOps",
-    "VerifyResult",
-    "VerifySparsity",
+    "Rule",
+    "SUPPORTED_DTYPES",
+    "TARGET_OPS",
+    "compile_pipeline",
+    "find_layers",
 ]

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from ..spec import DOMAIN
+from ..spec import DOMAIN, SPARSE_OPS
 
-from .base import Pass, PassResult
+from .pipeline import Pass, PassResult
 from .graph import ModelGraph
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class AnnotateShapes(Pass):
         targets = [
             tensor
             for node in graph.nodes()
-            if node.domain == DOMAIN and node.op in ("MatMulCompress", "Conv2dCompress")
+            if node.domain == DOMAIN and node.op in SPARSE_OPS
             for tensor in node.outputs
             if tensor.shape is None
         ]

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from .. import format as fmt
 from ..errors import OnnxSparseError
-from ..spec import DOMAIN
+from ..spec import COMPRESS_OP, DOMAIN
 
-from .base import Pass, PassResult
+from .pipeline import Pass, PassResult
 from .graph import ModelGraph, constant_array, resolve_constant, set_constant
 
 
@@ -43,7 +43,7 @@ class FoldCompress(Pass):
     def call(self, graph: ModelGraph) -> FoldResult:
         result = FoldResult(graph=graph, modified=False)
         for node in graph.nodes():
-            if node.op != "CompressOp" or node.domain != DOMAIN:
+            if node.op != COMPRESS_OP or node.domain != DOMAIN:
                 continue
             source, why_not = resolve_constant(graph, node.inputs[0])
             if source is None:

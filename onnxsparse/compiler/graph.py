@@ -41,6 +41,7 @@ class ModelGraph:
         # Graph inputs by name, including initializers that are also inputs (overridable defaults).
         self.input_names = {value.name for value in model.graph.input}
         self._taken: set[str] | None = None  # names in use, filled on the first unique_name
+        self.layers: list | None = None  # the LayerRecords CheckSparsity found, for the rewrite after it
 
     def nodes(self) -> list[gs.Node]:
         """The top-level nodes, in graph order."""

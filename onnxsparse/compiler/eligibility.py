@@ -1,0 +1,95 @@
+"""Which Conv/MatMul/Gemm weights are constant and 2:4-sparse: ``CheckSparsity``, a pass that looks only.
+
+For each layer that discovery finds (``layers.find_layers``) it records the weight (name, constant
+behind it, shape, dtype, layout), the share of groups of 4 along SPEC's reduction axis that hold
+at most 2 non-zeros, and either "eligible" or the reason it is not. The rewrite trusts these
+records instead of checking again. ("Verify" is the numeric comparison of ``onnxsparse.verify``.)
+
+Sparse axis and layout per op (``onnxsparse.format``):
+- ``MatMul(A, W)``, W ``[K, N]``: layout ``"kn"``, groups along K (down each column).
+- ``Gemm(A, B, transB=0)``, B ``[K, N]``: ``"kn"``; ``Gemm(A, B, transB=1)``, B ``[N, K]``: ``"nk"``.
+- ``Conv(X, W)``, W ``[OC, C/group, KH, KW]``: ``"oihw"``, viewed as ``[OC, KH*KW*C/group]`` in
+  (kh, kw, c) order, groups of 4 consecutive input channels at one kernel position.
+
+Eligibility, checked in this order (the first failure is the reason):
+1. the weight is constant: an initializer, a ``Constant`` node's output, or ``Identity`` chains of
+   either; not a graph input (an initializer listed as an input can be overridden at run time);
+2. for MatMul/Gemm, the constant is the second input (``X @ W``, not ``W @ X``);
+3. the dtype is float, float16 or bfloat16;
+4. the op variant is supported: MatMul weight of rank 2 and A of rank 1 to 4; Conv 2-D (weight rank 4);
+5. K (for Conv: C/group) is a multiple of 4;
+6. every group along K holds at most 2 non-zeros (-0.0 counts as zero).
+Steps 1 to 4 (but A's rank) are discovery's; this pass adds A's rank, 5 and 6.
+A weight shared with a node that is not eligible is fine: that node keeps using the dense weight.
+
+Subgraphs and functions: not visited. Target nodes inside If/Loop/Scan bodies or local functions
+are reported with ``visited=False`` and a reason saying where they are; they are never rewritten.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .. import format as fmt
+from .graph import ModelGraph, constant_array, resolve_constant
+from .layers import LayerRecord, find_layers
+from .pipeline import Pass, PassResult
+
+
+@dataclass
+class CheckResult(PassResult):
+    layers: list[LayerRecord] = field(default_factory=list)
+
+    @property
+    def eligible(self) -> list[LayerRecord]:
+        return [layer for layer in self.layers if layer.eligible]
+
+
+def percent(share: float) -> str:
+    """A share 0..1 as a percentage that never rounds a non-zero share to 0 or 100."""
+    value = 100.0 * share
+    if 0 < value < 0.1:
+        return "<0.1%"
+    if 99.9 < value < 100:
+        return ">99.9%"
+    return f"{value:.1f}%"
+
+
+class CheckSparsity(Pass):
+    """Record, per Conv/MatMul/Gemm node, whether its weight can be compressed 2:4 and why not.
+
+    The records are also left on the graph (``ModelGraph.layers``) for the rewrite that follows."""
+
+    modifies = False
+
+    def call(self, graph: ModelGraph) -> CheckResult:
+        layers = find_layers(graph)
+        nodes = graph.nodes()
+        for record in layers:
+            if record.visited and record.reason is None:
+                _check(graph, nodes[record.index], record)
+        graph.layers = layers
+        return CheckResult(graph=graph, modified=False, layers=layers)
+
+
+def _check(graph: ModelGraph, node, record: LayerRecord) -> None:
+    """Steps 4 (A's rank), 5 and 6 on a layer discovery found with a layout."""
+    a_shape = record.activation_shape
+    if record.op == "MatMul" and a_shape is not None and not 1 <= len(a_shape) <= 4:
+        record.layout = None
+        record.reason = f"MatMul input A has rank {len(a_shape)}; only ranks 1 to 4 are supported"
+        return
+    if record.layout == "oihw":
+        k, axis = record.shape[1], "C/group"
+    else:
+        k, axis = fmt.reduction_length(record.shape, record.layout), "K"
+    if k % fmt.GROUP:
+        record.reason = f"{axis} = {k} is not a multiple of 4"
+        return
+    source, _ = resolve_constant(graph, node.inputs[1])
+    stats = fmt.group_stats(fmt.to_rows_k(constant_array(source.tensor), record.layout))
+    record.share = stats.share
+    if stats.compliant < stats.groups:
+        record.reason = f"{percent(1 - stats.share)} of groups have more than 2 non-zeros"
+        return
+    record.eligible = True

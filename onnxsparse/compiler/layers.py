@@ -1,0 +1,160 @@
+"""Layer discovery: every Conv/MatMul/Gemm of a model with its weight, as plain facts.
+
+The one place that finds layers. The compiler's eligibility check, the pruner, the sensitivity
+analysis and the per-target choice all start from ``find_layers``:
+
+1. the node has a weight input (input B);
+2. the weight is constant (``graph.resolve_constant``: an initializer, a ``Constant`` node's
+   output, or ``Identity`` chains of either; not a graph input). For MatMul/Gemm a constant first
+   input (``W @ X``) is named as such;
+3. the weight's dtype is one the caller accepts (``spec.WEIGHT_DTYPES``);
+4. the weight's rank fits the op: MatMul and Gemm rank 2, Conv rank 4 (2-D), which fixes the
+   layout (``spec.weight_layout``).
+
+A record that fails gets the reason of the first failure; one that passes has its layout, and the
+caller checks what it needs beyond (the compiler: K a multiple of 4 and 2:4 sparsity; the pruner:
+K a multiple of M). Records carry plain values only (names, shapes, attributes), never graph
+objects; ``index`` is the node's position among the graph's top-level nodes.
+
+Nodes inside subgraphs (If/Loop/Scan bodies) and local functions are reported, never visited.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+import onnx_graphsurgeon as gs
+
+from ..spec import ONNX_DOMAINS, SUPPORTED_DTYPES, TARGET_OPS, weight_layout
+from .graph import ModelGraph, dtype_name, nested_nodes, resolve_constant
+
+Shape = tuple  # of int, str (a symbolic dimension) or None (unknown)
+
+
+@dataclass
+class LayerRecord:
+    """One Conv/MatMul/Gemm node: what it reads, and whether it is eligible or why not."""
+
+    node: str  # the node's name, or a description of an unnamed node
+    op: str
+    eligible: bool = False
+    reason: str | None = None  # why not eligible: one sentence
+    weight: str | None = None  # the tensor the node reads its weight from
+    source: str | None = None  # the constant behind it (through Identity chains)
+    shape: tuple[int, ...] | None = None
+    dtype: str | None = None
+    layout: str | None = None  # "kn", "nk" or "oihw" (onnxsparse.format)
+    share: float | None = None  # share of 2:4-compliant groups along SPEC's axis, 0..1
+    visited: bool = True  # False for nodes inside subgraphs and functions
+    # Set by the rewrite before the policy sees the layer: the bias Add it would fold into the
+    # sparse op (MatMul only), and the op types that read that Add's result ("" for a graph output).
+    bias_add: str | None = None
+    bias_consumers: tuple[str, ...] = ()
+    # Plain facts of the node, for the policy and the pruner.
+    index: int | None = None  # position among the graph's top-level nodes (None: not visited)
+    attrs: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    activation: str | None = None  # the tensor the weight multiplies (input A or X)
+    activation_shape: Shape | None = None
+    output: str | None = None
+    output_shape: Shape | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "node": self.node,
+            "op": self.op,
+            "weight": self.weight,
+            "source": self.source,
+            "shape": list(self.shape) if self.shape is not None else None,
+            "dtype": self.dtype,
+            "layout": self.layout,
+            "share": self.share,
+            "eligible": self.eligible,
+            "reason": self.reason,
+            "visited": self.visited,
+        }
+
+
+def node_label(name: str, op: str, outputs: list[str]) -> str:
+    """A node's name, or a recognisable description when it has none."""
+    if name:
+        return name
+    return f"<{op} -> {outputs[0]}>" if outputs else f"<{op}>"
+
+
+def matches(patterns: list[str], name: str, op: str) -> bool:
+    """Whether an fnmatch pattern matches the node's name or its op type."""
+    return any(fnmatchcase(name, pattern) or fnmatchcase(op, pattern) for pattern in patterns)
+
+
+def is_layer(op: str, domain: str | None) -> bool:
+    return op in TARGET_OPS and domain in ONNX_DOMAINS
+
+
+def find_layers(graph: ModelGraph, dtypes: tuple[str, ...] = SUPPORTED_DTYPES) -> list[LayerRecord]:
+    """A record per Conv/MatMul/Gemm: the top-level ones in graph order, then the nested ones."""
+    layers = [
+        describe_layer(graph, node, index, dtypes)
+        for index, node in enumerate(graph.nodes())
+        if is_layer(node.op, node.domain)
+    ]
+    for node, where in nested_nodes(graph.source):
+        if is_layer(node.op_type, node.domain):
+            layers.append(
+                LayerRecord(
+                    node=node_label(node.name, node.op_type, list(node.output)),
+                    op=node.op_type,
+                    reason=f"inside {where}; subgraphs and functions are not visited",
+                    visited=False,
+                )
+            )
+    return layers
+
+
+def describe_layer(graph: ModelGraph, node: gs.Node, index: int, dtypes: tuple[str, ...] = SUPPORTED_DTYPES) -> LayerRecord:
+    """The facts of one top-level layer node, up to its layout or the first reason it fails."""
+    outputs = [tensor.name for tensor in node.outputs]
+    record = LayerRecord(node=node_label(node.name, node.op, outputs), op=node.op, index=index,
+                         attrs=dict(node.attrs))
+    if node.inputs:
+        record.activation, record.activation_shape = node.inputs[0].name, _shape(node.inputs[0])
+    if node.outputs:
+        record.output, record.output_shape = outputs[0], _shape(node.outputs[0])
+    if len(node.inputs) < 2:
+        record.reason = f"{node.op} has no weight input"
+        return record
+    weight = node.inputs[1]
+    record.weight = weight.name
+    source, why_not = resolve_constant(graph, weight)
+    if source is None:
+        first_constant, _ = resolve_constant(graph, node.inputs[0])
+        if node.op in ("MatMul", "Gemm") and first_constant is not None:
+            why_not = (
+                f"the constant '{node.inputs[0].name}' is the first input of {node.op} (W @ X); "
+                "only X @ W with a constant second input is supported"
+            )
+        record.reason = why_not
+        return record
+
+    proto = source.proto()
+    record.source = source.name
+    record.shape = tuple(int(d) for d in proto.dims)
+    record.dtype = dtype_name(proto.data_type)
+    if record.dtype not in dtypes:
+        record.reason = f"dtype {record.dtype} is not supported (only {', '.join(dtypes)})"
+        return record
+    rank = len(record.shape)
+    if node.op == "MatMul" and rank != 2:
+        record.reason = f"MatMul weight has rank {rank}; only rank-2 weights are supported"
+    elif node.op == "Gemm" and rank != 2:
+        record.reason = f"Gemm weight has rank {rank}; Gemm needs a rank-2 weight"
+    elif node.op == "Conv" and rank != 4:
+        record.reason = f"Conv is {rank - 2}-D (weight rank {rank}); only 2-D Conv is supported"
+    else:
+        record.layout = weight_layout(node.op, bool(record.attrs.get("transB", 0)))
+    return record
+
+
+def _shape(tensor: gs.Tensor) -> Shape | None:
+    return None if tensor.shape is None else tuple(tensor.shape)
