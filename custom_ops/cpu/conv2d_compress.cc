@@ -8,6 +8,7 @@
 #include "common/status.h"
 #include "cpu/constant_weight.h"
 #include "cpu/fast_conv.h"
+#include "cpu/nonfinite.h"
 #include "cpu/sparse_gemm.h"
 
 namespace onnxsparse::cpu {
@@ -117,6 +118,19 @@ Ort::Status Conv2dCompressKernel<T>::ComputeImpl(OrtKernelContext* context, cons
   // dense Conv gives for N = 0; nothing below may divide by its size.
   if (geo.batch == 0 || geo.out_channels == 0 || geo.out_height == 0 || geo.out_width == 0) return Ort::Status{nullptr};
 
+  ONNXSPARSE_RETURN_IF_ERROR(ComputeProduct(context, x, values, index, bias_data, geo, y_data));
+  // NaN/Inf in X reach the outputs the dense Conv would give them (cpu/nonfinite.h).
+  if (AnyNonFinite(x.Data(), geo.batch * geo.channels * geo.height * geo.width)) {
+    PropagateNonFiniteConv(x.Data(), attrs_, geo, index.Data(), y_data);
+  }
+  return Ort::Status{nullptr};
+}
+
+template <typename T>
+Ort::Status Conv2dCompressKernel<T>::ComputeProduct(OrtKernelContext* context, const Ort::Custom::Tensor<T>& x,
+                                                    const Ort::Custom::Tensor<T>& values,
+                                                    const Ort::Custom::Tensor<uint8_t>& index, const T* bias_data,
+                                                    const ConvGeometry& geo, T* y_data) {
   if (packed_ != nullptr && packed_->rows == geo.out_channels && packed_->k == geo.k) {
     std::vector<float> bias32;
     if (bias_data != nullptr) {

@@ -31,6 +31,11 @@ struct Conv2dCompressKernel {
                           const Ort::Custom::Tensor<T>& values, const Ort::Custom::Tensor<uint8_t>& index,
                           const Ort::Custom::Tensor<T>* bias, Ort::Custom::Tensor<T>& y);
 
+  // The convolution on the fast path or the generic one (before the NaN/Inf fix-up).
+  Ort::Status ComputeProduct(OrtKernelContext* context, const Ort::Custom::Tensor<T>& x,
+                             const Ort::Custom::Tensor<T>& values, const Ort::Custom::Tensor<uint8_t>& index,
+                             const T* bias_data, const ConvGeometry& geo, T* y_data);
+
   ConvAttributes attrs_;
   std::unique_ptr<PackedWeight> packed_;  // the constant weight re-laid out at creation, else null
   CpuIsa isa_ = CpuIsa::kPortable;

@@ -10,6 +10,7 @@
 #include "cpu/constant_weight.h"
 #include "cpu/fast_kernels.h"
 #include "cpu/fast_matmul.h"
+#include "cpu/nonfinite.h"
 #include "cpu/sparse_gemm.h"
 
 namespace onnxsparse::cpu {
@@ -83,6 +84,20 @@ Ort::Status MatMulCompressKernel<T>::ComputeImpl(OrtKernelContext* context, cons
   T* y_data = y.Allocate(shape.y_shape);
   if (m == 0 || n == 0) return Ort::Status{nullptr};  // an empty output
 
+  ONNXSPARSE_RETURN_IF_ERROR(ComputeProduct(context, a, values, index, bias_data, shape, y_data));
+  // NaN/Inf in A reach the outputs the dense product would give them (cpu/nonfinite.h).
+  if (AnyNonFinite(a.Data(), m * k)) {
+    PropagateNonFiniteMatMul(a.Data(), m, k, attrs_.trans_a ? 1 : k, attrs_.trans_a ? m : 1, index.Data(), n, y_data);
+  }
+  return Ort::Status{nullptr};
+}
+
+template <typename T>
+Ort::Status MatMulCompressKernel<T>::ComputeProduct(OrtKernelContext* context, const Ort::Custom::Tensor<T>& a,
+                                                    const Ort::Custom::Tensor<T>& values,
+                                                    const Ort::Custom::Tensor<uint8_t>& index, const T* bias_data,
+                                                    const MatMulShape& shape, T* y_data) {
+  const int64_t m = shape.m, k = shape.k, n = shape.n;
   if (packed_ != nullptr && packed_->rows == n && packed_->k == k) {
     return ComputeFast(context, a.Data(), m, k, bias_data, y_data);
   }

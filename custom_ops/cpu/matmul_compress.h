@@ -29,6 +29,11 @@ struct MatMulCompressKernel {
                           const Ort::Custom::Tensor<T>& values, const Ort::Custom::Tensor<uint8_t>& index,
                           const Ort::Custom::Tensor<T>* bias, Ort::Custom::Tensor<T>& y);
 
+  // Y = alpha * A @ W + bias, on the fast path or the generic one (before the NaN/Inf fix-up).
+  Ort::Status ComputeProduct(OrtKernelContext* context, const Ort::Custom::Tensor<T>& a,
+                             const Ort::Custom::Tensor<T>& values, const Ort::Custom::Tensor<uint8_t>& index,
+                             const T* bias_data, const MatMulShape& shape, T* y_data);
+
   // The fast path: the constant weight re-laid out at creation, and the ISA that runs it.
   Ort::Status ComputeFast(OrtKernelContext* context, const T* a, int64_t m, int64_t k, const T* bias, T* y);
 
