@@ -1,0 +1,392 @@
+"""The distinct layer problems of a model at the shapes it will run, and single-layer models of them.
+
+A problem is what decides a layer's speed, and nothing else: the op, its weight shape, the shape of
+the activation it multiplies (the graph inputs' dimensions bound to the values the model runs with),
+the dtype, the attributes, whether a bias is added, and the activation that follows it in the model.
+Layers with equal problems are timed once.
+
+The single-layer models time what the model really pays. The dense side is the layer as ONNX
+Runtime runs it in the model: a Conv or Gemm with the activation after it (Relu, Clip, Sigmoid,
+LeakyRelu, HardSigmoid, HardSwish, Tanh, Gelu), which ONNX Runtime fuses into its own kernel; a
+MatMul with its bias Add, unless the Add's result feeds an op ONNX Runtime fuses a bias into
+(SkipLayerNormalization, BiasGelu, ...), where the bias is free on both sides. The sparse side is
+what ``compile_model`` writes for that same model, so that whatever the compiler folds or fuses
+into the sparse op is timed too. Weights are random 2:4 (the kernels' speed does not depend on
+the values).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import OnnxSparseError
+from ..format import prune_weight_magnitude
+
+# Activations that follow a layer and that ONNX Runtime fuses into a dense Conv or Gemm (one node,
+# elementwise, on the layer's output alone).
+ACTIVATIONS = ("Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "HardSwish", "Gelu", "FastGelu")
+# Readers of a bias Add that leave it a separate pass in the dense graph (any other reader, e.g. the
+# residual Add that becomes SkipLayerNormalization, takes the bias into its own kernel).
+BIAS_READERS_UNFUSED = frozenset(
+    {"", "Reshape", "Transpose", "Relu", "MatMul", "Gemm", "Flatten", "Squeeze", "Unsqueeze", "Identity",
+     "Concat", "Split", "Slice", "Cast"}
+)
+_ATTRS = {
+    "Conv": ("kernel_shape", "strides", "pads", "dilations", "group", "auto_pad"),
+    "Gemm": ("alpha", "beta", "transA", "transB"),
+    "MatMul": (),
+}
+_DTYPES = {"float": TensorProto.FLOAT, "float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16,
+           "bfloat16": TensorProto.BFLOAT16}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One layer's timing problem (hashable; ``key`` is its canonical text)."""
+
+    op: str
+    weight: tuple[int, ...]
+    x: tuple  # the activation's shape: ints, or names of dimensions not bound
+    dtype: str
+    attrs: tuple = ()  # ((name, value), ...) for the attributes that change the computation
+    bias: bool = False  # a bias is added (Conv's B, Gemm's C, a MatMul's folded Add)
+    activation: str = ""  # e.g. "Relu", "Clip(0,6)", "LeakyRelu(alpha=0.1)"
+
+    @property
+    def static(self) -> bool:
+        return all(isinstance(d, int) for d in self.x)
+
+    @property
+    def base(self) -> str:
+        """The problem without its activation shape (shared by every batch and sequence length)."""
+        parts = [self.op, "w=" + "x".join(map(str, self.weight)), self.dtype]
+        parts += [f"{name}={_text(value)}" for name, value in self.attrs]
+        if self.bias:
+            parts.append("bias")
+        if self.activation:
+            parts.append("+" + self.activation)
+        return " ".join(parts)
+
+    @property
+    def key(self) -> str:
+        return f"{self.base} x=" + "x".join(map(str, self.x))
+
+    @property
+    def macs(self) -> int:
+        """Multiply-adds of the dense layer (for choosing how many copies a timed model holds)."""
+        if not self.static:
+            return 0
+        if self.op == "Conv":
+            attrs = dict(self.attrs)
+            n, c, h, w = self.x
+            strides = attrs.get("strides", (1, 1))
+            out_pixels = max(1, (h // strides[0]) * (w // strides[1]))
+            return n * out_pixels * math.prod(self.weight)
+        m = math.prod(self.x[:-1]) if len(self.x) > 1 else 1
+        return m * math.prod(self.weight)
+
+    def to_dict(self) -> dict:
+        return {"op": self.op, "weight": list(self.weight), "x": list(self.x), "dtype": self.dtype,
+                "attrs": {name: value for name, value in self.attrs}, "bias": self.bias,
+                "activation": self.activation}
+
+
+def _text(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(_text, value))
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, bytes):
+        return value.decode()
+    return str(value)
+
+
+@dataclass
+class LayerProblem:
+    """An eligible layer of the model and its problem."""
+
+    node: str  # the layer's label in the compiler's report
+    problem: Problem
+    bias_node: str | None = None  # the bias Add the compiler folds (MatMul)
+    activation_node: str | None = None
+    fused_bias: bool = False  # the bias Add feeds an op that fuses a bias in the dense graph
+    output_shape: tuple | None = None  # the layer's own output (a Conv's gives its GEMM's M)
+    # The activation node as the model has it: (op, domain), attributes, its inputs after the
+    # first (names) and the constant values of those inputs.
+    activation_op: tuple = ("", "")
+    activation_attrs: dict = field(default_factory=dict, repr=False)
+    activation_input_names: list = field(default_factory=list, repr=False)
+    activation_inputs: dict = field(default_factory=dict, repr=False)
+
+
+# --- shapes ----------------------------------------------------------------------------------
+
+
+def parse_input_shapes(items: list[str] | None) -> dict[str, list[int]]:
+    """``["x:[1,3,48,320]"]`` -> ``{"x": [1, 3, 48, 320]}`` (ValueError says what is wrong)."""
+    shapes: dict[str, list[int]] = {}
+    for item in items or []:
+        name, sep, dims = item.rpartition(":")
+        dims = dims.strip()
+        if not sep or not name or not (dims.startswith("[") and dims.endswith("]")):
+            raise ValueError(f"--input-shapes {item!r}: expected NAME:[D1,D2,...]")
+        try:
+            values = [int(d) for d in dims[1:-1].split(",") if d.strip()]
+        except ValueError:
+            raise ValueError(f"--input-shapes {item!r}: dimensions must be positive integers") from None
+        if not values or any(v <= 0 for v in values):
+            raise ValueError(f"--input-shapes {item!r}: dimensions must be positive integers")
+        shapes[name] = values
+    return shapes
+
+
+def bind_inputs(model: onnx.ModelProto, dims: dict[str, int], input_shapes: dict[str, list[int]] | None = None,
+                require_static: bool = True) -> onnx.ModelProto:
+    """A copy of the model with its inputs' dimensions bound: by name (``dims``) or per input
+    (``input_shapes``), for shape inference.
+
+    Raises ``OnnxSparseError`` naming every input dimension still symbolic when ``require_static``.
+    """
+    bound = onnx.ModelProto()
+    bound.CopyFrom(model)
+    names = {value.name for value in bound.graph.input}
+    for name in (input_shapes or {}):
+        if name not in names:
+            raise OnnxSparseError(f"--input-shapes names '{name}', which is not an input of the model "
+                                  f"(inputs: {', '.join(sorted(names)) or 'none'})")
+    initializers = {t.name for t in bound.graph.initializer}
+    missing = []
+    for value in bound.graph.input:
+        if value.name in initializers:
+            continue
+        shape = value.type.tensor_type.shape
+        if value.name in (input_shapes or {}):
+            given = input_shapes[value.name]
+            if len(given) != len(shape.dim):
+                raise OnnxSparseError(f"--input-shapes {value.name}: rank {len(given)}, the model's input has "
+                                      f"rank {len(shape.dim)}")
+            for dim, size in zip(shape.dim, given):
+                if dim.HasField("dim_value") and dim.dim_value != size:
+                    raise OnnxSparseError(f"--input-shapes {value.name}: dimension {size} where the model fixes "
+                                          f"{dim.dim_value}")
+                dim.dim_value = size
+            continue
+        for index, dim in enumerate(shape.dim):
+            if dim.HasField("dim_param") and dim.dim_param in dims:
+                dim.dim_value = dims[dim.dim_param]
+            elif not dim.HasField("dim_value"):
+                missing.append(f"'{value.name}' dimension {index}" + (f" ('{dim.dim_param}')" if dim.dim_param else ""))
+    if missing and require_static:
+        raise OnnxSparseError(
+            "the shapes the model will run with are needed; not bound: " + ", ".join(missing)
+            + " (give --dim NAME=VALUE or --input-shapes NAME:[D1,...])"
+        )
+    del bound.graph.value_info[:]
+    return bound
+
+
+def inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
+    """name -> shape for every tensor shape inference types (with data propagation)."""
+    from ..compiler.annotate_shapes import inferred_shapes as infer
+
+    return {name: tuple(shape) for name, (_, shape) in infer(model, data_prop=True).items()}
+
+
+# --- the model's problems --------------------------------------------------------------------
+
+
+def find_problems(model: onnx.ModelProto, records, shapes: dict[str, tuple]) -> list[LayerProblem]:
+    """A ``LayerProblem`` for each eligible record (the compiler's report) whose node is top-level."""
+    nodes = {}
+    for node in model.graph.node:
+        label = node.name or (f"<{node.op_type} -> {node.output[0]}>" if node.output else f"<{node.op_type}>")
+        nodes[label] = node
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {value.name for value in model.graph.output}
+    constants = _constants(model)
+    found = []
+    for record in records:
+        node = nodes.get(record.node)
+        if node is None or not record.eligible:
+            continue
+        found.append(_layer_problem(record, node, readers, outputs, constants, shapes))
+    return found
+
+
+def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    found = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    found[node.output[0]] = attr.t
+    return found
+
+
+def _only_reader(name: str, readers, outputs) -> onnx.NodeProto | None:
+    found = readers.get(name, [])
+    return found[0] if len(found) == 1 and name not in outputs else None
+
+
+def _layer_problem(record, node, readers, outputs, constants, shapes) -> LayerProblem:
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    kept = tuple((name, _plain(attrs[name])) for name in _ATTRS.get(node.op_type, ()) if name in attrs)
+    x_shape = shapes.get(node.input[0])
+    if x_shape is None:
+        x_shape = ("?",)
+    x_shape = tuple(d if isinstance(d, int) and d > 0 else (d or "?") for d in x_shape)
+    dtype = "float32" if record.dtype == "float" else record.dtype
+    result = LayerProblem(node=record.node, problem=None, output_shape=shapes.get(node.output[0]))  # type: ignore[arg-type]
+    bias = len(node.input) > 2 and bool(node.input[2])
+    tail = node.output[0]
+    if node.op_type == "MatMul":
+        add = _only_reader(tail, readers, outputs)
+        if add is not None and add.op_type == "Add" and len(add.input) == 2:
+            other = add.input[1] if add.input[0] == tail else add.input[0]
+            if other in constants and (other != tail):
+                after = readers.get(add.output[0], [])
+                kinds = [r.op_type for r in after] + ([""] if add.output[0] in outputs else [])
+                result.bias_node = add.name or add.output[0]
+                result.fused_bias = not all(kind in BIAS_READERS_UNFUSED for kind in kinds)
+                bias = not result.fused_bias
+                tail = add.output[0]
+    activation = ""
+    follower = _only_reader(tail, readers, outputs)
+    if follower is not None and follower.op_type in ACTIVATIONS and follower.domain in ("", "ai.onnx", "com.microsoft"):
+        activation = _activation_text(follower, constants)
+        result.activation_node = follower.name or follower.output[0]
+        result.activation_inputs = {
+            name: numpy_helper.to_array(constants[name]) for name in follower.input[1:] if name in constants
+        }
+        result.activation_attrs = {a.name: helper.get_attribute_value(a) for a in follower.attribute}
+        result.activation_op = (follower.op_type, follower.domain)
+        result.activation_input_names = list(follower.input[1:])
+    result.problem = Problem(op=node.op_type, weight=tuple(record.shape), x=x_shape, dtype=dtype, attrs=kept,
+                             bias=bias, activation=activation)
+    return result
+
+
+def _plain(value):
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, float):
+        return round(value, 6)
+    return value
+
+
+def _activation_text(node: onnx.NodeProto, constants) -> str:
+    parts = [f"{a.name}={_text(_plain(helper.get_attribute_value(a)))}" for a in sorted(node.attribute, key=lambda a: a.name)]
+    for name in node.input[1:]:
+        if name and name in constants:
+            parts.append(_text(numpy_helper.to_array(constants[name]).reshape(-1).tolist()))
+        elif name:
+            parts.append("?")
+    return node.op_type + (f"({','.join(parts)})" if parts else "")
+
+
+def distinct(layers: list[LayerProblem]) -> dict[Problem, list[LayerProblem]]:
+    """Problems in the order their first layer appears, with the layers that share each."""
+    groups: dict[Problem, list[LayerProblem]] = {}
+    for layer in layers:
+        groups.setdefault(layer.problem, []).append(layer)
+    return groups
+
+
+# --- single-layer models -------------------------------------------------------------------------
+
+
+def layer_model(layer: LayerProblem, copies: int = 1, seed: int = 0) -> onnx.ModelProto:
+    """A dense model of ``copies`` independent instances of the layer (each with its own random 2:4
+    weight) reading one input, with the bias and the following activation as in the model."""
+    problem = layer.problem
+    if not problem.static:
+        raise OnnxSparseError(f"{layer.node}: the activation's shape {problem.x} is not static")
+    rng = np.random.default_rng(seed)
+    data_type = _DTYPES[problem.dtype]
+    np_dtype = helper.tensor_dtype_to_np_dtype(data_type)
+    attrs = dict(problem.attrs)
+    nodes, inits, outs = [], [], []
+    for index in range(copies):
+        p = f"l{index}"
+        layout = "oihw" if problem.op == "Conv" else ("nk" if problem.op == "Gemm" and attrs.get("transB", 0) else "kn")
+        weight = rng.standard_normal(problem.weight).astype(np.float32)
+        weight = prune_weight_magnitude(weight.astype(np_dtype), layout)
+        inits.append(numpy_helper.from_array(weight, f"{p}.w"))
+        inputs = ["x", f"{p}.w"]
+        n = problem.weight[0] if layout in ("oihw", "nk") else problem.weight[1]
+        if problem.op in ("Conv", "Gemm") and problem.bias:
+            inits.append(numpy_helper.from_array((rng.standard_normal(n) * 0.1).astype(np_dtype), f"{p}.b"))
+            inputs.append(f"{p}.b")
+        node_attrs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in attrs.items()}
+        nodes.append(helper.make_node(problem.op, inputs, [f"{p}.y"], name=f"{p}.layer", **node_attrs))
+        tail = f"{p}.y"
+        if problem.op == "MatMul" and problem.bias:
+            inits.append(numpy_helper.from_array((rng.standard_normal(n) * 0.1).astype(np_dtype), f"{p}.b"))
+            nodes.append(helper.make_node("Add", [tail, f"{p}.b"], [f"{p}.yb"], name=f"{p}.bias"))
+            tail = f"{p}.yb"
+        if problem.activation:
+            op, domain = layer.activation_op
+            names = []
+            for j, name in enumerate(layer.activation_input_names):
+                if not name:
+                    names.append("")
+                    continue
+                value = layer.activation_inputs.get(name)
+                if value is None:
+                    raise OnnxSparseError(f"{layer.node}: the {op} after it has a non-constant input '{name}'")
+                const = f"{p}.act{j}"
+                inits.append(numpy_helper.from_array(np.asarray(value), const))
+                names.append(const)
+            act_attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in layer.activation_attrs.items()}
+            nodes.append(helper.make_node(op, [tail, *names], [f"{p}.a"], name=f"{p}.act", domain=domain or "",
+                                          **act_attrs))
+            tail = f"{p}.a"
+        rank = 2 if problem.op == "Gemm" else len(problem.x)
+        outs.append(helper.make_tensor_value_info(tail, data_type, [f"d{i}" for i in range(rank)]))
+    graph = helper.make_graph(nodes, f"tune_{problem.op}", [helper.make_tensor_value_info("x", data_type, list(problem.x))],
+                              outs, inits)
+    opsets = [helper.make_opsetid("", 17)]
+    if any(n.domain == "com.microsoft" for n in nodes):
+        opsets.append(helper.make_opsetid("com.microsoft", 1))
+    if any(n.op_type == "HardSwish" or n.op_type == "Gelu" and n.domain == "" for n in nodes):
+        opsets[0] = helper.make_opsetid("", 20)
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 10
+    return model
+
+
+def layer_feeds(problem: Problem, seed: int = 1) -> dict[str, np.ndarray]:
+    data_type = _DTYPES[problem.dtype]
+    array = np.random.default_rng(seed).standard_normal(problem.x).astype(np.float32)
+    return {"x": array.astype(helper.tensor_dtype_to_np_dtype(data_type))}
+
+
+def copies_for(problem: Problem, target_macs: float = 2e7, most: int = 8) -> int:
+    """How many instances a timed model holds so that one run does enough work to time well
+    (a layer of a few microseconds would be timed as ONNX Runtime's per-run overhead)."""
+    macs = problem.macs
+    if macs <= 0:
+        return 1
+    return int(max(1, min(most, math.ceil(target_macs / macs))))
+
+
+def compiled_layer_model(dense: onnx.ModelProto) -> onnx.ModelProto:
+    """What ``onnxsparse compile`` writes for the single-layer model (every eligible layer)."""
+    from ..api import compile_model
+
+    result = compile_model(copy.deepcopy(dense))
+    if not result.rewritten:
+        reasons = "; ".join(sorted({str(layer.reason) for layer in result.left}))
+        raise OnnxSparseError(f"the compiler rewrote nothing in the single-layer model: {reasons}")
+    return result.model
