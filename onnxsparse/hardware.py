@@ -64,7 +64,7 @@ class HardwareKey:
     def short(self) -> str:
         """The hardware only, for messages: "AMD EPYC 9654 (family 25 model 17), avx512, 1 thread"."""
         if self.provider == "cuda":
-            return f"{self.gpu} (sm {self.compute_capability})"
+            return f"{self.gpu} (sm {self.compute_capability})" if self.gpu else "this machine (no GPU found)"
         threads = "default threads" if self.threads == 0 else f"{self.threads} thread{'s' if self.threads != 1 else ''}"
         return f"{self.cpu} (family {self.family} model {self.model}), {self.isa}, {threads}"
 

@@ -1,8 +1,12 @@
-"""``onnxsparse compile MODEL [-o OUT] [--no-fold] [--json]``: the compiler.
+"""``onnxsparse compile MODEL [-o OUT] [--no-fold] [--target cpu|cuda|host] [--json]``: the compiler.
 
 Prints what it rewrote, what it left dense and why, and the weight bytes before and after. The
 output goes beside the input as ``<stem>.sparse.onnx`` unless ``-o`` says otherwise; its folder is
 checked before any work. A model read with external data is written with external data.
+
+With ``--target``, each layer is decided by a measurement of the machine it is compiled for
+(``onnxsparse.tune``: this machine's tuned cache, else a shipped table keyed to this hardware,
+else dense), and the report gives the measurement that decided each layer.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 from .. import io
 from ..api import compile_model
 from ..errors import OnnxSparseError
-from ..targets import TARGETS, make_policy, parse_dims
+from ..targets import make_policy, parse_dims
 from .check import format_shape
 
 NAME = "compile"
@@ -30,10 +34,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--target",
-        choices=TARGETS,
-        help="where the model will run: a layer whose sparse kernel was measured slower than dense "
-        "there stays dense (default: no target, every eligible layer is rewritten)",
+        choices=("cpu", "cuda", "host"),
+        help="where the model will run (host: this machine's provider): a layer runs sparse only where a "
+        "measurement of that machine (onnxsparse tune, or a shipped table of the same hardware) found it "
+        "faster; unmeasured layers stay dense (default: no target, every eligible layer is rewritten)",
     )
+    parser.add_argument(
+        "--hardware",
+        metavar="KEY",
+        help="with --target: compile for another machine, named by its key in the tuning cache (a unique "
+        "part of it; `onnxsparse tune --list`) or a shipped table's hardware id",
+    )
+    parser.add_argument("--threads", type=int, default=0,
+                        help="with --target: the intra-op threads the model will run with, as given to tune (default 0)")
+    parser.add_argument("--cpu-isa", choices=("avx512", "avx2", "portable"),
+                        help="with --target cpu: the CPU kernel path the sessions will force, as given to tune")
+    parser.add_argument("--cache", help="with --target: the tuning cache file (default: tune's)")
+    parser.add_argument("--input-shapes", nargs="+", default=[], metavar="NAME:[D1,D2,...]",
+                        help="with --target: the full shape of an input the model will run with")
     parser.add_argument(
         "--force-sparse",
         nargs="*",
@@ -70,28 +88,65 @@ def run(args: argparse.Namespace) -> int:
     force_sparse = None if args.force_sparse is None else (args.force_sparse or ["*"])
     try:
         dims = parse_dims(args.dim)
+        from ..tune.problems import parse_input_shapes
+
+        shapes = parse_input_shapes(args.input_shapes)
     except ValueError as e:
         raise OnnxSparseError(str(e)) from None
-    if dims and args.target is None:
-        raise OnnxSparseError("--dim only informs the choice of --target; give --target cpu or cuda")
-    policy = make_policy(args.target, force_sparse=force_sparse, force_dense=args.force_dense, dims=dims)
-    if args.target is None and not args.force_dense:
-        policy = None
+    if args.target is None:
+        for given, flag in ((dims, "--dim"), (shapes, "--input-shapes"), (args.hardware, "--hardware"),
+                            (args.cache, "--cache"), (args.threads, "--threads"), (args.cpu_isa, "--cpu-isa")):
+            if given:
+                raise OnnxSparseError(f"{flag} only informs the choice of --target; give --target cpu, cuda or host")
+        policy = make_policy(None, force_sparse=force_sparse, force_dense=args.force_dense)
+        if not args.force_dense:
+            policy = None
+    else:
+        policy = _measured_policy(args, dims, shapes, force_sparse)
     result = compile_model(source, fold=not args.no_fold, policy=policy)
     input_data = io.external_data_files(source)
     if input_data and (out.parent / f"{out.name}.data").resolve() in input_data:
         raise OnnxSparseError(f"{out}: its external data file would overwrite the input's; choose another -o")
     written = io.save_model(result.model, out, external_data=bool(input_data))
 
+    report = result.to_dict()
+    choices = getattr(policy, "choices", {})
+    if choices:
+        for layer in report["layers"]:
+            if layer["node"] in choices:
+                layer["decided_by"] = choices[layer["node"]].to_dict()
+        report["target"] = policy.report()
     if args.json:
-        print(json.dumps({**result.to_dict(), "output": str(out), "written": [str(p) for p in written]}, indent=2))
+        print(json.dumps({**report, "output": str(out), "written": [str(p) for p in written]}, indent=2))
         return 0
-    print_summary(result, source, out)
+    print_summary(result, source, out, policy if choices else None)
     return 0
 
 
-def print_summary(result, source: Path, out: Path) -> None:
+def _measured_policy(args, dims, shapes, force_sparse):
+    from ..tune import MeasuredPolicy, TuneCache, resolve_target
+
+    if args.threads < 0:
+        raise OnnxSparseError("--threads must be 0 (ONNX Runtime's choice) or more")
+    cache = TuneCache.load(args.cache)
+    provider, key = resolve_target(args.target, args.threads, args.cpu_isa, args.hardware, cache)
+    return MeasuredPolicy(provider, key, cache, dims, shapes, force_sparse=force_sparse, force_dense=args.force_dense)
+
+
+def _decided(choice) -> str:
+    saved = f", {choice.saved_us:.1f} us saved per call" if choice.saved_us is not None and choice.sparse else ""
+    return f"[{choice.source}] {choice.reason}{saved}"
+
+
+def print_summary(result, source: Path, out: Path, policy=None) -> None:
     rewritten, left = result.rewritten, result.left
+    choices = policy.choices if policy is not None else {}
+    if policy is not None:
+        print(f"target {policy.provider}: {policy.key.short}" + (f" at {policy.shapes}" if policy.shapes else ""))
+        if policy.verdict and policy.verdict.get("dense_layers"):
+            v = policy.verdict
+            print(f"  the whole-model check of tune keeps {len(v['dense_layers'])} layers dense "
+                  f"({v['ratio_before']:.3f}x end to end with them sparse, {v['ratio']:.3f}x without)")
     if rewritten:
         print(f"rewrote {len(rewritten)} of {len(result.layers)} layers ({'folded' if result.folded else 'CompressOp kept'}):")
         for layer in rewritten:
@@ -102,13 +157,17 @@ def print_summary(result, source: Path, out: Path) -> None:
                 + (f"; bias from Add {layer.fused_bias}" if layer.fused_bias else "")
                 + ")"
             )
+            if record.node in choices:
+                print(f"    {_decided(choices[record.node])}")
     else:
         eligible = any(layer.record.eligible for layer in left)
         print("nothing was rewritten" + ("" if eligible else ": no layer is eligible"))
     if left:
         print(f"left {len(left)} layer{'s' if len(left) != 1 else ''} dense:")
         for layer in left:
-            print(f"  {layer.record.node}: {layer.record.op}: {layer.reason}")
+            choice = choices.get(layer.record.node)
+            reason = _decided(choice) if choice is not None and choice.reason == layer.reason else layer.reason
+            print(f"  {layer.record.node}: {layer.record.op}: {reason}")
     before, after = result.weight_bytes_before, result.weight_bytes_after
     ratio = f" ({100.0 * after / before:.1f}%)" if before else ""
     print(f"weight bytes: {before:,} before, {after:,} after{ratio}")
