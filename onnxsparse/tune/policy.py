@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import replace
 from fnmatch import fnmatchcase
 from importlib import resources
 
@@ -101,12 +102,14 @@ class MeasuredPolicy(_PolicyBase):
     def __init__(self, provider: str, key: HardwareKey, cache: TuneCache | None = None,
                  dims: dict[str, int] | None = None, input_shapes: dict[str, list[int]] | None = None,
                  force_sparse: list[str] | None = None, force_dense: list[str] | None = None,
-                 use_model_verdict: bool = True, table: dict | None = None):
+                 use_model_verdict: bool = True, table: dict | None = None, layer_shapes: dict | None = None):
         self.provider, self.key = provider, key
         self.cache = cache
         self.dims, self.input_shapes = dict(dims or {}), dict(input_shapes or {})
         self.force_sparse, self.force_dense = list(force_sparse or []), list(force_dense or [])
         self.use_model_verdict = use_model_verdict
+        # node -> activation shape observed by tune where shape inference gives none
+        self.layer_shapes = dict(layer_shapes or {})
         self.table = load_shipped_table(provider) if table is None else table
         self.table_ok, self.table_phrase = choices.table_for(provider, key, self.table)
         self.problems: dict = {}
@@ -124,10 +127,18 @@ class MeasuredPolicy(_PolicyBase):
         layers = find_problems(model, check_model(model).layers, inferred_shapes(bound))
         self.problems = {layer.node: layer for layer in layers}
         self.fingerprint = model_fingerprint(model)
-        if self.use_model_verdict and self.cache is not None:
-            self.verdict = self._model_verdict()
+        if self.cache is not None:
+            run = self._model_run()
+            if run and not self.layer_shapes:
+                self.layer_shapes = run.get("layer_shapes", {})
+            if self.use_model_verdict and run and "ratio" in run:
+                self.verdict = run
+        for node, shape in self.layer_shapes.items():
+            layer = self.problems.get(node)
+            if layer is not None and not layer.problem.static:
+                layer.problem = replace(layer.problem, x=tuple(shape))
 
-    def _model_verdict(self) -> dict | None:
+    def _model_run(self) -> dict | None:
         entry = self.cache.model(self.key, self.fingerprint)
         if not entry:
             return None
@@ -137,7 +148,7 @@ class MeasuredPolicy(_PolicyBase):
         if runs and _symbolic(self.shapes):  # shapes not bound: what any tuned shape dropped stays dense
             dropped = sorted({n for run in runs.values() for n in run.get("dense_layers", [])})
             worst = min(runs.values(), key=lambda r: r.get("ratio_before", 1.0))
-            return {**worst, "dense_layers": dropped}
+            return {**worst, "dense_layers": dropped, "layer_shapes": {}}
         return None  # tuned at other shapes only
 
     def __call__(self, record) -> str | None:

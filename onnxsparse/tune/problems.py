@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -113,16 +113,14 @@ class LayerProblem:
 
     node: str  # the layer's label in the compiler's report
     problem: Problem
-    bias_node: str | None = None  # the bias Add the compiler folds (MatMul)
-    activation_node: str | None = None
+    bias_node: str | None = None  # a bias Add after the layer (MatMul: the one the compiler folds)
     fused_bias: bool = False  # the bias Add feeds an op that fuses a bias in the dense graph
     output_shape: tuple | None = None  # the layer's own output (a Conv's gives its GEMM's M)
-    # The activation node as the model has it: (op, domain), attributes, its inputs after the
-    # first (names) and the constant values of those inputs.
-    activation_op: tuple = ("", "")
-    activation_attrs: dict = field(default_factory=dict, repr=False)
-    activation_input_names: list = field(default_factory=list, repr=False)
-    activation_inputs: dict = field(default_factory=dict, repr=False)
+    # The elementwise nodes after the layer as the model has them (bias Add, activation, or the
+    # x * gate(x) pair), in order, and the constant values they read.
+    epilogue: list = field(default_factory=list, repr=False)
+    constants: dict = field(default_factory=dict, repr=False)
+    first_output: str = ""  # the layer node's output the epilogue starts from
 
 
 # --- shapes ----------------------------------------------------------------------------------
@@ -232,9 +230,8 @@ def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return found
 
 
-def _only_reader(name: str, readers, outputs) -> onnx.NodeProto | None:
-    found = readers.get(name, [])
-    return found[0] if len(found) == 1 and name not in outputs else None
+def _readers(name: str, readers, outputs) -> list:
+    return [] if name in outputs else readers.get(name, [])
 
 
 def _layer_problem(record, node, readers, outputs, constants, shapes) -> LayerProblem:
@@ -245,34 +242,75 @@ def _layer_problem(record, node, readers, outputs, constants, shapes) -> LayerPr
         x_shape = ("?",)
     x_shape = tuple(d if isinstance(d, int) and d > 0 else (d or "?") for d in x_shape)
     dtype = "float32" if record.dtype == "float" else record.dtype
-    result = LayerProblem(node=record.node, problem=None, output_shape=shapes.get(node.output[0]))  # type: ignore[arg-type]
+    result = LayerProblem(node=record.node, problem=None, output_shape=shapes.get(node.output[0]),  # type: ignore[arg-type]
+                          first_output=node.output[0])
     bias = len(node.input) > 2 and bool(node.input[2])
+    steps, texts = [], []
     tail = node.output[0]
-    if node.op_type == "MatMul":
-        add = _only_reader(tail, readers, outputs)
-        if add is not None and add.op_type == "Add" and len(add.input) == 2:
+    bias_taken = bias
+    while True:
+        found = _readers(tail, readers, outputs)
+        if len(found) == 1 and found[0].op_type == "Identity":
+            steps.append(found[0])
+            tail = found[0].output[0]
+            continue
+        add = found[0] if len(found) == 1 and found[0].op_type == "Add" and len(found[0].input) == 2 else None
+        if add is not None and not bias_taken:
             other = add.input[1] if add.input[0] == tail else add.input[0]
-            if other in constants and (other != tail):
-                after = readers.get(add.output[0], [])
-                kinds = [r.op_type for r in after] + ([""] if add.output[0] in outputs else [])
+            if other in constants and other != tail and _is_bias(numpy_helper.to_array(constants[other]).shape, node.op_type):
+                bias_taken = True
                 result.bias_node = add.name or add.output[0]
-                result.fused_bias = not all(kind in BIAS_READERS_UNFUSED for kind in kinds)
-                bias = not result.fused_bias
+                if node.op_type == "MatMul" and _bias_fused_downstream(add.output[0], readers, outputs):
+                    result.fused_bias = True  # free on both sides: not timed
+                    break
+                steps.append(add)
+                texts.append("Add[" + "x".join(map(str, numpy_helper.to_array(constants[other]).shape)) + "]")
                 tail = add.output[0]
-    activation = ""
-    follower = _only_reader(tail, readers, outputs)
-    if follower is not None and follower.op_type in ACTIVATIONS and follower.domain in ("", "ai.onnx", "com.microsoft"):
-        activation = _activation_text(follower, constants)
-        result.activation_node = follower.name or follower.output[0]
-        result.activation_inputs = {
-            name: numpy_helper.to_array(constants[name]) for name in follower.input[1:] if name in constants
-        }
-        result.activation_attrs = {a.name: helper.get_attribute_value(a) for a in follower.attribute}
-        result.activation_op = (follower.op_type, follower.domain)
-        result.activation_input_names = list(follower.input[1:])
+                continue
+        if len(found) == 1 and found[0].op_type in ACTIVATIONS and found[0].domain in ("", "ai.onnx", "com.microsoft"):
+            steps.append(found[0])
+            texts.append(_activation_text(found[0], constants))
+        elif len(found) == 2:
+            gate = next((r for r in found if r.op_type in ("HardSigmoid", "Sigmoid") and list(r.input) == [tail]), None)
+            mul = next((r for r in found if r.op_type == "Mul"), None)
+            if gate is not None and mul is not None and sorted(mul.input) == sorted([tail, gate.output[0]]):
+                steps += [gate, mul]
+                texts.append(f"x*{_activation_text(gate, constants)}(x)")
+        break
+    result.epilogue = steps
+    result.constants = {
+        name: numpy_helper.to_array(constants[name]) for step in steps for name in step.input if name in constants
+    }
+    if node.op_type == "MatMul" and result.bias_node and not result.fused_bias:
+        bias = True  # the compiler folds this Add into MatMulCompress
     result.problem = Problem(op=node.op_type, weight=tuple(record.shape), x=x_shape, dtype=dtype, attrs=kept,
-                             bias=bias, activation=activation)
+                             bias=bias, activation="+".join(texts))
     return result
+
+
+def _is_bias(shape: tuple, op: str) -> bool:
+    """A constant an Add can fold into the layer's bias: one value per output feature (a Conv's
+    [1, C, 1, 1] or [C, 1, 1]; a MatMul's [N] or [1, N])."""
+    if op == "Conv":
+        return len(shape) in (3, 4) and shape[-2:] == (1, 1) and all(d == 1 for d in shape[:-3])
+    return len(shape) >= 1 and all(d == 1 for d in shape[:-1])
+
+
+def _bias_fused_downstream(name: str, readers, outputs) -> bool:
+    """Whether ONNX Runtime would fuse a MatMul's bias Add into what reads it (SkipLayerNormalization,
+    BiasGelu, ...): some reader, through Identity, is not a plain one."""
+    kinds = []
+    pending = [name]
+    while pending:
+        current = pending.pop()
+        if current in outputs:
+            kinds.append("")
+        for reader in readers.get(current, []):
+            if reader.op_type == "Identity":
+                pending.append(reader.output[0])
+            else:
+                kinds.append(reader.op_type)
+    return not all(kind in BIAS_READERS_UNFUSED for kind in kinds)
 
 
 def _plain(value):
@@ -293,6 +331,39 @@ def _activation_text(node: onnx.NodeProto, constants) -> str:
         elif name:
             parts.append("?")
     return node.op_type + (f"({','.join(parts)})" if parts else "")
+
+
+def observe_shapes(bound: onnx.ModelProto, layers: list[LayerProblem], feeds: dict, model: onnx.ModelProto) -> dict:
+    """Run the bound model once in ONNX Runtime to read the activation shapes shape inference could
+    not give (after Reshapes it cannot follow); replaces those layers' problems. Returns node -> shape."""
+    import onnxruntime as ort
+
+    nodes = {n.name or (f"<{n.op_type} -> {n.output[0]}>" if n.output else ""): n for n in model.graph.node}
+    wanted = {layer.node: nodes[layer.node].input[0] for layer in layers if not layer.problem.static and layer.node in nodes}
+    if not wanted:
+        return {}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(bound)
+    present = {o.name for o in probe.graph.output}
+    for layer in layers:
+        name = wanted.get(layer.node)
+        if name and name not in present:
+            probe.graph.output.append(helper.make_tensor_value_info(name, _DTYPES[layer.problem.dtype], None))
+            present.add(name)
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        values = dict(zip(names, session.run(None, feeds)))
+    except Exception as exc:  # noqa: BLE001 - the layers stay untimed, with this reason
+        raise OnnxSparseError(f"running the model to find its layers' shapes failed: {str(exc).splitlines()[0]}") from None
+    observed = {}
+    for layer in layers:
+        name = wanted.get(layer.node)
+        if name in values:
+            shape = tuple(int(d) for d in values[name].shape)
+            layer.problem = replace(layer.problem, x=shape)
+            observed[layer.node] = list(shape)
+    return observed
 
 
 def distinct(layers: list[LayerProblem]) -> dict[Problem, list[LayerProblem]]:
@@ -330,28 +401,30 @@ def layer_model(layer: LayerProblem, copies: int = 1, seed: int = 0) -> onnx.Mod
             inputs.append(f"{p}.b")
         node_attrs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in attrs.items()}
         nodes.append(helper.make_node(problem.op, inputs, [f"{p}.y"], name=f"{p}.layer", **node_attrs))
-        tail = f"{p}.y"
-        if problem.op == "MatMul" and problem.bias:
+        names = {layer.first_output: f"{p}.y"}
+        for j, step in enumerate(layer.epilogue):
+            inputs = []
+            for name in step.input:
+                if name in names:
+                    inputs.append(names[name])
+                elif name in layer.constants:
+                    const = f"{p}.c{j}.{len(inputs)}"
+                    inits.append(numpy_helper.from_array(np.asarray(layer.constants[name]), const))
+                    inputs.append(const)
+                elif not name:
+                    inputs.append("")
+                else:
+                    raise OnnxSparseError(f"{layer.node}: the {step.op_type} after it reads '{name}', not a constant")
+            outputs = [f"{p}.s{j}.{k}" for k in range(len(step.output))]
+            names.update(zip(step.output, outputs))
+            step_attrs = {a.name: helper.get_attribute_value(a) for a in step.attribute}
+            nodes.append(helper.make_node(step.op_type, inputs, outputs, name=f"{p}.s{j}", domain=step.domain or "",
+                                          **step_attrs))
+        tail = names[layer.epilogue[-1].output[0]] if layer.epilogue else f"{p}.y"
+        if problem.op == "MatMul" and problem.bias and not any(s.op_type == "Add" for s in layer.epilogue):
             inits.append(numpy_helper.from_array((rng.standard_normal(n) * 0.1).astype(np_dtype), f"{p}.b"))
             nodes.append(helper.make_node("Add", [tail, f"{p}.b"], [f"{p}.yb"], name=f"{p}.bias"))
             tail = f"{p}.yb"
-        if problem.activation:
-            op, domain = layer.activation_op
-            names = []
-            for j, name in enumerate(layer.activation_input_names):
-                if not name:
-                    names.append("")
-                    continue
-                value = layer.activation_inputs.get(name)
-                if value is None:
-                    raise OnnxSparseError(f"{layer.node}: the {op} after it has a non-constant input '{name}'")
-                const = f"{p}.act{j}"
-                inits.append(numpy_helper.from_array(np.asarray(value), const))
-                names.append(const)
-            act_attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in layer.activation_attrs.items()}
-            nodes.append(helper.make_node(op, [tail, *names], [f"{p}.a"], name=f"{p}.act", domain=domain or "",
-                                          **act_attrs))
-            tail = f"{p}.a"
         rank = 2 if problem.op == "Gemm" else len(problem.x)
         outs.append(helper.make_tensor_value_info(tail, data_type, [f"d{i}" for i in range(rank)]))
     graph = helper.make_graph(nodes, f"tune_{problem.op}", [helper.make_tensor_value_info("x", data_type, list(problem.x))],

@@ -38,6 +38,7 @@ from .problems import (
     inferred_shapes,
     layer_feeds,
     layer_model,
+    observe_shapes,
 )
 from .timing import Timing, make_options, open_pair, time_pair
 
@@ -124,6 +125,9 @@ def tune_model(
 
     bound = bind_inputs(model, dims or {}, input_shapes, require_static=True)
     layers = find_problems(model, check_model(model).layers, inferred_shapes(bound))
+    observed = {}
+    if any(not layer.problem.static for layer in layers):
+        observed = observe_shapes(bound, layers, model_feeds(bound), model)
     groups = distinct(layers)
     result = TuneResult(machine=key, cache_path=str(cache.path))
     for index, (problem, members) in enumerate(groups.items(), 1):
@@ -151,13 +155,17 @@ def tune_model(
         progress(f"{label}: {record['ratio']:.2f}x ({record['dense_us']:.0f} -> {record['sparse_us']:.0f} us, "
                  f"{record['pairs']} pairs)", done=True)
 
-    policy = MeasuredPolicy(provider, key, cache, dims, input_shapes, use_model_verdict=False)
+    policy = MeasuredPolicy(provider, key, cache, dims, input_shapes, use_model_verdict=False,
+                            layer_shapes=observed)
+    run = {"layer_shapes": observed} if observed else {}
     if whole_model:
         result.whole_model = check_whole_model(model, bound, policy, provider, options, whole_budget_s, progress,
                                                clock)
-        runs = {shapes_text(bound): result.whole_model}
+        run.update(result.whole_model)
+    if run:
         previous = cache.model(key, model_fingerprint(model)) or {}
-        cache.put_model(key, model_fingerprint(model), {"name": name, "runs": {**previous.get("runs", {}), **runs}})
+        runs = {**previous.get("runs", {}), shapes_text(bound): run}
+        cache.put_model(key, model_fingerprint(model), {"name": name, "runs": runs})
         cache.save()
     final = MeasuredPolicy(provider, key, cache, dims, input_shapes)
     _compile(model, final)
@@ -237,7 +245,8 @@ def check_whole_model(model, bound, policy: MeasuredPolicy, provider: str, optio
         if not order:
             break
         trial = MeasuredPolicy(policy.provider, policy.key, policy.cache, policy.dims, policy.input_shapes,
-                               force_dense=[_escape(n) for n in dropped], use_model_verdict=False)
+                               force_dense=[_escape(n) for n in dropped], use_model_verdict=False,
+                               layer_shapes=policy.layer_shapes)
         compiled = _compile(model, trial)
         progress(f"whole model: dropping {len(dropped)} layers, timing ...")
         timing = _time_models(dense_blob, compiled.SerializeToString(), feeds, provider, options, budget_s, clock)
