@@ -89,6 +89,10 @@ CONV_BATCHES = [1, 8]
 WEIGHT_BYTES_PER_MODEL = 128 << 20  # dense weight bytes per timed model: well past the 32 MiB L3
 MAX_LAYERS = 8
 OPSET, IR_VERSION = 17, 10
+# The timer of each run: wall time, or with --cpu-time (one thread: ONNX Runtime then runs the
+# kernels on the calling thread) this thread's CPU time, which leaves out the time slices that other
+# processes take on a shared machine (their cache and memory traffic still shows).
+CLOCK = time.perf_counter
 ELEM = {"float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16}
 
 
@@ -163,8 +167,9 @@ def session(model, threads: int, sparse: bool) -> ort.InferenceSession:
 
 
 def time_pair(sparse_model, dense_model, feeds, threads: int, min_repeats: int, budget_s: float,
-              check: bool = True) -> tuple[float, float, int]:
-    """Median seconds per run of each model, runs interleaved."""
+              check: bool = True) -> tuple[float, float, int, tuple[float, float]]:
+    """Median seconds per run of each model, runs interleaved; the spread is the 25th and 75th
+    percentiles of the per-pair speedup (dense / sparse of each sparse-dense pair of runs)."""
     sparse = session(sparse_model, threads, True)
     dense = session(dense_model, threads, False)
     out_s = sparse.run(None, feeds)
@@ -178,22 +183,31 @@ def time_pair(sparse_model, dense_model, feeds, threads: int, min_repeats: int, 
     times_s, times_d = [], []
     start = time.perf_counter()
     while len(times_s) < min_repeats or (time.perf_counter() - start < budget_s and len(times_s) < 200):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         sparse.run(None, feeds)
-        t1 = time.perf_counter()
+        t1 = CLOCK()
         dense.run(None, feeds)
-        t2 = time.perf_counter()
+        t2 = CLOCK()
         times_s.append(t1 - t0)
         times_d.append(t2 - t1)
-    return statistics.median(times_s), statistics.median(times_d), len(times_s)
+    ratios = [d / max(s, 1e-12) for s, d in zip(times_s, times_d)]
+    spread = (float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75)))
+    return statistics.median(times_s), statistics.median(times_d), len(times_s), spread
 
 
-def row(kind, name, threads, layers, sparse_s, dense_s, repeats, **shape) -> dict:
+def row(kind, name, threads, layers, sparse_s, dense_s, repeats, spread=None, **shape) -> dict:
     r = {"kind": kind, "name": name, "threads": threads, **shape, "layers": layers,
          "sparse_us": round(sparse_s / layers * 1e6, 1), "dense_us": round(dense_s / layers * 1e6, 1),
          "speedup": round(dense_s / sparse_s, 3), "repeats": repeats}
+    if spread is not None:
+        r["speedup_iqr"] = [round(spread[0], 3), round(spread[1], 3)]
+    if kind == "matmul":  # what the sparse kernel reaches: dense-equivalent GFLOP/s, packed-weight GB/s
+        r["sparse_gflops"] = round(2 * shape["m"] * shape["k"] * shape["n"] / (r["sparse_us"] * 1e3), 1)
+        packed_bytes = shape["k"] * shape["n"] * (9 if shape.get("dtype") == "float32" else 5) / 4
+        r["sparse_weight_gbs"] = round(packed_bytes / (r["sparse_us"] * 1e3), 1)
     print(f"{kind:7s} {name:28s} t={threads} " + " ".join(f"{k}={v}" for k, v in shape.items())
-          + f"  sparse {r['sparse_us']:10.1f} us  dense {r['dense_us']:10.1f} us  x{r['speedup']:.2f}", flush=True)
+          + f"  sparse {r['sparse_us']:10.1f} us  dense {r['dense_us']:10.1f} us  x{r['speedup']:.2f}"
+          + (f" (iqr {spread[0]:.2f}-{spread[1]:.2f})" if spread is not None else ""), flush=True)
     return r
 
 
@@ -205,8 +219,9 @@ def bench_matmul(args, threads, rng) -> list[dict]:
             sparse, dense = matmul_models(k, n, layers, dtype, rng)
             for m in args.m:
                 feeds = {"A": rng.standard_normal((m, k)).astype(dtype)}
-                s, d, reps = time_pair(sparse, dense, feeds, threads, args.repeats, args.budget)
-                rows.append(row("matmul", f"{k}x{n}", threads, layers, s, d, reps, dtype=dtype, m=m, k=k, n=n))
+                s, d, reps, spread = time_pair(sparse, dense, feeds, threads, args.repeats, args.budget)
+                rows.append(row("matmul", f"{k}x{n}", threads, layers, s, d, reps, spread, dtype=dtype, m=m, k=k,
+                                n=n))
     return rows
 
 
@@ -219,9 +234,9 @@ def bench_conv(args, threads, rng) -> list[dict]:
                 layers = layer_count(oc * c // group * kernel * kernel * 4, cap=4)
                 sparse, dense, feeds = conv_models(batch, c, oc, hw, kernel, stride, pad, layers, dtype, rng,
                                                    group, dilation)
-                s, d, reps = time_pair(sparse, dense, feeds, threads, args.repeats, args.budget)
+                s, d, reps, spread = time_pair(sparse, dense, feeds, threads, args.repeats, args.budget)
                 out_hw = (hw + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
-                rows.append(row("conv", name, threads, layers, s, d, reps, dtype=dtype, batch=batch,
+                rows.append(row("conv", name, threads, layers, s, d, reps, spread, dtype=dtype, batch=batch,
                                 m=batch * out_hw * out_hw, k=kernel * kernel * c // group, n=oc // group))
     return rows
 
@@ -254,9 +269,9 @@ def bench_models(args, threads) -> list[dict]:
     for name, model, feeds in sample_models():
         compiled = compile_model(model, policy=policy).model
         sparse_ops = sum(node.domain == "onnxsparse" for node in compiled.graph.node)
-        s, d, reps = time_pair(compiled.SerializeToString(), model.SerializeToString(), feeds, threads,
-                               args.repeats, args.budget)
-        rows.append(row("model", name, threads, 1, s, d, reps, dtype="float32", sparse_ops=sparse_ops))
+        s, d, reps, spread = time_pair(compiled.SerializeToString(), model.SerializeToString(), feeds, threads,
+                                       args.repeats, args.budget)
+        rows.append(row("model", name, threads, 1, s, d, reps, spread, dtype="float32", sparse_ops=sparse_ops))
     return rows
 
 
@@ -282,6 +297,7 @@ def machine() -> dict:
     info["cpu_isa"] = os.environ.get("ONNXSPARSE_CPU_ISA", "auto (best of avx512, avx2, portable)")
     info["library"] = onnxsparse.get_library_path()
     info["loadavg_start"] = os.getloadavg()
+    info["clock"] = "thread CPU time" if CLOCK is time.thread_time else "wall time"
     return info
 
 
@@ -294,7 +310,8 @@ def markdown(report: dict) -> str:
         f"CPU: {env.get('cpu')} ({env.get('cores')} cores; {', '.join(env.get('isa_flags', []))})  ",
         f"onnxruntime {env['onnxruntime']}, onnx {env['onnx']}, numpy {env['numpy']}, Python {env['python']}; "
         f"{env.get('compiler', '')}, CMake Release (-O3); kernel ISA: {env['cpu_isa']}  ",
-        f"Load average at start / end: {env['loadavg_start']} / {report.get('loadavg_end')} "
+        f"Clock: {env.get('clock', 'wall time')}; load average at start / end: {env['loadavg_start']} / "
+        f"{report.get('loadavg_end')} "
         "(other jobs share these cores: sparse and dense runs are interleaved, medians reported)",
         "",
         "Times are per layer (median over repeats); speedup = dense / sparse (> 1: sparse faster). "
@@ -312,11 +329,12 @@ def markdown(report: dict) -> str:
         sel = [r for r in rows if r["kind"] == kind]
         if not sel:
             continue
-        lines += [f"## {title}", "", "| name | threads | " + " | ".join(cols) + " | sparse us | dense us | speedup |",
-                  "|---|---|" + "---|" * len(cols) + "---|---|---|"]
+        lines += [f"## {title}", "", "| name | threads | " + " | ".join(cols) + " | sparse us | dense us | speedup |"
+                  " speedup IQR |", "|---|---|" + "---|" * len(cols) + "---|---|---|---|"]
         for r in sel:
+            iqr = "{:.2f}-{:.2f}".format(*r["speedup_iqr"]) if "speedup_iqr" in r else ""
             lines.append(f"| {r['name']} | {r['threads']} | " + " | ".join(str(r[c]) for c in cols)
-                         + f" | {r['sparse_us']} | {r['dense_us']} | {r['speedup']:.2f} |")
+                         + f" | {r['sparse_us']} | {r['dense_us']} | {r['speedup']:.2f} | {iqr} |")
         slower = [r for r in sel if r["speedup"] < 1.0]
         names = [f"{r['name']} ({r['dtype']}, t{r['threads']}" + (f", m={r['m']})" if "m" in r else ")") for r in slower]
         summary = f"{len(sel) - len(slower)} of {len(sel)} rows faster than dense"
@@ -350,12 +368,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=list(ELEM))
     parser.add_argument("--repeats", type=int, default=7, help="least timed runs per model")
     parser.add_argument("--budget", type=float, default=1.0, help="seconds of timed runs per model, at least")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time each run by this thread's CPU time (--threads 1 only), not wall time")
     parser.add_argument("--render", type=Path, default=None, help="only rewrite the markdown of this JSON report")
     args = parser.parse_args(argv)
     if args.render is not None:
         args.render.with_suffix(".md").write_text(markdown(json.loads(args.render.read_text())))
         return 0
 
+    global CLOCK
+    if args.cpu_time:
+        if args.threads != [1]:
+            parser.error("--cpu-time needs --threads 1 (other threads' CPU time would not be counted)")
+        CLOCK = time.thread_time
     arguments = sys.argv[1:] if argv is None else argv
     report = {"command": "python " + " ".join([os.path.relpath(__file__, REPO)] + arguments),
               "machine": machine(), "rows": []}
