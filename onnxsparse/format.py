@@ -171,16 +171,23 @@ def decompress_weight(values: np.ndarray, index: np.ndarray, layout: str, shape:
     return from_rows_k(decompress(values, index), layout, shape)
 
 
-def prune_magnitude(matrix: np.ndarray, n: int = 2, m: int = GROUP) -> np.ndarray:
-    """Keep the n largest-magnitude elements of each group of m along the last axis of [rows, K]."""
-    rows, k = matrix.shape
+def keep_top(scores: np.ndarray, n: int = 2, m: int = GROUP) -> np.ndarray:
+    """Boolean mask of a [rows, K] matrix keeping the n highest scores of each group of m along K
+    (ties: the earlier element)."""
+    rows, k = scores.shape
     if k % m:
         raise NotTwoFourError(f"K={k} is not a multiple of {m}")
-    groups = matrix.reshape(rows, k // m, m)
-    order = np.argsort(-np.abs(groups.astype(np.float64)), axis=-1, kind="stable")
+    groups = scores.reshape(rows, k // m, m)
+    order = np.argsort(-groups, axis=-1, kind="stable")
     keep = np.zeros(groups.shape, dtype=bool)
     np.put_along_axis(keep, order[..., :n], True, axis=-1)
-    return np.where(keep, groups, np.zeros((), matrix.dtype)).reshape(rows, k)
+    return keep.reshape(rows, k)
+
+
+def prune_magnitude(matrix: np.ndarray, n: int = 2, m: int = GROUP) -> np.ndarray:
+    """Keep the n largest-magnitude elements of each group of m along the last axis of [rows, K]."""
+    keep = keep_top(np.abs(matrix.astype(np.float64)), n, m)
+    return np.where(keep, matrix, np.zeros((), matrix.dtype))
 
 
 def prune_weight_magnitude(weight: np.ndarray, layout: str, n: int = 2, m: int = GROUP) -> np.ndarray:

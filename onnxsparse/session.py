@@ -89,18 +89,23 @@ class InferenceSession(ort.InferenceSession):
         super().__init__(model, sess_options=session_options(sess_options), providers=providers, **kwargs)
 
 
-def open_session(model, sparse: bool, provider: str = "cpu", threads: int | None = None) -> ort.InferenceSession:
+def open_session(model, sparse: bool, provider: str = "cpu", threads: int | None = None, quiet: bool = False,
+                 what: str | None = None) -> ort.InferenceSession:
     """A session for a dense original (``sparse=False``) or a compiled model (library registered).
 
+    The one session factory of the package (verify, bench, the pruner's captures and evaluations).
     ``threads`` sets intra-op threads (0: all cores) with one inter-op thread, so that two sessions
-    timed side by side run alike. A model ONNX Runtime refuses is an ``OnnxSparseError``.
+    timed side by side run alike. ``quiet`` keeps ONNX Runtime's warnings off stderr. A model ONNX
+    Runtime refuses is an ``OnnxSparseError`` naming it (``what``; default: the original or compiled model).
     """
     options = session_options() if sparse else ort.SessionOptions()
+    if quiet:
+        options.log_severity_level = 3
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     try:
         return ort.InferenceSession(model.SerializeToString(), options, providers=PROVIDERS[provider])
     except Exception as exc:  # onnxruntime's errors carry no common base class
-        which = "compiled" if sparse else "original"
-        raise OnnxSparseError(f"the {which} model does not load in ONNX Runtime: {str(exc).splitlines()[0]}") from None
+        what = what or ("compiled model" if sparse else "original model")
+        raise OnnxSparseError(f"the {what} does not load in ONNX Runtime: {str(exc).splitlines()[0]}") from None

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from .errors import OnnxSparseError
+from .metrics import ErrorSums
 from .prune.calibration import Calibration
 from .session import open_session
 
@@ -39,18 +40,10 @@ def _compare(name: str, expected: np.ndarray, actual: np.ndarray, tolerance: flo
     dtype = str(expected.dtype)
     if expected.shape != actual.shape:
         raise OnnxSparseError(f"output '{name}': shapes differ ({list(actual.shape)} vs {list(expected.shape)})")
-    exp = expected.astype(np.float64).ravel()
-    act = actual.astype(np.float64).ravel()
-    nan_mismatch = bool((np.isnan(exp) != np.isnan(act)).any())
-    finite = ~(np.isnan(exp) | np.isnan(act))
-    diff = act[finite] - exp[finite]
-    norm = float(np.linalg.norm(exp[finite]))
-    rel = float(np.linalg.norm(diff) / norm) if norm > 0 else float(np.linalg.norm(diff))
-    denom = float(np.linalg.norm(exp[finite]) * np.linalg.norm(act[finite]))
-    cosine = float(exp[finite] @ act[finite] / denom) if denom > 0 else 1.0
+    sums = ErrorSums().add(expected, actual)
     tol = TOLERANCE.get(dtype, 1e-4) if tolerance is None else tolerance
-    max_abs = float(np.abs(diff).max()) if diff.size else 0.0
-    return OutputCheck(name, dtype, list(expected.shape), max_abs, rel, cosine, tol, rel <= tol and not nan_mismatch)
+    passed = sums.rel_l2 <= tol and not sums.nan_mismatch
+    return OutputCheck(name, dtype, list(expected.shape), sums.max_abs, sums.rel_l2, sums.cosine, tol, passed)
 
 
 def verify(

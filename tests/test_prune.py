@@ -107,7 +107,7 @@ def test_shared_weight_pruned_once_or_skipped_with_reason():
     [
         ("g (float[N, 16] x, float[16, 8] w) => (float[N, 8] y) { y = MatMul(x, w) }", "graph input"),
         ("g (float[N, 6] x) => (float[N, 8] y) { y = MatMul(x, w) }", "K=6 is not a multiple of 4"),
-        ("g (float[N, 16] x) => (float[N, 8] y) { t = Transpose(v) y = MatMul(x, t) }", "computed by Transpose"),
+        ("g (float[N, 16] x) => (float[N, 8] y) { t = Transpose(v) y = MatMul(x, t) }", "computed by a Transpose node"),
     ],
 )
 def test_ineligible_layers_have_reasons(text, reason):
@@ -117,6 +117,16 @@ def test_ineligible_layers_have_reasons(text, reason):
         weights = {"w": rng_weight((16, 8))}
     scan = scan_layers(make_model(f"{HEADER} {text}", **weights), prune_head=True)
     assert scan.layers == [] and reason in scan.skipped[0].reason
+
+
+def test_pruner_and_compiler_share_layer_discovery_and_its_reasons():
+    from onnxsparse.api import check_model
+
+    text = "g (float[N, 16] x) => (float[N, 8] y) { t = Transpose(v) y = MatMul(x, t) }"
+    model = make_model(f"{HEADER} {text}", v=rng_weight((8, 16)))
+    (skipped,) = scan_layers(model, prune_head=True).skipped
+    (record,) = check_model(model).layers
+    assert skipped.reason == record.reason
 
 
 def _correlated_inputs(path, k=32, samples=256, seed=0):

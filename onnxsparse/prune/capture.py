@@ -23,9 +23,10 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
+from ..compiler.graph import ModelGraph, resolve_constant, subgraph_reads
 from ..errors import OnnxSparseError
+from ..session import open_session
 from .layers import ConvGeometry, Layer, Use
 
 
@@ -41,16 +42,6 @@ class Statistics:
 
     def mean(self) -> np.ndarray:
         return self.hessian / max(self.rows, 1)
-
-
-def _subgraph_inputs(node: onnx.NodeProto) -> list[str]:
-    names = []
-    for attr in node.attribute:
-        for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-            for inner in sub.node:
-                names.extend(inner.input)
-                names.extend(_subgraph_inputs(inner))
-    return names
 
 
 def expose(model: onnx.ModelProto, tensors: list[str], available: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
@@ -73,7 +64,7 @@ def expose(model: onnx.ModelProto, tensors: list[str], available: dict[str, np.n
             continue
         keep.add(index)
         node = graph.node[index]
-        stack.extend(i for i in list(node.input) + _subgraph_inputs(node) if i)
+        stack.extend(i for i in list(node.input) + subgraph_reads(node) if i)
     cut = onnx.ModelProto()
     cut.CopyFrom(model)  # keeps opsets, functions, metadata
     cut.graph.ClearField("node")
@@ -91,15 +82,6 @@ def expose(model: onnx.ModelProto, tensors: list[str], available: dict[str, np.n
     return cut
 
 
-def session(model: onnx.ModelProto) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own exception types
-        raise OnnxSparseError(f"ONNX Runtime cannot run the model: {str(exc).splitlines()[0]}") from None
-
-
 def run_tensors(model: onnx.ModelProto, tensors: list[str], batches: Iterable[dict]) -> Iterator[dict[str, np.ndarray]]:
     """For each batch (graph inputs, or a frontier's values), the values of ``tensors``."""
     runner = None
@@ -109,7 +91,7 @@ def run_tensors(model: onnx.ModelProto, tensors: list[str], batches: Iterable[di
             yield {t: batch[t] for t in tensors}
             continue
         if runner is None:
-            runner = session(expose(model, tensors, available=batch))
+            runner = open_session(expose(model, tensors, available=batch), sparse=False, quiet=True, what="model")
             fed = [i.name for i in runner.get_inputs()]
             outputs = [o.name for o in runner.get_outputs()]
         try:
@@ -136,10 +118,10 @@ class Frontier:
         self.position = 0
         self.cache: list[dict[str, np.ndarray]] | None = None
         graph = model.graph
-        self._constant = _constant_tensors(graph)
+        self._constant = _constant_tensors(model)
         self._last_read: dict[str, int] = {}
         for index, node in enumerate(graph.node):
-            for name in list(node.input) + _subgraph_inputs(node):
+            for name in list(node.input) + subgraph_reads(node):
                 self._last_read[name] = index
 
     def batches(self) -> Iterable[dict]:
@@ -167,13 +149,11 @@ class Frontier:
         self.cache, self.position = cache, position
 
 
-def _constant_tensors(graph: onnx.GraphProto) -> set[str]:
-    """Outputs of Constant nodes and of Identity chains on constants."""
-    constant = {t.name for t in graph.initializer} - {i.name for i in graph.input}
-    for node in graph.node:
-        if node.op_type == "Constant" or (node.op_type == "Identity" and node.input[0] in constant):
-            constant.update(node.output)
-    return constant
+def _constant_tensors(model: onnx.ModelProto) -> set[str]:
+    """The tensors whose value is a constant (initializers that are no graph input, Constant
+    outputs, Identity chains on either), by the compiler's resolver."""
+    mg = ModelGraph(model)
+    return {name for name, tensor in mg.graph.tensors().items() if name and resolve_constant(mg, tensor)[0] is not None}
 
 
 def _pads(geometry: ConvGeometry, height: int, width: int) -> tuple[int, int, int, int]:

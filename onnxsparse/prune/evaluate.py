@@ -5,12 +5,14 @@
 ``WeightFeeds`` is one session of the dense model whose prunable weights are also graph inputs,
 so that trying a pruned weight (sensitivity, greedy selection) is a feed, not a new session.
 
-The error of all outputs taken together, flattened: relative L2 = ||y' - y|| / ||y||, and
-cosine similarity = <y, y'> / (||y|| ||y'||).
+The error of all outputs taken together, flattened, by ``onnxsparse.metrics`` (the metric
+``onnxsparse verify`` uses per output): relative L2 = ||y' - y|| / ||y||, and cosine similarity
+= <y, y'> / (||y|| ||y'||).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -19,7 +21,8 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import OnnxSparseError
-from .capture import session
+from ..metrics import ErrorSums
+from ..session import open_session
 from .layers import Layer
 
 CACHE_LIMIT = 1 << 30
@@ -34,8 +37,14 @@ class OutputError:
         return {"relative_l2": self.rel_l2, "cosine": self.cosine}
 
 
-def _run(runner, batch: dict) -> list[np.ndarray]:
+def _session(model: onnx.ModelProto):
+    """A quiet CPU session of the dense model (the package's one session factory)."""
+    return open_session(model, sparse=False, quiet=True, what="model")
+
+
+def _run(runner, batch: dict, weights: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
     fed = {i.name: batch[i.name] for i in runner.get_inputs() if i.name in batch}
+    fed.update(weights or {})
     try:
         return runner.run(None, fed)
     except Exception as exc:
@@ -48,7 +57,7 @@ class ReferenceOutputs:
         self.batches = batches
         self.cache: list[list[np.ndarray]] | None = []
         size = 0
-        dense = session(model)
+        dense = _session(model)
         for batch in batches:
             outputs = [np.asarray(o, dtype=np.float32) for o in _run(dense, batch)]
             size += sum(o.nbytes for o in outputs)
@@ -66,22 +75,18 @@ class ReferenceOutputs:
                 yield [np.asarray(o, dtype=np.float32) for o in _run(self._dense, batch)]
 
     def error(self, run: Callable[[dict], list[np.ndarray]]) -> OutputError:
-        """Error of ``run(batch) -> outputs`` against the dense outputs over every batch."""
-        diff = ref = new = dot = 0.0
+        """Error of ``run(batch) -> outputs`` against the dense outputs over every batch (all
+        outputs taken together; NaN when the run gives a NaN where the dense model does not)."""
+        sums = ErrorSums()
         for batch, dense in zip(self.batches, self._dense_outputs()):
             for a, b in zip(dense, run(batch)):
-                a = a.astype(np.float64).ravel()
-                b = np.asarray(b, dtype=np.float64).ravel()
-                diff += float(np.dot(a - b, a - b))
-                ref += float(np.dot(a, a))
-                new += float(np.dot(b, b))
-                dot += float(np.dot(a, b))
-        rel = float(np.sqrt(diff / ref)) if ref > 0 else float(np.sqrt(diff))
-        cosine = dot / float(np.sqrt(ref * new)) if ref > 0 and new > 0 else (1.0 if diff == 0 else 0.0)
-        return OutputError(rel_l2=rel, cosine=cosine)
+                sums.add(a, b)
+        if sums.nan_mismatch:
+            return OutputError(rel_l2=math.nan, cosine=math.nan)
+        return OutputError(rel_l2=sums.rel_l2, cosine=sums.cosine)
 
     def error_of_model(self, model: onnx.ModelProto) -> OutputError:
-        runner = session(model)
+        runner = _session(model)
         return self.error(lambda batch: _run(runner, batch))
 
 
@@ -104,12 +109,7 @@ class WeightFeeds:
                 graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
         if feedable.ir_version < 4:
             feedable.ir_version = 4
-        self.runner = session(feedable)
+        self.runner = _session(feedable)
 
     def run(self, batch: dict, weights: dict[str, np.ndarray]) -> list[np.ndarray]:
-        fed = {i.name: batch[i.name] for i in self.runner.get_inputs() if i.name in batch}
-        fed.update(weights)
-        try:
-            return self.runner.run(None, fed)
-        except Exception as exc:
-            raise OnnxSparseError(f"ONNX Runtime failed on a calibration batch: {str(exc).splitlines()[0]}") from None
+        return _run(self.runner, batch, weights)

@@ -1,10 +1,9 @@
-"""Finding the layers a pruner may sparsify: node + constant weight + SPEC layout.
+"""Finding the layers a pruner may sparsify, on the compiler's layer discovery.
 
-A prunable layer is a ``MatMul`` (weight = input B, ``[K, N]``, layout ``"kn"``), a ``Gemm``
-(weight = B; ``"nk"`` with transB=1, else ``"kn"``) or a 2-D ``Conv`` (``"oihw"``, K = KH*KW*C/group,
-groups of M along C), whose weight is constant: an initializer, a ``Constant`` node's output, or
-an ``Identity`` of either, and not also a graph input. K (for Conv: C/group) must be a multiple
-of M. Every layer that is not prunable gets a reason.
+``compiler.layers.find_layers`` finds every Conv/MatMul/Gemm of the main graph with its constant
+weight, dtype and SPEC layout, or the reason it has none (the same resolver and reasons as the
+compiler's check; any float dtype is accepted here). On top of it this module adds what pruning
+needs: K (for Conv: C/group) must be a multiple of M, and a Conv's OC a multiple of its group.
 
 A weight used by several nodes is one ``Layer`` with several ``uses``: it is pruned once. When one
 of its other consumers is not a prunable use with the same sparse axis (an ``Add``, a layer that is
@@ -17,19 +16,19 @@ a weight that a subgraph also reads is skipped.
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..compiler.graph import ModelGraph, resolve_constant, subgraph_reads
+from ..compiler.layers import LayerRecord, find_layers, matches
 from ..format import reduction_length
+from ..spec import TARGET_OPS, WEIGHT_DTYPES
 
-LAYER_OPS = ("Conv", "MatMul", "Gemm")
-FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
-
-
+# The pruner works in float64 and writes back in the weight's dtype: every float type will do.
+PRUNABLE_DTYPES = tuple(WEIGHT_DTYPES)
 @dataclass(frozen=True)
 class ConvGeometry:
     """What im2col needs to unfold a Conv's input in SPEC's (kh, kw, c) order."""
@@ -116,107 +115,34 @@ def node_names(graph: onnx.GraphProto) -> list[str]:
     return names
 
 
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-
-class _Constants:
-    """Resolve a tensor name to the initializer / Constant output holding its value."""
-
-    def __init__(self, graph: onnx.GraphProto):
-        self.initializers = {t.name: t for t in graph.initializer}
-        self.graph_inputs = {i.name for i in graph.input}
-        self.producer = {out: node for node in graph.node for out in node.output}
-
-    def source(self, name: str) -> tuple[str | None, str]:
-        """(source name, "") when constant; (None, reason) when not."""
-        seen = set()
-        while name not in seen:
-            seen.add(name)
-            if name in self.graph_inputs:
-                return None, f"weight '{name}' is a graph input, not a constant"
-            if name in self.initializers:
-                return name, ""
-            node = self.producer.get(name)
-            if node is None:
-                return None, f"weight '{name}' has no producer"
-            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-                if not any(a.name == "value" for a in node.attribute):
-                    return None, f"weight '{name}' is a Constant without a tensor value"
-                return name, ""
-            if node.op_type == "Identity" and node.domain in ("", "ai.onnx"):
-                name = node.input[0]
-                continue
-            return None, f"weight '{name}' is computed by {node.op_type}, not constant"
-        return None, f"weight '{name}' is in a cycle"
-
-    def tensor(self, source: str) -> onnx.TensorProto:
-        if source in self.initializers:
-            return self.initializers[source]
-        node = self.producer[source]
-        return next(a.t for a in node.attribute if a.name == "value")
-
-
-def _conv_geometry(node: onnx.NodeProto, shape: tuple[int, ...]) -> ConvGeometry:
-    attrs = _attrs(node)
+def _conv_geometry(attrs: dict, shape: tuple[int, ...]) -> ConvGeometry:
     kernel = tuple(attrs.get("kernel_shape", shape[2:]))
+    auto_pad = attrs.get("auto_pad", "NOTSET")
     return ConvGeometry(
         kernel=(int(kernel[0]), int(kernel[1])),
         strides=tuple(int(v) for v in attrs.get("strides", (1, 1))),
         pads=tuple(int(v) for v in attrs.get("pads", (0, 0, 0, 0))),
         dilations=tuple(int(v) for v in attrs.get("dilations", (1, 1))),
         group=int(attrs.get("group", 1)),
-        auto_pad=attrs.get("auto_pad", b"NOTSET").decode(),
+        auto_pad=auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad),
     )
 
 
-def _candidate(node: onnx.NodeProto, name: str, constants: _Constants, m: int):
-    """(source, Use, shape, dtype) for a prunable node, or a Skipped with the reason."""
-    op = node.op_type
-
-    def skip(weight: str, reason: str) -> Skipped:
-        return Skipped(name, op, weight, reason)
-
-    if len(node.input) < 2:
-        return skip("", "has no weight input")
-    weight = node.input[1]
-    source, reason = constants.source(weight)
-    if source is None:
-        if op == "MatMul" and constants.source(node.input[0])[0] is not None:
-            return skip(node.input[0], "the constant is MatMul's first operand (W @ X); only X @ W is pruned")
-        return skip(weight, reason)
-    tensor = constants.tensor(source)
-    if tensor.data_type not in FLOAT_TYPES:
-        return skip(weight, f"weight dtype {onnx.TensorProto.DataType.Name(tensor.data_type)} is not a float type")
-    shape = tuple(int(d) for d in tensor.dims)
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-    attrs = _attrs(node)
-    conv = None
-    trans_a = False
-    if op == "MatMul":
-        if len(shape) != 2:
-            return skip(weight, f"MatMul weight has rank {len(shape)}, not 2")
-        layout = "kn"
-    elif op == "Gemm":
-        layout = "nk" if attrs.get("transB", 0) else "kn"
-        trans_a = bool(attrs.get("transA", 0))
-        if len(shape) != 2:
-            return skip(weight, f"Gemm weight has rank {len(shape)}, not 2")
-    else:  # Conv
-        if len(shape) != 4:
-            return skip(weight, f"not a 2-D Conv (weight rank {len(shape)})")
-        layout = "oihw"
-        conv = _conv_geometry(node, shape)
+def _use(record: LayerRecord, name: str, m: int) -> Use | str:
+    """How a layer discovery found with a layout uses its weight, or why it cannot be pruned to N:M."""
+    shape, conv = record.shape, None
+    if record.layout == "oihw":
+        conv = _conv_geometry(record.attrs, shape)
         if shape[0] % conv.group:
-            return skip(weight, f"OC={shape[0]} is not a multiple of group={conv.group}")
+            return f"OC={shape[0]} is not a multiple of group={conv.group}"
         if shape[1] % m:
-            return skip(weight, f"C/group={shape[1]} is not a multiple of {m}")
-    if layout != "oihw":
-        k = reduction_length(shape, layout)
+            return f"C/group={shape[1]} is not a multiple of {m}"
+    else:
+        k = reduction_length(shape, record.layout)
         if k % m:
-            return skip(weight, f"K={k} is not a multiple of {m}")
-    use = Use(node=name, op_type=op, activation=node.input[0], layout=layout, trans_a=trans_a, conv=conv)
-    return source, use, shape, dtype
+            return f"K={k} is not a multiple of {m}"
+    return Use(node=name, op_type=record.op, activation=record.activation, layout=record.layout,
+               trans_a=bool(record.attrs.get("transA", 0)), conv=conv)
 
 
 def _find_heads(graph: onnx.GraphProto, names: list[str], weighted: set[str]) -> set[str]:
@@ -237,21 +163,6 @@ def _find_heads(graph: onnx.GraphProto, names: list[str], weighted: set[str]) ->
     return heads
 
 
-def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
-    reads = set()
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                for inner in sub.node:
-                    reads.update(inner.input)
-                reads |= _subgraph_reads(sub)
-    return reads
-
-
-def matches(patterns: list[str], name: str, op_type: str) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(op_type, p) for p in patterns)
-
-
 def scan_layers(
     model: onnx.ModelProto,
     m: int = 4,
@@ -265,36 +176,44 @@ def scan_layers(
     """
     graph = model.graph
     names = node_names(graph)
-    constants = _Constants(graph)
+    mg = ModelGraph(model)
+    nodes = mg.nodes()
+
+    def source_of(tensor) -> str | None:
+        source, _ = resolve_constant(mg, tensor)
+        return None if source is None else source.name
+
     candidates: dict[str, list] = {}  # source -> [(use, shape, dtype)]
     skipped: list[Skipped] = []
     weighted: set[str] = set()
-    for node, name in zip(graph.node, names):
-        if node.op_type not in LAYER_OPS or node.domain not in ("", "ai.onnx"):
+    for record in find_layers(mg, dtypes=PRUNABLE_DTYPES):
+        if not record.visited:
             continue
-        found = _candidate(node, name, constants, m)
-        if isinstance(found, Skipped):
-            skipped.append(found)
-            if constants.source(found.weight)[0] is not None:
+        name = names[record.index]
+        found = _use(record, name, m) if record.reason is None else record.reason
+        if isinstance(found, str):
+            skipped.append(Skipped(name, record.op, record.weight or "", found))
+            node = nodes[record.index]
+            if record.source is not None or (node.inputs and source_of(node.inputs[0]) is not None):
                 weighted.add(name)
             continue
         weighted.add(name)
-        source, use, shape, dtype = found
-        candidates.setdefault(source, []).append((use, shape, dtype))
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(WEIGHT_DTYPES[record.dtype][0])
+        candidates.setdefault(record.source, []).append((found, record.shape, dtype))
 
     heads = _find_heads(graph, names, weighted)
     # Every consumer of each source (through Identity), to spot weights shared with other nodes.
     consumers: dict[str, list[str]] = {}
-    for node, name in zip(graph.node, names):
-        if node.op_type == "Identity":
+    for node, name in zip(nodes, names):
+        if node.op == "Identity":
             continue
-        for index, tensor in enumerate(node.input):
-            source = constants.source(tensor)[0] if tensor else None
+        for index, tensor in enumerate(node.inputs):
+            source = source_of(tensor) if tensor.name else None
             if source in candidates:
-                is_weight_use = node.op_type in LAYER_OPS and index == 1
-                consumers.setdefault(source, []).append(name if is_weight_use else f"{name} ({node.op_type})")
-    output_names = {o.name for o in graph.output}
-    subgraph_reads = _subgraph_reads(graph)
+                is_weight_use = node.op in TARGET_OPS and index == 1
+                consumers.setdefault(source, []).append(name if is_weight_use else f"{name} ({node.op})")
+    output_sources = {source_of(tensor) for tensor in mg.graph.outputs}
+    read_in_subgraphs = {tensor for node in graph.node for tensor in subgraph_reads(node)}
 
     layers: list[Layer] = []
     for source, uses in candidates.items():
@@ -309,10 +228,10 @@ def scan_layers(
         if others:
             skip_all(f"weight shared with {', '.join(sorted(set(others)))}, which pruning would change")
             continue
-        if source in output_names or any(constants.source(o)[0] == source for o in output_names):
+        if source in output_sources:
             skip_all("weight is also a graph output")
             continue
-        if source in subgraph_reads:
+        if source in read_in_subgraphs:
             skip_all("weight is also read inside a subgraph")
             continue
         kinds = {(use.layout, use.conv.group if use.conv else 1) for use, _, _ in uses}
@@ -340,24 +259,34 @@ def scan_layers(
     return LayerScan(layers=layers, skipped=skipped, heads=heads)
 
 
+def _constant_tensor(graph: onnx.GraphProto, name: str) -> onnx.TensorProto:
+    """The TensorProto named ``name``: an initializer, or the value of the Constant node producing it."""
+    for tensor in graph.initializer:
+        if tensor.name == name:
+            return tensor
+    node = next(node for node in graph.node if node.op_type == "Constant" and name in node.output)
+    return next(a.t for a in node.attribute if a.name == "value")
+
+
 def read_weight(model: onnx.ModelProto, layer: Layer) -> np.ndarray:
-    return numpy_helper.to_array(_Constants(model.graph).tensor(layer.weight))
+    return numpy_helper.to_array(_constant_tensor(model.graph, layer.weight))
 
 
 def write_weight(model: onnx.ModelProto, layer: Layer, value: np.ndarray) -> None:
     """Replace the weight's values in place (initializer or Constant), keeping name and dtype."""
-    tensor = _Constants(model.graph).tensor(layer.weight)
+    tensor = _constant_tensor(model.graph, layer.weight)
     tensor.CopyFrom(numpy_helper.from_array(np.asarray(value).astype(layer.dtype), tensor.name))
 
 
 def weight_params(model: onnx.ModelProto) -> int:
-    """Parameters of every distinct constant weight of the graph's Conv/MatMul/Gemm nodes."""
-    constants = _Constants(model.graph)
-    sources = set()
-    for node in model.graph.node:
-        if node.op_type in LAYER_OPS and len(node.input) > 1:
-            for tensor in node.input[:2]:
-                source = constants.source(tensor)[0]
-                if source is not None and (node.op_type != "Conv" or tensor == node.input[1]):
-                    sources.add(source)
-    return sum(int(np.prod(constants.tensor(s).dims)) for s in sources)
+    """Parameters of every distinct constant weight of the graph's Conv/MatMul/Gemm nodes
+    (for MatMul and Gemm, a constant first operand counts as well)."""
+    mg = ModelGraph(model)
+    sources = {}
+    for node in mg.nodes():
+        if node.op in TARGET_OPS and len(node.inputs) > 1:
+            for tensor in node.inputs[:2] if node.op != "Conv" else node.inputs[1:2]:
+                source, _ = resolve_constant(mg, tensor)
+                if source is not None:
+                    sources[source.name] = source
+    return sum(int(np.prod(source.proto().dims)) for source in sources.values())

@@ -10,34 +10,30 @@
   mask the error e = (w_j - q_j) / U_jj is spread over the remaining columns: W[:, j:] -= e U[j, j:].
 
 ``H`` is always float64; weights are computed in float64 and cast back by the caller.
+``prune_layer`` prunes one layer's weight (per Conv group) with a method and reports what it cost.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..errors import OnnxSparseError
+from ..format import from_rows_k, group_stats, keep_top, prune_magnitude, to_rows_k
+from .capture import Statistics
+from .layers import Layer
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 
 
-def _keep_top(scores: np.ndarray, n: int, m: int) -> np.ndarray:
-    """Boolean mask keeping the n highest scores of each group of m along the last axis."""
-    rows, k = scores.shape
-    groups = scores.reshape(rows, k // m, m)
-    order = np.argsort(-groups, axis=-1, kind="stable")
-    keep = np.zeros(groups.shape, dtype=bool)
-    np.put_along_axis(keep, order[..., :n], True, axis=-1)
-    return keep.reshape(rows, k)
-
-
 def magnitude(weight: np.ndarray, n: int, m: int) -> np.ndarray:
-    return np.where(_keep_top(np.abs(weight), n, m), weight, 0.0)
+    return prune_magnitude(weight, n, m)
 
 
 def wanda(weight: np.ndarray, hessian: np.ndarray, n: int, m: int) -> np.ndarray:
     norms = np.sqrt(np.maximum(np.diag(hessian), 0.0))
-    return np.where(_keep_top(np.abs(weight) * norms[None, :], n, m), weight, 0.0)
+    return np.where(keep_top(np.abs(weight) * norms[None, :], n, m), weight, 0.0)
 
 
 def _inverse_cholesky_upper(hessian: np.ndarray, damp: float) -> np.ndarray:
@@ -72,7 +68,7 @@ def sparsegpt(weight: np.ndarray, hessian: np.ndarray, n: int, m: int, block_siz
         for i in range(stop - start):
             if i % m == 0:
                 scores = w1[:, i : i + m] ** 2 / np.diag(hinv1)[i : i + m][None, :] ** 2
-                mask1[:, i : i + m] = ~_keep_top(scores, n, m)
+                mask1[:, i : i + m] = ~keep_top(scores, n, m)
             column = w1[:, i]
             quantised = np.where(mask1[:, i], 0.0, column)
             q1[:, i] = quantised
@@ -98,9 +94,48 @@ def prune_matrix(method: str, weight: np.ndarray, hessian: np.ndarray | None, n:
     raise OnnxSparseError(f"unknown pruning method {method!r} (choose from {', '.join(METHODS)})")
 
 
-def reconstruction_error(dense: np.ndarray, pruned: np.ndarray, hessian: np.ndarray) -> float:
-    """||X (W - W')||_F / ||X W||_F over the calibration inputs, from H = X^T X (rows of W: outputs)."""
-    diff = pruned - dense
-    num = float(np.sum((diff @ hessian) * diff))
-    den = float(np.sum((dense @ hessian) * dense))
-    return float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0
+@dataclass
+class LayerResult:
+    name: str
+    op_type: str
+    weight: str
+    shape: tuple[int, ...]
+    params: int
+    method: str
+    retained: float  # share of the dense weight's total |w| kept
+    layer_error: float | None  # relative output error of the layer on its calibration inputs
+    compliant: float  # share of groups with at most N non-zeros (1.0 after pruning)
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name, "op_type": self.op_type, "weight": self.weight, "shape": list(self.shape),
+            "params": self.params, "method": self.method, "retained_magnitude": self.retained,
+            "layer_error": self.layer_error, "compliant_groups": self.compliant,
+        }
+
+
+def prune_layer(layer: Layer, weight: np.ndarray, stats: Statistics | None, options) -> tuple[np.ndarray, LayerResult]:
+    """The pruned weight (ONNX layout, the weight's dtype) and what it cost."""
+    dense = to_rows_k(weight.astype(np.float64), layout=layer.layout)
+    pruned = np.empty_like(dense)
+    per_group = dense.shape[0] // layer.groups
+    hessians = stats.mean() if stats is not None else None
+    num = den = 0.0
+    for g in range(layer.groups):
+        rows = slice(g * per_group, (g + 1) * per_group)
+        hessian = hessians[g] if hessians is not None else None
+        pruned[rows] = prune_matrix(options.method, dense[rows], hessian, options.n, options.m, options.block_size, options.damp)
+        if hessian is not None:
+            diff = pruned[rows] - dense[rows]
+            num += float(np.sum((diff @ hessian) * diff))
+            den += float(np.sum((dense[rows] @ hessian) * dense[rows]))
+    out = from_rows_k(pruned, layer.layout, layer.shape).astype(weight.dtype)
+    total = float(np.abs(dense).sum())
+    result = LayerResult(
+        name=layer.name, op_type=layer.op_type, weight=layer.weight, shape=layer.shape, params=layer.params,
+        method=options.method,
+        retained=float(np.abs(to_rows_k(out.astype(np.float64), layer.layout)).sum()) / total if total else 1.0,
+        layer_error=(float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0) if stats is not None else None,
+        compliant=group_stats(to_rows_k(out, layer.layout), options.n, options.m).share,
+    )
+    return out, result

@@ -16,16 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import onnx
 
 from ..errors import OnnxSparseError
-from ..format import from_rows_k, group_stats, to_rows_k
 from .calibration import Calibration
-from .capture import Frontier, Statistics, capture
+from .capture import Frontier, capture
 from .evaluate import OutputError, ReferenceOutputs
 from .layers import Layer, Skipped, node_names, read_weight, scan_layers, weight_params, write_weight
-from .methods import METHODS, prune_matrix
+from .methods import METHODS, LayerResult, prune_layer
+from .sensitivity import select_layers
 
 Progress = Callable[[str], None]
 
@@ -57,26 +56,6 @@ class PruneOptions:
 
 
 @dataclass
-class LayerResult:
-    name: str
-    op_type: str
-    weight: str
-    shape: tuple[int, ...]
-    params: int
-    method: str
-    retained: float  # share of the dense weight's total |w| kept
-    layer_error: float | None  # relative output error of the layer on its calibration inputs
-    compliant: float  # share of groups with at most N non-zeros (1.0 after pruning)
-
-    def to_json(self) -> dict:
-        return {
-            "name": self.name, "op_type": self.op_type, "weight": self.weight, "shape": list(self.shape),
-            "params": self.params, "method": self.method, "retained_magnitude": self.retained,
-            "layer_error": self.layer_error, "compliant_groups": self.compliant,
-        }
-
-
-@dataclass
 class PruneReport:
     method: str
     n: int
@@ -103,33 +82,6 @@ class PruneReport:
             "output_error": self.output_error.to_json() if self.output_error else None,
             "selection": self.selection,
         }
-
-
-def prune_layer(layer: Layer, weight: np.ndarray, stats: Statistics | None, options: PruneOptions) -> tuple[np.ndarray, LayerResult]:
-    """The pruned weight (ONNX layout, the weight's dtype) and what it cost."""
-    dense = to_rows_k(weight.astype(np.float64), layout=layer.layout)
-    pruned = np.empty_like(dense)
-    per_group = dense.shape[0] // layer.groups
-    hessians = stats.mean() if stats is not None else None
-    num = den = 0.0
-    for g in range(layer.groups):
-        rows = slice(g * per_group, (g + 1) * per_group)
-        hessian = hessians[g] if hessians is not None else None
-        pruned[rows] = prune_matrix(options.method, dense[rows], hessian, options.n, options.m, options.block_size, options.damp)
-        if hessian is not None:
-            diff = pruned[rows] - dense[rows]
-            num += float(np.sum((diff @ hessian) * diff))
-            den += float(np.sum((dense[rows] @ hessian) * dense[rows]))
-    out = from_rows_k(pruned, layer.layout, layer.shape).astype(weight.dtype)
-    total = float(np.abs(dense).sum())
-    result = LayerResult(
-        name=layer.name, op_type=layer.op_type, weight=layer.weight, shape=layer.shape, params=layer.params,
-        method=options.method,
-        retained=float(np.abs(to_rows_k(out.astype(np.float64), layer.layout)).sum()) / total if total else 1.0,
-        layer_error=(float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0) if stats is not None else None,
-        compliant=group_stats(to_rows_k(out, layer.layout), options.n, options.m).share,
-    )
-    return out, result
 
 
 def sequential_blocks(model: onnx.ModelProto, layers: list[Layer]) -> list[list[Layer]]:
@@ -178,8 +130,6 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, calibration: Cali
     reference = ReferenceOutputs(model, calibration)
     selection = []
     if options.max_error is not None:
-        from .sensitivity import select_layers
-
         layers, dropped, selection = select_layers(model, layers, calibration, options, reference, say)
         skipped += [Skipped(layer.uses[0].node, layer.op_type, layer.weight,
                             f"pruning it would take the output error over --max-error {options.max_error:g}")

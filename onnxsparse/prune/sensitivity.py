@@ -23,6 +23,7 @@ from .calibration import Calibration
 from .capture import capture
 from .evaluate import OutputError, ReferenceOutputs, WeightFeeds
 from .layers import Layer, read_weight
+from .methods import prune_layer
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,6 @@ class LayerSensitivity:
 
 def _pruned_alone(model: onnx.ModelProto, layers: list[Layer], calibration: Calibration, options, say):
     """Each layer's pruned weight and result, from the dense model's statistics."""
-    from .pruner import prune_layer
-
     say(f"capturing the inputs of {len(layers)} layer(s) on the dense model")
     stats = capture(model, layers, calibration)
     pruned = {}
