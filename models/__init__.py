@@ -8,6 +8,9 @@ for a given seed, with a ``dtype`` parameter (``"float32"`` or ``"float16"``):
 - ``build_convnet``: a small CNN (plain, strided, padded, dilated, grouped and depthwise Conv).
 - ``build_mlp``: an MLP of MatMuls; ``save_external`` writes it with its weights in ``<name>.data``.
 
+``bench_nets`` holds the (larger, fp16) models benchmarks/gpu_bench.py times: per-GEMM and per-conv
+models, a BERT-large-like encoder and a ResNet-50-like net.
+
 ``python -m models.build OUTDIR`` writes them all; ``models/samples/`` holds the one bundled sample.
 """
 

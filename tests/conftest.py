@@ -1,8 +1,10 @@
 """Shared test helpers: models from ONNX text, 2:4 weights, and the custom-op library switch.
 
 Tests marked ``kernels`` run the compiled models in ONNX Runtime with the custom-op library. They
-run whenever the library is found (``ONNXSPARSE_LIBRARY``, ``build/cpu/``, or ``get_library_path``).
-Without it they are skipped locally, but in CI (``CI`` set) they run and fail: CI always installs it.
+run whenever the library is found (``ONNXSPARSE_LIBRARY``, the development build ``build/dev/`` of
+DEVELOPERS.md, or ``get_library_path``). Without it they are skipped with that reason locally, but
+in CI (``CI`` set) they run and fail: CI always installs it. A test module that runs the kernels
+throughout sets ``pytestmark = pytest.mark.kernels``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the checkout's onnxsparse, also when it is not installed
 
-_LOCAL_BUILD = REPO / "build" / "cpu" / "libonnxsparse_ops.so"
+_LOCAL_BUILD = REPO / "build" / "dev" / "libonnxsparse_ops.so"
 if "ONNXSPARSE_LIBRARY" not in os.environ and _LOCAL_BUILD.is_file():
     os.environ["ONNXSPARSE_LIBRARY"] = str(_LOCAL_BUILD)
 

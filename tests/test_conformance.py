@@ -28,6 +28,8 @@ from onnxsparse import InferenceSession
 from onnxsparse import format as fmt
 from onnxsparse.api import compile_model
 
+pytestmark = pytest.mark.kernels  # every case runs the compiled model with the library
+
 OPS = ("Conv", "Gemm", "MatMul")
 
 

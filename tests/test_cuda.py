@@ -177,10 +177,7 @@ def test_matmul_compress_weight_fed_at_run_time(dtype, m):
 @pytest.mark.parametrize("m", [3, 64, 1024])
 def test_matmul_compress_cuda_matches_cpu(dtype, m):
     model, feeds, out = _run_matmul(dtype, (m, 512), 512, 256)
-    try:
-        cpu = _session(model, cuda=False).run(None, feeds)[0]
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"no CPU kernel for {dtype}: {str(e).splitlines()[0]}")
+    cpu = _session(model, cuda=False).run(None, feeds)[0]  # the CPU kernels cover float and float16
     assert _rel_err(out.astype(np.float64), cpu.astype(np.float64)) < 2 * TOLERANCE[dtype]
 
 

@@ -29,6 +29,8 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 import onnxsparse
 from onnxsparse import format as fmt
 
+pytestmark = pytest.mark.kernels  # every test runs the library's CPU kernels
+
 CPU = ["CPUExecutionProvider"]
 DTYPES = {"float": np.float32, "float16": np.float16}
 ORT_ERRORS = (ort_state.Fail, ort_state.InvalidArgument, ort_state.RuntimeException)
