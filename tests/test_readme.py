@@ -5,6 +5,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,22 @@ def test_main_job_runs_on_the_bundled_sample(tmp_path):
     assert (tmp_path / "models" / "samples" / "tiny_transformer.sparse.onnx").is_file()
     assert "verified: outputs match" in result.stdout
     assert sample.read_bytes() == (tmp_path / "models" / "samples" / "tiny_transformer.onnx").read_bytes()
+
+
+def _python_example() -> str:
+    block = re.search(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    assert block, "the README must show a Python example"
+    return block.group(1)
+
+
+def test_python_example_is_five_lines():
+    assert len([line for line in _python_example().splitlines() if line.strip()]) <= 5
+
+
+@pytest.mark.kernels
+def test_python_example_runs_on_the_bundled_sample(tmp_path):
+    shutil.copy(REPO / "models" / "samples" / "tiny_transformer.onnx", tmp_path / "model.onnx")
+    code = _python_example() + "\nassert result.rewritten and session.get_outputs()\n"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
