@@ -259,7 +259,7 @@ int RunOwn(Problem& p, const std::vector<int>& variants) {
     SparseGemmArgs a;
     a.x = x, a.m = p.m, a.k = p.k, a.n = p.n, a.values = values, a.index = index, a.y = y, a.ldy = p.n;
     // The library's variants 3, 4, 5 and 7, 5 and 8 without PDL, 6 and 7 with it.
-    a.variant = variant == 6 ? 5 : variant == 8 ? 7 : variant;
+    a.variant = static_cast<onnxsparse::cuda::GemmVariant>(variant == 6 ? 5 : variant == 8 ? 7 : variant);
     a.pdl = variant == 6 || variant == 7;
     a.weight_constant = true;
     const bool use_packed = variant == 7 || variant == 8;

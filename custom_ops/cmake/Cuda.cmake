@@ -75,12 +75,17 @@ endfunction()
 # variables), so the compiler is looked for when this file is included.
 set(ONNXSPARSE_CUDA_READY OFF)
 if(NOT ONNXSPARSE_CUDA STREQUAL "OFF")
+  # cuda/ (ops, runner), cuda/sparse_gemm/ (one translation unit per kernel family and element type,
+  # compiled in parallel), cuda/cusparselt/ (loader, tuning cache, plans).
   file(GLOB ONNXSPARSE_CUDA_SOURCES CONFIGURE_DEPENDS
-       ${PROJECT_SOURCE_DIR}/cuda/*.cu ${PROJECT_SOURCE_DIR}/cuda/*.cc)
+       ${PROJECT_SOURCE_DIR}/cuda/*.cu ${PROJECT_SOURCE_DIR}/cuda/*.cc
+       ${PROJECT_SOURCE_DIR}/cuda/sparse_gemm/*.cu ${PROJECT_SOURCE_DIR}/cuda/sparse_gemm/*.cc
+       ${PROJECT_SOURCE_DIR}/cuda/cusparselt/*.cc)
   include(CheckLanguage)
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER AND ONNXSPARSE_CUDA_SOURCES)
-    # sm_90a (Hopper), written as -gencode below; no architecture flags of CMake's own.
+    # The architectures come from ONNXSPARSE_CUDA_ARCHS, written as -gencode below; no
+    # architecture flags of CMake's own.
     if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
       set(CMAKE_CUDA_ARCHITECTURES OFF)
     endif()
@@ -106,15 +111,15 @@ function(onnxsparse_add_cuda target)
     message(STATUS "onnxsparse: no CUDA sources yet")
     return()
   endif()
-  set(ONNXSPARSE_CUDA_GENCODE "-gencode=arch=compute_90a,code=sm_90a" CACHE STRING
-      "nvcc -gencode flags for the CUDA kernels")
-  separate_arguments(gencode UNIX_COMMAND "${ONNXSPARSE_CUDA_GENCODE}")
+  onnxsparse_cuda_gencode(gencode archs_text)
+  set(ONNXSPARSE_NVCC_THREADS "2" CACHE STRING
+      "nvcc --threads: architectures of one file compiled in parallel (0: one per core)")
   set_property(TARGET ${target} PROPERTY CUDA_ARCHITECTURES OFF)
   target_sources(${target} PRIVATE ${ONNXSPARSE_CUDA_SOURCES})
   target_compile_definitions(${target} PRIVATE ONNXSPARSE_WITH_CUDA=1)
   target_include_directories(${target} PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
   target_compile_options(${target} PRIVATE
-    $<$<COMPILE_LANGUAGE:CUDA>:${gencode} --Werror default-stream-launch -Werror all-warnings -Xcompiler=-Wall -lineinfo --expt-relaxed-constexpr>)
+    $<$<COMPILE_LANGUAGE:CUDA>:${gencode} --threads ${ONNXSPARSE_NVCC_THREADS} --Werror default-stream-launch -Werror all-warnings -Xcompiler=-Wall -lineinfo --expt-relaxed-constexpr>)
   target_link_libraries(${target} PRIVATE CUDA::cudart_static)
 
   onnxsparse_find_cusparselt_header(cusparselt_dir)
@@ -136,5 +141,77 @@ function(onnxsparse_add_cuda target)
     message(WARNING "onnxsparse: no cuSPARSELt header found; building the CUDA kernels without the "
                     "cuSPARSELt path (set CUSPARSELT_INCLUDE_DIR)")
   endif()
-  message(STATUS "onnxsparse: CUDA kernels enabled (${CMAKE_CUDA_COMPILER}, ${ONNXSPARSE_CUDA_GENCODE})")
+  # What is built, for which GPUs: at configure time and again after each link of the library.
+  set(families "")
+  foreach(src IN LISTS ONNXSPARSE_CUDA_SOURCES)
+    if(src MATCHES "/sparse_gemm/([a-z0-9_]+)\\.cu$")
+      list(APPEND families "${CMAKE_MATCH_1}")
+    endif()
+  endforeach()
+  list(JOIN families ", " families_text)
+  set(summary "onnxsparse CUDA kernels: ${families_text}; ${archs_text}; nvcc --threads ${ONNXSPARSE_NVCC_THREADS}")
+  message(STATUS "${summary}")
+  add_custom_command(TARGET ${target} POST_BUILD COMMAND ${CMAKE_COMMAND} -E echo "-- ${summary}" VERBATIM)
 endfunction()
+
+# ONNXSPARSE_CUDA_ARCHS: the GPUs to build machine code (SASS) for, as nvcc spells them without
+# sm_ (e.g. "80;90a"), or "all": every GPU with sparse tensor cores that this nvcc knows (80, 86,
+# 89, 90a, and 100, 120 where listed). ONNXSPARSE_CUDA_PTX: the virtual architecture whose PTX is
+# embedded too, for GPUs newer than every SASS (the driver compiles it at load time); empty: none.
+#
+# What each architecture gets: every kernel needs sm_80 (mma.sync, mma.sp with ordered metadata,
+# cp.async, ldmatrix). From sm_90 on, the cp.async kernels are also launched as programmatic
+# dependents (griddepcontrol; compiled out below sm_90, and the launch then asks for no PDL).
+# sm_80 SASS also runs on sm_86 and sm_89 (same major version); 90a is Hopper's, which the default
+# needs for nothing Hopper-only beyond PDL but keeps what was measured on the H200.
+#
+# The default, "80;90a" with PTX of compute_90, serves Ampere, Ada and Hopper natively and newer
+# GPUs through the PTX; each SASS architecture adds about the time of one more build of the
+# kernels, so a developer on one GPU may set only theirs (e.g. -DONNXSPARSE_CUDA_ARCHS=90a
+# -DONNXSPARSE_CUDA_PTX=).
+set(ONNXSPARSE_CUDA_ARCHS "80;90a" CACHE STRING "CUDA architectures to build SASS for (e.g. 80;90a, or all)")
+set(ONNXSPARSE_CUDA_PTX "90" CACHE STRING "virtual architecture whose PTX is embedded (empty: none)")
+
+function(onnxsparse_cuda_gencode out_flags out_text)
+  set(archs "${ONNXSPARSE_CUDA_ARCHS}")
+  if(archs STREQUAL "all")
+    set(archs 80 86 89 90a)
+    execute_process(COMMAND ${CMAKE_CUDA_COMPILER} --list-gpu-code OUTPUT_VARIABLE known ERROR_QUIET)
+    foreach(extra 100 120)
+      if(known MATCHES "sm_${extra}")
+        list(APPEND archs ${extra})
+      endif()
+    endforeach()
+  endif()
+  set(flags "")
+  foreach(arch IN LISTS archs)
+    if(NOT arch MATCHES "^[0-9]+[af]?$")
+      message(FATAL_ERROR "ONNXSPARSE_CUDA_ARCHS: '${arch}' is not an architecture such as 80 or 90a")
+    endif()
+    string(REGEX MATCH "^[0-9]+" number "${arch}")
+    if(number LESS 80)
+      message(FATAL_ERROR "ONNXSPARSE_CUDA_ARCHS: sm_${arch} has no sparse tensor cores (the kernels need sm_80 or newer)")
+    endif()
+    list(APPEND flags "-gencode=arch=compute_${arch},code=sm_${arch}")
+  endforeach()
+  if(ONNXSPARSE_CUDA_PTX)
+    list(APPEND flags "-gencode=arch=compute_${ONNXSPARSE_CUDA_PTX},code=compute_${ONNXSPARSE_CUDA_PTX}")
+  endif()
+  if(NOT flags)
+    message(FATAL_ERROR "ONNXSPARSE_CUDA_ARCHS and ONNXSPARSE_CUDA_PTX are both empty")
+  endif()
+  list(JOIN archs ", sm_" sass)
+  set(text "SASS for sm_${sass}")
+  if(ONNXSPARSE_CUDA_PTX)
+    string(APPEND text ", PTX for compute_${ONNXSPARSE_CUDA_PTX}")
+  endif()
+  set(${out_flags} "${flags}" PARENT_SCOPE)
+  set(${out_text} "${text}" PARENT_SCOPE)
+endfunction()
+
+# The cuSPARSELt tuning cache is plain C++: a small front end of it is built with every library,
+# CUDA or not, so that its file format is tested without a GPU (tests/test_cusparselt_tuning_cache.py).
+add_executable(onnxsparse_tuning_cache_check
+  ${PROJECT_SOURCE_DIR}/cuda/cusparselt/tuning_cache.cc ${PROJECT_SOURCE_DIR}/cuda/cusparselt/tuning_cache_check.cc)
+target_include_directories(onnxsparse_tuning_cache_check PRIVATE ${PROJECT_SOURCE_DIR})
+target_compile_options(onnxsparse_tuning_cache_check PRIVATE -Wall -Wextra)

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <vector>
 
+#include "common/log.h"
 #include "common/op_shapes.h"
 #include "common/status.h"
 #include "cuda/conv2d_compress_impl.cuh"
@@ -50,12 +51,14 @@ Ort::Status Conv2dCompressCuda<OrtT>::Compute(OrtKernelContext* context, const O
     const int64_t pixels = batch * oh * ow;
     if (pixels == 0 || oc == 0) return Ort::Status{nullptr};
     cudaStream_t stream = ComputeStream(context);
-    if (TraceEnabled()) {
+    if (LogEnabled(runner_.logger(), runner_.trace_level())) {
       cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
       cudaStreamIsCapturing(stream, &capture);
-      std::fprintf(stderr, "onnxsparse trace: %s enter %p stream %p M=%lld K=%lld N=%lld capturing=%d\n", kOp,
-                   static_cast<void*>(this), static_cast<void*>(stream), static_cast<long long>(pixels),
-                   static_cast<long long>(k), static_cast<long long>(oc), static_cast<int>(capture));
+      char text[200];
+      std::snprintf(text, sizeof(text), "onnxsparse trace: %s enter %p stream %p M=%lld K=%lld N=%lld capturing=%d",
+                    kOp, static_cast<void*>(this), static_cast<void*>(stream), static_cast<long long>(pixels),
+                    static_cast<long long>(k), static_cast<long long>(oc), static_cast<int>(capture));
+      ONNXSPARSE_LOG(runner_.logger(), runner_.trace_level(), text);
     }
     ONNXSPARSE_RETURN_IF_ERROR(runner_.ValidateOnce(kOp, stream, index.Data(), oc, k));
 
@@ -101,7 +104,10 @@ Ort::Status Conv2dCompressCuda<OrtT>::Compute(OrtKernelContext* context, const O
     }
     // [N, OH*OW, OC] -> [N, OC, OH*OW], + bias
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchTranspose<T>(out_nhwc, out, batch, oh * ow, oc, bias_ptr, stream));
-    if (TraceEnabled()) std::fprintf(stderr, "onnxsparse trace: %s leave %p\n", kOp, static_cast<void*>(this));
+    if (LogEnabled(runner_.logger(), runner_.trace_level())) {
+      ONNXSPARSE_LOG(runner_.logger(), runner_.trace_level(),
+                     StrCat("onnxsparse trace: ", kOp, " leave ", static_cast<void*>(this)));
+    }
     return Ort::Status{nullptr};
   });
 }

@@ -1,6 +1,5 @@
 #include "cuda/cuda_utils.h"
 
-#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -38,19 +37,6 @@ void* StreamScratch(cudaStream_t stream, size_t bytes, cudaError_t* err) {
   }
   pool.current = std::move(buffer);
   return pool.current->get();
-}
-
-int64_t EnvInt(const char* name, int64_t fallback) {
-  const char* text = std::getenv(name);
-  if (text == nullptr || *text == '\0') return fallback;
-  char* end = nullptr;
-  long long value = std::strtoll(text, &end, 10);
-  return (end != nullptr && *end == '\0') ? static_cast<int64_t>(value) : fallback;
-}
-
-bool TraceEnabled() {
-  static const bool trace = EnvInt("ONNXSPARSE_CUDA_TRACE", 0) != 0;
-  return trace;
 }
 
 }  // namespace onnxsparse::cuda

@@ -84,11 +84,6 @@ void* StreamScratch(cudaStream_t stream, size_t bytes, cudaError_t* err);
 
 inline size_t AlignUp(size_t bytes, size_t alignment = 256) { return (bytes + alignment - 1) / alignment * alignment; }
 
-// An environment variable as an integer (fallback when unset or not a number).
-int64_t EnvInt(const char* name, int64_t fallback);
-// ONNXSPARSE_CUDA_TRACE=1: the kernels' diagnostic lines on stderr (read once per process).
-bool TraceEnabled();
-
 // Microseconds per call of launch() (which returns true on success) on `stream`: one warm-up
 // call, then `passes` timed passes of `reps` calls with events, the fastest kept; a pass longer
 // than stop_ms ends the timing (slow shapes need no second pass). -1 on any error.

@@ -2,9 +2,12 @@
 // A SparseLtWeight holds one weight in cuSPARSELt's compressed form (built once, from SPEC's form)
 // and a plan per M (at the first call of an M, every algorithm configuration known to be safe is
 // timed and the fastest kept; the choice is shared by every weight of the same problem, and kept
-// in a tuning cache file for later processes, see ONNXSPARSE_CUSPARSELT_CACHE), with its workspace.
+// in a tuning cache file for later processes, see onnxsparse.cusparselt.cache), with its workspace.
 // Every call after the first for an M launches on the given stream with no allocation and no host
 // synchronisation, so CUDA graphs can capture it.
+//
+// Implemented in cusparselt/: loader.cc (dlopen), tuning_cache.cc (the cache file, plain C++),
+// plans.cc (compressed weight, plans, workspaces) and timing.cc (the configuration search).
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -16,6 +19,7 @@
 #include <vector>
 
 #include "common/ort_api.h"
+#include "common/runtime_options.h"
 #include "cuda/cuda_utils.h"
 
 namespace onnxsparse::cuda {
@@ -23,13 +27,15 @@ namespace onnxsparse::cuda {
 enum class ElementType { kFloat16, kBFloat16 };
 
 // Whether cuSPARSELt could be loaded; when not, *why says so (built without it, library missing).
-bool CusparseLtAvailable(std::string* why);
+// `library` (onnxsparse.cusparselt.library) is tried first by the process's first call.
+bool CusparseLtAvailable(const std::string& library, std::string* why);
 // The loaded library's version (major*1000 + minor*100 + patch), 0 when not loaded.
 int CusparseLtVersion();
 
 class SparseLtWeight {
  public:
-  SparseLtWeight();
+  // The options (tuning, cache file, configuration range) and the logger of the kernel that owns it.
+  SparseLtWeight(const RuntimeOptions& options, const OrtLogger* logger);
   ~SparseLtWeight();
   SparseLtWeight(const SparseLtWeight&) = delete;
   SparseLtWeight& operator=(const SparseLtWeight&) = delete;
@@ -70,6 +76,8 @@ class SparseLtWeight {
   cudaError_t GrowWorkspace(size_t bytes);
   void* Workspace() const;
 
+  RuntimeOptions options_;
+  const OrtLogger* logger_ = nullptr;
   bool ready_ = false;
   ElementType type_ = ElementType::kFloat16;
   int64_t n_ = 0;

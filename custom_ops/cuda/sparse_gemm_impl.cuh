@@ -1,6 +1,7 @@
 // Launchers of the sparse GEMM kernels that read SPEC's compressed form directly, and of the small
-// helpers around them. Host code includes this header only; the kernels live in
-// sparse_gemm_impl.cu, instantiated for float, __half and __nv_bfloat16.
+// helpers around them. Host code includes this header only; the kernels live in sparse_gemm/, one
+// translation unit per kernel family and element type (registers_*, async_*, f32, pack_weight,
+// elementwise), and sparse_gemm/dispatch.cc chooses among them.
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -8,6 +9,18 @@
 #include <cstdint>
 
 namespace onnxsparse::cuda {
+
+// The fp16/bf16 kernels (the numbers are those of benchmarks/cuda/gemm_probe.cu's v3..v7).
+enum class GemmVariant : int {
+  // kAsyncRingPacked with a packed weight, else kAsyncRing where the shape allows, else
+  // kRegisterPipeline (M <= 4) or kRegisterPipelineRemapped.
+  kAuto = 0,
+  kRegisterPipeline = 3,          // a register pipeline, 8 contiguous groups per lane (any K)
+  kRegisterPipelineRemapped = 4,  // the same with whole-sector loads (any K)
+  kAsyncRing = 5,                 // a cp.async ring per warp decoding SPEC's form (K % 128 == 0,
+                                  // 16-byte aligned operands)
+  kAsyncRingPacked = 7,           // the same ring on the packed weight and the sparse tensor cores
+};
 
 // Y[m, n] (row stride ldy) = alpha * X[m, k] @ W + bias, W the dense [k, n] matrix that
 // (values [n, k/2], index [n, ceil(k/8)]) encode. bias may be null. fp16/bf16 accumulate in fp32
@@ -23,15 +36,12 @@ struct SparseGemmArgs {
   float alpha = 1.0f;
   void* y = nullptr;
   int64_t ldy = 0;
-  // fp16/bf16 small-M kernel: 0 chooses; 3 the register pipeline with 8 contiguous groups per lane,
-  // 4 the same with whole-sector loads, 5 a cp.async ring per warp decoding SPEC's form (K % 128
-  // == 0, 16-byte aligned operands), 7 the same ring on the packed weight (below) and the sparse
-  // tensor cores. A variant the shape does not allow falls back (benchmarks/cuda/gemm_probe.cu
-  // compares them).
-  int variant = 0;
-  // Variants 5 and 7 are launched as programmatic dependents (PDL): they start while the previous
-  // kernel on the stream finishes, and wait for it before reading X (and, unless weight_constant,
-  // the weight) or writing Y.
+  // fp16/bf16: which kernel (kAuto chooses; a variant the shape does not allow falls back;
+  // benchmarks/cuda/gemm_probe.cu compares them).
+  GemmVariant variant = GemmVariant::kAuto;
+  // kAsyncRing and kAsyncRingPacked are launched as programmatic dependents (PDL, sm_90 and newer):
+  // they start while the previous kernel on the stream finishes, and wait for it before reading X
+  // (and, unless weight_constant, the weight) or writing Y.
   bool pdl = true;
   // The weight (values, index) is constant for the session, so a kernel launched as a
   // programmatic dependent may read it before the previous kernel has finished.

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <type_traits>
 
+#include "common/log.h"
 #include "common/status.h"
 #include "cuda/cuda_utils.h"
 
@@ -28,22 +29,19 @@ bool InputIsConstant(const OrtKernelInfo* info, size_t input) {
 void SparseGemmRunner::Init(const OrtKernelInfo* info, size_t values_input, size_t index_input, size_t bias_input) {
   weight_constant_ = InputIsConstant(info, values_input) && InputIsConstant(info, index_input);
   bias_constant_ = InputIsConstant(info, bias_input);
-  small_m_max_ = EnvInt("ONNXSPARSE_CUDA_SMALL_M_MAX", 32);
-  own_timed_m_max_ = EnvInt("ONNXSPARSE_CUDA_OWN_TIMED_M_MAX", 1024);
-  verbose_ = EnvInt("ONNXSPARSE_CUDA_VERBOSE", 0) != 0;
-  allow_without_cusparselt_ = EnvInt("ONNXSPARSE_CUDA_ALLOW_NO_CUSPARSELT", 0) != 0;
-  pack_ = EnvInt("ONNXSPARSE_CUDA_PACK", 1) != 0;
-  pdl_ = EnvInt("ONNXSPARSE_CUDA_PDL", 1) != 0;
+  const KernelContext context = CurrentKernelContext();
+  options_ = *context.options;
+  logger_ = KernelLogger(info);
 }
 
 template <typename T>
 Ort::Status SparseGemmRunner::OwnArgsLocked(const char* op, cudaStream_t stream, int slot, const SparseGemmArgs& args,
                                             SparseGemmArgs* own) {
   *own = args;
-  own->pdl = pdl_;
+  own->pdl = options_.cuda_pdl;
   own->weight_constant = weight_constant_;
   if constexpr (!std::is_same_v<T, float>) {
-    if (!pack_ || !weight_constant_ || !CanPackWeight(args.k, args.values, args.index)) return Ort::Status{nullptr};
+    if (!options_.cuda_pack || !weight_constant_ || !CanPackWeight(args.k, args.values, args.index)) return Ort::Status{nullptr};
     if (static_cast<int>(packed_.size()) <= slot) packed_.resize(slot + 1);
     if (!packed_[slot]) {
       cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
@@ -84,7 +82,7 @@ Ort::Status SparseGemmRunner::Run(const char* op, cudaStream_t stream, int slot,
   SparseGemmArgs rest = args;
   if constexpr (!std::is_same_v<T, float>) {
     const int64_t m_main = args.m / SparseLtWeight::kMAlign * SparseLtWeight::kMAlign;
-    if (weight_constant_ && args.m > small_m_max_ && m_main > 0) {
+    if (weight_constant_ && args.m > options_.cuda_small_m_max && m_main > 0) {
       SparseLtWeight* weight = nullptr;
       {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -95,10 +93,10 @@ Ort::Status SparseGemmRunner::Run(const char* op, cudaStream_t stream, int slot,
         if (static_cast<int>(own_ran_.size()) <= slot) own_ran_.resize(slot + 1, false);
         if (!sparselt_[slot] && sparselt_error_[slot].empty()) {
           std::string why;
-          if (!CusparseLtAvailable(&why)) {
+          if (!CusparseLtAvailable(options_.cusparselt_library, &why)) {
             sparselt_error_[slot] = why;
           } else {
-            auto built = std::make_unique<SparseLtWeight>();
+            auto built = std::make_unique<SparseLtWeight>(options_, logger_);
             const ElementType type = std::is_same_v<T, __half> ? ElementType::kFloat16 : ElementType::kBFloat16;
             Ort::Status status = built->Build(op, type, args.values, args.index, args.n, args.k,
                                               bias_constant_ ? args.bias : nullptr, stream);
@@ -108,15 +106,16 @@ Ort::Status SparseGemmRunner::Run(const char* op, cudaStream_t stream, int slot,
         }
         weight = sparselt_[slot].get();
         std::string why;
-        if (weight == nullptr && !allow_without_cusparselt_ && !CusparseLtAvailable(&why)) {
+        if (weight == nullptr && !options_.cuda_allow_no_cusparselt &&
+            !CusparseLtAvailable(options_.cusparselt_library, &why)) {
           return RuntimeError(op, StrCat("M=", args.m, " needs cuSPARSELt, which is not usable: ", why,
-                                         " (ONNXSPARSE_CUDA_ALLOW_NO_CUSPARSELT=1 runs the slower own kernel)"));
+                                         " (onnxsparse.cuda.allow_no_cusparselt=1 runs the slower own kernel)"));
         }
       }
       // At the first call of an M (outside a capture): time cuSPARSELt's best algorithm against the
       // own kernel on all M rows and keep the faster for this M.
       bool use_own = false;
-      if (weight != nullptr && args.m <= own_timed_m_max_) {
+      if (weight != nullptr && args.m <= options_.cuda_own_timed_m_max) {
         std::lock_guard<std::mutex> lock(mutex_);
         const auto key = std::make_pair(slot, args.m);
         auto it = own_is_faster_.find(key);
@@ -136,10 +135,15 @@ Ort::Status SparseGemmRunner::Run(const char* op, cudaStream_t stream, int slot,
             own_is_faster_[key] = use_own;
             // A packed weight built only to be timed, and beaten: freed until the own kernel serves.
             if (!use_own && !own_ran_[slot] && static_cast<int>(packed_.size()) > slot) packed_[slot].reset();
-            if (verbose_) {
-              std::fprintf(stderr, "onnxsparse: %s M=%lld K=%lld N=%lld: cuSPARSELt %.2f us, own kernel %.2f us -> %s\n",
-                           op, static_cast<long long>(args.m), static_cast<long long>(args.k),
-                           static_cast<long long>(args.n), lt_us, own_us, use_own ? "own" : "cuSPARSELt");
+            const OrtLoggingLevel level =
+                options_.log_verbose ? ORT_LOGGING_LEVEL_WARNING : ORT_LOGGING_LEVEL_VERBOSE;
+            if (LogEnabled(logger_, level)) {
+              char text[256];
+              std::snprintf(text, sizeof(text),
+                            "onnxsparse: %s M=%lld K=%lld N=%lld: cuSPARSELt %.2f us, own kernel %.2f us -> %s", op,
+                            static_cast<long long>(args.m), static_cast<long long>(args.k),
+                            static_cast<long long>(args.n), lt_us, own_us, use_own ? "own" : "cuSPARSELt");
+              ONNXSPARSE_LOG(logger_, level, text);
             }
           }
         }

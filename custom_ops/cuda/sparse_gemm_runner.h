@@ -1,12 +1,14 @@
 // Chooses and runs the sparse GEMM of one MatMulCompress / Conv2dCompress node:
-//   fp16/bf16, constant weight, M > ONNXSPARSE_CUDA_SMALL_M_MAX (32): cuSPARSELt on the rows
+//   fp16/bf16, constant weight, M > onnxsparse.cuda.small_m_max (32): cuSPARSELt on the rows
 //     that are a multiple of 16 (its compressed weight built on the first such call), the own kernel
-//     on the remaining rows; for M <= ONNXSPARSE_CUDA_OWN_TIMED_M_MAX (1024) the first call of an M
+//     on the remaining rows; for M <= onnxsparse.cuda.own_timed_m_max (1024) the first call of an M
 //     times cuSPARSELt's best algorithm against the own kernel and the faster serves that M;
 //   otherwise (small M, float, a weight fed at run time): the own kernel. For a constant fp16/bf16
 //     weight with K % 128 == 0 it reads the weight packed for the sparse tensor cores (built on the
-//     first such call outside a CUDA-graph capture; ONNXSPARSE_CUDA_PACK=0 keeps SPEC's form), and
-//     it is launched as a programmatic dependent of the previous kernel (ONNXSPARSE_CUDA_PDL=0: not).
+//     first such call outside a CUDA-graph capture; onnxsparse.cuda.pack=0 keeps SPEC's form), and
+//     it is launched as a programmatic dependent of the previous kernel (onnxsparse.cuda.pdl=0: not).
+// The options are the session's (common/runtime_options.h), read when the kernel is created; the
+// per-M choice is logged on the session's logger (VERBOSE; WARNING with onnxsparse.log_verbose).
 // A weight is split into `slots` independent row blocks (Conv's groups), each its own GEMM.
 #pragma once
 #include <cuda_runtime_api.h>
@@ -19,6 +21,7 @@
 #include <vector>
 
 #include "common/ort_api.h"
+#include "common/runtime_options.h"
 #include "cuda/cuda_utils.h"
 #include "cuda/cusparselt_gemm.h"
 #include "cuda/sparse_gemm_impl.cuh"
@@ -28,13 +31,20 @@ namespace onnxsparse::cuda {
 class SparseGemmRunner {
  public:
   // Reads at kernel creation whether the weight (values_input, index_input) and the bias are
-  // constant initializers.
+  // constant initializers, and the session's options and logger (CurrentKernelContext).
   void Init(const OrtKernelInfo* info, size_t values_input, size_t index_input, size_t bias_input);
 
   // One GEMM: args.values/index/bias already point at the slot's rows. T is float, __half or
   // __nv_bfloat16.
   template <typename T>
   Ort::Status Run(const char* op, cudaStream_t stream, int slot, const SparseGemmArgs& args);
+
+  // The session's logger, and the severity of the kernels' trace lines (WARNING with
+  // onnxsparse.trace, else VERBOSE).
+  const OrtLogger* logger() const { return logger_; }
+  OrtLoggingLevel trace_level() const {
+    return options_.trace ? ORT_LOGGING_LEVEL_WARNING : ORT_LOGGING_LEVEL_VERBOSE;
+  }
 
   // Validates the whole index once for a constant weight (first call; synchronises then).
   Ort::Status ValidateOnce(const char* op, cudaStream_t stream, const uint8_t* index, int64_t rows, int64_t k);
@@ -48,13 +58,9 @@ class SparseGemmRunner {
 
   bool weight_constant_ = false;
   bool bias_constant_ = false;
-  int64_t small_m_max_ = 32;
-  int64_t own_timed_m_max_ = 1024;
-  bool verbose_ = false;  // ONNXSPARSE_CUDA_VERBOSE=1: the measured choice per M on stderr
-  bool pack_ = true;      // ONNXSPARSE_CUDA_PACK
-  bool pdl_ = true;       // ONNXSPARSE_CUDA_PDL
+  RuntimeOptions options_;
+  const OrtLogger* logger_ = nullptr;
   std::map<std::pair<int, int64_t>, bool> own_is_faster_;  // by (slot, M): measured at its first call
-  bool allow_without_cusparselt_ = false;
   bool validated_ = false;
   std::mutex mutex_;
   std::vector<std::unique_ptr<SparseLtWeight>> sparselt_;  // by slot

@@ -1,0 +1,66 @@
+// cuSPARSELt, loaded at run time (dlopen of libcusparseLt.so.0): the entry points this library
+// calls, resolved with dlsym, and the process's handle per device. Internal to cuda/cusparselt/.
+#pragma once
+#ifdef ONNXSPARSE_WITH_CUSPARSELT
+#include <cusparseLt.h>
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "common/ort_api.h"
+#include "cuda/cusparselt_gemm.h"
+
+namespace onnxsparse::cuda::cusparselt {
+
+struct Api {
+  int version = 0;
+  decltype(&cusparseLtInit) Init = nullptr;
+  decltype(&cusparseLtGetErrorString) GetErrorString = nullptr;
+  decltype(&cusparseLtGetVersion) GetVersion = nullptr;
+  decltype(&cusparseLtDenseDescriptorInit) DenseDescriptorInit = nullptr;
+  decltype(&cusparseLtStructuredDescriptorInit) StructuredDescriptorInit = nullptr;
+  decltype(&cusparseLtMatDescriptorDestroy) MatDescriptorDestroy = nullptr;
+  decltype(&cusparseLtMatmulDescriptorInit) MatmulDescriptorInit = nullptr;
+  decltype(&cusparseLtMatmulDescSetAttribute) MatmulDescSetAttribute = nullptr;
+  decltype(&cusparseLtMatmulAlgSelectionInit) MatmulAlgSelectionInit = nullptr;
+  decltype(&cusparseLtMatmulAlgSelectionDestroy) MatmulAlgSelectionDestroy = nullptr;
+  decltype(&cusparseLtMatmulAlgSetAttribute) MatmulAlgSetAttribute = nullptr;
+  decltype(&cusparseLtMatmulAlgGetAttribute) MatmulAlgGetAttribute = nullptr;
+  decltype(&cusparseLtMatmulPlanInit) MatmulPlanInit = nullptr;
+  decltype(&cusparseLtMatmulPlanDestroy) MatmulPlanDestroy = nullptr;
+  decltype(&cusparseLtMatmulGetWorkspace) MatmulGetWorkspace = nullptr;
+  decltype(&cusparseLtMatmul) Matmul = nullptr;
+  decltype(&cusparseLtSpMMACompressedSize2) CompressedSize2 = nullptr;
+  decltype(&cusparseLtSpMMACompress2) Compress2 = nullptr;
+};
+
+struct Loaded {
+  Api api;
+  std::string error;  // empty when loaded
+  std::mutex mutex;
+  std::map<int, std::unique_ptr<cusparseLtHandle_t>> handles;  // one per device
+};
+
+// The library, loaded at the first call (later calls return it whatever `preferred` says): the
+// path `preferred` (onnxsparse.cusparselt.library) first, then the loader's search path, then the
+// NVIDIA wheel layout next to any NVIDIA library already loaded.
+Loaded& Library(const std::string& preferred = std::string());
+
+std::string LtError(cusparseStatus_t status);
+
+#define LT_RETURN_IF_ERROR(op, expr)                                                                   \
+  do {                                                                                                 \
+    cusparseStatus_t _st = (expr);                                                                     \
+    if (_st != CUSPARSE_STATUS_SUCCESS) return RuntimeError(op, #expr ": " + ::onnxsparse::cuda::cusparselt::LtError(_st)); \
+  } while (0)
+
+// The process's cuSPARSELt handle for the current device (created on first use).
+Ort::Status DeviceHandle(const char* op, const cusparseLtHandle_t** out);
+
+inline cudaDataType DataType(ElementType type) { return type == ElementType::kFloat16 ? CUDA_R_16F : CUDA_R_16BF; }
+
+}  // namespace onnxsparse::cuda::cusparselt
+
+#endif  // ONNXSPARSE_WITH_CUSPARSELT

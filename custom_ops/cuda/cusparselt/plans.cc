@@ -1,0 +1,320 @@
+// SparseLtWeight: the weight in cuSPARSELt's compressed form, a plan per (M, ldy) with its chosen
+// configuration (from this process, the tuning cache file, or a search: timing.cc), workspaces.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <string.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <tuple>
+
+#include "common/log.h"
+#include "common/status.h"
+#include "cuda/cusparselt/internal.h"
+#include "cuda/cusparselt/tuning_cache.h"
+#include "cuda/cusparselt_gemm.h"
+#include "cuda/sparse_gemm_impl.cuh"
+
+namespace onnxsparse::cuda {
+
+#ifndef ONNXSPARSE_WITH_CUSPARSELT
+
+struct SparseLtWeight::Impl {};
+struct SparseLtWeight::Plan {};
+SparseLtWeight::SparseLtWeight(const RuntimeOptions& options, const OrtLogger* logger)
+    : options_(options), logger_(logger) {}
+SparseLtWeight::~SparseLtWeight() = default;
+Ort::Status SparseLtWeight::Build(const char* op, ElementType, const void*, const uint8_t*, int64_t, int64_t,
+                                  const void*, cudaStream_t) {
+  std::string why;
+  CusparseLtAvailable(options_.cusparselt_library, &why);
+  return RuntimeError(op, why);
+}
+Ort::Status SparseLtWeight::Run(const char*, const void*, int64_t, void*, int64_t, float, cudaStream_t, bool* used) {
+  *used = false;
+  return Ort::Status{nullptr};
+}
+Ort::Status SparseLtWeight::Time(const char*, const void*, int64_t, void*, int64_t, float, cudaStream_t, float* us) {
+  *us = -1.f;
+  return Ort::Status{nullptr};
+}
+
+#else  // ONNXSPARSE_WITH_CUSPARSELT
+
+using cusparselt::Api;
+using cusparselt::CacheEntry;
+using cusparselt::CacheKey;
+using cusparselt::DataType;
+using cusparselt::Library;
+using cusparselt::Loaded;
+using cusparselt::LtError;
+
+namespace {
+
+// The configuration chosen per problem, shared by every weight of the process (the layers of a
+// model repeat a few shapes): key (device, dtype, m, n, k, ldy, bias) -> (config id, us).
+struct TunedKey {
+  int device;
+  int type;
+  int64_t m, n, k, ldy;
+  bool bias;
+  bool operator<(const TunedKey& o) const {
+    return std::tie(device, type, m, n, k, ldy, bias) < std::tie(o.device, o.type, o.m, o.n, o.k, o.ldy, o.bias);
+  }
+};
+std::mutex& TunedMutex() {
+  static auto* mutex = new std::mutex();
+  return *mutex;
+}
+std::map<TunedKey, std::pair<int, float>>& Tuned() {
+  static auto* tuned = new std::map<TunedKey, std::pair<int, float>>();
+  return *tuned;
+}
+
+// The GPU model of `device`, which a tuning result holds for (whatever the ordinal). Tabs and line
+// breaks in the name become spaces: the file separates fields with tabs.
+Ort::Status GpuModel(const char* op, int device, CacheKey* key) {
+  cudaDeviceProp prop;
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaGetDeviceProperties(&prop, device));
+  key->gpu.assign(prop.name, strnlen(prop.name, sizeof(prop.name)));
+  std::replace_if(key->gpu.begin(), key->gpu.end(), [](char c) { return c == '\t' || c == '\n' || c == '\r'; }, ' ');
+  key->sm_major = prop.major;
+  key->sm_minor = prop.minor;
+  return Ort::Status{nullptr};
+}
+
+}  // namespace
+
+SparseLtWeight::SparseLtWeight(const RuntimeOptions& options, const OrtLogger* logger)
+    : options_(options), logger_(logger), impl_(std::make_unique<Impl>()) {}
+
+SparseLtWeight::~SparseLtWeight() {
+  Loaded& lib = Library();
+  if (!lib.error.empty()) return;
+  for (auto& entry : plans_) {
+    Plan& p = *entry.second;
+    if (!p.initialised) continue;
+    lib.api.MatmulPlanDestroy(&p.plan);
+    lib.api.MatmulAlgSelectionDestroy(&p.alg);
+    lib.api.MatDescriptorDestroy(&p.mat_b);
+    lib.api.MatDescriptorDestroy(&p.mat_c);
+  }
+  if (impl_->has_mat_a) lib.api.MatDescriptorDestroy(&impl_->mat_a);
+}
+
+Ort::Status SparseLtWeight::Build(const char* op, ElementType type, const void* values, const uint8_t* index,
+                                  int64_t n, int64_t k, const void* bias, cudaStream_t stream) {
+  ready_ = false;
+  ONNXSPARSE_RETURN_IF_ERROR(cusparselt::DeviceHandle(op, &impl_->handle));
+  const Api& a = Library().api;
+  type_ = type;
+  n_ = n;
+  k_ = k;
+  bias_ = bias;
+  LT_RETURN_IF_ERROR(op, a.StructuredDescriptorInit(impl_->handle, &impl_->mat_a, n, k, k, 16, DataType(type),
+                                                    CUSPARSE_ORDER_ROW, CUSPARSELT_SPARSITY_50_PERCENT));
+  impl_->has_mat_a = true;
+  size_t compressed_bytes = 0, buffer_bytes = 0;
+  LT_RETURN_IF_ERROR(op, a.CompressedSize2(impl_->handle, &impl_->mat_a, &compressed_bytes, &buffer_bytes));
+  DeviceBuffer dense, buffer;
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, dense.Allocate(static_cast<size_t>(n * k * 2)));
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, buffer.Allocate(buffer_bytes));
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, compressed_.Allocate(compressed_bytes));
+  if (type == ElementType::kFloat16) {
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchDecompress<__half>(static_cast<const __half*>(values), index, n, k,
+                                                                 dense.as<__half>(), stream));
+  } else {
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(
+        op, LaunchDecompress<__nv_bfloat16>(static_cast<const __nv_bfloat16*>(values), index, n, k,
+                                            dense.as<__nv_bfloat16>(), stream));
+  }
+  LT_RETURN_IF_ERROR(op, a.Compress2(impl_->handle, &impl_->mat_a, 1, CUSPARSE_OPERATION_NON_TRANSPOSE, dense.get(),
+                                     compressed_.get(), buffer.get(), stream));
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaStreamSynchronize(stream));  // before the temporaries go
+  ready_ = true;
+  return Ort::Status{nullptr};
+}
+
+Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, const void* x, void* y, float alpha,
+                                    cudaStream_t stream, Plan** out) {
+  auto key = std::make_pair(m, ldy);
+  auto it = plans_.find(key);
+  if (it != plans_.end()) {
+    *out = it->second.get();
+    return Ort::Status{nullptr};
+  }
+  auto owned = std::make_unique<Plan>();
+  Plan& p = *owned;
+  plans_[key] = std::move(owned);
+  *out = &p;
+  const Api& a = Library().api;
+  const cusparseLtHandle_t* h = impl_->handle;
+  const cudaDataType dt = DataType(type_);
+  // A shape cuSPARSELt rejects is remembered as unsupported (the own kernel runs it).
+  if (a.DenseDescriptorInit(h, &p.mat_b, m, k_, k_, 16, dt, CUSPARSE_ORDER_ROW) != CUSPARSE_STATUS_SUCCESS) {
+    return Ort::Status{nullptr};
+  }
+  if (a.DenseDescriptorInit(h, &p.mat_c, n_, m, ldy, 16, dt, CUSPARSE_ORDER_COL) != CUSPARSE_STATUS_SUCCESS) {
+    a.MatDescriptorDestroy(&p.mat_b);
+    return Ort::Status{nullptr};
+  }
+  if (a.MatmulDescriptorInit(h, &p.matmul, CUSPARSE_OPERATION_NON_TRANSPOSE, CUSPARSE_OPERATION_TRANSPOSE,
+                             &impl_->mat_a, &p.mat_b, &p.mat_c, &p.mat_c, CUSPARSE_COMPUTE_32F) !=
+      CUSPARSE_STATUS_SUCCESS) {
+    a.MatDescriptorDestroy(&p.mat_b);
+    a.MatDescriptorDestroy(&p.mat_c);
+    return Ort::Status{nullptr};
+  }
+  if (bias_ != nullptr) {
+    const void* bias = bias_;
+    LT_RETURN_IF_ERROR(op, a.MatmulDescSetAttribute(h, &p.matmul, CUSPARSELT_MATMUL_BIAS_POINTER, &bias, sizeof(bias)));
+  }
+  // The algorithm: cuSPARSELt's default (heuristic) one measured 0.48-0.62x of dense on an H200
+  // at M >= 256 (it picks configuration 0), its best configuration 1.04-1.46x. So at the first
+  // call of an M (never during a CUDA-graph capture) every configuration id known to be safe is
+  // timed with events and the fastest kept; the choice is shared by all weights of this problem,
+  // and kept in the tuning cache file, where a later process finds it and makes only its plan.
+  int device = 0;
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaGetDevice(&device));
+  const TunedKey tuned_key{device, static_cast<int>(type_), m, n_, k_, ldy, bias_ != nullptr};
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaStreamIsCapturing(stream, &capture));
+  const bool capturing = capture != cudaStreamCaptureStatusNone;
+  bool known = false;
+  {
+    std::lock_guard<std::mutex> lock(TunedMutex());
+    auto it = Tuned().find(tuned_key);
+    if (it != Tuned().end()) {
+      known = true;
+      p.config_id = it->second.first;
+      p.best_us = it->second.second;
+    }
+  }
+  CacheKey cache_key;
+  CacheEntry cached;
+  bool from_cache = false, tuned_now = false;
+  const OrtLoggingLevel trace = options_.trace ? ORT_LOGGING_LEVEL_WARNING : ORT_LOGGING_LEVEL_VERBOSE;
+  cusparselt::TuningCacheFile* cache_file = nullptr;
+  if (!known && !capturing && options_.cusparselt_tune) {
+    cache_key.version = a.version;
+    cache_key.type = static_cast<int>(type_);
+    std::tie(cache_key.m, cache_key.n, cache_key.k, cache_key.ldy) = std::make_tuple(m, n_, k_, ldy);
+    cache_key.bias = bias_ != nullptr;
+    ONNXSPARSE_RETURN_IF_ERROR(GpuModel(op, device, &cache_key));
+    ONNXSPARSE_RETURN_IF_ERROR(cusparselt::SearchedMaxConfigId(op, h, &p.matmul, cache_key.sm_major, options_,
+                                                               logger_, &cache_key.max_id));
+    {
+      std::lock_guard<std::mutex> lock(TunedMutex());
+      cache_file = &cusparselt::TuningCacheFor(cusparselt::CachePath(options_.cusparselt_cache));
+      from_cache = cache_file->Find(cache_key, &cached);
+    }
+    // The cached time is not reused: the plan is timed below, like the own kernel, in this process.
+    if (from_cache) {
+      p.config_id = cached.config_id;
+    } else {
+      ONNXSPARSE_RETURN_IF_ERROR(TimeConfigs(op, cache_key.max_id, m, x, y, alpha, stream, &p));
+      tuned_now = true;
+    }
+  }
+  Ort::Status planned = InitPlan(op, &p);
+  if (!planned.IsOK() && from_cache) {
+    // A cached id that this cuSPARSELt build refuses (the file came from another build): tune.
+    ONNXSPARSE_LOG(logger_, trace,
+                   StrCat("onnxsparse trace: cuSPARSELt m=", m, " n=", n_, " k=", k_, ": cached config ", p.config_id,
+                          " refused (", planned.GetErrorMessage(), ")"));
+    from_cache = false;
+    p.config_id = -1;
+    ONNXSPARSE_RETURN_IF_ERROR(TimeConfigs(op, cache_key.max_id, m, x, y, alpha, stream, &p));
+    tuned_now = true;
+    planned = InitPlan(op, &p);
+  }
+  if (!planned.IsOK()) return planned;
+  if (from_cache && LogEnabled(logger_, trace)) {
+    char us[32];
+    std::snprintf(us, sizeof(us), "%.2f", cached.us);
+    ONNXSPARSE_LOG(logger_, trace,
+                   StrCat("onnxsparse trace: cuSPARSELt m=", m, " n=", n_, " k=", k_, ": config ", p.config_id,
+                          " from cache ", cache_file->path(), " (", us, " us when tuned)"));
+  }
+  size_t workspace_bytes = 0;
+  LT_RETURN_IF_ERROR(op, a.MatmulGetWorkspace(h, &p.plan, &workspace_bytes));
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, GrowWorkspace(workspace_bytes));  // only at the first call of an M
+  if (!capturing && p.best_us < 0.f) {
+    p.best_us = cusparselt::TimeMatmul(h, &p.plan, compressed_.get(), x, y, Workspace(), alpha, stream);
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaGetLastError());
+  }
+  if (!known && !capturing) {
+    std::lock_guard<std::mutex> lock(TunedMutex());
+    Tuned()[tuned_key] = {p.config_id, p.best_us};
+    if (tuned_now && p.config_id >= 0 && cache_file != nullptr) {
+      // An IO error only warns, once per process: the op still runs, without the file.
+      static bool warned = false;
+      std::string why;
+      if (!cache_file->Store(cache_key, CacheEntry{p.config_id, p.best_us}, &why) && !warned) {
+        warned = true;
+        ONNXSPARSE_LOG(logger_, ORT_LOGGING_LEVEL_WARNING,
+                       StrCat("onnxsparse: cannot write cuSPARSELt tuning cache ", cache_file->path(), ": ", why));
+      }
+    }
+  }
+  p.supported = true;
+  return Ort::Status{nullptr};
+}
+
+// The plan of plan->config_id (-1: cuSPARSELt's default algorithm); on failure nothing is left to
+// destroy.
+Ort::Status SparseLtWeight::InitPlan(const char* op, Plan* plan) {
+  const Api& a = Library().api;
+  const cusparseLtHandle_t* h = impl_->handle;
+  LT_RETURN_IF_ERROR(op, a.MatmulAlgSelectionInit(h, &plan->alg, &plan->matmul, CUSPARSELT_MATMUL_ALG_DEFAULT));
+  cusparseStatus_t status = CUSPARSE_STATUS_SUCCESS;
+  if (plan->config_id >= 0) {
+    status = a.MatmulAlgSetAttribute(h, &plan->alg, CUSPARSELT_MATMUL_ALG_CONFIG_ID, &plan->config_id,
+                                     sizeof(plan->config_id));
+  }
+  if (status == CUSPARSE_STATUS_SUCCESS) status = a.MatmulPlanInit(h, &plan->plan, &plan->matmul, &plan->alg);
+  if (status != CUSPARSE_STATUS_SUCCESS) {
+    a.MatmulAlgSelectionDestroy(&plan->alg);
+    return RuntimeError(op, StrCat("cuSPARSELt plan of configuration ", plan->config_id, ": ", LtError(status)));
+  }
+  plan->initialised = true;
+  return Ort::Status{nullptr};
+}
+
+// A larger workspace is a new buffer; the old ones stay alive, since a CUDA graph captured for
+// another M may still point at them.
+cudaError_t SparseLtWeight::GrowWorkspace(size_t bytes) {
+  if (bytes == 0 || (!workspaces_.empty() && workspaces_.back()->bytes() >= bytes)) return cudaSuccess;
+  auto buffer = std::make_unique<DeviceBuffer>();
+  const cudaError_t err = buffer->Allocate(bytes);
+  if (err == cudaSuccess) workspaces_.push_back(std::move(buffer));
+  return err;
+}
+
+void* SparseLtWeight::Workspace() const { return workspaces_.empty() ? nullptr : workspaces_.back()->get(); }
+
+bool SparseLtWeight::Takes(const void* x, int64_t m, const void* y, int64_t ldy) const {
+  return ready_ && m > 0 && m % kMAlign == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(y) % 16 == 0 && ldy % 8 == 0;
+}
+
+
+Ort::Status SparseLtWeight::Run(const char* op, const void* x, int64_t m, void* y, int64_t ldy, float alpha,
+                                cudaStream_t stream, bool* used) {
+  *used = false;
+  if (!Takes(x, m, y, ldy)) return Ort::Status{nullptr};
+  std::lock_guard<std::mutex> lock(mutex_);
+  Plan* plan = nullptr;
+  ONNXSPARSE_RETURN_IF_ERROR(GetPlan(op, m, ldy, x, y, alpha, stream, &plan));
+  if (!plan->supported) return Ort::Status{nullptr};
+  const float beta = 0.f;
+  cudaStream_t streams[1] = {stream};
+  LT_RETURN_IF_ERROR(op, Library().api.Matmul(impl_->handle, &plan->plan, &alpha, compressed_.get(), x, &beta, y, y,
+                                              Workspace(), streams, 1));
+  *used = true;
+  return Ort::Status{nullptr};
+}
+
+#endif  // ONNXSPARSE_WITH_CUSPARSELT
+
+}  // namespace onnxsparse::cuda

@@ -1,0 +1,121 @@
+"""The cuSPARSELt tuning cache file (custom_ops/cuda/cusparselt/tuning_cache.cc), without a GPU.
+
+The cache code is plain C++; ``onnxsparse_tuning_cache_check`` (built beside the library, CUDA or
+not) exposes its parsing, reading and merged atomic rewriting. The GPU side (a process that tunes
+and writes, the next that reads) is in tests/test_cuda.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+HEADER = "# onnxsparse cuSPARSELt tuning cache v1"
+ENTRY = "0.8.1\tNVIDIA H200\t9.0\tfloat16\t256\t512\t768\t512\t1\t35\t17\t8.53"
+OTHER = "0.8.1\tNVIDIA H200\t9.0\tbfloat16\t256\t512\t768\t512\t0\t35\t3\t9.10"
+
+
+def _tool() -> Path:
+    library = os.environ.get("ONNXSPARSE_LIBRARY")
+    if library:
+        candidate = Path(library).resolve().parent / "onnxsparse_tuning_cache_check"
+        if candidate.is_file():
+            return candidate
+    pytest.skip("onnxsparse_tuning_cache_check not built beside ONNXSPARSE_LIBRARY (cmake builds it with the library)")
+
+
+def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(_tool()), *args], capture_output=True, text=True, timeout=60)
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def _parse(line: str) -> str:
+    return _run("parse", line).stdout.rstrip("\n")
+
+
+def test_an_entry_round_trips():
+    assert _parse(ENTRY) == ENTRY
+    assert _parse(OTHER) == OTHER
+
+
+@pytest.mark.parametrize("line", [
+    "",
+    "# a comment",
+    ENTRY.replace("\t", " "),                      # not tab-separated
+    ENTRY + "\textra",                             # 13 fields
+    ENTRY.replace("float16", "float32"),           # no such dtype
+    ENTRY.replace("\t256\t", "\t25x\t", 1),        # m not a number
+    ENTRY.replace("0.8.1", "0.8"),                 # version needs three parts
+    ENTRY.replace("0.8.1", "0.10.1"),              # minor above 9 cannot be encoded
+    ENTRY.replace("\t9.0\t", "\t9\t"),             # sm needs two parts
+    ENTRY.replace("\t1\t35\t", "\t2\t35\t"),       # bias is 0 or 1
+    ENTRY.replace("\t35\t17\t", "\t35\t36\t"),     # a configuration beyond the range searched
+    ENTRY.replace("\t35\t17\t", "\t35\t-1\t"),     # a negative configuration
+    ENTRY.replace("8.53", "nan"),                  # a time that is not finite
+    ENTRY.replace("NVIDIA H200", ""),              # no GPU name
+])
+def test_bad_lines_are_refused(line):
+    assert _parse(line) == "bad"
+
+
+def test_read_skips_bad_lines_and_needs_the_header(tmp_path):
+    cache = tmp_path / "cache.txt"
+    cache.write_text("\n".join([HEADER, "garbage", ENTRY, ENTRY.replace("\t35\t17\t", "\t35\t99\t"), OTHER, ""]))
+    assert _run("read", str(cache)).stdout.splitlines() == [ENTRY, OTHER]
+    cache.write_text("\n".join(["# some other format", ENTRY, ""]))
+    assert _run("read", str(cache)).stdout == ""
+    assert _run("read", str(tmp_path / "missing.txt")).stdout == ""
+
+
+def test_store_merges_with_what_another_process_wrote(tmp_path):
+    cache = tmp_path / "sub" / "dir" / "cache.txt"  # the directory is created
+    _run("store", str(cache), ENTRY)
+    lines = cache.read_text().splitlines()
+    assert lines[0] == HEADER and lines[1].startswith("# cusparselt\tgpu") and lines[2:] == [ENTRY]
+    # another process adds an entry (and garbage): a later store keeps the entry, drops the garbage
+    cache.write_text(cache.read_text() + OTHER + "\nnot an entry\n")
+    newer = ENTRY.replace("\t17\t8.53", "\t20\t7.00")
+    _run("store", str(cache), newer)
+    assert sorted(cache.read_text().splitlines()[2:]) == sorted([newer, OTHER])
+    assert not list(cache.parent.glob("*.tmp.*"))  # no temporary file left behind
+
+
+def test_store_into_an_unwritable_place_fails_cleanly(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    done = _run("store", str(blocker / "sub" / "cache.txt"), ENTRY, check=False)  # a directory under a file
+    assert done.returncode == 1 and "cannot write" in done.stderr and "cannot create" in done.stderr, done.stderr
+    done = _run("store", str(blocker / "cache.txt"), ENTRY, check=False)
+    assert done.returncode == 1 and "Not a directory" in done.stderr, done.stderr
+
+
+def test_store_refuses_a_bad_entry(tmp_path):
+    done = _run("store", str(tmp_path / "c.txt"), "garbage", check=False)
+    assert done.returncode == 2 and "not an entry" in done.stderr
+    assert not (tmp_path / "c.txt").exists()
+
+
+def test_a_reader_never_sees_a_partial_file(tmp_path):
+    """While one process rewrites the file 300 times (growing), every read finds the header and
+    only whole entries: the rewrite is atomic (temporary file renamed over the cache)."""
+    cache = tmp_path / "cache.txt"
+    entries = [ENTRY.replace("\t256\t", f"\t{16 * (i + 1)}\t", 1) for i in range(300)]
+    _run("store", str(cache), entries[0])
+    writer = threading.Thread(target=_run, args=("store", str(cache), *entries))
+    writer.start()
+    reads = 0
+    while writer.is_alive() or reads == 0:
+        text = cache.read_text()
+        lines = text.splitlines()
+        assert lines[0] == HEADER and text.endswith("\n"), text[-200:]
+        assert all(line in entries for line in lines[2:]), lines[-1]
+        reads += 1
+    writer.join()
+    assert sorted(cache.read_text().splitlines()[2:]) == sorted(entries)
+    assert reads > 1
