@@ -287,6 +287,31 @@ def test_matmul_fast_paths(dtype, m, k, n):
     assert_close(y, matmul_reference(a, w, 0.5, bias), k, np_dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k,n", [
+    (2, 36, 300),      # AVX2 Rows: one tile of 2 rows over pairs of blocks; chunks of 64 features (19 blocks)
+    (3, 20, 33),       # tiles of 2 + 1 rows; the third block without its pair
+    (5, 1028, 49),     # 2 + 2 + 1 rows, one run over K (257 groups), 4 blocks (one partial)
+    (7, 12, 16),       # a single block (no pair), K = 12 (not a multiple of 8)
+    (9, 1060, 17),     # several row tiles, K in blocks of 256 groups, odd rows, a block and a 1-feature one
+    (16, 132, 64),     # M = 16 (AVX2: Rows, not a narrow strip)
+    (33, 68, 96),      # odd M, 3 chunks of 32 features
+    (129, 36, 20),     # two chunks of 128 rows, the second with one row
+])
+def test_matmul_rows_tiles(dtype, m, k, n):
+    """The Rows kernel's tiles (AVX2: 2 rows x a pair of blocks at every M) at ragged M, N and K."""
+    rng = np.random.default_rng(m * 13 + k + n)
+    np_dtype = DTYPES[dtype]
+    w = sparse_weight(rng, (k, n), "kn", np_dtype)
+    values, index = fmt.compress_weight(w, "kn")
+    a = rng.standard_normal((m, k)).astype(np_dtype)
+    bias = rng.standard_normal(n).astype(np_dtype)
+    model = make_model("Y = onnxsparse.MatMulCompress <alpha = 2.0> (A, values, index, bias)", {"A": a},
+                       {"Y": dtype}, {"values": values, "index": index, "bias": bias})
+    (y,) = run(model, {"A": a})
+    assert_close(y, matmul_reference(a, w, 2.0, bias), k, np_dtype)
+
+
 @pytest.mark.parametrize("m", [5, 64])
 def test_matmul_fast_trans_a(m):
     rng = np.random.default_rng(m)

@@ -72,6 +72,9 @@ struct FastKernelSet {
   // 64-byte aligned, zero past the last pixel up to W), a register tile over more features.
   // Null where an ISA has none.
   void (*cols_narrow)(const PackedWeight& w, const ColsTask& task) = nullptr;
+  // MatMul runs the Rows kernel at every M (never Cols): where Rows' permutes cost less than
+  // Cols' loads (AVX2, see fast_kernels_avx2.cc).
+  bool rows_only = false;
 };
 
 const FastKernelSet& FastKernels(CpuIsa isa);

@@ -1,10 +1,8 @@
 // AVX2 + FMA + F16C inner kernels over a PackedWeight (see fast_kernels.h): a block of 16 output
 // features is two 8-lane halves. Rows: both 128-bit lanes hold the group's 4 inputs, so the in-lane
-// _mm256_permutevar_ps (sel's low 2 bits) selects an input for each feature. Cols and cols_narrow:
-// sel picks panel rows by address, no permutes.
+// _mm256_permutevar_ps (sel's low 2 bits) selects an input for each feature. Cols: sel picks panel
+// rows by address, no permutes.
 #include <immintrin.h>
-
-#include <cstring>
 
 #include "cpu/fast_kernels.h"
 
@@ -119,33 +117,34 @@ void RowsMicro(const PackedWeight& w, const float* a, int64_t lda, int64_t block
   }
 }
 
-// Rows tiles: up to 2 rows over a pair of blocks (8 accumulators), 3-4 rows over one block.
+// Rows tiles: 2 rows over a pair of blocks (8 accumulators, 14 of the 16 ymm registers). A tile of
+// 4 rows over one block (also 8 accumulators) needs 4 broadcast inputs besides: it spills, and it
+// walks each pair twice (shared Zen 4 forced to AVX2, K=1024, N=4096, thread CPU time: M=4
+// 1.19-1.44x dense -> 1.49-1.65x with 2 x 2 tiles; M=16 55-59 -> 80-81 dense-equivalent GFLOP/s).
 template <bool kHalf>
 void RowsKernelT(const PackedWeight& w, const RowsTask& t) {
-  constexpr int64_t kMr = 4;
+  constexpr int64_t kMr = 2;
   const bool stream = t.m <= 8;  // one pass over K: the weights come from memory
   for (int64_t i = 0; i < t.m; i += kMr) {
-    const int64_t rows = Min(kMr, t.m - i);
+    const bool two = t.m - i >= 2;
     const float* a = t.a + i * t.lda;
     float* c = t.c + i * t.ldc;
     const bool lead = stream && i == 0;
     int64_t block = t.block_begin;
-    if (rows <= 2 && block % 2 == 0) {
+    if (block % 2 == 0) {
       for (; block + 2 <= t.block_end; block += 2) {
-        if (rows == 1) {
-          RowsMicro<1, 2, kHalf>(w, a, t.lda, block, c, t.ldc, t.kb, lead);
-        } else {
+        if (two) {
           RowsMicro<2, 2, kHalf>(w, a, t.lda, block, c, t.ldc, t.kb, lead);
+        } else {
+          RowsMicro<1, 2, kHalf>(w, a, t.lda, block, c, t.ldc, t.kb, lead);
         }
       }
     }
-    for (; block < t.block_end; ++block) {
-      const bool lead_block = lead && block % 2 == 0;
-      switch (rows) {
-        case 1: RowsMicro<1, 1, kHalf>(w, a, t.lda, block, c, t.ldc, t.kb, lead_block); break;
-        case 2: RowsMicro<2, 1, kHalf>(w, a, t.lda, block, c, t.ldc, t.kb, lead_block); break;
-        case 3: RowsMicro<3, 1, kHalf>(w, a, t.lda, block, c, t.ldc, t.kb, lead_block); break;
-        default: RowsMicro<4, 1, kHalf>(w, a, t.lda, block, c, t.ldc, t.kb, lead_block); break;
+    for (; block < t.block_end; ++block) {  // a block without its pair
+      if (two) {
+        RowsMicro<2, 1, kHalf>(w, a, t.lda, block, c, t.ldc, t.kb, lead);
+      } else {
+        RowsMicro<1, 1, kHalf>(w, a, t.lda, block, c, t.ldc, t.kb, lead);
       }
     }
   }
@@ -247,119 +246,6 @@ void ColsKernel(const PackedWeight& w, const ColsTask& t) {
   return ColsKernelT<false>(w, t);
 }
 
-// ---- Cols over narrow strips (W = 16 or 32 pixels, J = W / 8 vectors) -------------------------
-// Vectorised over rows of A, so no permutes: per group and feature, sel picks two panel rows (byte
-// offsets from one base), each FMA takes its panel vector as a memory operand and multiplies it by
-// a broadcast weight value (fp32: vbroadcastss from the record, a load-port op only; fp16: the
-// tile's 8 values converted once per group, then an in-register vpermps per value). Per feature
-// and group: 2 J FMAs, 2 J panel loads, 2 broadcasts and a sel byte. Tiles of NR features x J
-// vectors keep 12 accumulators (W=16: 6 x 2, W=32: 3 x 4) so the FMA latency is covered.
-template <int NR, int J, bool kHalf, int W>
-void ColsNarrowMicro(const PackedWeight& w, const float* p, int64_t cols, int64_t n0, float* c, int64_t ldc,
-                     const KBlock& kb) {
-  static_assert(J * 8 == W, "one strip");
-  constexpr int64_t kValueBytes = kHalf ? 2 : 4;
-  constexpr int64_t vb = kBlockN * kValueBytes;
-  constexpr int64_t rb = 2 * (2 * vb + kBlockN);  // group_stride
-  constexpr int kRowShift = W == 16 ? 6 : 7;      // log2(W * sizeof(float)): a panel row's bytes
-  const int64_t lane0 = n0 % kBlockN;
-  const uint8_t* rec = ONNXSPARSE_RECORD(w, n0 / kBlockN, kb.g_begin);
-  __m256 acc[NR][J];
-  #pragma GCC unroll 16
-  for (int r = 0; r < NR; ++r)
-    #pragma GCC unroll 16
-    for (int j = 0; j < J; ++j) acc[r][j] = _mm256_setzero_ps();
-
-  // The first tile of each pair of blocks fetches the pair's records ahead; later tiles of the
-  // pair find them in L1 / L2.
-  const bool lead = n0 % (2 * kBlockN) == 0;
-  const char* p_group = reinterpret_cast<const char*>(p);
-  for (int64_t g = kb.g_begin; g < kb.g_end; ++g) {
-    if (lead) {
-      const char* ahead = reinterpret_cast<const char*>(rec) + kPrefetchBytes;
-      #pragma GCC unroll 8
-      for (int64_t line = 0; line < rb; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
-    }
-    const uint8_t* sel = rec + 2 * vb + lane0;
-    const uint8_t* v0 = rec + lane0 * kValueBytes;
-    const uint8_t* v1 = rec + vb + lane0 * kValueBytes;
-    // Opaque to the optimiser, or GCC hoists the per-feature addresses out of the loop and spills them.
-    asm("" : "+r"(sel), "+r"(v0), "+r"(v1));
-    __m256 h0, h1;
-    if constexpr (kHalf) {  // 8 values from lane0 (NR <= 8; reads stay inside the record)
-      h0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v0)));
-      h1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v1)));
-    }
-    // The tile's sel bytes in one general register (one load instead of NR; the loads are what
-    // bounds this loop: 2 J panel + 2 broadcasts per 2 J FMAs). Reads at most 7 bytes past the
-    // record, inside the allocation's padding.
-    uint64_t sels;
-    std::memcpy(&sels, sel, sizeof(sels));
-    #pragma GCC unroll 16
-    for (int r = 0; r < NR; ++r) {
-      const unsigned s = static_cast<unsigned>(sels >> (8 * r)) & 0xFFu;
-      const float* row0 = reinterpret_cast<const float*>(p_group + ((s & 3u) << kRowShift));
-      const float* row1 = reinterpret_cast<const float*>(p_group + ((s >> 2) << kRowShift));
-      __m256 b0, b1;
-      if constexpr (kHalf) {
-        b0 = _mm256_permutevar8x32_ps(h0, _mm256_set1_epi32(r));
-        b1 = _mm256_permutevar8x32_ps(h1, _mm256_set1_epi32(r));
-      } else {
-        b0 = _mm256_broadcast_ss(reinterpret_cast<const float*>(v0) + r);
-        b1 = _mm256_broadcast_ss(reinterpret_cast<const float*>(v1) + r);
-      }
-      #pragma GCC unroll 16
-      for (int j = 0; j < J; ++j) {
-        acc[r][j] = _mm256_fmadd_ps(_mm256_load_ps(row0 + 8 * j), b0, acc[r][j]);
-        acc[r][j] = _mm256_fmadd_ps(_mm256_load_ps(row1 + 8 * j), b1, acc[r][j]);
-      }
-    }
-    rec += rb;
-    p_group += 4 * W * sizeof(float);
-  }
-  const bool has_bias = kb.bias != nullptr;
-  #pragma GCC unroll 16
-  for (int r = 0; r < NR; ++r) {
-    const float bias = has_bias ? kb.bias[n0 + r] : 0.0f;
-    #pragma GCC unroll 16
-    for (int j = 0; j < J; ++j) StoreC8(c + r * ldc + 8 * j, cols - 8 * j, acc[r][j], kb, nullptr, has_bias, bias);
-  }
-}
-
-constexpr int Cap(int nr, int64_t most) { return nr < most ? nr : static_cast<int>(most); }
-
-template <int W, bool kHalf>
-void ColsNarrowKernelT(const PackedWeight& w, const ColsTask& t) {
-  constexpr int J = W / 8;
-  constexpr int64_t kNr = W == 16 ? 6 : 3;
-  for (int64_t j = 0; j < t.cols; j += W) {
-    const int64_t cols = Min(W, t.cols - j);
-    const float* p = t.p + (j / W) * t.strip_stride;
-    for (int64_t n = t.n_begin, nr = 0; n < t.n_end; n += nr) {
-      const int64_t left = Min(t.n_end - n, kBlockN - n % kBlockN);  // features of one block
-      nr = Min(kNr, left);
-      if (left - nr == 1 && nr > 2) --nr;  // no 1-feature tile after a full one (4 = 2 + 2, not 3 + 1)
-      float* c = t.c + (n - t.n_begin) * t.ldc + j;
-      switch (nr) {
-        case 1: ColsNarrowMicro<Cap(1, kNr), J, kHalf, W>(w, p, cols, n, c, t.ldc, t.kb); break;
-        case 2: ColsNarrowMicro<Cap(2, kNr), J, kHalf, W>(w, p, cols, n, c, t.ldc, t.kb); break;
-        case 3: ColsNarrowMicro<Cap(3, kNr), J, kHalf, W>(w, p, cols, n, c, t.ldc, t.kb); break;
-        case 4: ColsNarrowMicro<Cap(4, kNr), J, kHalf, W>(w, p, cols, n, c, t.ldc, t.kb); break;
-        case 5: ColsNarrowMicro<Cap(5, kNr), J, kHalf, W>(w, p, cols, n, c, t.ldc, t.kb); break;
-        default: ColsNarrowMicro<Cap(6, kNr), J, kHalf, W>(w, p, cols, n, c, t.ldc, t.kb); break;
-      }
-    }
-  }
-}
-
-void ColsNarrowKernel(const PackedWeight& w, const ColsTask& t) {
-  if (t.strip_cols == 16) {
-    if (w.fp16) return ColsNarrowKernelT<16, true>(w, t);
-    return ColsNarrowKernelT<16, false>(w, t);
-  }
-  if (w.fp16) return ColsNarrowKernelT<32, true>(w, t);
-  return ColsNarrowKernelT<32, false>(w, t);
-}
 
 void HalfToFloat(const uint16_t* src, float* dst, int64_t count) {
   int64_t i = 0;
@@ -380,6 +266,11 @@ void FloatToHalf(const float* src, uint16_t* dst, int64_t count) {
 
 }  // namespace
 
-const FastKernelSet kFastKernelsAvx2 = {RowsKernel, ColsKernel, HalfToFloat, FloatToHalf, ColsNarrowKernel};
+// MatMul runs Rows at every M (rows_only): on the shared Zen 4 forced to AVX2, K=1024, N=4096, 1
+// thread, thread CPU time, Rows' 2 x 2 tiles reached 80-95 dense-equivalent GFLOP/s at M=16..256
+// against 65-81 for a permute-free narrow Cols kernel (strips of 16 / 32 rows, 12 accumulators; it
+// was bound by its loads: 2 J panel vectors + 2 broadcasts per 2 J FMAs) and ~74 for the 64-wide
+// Cols kernel (M=256), which Conv still uses.
+const FastKernelSet kFastKernelsAvx2 = {RowsKernel, ColsKernel, HalfToFloat, FloatToHalf, nullptr, true};
 
 }  // namespace onnxsparse::cpu

@@ -43,7 +43,9 @@ int64_t FeatureChunk(int64_t rows, int64_t items_per_chunk) {
 // on strips of 32 (their 8 x 2 register tile beats the 64-wide 4 x 4 one: M=64 and 256, K=N=4096,
 // 1.41-1.44x vs 1.29-1.36x dense). Below 48 rows otherwise the Rows kernel wins (a strip of 16
 // with 12 rows, or of 32 with 20-24, wastes a quarter or more of the lanes: measured slower).
+// Kernel sets marked rows_only (AVX2) run Rows at every m.
 int64_t ColsStripWidth(const FastKernelSet& kernels, int64_t m) {
+  if (kernels.rows_only) return 0;
   if (kernels.cols_narrow == nullptr) return m >= kColsMinRows ? kStripCols : 0;
   if (m >= kColsMinRows || (m >= 28 && m <= 32)) return 32;
   if (m >= 14 && m <= 16) return 16;
