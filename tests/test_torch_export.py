@@ -143,3 +143,24 @@ def test_weights_exported_as_graph_inputs_fail_export_loudly(tmp_path):
 def test_without_masked_layers_export_checks_nothing(tmp_path):
     report = ost.export(nn.Linear(8, 4), (torch.randn(1, 8),), tmp_path / "m.onnx", dynamo=False)
     assert report.layers == [] and (tmp_path / "m.onnx").is_file()
+
+
+@pytest.mark.parametrize("n,m", [(1, 4), (2, 8), (1, 2)])
+def test_nm_patterns_that_are_2_4_along_the_axis_compile(n, m, tmp_path):
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    sparsifier = ost.prepare(model, n=n, m=m)
+    assert float((model[0].weight == 0).float().mean()) == 1 - n / m
+    sparsifier.finalize()
+    report = ost.export(model, (torch.randn(2, 16),), tmp_path / "m.onnx", dynamo=False)
+    assert [r.rewritten for r in report.layers] == [True, True]
+
+
+def test_a_pattern_the_compiler_cannot_take_warns_and_export_refuses(tmp_path, caplog):
+    torch.manual_seed(5)
+    layer = nn.Linear(16, 8)
+    with caplog.at_level("WARNING", logger="onnxsparse.torch"):
+        ost.prepare(layer, n=4, m=8).finalize()
+    assert "4:8 masks are not 2:4 along SPEC's axis" in caplog.text
+    with pytest.raises(ost.SparseExportError, match="groups have more than 2 non-zeros"):
+        ost.export(layer, (torch.randn(2, 16),), tmp_path / "m.onnx", dynamo=False)

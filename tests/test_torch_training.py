@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 
@@ -11,6 +13,8 @@ from torch import nn  # noqa: E402
 
 import onnxsparse.torch as ost  # noqa: E402
 from onnxsparse.torch.masks import groups_over  # noqa: E402
+
+from conftest import REPO  # noqa: E402
 
 
 def test_srste_gradient_is_straight_through_plus_decay_on_pruned_weights():
@@ -119,3 +123,9 @@ def test_masks_are_saved_in_the_state_dict():
     fresh.load_state_dict(state)
     x = torch.randn(2, 8)
     torch.testing.assert_close(fresh(x), model(x))
+
+
+def test_without_pytorch_the_import_says_how_to_install_it():
+    code = "import sys; sys.modules['torch'] = None\ntry:\n import onnxsparse.torch\nexcept ImportError as e:\n print(e)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == 'onnxsparse.torch needs PyTorch: pip install "onnxsparse[torch]"'
