@@ -16,7 +16,9 @@ the preceding Conv that way). A node whose weight has the module's parameter nam
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import logging
 import os
 import warnings
@@ -120,22 +122,19 @@ def export(
 
 
 def _run_exporter(model, args, path, dynamo, quiet, export_kwargs) -> None:
+    torch_onnx_logger = logging.getLogger("torch.onnx")
+    level = torch_onnx_logger.level
     if quiet:
         export_kwargs.setdefault("verbose", False)
-        # the dynamo exporter prints its progress through this logger and with print()
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        torch_onnx_logger.setLevel(logging.ERROR)  # the dynamo exporter's progress lines
     try:
-        if quiet and dynamo:
-            import contextlib
-            import io
-
-            with contextlib.redirect_stdout(io.StringIO()):
-                torch.onnx.export(model, args, path, dynamo=True, **export_kwargs)
-        else:
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
             torch.onnx.export(model, args, path, dynamo=dynamo, **export_kwargs)
     except ImportError as exc:
         raise SparseExportError(f"torch.onnx.export(dynamo={dynamo}) needs a package that is missing: {exc}; "
-                                "install onnxsparse[torch] or pass dynamo=False") from exc
+                                'pip install "onnxsparse[torch]", or pass dynamo=False') from exc
+    finally:
+        torch_onnx_logger.setLevel(level)
 
 
 def check_export(model: nn.Module, path: str | os.PathLike) -> ExportReport:
