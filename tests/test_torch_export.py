@@ -52,8 +52,8 @@ def test_exported_masked_layer_passes_the_verifier_and_is_rewritten(name, tmp_pa
     report = ost.export(layer, (torch.randn(*shape),), tmp_path / "m.onnx", dynamo=False)
     assert [(r.layer, r.rewritten) for r in report.layers] == [("", True)]
     assert len(report.compile_result.rewritten) == 1
-    record = report.compile_result.rewritten[0].record
-    assert record.eligible and record.share == 1.0
+    layer = report.compile_result.rewritten[0].to_dict()
+    assert layer["eligible"] and layer["share"] == 1.0
 
 
 @pytest.mark.kernels
@@ -164,3 +164,16 @@ def test_a_pattern_the_compiler_cannot_take_warns_and_export_refuses(tmp_path, c
     assert "4:8 masks are not 2:4 along SPEC's axis" in caplog.text
     with pytest.raises(ost.SparseExportError, match="groups have more than 2 non-zeros"):
         ost.export(layer, (torch.randn(2, 16),), tmp_path / "m.onnx", dynamo=False)
+
+
+def test_a_batchnorm_the_exporter_folds_into_the_conv_still_matches_its_layer(tmp_path):
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 4))
+    model(torch.randn(4, 8, 6, 6))  # running statistics: the folded weight is scaled per output channel
+    ost.prepare(model).finalize()
+    report = ost.export(model, (torch.randn(1, 8, 6, 6),), tmp_path / "m.onnx", dynamo=False)
+    import onnx
+
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "m.onnx")).graph.node]
+    assert "BatchNormalization" not in ops and "Conv" in ops  # folded into the Conv's weight
+    assert [(r.layer, r.op, r.rewritten) for r in report.layers] == [("0", "Conv", True), ("4", "Gemm", True)]

@@ -200,33 +200,35 @@ def _same_up_to_row_scale(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _match(name: str, module: nn.Module, decisions: list, constants: dict[str, np.ndarray]) -> LayerExport:
+    """The compiler's decision for the node holding this module's weight (its ``to_dict()`` form,
+    the same fields ``onnxsparse compile --json`` prints)."""
     expected = _module_rows_k(module)
     param_name = f"{name}.weight"
     best, best_score = None, 0
     for decision in decisions:
-        record = decision.record
-        source = getattr(record, "source", None) or getattr(record, "weight", None)
+        layer = decision.to_dict()
+        source = layer.get("source") or layer.get("weight")
         array = constants.get(source) if source else None
-        if array is None or record.layout is None:
-            # a weight that is not constant: only its name can tie it to the module
-            score = 1 if getattr(record, "weight", None) == param_name else 0
+        named = param_name in (layer.get("source"), layer.get("weight"))
+        if array is None or layer.get("layout") is None:
+            score = 1 if named else 0  # a weight that is not constant: only its name ties it to the module
         else:
             try:
-                rows_k = fmt.to_rows_k(array.astype(np.float32), record.layout)
+                rows_k = fmt.to_rows_k(array.astype(np.float32), layer["layout"])
             except ValueError:
                 continue
             if rows_k.shape != expected.shape:
                 continue
             if np.array_equal(rows_k, expected):
-                score = 3
+                score = 6
             elif _same_up_to_row_scale(expected, rows_k):
-                score = 2
+                score = 4
             else:
                 continue
-            score = score * 2 + (source == param_name or record.weight == param_name)
+            score += named
         if score > best_score:
-            best, best_score = decision, score
+            best, best_score = layer, score
     if best is None:
         return LayerExport(name, None, None, False,
                            "no Conv/MatMul/Gemm of the exported graph holds its weight (fused or changed by the exporter)")
-    return LayerExport(name, best.record.node, best.record.op, bool(best.rewritten), best.reason)
+    return LayerExport(name, best["node"], best["op"], bool(best["rewritten"]), best.get("reason"))
