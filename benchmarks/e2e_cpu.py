@@ -86,7 +86,7 @@ def make_model(name: str, work: Path) -> Path:
 
 
 def bench(dense: onnx.ModelProto, compiled: onnx.ModelProto, feeds, threads: int, cpu_isa: str | None,
-          rounds: int, budget: float) -> dict:
+          rounds: int, budget: float, spinning: bool = True) -> dict:
     runtime = {"cpu_isa": cpu_isa} if cpu_isa else {}
     dense_blob, compiled_blob = dense.SerializeToString(), compiled.SerializeToString()
     out: dict = {}
@@ -94,7 +94,7 @@ def bench(dense: onnx.ModelProto, compiled: onnx.ModelProto, feeds, threads: int
     per_round: dict[str, list] = {clock: [] for clock in clocks}
     for index in range(rounds):
         for clock in clocks:
-            d, s = open_pair(dense_blob, compiled_blob, "cpu", lambda: make_options(threads, runtime))
+            d, s = open_pair(dense_blob, compiled_blob, "cpu", lambda: make_options(threads, runtime, spinning=spinning))
             t = time_pair(d, s, feeds, budget_s=budget / len(clocks), min_pairs=5, target_spread=0.0, max_pairs=10_000,
                           clock=clock)
             per_round[clock].append(t)
@@ -130,6 +130,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--budget", type=float, default=6.0, help="seconds of timing per round")
     parser.add_argument("--tune-budget", type=float, default=1.0)
+    parser.add_argument("--no-spinning", action="store_true",
+                        help="intra-op threads sleep between ops (session.intra_op.allow_spinning=0), tune and bench")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "e2e_cpu.json"))
     args = parser.parse_args()
 
@@ -145,21 +147,25 @@ def main() -> int:
             log(f"{name}, {threads} thread(s){', cpu_isa=' + args.cpu_isa if args.cpu_isa else ''}: tune")
             start = time.perf_counter()
             tuned = tune_model(model, "cpu", threads, dims, shapes, cache, budget_s=args.tune_budget,
-                               cpu_isa=args.cpu_isa, progress=Progress(), name=file)
+                               cpu_isa=args.cpu_isa, progress=Progress(), name=file,
+                               spinning=not args.no_spinning)
             tune_s = time.perf_counter() - start
             policy = MeasuredPolicy("cpu", tuned.machine, cache, dims, shapes)
             result = compile_model(model, policy=policy)
             log(f"  {len(result.rewritten)} of {len(result.layers)} layers sparse; timing dense against compiled")
-            timing = bench(model, result.model, feeds, threads, args.cpu_isa, args.rounds, args.budget)
+            timing = bench(model, result.model, feeds, threads, args.cpu_isa, args.rounds, args.budget,
+                           spinning=not args.no_spinning)
             dim_args = " ".join(f"--dim {k}={v}" for k, v in dims.items())
             shape_args = " ".join(f"--input-shapes {k}:[{','.join(map(str, v))}]" for k, v in shapes.items())
             isa_arg = f" --cpu-isa {args.cpu_isa}" if args.cpu_isa else ""
+            spin_arg = " --no-spinning" if args.no_spinning else ""
             rows.append({
                 "model": name, "threads": threads, "cpu_isa": args.cpu_isa or "auto", "machine_key": tuned.machine.id,
+                "spinning": not args.no_spinning,
                 "layers_sparse": len(result.rewritten), "layers": len(result.layers),
                 "problems": len(tuned.problems), "tune_s": round(tune_s, 1),
                 "whole_model": {k: v for k, v in (tuned.whole_model or {}).items() if k != "rounds"},
-                "commands": [f"onnxsparse tune {file} --provider cpu --threads {threads} {dim_args} {shape_args}{isa_arg}",
+                "commands": [f"onnxsparse tune {file} --provider cpu --threads {threads} {dim_args} {shape_args}{isa_arg}{spin_arg}",
                              f"onnxsparse compile {file} --target cpu --threads {threads} {dim_args} {shape_args}{isa_arg}"],
                 **timing,
             })
@@ -181,7 +187,8 @@ def markdown(record: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in record["rows"]:
         cpu = f"{r['cpu']['ratio']:.3f}x" if "cpu" in r else ""
-        lines.append(f"| {r['model']} | {r['threads']} | {r['cpu_isa']} | {r['layers_sparse']} of {r['layers']} | "
+        threads = f"{r['threads']}" + ("" if r.get("spinning", True) else " (no spinning)")
+        lines.append(f"| {r['model']} | {threads} | {r['cpu_isa']} | {r['layers_sparse']} of {r['layers']} | "
                      f"{r['tune_s']:.0f} | {r['wall']['dense_ms']:.2f} | {r['wall']['compiled_ms']:.2f} | "
                      f"**{r['wall']['ratio']:.3f}x** | {r['wall']['ratio_min']:.3f}-{r['wall']['ratio_max']:.3f} | {cpu} |")
     return "\n".join(lines)

@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retune", action="store_true", help="time again the problems the cache already holds")
     parser.add_argument("--cpu-isa", choices=("avx512", "avx2", "portable"),
                         help="force the library's CPU kernel path (the sessions' onnxsparse.cpu_isa)")
+    parser.add_argument("--no-spinning", action="store_true",
+                        help="time with ONNX Runtime's intra-op threads sleeping between ops instead of spinning "
+                        "(session.intra_op.allow_spinning=0), as the model will run on cores shared with other jobs")
     parser.add_argument("--list", action="store_true", help="list the machines the cache holds measurements for")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -75,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     model = io.load_model(Path(args.model))
     result = tune_model(model, provider, args.threads, dims, shapes, cache, budget_s=args.budget,
                         whole_model=not args.no_whole_model, whole_budget_s=args.whole_budget, retune=args.retune,
-                        cpu_isa=args.cpu_isa, progress=Progress(args.quiet), name=Path(args.model).name)
+                        cpu_isa=args.cpu_isa, progress=Progress(args.quiet), name=Path(args.model).name,
+                        spinning=not args.no_spinning)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0

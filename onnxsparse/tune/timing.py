@@ -50,12 +50,17 @@ class Timing:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def make_options(threads: int, runtime: dict | None = None, profile_prefix: str | None = None) -> ort.SessionOptions:
+def make_options(threads: int, runtime: dict | None = None, profile_prefix: str | None = None,
+                 spinning: bool = True) -> ort.SessionOptions:
     """The session options both sides use: the library registered (with ``runtime`` keywords),
-    ``threads`` intra-op threads (0: ONNX Runtime's default), one inter-op thread, sequential."""
+    ``threads`` intra-op threads (0: ONNX Runtime's default), one inter-op thread, sequential;
+    ``spinning=False``: the pool's threads sleep instead of spinning between ops (ONNX Runtime's
+    ``session.intra_op.allow_spinning=0``, for machines whose cores other jobs share)."""
     from ..session import session_options
 
     options = session_options(**(runtime or {}))
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -109,6 +109,7 @@ def tune_model(
     cpu_isa: str | None = None,
     progress: Callable[..., None] | None = None,
     name: str = "",
+    spinning: bool = True,
 ) -> TuneResult:
     start = time.perf_counter()
     progress = progress or (lambda *a, **k: None)
@@ -119,7 +120,7 @@ def tune_model(
         runtime["cusparselt_tune"] = True  # the search runs here and lands in the cuSPARSELt cache file
 
     def options():
-        return make_options(threads, runtime)
+        return make_options(threads, runtime, spinning=spinning)
 
     clock = timing_clock(provider, threads)
 
