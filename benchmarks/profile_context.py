@@ -71,6 +71,8 @@ def main() -> int:
     parser.add_argument("--input-shape", default=None, help="NAME:[dims] for a model path")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--only", nargs="+", metavar="PATTERN",
+                        help="make only the eligible layers matching these node-name patterns sparse (default: all)")
     parser.add_argument("--json", help="write the result here")
     args = parser.parse_args()
     if args.model == "resnet18":
@@ -83,7 +85,13 @@ def main() -> int:
         model, dims = onnx.load(args.model), {}
         shapes = parse_input_shapes([args.input_shape]) if args.input_shape else {}
     feeds = model_feeds(bind_inputs(model, dims, shapes))
-    compiled = compile_model(model)
+    policy = None
+    if args.only:
+        from fnmatch import fnmatchcase
+
+        def policy(record):
+            return None if any(fnmatchcase(record.node, p) for p in args.only) else "not in --only"
+    compiled = compile_model(model, policy=policy)
     result = {"dense": profile_runs(model, feeds, args.threads, args.runs),
               "compiled": profile_runs(compiled.model, feeds, args.threads, args.runs),
               "sparse_layers": len(compiled.rewritten), "threads": args.threads}
