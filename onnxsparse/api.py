@@ -28,6 +28,7 @@ from .compiler import (
     RewriteResult,
     compile_pipeline,
 )
+from .compiler.layers import compiled_layers
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,19 @@ class CheckReport:
 
     layers: list[LayerRecord]
     path: str | None = None
+    compiled: dict[str, int] = field(default_factory=dict)  # onnxsparse op -> layers already compiled
+
+    @property
+    def compiled_total(self) -> int:
+        return sum(self.compiled.values())
+
+    def compiled_summary(self) -> str | None:
+        """"74 layers already compiled (Conv2dCompress)", or None for a model with none."""
+        if not self.compiled:
+            return None
+        total = self.compiled_total
+        ops = ", ".join(op if len(self.compiled) == 1 else f"{count} {op}" for op, count in self.compiled.items())
+        return f"{total} layer{'s' if total != 1 else ''} already compiled ({ops})"
 
     @property
     def eligible(self) -> list[LayerRecord]:
@@ -49,6 +63,8 @@ class CheckReport:
             "layers": [layer.to_dict() for layer in self.layers],
             "eligible": len(self.eligible),
             "total": len(self.layers),
+            "compiled": dict(self.compiled),
+            "compiled_total": self.compiled_total,
         }
 
 
@@ -93,7 +109,7 @@ def check_model(model: str | os.PathLike | onnx.ModelProto) -> CheckReport:
     """Per-layer 2:4 report: which Conv/MatMul/Gemm weights comply, how much, and why not."""
     proto, path = _load(model)
     result = CheckSparsity()(ModelGraph(proto))
-    return CheckReport(layers=result.layers, path=path)
+    return CheckReport(layers=result.layers, path=path, compiled=compiled_layers(proto))
 
 
 def compile_model(

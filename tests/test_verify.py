@@ -160,16 +160,17 @@ def test_matmul_input_of_rank_1_to_4_is_eligible(rank):
     assert only_layer(model).eligible
 
 
-def test_conv_1d_is_refused():
+def test_conv_1d_is_eligible():
     model = make_model(f"{HEAD} g (float[1,4,9] x) => (float[1,8,7] y) {{ y = Conv(x, W) }}",
                        W=np.zeros((8, 4, 3), np.float32))
-    assert_refused(model, "Conv is 1-D (weight rank 3); only 2-D Conv is supported")
+    layer = only_layer(model)
+    assert layer.eligible and layer.layout == "oihw" and layer.shape == (8, 4, 3)
 
 
 def test_conv_3d_is_refused():
     model = make_model(f"{HEAD} g (float[1,4,5,5,5] x) => (float[1,8,3,3,3] y) {{ y = Conv(x, W) }}",
                        W=np.zeros((8, 4, 3, 3, 3), np.float32))
-    assert_refused(model, "Conv is 3-D (weight rank 5); only 2-D Conv is supported")
+    assert_refused(model, "Conv is 3-D (weight rank 5); only 1-D and 2-D Conv are supported")
 
 
 def test_gemm_transb_uses_nk_layout():

@@ -23,8 +23,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
+    compiled = report.compiled_summary()
     if not report.layers:
-        print(f"{args.model}: no Conv, MatMul or Gemm layers")
+        print(f"{args.model}: {compiled}" if compiled else f"{args.model}: no Conv, MatMul or Gemm layers")
         return 0
     rows = [
         (
@@ -40,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     ]
     print_table(("node", "op", "weight", "shape", "dtype", "2:4", "eligible"), rows)
     print(f"{len(report.eligible)} of {len(report.layers)} layers eligible")
+    if compiled:
+        print(compiled)
     return 0
 
 

@@ -5,7 +5,8 @@ ONNX Runtime cannot infer shapes through a custom op, so without this every tens
 at shapes stop there (the fusion of a residual Add with the LayerNormalization after it, for
 example). The rewritten nodes keep the names of the tensors they produce, so the shapes inferred for
 the source model are theirs. Symbolic dimensions stay symbolic; a dimension inference could not
-tell stays unknown. Nothing is written when inference fails (a model ONNX cannot infer still
+tell stays unknown. The ``[N, C, 1, L]`` result of a 1-D Conv's ``Conv2dCompress``, which the
+source model does not have, gets the shape of the ``Squeeze`` after it with H=1. Nothing is written when inference fails (a model ONNX cannot infer still
 compiles) or when the model is too large to serialise in memory.
 """
 
@@ -52,6 +53,19 @@ def inferred_shapes(model: onnx.ModelProto, data_prop: bool = False) -> dict[str
     return out
 
 
+def _before_squeeze(tensor, shapes: dict) -> tuple[int, list] | None:
+    """The shape of a 1-D Conv's ``[N, C, 1, L]`` result (``rules.Conv``): its Squeeze's output
+    shape with H=1 put back."""
+    readers = tensor.outputs
+    if len(readers) != 1 or readers[0].op != "Squeeze" or not readers[0].outputs:
+        return None
+    found = shapes.get(readers[0].outputs[0].name)
+    if found is None or len(found[1]) != 3:
+        return None
+    elem_type, (n, c, length) = found
+    return elem_type, [n, c, 1, length]
+
+
 class AnnotateShapes(Pass):
     """Set the shape of each onnxsparse node's outputs that has none, from the source model."""
 
@@ -68,7 +82,7 @@ class AnnotateShapes(Pass):
             return result
         shapes = inferred_shapes(graph.source)
         for tensor in targets:
-            found = shapes.get(tensor.name)
+            found = shapes.get(tensor.name) or _before_squeeze(tensor, shapes)
             if found is None:
                 continue
             elem_type, dims = found

@@ -16,7 +16,8 @@ Eligibility, checked in this order (the first failure is the reason):
    either; not a graph input (an initializer listed as an input can be overridden at run time);
 2. for MatMul/Gemm, the constant is the second input (``X @ W``, not ``W @ X``);
 3. the dtype is float, float16 or bfloat16;
-4. the op variant is supported: MatMul weight of rank 2 and A of rank 1 to 4; Conv 2-D (weight rank 4);
+4. the op variant is supported: MatMul weight of rank 2 and A of rank 1 to 4; Conv 2-D (weight rank 4)
+   or 1-D (weight rank 3, checked and compressed as ``[OC, C/group, 1, KW]``);
 5. K (for Conv: C/group) is a multiple of 4;
 6. every group along K holds at most 2 non-zeros (-0.0 counts as zero).
 Steps 1 to 4 (but A's rank) are discovery's; this pass adds A's rank, 5 and 6.
@@ -31,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .. import format as fmt
-from .graph import ModelGraph, constant_array, resolve_constant
+from .graph import ModelGraph, as_2d_weight, constant_array, resolve_constant
 from .layers import LayerRecord, find_layers
 from .pipeline import Pass, PassResult
 
@@ -63,7 +64,7 @@ class CheckSparsity(Pass):
     modifies = False
 
     def call(self, graph: ModelGraph) -> CheckResult:
-        layers = find_layers(graph)
+        layers = find_layers(graph, conv1d=True)
         nodes = graph.nodes()
         for record in layers:
             if record.visited and record.reason is None:
@@ -87,7 +88,7 @@ def _check(graph: ModelGraph, node, record: LayerRecord) -> None:
         record.reason = f"{axis} = {k} is not a multiple of 4"
         return
     source, _ = resolve_constant(graph, node.inputs[1])
-    stats = fmt.group_stats(fmt.to_rows_k(constant_array(source.tensor), record.layout))
+    stats = fmt.group_stats(fmt.to_rows_k(as_2d_weight(constant_array(source.tensor), record.layout), record.layout))
     record.share = stats.share
     if stats.compliant < stats.groups:
         record.reason = f"{percent(1 - stats.share)} of groups have more than 2 non-zeros"

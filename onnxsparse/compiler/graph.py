@@ -38,6 +38,7 @@ class ModelGraph:
     def __init__(self, model: onnx.ModelProto) -> None:
         self.source = model
         self.graph: gs.Graph = gs.import_onnx(model)
+        _keep_declared_io_types(self.graph, model.graph)
         # Graph inputs by name, including initializers that are also inputs (overridable defaults).
         self.input_names = {value.name for value in model.graph.input}
         self._taken: set[str] | None = None  # names in use, filled on the first unique_name
@@ -46,6 +47,10 @@ class ModelGraph:
     def nodes(self) -> list[gs.Node]:
         """The top-level nodes, in graph order."""
         return list(self.graph.nodes)
+
+    def onnx_opset(self) -> int:
+        """The model's version of the default ONNX domain."""
+        return next((entry.version for entry in self.source.opset_import if entry.domain in ("", "ai.onnx")), 1)
 
     def is_graph_input(self, tensor: gs.Tensor) -> bool:
         return tensor.name in self.input_names
@@ -96,6 +101,24 @@ class ModelGraph:
         _restore_opset_imports(model, source)
         _restore_overridable_inputs(model, source)
         return model
+
+
+def _keep_declared_io_types(graph: gs.Graph, source: onnx.GraphProto) -> None:
+    """Graph inputs and outputs keep the element type the model declares for them.
+
+    Graphsurgeon takes a tensor's type from ``value_info`` when the name is there too, so a stale
+    entry (onnxconverter-common's ``keep_io_types=True`` leaves one in float16 for an output that
+    its Cast makes float32) would change the exported output's type and ONNX Runtime would refuse
+    the model."""
+    declared = {value.name: value.type.tensor_type for value in [*source.input, *source.output]
+                if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type}
+    for tensor in [*graph.inputs, *graph.outputs]:
+        found = declared.get(tensor.name)
+        if found is None or not isinstance(tensor, gs.Variable):
+            continue
+        dtype = np_dtype(found.elem_type) if found.elem_type != onnx.TensorProto.BFLOAT16 else tensor.dtype
+        if tensor.dtype != dtype:
+            tensor.dtype = dtype
 
 
 def _hoist_outer_initializers(model: onnx.ModelProto, main_names: set[str]) -> None:
@@ -192,6 +215,9 @@ def resolve_constant(mg: ModelGraph, tensor: gs.Tensor) -> tuple[ConstantSource 
             if isinstance(node.attrs.get("value"), gs.Constant):
                 return ConstantSource(current), None
             return None, f"weight '{tensor.name}' comes from a Constant node without a 'value' tensor"
+        if node.op == "DequantizeLinear" and node.domain in ONNX_DOMAINS:
+            return None, (f"weight '{tensor.name}' is quantized (computed by DequantizeLinear); int8 layers are not "
+                          "supported yet: prune the float model before quantizing it")
         return None, f"weight '{tensor.name}' is computed by a {node.op} node, so it is not constant"
 
 
@@ -221,6 +247,12 @@ def make_constant(name: str, array: np.ndarray) -> gs.Constant:
 def set_constant(tensor: gs.Variable, array: np.ndarray) -> gs.Constant:
     """Turn a Variable whose producer was removed into an initializer in place (consumers follow)."""
     return tensor.to_constant(LazyValues(onnx.numpy_helper.from_array(np.ascontiguousarray(array), tensor.name)))
+
+
+def as_2d_weight(array: np.ndarray, layout: str) -> np.ndarray:
+    """A 1-D Conv's weight ``[OC, C/group, KW]`` as the 2-D one ``[OC, C/group, 1, KW]`` (H=1), which
+    SPEC's "oihw" view and the 2-D op read; any other weight as it is."""
+    return array[:, :, None, :] if layout == "oihw" and array.ndim == 3 else array
 
 
 def dtype_name(data_type: int) -> str:

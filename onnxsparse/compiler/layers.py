@@ -8,8 +8,9 @@ analysis and the per-target choice all start from ``find_layers``:
    output, or ``Identity`` chains of either; not a graph input). For MatMul/Gemm a constant first
    input (``W @ X``) is named as such;
 3. the weight's dtype is one the caller accepts (``spec.WEIGHT_DTYPES``);
-4. the weight's rank fits the op: MatMul and Gemm rank 2, Conv rank 4 (2-D), which fixes the
-   layout (``spec.weight_layout``).
+4. the weight's rank fits the op: MatMul and Gemm rank 2, Conv rank 4 (2-D) or, when the caller
+   asks for it (``conv1d=True``), rank 3 (1-D, read as H=1), which fixes the layout
+   (``spec.weight_layout``).
 
 A record that fails gets the reason of the first failure; one that passes has its layout, and the
 caller checks what it needs beyond (the compiler: K a multiple of 4 and 2:4 sparsity; the pruner:
@@ -27,7 +28,9 @@ from typing import Any
 
 import onnx_graphsurgeon as gs
 
-from ..spec import ONNX_DOMAINS, SUPPORTED_DTYPES, TARGET_OPS, weight_layout
+import onnx
+
+from ..spec import DOMAIN, ONNX_DOMAINS, SPARSE_OPS, SUPPORTED_DTYPES, TARGET_OPS, weight_layout
 from .graph import ModelGraph, dtype_name, nested_nodes, resolve_constant
 
 Shape = tuple  # of int, str (a symbolic dimension) or None (unknown)
@@ -92,10 +95,15 @@ def is_layer(op: str, domain: str | None) -> bool:
     return op in TARGET_OPS and domain in ONNX_DOMAINS
 
 
-def find_layers(graph: ModelGraph, dtypes: tuple[str, ...] = SUPPORTED_DTYPES) -> list[LayerRecord]:
-    """A record per Conv/MatMul/Gemm: the top-level ones in graph order, then the nested ones."""
+def find_layers(graph: ModelGraph, dtypes: tuple[str, ...] = SUPPORTED_DTYPES, conv1d: bool = False) -> list[LayerRecord]:
+    """A record per Conv/MatMul/Gemm: the top-level ones in graph order, then the nested ones.
+
+    ``conv1d``: give a 1-D Conv (weight ``[OC, C/group, KW]``) the layout ``"oihw"`` with its
+    rank-3 shape, to be read as ``[OC, C/group, 1, KW]`` (the compiler rewrites it through the 2-D
+    op with H=1). Off by default: a caller that reads a Conv's geometry as 2-D opts in when it
+    handles the 1-D form; otherwise a 1-D Conv has the reason "Conv is 1-D"."""
     layers = [
-        describe_layer(graph, node, index, dtypes)
+        describe_layer(graph, node, index, dtypes, conv1d)
         for index, node in enumerate(graph.nodes())
         if is_layer(node.op, node.domain)
     ]
@@ -112,7 +120,19 @@ def find_layers(graph: ModelGraph, dtypes: tuple[str, ...] = SUPPORTED_DTYPES) -
     return layers
 
 
-def describe_layer(graph: ModelGraph, node: gs.Node, index: int, dtypes: tuple[str, ...] = SUPPORTED_DTYPES) -> LayerRecord:
+def compiled_layers(model: onnx.ModelProto) -> dict[str, int]:
+    """How many layers the model already holds compiled, per onnxsparse op (``MatMulCompress``,
+    ``Conv2dCompress``): main graph, subgraph bodies and local functions."""
+    counts: dict[str, int] = {}
+    nodes = [*model.graph.node, *(node for node, _ in nested_nodes(model))]
+    for node in nodes:
+        if node.domain == DOMAIN and node.op_type in SPARSE_OPS:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def describe_layer(graph: ModelGraph, node: gs.Node, index: int, dtypes: tuple[str, ...] = SUPPORTED_DTYPES,
+                   conv1d: bool = False) -> LayerRecord:
     """The facts of one top-level layer node, up to its layout or the first reason it fails."""
     outputs = [tensor.name for tensor in node.outputs]
     record = LayerRecord(node=node_label(node.name, node.op, outputs), op=node.op, index=index,
@@ -149,8 +169,10 @@ def describe_layer(graph: ModelGraph, node: gs.Node, index: int, dtypes: tuple[s
         record.reason = f"MatMul weight has rank {rank}; only rank-2 weights are supported"
     elif node.op == "Gemm" and rank != 2:
         record.reason = f"Gemm weight has rank {rank}; Gemm needs a rank-2 weight"
-    elif node.op == "Conv" and rank != 4:
-        record.reason = f"Conv is {rank - 2}-D (weight rank {rank}); only 2-D Conv is supported"
+    elif node.op == "Conv" and rank == 3 and not conv1d:
+        record.reason = "Conv is 1-D (weight rank 3); this caller handles only 2-D Conv"
+    elif node.op == "Conv" and rank not in (3, 4):
+        record.reason = f"Conv is {rank - 2}-D (weight rank {rank}); only 1-D and 2-D Conv are supported"
     else:
         record.layout = weight_layout(node.op, bool(record.attrs.get("transB", 0)))
     return record

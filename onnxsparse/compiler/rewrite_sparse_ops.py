@@ -23,7 +23,7 @@ import onnx_graphsurgeon as gs
 
 from .. import format as fmt
 from ..spec import COMPRESS_OP, DOMAIN
-from .graph import ModelGraph
+from .graph import ModelGraph, as_2d_weight, constant_array, make_constant
 from .layers import LayerRecord
 from .pipeline import LayerPolicy, Pass, PassResult, as_policy
 from .rules import RULES, Match
@@ -101,7 +101,7 @@ class RewriteSparseOps(Pass):
                 logger.info("%s: kept dense: %s", record.node, keep_dense)
                 result.decisions.append(LayerDecision(record, rewritten=False, reason=keep_dense))
                 continue
-            key = (record.source, record.layout)
+            key = (record.source, record.layout, len(record.shape))
             if key not in pairs:
                 pairs[key] = _insert_compress(graph, record, match)
                 result.compressed.append(pairs[key])
@@ -149,12 +149,16 @@ def _insert_compress(graph: ModelGraph, record: LayerRecord, match: Match) -> Co
     rows = record.shape[1] if record.layout == "kn" else record.shape[0]
     values = gs.Variable(graph.unique_name(f"{record.source}_values"), dtype=match.data_type, shape=[rows, k // 2])
     index = gs.Variable(graph.unique_name(f"{record.source}_index"), dtype=np.uint8, shape=[rows, (k + 7) // 8])
+    weight = match.weight
+    if len(record.shape) == 3:  # a 1-D Conv: compress the weight as [OC, C/group, 1, KW]
+        weight = make_constant(graph.unique_name(f"{record.source}_h1"),
+                               as_2d_weight(constant_array(match.weight), record.layout))
     node = gs.Node(
         COMPRESS_OP,
         name=graph.unique_name(f"{record.source}_compress"),
         domain=DOMAIN,
         attrs={"layout": record.layout},
-        inputs=[match.weight],
+        inputs=[weight],
         outputs=[values, index],
     )
     graph.add_node(node, before=match.node)

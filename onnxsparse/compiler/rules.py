@@ -25,6 +25,10 @@ Rewrites (domain ``onnxsparse``, opset 1; the new node is named ``<original name
 - ``Conv``: ``Conv(X, W, B?, strides, pads, dilations, group, auto_pad)``
   -> ``Conv2dCompress(X, values, index, B?, kernel_shape=[KH, KW], same attributes)``, with
   ``(values, index) = CompressOp(W, layout="oihw")``.
+  A 1-D Conv (X ``[N, C, L]``, W ``[OC, C/group, KW]``) is the same Conv on ``[N, C, 1, L]``:
+  ``Conv(X, W) -> Squeeze(Conv2dCompress(Unsqueeze(X, 2), values, index, B?), 2)`` with
+  ``kernel_shape=[1, KW]``, ``strides=[1, s]``, ``dilations=[1, d]``, ``pads=[0, b, 0, e]``, the
+  same ``group`` and ``auto_pad``, and the weight compressed as ``W[:, :, None, :]``.
 """
 
 from __future__ import annotations
@@ -209,7 +213,12 @@ class Conv(Rule):
     op = "Conv"
 
     def check(self, graph: ModelGraph, node: gs.Node, record: LayerRecord) -> Match | str:
-        return self._weight(graph, node, record)
+        match = self._weight(graph, node, record)
+        if isinstance(match, Match) and len(match.shape) == 3:
+            x_shape = node.inputs[0].shape
+            if x_shape is not None and len(x_shape) != 3:
+                return f"1-D Conv input X has rank {len(x_shape)}, not 3"
+        return match
 
     def rewrite(self, graph: ModelGraph, match: Match, sparse: tuple[gs.Tensor, gs.Tensor]) -> gs.Node:
         node = match.node
@@ -218,7 +227,51 @@ class Conv(Rule):
         inputs = [node.inputs[0], *sparse]
         if len(node.inputs) > 2 and not is_omitted(node.inputs[2]):
             inputs.append(node.inputs[2])
+        if len(match.shape) == 3:
+            return _rewrite_conv1d(graph, node, inputs, attrs)
         return replace_node(graph, node, CONV2D_COMPRESS, inputs, attrs)
+
+
+def conv1d_as_2d(attrs: dict) -> dict:
+    """A 1-D Conv's attributes for the same Conv on ``[N, C, 1, L]``: H gets kernel 1, stride 1,
+    dilation 1 and no padding (SAME_* pads nothing along H with a kernel of 1)."""
+    out = dict(attrs)
+    out["kernel_shape"] = [1, *attrs["kernel_shape"]]
+    for name in ("strides", "dilations"):
+        if name in attrs:
+            out[name] = [1, *attrs[name]]
+    if "pads" in attrs:
+        begin, end = attrs["pads"]
+        out["pads"] = [0, begin, 0, end]
+    return out
+
+
+def _rewrite_conv1d(graph: ModelGraph, node: gs.Node, inputs: list, attrs: dict) -> gs.Node:
+    """``Conv(X[N, C, L])`` -> ``Squeeze(Conv2dCompress(Unsqueeze(X, 2)), 2)`` with H=1."""
+    base = node.name or node.outputs[0].name
+    x, y = inputs[0], node.outputs[0]
+    x_shape, y_shape = _with_h1(x.shape), _with_h1(y.shape)  # unknown: AnnotateShapes looks again
+    x4 = gs.Variable(graph.unique_name(f"{x.name}_h1"), dtype=x.dtype, shape=x_shape)
+    y4 = gs.Variable(graph.unique_name(f"{y.name}_h1"), dtype=y.dtype, shape=y_shape)
+    new = replace_node(graph, node, CONV2D_COMPRESS, [x4, *inputs[1:]], conv1d_as_2d(attrs), outputs=[y4])
+    graph.add_node(_axis_node(graph, "Unsqueeze", x, x4, f"{base}_unsqueeze"), before=new)
+    graph.add_node(_axis_node(graph, "Squeeze", y4, y, f"{base}_squeeze"), after=new)
+    return new
+
+
+def _with_h1(shape) -> list | None:
+    """``[N, C, L]`` -> ``[N, C, 1, L]``; None when any dimension is unknown."""
+    if shape is None or len(shape) != 3 or any(d is None for d in shape):
+        return None
+    return [shape[0], shape[1], 1, shape[2]]
+
+
+def _axis_node(graph: ModelGraph, op: str, x: gs.Tensor, y: gs.Tensor, name: str) -> gs.Node:
+    """``Unsqueeze``/``Squeeze`` on axis 2, in the form of the model's ONNX opset (axes an input from 13)."""
+    if graph.onnx_opset() >= 13:
+        axes = make_constant(graph.unique_name(f"{name}_axes"), np.array([2], np.int64))
+        return gs.Node(op, name=graph.unique_name(name), inputs=[x, axes], outputs=[y])
+    return gs.Node(op, name=graph.unique_name(name), attrs={"axes": [2]}, inputs=[x], outputs=[y])
 
 
 # The rules for each op, tried in order: the first whose check matches rewrites the layer.
