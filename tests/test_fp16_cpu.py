@@ -106,17 +106,21 @@ def sparse_inputs_in_float32(optimized: onnx.ModelProto) -> list[str]:
     return found
 
 
+# ONNX Runtime's InsertCastTransformer moves a CPU fp16 node to float32 when the nodes around it
+# have no CPU fp16 kernel (Conv, BatchNormalization, Relu on x86) and a float32 kernel of the same
+# op exists ("isolated fp16 node"); Cast(values) is then folded into float32 initializers.
+ISOLATED = pytest.mark.xfail(strict=True, reason="ONNX Runtime's isolated-fp16-node heuristic moves it to float32")
 MODELS = {
     "transformer": lambda: build_transformer("float16", hidden=32, ffn=128, layers=1, heads=2),
-    "convnet": lambda: build_convnet("float16"),
+    "convnet": pytest.param(lambda: build_convnet("float16"), marks=ISOLATED),
 }
 
 
 @pytest.mark.kernels
 @pytest.mark.parametrize("level", [ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL])
-@pytest.mark.parametrize("name", list(MODELS))
-def test_fp16_kernels_run_on_cpu(name, level, tmp_path):
-    compiled = compile_model(MODELS[name]()).model
+@pytest.mark.parametrize("build", list(MODELS.values()), ids=list(MODELS))
+def test_fp16_kernels_run_on_cpu(build, level, tmp_path):
+    compiled = compile_model(build()).model
     optimized = optimized_graph(compiled, tmp_path, level)
     sparse = [node for node in optimized.graph.node if node.domain == "onnxsparse"]
     assert sparse, "the optimized graph lost the onnxsparse nodes"
