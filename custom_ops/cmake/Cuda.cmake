@@ -168,7 +168,8 @@ endfunction()
 # The default, "80;90a" with PTX of compute_90, serves Ampere, Ada and Hopper natively and newer
 # GPUs through the PTX; each SASS architecture adds about the time of one more build of the
 # kernels, so a developer on one GPU may set only theirs (e.g. -DONNXSPARSE_CUDA_ARCHS=90a
-# -DONNXSPARSE_CUDA_PTX=).
+# -DONNXSPARSE_CUDA_PTX=). -DONNXSPARSE_CUDA_ARCHS= -DONNXSPARSE_CUDA_PTX=80 builds only compute_80
+# PTX, which the driver compiles at load time: the Ampere path, testable on a Hopper GPU.
 set(ONNXSPARSE_CUDA_ARCHS "80;90a" CACHE STRING "CUDA architectures to build SASS for (e.g. 80;90a, or all)")
 set(ONNXSPARSE_CUDA_PTX "90" CACHE STRING "virtual architecture whose PTX is embedded (empty: none)")
 
@@ -200,8 +201,12 @@ function(onnxsparse_cuda_gencode out_flags out_text)
   if(NOT flags)
     message(FATAL_ERROR "ONNXSPARSE_CUDA_ARCHS and ONNXSPARSE_CUDA_PTX are both empty")
   endif()
-  list(JOIN archs ", sm_" sass)
-  set(text "SASS for sm_${sass}")
+  if(archs)
+    list(JOIN archs ", sm_" sass)
+    set(text "SASS for sm_${sass}")
+  else()
+    set(text "no SASS")
+  endif()
   if(ONNXSPARSE_CUDA_PTX)
     string(APPEND text ", PTX for compute_${ONNXSPARSE_CUDA_PTX}")
   endif()

@@ -250,6 +250,17 @@ cudaError_t LaunchAsync(const SparseGemmArgs& args, int x_rows, cudaStream_t str
     if (e != cudaSuccess) return e;
     raised.fetch_or(bit, std::memory_order_acq_rel);
   }
+  // PDL only where the device has it and this kernel's code was compiled for sm_90 or newer (so
+  // it holds griddepcontrol.wait): code the driver compiled from older PTX launches without it.
+  static std::atomic<int> pdl_code{-1};
+  int has_pdl_code = pdl_code.load(std::memory_order_acquire);
+  if (has_pdl_code < 0) {
+    cudaFuncAttributes attributes;
+    e = cudaFuncGetAttributes(&attributes, kernel);
+    if (e != cudaSuccess) return e;
+    has_pdl_code = attributes.ptxVersion >= 90 ? 1 : 0;
+    pdl_code.store(has_pdl_code, std::memory_order_release);
+  }
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(CeilDiv(args.n, 16), CeilDiv(args.m, 8 * kMTiles));
   config.blockDim = dim3(kGemmWarps * 32);
@@ -259,7 +270,7 @@ cudaError_t LaunchAsync(const SparseGemmArgs& args, int x_rows, cudaStream_t str
   attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute[0].val.programmaticStreamSerializationAllowed = 1;
   config.attrs = attribute;
-  config.numAttrs = args.pdl && DeviceHasPdl(device) ? 1 : 0;
+  config.numAttrs = args.pdl && has_pdl_code == 1 && DeviceHasPdl(device) ? 1 : 0;
   return cudaLaunchKernelEx(&config, kernel, args, x_rows);
 }
 
