@@ -318,12 +318,15 @@ def test_constant_node_weight_is_folded_and_dropped():
     np.testing.assert_allclose(run_reference(result.model, feeds)[0], ort_run(model, feeds)[0], rtol=1e-6)
 
 
-def test_weight_used_in_a_subgraph_stays():
+def test_weight_used_in_a_subgraph_is_compressed_once_for_both_users():
     model = model_with_weight_in_subgraph()
     result = compile_model(model)
-    assert "W" in initializer_names(result.model)
-    then_branch = result.model.graph.node[-1].attribute[0].g
+    assert len(result.rewritten) == 2 and len(result.compressed) == 1
+    assert "W" not in initializer_names(result.model)
+    assert {"W_values", "W_index"} <= initializer_names(result.model)
+    then_branch = next(a.g for a in result.model.graph.node[-1].attribute if a.name == "then_branch")
     assert [t.name for t in then_branch.initializer] == []
+    assert [(n.op_type, list(n.input)) for n in then_branch.node] == [("MatMulCompress", ["x", "W_values", "W_index"])]
     feeds = {"x": random_input((2, 8)), "c": np.array(True)}
     for got, want in zip(run_reference(result.model, feeds), ort_run(model, feeds)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

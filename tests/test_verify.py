@@ -262,15 +262,13 @@ def test_weight_shared_with_an_ineligible_node_stays_eligible():
     assert eligible == {"MatMul": True, "Gemm": False}
 
 
-def test_nodes_inside_subgraphs_are_reported_not_visited():
+def test_nodes_inside_subgraphs_are_checked_with_their_scope():
     model = model_with_weight_in_subgraph()
     layers = check_model(model).layers
-    assert [(layer.op, layer.visited, layer.eligible) for layer in layers] == [
-        ("MatMul", True, True),
-        ("MatMul", False, False),
+    assert [(layer.op, layer.visited, layer.eligible, layer.scope) for layer in layers] == [
+        ("MatMul", True, True, ""),
+        ("MatMul", True, True, "the then_branch of If ''"),
     ]
-    assert layers[1].reason.startswith("inside the then_branch of If")
-    assert layers[1].reason.endswith("subgraphs and functions are not visited")
 
 
 def test_verifier_never_modifies():

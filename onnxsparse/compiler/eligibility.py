@@ -23,8 +23,10 @@ Eligibility, checked in this order (the first failure is the reason):
 Steps 1 to 4 (but A's rank) are discovery's; this pass adds A's rank, 5 and 6.
 A weight shared with a node that is not eligible is fine: that node keeps using the dense weight.
 
-Subgraphs and functions: not visited. Target nodes inside If/Loop/Scan bodies or local functions
-are reported with ``visited=False`` and a reason saying where they are; they are never rewritten.
+Subgraphs: layers inside If/Loop/Scan bodies (nested ones too) are checked like top-level ones
+(their ``scope`` says where they are); a weight from an enclosing graph's initializer is constant, a
+body input is not. Local functions are not visited: their layers are reported with ``visited=False``
+and a reason saying to inline the functions first; they are never rewritten.
 """
 
 from __future__ import annotations
@@ -64,11 +66,12 @@ class CheckSparsity(Pass):
     modifies = False
 
     def call(self, graph: ModelGraph) -> CheckResult:
-        layers = find_layers(graph, conv1d=True)
-        nodes = graph.nodes()
+        layers = find_layers(graph, conv1d=True, subgraphs=True)
+        scopes = graph.scopes()
+        nodes = {where: scope.nodes() for where, scope in scopes.items()}
         for record in layers:
             if record.visited and record.reason is None:
-                _check(graph, nodes[record.index], record)
+                _check(scopes[record.scope], nodes[record.scope][record.index], record)
         graph.layers = layers
         return CheckResult(graph=graph, modified=False, layers=layers)
 

@@ -7,7 +7,8 @@ Rewrite:
 
 Afterwards ``cleanup`` drops the dense weight when no other node uses it; a weight still read by a
 dense node (not eligible, or kept dense by the policy) stays. A CompressOp whose input is not
-constant is left in the graph and reported. Subgraphs and functions are not visited.
+constant is left in the graph and reported. CompressOps inside If/Loop/Scan bodies are folded in
+their body (its initializers); local functions are not visited.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class FoldedWeight:
     layout: str
     dense_bytes: int
     compressed_bytes: int
+    outputs: tuple[str, str] = ()  # the (values, index) initializers
 
 
 @dataclass
@@ -42,6 +44,17 @@ class FoldCompress(Pass):
 
     def call(self, graph: ModelGraph) -> FoldResult:
         result = FoldResult(graph=graph, modified=False)
+        for scope in graph.scopes().values():
+            folded = len(result.folded)
+            self._fold(scope, result)
+            if scope is graph:  # main-graph pairs stay there, however deep their readers are
+                graph.main_initializers |= {name for weight in result.folded[folded:] for name in weight.outputs}
+        if result.modified:
+            graph.cleanup()
+        return result
+
+    @staticmethod
+    def _fold(graph, result: FoldResult) -> None:
         for node in graph.nodes():
             if node.op != COMPRESS_OP or node.domain != DOMAIN:
                 continue
@@ -59,8 +72,6 @@ class FoldCompress(Pass):
             graph.remove_node(node)
             set_constant(out_values, values)
             set_constant(out_index, index)
-            result.folded.append(FoldedWeight(node.name, source.name, layout, dense.nbytes, values.nbytes + index.nbytes))
+            result.folded.append(FoldedWeight(node.name, source.name, layout, dense.nbytes, values.nbytes + index.nbytes,
+                                              (out_values.name, out_index.name)))
             result.modified = True
-        if result.modified:
-            graph.cleanup()
-        return result

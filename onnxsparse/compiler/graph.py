@@ -43,10 +43,40 @@ class ModelGraph:
         self.input_names = {value.name for value in model.graph.input}
         self._taken: set[str] | None = None  # names in use, filled on the first unique_name
         self.layers: list | None = None  # the LayerRecords CheckSparsity found, for the rewrite after it
+        # Initializers the passes made in the main graph: exported there even when only bodies read them.
+        self.main_initializers: set[str] = set()
 
     def nodes(self) -> list[gs.Node]:
         """The top-level nodes, in graph order."""
         return list(self.graph.nodes)
+
+    @property
+    def where(self) -> str:
+        """The scope's description: "" for the main graph (see ``Scope``)."""
+        return ""
+
+    def scopes(self) -> dict[str, "ModelGraph | Scope"]:
+        """The main graph ("") and every If/Loop/Scan body, nested ones too, by where they are
+        ("the then_branch of If 'c'", as ``walk_subgraphs`` says it). Local functions are not scopes:
+        the passes do not rewrite them."""
+        found: dict[str, ModelGraph | Scope] = {"": self}
+        for where, subgraph, parent in walk_subgraphs(self.graph.nodes, with_parent=True):
+            found[where] = Scope(self, subgraph, where, found[parent])
+        return found
+
+    def main_constant_names(self) -> set[str]:
+        """Names of the constants the main graph defines: initializers and ``Constant`` node outputs."""
+        graph = self.source.graph
+        return {tensor.name for tensor in graph.initializer} | {
+            out for node in graph.node if node.op_type == "Constant" and node.domain in ("", "ai.onnx") for out in node.output}
+
+    def scope(self, where: str) -> "ModelGraph | Scope":
+        if not where:
+            return self
+        found = self.scopes().get(where)
+        if found is None:
+            raise ValueError(f"no subgraph {where} in this model")
+        return found
 
     def onnx_opset(self) -> int:
         """The model's version of the default ONNX domain."""
@@ -58,7 +88,9 @@ class ModelGraph:
     def unique_name(self, base: str) -> str:
         """A tensor or node name not used in the graph yet."""
         if self._taken is None:
-            self._taken = set(self.graph.tensors().keys()) | {node.name for node in self.graph.nodes}
+            self._taken = set()
+            for scope in self.scopes().values():
+                self._taken |= set(scope.graph.tensors().keys()) | {node.name for node in scope.graph.nodes}
         name, count = base, 1
         while name in self._taken:
             name, count = f"{base}_{count}", count + 1
@@ -90,7 +122,9 @@ class ModelGraph:
     def to_model(self) -> onnx.ModelProto:
         """Export, restoring what graphsurgeon does not carry over from the source model."""
         model = gs.export_onnx(self.graph, do_type_check=True)
-        _hoist_outer_initializers(model, {tensor.name for tensor in self.source.graph.initializer})
+        main_names = {tensor.name for tensor in self.source.graph.initializer}
+        main_names |= self.main_initializers | {tensor.name for tensor in model.graph.initializer}
+        _hoist_outer_initializers(model, main_names)
         source = self.source
         model.ir_version = min(source.ir_version, MAX_IR_VERSION)
         for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
@@ -101,6 +135,39 @@ class ModelGraph:
         _restore_opset_imports(model, source)
         _restore_overridable_inputs(model, source)
         return model
+
+
+class Scope:
+    """One subgraph body (If/Loop/Scan) of a ``ModelGraph``, seen as the passes see a graph.
+
+    Its nodes read outer-scope tensors as the same graphsurgeon objects, so ``resolve_constant``
+    follows a weight to a main-graph initializer or ``Constant`` node as it does at the top level.
+    Graph inputs here are the body's own inputs (a Loop's iteration count and carried values) and
+    those of every enclosing graph. Names stay unique across the model (``unique_name`` is the
+    model's), and what the passes add to the body (a ``CompressOp``, the folded ``values`` and
+    ``index``) is exported with the body, so it is visible where the layer reads it."""
+
+    def __init__(self, model: ModelGraph, graph: gs.Graph, where: str, parent: "ModelGraph | Scope") -> None:
+        self.model = model
+        self.graph = graph
+        self.where = where
+        self.source = model.source
+        self.input_names = {tensor.name for tensor in graph.inputs} | parent.input_names
+
+    def nodes(self) -> list[gs.Node]:
+        return list(self.graph.nodes)
+
+    def is_graph_input(self, tensor: gs.Tensor) -> bool:
+        return tensor.name in self.input_names
+
+    def unique_name(self, base: str) -> str:
+        return self.model.unique_name(base)
+
+    def onnx_opset(self) -> int:
+        return self.model.onnx_opset()
+
+    add_node = ModelGraph.add_node
+    remove_node = staticmethod(ModelGraph.remove_node)
 
 
 def _keep_declared_io_types(graph: gs.Graph, source: onnx.GraphProto) -> None:
@@ -122,8 +189,8 @@ def _keep_declared_io_types(graph: gs.Graph, source: onnx.GraphProto) -> None:
 
 
 def _hoist_outer_initializers(model: onnx.ModelProto, main_names: set[str]) -> None:
-    """Graphsurgeon exports a main-graph initializer that only subgraphs read as an initializer
-    of each such subgraph; put it back in the main graph, once."""
+    """Graphsurgeon exports a main-graph initializer that subgraphs read as an initializer of each
+    such subgraph too; keep it in the main graph only, once (put back there when only subgraphs read it)."""
     present = {tensor.name for tensor in model.graph.initializer}
     for _, subgraph in walk_subgraphs(model.graph.node):
         keep = []
@@ -270,15 +337,31 @@ def np_dtype(data_type: int) -> np.dtype:
 # --- subgraphs and functions -----------------------------------------------------------------------
 
 
-def walk_subgraphs(nodes, where: str = "") -> Iterator[tuple[str, onnx.GraphProto]]:
-    """Every subgraph body (If/Loop/Scan) that these ``NodeProto``s hold, nested ones too, with
-    where it is: "the then_branch of If 'c' > the body of Loop 'l'". The one subgraph walker."""
+def walk_subgraphs(nodes, where: str = "", with_parent: bool = False) -> Iterator[tuple]:
+    """Every subgraph body (If/Loop/Scan) that these nodes hold, nested ones too, with where it
+    is: "the then_branch of If 'c' > the body of Loop 'l'". The one subgraph walker, on ONNX
+    ``NodeProto``s (yielding ``GraphProto``s) or graphsurgeon nodes (yielding ``gs.Graph``s);
+    ``with_parent`` adds the where of the enclosing graph ("" for the top level)."""
+    parent = where[: -len(" > ")] if where else ""
     for node in nodes:
+        for name, subgraph in _subgraph_attributes(node):
+            op = node.op_type if isinstance(node, onnx.NodeProto) else node.op
+            inner = f"{where}the {name} of {op} '{node.name}'"
+            yield (inner, subgraph, parent) if with_parent else (inner, subgraph)
+            body = subgraph.node if isinstance(subgraph, onnx.GraphProto) else subgraph.nodes
+            yield from walk_subgraphs(body, inner + " > ", with_parent)
+
+
+def _subgraph_attributes(node) -> Iterator[tuple[str, "onnx.GraphProto | gs.Graph"]]:
+    if isinstance(node, onnx.NodeProto):
         for attribute in node.attribute:
             for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-                inner = f"{where}the {attribute.name} of {node.op_type} '{node.name}'"
-                yield inner, subgraph
-                yield from walk_subgraphs(subgraph.node, inner + " > ")
+                yield attribute.name, subgraph
+        return
+    for name, value in node.attrs.items():
+        for subgraph in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(subgraph, gs.Graph):
+                yield name, subgraph
 
 
 def subgraph_reads(node: onnx.NodeProto) -> list[str]:

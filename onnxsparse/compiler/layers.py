@@ -15,9 +15,13 @@ analysis and the per-target choice all start from ``find_layers``:
 A record that fails gets the reason of the first failure; one that passes has its layout, and the
 caller checks what it needs beyond (the compiler: K a multiple of 4 and 2:4 sparsity; the pruner:
 K a multiple of M). Records carry plain values only (names, shapes, attributes), never graph
-objects; ``index`` is the node's position among the graph's top-level nodes.
+objects; ``index`` is the node's position among the nodes of its graph (``scope``).
 
-Nodes inside subgraphs (If/Loop/Scan bodies) and local functions are reported, never visited.
+Subgraphs: with ``find_layers(..., subgraphs=True)`` (the compiler) the layers inside If/Loop/Scan
+bodies are described like the top-level ones, with ``scope`` naming the body ("the then_branch of
+If 'c'", "the body of Loop 'l' > the else_branch of If 'k'"); ``graph.scope(record.scope)`` is that
+body, seen as the passes see a graph. Without it they are reported with ``visited=False``. Layers in
+local functions are always reported with ``visited=False`` and a reason (inline the functions first).
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ class LayerRecord:
     dtype: str | None = None
     layout: str | None = None  # "kn", "nk" or "oihw" (onnxsparse.format)
     share: float | None = None  # share of 2:4-compliant groups along SPEC's axis, 0..1
-    visited: bool = True  # False for nodes inside subgraphs and functions
+    visited: bool = True  # False for nodes the caller's discovery does not describe (subgraphs, functions)
+    scope: str = ""  # where the node is: "" (main graph) or "the then_branch of If 'c'" (find_layers)
     # Set by the rewrite before the policy sees the layer: the bias Add it would fold into the
     # sparse op (MatMul only), and the op types that read that Add's result ("" for a graph output).
     bias_add: str | None = None
@@ -76,6 +81,7 @@ class LayerRecord:
             "eligible": self.eligible,
             "reason": self.reason,
             "visited": self.visited,
+            "scope": self.scope,
         }
 
 
@@ -95,29 +101,46 @@ def is_layer(op: str, domain: str | None) -> bool:
     return op in TARGET_OPS and domain in ONNX_DOMAINS
 
 
-def find_layers(graph: ModelGraph, dtypes: tuple[str, ...] = SUPPORTED_DTYPES, conv1d: bool = False) -> list[LayerRecord]:
+def find_layers(graph: ModelGraph, dtypes: tuple[str, ...] = SUPPORTED_DTYPES, conv1d: bool = False,
+                subgraphs: bool = False) -> list[LayerRecord]:
     """A record per Conv/MatMul/Gemm: the top-level ones in graph order, then the nested ones.
 
     ``conv1d``: give a 1-D Conv (weight ``[OC, C/group, KW]``) the layout ``"oihw"`` with its
     rank-3 shape, to be read as ``[OC, C/group, 1, KW]`` (the compiler rewrites it through the 2-D
     op with H=1). Off by default: a caller that reads a Conv's geometry as 2-D opts in when it
-    handles the 1-D form; otherwise a 1-D Conv has the reason "Conv is 1-D"."""
+    handles the 1-D form; otherwise a 1-D Conv has the reason "Conv is 1-D".
+
+    ``subgraphs``: describe the layers inside If/Loop/Scan bodies (nested ones too) like the
+    top-level ones: ``visited=True``, ``scope`` saying where they are, ``index`` their position
+    among that body's nodes (``graph.scope(record.scope).nodes()[record.index]`` is the node).
+    Weights are resolved in the body, then in the enclosing graphs (outer-scope initializers); a
+    body input is not constant. Off by default (callers that index the top-level nodes only):
+    then those layers have ``visited=False`` and the reason "subgraphs and functions are not
+    visited". Layers inside local functions are never described: ``visited=False`` and a reason
+    saying to inline the functions first."""
+    scopes = graph.scopes() if subgraphs else {"": graph}
     layers = [
-        describe_layer(graph, node, index, dtypes, conv1d)
-        for index, node in enumerate(graph.nodes())
+        _in_scope(describe_layer(scope, node, index, dtypes, conv1d), where)
+        for where, scope in scopes.items()
+        for index, node in enumerate(scope.nodes())
         if is_layer(node.op, node.domain)
     ]
     for node, where in nested_nodes(graph.source):
-        if is_layer(node.op_type, node.domain):
-            layers.append(
-                LayerRecord(
-                    node=node_label(node.name, node.op_type, list(node.output)),
-                    op=node.op_type,
-                    reason=f"inside {where}; subgraphs and functions are not visited",
-                    visited=False,
-                )
-            )
+        if not is_layer(node.op_type, node.domain) or where in scopes:
+            continue
+        if where.startswith("function"):
+            reason = (f"inside {where}; local functions are not rewritten: inline them first "
+                      "(onnx.inliner.inline_local_functions)")
+        else:
+            reason = f"inside {where}; subgraphs and functions are not visited"
+        layers.append(LayerRecord(node=node_label(node.name, node.op_type, list(node.output)), op=node.op_type,
+                                  reason=reason, visited=False, scope=where))
     return layers
+
+
+def _in_scope(record: LayerRecord, where: str) -> LayerRecord:
+    record.scope = where
+    return record
 
 
 def compiled_layers(model: onnx.ModelProto) -> dict[str, int]:

@@ -10,7 +10,10 @@ Each rewritten weight gets one ``CompressOp(weight, layout) -> (values, index)``
 every rewritten node that uses the same constant in the same layout (through Identity chains);
 ``FoldCompress`` then evaluates it offline. The pass trusts the ``LayerRecord``s (``graph.layers``,
 or those given) and does not check sparsity again. Dense weights stay wherever a node still uses
-them. Subgraphs and functions are not visited (their records are never eligible).
+them. Layers inside If/Loop/Scan bodies are rewritten in their body (``record.scope``), with the
+CompressOp beside them, so its folded ``values``/``index`` are initializers of that body, except
+for a weight the main graph defines (an initializer or ``Constant`` node there, the usual case):
+it is compressed once, in the main graph, and the bodies read the pair from the outer scope. Local functions are not visited (their records are never eligible).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import onnx_graphsurgeon as gs
 
 from .. import format as fmt
 from ..spec import COMPRESS_OP, DOMAIN
-from .graph import ModelGraph, as_2d_weight, constant_array, make_constant
+from .graph import ModelGraph, as_2d_weight, constant_array, make_constant, walk_subgraphs
 from .layers import LayerRecord
 from .pipeline import LayerPolicy, Pass, PassResult, as_policy
 from .rules import RULES, Match
@@ -80,33 +83,42 @@ class RewriteSparseOps(Pass):
         if layers is None:
             raise ValueError("no layer records: run CheckSparsity on this graph first")
         result = RewriteResult(graph=graph, modified=False)
-        pairs: dict[tuple[str, str], CompressedWeight] = {}
-        nodes = graph.nodes()  # the positions the records were taken at, before any rewrite
+        pairs: dict[tuple, CompressedWeight] = {}
+        scopes = graph.scopes()
+        # The positions the records were taken at, in each graph, before any rewrite.
+        nodes = {where: scope.nodes() for where, scope in scopes.items()}
+        main_constants = graph.main_constant_names()
         for record in layers:
             if not record.eligible:
                 result.decisions.append(LayerDecision(record, rewritten=False, reason=record.reason))
                 continue
-            node = nodes[record.index] if record.index is not None and record.index < len(nodes) else None
+            scope = scopes.get(record.scope)
+            found = nodes.get(record.scope, [])
+            node = found[record.index] if scope is not None and record.index is not None and record.index < len(found) else None
             if node is None or node.op != record.op or (node.name and node.name != record.node):
                 raise ValueError(f"layer record '{record.node}' does not belong to this graph")
-            match, refused = _match(graph, node, record)
+            match, refused = _match(scope, node, record)
             if match is None:
                 reason = "no rewrite rule applies: " + "; ".join(refused)
                 result.decisions.append(LayerDecision(record, rewritten=False, reason=reason))
                 continue
             if match.add is not None:
-                _note_bias_add(graph, record, match)
+                _note_bias_add(scope, record, match)
             keep_dense = self.policy(record)
             if keep_dense:
                 logger.info("%s: kept dense: %s", record.node, keep_dense)
                 result.decisions.append(LayerDecision(record, rewritten=False, reason=keep_dense))
                 continue
-            key = (record.source, record.layout, len(record.shape))
+            # One CompressOp per weight and layout, in the graph that defines the weight: a main-graph
+            # constant is compressed once in the main graph, and the bodies read the pair from there.
+            owner = "" if record.source in main_constants else record.scope
+            key = (record.source, record.layout, len(record.shape), owner)
             if key not in pairs:
-                pairs[key] = _insert_compress(graph, record, match)
+                before = match.node if owner == record.scope else _holder(graph, record.scope)
+                pairs[key] = _insert_compress(scopes[owner], record, match, before)
                 result.compressed.append(pairs[key])
             pair = pairs[key]
-            new_node = match.rule.rewrite(graph, match, pair.tensors)
+            new_node = match.rule.rewrite(scope, match, pair.tensors)
             pair.users.append(new_node.name)
             logger.info("%s: %s -> %s '%s' (%s)%s%s", record.node, record.op, new_node.op, new_node.name, match.rule.name,
                         f" (bias from Add '{match.folded_add}')" if match.folded_add else "",
@@ -144,7 +156,13 @@ def _note_bias_add(graph: ModelGraph, record: LayerRecord, match: Match) -> None
     record.bias_consumers = tuple(readers)
 
 
-def _insert_compress(graph: ModelGraph, record: LayerRecord, match: Match) -> CompressedWeight:
+def _holder(graph: ModelGraph, where: str) -> gs.Node | None:
+    """The main-graph node (If, Loop, Scan) whose body, or a body nested in it, is ``where``."""
+    return next((node for node in graph.nodes() if any(inner == where for inner, _ in walk_subgraphs([node]))), None)
+
+
+def _insert_compress(graph, record: LayerRecord, match: Match, before: gs.Node | None) -> CompressedWeight:
+    """A CompressOp for the layer's weight in ``graph``, before ``before`` (else first)."""
     k = fmt.reduction_length(record.shape, record.layout)
     rows = record.shape[1] if record.layout == "kn" else record.shape[0]
     values = gs.Variable(graph.unique_name(f"{record.source}_values"), dtype=match.data_type, shape=[rows, k // 2])
@@ -161,5 +179,5 @@ def _insert_compress(graph: ModelGraph, record: LayerRecord, match: Match) -> Co
         inputs=[weight],
         outputs=[values, index],
     )
-    graph.add_node(node, before=match.node)
+    graph.add_node(node, before=before if before is not None else next(iter(graph.graph.nodes), None))
     return CompressedWeight(record.source, record.layout, node.name, values.name, index.name, tensors=(values, index))
