@@ -2,9 +2,10 @@
 #   1. ORT_INCLUDE_DIR (CMake option or environment variable), which must hold onnxruntime_c_api.h;
 #   2. what the system has (/usr/include/onnxruntime, /usr/local/include/onnxruntime, CMAKE_PREFIX_PATH);
 #   3. Debian's libonnxruntime-dev package (ONNX Runtime 1.21, ORT_API_VERSION 21), downloaded once
-#      into a user cache by CMake itself and accepted only when its SHA-256 equals the one pinned
-#      below. No apt, no dpkg, no package metadata: this works on any Linux that reaches a Debian
-#      mirror, and a download that fails or does not match stops the build with one line.
+#      into a user cache by CMake itself from the mirror of the system's apt sources (or
+#      ONNXSPARSE_DEBIAN_MIRROR), and accepted only when its SHA-256 equals the one pinned below.
+#      apt and dpkg are not run and no package metadata is used; without a mirror, or when the
+#      download fails or does not match, the build stops with one line saying what to set.
 #
 # The pinned hash is the one that trixie's main/binary-amd64/Packages index gives for this file;
 # that index was checked against trixie's InRelease, whose signature gpgv verified with the Debian
@@ -16,6 +17,52 @@ set(ONNXSPARSE_ORT_VERSION "1.21.0")
 set(ONNXSPARSE_ORT_DEB "pool/main/o/onnxruntime/libonnxruntime-dev_1.21.0+dfsg-1_amd64.deb")
 set(ONNXSPARSE_ORT_DEB_SHA256 "14f7d959d5deacbcf1504830d4189f91fc67382b399ed9ae9d3aa9c4050ced08")
 
+# The Debian archive mirrors to try: ONNXSPARSE_DEBIAN_MIRROR, else those of the system's apt
+# sources (only read: the file's hash is what makes any mirror safe). Empty where there is none.
+function(onnxsparse_debian_mirrors out_var)
+  if(DEFINED ENV{ONNXSPARSE_DEBIAN_MIRROR} AND NOT "$ENV{ONNXSPARSE_DEBIAN_MIRROR}" STREQUAL "")
+    set(${out_var} "$ENV{ONNXSPARSE_DEBIAN_MIRROR}" PARENT_SCOPE)
+    return()
+  endif()
+  set(uris "")
+  file(GLOB deb822 /etc/apt/sources.list.d/*.sources)
+  foreach(f IN LISTS deb822)
+    file(STRINGS "${f}" lines REGEX "^URIs:")
+    foreach(line IN LISTS lines)
+      string(REGEX REPLACE "^URIs:[ \t]*" "" line "${line}")
+      separate_arguments(found UNIX_COMMAND "${line}")
+      list(APPEND uris ${found})
+    endforeach()
+  endforeach()
+  file(GLOB one_line /etc/apt/sources.list /etc/apt/sources.list.d/*.list)
+  foreach(f IN LISTS one_line)
+    file(STRINGS "${f}" lines REGEX "^[ \t]*deb[ \t]")
+    foreach(line IN LISTS lines)
+      # deb [options] URI suite components
+      string(REGEX REPLACE "\\[[^]]*\\]" "" line "${line}")
+      if(line MATCHES "^[ \t]*deb[ \t]+([^ \t]+)")
+        list(APPEND uris "${CMAKE_MATCH_1}")
+      endif()
+    endforeach()
+  endforeach()
+  # The main archive first (its pool holds the file); security mirrors last.
+  set(main "")
+  set(rest "")
+  foreach(uri IN LISTS uris)
+    if(NOT uri MATCHES "^(https?|file)://")
+      continue()
+    endif()
+    if(uri MATCHES "security")
+      list(APPEND rest "${uri}")
+    else()
+      list(APPEND main "${uri}")
+    endif()
+  endforeach()
+  set(all ${main} ${rest})
+  list(REMOVE_DUPLICATES all)
+  set(${out_var} "${all}" PARENT_SCOPE)
+endfunction()
+
 # Downloads, checks and unpacks the package's usr/include/onnxruntime into dest. On failure sets
 # error_var to one line saying what went wrong (empty on success).
 function(onnxsparse_fetch_ort_headers dest error_var)
@@ -23,13 +70,10 @@ function(onnxsparse_fetch_ort_headers dest error_var)
   if(EXISTS "${dest}/onnxruntime_c_api.h")
     return()
   endif()
-  # ONNXSPARSE_DEBIAN_MIRROR: another mirror of the Debian archive (the hash is checked all the same).
-  if(DEFINED ENV{ONNXSPARSE_DEBIAN_MIRROR} AND NOT "$ENV{ONNXSPARSE_DEBIAN_MIRROR}" STREQUAL "")
-    set(mirrors "$ENV{ONNXSPARSE_DEBIAN_MIRROR}")
-  else()
-    # archive.debian.org keeps the file once trixie has left the mirrors.
-    set(mirrors "https://deb.debian.org/debian" "http://deb.debian.org/debian"
-                "https://archive.debian.org/debian")
+  onnxsparse_debian_mirrors(mirrors)
+  if(NOT mirrors)
+    set(${error_var} "no Debian mirror to download ONNX Runtime's headers from (none in /etc/apt; set ONNXSPARSE_DEBIAN_MIRROR=<URL of a Debian archive mirror>)" PARENT_SCOPE)
+    return()
   endif()
   get_filename_component(parent "${dest}" DIRECTORY)
   file(MAKE_DIRECTORY "${parent}")
