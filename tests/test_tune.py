@@ -384,3 +384,14 @@ def test_resolve_target_finds_a_tuned_machine_by_part_of_its_key(tmp_path):
     assert provider == "cpu" and key == KEY
     provider, key = resolve_target("cpu", hardware="cpu:AMD EPYC:25/17:avx512", cache=cache)
     assert (key.cpu, key.family, key.model, key.isa) == ("AMD EPYC", 25, 17, "avx512")
+
+
+def test_whole_model_check_keeps_dense_what_cannot_matter_end_to_end(tmp_path, monkeypatch):
+    """Layers that together save under 1% of the model's time stay dense, whatever the (noisy) end-to-end ratio."""
+    model = mlp()
+    cache = tuned_cache(tmp_path, model, {"<MatMul -> h>": 1.4, "<MatMul -> y>": 1.1})  # 37.7 us saved in all
+    monkeypatch.setattr(tuner, "_time_models", lambda *a, **k: summarize([10e-3] * 8, [8e-3] * 8))  # "1.25x"
+    policy = MeasuredPolicy("cpu", KEY, cache, {"batch": 4}, use_model_verdict=False, table={})
+    verdict = tuner.check_whole_model(model, bind_inputs(model, {"batch": 4}), policy, "cpu", None, 1.0,
+                                      lambda *a, **k: None)
+    assert verdict["ratio"] == 1.0 and len(verdict["dense_layers"]) == 2 and "under 1.01x" in verdict["note"]

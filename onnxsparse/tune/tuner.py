@@ -8,9 +8,11 @@
    CUDA the sparse session runs with the cuSPARSELt tuning cache on, so the configuration search
    happens here and the first inference of the compiled model finds it.
 3. The whole-model check: compile with the per-layer choices, time dense against compiled end to
-   end. If compiled is slower beyond noise, drop the sparse layers that save least per call, a
-   quarter of them a round, until it is not (or none is left); record the dropped layers under the
-   model's fingerprint and shapes, which ``compile --target`` reads back.
+   end. While compiled is not clearly faster (the ratio or its lower quartile under 1), drop the
+   sparse layers that save least per call, a quarter of them a round. The model stays dense when
+   the result is under MIN_GAIN, or when the layers left are predicted (from their per-layer
+   savings) to save under that: a measured gain would then be noise. The dropped layers are
+   recorded under the model's fingerprint and shapes, which ``compile --target`` reads back.
 """
 
 from __future__ import annotations
@@ -234,6 +236,16 @@ def check_whole_model(model, bound, policy: MeasuredPolicy, provider: str, optio
     progress(f"whole model: {len(sparse_layers)} layers sparse, timing dense against compiled ...")
     timing = _time_models(dense_blob, compiled.SerializeToString(), feeds, provider, options, budget_s, clock)
     verdict.update(ratio_before=timing.ratio, dense_ms=timing.dense_us / 1e3, compiled_ms_before=timing.sparse_us / 1e3)
+    predicted = _predicted(timing.dense_us, sparse_layers)
+    verdict["predicted_ratio"] = round(predicted, 4)
+    if predicted < MIN_GAIN:
+        # The layers cannot matter end to end; a measured gain would be noise, a loss is real risk.
+        saved = sum(c.saved_us or 0.0 for c in sparse_layers)
+        verdict.update(dense_layers=[c.node for c in sparse_layers], ratio=1.0, compiled_ms=verdict["dense_ms"],
+                       note=f"the sparse layers save {saved:.0f} us per run together, {predicted:.3f}x of the "
+                            f"model's {timing.dense_us / 1e3:.2f} ms: under {MIN_GAIN:.2f}x, the model stays dense")
+        verdict["rounds"].append(_round(timing, len(sparse_layers)))
+        return verdict
     verdict["rounds"].append(_round(timing, len(sparse_layers)))
     progress(f"whole model: {timing.ratio:.3f}x with {len(sparse_layers)} layers sparse "
              f"(quartiles {timing.ratio_low:.3f}-{timing.ratio_high:.3f})", done=True)
@@ -241,7 +253,7 @@ def check_whole_model(model, bound, policy: MeasuredPolicy, provider: str, optio
     order = sorted(sparse_layers, key=lambda c: (c.saved_us if c.saved_us is not None else 0.0, c.ratio or 0.0))
     dropped: list[str] = []
     rounds = 0
-    while _slower(timing) and order and rounds < MAX_ROUNDS:
+    while _slower(timing) and order and rounds < MAX_ROUNDS and _predicted(timing.dense_us, order) >= MIN_GAIN:
         rounds += 1
         count = len(order) if rounds == MAX_ROUNDS else max(1, math.ceil(len(order) / 4))
         dropped += [c.node for c in order[:count]]
@@ -256,7 +268,7 @@ def check_whole_model(model, bound, policy: MeasuredPolicy, provider: str, optio
         timing = _time_models(dense_blob, compiled.SerializeToString(), feeds, provider, options, budget_s, clock)
         verdict["rounds"].append(_round(timing, len(order)))
         progress(f"whole model: {timing.ratio:.3f}x with {len(order)} layers sparse", done=True)
-    if timing.ratio < MIN_GAIN or not order:
+    if timing.ratio < MIN_GAIN or _slower(timing) or not order or _predicted(timing.dense_us, order) < MIN_GAIN:
         dropped = [c.node for c in sparse_layers]
         verdict["note"] = (f"not {MIN_GAIN:.2f}x faster than dense end to end with any subset tried "
                            f"(best {max(r['ratio'] for r in verdict['rounds']):.3f}x): the model stays dense")
@@ -277,7 +289,14 @@ def _round(timing: Timing, sparse: int) -> dict:
 
 
 def _slower(timing: Timing) -> bool:
-    return timing.ratio < 1.0
+    """Slower than dense, or not clearly faster: the lower quartile of the ratio is under 1."""
+    return timing.ratio < 1.0 or timing.ratio_low < 1.0
+
+
+def _predicted(dense_us: float, layers) -> float:
+    """The whole model's ratio if each sparse layer saved what it measured alone."""
+    saved = sum(c.saved_us or 0.0 for c in layers)
+    return dense_us / max(dense_us - saved, 1e-9)
 
 
 def _time_models(dense: bytes, sparse: bytes, feeds, provider, options, budget_s, clock="wall") -> Timing:
