@@ -215,3 +215,14 @@ def test_find_layers_default_keeps_bodies_undescribed():
         (True, "", "kn", 0), (True, "the then_branch of If ''", "kn", 0)]
     graph = ModelGraph(model_with_weight_in_subgraph())
     assert graph.scope(described[1].scope).nodes()[described[1].index].op == "MatMul"
+
+
+def test_check_cli_names_the_body_of_a_layer(tmp_path, capsys):
+    from onnxsparse.cli import main
+
+    path = tmp_path / "nested.onnx"
+    onnx.save(nested_model(), path)
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "<MatMul -> a> (in the body of Loop '' > the then_branch of If '')" in out
+    assert "1 of 1 layers eligible" in out

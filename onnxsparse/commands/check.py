@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     rows = [
         (
-            layer.node,
+            f"{layer.node} (in {layer.scope})" if layer.scope else layer.node,
             layer.op,
             layer.weight or "-",
             format_shape(layer.shape),
