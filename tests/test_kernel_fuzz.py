@@ -51,10 +51,15 @@ def conv_case(name, x, oc, kernel, attrs="", *, cpg=None, group=1, const=True, d
 
 
 def matmul_case(name, a, n, *, k=None, attrs="", const=True, dtype="float", bias=False, expect="numpy", match=None,
-                index="compressed", values_shape=None):
+                index="compressed"):
+    """A MatMulCompress case: A's shape, N; expect "numpy" (fp64 product) or "error" (match).
+
+    index: "compressed" (a pruned weight's own), "random" (any valid nibbles), "invalid" (one field
+    of 3), "values_k_huge" (an empty pair whose K overflows).
+    """
     k = (a[0] if "transA = 1" in attrs else a[-1]) if k is None else k
     return {"id": name, "op": "matmul", "a": list(a), "n": n, "k": k, "attrs": attrs, "const": const, "dtype": dtype,
-            "bias": bias, "expect": expect, "match": match, "index": index, "values_shape": values_shape}
+            "bias": bias, "expect": expect, "match": match, "index": index}
 
 
 def compress_case(name, shape, layout, match):
