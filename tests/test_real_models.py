@@ -22,7 +22,6 @@ from onnxsparse.prune import Calibration, PruneOptions, prune_model
 from onnxsparse.prune.layers import scan_layers
 
 HEAD_NODE = "/classifier/Gemm"
-ITEM_9 = "head detection through residual Add (item 9)"
 
 
 def bert_inputs(path, batch: int = 8, seq: int = 12, vocab: int = 128) -> str:
@@ -77,7 +76,6 @@ def test_generator_bert_prunes_compiles_and_verifies_with_every_layer(tmp_path):
 
 
 @pytest.mark.kernels
-@pytest.mark.xfail(strict=True, reason=ITEM_9)
 def test_generator_bert_prunes_all_but_the_real_head(tmp_path):
     model = build_hf_bert(layers=2)
     report, compiled, checks = prune_compile_verify(model, bert_inputs(tmp_path / "in.npz"))

@@ -9,8 +9,12 @@ A weight used by several nodes is one ``Layer`` with several ``uses``: it is pru
 of its other consumers is not a prunable use with the same sparse axis (an ``Add``, a layer that is
 excluded, a MatMul with a different K), pruning it would change that consumer too, so it is skipped.
 
-The head (the last Conv/MatMul/Gemm with a constant weight on the way to each graph output, like
-an LLM's ``lm_head``) is excluded by default. Subgraphs (If/Loop/Scan bodies) are not searched;
+The head (like an LLM's ``lm_head`` or a classifier) is excluded by default: a layer whose output
+reaches a graph output along data edges without passing through another Conv/MatMul/Gemm with a
+constant weight, and without being merged on the way with a tensor that carries a layer upstream of
+it (a residual ``Add``: a transformer's attention-output and FFN-output projections are not heads).
+Data edges leave out shape computations (``Shape``, ``Size``) and shape-like inputs (the shape of a
+``Reshape``/``Expand``, the axes of a ``Squeeze``, ...): ``_find_heads``. Subgraphs (If/Loop/Scan bodies) are not searched;
 a weight that a subgraph also reads is skipped.
 """
 
@@ -145,21 +149,71 @@ def _use(record: LayerRecord, name: str, m: int) -> Use | str:
                trans_a=bool(record.attrs.get("transA", 0)), conv=conv)
 
 
+# Inputs that give a shape, sizes, axes or counts rather than data: never followed by the head search.
+SHAPE_INPUTS = {
+    "Reshape": {1}, "Expand": {1}, "Tile": {1}, "ConstantOfShape": {0}, "Range": {0, 1, 2},
+    "Slice": {1, 2, 3, 4}, "Pad": {1, 3}, "Resize": {1, 2, 3}, "Upsample": {1}, "Squeeze": {1},
+    "Unsqueeze": {1}, "Split": {1}, "TopK": {1}, "OneHot": {1}, "CenterCropPad": {1},
+    "ReduceSum": {1}, "ReduceMean": {1}, "ReduceMax": {1}, "ReduceMin": {1}, "ReduceProd": {1},
+    "ReduceL1": {1}, "ReduceL2": {1}, "ReduceLogSum": {1}, "ReduceLogSumExp": {1}, "ReduceSumSquare": {1},
+}
+# Nodes whose output is a shape or a size of their input, not a function of its values.
+SHAPE_OPS = {"Shape", "Size"}
+
+
+def data_inputs(node: onnx.NodeProto) -> list[str]:
+    """The inputs whose values flow into the node's outputs (shape-like inputs left out), plus the
+    outer tensors its subgraphs read."""
+    if node.op_type in SHAPE_OPS:
+        return []
+    skip = SHAPE_INPUTS.get(node.op_type, set())
+    return [t for i, t in enumerate(node.input) if t and i not in skip] + subgraph_reads(node)
+
+
 def _find_heads(graph: onnx.GraphProto, names: list[str], weighted: set[str]) -> set[str]:
-    """The last node with a constant weight on each path back from every graph output."""
-    producer = {out: (index, node) for index, node in enumerate(graph.node) for out in node.output}
-    heads, seen = set(), set()
-    stack = [out.name for out in graph.output]
-    while stack:
-        tensor = stack.pop()
-        if tensor in seen or tensor not in producer:
-            continue
-        seen.add(tensor)
-        index, node = producer[tensor]
-        if names[index] in weighted:
-            heads.add(names[index])
-            continue
-        stack.extend(i for i in node.input if i)
+    """The heads: layers whose output reaches a graph output along data edges without passing
+    through another layer, and without being merged on the way with a tensor that carries the output
+    of a layer upstream of them (a residual ``Add`` around them merges paths; two parallel heads on
+    one trunk merged by a ``Concat`` stay heads).
+
+    Per tensor, in graph order: ``upstream`` (every layer on a data path into it), ``nearest`` (the
+    last layer on each data path into it) and ``alone`` (the layers that reach it unmerged)."""
+    weighted_index = {index for index, name in enumerate(names) if name in weighted}
+    upstream: dict[str, frozenset] = {}
+    nearest: dict[str, frozenset] = {}
+    alone: dict[str, frozenset] = {}
+    empty: frozenset = frozenset()
+    upstream_of: dict[int, frozenset] = {}  # layer -> the layers upstream of it
+    for index, node in enumerate(graph.node):
+        inputs = data_inputs(node)
+        if index in weighted_index:
+            # A layer's data input is its activation (the weight is a constant, not data).
+            act = node.input[0] if node.input else ""
+            if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[0] not in upstream \
+                    and node.input[1] in upstream:
+                act = node.input[1]
+            up = upstream.get(act, empty) | {index}
+            near = al = frozenset({index})
+        else:
+            up = frozenset().union(*(upstream.get(t, empty) for t in inputs))
+            near = frozenset().union(*(nearest.get(t, empty) for t in inputs))
+            merged = set()
+            for i, tensor in enumerate(inputs):
+                for layer in alone.get(tensor, empty):
+                    before = upstream_of[layer]
+                    others = [t for j, t in enumerate(inputs) if j != i and t != tensor]
+                    # Merged when another operand carries a layer upstream of this one (this is the
+                    # residual branch) or was computed from this one's output (this is the skip).
+                    if not any(nearest.get(t, empty) & before or layer in upstream.get(t, empty) for t in others):
+                        merged.add(layer)
+            al = frozenset(merged)
+        if index in weighted_index:
+            upstream_of[index] = up - {index}
+        for out in node.output:
+            upstream[out], nearest[out], alone[out] = up, near, al
+    heads = set()
+    for out in graph.output:
+        heads |= {names[index] for index in alone.get(out.name, empty)}
     return heads
 
 
