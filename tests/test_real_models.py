@@ -86,12 +86,11 @@ def test_generator_bert_prunes_all_but_the_real_head(tmp_path):
     assert all(check.passed for check in checks)
 
 
-def test_generator_bert_head_detection_fails_only_through_the_residual_adds():
-    """What keeps the test above failing: the only wrongly kept layers are those behind a residual Add."""
+def test_generator_bert_head_is_only_the_classifier():
+    """Head detection does not stop at the projections behind the residual Adds (issue 13 item 9)."""
     scan = scan_layers(build_hf_bert(layers=2))
-    wrongly_kept = set(scan.heads) - {HEAD_NODE}
-    assert {name.rsplit("/", 2)[-2] for name in wrongly_kept} <= {"dense"}
-    assert all("/output/dense/" in name for name in wrongly_kept)
+    assert set(scan.heads) == {HEAD_NODE}
+    assert [layer.uses[0].node for layer in scan.layers] == linear_names(2)[:-1]
 
 
 # --- a real transformers export: only where transformers is installed -------------------------
@@ -133,9 +132,11 @@ def test_transformers_bert_prunes_compiles_and_verifies(tmp_path, dynamo):
     model = export_transformers_bert(tmp_path / "bert.onnx", dynamo)
     linear = linear_layers(ModelGraph(model).to_model())
     assert len(linear) >= 13  # 12 encoder projections (2 layers), pooler, classifier
-    report, compiled, checks = prune_compile_verify(model, bert_inputs(tmp_path / "in.npz"), prune_head=True)
-    assert len(report.layers) >= 13
-    assert len(compiled.rewritten) >= 13
+    report, compiled, checks = prune_compile_verify(model, bert_inputs(tmp_path / "in.npz"))
+    classifier = linear[-1]
+    assert report.heads == [classifier]  # the last linear layer: the classifier
+    assert pruned_nodes(report) == set(linear) - {classifier}  # every linear layer but the real head
+    assert {layer.record.node for layer in compiled.rewritten} == set(linear) - {classifier}
     assert all(check.passed for check in checks), [(c.name, c.rel_l2) for c in checks]
 
 
