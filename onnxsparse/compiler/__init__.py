@@ -3,7 +3,8 @@
 ``compile_pipeline`` runs ``CheckSparsity`` (looks only) -> ``RewriteSparseOps`` (rules, trusts the
 check's records) -> ``FoldCompress`` -> ``AnnotateShapes`` (shapes for what ONNX Runtime cannot
 infer through the custom ops). Layer discovery (``layers.find_layers``) is shared with the pruner.
-None of the passes descends into subgraphs (If/Loop/Scan bodies) or local functions.
+The passes work in If/Loop/Scan bodies too (``ModelGraph.scopes``; layers there carry their ``scope``);
+layers in local functions are reported, not rewritten (inline the functions first).
 
 The compiler imports only the leaves (``spec``, ``format``, ``errors``), onnx, graphsurgeon and
 numpy: never ONNX Runtime, never the front door.
