@@ -46,19 +46,47 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     return parser, by_name
 
 
+class _HeldWarnings(logging.Handler):
+    """Log records are held while a command runs and printed when it succeeds.
+
+    A command that fails prints one line (its error); the warnings that came before it (the ONNX
+    checker's, say) would be a second line that is not the cause. With ``-v`` (INFO), records are
+    printed as they come, since the user asked to follow the run.
+    """
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.level <= logging.INFO:
+            print(self.format(record), file=sys.stderr)
+        else:
+            self.records.append(record)
+
+    def print_held(self) -> None:
+        for record in self.records:
+            print(self.format(record), file=sys.stderr)
+        self.records.clear()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser, by_name = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    held = _HeldWarnings(logging.INFO if args.verbose else logging.WARNING)
+    root = logging.getLogger()
+    root.addHandler(held)
+    root.setLevel(held.level)
     try:
-        return int(by_name[args.command].run(args) or 0)
+        status = int(by_name[args.command].run(args) or 0)
+        held.print_held()
+        return status
     except OnnxSparseError as exc:
+        # The error is the one line: warnings that led up to it (e.g. the checker's) are dropped.
         print(f"onnxsparse {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
@@ -75,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_ERROR
+    finally:
+        root.removeHandler(held)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,22 @@
 """Reading and writing models safely.
 
 ``load_model`` turns every way a model file can be bad (missing, a directory, empty, not ONNX,
-truncated, external data missing, unreadable or pointing outside the model's folder) into an
-``OnnxSparseError`` with one clear line. ``save_model`` writes atomically: the model (and its
-external data file, if any) are written under temporary names in the output folder and renamed
-into place, so a failure leaves no partial output and never touches the input.
+truncated, external data missing, unreadable, a symlink loop, pointing outside the model's folder,
+a NUL or an over-long name in a location; a tensor whose type, dims and data disagree; a name that
+is not UTF-8) into an ``OnnxSparseError`` with one clear line.
+
+``check_output_path`` is the one output-path guard of every command that writes a model: no output
+may be one of the input's files (the model or an external data file it refers to).
+
+``save_model`` publishes the model and its external data file as a pair (see its docstring): a
+failure or a kill leaves the previous output whole and never touches the input.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -49,13 +56,26 @@ def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
     for location in sorted(set(_external_locations(model))):
         if not location:
             raise OnnxSparseError(f"{path}: a tensor's external data has no location")
-        target = (base / location).resolve()
+        shown = location if len(location) <= 60 else location[:60] + "..."
+        if "\0" in location:
+            raise OnnxSparseError(f"{path}: external data location {shown!r} contains a NUL character")
+        if any(len(os.fsencode(part)) > _NAME_MAX for part in Path(location).parts):
+            raise OnnxSparseError(f"{path}: external data location '{shown}' has a name over {_NAME_MAX} bytes")
+        try:
+            target = (base / location).resolve()
+            is_file = target.is_file()
+        except RuntimeError:  # Python 3.11 reports a symlink loop this way
+            raise OnnxSparseError(f"{path}: external data '{shown}' is a symlink loop") from None
+        except OSError as exc:
+            raise OnnxSparseError(f"{path}: external data '{shown}': {exc.strerror or exc}") from None
         if Path(location).is_absolute() or not target.is_relative_to(base):
-            raise OnnxSparseError(f"{path}: external data '{location}' points outside the model's folder")
-        if not target.is_file():
-            raise OnnxSparseError(f"{path}: external data file '{location}' is missing")
+            raise OnnxSparseError(f"{path}: external data '{shown}' points outside the model's folder")
+        if not is_file:
+            if (base / location).is_symlink():
+                raise OnnxSparseError(f"{path}: external data '{shown}' is a broken or looping symlink")
+            raise OnnxSparseError(f"{path}: external data file '{shown}' is missing")
         if not os.access(target, os.R_OK):
-            raise OnnxSparseError(f"{path}: external data file '{location}' is not readable")
+            raise OnnxSparseError(f"{path}: external data file '{shown}' is not readable")
 
 
 def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx.ModelProto:
@@ -73,20 +93,83 @@ def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx
         raise OnnxSparseError(f"{path}: not an ONNX model (the file does not parse; truncated or corrupt?)") from None
     if not model.HasField("graph") or not model.opset_import:
         raise OnnxSparseError(f"{path}: not an ONNX model (no graph or no opset import)")
+    _check_names(model, path)
+    _check_tensors(model, path, with_data=False)
+    external = frozenset()
     if load_external_data:
+        external = frozenset(t.name for t in onnx.external_data_helper._get_all_tensors(model)
+                             if t.data_location == onnx.TensorProto.EXTERNAL)
         _check_external_data(model, path)
         try:
             onnx.load_external_data_for_model(model, str(path.parent))
         except (OSError, ValueError, onnx.checker.ValidationError) as exc:
             raise OnnxSparseError(f"{path}: cannot read external data: {exc}") from None
-        for tensor in onnx.external_data_helper._get_all_tensors(model):
-            expected = _expected_bytes(tensor)
-            if expected is not None and tensor.HasField("raw_data") and len(tensor.raw_data) != expected:
-                raise OnnxSparseError(
-                    f"{path}: external data of tensor '{tensor.name}' is truncated "
-                    f"({len(tensor.raw_data)} bytes, expected {expected})"
-                )
+    _check_tensors(model, path, with_data=load_external_data, external=external)
     return model
+
+
+def load_model_graph(path: str | os.PathLike) -> onnx.ModelProto:
+    """The model without its external data, after the checks ``load_model`` makes of the files it
+    refers to (they exist, are readable and inside the model's folder). For callers that hand the
+    path itself to ONNX Runtime."""
+    path = Path(path)
+    model = load_model(path, load_external_data=False)
+    _check_external_data(model, path)
+    return model
+
+
+def _check_names(model: onnx.ModelProto, path: Path) -> None:
+    """Names that are not UTF-8 (protobuf hands them over as bytes) are refused: ONNX names are text."""
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        items = [("graph input", v.name) for v in graph.input] + [("graph output", v.name) for v in graph.output]
+        items += [("initializer", t.name) for t in graph.initializer]
+        for node in graph.node:
+            items += [("node", node.name), ("node op type", node.op_type)]
+            items += [("tensor", n) for n in (*node.input, *node.output)]
+            graphs += [a.g for a in node.attribute if a.HasField("g")] + [g for a in node.attribute for g in a.graphs]
+        for what, name in items:
+            if isinstance(name, bytes):
+                raise OnnxSparseError(f"{path}: a {what} name is not valid UTF-8 ({name[:40]!r})")
+
+
+def _check_tensors(model: onnx.ModelProto, path: Path, with_data: bool, external: frozenset = frozenset()) -> None:
+    """Each tensor's type, dims and data agree (checked before any compiler or runtime code sees them).
+
+    ``external``: names of the tensors whose data was read from external files (for the message)."""
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        name = tensor.name or "(unnamed)"
+        if tensor.data_type == onnx.TensorProto.UNDEFINED or tensor.data_type not in _KNOWN_TYPES:
+            raise OnnxSparseError(f"{path}: tensor '{name}' has data_type {tensor.data_type}, "
+                                  "which is not an ONNX element type")
+        if any(d < 0 for d in tensor.dims):
+            raise OnnxSparseError(f"{path}: tensor '{name}' has a negative dimension {list(tensor.dims)}")
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            if not with_data:
+                continue
+        expected = _expected_bytes(tensor)
+        if tensor.HasField("raw_data"):
+            if expected is not None and len(tensor.raw_data) != expected:
+                kind = "external data" if tensor.name in external else "raw data"
+                problem = "is truncated" if len(tensor.raw_data) < expected else "is longer than its dims need"
+                raise OnnxSparseError(
+                    f"{path}: {kind} of tensor '{name}' {problem} ({len(tensor.raw_data)} bytes, expected "
+                    f"{expected} for {onnx.TensorProto.DataType.Name(tensor.data_type).lower()}{list(tensor.dims)})"
+                )
+        elif _element_count(tensor) > 0 and not any(len(getattr(tensor, f)) for f in _VALUE_FIELDS):
+            raise OnnxSparseError(f"{path}: tensor '{name}' has dims {list(tensor.dims)} but no data")
+
+
+def _element_count(tensor: onnx.TensorProto) -> int:
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return count
+
+
+_VALUE_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+_KNOWN_TYPES = frozenset(v for v in onnx.TensorProto.DataType.values() if v != onnx.TensorProto.UNDEFINED)
 
 
 def _expected_bytes(tensor: onnx.TensorProto) -> int | None:
@@ -131,9 +214,50 @@ def external_data_files(path: str | os.PathLike) -> list[Path]:
     return [(base / location).resolve() for location in sorted(set(_external_locations(model)))]
 
 
+def _input_files(inputs) -> set[Path]:
+    """Every file an input model consists of: the model file and its external data files, resolved."""
+    files: set[Path] = set()
+    for source in inputs:
+        source = Path(source)
+        try:
+            if not source.is_file():
+                continue
+            files.add(source.resolve())
+            model = onnx.load(str(source), load_external_data=False)
+        except Exception:  # an unreadable input is reported by its loader, not here
+            continue
+        for location in _external_locations(model):
+            try:
+                files.add((source.parent / location).resolve())
+            except (OSError, RuntimeError, ValueError):
+                continue
+    return files
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or os.path.samefile(a, b)
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
 def check_output_path(out: str | os.PathLike, inputs: list[str | os.PathLike] = ()) -> Path:
-    """Validate an output path before any work: its folder exists and is writable, it is no input."""
+    """The one output-path guard of every command that writes a model (compile, prune, ...).
+
+    Call it with the output and the input model path(s) before any work. It refuses an empty path,
+    a file name over 255 bytes, a folder that does not exist or is not writable, a directory, and
+    an output that is one of the inputs' files: an input model or any external data file an input
+    refers to (same path, a link to it, or a hard link). ``save_model(..., inputs=...)`` repeats it
+    and never writes or removes those files either.
+    """
+    if str(out) == "":
+        raise OnnxSparseError("the output path is empty; give a file name for the output model")
+    if "\0" in str(out):
+        raise OnnxSparseError(f"{str(out)!r}: the output path contains a NUL character")
     out = Path(out)
+    if len(os.fsencode(out.name)) > _NAME_MAX:
+        raise OnnxSparseError(f"{out.name[:40]}...: output file name is too long "
+                              f"({len(os.fsencode(out.name))} bytes; at most {_NAME_MAX})")
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise OnnxSparseError(f"{out}: output folder '{folder}' does not exist")
@@ -142,49 +266,209 @@ def check_output_path(out: str | os.PathLike, inputs: list[str | os.PathLike] = 
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OnnxSparseError(f"{out}: output folder '{folder}' is not writable")
     for source in inputs:
-        if Path(source).exists() and out.exists() and Path(source).resolve() == out.resolve():
+        if Path(source).exists() and out.exists() and _same_file(Path(source), out):
             raise OnnxSparseError(f"{out}: output would overwrite the input model; choose another -o")
+    if out.exists() or out.is_symlink():
+        for protected in _input_files(inputs):
+            if _same_file(protected, out):
+                raise OnnxSparseError(f"{out}: output would overwrite the input's external data file "
+                                      f"'{protected.name}'; choose another -o")
     return out
 
 
-def save_model(model: onnx.ModelProto, out: str | os.PathLike, external_data: bool | None = None) -> list[Path]:
+_NAME_MAX = 255
+# Staging folders live in the output folder (renames must stay on one file system) under this
+# prefix and the writer's process id; a writer killed mid-save leaves one, and the next save into
+# the same folder removes those whose process is gone.
+_STAGING_PREFIX = ".onnxsparse-staging-"
+_STAGING = re.compile(r"^\.onnxsparse-staging-(\d+)-[A-Za-z0-9_]+$")
+_DATA_ALIGN = 64  # offset alignment of each tensor in the data file
+_EXTERNAL_MIN_BYTES = 1024  # smaller tensors stay in the model file, like onnx's default
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_staging(folder: str | os.PathLike) -> list[Path]:
+    """Remove the staging folders of writers that died in ``folder``; return what was removed."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _STAGING.match(entry.name)
+        if match and entry.is_dir() and not entry.is_symlink() and not _process_alive(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def _data_names(out: Path) -> re.Pattern:
+    """Names of the data files ``save_model`` writes for ``out``: ``<name>.data``, ``<name>.<hash>.data``."""
+    return re.compile(re.escape(out.name) + r"(\.[0-9a-f]{16})?\.data")
+
+
+def _referenced_data(model_path: Path) -> set[Path]:
+    """The data files an existing model file refers to (empty when it does not parse)."""
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+        return {(model_path.parent / location).resolve() for location in _external_locations(model) if location}
+    except Exception:
+        return set()
+
+
+def model_bytes(model: onnx.ModelProto) -> int:
+    """The size of a model's tensor data, without serializing it (``ByteSize`` fails over 2 GB)."""
+    return sum(len(t.raw_data) for t in onnx.external_data_helper._get_all_tensors(model))
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _externalized(model: onnx.ModelProto, data_path: Path):
+    """Write the large raw tensors to ``data_path``; return (sha256 hex, tensors, their raw bytes)."""
+    digest = hashlib.sha256()
+    moved = []
+    offset = 0
+    with open(data_path, "wb") as data:
+        for tensor in onnx.external_data_helper._get_initializer_tensors(model):
+            if not tensor.HasField("raw_data") or len(tensor.raw_data) < _EXTERNAL_MIN_BYTES:
+                continue
+            pad = (-offset) % _DATA_ALIGN
+            if pad:
+                data.write(b"\0" * pad)
+                digest.update(b"\0" * pad)
+                offset += pad
+            raw = tensor.raw_data
+            data.write(raw)
+            digest.update(raw)
+            moved.append((tensor, offset, len(raw)))
+            offset += len(raw)
+        data.flush()
+        os.fsync(data.fileno())
+    return digest.hexdigest(), moved
+
+
+def _point_to(moved, location: str) -> list[bytes]:
+    saved = []
+    for tensor, offset, length in moved:
+        saved.append(tensor.raw_data)
+        tensor.ClearField("raw_data")
+        del tensor.external_data[:]
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+    return saved
+
+
+def _restore(moved, saved: list[bytes]) -> None:
+    for (tensor, _, _), raw in zip(moved, saved):
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        tensor.raw_data = raw
+
+
+def save_model(model: onnx.ModelProto, out: str | os.PathLike, external_data: bool | None = None,
+               inputs: list[str | os.PathLike] = ()) -> list[Path]:
     """Write ``model`` to ``out`` atomically; return the files written.
 
-    ``external_data``: True keeps tensors in ``<out name>.data`` beside it, False embeds them,
-    None decides by size. The model's IR version is capped at ``MAX_IR_VERSION``.
+    ``external_data``: True keeps tensors in a data file beside it, False embeds them, None decides
+    by size. ``inputs``: the input model(s), whose files are never written or removed (see
+    ``check_output_path``). The model's IR version is capped at ``MAX_IR_VERSION``.
+
+    The model and its data file are published as a pair: the data file gets a name no existing
+    file has (``<out name>.data``, or ``<out name>.<first 16 hex of its sha256>.data`` when that
+    exists), the model referring to it is renamed over ``out`` last, and only then are the data
+    files of the model it replaced (and those an interrupted save left unreferenced: names of the
+    form above only, never an input's) removed. A reader sees the old pair or the new pair, never
+    a mix; a kill leaves at most an unreferenced data file and a staging folder, which the next
+    save of ``out`` (staging folders: any save into the folder) removes. Nothing is written
+    relative to the current directory.
     """
-    out = check_output_path(out)
+    out = check_output_path(out, inputs)
+    protected = _input_files(inputs)
     if model.ir_version > MAX_IR_VERSION:
         model.ir_version = MAX_IR_VERSION
     if external_data is None:
-        external_data = model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+        external_data = model_bytes(model) > EXTERNAL_DATA_THRESHOLD
     folder = out.parent if str(out.parent) else Path(".")
+    clean_stale_staging(folder)
+    old_data = _referenced_data(out) if out.is_file() else set()
     written: list[Path] = []
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=folder) as staging:
-        staged_model = Path(staging) / out.name
+    staging = None
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=folder))
+        staged_model = staging / "model.onnx"
+        moved, saved = [], []
         try:
             if external_data:
-                data_name = out.name + ".data"
-                onnx.save_model(
-                    model,
-                    str(staged_model),
-                    save_as_external_data=True,
-                    all_tensors_to_one_file=True,
-                    location=data_name,
-                    size_threshold=1024,
-                )
-                # onnx.save_model moves tensors out of the in-memory model; bring them back.
-                onnx.load_external_data_for_model(model, staging)
-                staged_data = Path(staging) / data_name
-                if staged_data.exists():
-                    # onnx creates the data file owner-only (0600); give it the model file's mode.
-                    shutil.copymode(staged_model, staged_data)
-                    os.replace(staged_data, folder / data_name)
-                    written.append(folder / data_name)
-            else:
-                onnx.save_model(model, str(staged_model))
-            os.replace(staged_model, out)
-            written.append(out)
-        except OSError as exc:
-            raise OnnxSparseError(f"{out}: cannot write: {exc.strerror or exc}") from None
+                staged_data = staging / "data"
+                sha, moved = _externalized(model, staged_data)
+                data_name = f"{out.name}.data"
+                if (folder / data_name).exists() or (folder / data_name).is_symlink():
+                    data_name = f"{out.name}.{sha[:16]}.data"
+                if len(os.fsencode(data_name)) > _NAME_MAX:
+                    raise OnnxSparseError(f"{out.name[:40]}...: output file name is too long for its external "
+                                          f"data file '<name>.data' (at most {_NAME_MAX} bytes in all)")
+                saved = _point_to(moved, data_name)
+            try:
+                serialized = model.SerializeToString()
+            except Exception:
+                raise OnnxSparseError(f"{out}: the model is too large to write without external data "
+                                      "(protobuf's 2 GB limit)") from None
+        finally:
+            _restore(moved, saved)
+        staged_model.write_bytes(serialized)
+        del serialized
+        _fsync(staged_model)
+        if moved:
+            target = folder / data_name
+            if target.resolve() in protected:
+                raise OnnxSparseError(f"{target}: would overwrite the input's external data; choose another -o")
+            shutil.copymode(staged_model, staged_data)
+            os.replace(staged_data, target)
+            written.append(target)
+        os.replace(staged_model, out)
+        _fsync(folder)
+        written.append(out)
+    except OSError as exc:
+        raise OnnxSparseError(f"{out}: cannot write: {exc.strerror or exc}") from None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    # Now that the new pair is in place: the data files of the model it replaced, and any that an
+    # interrupted save left unreferenced, go (only names of the form save_model gives; never an input's).
+    keep = {p.resolve() for p in written} | protected
+    pattern = _data_names(out)
+    try:
+        candidates = {p.resolve() for p in folder.iterdir() if pattern.fullmatch(p.name)} | old_data
+    except OSError:
+        candidates = old_data
+    for stale in candidates:
+        if stale not in keep and stale.parent == folder.resolve() and pattern.fullmatch(stale.name):
+            try:
+                stale.unlink()
+            except OSError:
+                pass
     return written

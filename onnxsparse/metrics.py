@@ -8,8 +8,8 @@
   and equal, 0 when one of them is zero),
 - the largest absolute difference,
 
-in float64, over the elements where neither side is NaN; a NaN on one side only is counted
-(``nan_mismatch``). A leaf: numpy only.
+in float64, over the elements where neither side is NaN and that are not the same infinity on
+both sides; a NaN on one side only is counted (``nan_mismatch``). A leaf: numpy only.
 """
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ class ErrorSums:
         exp = np.asarray(expected).astype(np.float64).ravel()
         act = np.asarray(actual).astype(np.float64).ravel()
         nan_exp, nan_act = np.isnan(exp), np.isnan(act)
-        if nan_exp.any() or nan_act.any():
+        same_inf = np.isinf(exp) & (exp == act)  # equal infinities agree (their difference would be NaN)
+        if nan_exp.any() or nan_act.any() or same_inf.any():
             self.nan_mismatch = self.nan_mismatch or bool((nan_exp != nan_act).any())
-            finite = ~(nan_exp | nan_act)
-            exp, act = exp[finite], act[finite]
+            keep = ~(nan_exp | nan_act | same_inf)
+            exp, act = exp[keep], act[keep]
         delta = act - exp
         self.diff += float(delta @ delta)
         self.ref += float(exp @ exp)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Sequence
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 import onnxruntime as ort
 
@@ -72,7 +76,10 @@ def session_options(options: ort.SessionOptions | None = None, **runtime: Any) -
 class InferenceSession(ort.InferenceSession):
     """``onnxruntime.InferenceSession`` that can run compiled models (the library is registered).
 
-    ``model`` is a path, a serialized model (bytes) or an ``onnx.ModelProto``.
+    ``model`` is a path, a serialized model (bytes) or an ``onnx.ModelProto``. A path is opened
+    by ONNX Runtime itself (external data mapped from its files); a ``ModelProto`` over
+    ``INLINE_LIMIT`` bytes of tensors is written with external data to a temporary folder and
+    opened from there (protobuf cannot serialize 2 GB).
     """
 
     def __init__(
@@ -82,16 +89,58 @@ class InferenceSession(ort.InferenceSession):
         providers: Sequence[Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        if hasattr(model, "SerializeToString"):
-            model = model.SerializeToString()
-        elif isinstance(model, os.PathLike):
-            model = os.fspath(model)
-        super().__init__(model, sess_options=session_options(sess_options), providers=providers, **kwargs)
+        options = session_options(sess_options)
+        with model_source(model) as source:
+            super().__init__(source, sess_options=options, providers=providers, **kwargs)
+
+
+# A ModelProto whose tensors exceed this many bytes is opened from a file with external data.
+INLINE_LIMIT = 1_800_000_000
+
+
+@contextlib.contextmanager
+def model_source(model: Any) -> Iterator[str | bytes]:
+    """What ONNX Runtime opens for ``model``: a path as is, bytes as is, a small ``ModelProto``
+    serialized, a large one saved with external data to a temporary folder (removed afterwards:
+    the session has read or mapped the files by then)."""
+    if isinstance(model, (str, os.PathLike)):
+        yield os.fspath(model)
+        return
+    if isinstance(model, (bytes, bytearray)):
+        yield bytes(model)
+        return
+    from . import io
+
+    if io.model_bytes(model) <= INLINE_LIMIT:
+        yield model.SerializeToString()
+        return
+    with tempfile.TemporaryDirectory(prefix="onnxsparse-session-") as folder:
+        path = Path(folder) / "model.onnx"
+        io.save_model(model, path, external_data=True)
+        yield str(path)
+
+
+def quiet_run_options() -> ort.RunOptions:
+    """Run options under which a failing run logs nothing itself: its message becomes the caller's one
+    error line (``ort_message``) instead of an extra ERROR line on stderr before it."""
+    options = ort.RunOptions()
+    options.log_severity_level = 4
+    return options
+
+
+def ort_message(exc: BaseException) -> str:
+    """ONNX Runtime's whole message on one line (its useful part, e.g. "index: 0 Got: 1 Expected: 64",
+    is often on the second line)."""
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : ", "", str(exc).strip())
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def open_session(model, sparse: bool, provider: str = "cpu", threads: int | None = None, quiet: bool = False,
                  what: str | None = None) -> ort.InferenceSession:
     """A session for a dense original (``sparse=False``) or a compiled model (library registered).
+
+    ``model``: a path (opened by ONNX Runtime, external data mapped from its files), or a
+    ``ModelProto`` (see ``model_source``: one over ``INLINE_LIMIT`` goes through a temporary file).
 
     The one session factory of the package (verify, bench, the pruner's captures and evaluations).
     ``threads`` sets intra-op threads (0: all cores) with one inter-op thread, so that two sessions
@@ -105,7 +154,10 @@ def open_session(model, sparse: bool, provider: str = "cpu", threads: int | None
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=PROVIDERS[provider])
+        with model_source(model) as source:
+            return ort.InferenceSession(source, options, providers=PROVIDERS[provider])
+    except OnnxSparseError:
+        raise
     except Exception as exc:  # onnxruntime's errors carry no common base class
         what = what or ("compiled model" if sparse else "original model")
-        raise OnnxSparseError(f"the {what} does not load in ONNX Runtime: {str(exc).splitlines()[0]}") from None
+        raise OnnxSparseError(f"the {what} does not load in ONNX Runtime: {ort_message(exc)}") from None

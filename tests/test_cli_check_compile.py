@@ -269,3 +269,95 @@ def test_compile_dim_reaches_the_choice(tmp_path):
 
     layers = json.loads(proc.stdout)["layers"]
     assert len(layers) == 1 and layers[0]["rewritten"], layers
+
+
+# --- outputs never touch the input's files; re-compiling; atomic pairs ---------------------------------
+
+
+def external_model(tmp_path: Path, name: str = "ext.onnx", location: str = "ext.onnx.data") -> Path:
+    path = tmp_path / name
+    model = make_model(f"{HEAD} g (float[2,64] x) => (float[2,32] y) {{ y = MatMul(x, W) }}",
+                       W=sparse_weight((64, 32), "kn"))
+    onnx.save(model, path, save_as_external_data=True, location=location, size_threshold=0)
+    return path
+
+
+def test_compile_output_may_not_be_the_inputs_data_file(tmp_path):
+    path = external_model(tmp_path, location="w.bin")
+    before = (tmp_path / "w.bin").read_bytes()
+    proc = cli("compile", path, "-o", tmp_path / "w.bin")
+    assert_one_line_error(proc, "w.bin", "external data")
+    assert (tmp_path / "w.bin").read_bytes() == before
+
+
+def test_compile_output_may_not_be_a_link_to_the_input(tmp_path, model_path):
+    (tmp_path / "link.onnx").symlink_to(model_path)
+    os.link(model_path, tmp_path / "hard.onnx")
+    before = model_path.read_bytes()
+    for out in ("link.onnx", "hard.onnx"):
+        assert_one_line_error(cli("compile", model_path, "-o", tmp_path / out), "overwrite the input")
+    assert model_path.read_bytes() == before
+
+
+def test_compile_empty_output_is_an_error(model_path):
+    assert_one_line_error(cli("compile", model_path, "-o", ""), "output path is empty")
+
+
+def test_recompile_external_data_and_stray_data_in_cwd(tmp_path):
+    path = external_model(tmp_path)
+    elsewhere, cwd = tmp_path / "elsewhere", tmp_path / "cwd"
+    elsewhere.mkdir(), cwd.mkdir()
+    (cwd / "x.onnx.data").write_bytes(b"stray")  # onnx's helper looked for the data file in the cwd
+    for _ in range(3):  # the second and third write replace the first pair
+        proc = cli("compile", path, "-o", elsewhere / "x.onnx", cwd=cwd)
+        assert proc.returncode == 0, proc.stderr
+        names = sorted(p.name for p in elsewhere.iterdir())
+        assert len(names) == 2 and "x.onnx" in names, names
+    assert (cwd / "x.onnx.data").read_bytes() == b"stray"
+    feeds = {"x": random_input((2, 64))}
+    np.testing.assert_allclose(run_reference(onnx.load(elsewhere / "x.onnx"), feeds)[0],
+                               run_reference(onnx.load(path), feeds)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_force_sparse_does_not_swallow_the_model_path(model_path, tmp_path):
+    out = tmp_path / "forced.onnx"
+    proc = cli("compile", "--force-sparse", "fc", model_path, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "fc: MatMul -> " in proc.stdout
+    # The old nargs="*" took model.onnx as a pattern; now the flag takes exactly one.
+    proc = cli("compile", "--force-dense", "fc", "--force-dense", "depth*", model_path, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing was rewritten" in proc.stdout
+
+
+def test_compile_refuses_a_dim_the_model_does_not_have(tmp_path):
+    model = make_model(f"{HEAD} g (float[batch,8] x) => (float[batch,4] y) {{ y = MatMul(x, W) }}",
+                       W=sparse_weight((8, 4), "kn"))
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    proc = cli("compile", path, "-o", tmp_path / "out.onnx", "--target", "cpu", "--dim", "nonexistent=4")
+    assert_one_line_error(proc, "--dim nonexistent", "batch")
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_checker_warning_does_not_precede_the_error(tmp_path):
+    model = mixed_model()
+    model.graph.initializer[0].data_type = 0  # the checker warns, then loading fails
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(model.SerializeToString())
+    assert_one_line_error(cli("compile", path), "data_type 0")
+
+
+def test_long_output_name(tmp_path, model_path):
+    ok = tmp_path / ("a" * 250)  # fits NAME_MAX; its data file name would not, without external data it works
+    proc = cli("compile", model_path, "-o", ok)
+    assert proc.returncode == 0, proc.stderr
+    assert_one_line_error(cli("compile", model_path, "-o", tmp_path / ("b" * 300)), "too long")
+    ext = external_model(tmp_path)
+    proc = cli("compile", ext, "-o", tmp_path / ("c" * 250))  # its data file: 255 bytes, the most allowed
+    assert proc.returncode == 0, proc.stderr
+    for p in tmp_path.iterdir():
+        if p.name.startswith("c"):
+            p.unlink()
+    assert_one_line_error(cli("compile", ext, "-o", tmp_path / ("c" * 252)), "too long")
+    assert not any(p.name.startswith("c") or p.name.startswith(".onnxsparse") for p in tmp_path.iterdir())

@@ -190,3 +190,16 @@ def test_bad_input_exits_2_with_one_line(tmp_path, case, side):
     assert lines[0].startswith("onnxsparse diff: error:")
     assert str(bad) in lines[0]
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_non_utf8_names_are_one_line(tmp_path, json_flag):
+    model = parse()
+    model.graph.node[0].name = "NODEAAAA"
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(model.SerializeToString().replace(b"NODEAAAA", b"N\xff\xfeDAAAA"))
+    good = write(tmp_path, "good.onnx", parse())
+    result = run_diff(bad, good, *json_flag)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not valid UTF-8" in lines[0] and "internal error" not in lines[0], result.stderr

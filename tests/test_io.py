@@ -40,7 +40,7 @@ def make_model() -> onnx.ModelProto:
 def write_external(folder: Path, name: str = "m.onnx") -> Path:
     path = folder / name
     save_model(make_model(), path, external_data=True)
-    assert (folder / f"{name}.data").is_file()
+    assert all((folder / location).is_file() for location in referenced_data(path))
     return path
 
 
@@ -253,12 +253,23 @@ def test_save_external_data_file_has_the_model_files_mode(tmp_path):
     assert (tmp_path / "m.onnx.data").stat().st_mode & 0o777 == out.stat().st_mode & 0o777
 
 
+def referenced_data(path: Path) -> set[str]:
+    model = onnx.load(str(path), load_external_data=False)
+    return {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+
+
 def test_save_external_overwrites_previous_output(tmp_path):
     out = write_external(tmp_path)
     size = (tmp_path / "m.onnx.data").stat().st_size
-    write_external(tmp_path)  # onnx appends to an existing data file; the staging folder prevents it
-    assert (tmp_path / "m.onnx.data").stat().st_size == size
+    write_external(tmp_path)  # a new data file beside the old one, then the old one is removed
+    (data,) = referenced_data(out)
+    assert data != "m.onnx.data" and data.startswith("m.onnx.") and data.endswith(".data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.onnx", data])
+    assert (tmp_path / data).stat().st_size == size
     assert diff_models(load_model(out), make_model()).equal
+    write_external(tmp_path)  # and back: the plain name is free again
+    assert referenced_data(out) == {"m.onnx.data"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
 
 
 def test_save_caps_ir_version(tmp_path):
@@ -270,17 +281,19 @@ def test_save_caps_ir_version(tmp_path):
 
 
 @pytest.mark.parametrize("external", [False, True])
-def test_failing_write_leaves_no_partial_file(tmp_path, monkeypatch, external):
+@pytest.mark.parametrize("where", ["write", "rename"])
+def test_failing_write_leaves_no_partial_file(tmp_path, monkeypatch, external, where):
     out = tmp_path / "out.onnx"
     out.write_bytes(b"previous output")
 
-    def failing_save(model, path, *args, **kwargs):
-        Path(path).write_bytes(b"partial")
-        if kwargs.get("save_as_external_data"):
-            (Path(path).parent / kwargs["location"]).write_bytes(b"partial data")
+    def fail(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(io.onnx, "save_model", failing_save)
+    if where == "write":
+        monkeypatch.setattr(io.Path, "write_bytes", fail)
+        monkeypatch.setattr(io, "_externalized", fail)
+    else:
+        monkeypatch.setattr(io.os, "replace", fail)
     with pytest.raises(OnnxSparseError) as excinfo:
         save_model(make_model(), out, external_data=external)
     assert_one_line_error(excinfo, "out.onnx", "No space left on device")
@@ -332,3 +345,96 @@ def test_load_and_save_never_modify_the_input(tmp_path, external_in, external_ou
 
     assert snapshot(source) == before
     assert load_model(path).graph.node[0].name == "first"
+
+
+# --- hostile tensors and external data: one line each, never an internal error --------------------
+
+
+def tensor_model(mutate) -> onnx.ModelProto:
+    model = make_model()
+    mutate(model.graph.initializer[0])
+    return model
+
+
+@pytest.mark.parametrize(
+    "mutate, fragment",
+    [
+        (lambda t: setattr(t, "data_type", 0), "data_type 0"),
+        (lambda t: setattr(t, "data_type", 999), "data_type 999"),
+        (lambda t: t.ClearField("raw_data"), "but no data"),
+        (lambda t: setattr(t, "raw_data", t.raw_data[:100]), "expected 4096"),
+        (lambda t: setattr(t, "raw_data", t.raw_data + b"1234"), "expected 4096"),
+        (lambda t: t.dims.__setitem__(0, -4), "negative dimension"),
+    ],
+)
+def test_hostile_tensor_is_one_line(tmp_path, mutate, fragment):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(tensor_model(mutate).SerializeToString())
+    with pytest.raises(OnnxSparseError) as excinfo:
+        load_model(path)
+    assert_one_line_error(excinfo, "m.onnx", fragment)
+    assert "expected -" not in str(excinfo.value)  # never "expected -512"
+
+
+@pytest.mark.parametrize(
+    "location, fragment",
+    [("loop.bin", "symlink loop"), ("a\0b", "NUL"), ("x" * 300, "over 255 bytes"), ("dangling", "symlink")],
+)
+def test_hostile_external_location_is_one_line(tmp_path, location, fragment):
+    write_external(tmp_path)
+    (tmp_path / "loop.bin").symlink_to("loop.bin")
+    (tmp_path / "dangling").symlink_to("nowhere")
+    path = set_location(tmp_path / "m.onnx", location)
+    for load in (load_model, io.load_model_graph):
+        with pytest.raises(OnnxSparseError) as excinfo:
+            load(path)
+        assert_one_line_error(excinfo, fragment)
+
+
+def test_non_utf8_names_are_one_line(tmp_path):
+    model = make_model()
+    model.graph.node[0].name = "NODEAAAA"
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString().replace(b"NODEAAAA", b"N\xff\xfeDAAAA"))
+    with pytest.raises(OnnxSparseError) as excinfo:
+        load_model(path)
+    assert_one_line_error(excinfo, "not valid UTF-8")
+
+
+def test_output_guard_protects_every_input_file(tmp_path):
+    path = write_external(tmp_path)
+    for bad in ("m.onnx", "m.onnx.data"):
+        with pytest.raises(OnnxSparseError) as excinfo:
+            check_output_path(tmp_path / bad, inputs=[path])
+        assert_one_line_error(excinfo, "overwrite the input")
+    for bad in ("", "a\0b"):
+        with pytest.raises(OnnxSparseError):
+            check_output_path(bad, inputs=[path])
+
+
+def test_replacing_an_output_never_removes_an_input_file(tmp_path):
+    """The old output referred to the input's data file (a copy of the input model): keep it."""
+    path = write_external(tmp_path)
+    copy = tmp_path / "copy.onnx"
+    copy.write_bytes(path.read_bytes())  # refers to m.onnx.data
+    save_model(make_model(), copy, external_data=True, inputs=[path])
+    assert (tmp_path / "m.onnx.data").is_file()
+    assert diff_models(load_model(path), make_model()).equal
+
+
+def test_stale_staging_folders_are_removed_by_the_next_save(tmp_path):
+    dead = tmp_path / ".onnxsparse-staging-999999999-abc"  # no such process
+    dead.mkdir()
+    (dead / "data").write_bytes(b"partial")
+    alive = tmp_path / f".onnxsparse-staging-{os.getpid()}-abc"
+    alive.mkdir()
+    save_model(make_model(), tmp_path / "out.onnx")
+    assert not dead.exists() and alive.exists()
+
+
+def test_large_model_is_saved_with_external_data_without_serializing_it_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", 1000)
+    monkeypatch.setattr(onnx.ModelProto, "ByteSize", lambda self: (_ for _ in ()).throw(AssertionError("ByteSize")),
+                        raising=False)
+    written = save_model(make_model(), tmp_path / "big.onnx")
+    assert [p.name for p in written] == ["big.onnx.data", "big.onnx"]

@@ -6,12 +6,13 @@ import argparse
 import json
 import os
 import platform
+import sys
 
 import onnxruntime as ort
 
-from .. import __version__, io
+from .. import __version__
 from ..bench import bench
-from ._model_pair import add_model_pair_arguments
+from ._model_pair import add_model_pair_arguments, input_options, open_pair
 
 NAME = "bench"
 HELP = "time a compiled model against its original: same inputs, threads and provider, interleaved runs"
@@ -26,9 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    original = io.load_model(args.original)
-    compiled = io.load_model(args.compiled)
-    result = bench(original, compiled, args.inputs, args.batch_size, args.threads, args.runs, args.warmup, args.provider)
+    options = input_options(args)
+    open_pair(args)
+    result = bench(args.original, args.compiled, args.inputs, args.batch_size, args.threads, args.runs, args.warmup,
+                   args.provider, **options)
     machine = {
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
@@ -42,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result.provider}, {threads}, batch {result.batch_size}, median of {result.runs} interleaved runs")
     print(f"  dense    {result.dense_ms:9.3f} ms  (IQR {result.dense_spread_ms:.3f})")
     print(f"  compiled {result.sparse_ms:9.3f} ms  (IQR {result.sparse_spread_ms:.3f})")
-    print(f"  speedup  {result.speedup:9.2f}x")
+    print(f"  speedup  {result.speedup:9.2f}x  (per-run IQR {result.speedup_low:.2f}x-{result.speedup_high:.2f}x)")
+    path = result.execution_provider + (f", CPU kernels {result.cpu_isa}" if result.cpu_isa else "")
+    print(f"  kernel path: {path}")
     print(f"  onnxruntime {machine['onnxruntime']}, {machine['cores']} cores")
+    for warning in result.warnings:
+        print(f"onnxsparse bench: warning: {warning}", file=sys.stderr)
     return 0

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .. import io
+from .. import io, progress
 from ..api import compile_model
 from ..errors import OnnxSparseError
 from ..targets import make_policy, parse_dims
@@ -52,15 +52,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", help="with --target: the tuning cache file (default: tune's)")
     parser.add_argument("--input-shapes", nargs="+", default=[], metavar="NAME:[D1,D2,...]",
                         help="with --target: the full shape of an input the model will run with")
+    # One pattern per flag (repeatable): a flag taking a variable number of values would swallow the
+    # model path in `compile --force-sparse model.onnx`.
     parser.add_argument(
         "--force-sparse",
-        nargs="*",
+        action="append",
         metavar="PATTERN",
-        help="rewrite the eligible layers matching these node-name or op-type patterns whatever the "
-        "measurements say (no pattern: every eligible layer)",
+        help="rewrite the eligible layers matching this node-name or op-type pattern (fnmatch) whatever "
+        "the measurements say; '*': every eligible layer. Repeatable.",
     )
     parser.add_argument(
-        "--force-dense", nargs="+", metavar="PATTERN", default=[], help="keep the layers matching these patterns dense"
+        "--force-dense", action="append", metavar="PATTERN", default=[],
+        help="keep the layers matching this pattern dense. Repeatable.",
     )
     parser.add_argument(
         "--dim",
@@ -72,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "without it a layer must be faster at every measured M. Repeatable.",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr (none when it is not a terminal)")
 
 
 def default_output(model: Path) -> Path:
@@ -82,10 +86,9 @@ def run(args: argparse.Namespace) -> int:
     source = Path(args.model)
     if not source.is_file():
         io.load_model(source)  # raises the one-line error that says what is wrong with the path
-    out = Path(args.output) if args.output else default_output(source)
-    io.check_output_path(out, inputs=[source])
+    out = io.check_output_path(args.output if args.output is not None else default_output(source), inputs=[source])
 
-    force_sparse = None if args.force_sparse is None else (args.force_sparse or ["*"])
+    force_sparse = args.force_sparse
     try:
         dims = parse_dims(args.dim)
         from ..tune.problems import parse_input_shapes
@@ -102,12 +105,12 @@ def run(args: argparse.Namespace) -> int:
         if not args.force_dense:
             policy = None
     else:
+        if dims:
+            _check_dim_names(io.load_model_graph(source), dims)
         policy = _measured_policy(args, dims, shapes, force_sparse)
-    result = compile_model(source, fold=not args.no_fold, policy=policy)
-    input_data = io.external_data_files(source)
-    if input_data and (out.parent / f"{out.name}.data").resolve() in input_data:
-        raise OnnxSparseError(f"{out}: its external data file would overwrite the input's; choose another -o")
-    written = io.save_model(result.model, out, external_data=bool(input_data))
+    with progress.working(f"onnxsparse compile {source.name}", quiet=args.quiet):
+        result = compile_model(source, fold=not args.no_fold, policy=policy)
+    written = io.save_model(result.model, out, external_data=io.uses_external_data(source), inputs=[source])
 
     report = result.to_dict()
     choices = getattr(policy, "choices", {})
@@ -121,6 +124,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print_summary(result, source, out, policy if choices else None)
     return 0
+
+
+def _check_dim_names(model, dims: dict[str, int]) -> None:
+    """A ``--dim`` must name a symbolic dimension of the model's inputs (a typo would go unnoticed)."""
+    symbolic = {d.dim_param for i in model.graph.input for d in i.type.tensor_type.shape.dim if d.dim_param}
+    unknown = sorted(set(dims) - symbolic)
+    if unknown:
+        known = ", ".join(sorted(symbolic)) or "none: every input dimension is fixed"
+        raise OnnxSparseError(f"--dim {', '.join(unknown)}: not a symbolic input dimension of the model "
+                              f"(the model's: {known})")
 
 
 def _measured_policy(args, dims, shapes, force_sparse):

@@ -3,8 +3,9 @@
 Prunes the selected Conv/MatMul/Gemm weights to N:M (2:4 by default) along SPEC's sparse axis,
 so that ``check`` passes them and ``compile`` rewrites them. Calibration data (``--calib``, one
 ``.npz`` or a directory of them, keys = the model's input names) drives wanda and sparsegpt and
-measures every method's error; without it, random inputs from the input specs are used, with a
-warning. Progress goes to stderr, the report to stdout (``--json`` for machines).
+measures every method's error on a held-out part of it (or ``--holdout``); without it, random inputs
+from the input specs are used, with a warning (magnitude without ``--max-error`` needs no data at
+all). Progress goes to stderr, the report to stdout (``--json`` for machines).
 """
 
 from __future__ import annotations
@@ -28,11 +29,15 @@ ORDER = 15
 def add_selection_arguments(parser: argparse.ArgumentParser, default_method: str) -> None:
     """Options shared with ``sensitivity``: method, N:M, calibration, layer selection."""
     parser.add_argument("model", help="the dense ONNX model (never modified)")
-    parser.add_argument("--method", default=default_method,
-                        help=f"magnitude, wanda or sparsegpt (default {default_method})")
+    parser.add_argument("--method", default=default_method, metavar="{magnitude,wanda,sparsegpt,auto}",
+                        help=f"magnitude, wanda, sparsegpt, or auto: per layer the one (and SparseGPT's damping, "
+                             f"sequential or not) with the lowest held-out error (default {default_method})")
     parser.add_argument("--n", type=int, default=2, help="weights kept per group (default 2)")
     parser.add_argument("--m", type=int, default=4, help="group size along K (default 4)")
     parser.add_argument("--calib", help=".npz file or directory of .npz files; keys are the model's input names")
+    parser.add_argument("--holdout", metavar="DIR",
+                        help=".npz file or directory of held-out data for every reported error (default: one "
+                             "--calib batch in four is held out)")
     parser.add_argument("--calib-samples", type=int, default=32,
                         help="samples to generate when --calib is not given (default 32)")
     parser.add_argument("--batch-size", type=int, default=8, help="calibration samples per run (default 8)")
@@ -53,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_selection_arguments(parser, "magnitude")
     parser.add_argument("-o", "--output", help="output model (default: <stem>.pruned.onnx beside the input)")
     parser.add_argument("--max-error", type=float, metavar="E",
-                        help="prune only the layers (largest first) that keep the model output's relative L2 error <= E")
+                        help="prune only the layers (largest first, each re-measured with those kept) that keep "
+                             "the model output's relative L2 error on held-out data <= E")
     parser.add_argument("--no-sequential", action="store_true",
                         help="wanda/sparsegpt: take every layer's inputs from the dense model in one pass")
 
@@ -76,7 +82,21 @@ def progress_printer(args: argparse.Namespace):
     return lambda message: print(f"onnxsparse {args.command}: {message}", file=sys.stderr, flush=True)
 
 
-def load_calibration(args: argparse.Namespace, model) -> Calibration:
+def needs_data(args: argparse.Namespace) -> bool:
+    """Magnitude pruning needs no data: without --calib/--max-error none is read, generated or warned about."""
+    return bool(args.calib) or args.method != "magnitude" or getattr(args, "max_error", None) is not None \
+        or args.command == "sensitivity"
+
+
+def load_holdout(args: argparse.Namespace, model) -> Calibration | None:
+    if not getattr(args, "holdout", None):
+        return None
+    return Calibration(model, args.holdout, batch_size=args.batch_size)
+
+
+def load_calibration(args: argparse.Namespace, model) -> Calibration | None:
+    if not needs_data(args):
+        return None
     calibration = Calibration(model, args.calib, batch_size=args.batch_size, samples=args.calib_samples)
     if calibration.synthetic:
         print(f"onnxsparse {args.command}: warning: no --calib given; using {args.calib_samples} random samples "
@@ -96,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
         raise no_layers_error(scan.skipped)
     calibration = load_calibration(args, model)
 
-    pruned, report = prune_model(model, options, calibration, progress_printer(args))
+    pruned, report = prune_model(model, options, calibration, progress_printer(args),
+                                 holdout=load_holdout(args, model) if calibration is not None else None)
     written = io.save_model(pruned, out, external_data=io.uses_external_data(source))
     if args.json:
         print(json.dumps({**report.to_json(), "output": str(out), "written": [str(p) for p in written]}, indent=2))

@@ -40,7 +40,8 @@ def _input_dims(info: onnx.ValueInfoProto) -> list[int | None] | None:
     tensor_type = info.type.tensor_type
     if not tensor_type.HasField("shape"):
         return None
-    return [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+    # A negative dim_value (PaddleOCR exports write -1) is symbolic, as ONNX Runtime reads it.
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None for d in tensor_type.shape.dim]
 
 
 def _check(batch: Batch, model: onnx.ModelProto, where: str) -> None:
@@ -80,9 +81,9 @@ def _read_npz(path: Path) -> Batch:
         raise OnnxSparseError(f"{path}: not a readable .npz calibration file ({exc})") from None
 
 
-def _split(batch: Batch, batch_size: int) -> Iterator[Batch]:
+def _split(batch: Batch, batch_size: int, fixed_axis0: bool = False) -> Iterator[Batch]:
     lengths = {a.shape[0] if a.ndim else None for a in batch.values()}
-    if len(lengths) != 1 or None in lengths or batch_size <= 0:
+    if fixed_axis0 or len(lengths) != 1 or None in lengths or batch_size <= 0:
         yield batch
         return
     (length,) = lengths
@@ -106,8 +107,17 @@ class Calibration:
     """A re-iterable source of input batches (each pass reads the files again: bounded memory)."""
 
     def __init__(self, model: onnx.ModelProto, path: str | Path | None = None, batch_size: int = 8,
-                 samples: int = 32, seed: int = 0):
+                 samples: int = 32, seed: int = 0, shapes: dict[str, list[int]] | None = None,
+                 int_range: tuple[int, int] | None = None):
+        """``shapes``: full shapes of generated inputs by name (dynamic dims otherwise as in the
+        module's docstring); ``int_range``: [low, high) of generated integer inputs (default 0..16)."""
         self.model = model
+        self.shapes = dict(shapes or {})
+        self.int_range = int_range
+        unknown = sorted(set(self.shapes) - {i.name for i in model_inputs(model)})
+        if unknown:
+            raise OnnxSparseError(f"--input-shapes names {', '.join(map(repr, unknown))}, not an input of the model "
+                                  f"(inputs: {', '.join(i.name for i in model_inputs(model))})")
         self.batch_size = batch_size
         self.samples = samples
         self.seed = seed
@@ -123,8 +133,10 @@ class Calibration:
         if self.synthetic:
             yield from self._synthetic()
             return
+        # An input whose first axis is fixed is not a batch axis: such files are fed whole.
+        fixed = any((_input_dims(i) or [None])[:1] != [None] for i in model_inputs(self.model))
         for file in self.files:
-            yield from _split(_read_npz(file), self.batch_size)
+            yield from _split(_read_npz(file), self.batch_size, fixed)
 
     def _synthetic(self) -> Iterator[Batch]:
         rng = np.random.default_rng(self.seed)
@@ -132,11 +144,19 @@ class Calibration:
         while remaining > 0:
             size = min(self.batch_size, remaining)
             remaining -= size
-            yield {info.name: _random_input(info, size, rng) for info in model_inputs(self.model)}
+            yield {info.name: _random_input(info, size, rng, self.shapes.get(info.name), self.int_range)
+                   for info in model_inputs(self.model)}
 
 
-def _random_input(info: onnx.ValueInfoProto, batch: int, rng: np.random.Generator) -> np.ndarray:
+def _random_input(info: onnx.ValueInfoProto, batch: int, rng: np.random.Generator,
+                  given: list[int] | None = None, int_range: tuple[int, int] | None = None) -> np.ndarray:
     dims = _input_dims(info)
+    if given is not None:
+        if dims is not None and (len(given) != len(dims)
+                                 or any(d is not None and d != g for d, g in zip(dims, given))):
+            raise OnnxSparseError(f"--input-shapes gives '{info.name}' the shape {given}, the model expects "
+                                  f"{['?' if d is None else d for d in dims]}")
+        dims = list(given)
     if dims is None:
         raise OnnxSparseError(f"input '{info.name}' has no shape; give calibration data with --calib")
     shape = [d if d is not None else (batch if axis == 0 else DEFAULT_DYNAMIC_DIM) for axis, d in enumerate(dims)]
@@ -146,5 +166,6 @@ def _random_input(info: onnx.ValueInfoProto, batch: int, rng: np.random.Generato
     if dtype == np.bool_:
         return rng.random(shape) < 0.5
     if np.issubdtype(dtype, np.integer):
-        return rng.integers(0, 16, size=shape).astype(dtype)
+        low, high = int_range or (0, 16)
+        return rng.integers(low, high, size=shape).astype(dtype)
     raise OnnxSparseError(f"cannot generate input '{info.name}' of dtype {dtype}; give calibration data with --calib")
