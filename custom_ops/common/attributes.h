@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "common/activation.h"
 #include "common/ort_api.h"
 
 namespace onnxsparse {
@@ -61,6 +62,20 @@ inline AttrResult ReadAttr(const OrtKernelInfo* info, const char* name, std::vec
   return AttrResult::kFound;
 }
 
+inline AttrResult ReadAttr(const OrtKernelInfo* info, const char* name, std::vector<float>& out) {
+  const OrtApi& api = Ort::GetApi();
+  size_t size = 0;
+  AttrResult result = detail::AttrStatus(api.KernelInfoGetAttributeArray_float(info, name, nullptr, &size));
+  if (result != AttrResult::kFound) return result;
+  std::vector<float> buffer(size);
+  if (size > 0) {
+    result = detail::AttrStatus(api.KernelInfoGetAttributeArray_float(info, name, buffer.data(), &size));
+    if (result != AttrResult::kFound) return result;
+  }
+  out = std::move(buffer);
+  return AttrResult::kFound;
+}
+
 // Reads an optional attribute into out (left at its default when absent); returns an error
 // message, empty when fine.
 template <typename V>
@@ -69,6 +84,17 @@ std::string ReadOptionalAttr(const OrtKernelInfo* info, const char* name, V& out
     return std::string("attribute '") + name + "' has the wrong type";
   }
   return {};
+}
+
+// The fused activation: attributes `activation` (string, default "": none) and `activation_params`
+// (floats); returns an error message, empty when fine.
+inline std::string ReadActivationAttributes(const OrtKernelInfo* info, Activation& out) {
+  std::string name;
+  std::vector<float> params;
+  std::string error = ReadOptionalAttr(info, "activation", name);
+  if (error.empty()) error = ReadOptionalAttr(info, "activation_params", params);
+  if (error.empty()) error = ParseActivation(name, params, out);
+  return error;
 }
 
 }  // namespace onnxsparse

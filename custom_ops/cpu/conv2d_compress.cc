@@ -7,6 +7,7 @@
 #include "common/sparse_format.h"
 #include "common/status.h"
 #include "cpu/constant_weight.h"
+#include "cpu/epilogue.h"
 #include "cpu/fast_conv.h"
 #include "cpu/nonfinite.h"
 #include "cpu/sparse_gemm.h"
@@ -26,6 +27,7 @@ struct ConvProblem {
   const uint8_t* index = nullptr;
   const T* bias = nullptr;
   T* y = nullptr;
+  Activation act;
 
   void Pack(int64_t batch, int64_t m0, int64_t mc, float* panel) const {
     const int64_t group = attrs->group;
@@ -76,6 +78,7 @@ struct ConvProblem {
     target.out = y + (image * geo.out_channels + first_row) * m;
     target.out_stride_m = 1;
     target.out_stride_n = m;
+    target.act = act;
     return target;
   }
 };
@@ -86,6 +89,7 @@ template <typename T>
 Conv2dCompressKernel<T>::Conv2dCompressKernel(const OrtApi* /*api*/, const OrtKernelInfo* info) noexcept {
   init_error_ = CaptureInitError([&] {
     std::string error = ReadConvAttributes(info, attrs_);
+    if (error.empty()) error = ReadActivationAttributes(info, act_);
     isa_ = SelectCpuIsa();
     if (error.empty()) packed_ = PackConstantWeight<T>(info);
     return error;
@@ -118,10 +122,14 @@ Ort::Status Conv2dCompressKernel<T>::ComputeImpl(OrtKernelContext* context, cons
   // dense Conv gives for N = 0; nothing below may divide by its size.
   if (geo.batch == 0 || geo.out_channels == 0 || geo.out_height == 0 || geo.out_width == 0) return Ort::Status{nullptr};
 
-  ONNXSPARSE_RETURN_IF_ERROR(ComputeProduct(context, x, values, index, bias_data, geo, y_data));
-  // NaN/Inf in X reach the outputs the dense Conv would give them (cpu/nonfinite.h).
-  if (AnyNonFinite(x.Data(), geo.batch * geo.channels * geo.height * geo.width)) {
+  // NaN/Inf in X reach the outputs the dense Conv would give them (cpu/nonfinite.h); then the
+  // activation runs after that fix-up, as a pass of its own, instead of in the epilogue.
+  const bool non_finite = AnyNonFinite(x.Data(), geo.batch * geo.channels * geo.height * geo.width);
+  ONNXSPARSE_RETURN_IF_ERROR(
+      ComputeProduct(context, x, values, index, bias_data, geo, y_data, non_finite ? nullptr : &act_));
+  if (non_finite) {
     PropagateNonFiniteConv(x.Data(), attrs_, geo, index.Data(), y_data);
+    ActivateOutput(act_, y_data, geo.batch * geo.out_channels * geo.out_height * geo.out_width);
   }
   return Ort::Status{nullptr};
 }
@@ -130,7 +138,7 @@ template <typename T>
 Ort::Status Conv2dCompressKernel<T>::ComputeProduct(OrtKernelContext* context, const Ort::Custom::Tensor<T>& x,
                                                     const Ort::Custom::Tensor<T>& values,
                                                     const Ort::Custom::Tensor<uint8_t>& index, const T* bias_data,
-                                                    const ConvGeometry& geo, T* y_data) {
+                                                    const ConvGeometry& geo, T* y_data, const Activation* act) {
   if (packed_ != nullptr && packed_->rows == geo.out_channels && packed_->k == geo.k) {
     std::vector<float> bias32;
     if (bias_data != nullptr) {
@@ -138,7 +146,7 @@ Ort::Status Conv2dCompressKernel<T>::ComputeProduct(OrtKernelContext* context, c
       for (int64_t n = 0; n < geo.out_channels; ++n) bias32[n] = ToFloat(bias_data[n]);
     }
     if (!FastConv<T>(context, FastKernels(isa_), *packed_, attrs_, geo, x.Data(),
-                     bias_data != nullptr ? bias32.data() : nullptr, y_data)) {
+                     bias_data != nullptr ? bias32.data() : nullptr, y_data, act)) {
       return RuntimeError(kOpName, "the convolution failed (out of memory?)");
     }
     return Ort::Status{nullptr};
@@ -156,6 +164,7 @@ Ort::Status Conv2dCompressKernel<T>::ComputeProduct(OrtKernelContext* context, c
   problem.index = index.Data();
   problem.bias = bias_data;
   problem.y = y_data;
+  if (act != nullptr) problem.act = *act;
   return SparseGemm<T>(context, kOpName, problem, 1.0f);
 }
 

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "common/activation.h"
 #include "common/op_shapes.h"
 #include "common/ort_api.h"
 #include "cpu/cpu_isa.h"
@@ -34,11 +35,12 @@ struct Conv2dCompressKernel {
   // The convolution on the fast path or the generic one (before the NaN/Inf fix-up).
   Ort::Status ComputeProduct(OrtKernelContext* context, const Ort::Custom::Tensor<T>& x,
                              const Ort::Custom::Tensor<T>& values, const Ort::Custom::Tensor<uint8_t>& index,
-                             const T* bias_data, const ConvGeometry& geo, T* y_data);
+                             const T* bias_data, const ConvGeometry& geo, T* y_data, const Activation* act);
 
   ConvAttributes attrs_;
   std::unique_ptr<PackedWeight> packed_;  // the constant weight re-laid out at creation, else null
   CpuIsa isa_ = CpuIsa::kPortable;
+  Activation act_;  // the fused activation (attributes activation, activation_params)
   std::string init_error_;  // set by the constructor, returned by every Compute
 };
 

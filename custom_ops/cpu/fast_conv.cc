@@ -6,6 +6,7 @@
 
 #include "common/float_convert.h"
 #include "cpu/aligned_buffer.h"
+#include "cpu/epilogue.h"
 #include "cpu/parallel.h"
 
 namespace onnxsparse::cpu {
@@ -142,7 +143,9 @@ struct Im2col {
 
 template <typename T>
 bool FastConv(OrtKernelContext* context, const FastKernelSet& kernels, const PackedWeight& w,
-              const ConvAttributes& attrs, const ConvGeometry& geo, const T* x, const float* bias, T* y) {
+              const ConvAttributes& attrs, const ConvGeometry& geo, const T* x, const float* bias, T* y,
+              const Activation* act) {
+  if (act != nullptr && act->none()) act = nullptr;
   constexpr bool kFloat = std::is_same_v<T, float>;
   const int64_t pixels = geo.out_height * geo.out_width;
   const int64_t plane = geo.height * geo.width;
@@ -229,6 +232,7 @@ bool FastConv(OrtKernelContext* context, const FastKernelSet& kernels, const Pac
       }
       kernels.cols(w, task);
     }
+    ActivateRows(act, task.c, n_end - n_begin, pc, task.ldc);
     if constexpr (!kFloat) {
       for (int64_t n = n_begin; n < n_end; ++n) {
         const float* src = scratch + (n - n_begin) * pc;
@@ -245,12 +249,13 @@ bool FastConv(OrtKernelContext* context, const FastKernelSet& kernels, const Pac
 }
 
 template bool FastConv<float>(OrtKernelContext*, const FastKernelSet&, const PackedWeight&, const ConvAttributes&,
-                              const ConvGeometry&, const float*, const float*, float*);
+                              const ConvGeometry&, const float*, const float*, float*,
+                              const Activation*);
 template bool FastConv<Ort::Float16_t>(OrtKernelContext*, const FastKernelSet&, const PackedWeight&,
                                        const ConvAttributes&, const ConvGeometry&, const Ort::Float16_t*, const float*,
-                                       Ort::Float16_t*);
+                                       Ort::Float16_t*, const Activation*);
 template bool FastConv<Ort::BFloat16_t>(OrtKernelContext*, const FastKernelSet&, const PackedWeight&,
                                         const ConvAttributes&, const ConvGeometry&, const Ort::BFloat16_t*,
-                                        const float*, Ort::BFloat16_t*);
+                                        const float*, Ort::BFloat16_t*, const Activation*);
 
 }  // namespace onnxsparse::cpu

@@ -8,15 +8,18 @@
 #pragma once
 #include <cstdint>
 
+#include "common/activation.h"
 #include "common/ort_api.h"
 #include "cpu/conv2d_compress.h"
 #include "cpu/fast_kernels.h"
 
 namespace onnxsparse::cpu {
 
-// bias: fp32 [OC] or null. Returns false when a task failed (out of memory).
+// bias: fp32 [OC] or null; act: the fused activation or null, applied in fp32 by each item to its
+// finished block of Y. Returns false when a task failed (out of memory).
 template <typename T>
 bool FastConv(OrtKernelContext* context, const FastKernelSet& kernels, const PackedWeight& w,
-              const ConvAttributes& attrs, const ConvGeometry& geo, const T* x, const float* bias, T* y);
+              const ConvAttributes& attrs, const ConvGeometry& geo, const T* x, const float* bias, T* y,
+              const Activation* act = nullptr);
 
 }  // namespace onnxsparse::cpu

@@ -16,6 +16,7 @@
 #include <algorithm>
 
 #include "cpu/aligned_buffer.h"
+#include "cpu/epilogue.h"
 #include "cpu/parallel.h"
 
 namespace onnxsparse::cpu {
@@ -54,7 +55,7 @@ int64_t ColsStripWidth(const FastKernelSet& kernels, int64_t m) {
 
 // strip_cols: the panel's strip width W, 64 (kernels.cols) or 16 / 32 (kernels.cols_narrow).
 bool ColsMatMul(OrtKernelContext* context, const FastKernelSet& kernels, const PackedWeight& w, const float* a,
-                int64_t m, float* c, const float* bias, float alpha, int64_t strip_cols) {
+                int64_t m, float* c, const float* bias, float alpha, int64_t strip_cols, const Activation* act) {
   const int64_t k = w.k, n = w.rows;
   const int64_t sw = strip_cols;
   const bool narrow = sw != kStripCols;
@@ -112,6 +113,7 @@ bool ColsMatMul(OrtKernelContext* context, const FastKernelSet& kernels, const P
         kernels.cols_narrow(w, task);
       }
     }
+    ActivateRows(act, ct, n1 - n0, rows, rows);
     constexpr int64_t kTile = 16;  // transpose C^T into C in 16 x 16 tiles
     for (int64_t i0 = 0; i0 < rows; i0 += kTile) {
       for (int64_t j0 = n0; j0 < n1; j0 += kTile) {
@@ -127,9 +129,10 @@ bool ColsMatMul(OrtKernelContext* context, const FastKernelSet& kernels, const P
 }  // namespace
 
 bool FastMatMul(OrtKernelContext* context, const FastKernelSet& kernels, const PackedWeight& w, const float* a,
-                int64_t m, float* c, const float* bias, float alpha) {
+                int64_t m, float* c, const float* bias, float alpha, const Activation* act) {
+  if (act != nullptr && act->none()) act = nullptr;
   const int64_t strip_cols = ColsStripWidth(kernels, m);
-  if (strip_cols > 0) return ColsMatMul(context, kernels, w, a, m, c, bias, alpha, strip_cols);
+  if (strip_cols > 0) return ColsMatMul(context, kernels, w, a, m, c, bias, alpha, strip_cols, act);
   const int64_t m_chunks = (m + kChunkM - 1) / kChunkM;
   // Feature chunks: whole 32-feature pairs of blocks, small enough to give every thread work.
   int64_t chunk_n = (w.rows + kWantedItems - 1) / kWantedItems;
@@ -158,6 +161,10 @@ bool FastMatMul(OrtKernelContext* context, const FastKernelSet& kernels, const P
       task.kb.accumulate = g > 0;
       task.kb.final = task.kb.g_end == w.groups;
       kernels.rows(w, task);
+    }
+    if (act != nullptr) {
+      const int64_t n0 = task.block_begin * kBlockN, n1 = std::min(w.rows, task.block_end * kBlockN);
+      ActivateRows(act, task.c + n0, task.m, n1 - n0, task.ldc);
     }
   };
   return ParallelItems(context, n_chunks * m_chunks, item);

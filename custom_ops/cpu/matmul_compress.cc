@@ -8,6 +8,7 @@
 #include "common/sparse_format.h"
 #include "common/status.h"
 #include "cpu/constant_weight.h"
+#include "cpu/epilogue.h"
 #include "cpu/fast_kernels.h"
 #include "cpu/fast_matmul.h"
 #include "cpu/nonfinite.h"
@@ -53,6 +54,7 @@ template <typename T>
 MatMulCompressKernel<T>::MatMulCompressKernel(const OrtApi* /*api*/, const OrtKernelInfo* info) noexcept {
   init_error_ = CaptureInitError([&] {
     std::string error = ReadMatMulAttributes(info, attrs_);
+    if (error.empty()) error = ReadActivationAttributes(info, act_);
     isa_ = SelectCpuIsa();
     if (error.empty()) packed_ = PackConstantWeight<T>(info);
     return error;
@@ -84,10 +86,14 @@ Ort::Status MatMulCompressKernel<T>::ComputeImpl(OrtKernelContext* context, cons
   T* y_data = y.Allocate(shape.y_shape);
   if (m == 0 || n == 0) return Ort::Status{nullptr};  // an empty output
 
-  ONNXSPARSE_RETURN_IF_ERROR(ComputeProduct(context, a, values, index, bias_data, shape, y_data));
-  // NaN/Inf in A reach the outputs the dense product would give them (cpu/nonfinite.h).
-  if (AnyNonFinite(a.Data(), m * k)) {
+  // NaN/Inf in A reach the outputs the dense product would give them (cpu/nonfinite.h); then the
+  // activation runs after that fix-up, as a pass of its own, instead of in the product's epilogue.
+  const bool non_finite = AnyNonFinite(a.Data(), m * k);
+  ONNXSPARSE_RETURN_IF_ERROR(
+      ComputeProduct(context, a, values, index, bias_data, shape, y_data, non_finite ? nullptr : &act_));
+  if (non_finite) {
     PropagateNonFiniteMatMul(a.Data(), m, k, attrs_.trans_a ? 1 : k, attrs_.trans_a ? m : 1, index.Data(), n, y_data);
+    ActivateOutput(act_, y_data, m * n);
   }
   return Ort::Status{nullptr};
 }
@@ -96,10 +102,10 @@ template <typename T>
 Ort::Status MatMulCompressKernel<T>::ComputeProduct(OrtKernelContext* context, const Ort::Custom::Tensor<T>& a,
                                                     const Ort::Custom::Tensor<T>& values,
                                                     const Ort::Custom::Tensor<uint8_t>& index, const T* bias_data,
-                                                    const MatMulShape& shape, T* y_data) {
+                                                    const MatMulShape& shape, T* y_data, const Activation* act) {
   const int64_t m = shape.m, k = shape.k, n = shape.n;
   if (packed_ != nullptr && packed_->rows == n && packed_->k == k) {
-    return ComputeFast(context, a.Data(), m, k, bias_data, y_data);
+    return ComputeFast(context, a.Data(), m, k, bias_data, y_data, act);
   }
 
   MatMulProblem<T> problem;
@@ -114,12 +120,13 @@ Ort::Status MatMulCompressKernel<T>::ComputeProduct(OrtKernelContext* context, c
   problem.target.out = y_data;
   problem.target.out_stride_m = n;
   problem.target.out_stride_n = 1;
+  if (act != nullptr) problem.target.act = *act;
   return SparseGemm<T>(context, kOpName, problem, attrs_.alpha);
 }
 
 template <typename T>
 Ort::Status MatMulCompressKernel<T>::ComputeFast(OrtKernelContext* context, const T* a, int64_t m, int64_t k,
-                                                 const T* bias, T* y) {
+                                                 const T* bias, T* y, const Activation* act) {
   constexpr bool kFloat = std::is_same_v<T, float>;
   const FastKernelSet& kernels = FastKernels(isa_);
   const int64_t n = packed_->rows;
@@ -155,7 +162,8 @@ Ort::Status MatMulCompressKernel<T>::ComputeFast(OrtKernelContext* context, cons
     c_buffer.resize(static_cast<size_t>(m * n));
     c32 = c_buffer.data();
   }
-  if (!FastMatMul(context, kernels, *packed_, a32, m, c32, bias != nullptr ? bias32.data() : nullptr, attrs_.alpha)) {
+  if (!FastMatMul(context, kernels, *packed_, a32, m, c32, bias != nullptr ? bias32.data() : nullptr, attrs_.alpha,
+                  act)) {
     return RuntimeError(kOpName, "the product failed (out of memory?)");
   }
   if constexpr (std::is_same_v<T, Ort::Float16_t>) {

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 
+#include "common/activation.h"
 #include "common/op_shapes.h"
 #include "common/ort_api.h"
 #include "cpu/cpu_isa.h"
@@ -29,17 +30,19 @@ struct MatMulCompressKernel {
                           const Ort::Custom::Tensor<T>& values, const Ort::Custom::Tensor<uint8_t>& index,
                           const Ort::Custom::Tensor<T>* bias, Ort::Custom::Tensor<T>& y);
 
-  // Y = alpha * A @ W + bias, on the fast path or the generic one (before the NaN/Inf fix-up).
+  // Y = act(alpha * A @ W + bias), act null: none; on the fast path or the generic one (before the NaN/Inf fix-up).
   Ort::Status ComputeProduct(OrtKernelContext* context, const Ort::Custom::Tensor<T>& a,
                              const Ort::Custom::Tensor<T>& values, const Ort::Custom::Tensor<uint8_t>& index,
-                             const T* bias_data, const MatMulShape& shape, T* y_data);
+                             const T* bias_data, const MatMulShape& shape, T* y_data, const Activation* act);
 
   // The fast path: the constant weight re-laid out at creation, and the ISA that runs it.
-  Ort::Status ComputeFast(OrtKernelContext* context, const T* a, int64_t m, int64_t k, const T* bias, T* y);
+  Ort::Status ComputeFast(OrtKernelContext* context, const T* a, int64_t m, int64_t k, const T* bias, T* y,
+                          const Activation* act);
 
   std::unique_ptr<PackedWeight> packed_;  // null: values/index fed at run time (or invalid)
   CpuIsa isa_ = CpuIsa::kPortable;
   MatMulAttributes attrs_;
+  Activation act_;  // the fused activation (attributes activation, activation_params)
   std::string init_error_;  // set by the constructor, returned by every Compute
 };
 

@@ -55,7 +55,13 @@ bool TileKernel(const float* panel, int64_t mc, int64_t k, int64_t m0, const Gem
     }
     const float bias = target.bias != nullptr ? ToFloat(target.bias[n]) : 0.0f;
     T* out = target.out + m0 * target.out_stride_m + n * target.out_stride_n;
-    for (int64_t i = 0; i < mc; ++i) out[i * target.out_stride_m] = FromFloat<T>(alpha * acc[i] + bias);
+    if (target.act.none()) {
+      for (int64_t i = 0; i < mc; ++i) out[i * target.out_stride_m] = FromFloat<T>(alpha * acc[i] + bias);
+    } else {
+      for (int64_t i = 0; i < mc; ++i) {
+        out[i * target.out_stride_m] = FromFloat<T>(Activate(target.act, alpha * acc[i] + bias));
+      }
+    }
   }
   return invalid == 0;
 }

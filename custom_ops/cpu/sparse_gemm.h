@@ -19,6 +19,7 @@
 #include <exception>
 #include <vector>
 
+#include "common/activation.h"
 #include "common/ort_api.h"
 #include "common/status.h"
 
@@ -40,10 +41,11 @@ struct GemmTarget {
   T* out = nullptr;                 // Y[m, n] at out[m * out_stride_m + n * out_stride_n]
   int64_t out_stride_m = 0;
   int64_t out_stride_n = 0;
+  Activation act;                   // the fused activation, applied to alpha * product + bias
 };
 
 // For the mc (<= kTileM) rows of A packed in panel starting at row m0 of the batch, and the output
-// features n in [n_begin, n_end): Y[m0 + i, n] = alpha * sum_k panel[k][i] * W[k, n] + bias[n].
+// features n in [n_begin, n_end): Y[m0 + i, n] = act(alpha * sum_k panel[k][i] * W[k, n] + bias[n]).
 // Returns false when an index nibble of those rows holds the invalid field value 3.
 template <typename T>
 bool SparseGemmTile(const float* panel, int64_t mc, int64_t k, int64_t m0, const GemmTarget<T>& target,

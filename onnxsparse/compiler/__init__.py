@@ -14,6 +14,7 @@ from ..spec import SUPPORTED_DTYPES, TARGET_OPS
 from .annotate_shapes import AnnotateResult, AnnotateShapes
 from .eligibility import CheckResult, CheckSparsity
 from .fold_compress import FoldCompress, FoldedWeight, FoldResult
+from .fuse_activation import FuseActivation, FuseResult
 from .graph import ModelGraph
 from .layers import LayerRecord, find_layers
 from .pipeline import DensePolicy, LayerPolicy, Pass, PassError, PassResult, Pipeline, PipelineResult, as_policy
@@ -24,7 +25,7 @@ from .rules import RULES, Match, Rule
 def compile_pipeline(fold: bool = True, policy: LayerPolicy | DensePolicy | None = None) -> Pipeline:
     """The compile passes in order; ``policy`` may keep eligible layers dense."""
     policy = as_policy(policy)
-    passes = [CheckSparsity(), RewriteSparseOps(policy)]
+    passes = [CheckSparsity(), RewriteSparseOps(policy), FuseActivation()]
     if fold:
         passes.append(FoldCompress())
     passes.append(AnnotateShapes())
