@@ -143,7 +143,8 @@ def test_sparsegpt_beats_magnitude_on_correlated_inputs(tmp_path):
     errors = {}
     for method in METHODS:
         _, report = prune_model(model, PruneOptions(method=method, prune_head=True), calib)
-        errors[method] = report.layers[0].layer_error
+        errors[method] = report.output_error.rel_l2  # held-out: magnitude captures nothing, has no layer error
+        assert (report.layers[0].layer_error is None) == (method == "magnitude")
     assert errors["sparsegpt"] < 0.5 * errors["magnitude"]
     assert errors["sparsegpt"] < errors["wanda"]
 

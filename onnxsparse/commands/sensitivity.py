@@ -1,7 +1,7 @@
 """``onnxsparse sensitivity MODEL``: the model-output error each layer causes when pruned alone.
 
 Every eligible layer is pruned to N:M on its own (``--method``, magnitude by default) and the
-model's outputs on the calibration data are compared with the dense model's (relative L2 and
+model's outputs on held-out data (``--holdout``, or one ``--calib`` batch in four) are compared with the dense model's (relative L2 and
 cosine similarity). A table, most harmful first; ``--json``; ``--plot out.png`` (matplotlib).
 """
 
@@ -16,7 +16,9 @@ from ..errors import OnnxSparseError
 from ..prune import layer_sensitivity, scan_layers
 from ..prune.pruner import no_layers_error
 from ..prune.report import plot_sensitivity, sensitivity_text
-from .prune import add_selection_arguments, load_calibration, options_from, progress_printer
+from ..prune.evaluate import ReferenceOutputs
+from ..prune.holdout import split_calibration
+from .prune import add_selection_arguments, load_calibration, load_holdout, options_from, progress_printer
 
 NAME = "sensitivity"
 HELP = "prune each eligible layer alone and report the model-output error it causes"
@@ -39,12 +41,14 @@ def run(args: argparse.Namespace) -> int:
     if not scan.layers:
         raise no_layers_error(scan.skipped)
     calibration = load_calibration(args, model)
-    found = layer_sensitivity(model, scan.layers, calibration, options, say=progress_printer(args) or (lambda m: None))
+    split = split_calibration(calibration, load_holdout(args, model))
+    found = layer_sensitivity(model, scan.layers, split.fit, options, reference=ReferenceOutputs(model, split.held),
+                              say=progress_printer(args) or (lambda m: None))
     if args.plot:
         plot_sensitivity(found, args.plot)
     if args.json:
         print(json.dumps({"method": options.method, "n": options.n, "m": options.m,
-                          "layers": [s.to_json() for s in found],
+                          "holdout": split.description, "layers": [s.to_json() for s in found],
                           "skipped": [{"name": s.node, "op_type": s.op_type, "reason": s.reason} for s in scan.skipped]},
                          indent=2))
     else:

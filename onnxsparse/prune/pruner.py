@@ -8,12 +8,17 @@
   captured from the model with every earlier block already pruned, so that a layer corrects the
   error of the layers before it. A ``Frontier`` of cached tensors keeps this to about two passes
   over the graph. ``sequential=False`` captures everything once, from the dense model.
-- ``max_error``: first choose the layers (``sensitivity.select_layers``), then prune those.
+- ``max_error`` and ``auto``: choose layers (and per layer the method) greedily with the held-out
+  error re-measured at each step (``sensitivity.choose_layers``); the model returned is at most E on
+  the held-out data: a fixed method's real (sequential) pruning of the chosen layers is kept only if
+  it also is, otherwise the weights measured during the choice are.
+- every reported error is measured on held-out data (``holdout``); the fit-data error beside it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import onnx
@@ -22,9 +27,10 @@ from ..errors import OnnxSparseError
 from .calibration import Calibration
 from .capture import Frontier, capture
 from .evaluate import OutputError, ReferenceOutputs
+from .holdout import split_calibration
 from .layers import Layer, Skipped, node_names, read_weight, scan_layers, weight_params, write_weight
 from .methods import METHODS, LayerResult, prune_layer
-from .sensitivity import select_layers
+from .sensitivity import choose_layers, label, nothing_fits
 
 Progress = Callable[[str], None]
 
@@ -43,8 +49,8 @@ class PruneOptions:
     max_error: float | None = None
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise OnnxSparseError(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
+        if self.method not in (*METHODS, "auto"):
+            raise OnnxSparseError(f"unknown method {self.method!r} (choose from {', '.join(METHODS)}, auto)")
         if not (0 < self.n < self.m):
             raise OnnxSparseError(f"N:M must have 0 < N < M, got {self.n}:{self.m}")
         if self.block_size < self.m:
@@ -66,7 +72,10 @@ class PruneReport:
     heads: list[str]
     total_params: int
     output_error: OutputError | None = None
-    selection: list[dict] = field(default_factory=list)  # --max-error trace
+    selection: list[dict] = field(default_factory=list)  # --max-error / auto trace
+    output_error_fit: OutputError | None = None  # the same on the fit data (optimistic for wanda/sparsegpt)
+    holdout: str | None = None  # where the held-out data came from
+    note: str | None = None
 
     @property
     def pruned_params(self) -> int:
@@ -80,6 +89,8 @@ class PruneReport:
             "heads": self.heads,
             "pruned_params": self.pruned_params, "total_params": self.total_params,
             "output_error": self.output_error.to_json() if self.output_error else None,
+            "output_error_fit": self.output_error_fit.to_json() if self.output_error_fit else None,
+            "holdout": self.holdout, "note": self.note,
             "selection": self.selection,
         }
 
@@ -119,34 +130,23 @@ def no_layers_error(skipped: list[Skipped]) -> OnnxSparseError:
     return OnnxSparseError(f"no eligible layer to prune ({len(skipped)} Conv/MatMul/Gemm skipped: {shown})")
 
 
-def prune_model(model: onnx.ModelProto, options: PruneOptions, calibration: Calibration,
-                progress: Progress | None = None) -> tuple[onnx.ModelProto, PruneReport]:
-    options.validate()
-    say = progress or (lambda message: None)
-    scan = scan_layers(model, options.m, options.include, options.exclude, options.prune_head)
-    if not scan.layers:
-        raise no_layers_error(scan.skipped)
-    layers, skipped = scan.layers, list(scan.skipped)
-    reference = ReferenceOutputs(model, calibration)
-    selection = []
-    if options.max_error is not None:
-        layers, dropped, selection = select_layers(model, layers, calibration, options, reference, say)
-        skipped += [Skipped(layer.uses[0].node, layer.op_type, layer.weight,
-                            f"pruning it would take the output error over --max-error {options.max_error:g}")
-                    for layer in dropped]
-        if not layers:
-            raise OnnxSparseError(f"no layer can be pruned within --max-error {options.max_error:g}")
-
+def _prune_all(model: onnx.ModelProto, layers: list[Layer], options: PruneOptions, fit, say: Progress):
+    """Prune ``layers`` with one method: magnitude without data, wanda/sparsegpt from the fit data
+    (sequential blocks unless ``sequential`` is off)."""
     pruned = onnx.ModelProto()
     pruned.CopyFrom(model)
-    if options.method == "magnitude" or not options.sequential:
-        blocks = [layers]
-    else:
-        blocks = sequential_blocks(model, layers)
-    results: list[LayerResult] = []
-    done = 0
+    results: dict[str, LayerResult] = {}
+    if options.method == "magnitude":
+        for number, layer in enumerate(layers, 1):
+            out, result = prune_layer(layer, read_weight(pruned, layer), None, options)
+            write_weight(pruned, layer, out)
+            results[layer.weight] = result
+        say(f"magnitude: {len(layers)} layer(s) pruned")
+        return pruned, results
+    blocks = sequential_blocks(model, layers) if options.sequential else [layers]
     position = {name: index for index, name in enumerate(node_names(model.graph))}
-    frontier = Frontier(model, calibration)
+    frontier = Frontier(model, fit)
+    done = 0
     for number, block in enumerate(blocks):
         if number:  # every node before the first unpruned layer is final: run it once, keep the frontier
             frontier.advance(pruned, min(position[use.node] for later in blocks[number:] for layer in later for use in layer.uses))
@@ -154,16 +154,80 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, calibration: Cali
         for layer in block:
             done += 1
             out, result = prune_layer(layer, read_weight(pruned, layer), stats[layer.weight], options)
+            result.method = label(options)
             write_weight(pruned, layer, out)
-            results.append(result)
+            results[layer.weight] = result
             say(f"[{done}/{len(layers)}] {layer.name} {layer.op_type} {list(layer.shape)}: "
-                f"{options.method}, layer error {result.layer_error:.4f}")
-    error = reference.error_of_model(pruned)
+                f"{label(options)}, layer error {result.layer_error:.4f}")
+    return pruned, results
+
+
+def prune_model(model: onnx.ModelProto, options: PruneOptions, calibration: Calibration | None = None,
+                progress: Progress | None = None, holdout: Calibration | None = None
+                ) -> tuple[onnx.ModelProto, PruneReport]:
+    """Prune ``model``. ``calibration`` is needed by wanda, sparsegpt, auto and ``max_error``;
+    magnitude without ``max_error`` uses it only to report the output error (None: no error).
+    Errors are measured on held-out data (``holdout``, or a part of ``calibration``)."""
+    options.validate()
+    say = progress or (lambda message: None)
+    scan = scan_layers(model, options.m, options.include, options.exclude, options.prune_head)
+    if not scan.layers:
+        raise no_layers_error(scan.skipped)
+    layers, skipped = scan.layers, list(scan.skipped)
+    if calibration is None and (options.method != "magnitude" or options.max_error is not None):
+        raise OnnxSparseError(f"--method {options.method}" + (" with --max-error" if options.method == "magnitude" else "")
+                              + " needs calibration data")
+    split = split_calibration(calibration, holdout) if calibration is not None else None
+    held = ReferenceOutputs(model, split.held) if split is not None else None
+    selection, note, final_error = [], None, None
+    if options.method == "auto" or options.max_error is not None:
+        extra = None
+        if options.method == "auto":  # the sequential SparseGPT weight of each layer is one more candidate
+            sequential = replace(options, method="sparsegpt", sequential=True, max_error=None)
+            say("auto: sequential sparsegpt over every layer (one candidate per layer)")
+            seq_model, seq_results = _prune_all(model, layers, sequential, split.fit, say)
+            extra = {layer.weight: [(read_weight(seq_model, layer), seq_results[layer.weight])] for layer in layers}
+        choice = choose_layers(model, layers, split.fit, options, held, say, extra)
+        selection = choice.trace
+        if not choice.weights:
+            raise nothing_fits(options, choice)
+        kept = [layer for layer in layers if layer.weight in choice.weights]
+        skipped += [Skipped(layer.uses[0].node, layer.op_type, layer.weight,
+                            f"pruning it would take the held-out output error over --max-error {options.max_error:g}")
+                    for layer in layers if layer.weight not in choice.weights]
+        measured = onnx.ModelProto()
+        measured.CopyFrom(model)
+        for layer in kept:
+            write_weight(measured, layer, choice.weights[layer.weight])
+        pruned, results, final_error = measured, choice.results, choice.error
+        if options.method != "auto" and options.method != "magnitude":
+            # Prune the chosen layers for real (sequentially); keep it only if it also stays within E.
+            real, real_results = _prune_all(model, kept, options, split.fit, say)
+            real_error = held.error_of_model(real)
+            if _key(real_error) <= options.max_error:
+                pruned, results, final_error = real, real_results, real_error
+            else:
+                note = (f"{label(options)} on the chosen layers gave held-out relative L2 {real_error.rel_l2:.4f} "
+                        f"> {options.max_error:g}; kept the weights measured during the selection instead")
+                say(note)
+        layers = kept
+    else:
+        pruned, results = _prune_all(model, layers, options, split.fit if split else None, say)
+    error = error_fit = None
+    if split is not None:
+        error = final_error or held.error_of_model(pruned)
+        error_fit = ReferenceOutputs(model, split.fit).error_of_model(pruned) if split.disjoint else error
     report = PruneReport(
         method=options.method, n=options.n, m=options.m,
-        calibration="random inputs from the model's input specs" if calibration.synthetic
-        else f"{len(calibration.files)} .npz file(s)",
-        layers=results, skipped=skipped, heads=sorted(scan.heads), total_params=weight_params(model),
-        output_error=error, selection=selection,
+        calibration=("none (magnitude needs no data)" if calibration is None
+                     else "random inputs from the model's input specs" if calibration.synthetic
+                     else f"{len(calibration.files)} .npz file(s)"),
+        layers=[results[layer.weight] for layer in layers], skipped=skipped, heads=sorted(scan.heads),
+        total_params=weight_params(model), output_error=error, selection=selection,
+        output_error_fit=error_fit, holdout=split.description if split is not None else None, note=note,
     )
     return pruned, report
+
+
+def _key(error: OutputError) -> float:
+    return math.inf if math.isnan(error.rel_l2) else error.rel_l2

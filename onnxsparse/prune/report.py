@@ -19,8 +19,8 @@ def _shape(shape) -> str:
 def prune_text(report: PruneReport) -> str:
     lines = [f"method {report.method} {report.n}:{report.m}, calibration: {report.calibration}", ""]
     rows = [[r.name, r.op_type, _shape(r.shape), f"{r.params:,}", f"{r.retained:.3f}",
-             "-" if r.layer_error is None else f"{r.layer_error:.4f}"] for r in report.layers]
-    lines += _table(["layer", "op", "weight", "params", "kept |w|", "layer error"], rows)
+             "-" if r.layer_error is None else f"{r.layer_error:.4f}", r.method] for r in report.layers]
+    lines += _table(["layer", "op", "weight", "params", "kept |w|", "layer error", "method"], rows)
     if report.skipped:
         lines += ["", f"left dense ({len(report.skipped)}):"]
         lines += [f"  {s.node} ({s.op_type}): {s.reason}" for s in report.skipped]
@@ -31,8 +31,13 @@ def prune_text(report: PruneReport) -> str:
         f"({share:.1%}) in {len(report.layers)} layer(s) to {report.n}:{report.m}",
     ]
     if report.output_error is not None:
-        lines.append(f"model output vs dense (calibration data): relative L2 {report.output_error.rel_l2:.4f}, "
-                     f"cosine {report.output_error.cosine:.5f}")
+        lines.append(f"model output vs dense, held-out data: relative L2 {report.output_error.rel_l2:.4f}, "
+                     f"cosine {report.output_error.cosine:.5f} ({report.holdout})")
+    if report.output_error_fit is not None:
+        lines.append(f"model output vs dense, fit data:      relative L2 {report.output_error_fit.rel_l2:.4f}, "
+                     f"cosine {report.output_error_fit.cosine:.5f}")
+    if report.note:
+        lines.append(f"note: {report.note}")
     return "\n".join(lines)
 
 
@@ -41,7 +46,11 @@ def sensitivity_text(found: list[LayerSensitivity], method: str, n: int, m: int)
              "-" if s.layer_error is None else f"{s.layer_error:.4f}",
              f"{s.output.rel_l2:.4f}", f"{s.output.cosine:.5f}"] for s in found]
     header = ["layer", "op", "weight", "params", "layer error", "output rel L2", "output cosine"]
-    return "\n".join([f"each layer pruned alone ({method} {n}:{m}), most harmful first", ""] + _table(header, rows))
+    if method == "auto":
+        header.append("best method")
+        rows = [row + [s.method] for row, s in zip(rows, found)]
+    return "\n".join([f"each layer pruned alone ({method} {n}:{m}), most harmful first; "
+                      "output errors on held-out data", ""] + _table(header, rows))
 
 
 def plot_sensitivity(found: list[LayerSensitivity], path: str) -> None:

@@ -1,29 +1,40 @@
-"""How much each layer's pruning costs the model's output, and choosing layers under a budget.
+"""How much each layer's pruning costs the model's output, and choosing layers and methods under a budget.
+
+Every error here is measured on held-out data (``holdout.split_calibration``): the Hessians are
+captured on the fit part, the output errors compared on the held-out part.
 
 Both work from one capture of every layer's input Hessian on the dense model: each layer is
-pruned once with the chosen method (independently of the others) and tried by feeding the pruned
-weight to one session of the dense model (``WeightFeeds``), so a trial costs one pass over the
-calibration data and no new session.
+pruned with each candidate (independently of the others) and tried by feeding the pruned weight
+to one session of the dense model (``WeightFeeds``), so a trial costs one pass over the held-out
+data and no new session.
 
-``select_layers`` (``prune --max-error E``): visit layers largest weight first; keep a layer when
-the output error with it and every layer kept so far stays at most E. The chosen layers are then
-pruned for real (sequentially for wanda/sparsegpt), which usually lands at or below the estimate.
+Candidates: the chosen method, or with ``--method auto`` magnitude, Wanda, SparseGPT at damping
+``AUTO_DAMPS`` from the dense model's inputs, and the weight sequential SparseGPT gives when it
+prunes every layer (``sequential`` below, supplied by the pruner).
+
+``choose_layers`` (``prune --max-error E`` and ``--method auto``): greedy with re-measurement.
+Visit layers largest weight first; for each, measure the held-out output error of the model with
+every layer kept so far plus this layer under each candidate; keep the best candidate when that
+error is at most E. The kept weights are exactly the ones measured, so the model they make is at
+most E on the held-out data.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+import math
+from dataclasses import dataclass, replace
+from typing import Callable, Iterable
 
 import numpy as np
 import onnx
 
 from ..errors import OnnxSparseError
-from .calibration import Calibration
 from .capture import capture
 from .evaluate import OutputError, ReferenceOutputs, WeightFeeds
 from .layers import Layer, read_weight
-from .methods import prune_layer
+from .methods import LayerResult, prune_layer
+
+AUTO_DAMPS = (0.01, 0.1)
 
 
 @dataclass(frozen=True)
@@ -34,56 +45,122 @@ class LayerSensitivity:
     params: int
     layer_error: float | None
     output: OutputError
+    method: str = ""
 
     def to_json(self) -> dict:
         return {"name": self.name, "op_type": self.op_type, "shape": list(self.shape), "params": self.params,
-                "layer_error": self.layer_error, **self.output.to_json()}
+                "layer_error": self.layer_error, "method": self.method, **self.output.to_json()}
 
 
-def _pruned_alone(model: onnx.ModelProto, layers: list[Layer], calibration: Calibration, options, say):
-    """Each layer's pruned weight and result, from the dense model's statistics."""
-    say(f"capturing the inputs of {len(layers)} layer(s) on the dense model")
-    stats = capture(model, layers, calibration)
-    pruned = {}
+def candidate_options(options) -> list:
+    """The (method, damping, sequential) settings tried per layer: one, or the auto grid."""
+    if options.method != "auto":
+        return [options]
+    return ([replace(options, method="magnitude"), replace(options, method="wanda", sequential=False)]
+            + [replace(options, method="sparsegpt", damp=d, sequential=False) for d in AUTO_DAMPS])
+
+
+def label(options) -> str:
+    if options.method != "sparsegpt":
+        return options.method + ("" if options.method == "magnitude" or not options.sequential else " sequential")
+    return f"sparsegpt damp={options.damp:g}" + (" sequential" if options.sequential else "")
+
+
+def pruned_candidates(model: onnx.ModelProto, layers: list[Layer], fit: Iterable[dict], options,
+                      say: Callable[[str], None],
+                      extra: dict[str, list[tuple[np.ndarray, LayerResult]]] | None = None):
+    """weight -> [(pruned weight, result)] per candidate, from the dense model's statistics (fit data)."""
+    settings = candidate_options(options)
+    needs_stats = any(s.method != "magnitude" for s in settings)
+    stats = {}
+    if needs_stats:
+        say(f"capturing the inputs of {len(layers)} layer(s) on the dense model")
+        stats = capture(model, layers, fit)
+    found = {}
     for layer in layers:
-        pruned[layer.weight] = prune_layer(layer, read_weight(model, layer), stats[layer.weight], options)
-    return pruned
+        dense = read_weight(model, layer)
+        tries = []
+        for setting in settings:
+            out, result = prune_layer(layer, dense, stats.get(layer.weight), setting)
+            result.method = label(setting)
+            tries.append((out, result))
+        found[layer.weight] = tries + list((extra or {}).get(layer.weight, []))
+    return found
 
 
-def layer_sensitivity(model: onnx.ModelProto, layers: list[Layer], calibration: Calibration, options,
+def layer_sensitivity(model: onnx.ModelProto, layers: list[Layer], calibration: Iterable[dict], options,
                       reference: ReferenceOutputs | None = None,
                       say: Callable[[str], None] = lambda message: None) -> list[LayerSensitivity]:
-    """The model-output error caused by pruning each layer alone, most harmful first."""
+    """The model-output error caused by pruning each layer alone, most harmful first. ``calibration``
+    is the fit data; ``reference`` holds the dense outputs of the held-out data (by default the fit
+    data itself). With ``--method auto``, each layer's best candidate."""
     reference = reference or ReferenceOutputs(model, calibration)
-    pruned = _pruned_alone(model, layers, calibration, options, say)
+    pruned = pruned_candidates(model, layers, calibration, options, say)
     feeds = WeightFeeds(model, layers)
     found = []
     for index, layer in enumerate(layers, 1):
-        weight, result = pruned[layer.weight]
-        error = reference.error(lambda batch: feeds.run(batch, {layer.weight: weight}))
-        say(f"[{index}/{len(layers)}] {layer.name}: output relative L2 {error.rel_l2:.4f}, cosine {error.cosine:.5f}")
-        found.append(LayerSensitivity(layer.name, layer.op_type, layer.shape, layer.params, result.layer_error, error))
-    return sorted(found, key=lambda s: -s.output.rel_l2)
+        best = None
+        for weight, result in pruned[layer.weight]:
+            error = reference.error(lambda batch: feeds.run(batch, {layer.weight: weight}))
+            if best is None or _key(error) < _key(best[0]):
+                best = (error, result)
+        error, result = best
+        say(f"[{index}/{len(layers)}] {layer.name}: held-out output relative L2 {error.rel_l2:.4f}, "
+            f"cosine {error.cosine:.5f} ({result.method})")
+        found.append(LayerSensitivity(layer.name, layer.op_type, layer.shape, layer.params, result.layer_error,
+                                      error, result.method))
+    return sorted(found, key=lambda s: -_key(s.output))
 
 
-def select_layers(model: onnx.ModelProto, layers: list[Layer], calibration: Calibration, options,
-                  reference: ReferenceOutputs, say: Callable[[str], None]):
-    """(chosen layers in graph order, dropped layers, trace): greedy, largest weights first."""
-    if options.max_error is None:
-        raise OnnxSparseError("select_layers needs max_error")
-    pruned = _pruned_alone(model, layers, calibration, options, say)
+def _key(error: OutputError) -> float:
+    return math.inf if math.isnan(error.rel_l2) else error.rel_l2
+
+
+@dataclass
+class Choice:
+    weights: dict[str, np.ndarray]  # weight -> the pruned values kept
+    results: dict[str, LayerResult]
+    error: OutputError | None  # held-out error of the model with exactly these weights
+    trace: list[dict]
+    closest: tuple[str, float] | None  # the layer with the lowest error when tried, and that error
+
+
+def choose_layers(model: onnx.ModelProto, layers: list[Layer], fit: Iterable[dict], options,
+                  reference: ReferenceOutputs, say: Callable[[str], None],
+                  extra: dict[str, list[tuple[np.ndarray, LayerResult]]] | None = None) -> Choice:
+    """Greedy, largest weights first, each layer under its best candidate in the context of the
+    layers kept so far; a layer is kept when the measured held-out error stays <= max_error
+    (every layer is kept when max_error is None)."""
+    budget = math.inf if options.max_error is None else options.max_error
+    pruned = pruned_candidates(model, layers, fit, options, say, extra)
     feeds = WeightFeeds(model, layers)
     chosen: dict[str, np.ndarray] = {}
-    trace = []
+    results: dict[str, LayerResult] = {}
+    trace, error_now, closest = [], None, None
     order = sorted(layers, key=lambda layer: -layer.params)
     for index, layer in enumerate(order, 1):
-        trial = {**chosen, layer.weight: pruned[layer.weight][0]}
-        error = reference.error(lambda batch: feeds.run(batch, trial))
-        keep = error.rel_l2 <= options.max_error
+        best = None
+        for weight, result in pruned[layer.weight]:
+            trial = {**chosen, layer.weight: weight}
+            error = reference.error(lambda batch: feeds.run(batch, trial))
+            if best is None or _key(error) < _key(best[0]):
+                best = (error, weight, result)
+        error, weight, result = best
+        keep = _key(error) <= budget
+        if closest is None or _key(error) < closest[1]:
+            closest = (layer.name, _key(error))
         if keep:
-            chosen = trial
-        trace.append({"name": layer.name, "params": layer.params, "kept": keep, **error.to_json()})
-        say(f"[{index}/{len(order)}] {layer.name}: cumulative output relative L2 {error.rel_l2:.4f} "
-            f"-> {'kept' if keep else 'left dense'}")
-    return ([layer for layer in layers if layer.weight in chosen],
-            [layer for layer in layers if layer.weight not in chosen], trace)
+            chosen[layer.weight] = weight
+            results[layer.weight] = result
+            error_now = error
+        trace.append({"name": layer.name, "params": layer.params, "kept": keep, "method": result.method,
+                      **error.to_json()})
+        say(f"[{index}/{len(order)}] {layer.name}: held-out output relative L2 with the layers kept so far "
+            f"{error.rel_l2:.4f} ({result.method}) -> {'kept' if keep else 'left dense'}")
+    return Choice(chosen, results, error_now, trace, closest)
+
+
+def nothing_fits(options, choice: Choice) -> OnnxSparseError:
+    name, error = choice.closest if choice.closest else ("-", math.nan)
+    return OnnxSparseError(f"no layer can be pruned within --max-error {options.max_error:g}: the closest is "
+                           f"{name} (held-out output relative L2 {error:.4f} when pruned alone); nothing written")
