@@ -226,3 +226,14 @@ def test_check_cli_names_the_body_of_a_layer(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "<MatMul -> a> (in the body of Loop '' > the then_branch of If '')" in out
     assert "1 of 1 layers eligible" in out
+
+
+def test_layer_node_finds_the_node_in_its_body():
+    from onnxsparse.compiler.layers import layer_node
+
+    graph = ModelGraph(nested_model())
+    (record,) = find_layers(graph, subgraphs=True)
+    node = layer_node(graph, record)
+    assert node.op == "MatMul" and node.outputs[0].name == "a"
+    with pytest.raises(ValueError, match="not visited"):
+        layer_node(graph, find_layers(graph)[0])

@@ -20,7 +20,8 @@ objects; ``index`` is the node's position among the nodes of its graph (``scope`
 Subgraphs: with ``find_layers(..., subgraphs=True)`` (the compiler) the layers inside If/Loop/Scan
 bodies are described like the top-level ones, with ``scope`` naming the body ("the then_branch of
 If 'c'", "the body of Loop 'l' > the else_branch of If 'k'"); ``graph.scope(record.scope)`` is that
-body, seen as the passes see a graph. Without it they are reported with ``visited=False``. Layers in
+body, seen as the passes see a graph, and ``layer_node(graph, record)`` the node. Without it they
+are reported with ``visited=False``. Layers in
 local functions are always reported with ``visited=False`` and a reason (inline the functions first).
 """
 
@@ -136,6 +137,13 @@ def find_layers(graph: ModelGraph, dtypes: tuple[str, ...] = SUPPORTED_DTYPES, c
         layers.append(LayerRecord(node=node_label(node.name, node.op_type, list(node.output)), op=node.op_type,
                                   reason=reason, visited=False, scope=where))
     return layers
+
+
+def layer_node(graph: ModelGraph, record: LayerRecord) -> gs.Node:
+    """The graphsurgeon node a visited record describes, in its scope (main graph or body)."""
+    if not record.visited or record.index is None:
+        raise ValueError(f"layer '{record.node}' was not visited: {record.reason}")
+    return graph.scope(record.scope).nodes()[record.index]
 
 
 def _in_scope(record: LayerRecord, where: str) -> LayerRecord:
