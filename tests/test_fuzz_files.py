@@ -226,6 +226,10 @@ def test_output_collisions_never_touch_the_input(tmp_path, capsys):
             assert_clean(status, err, (2,))
             assert "overwrite the input" in err, (command, target, err)
     assert {p.name: sha(p) for p in folder.iterdir() if p.is_file()} == before
+    for command in ("compile", "prune"):
+        status, err = run_cli(capsys, command, source, "-o", "", "--quiet")
+        assert_clean(status, err, (2,))
+        assert "output path is empty" in err, err
     # A legitimate output beside the input, written twice, leaves the input alone too.
     for _ in range(2):
         status, err = run_cli(capsys, "compile", source, "-o", folder / "out.onnx", "--quiet")

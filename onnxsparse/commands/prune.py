@@ -109,8 +109,8 @@ def run(args: argparse.Namespace) -> int:
     options = options_from(args)
     source = Path(args.model)
     model = io.load_model(source)
-    out = Path(args.output) if args.output else source.with_name(f"{source.stem}.pruned.onnx")
-    io.check_output_path(out, inputs=[source])
+    out = io.check_output_path(args.output if args.output is not None else source.with_name(f"{source.stem}.pruned.onnx"),
+                               inputs=[source])
     scan = scan_layers(model, options.m, options.include, options.exclude, options.prune_head)
     if not scan.layers:  # before the calibration warning: this is the one thing to say
         raise no_layers_error(scan.skipped)
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
     pruned, report = prune_model(model, options, calibration, progress_printer(args),
                                  holdout=load_holdout(args, model) if calibration is not None else None)
-    written = io.save_model(pruned, out, external_data=io.uses_external_data(source))
+    written = io.save_model(pruned, out, external_data=io.uses_external_data(source), inputs=[source])
     if args.json:
         print(json.dumps({**report.to_json(), "output": str(out), "written": [str(p) for p in written]}, indent=2))
     else:
