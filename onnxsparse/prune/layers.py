@@ -14,8 +14,13 @@ reaches a graph output along data edges without passing through another Conv/Mat
 constant weight, and without being merged on the way with a tensor that carries a layer upstream of
 it (a residual ``Add``: a transformer's attention-output and FFN-output projections are not heads).
 Data edges leave out shape computations (``Shape``, ``Size``) and shape-like inputs (the shape of a
-``Reshape``/``Expand``, the axes of a ``Squeeze``, ...): ``_find_heads``. Subgraphs (If/Loop/Scan bodies) are not searched;
-a weight that a subgraph also reads is skipped.
+``Reshape``/``Expand``, the axes of a ``Squeeze``, ...): ``_find_heads``.
+
+Layers inside If/Loop/Scan bodies are found as the compiler finds them (``find_layers(...,
+subgraphs=True)``; outer-scope weights included), named ``node (the then_branch of If 'c')``.
+Magnitude pruning prunes them; the data-driven methods, ``--max-error`` and ``auto`` leave them
+dense with the reason (``pruner.py``). A weight that a body reads other than as a layer weight is
+skipped; layers in local functions carry the compiler's reason.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..compiler.graph import ModelGraph, resolve_constant, subgraph_reads
+from ..compiler.graph import ModelGraph, nested_nodes, resolve_constant, subgraph_reads, walk_subgraphs
 from ..compiler.layers import LayerRecord, find_layers, matches
 from ..format import reduction_length
 from ..spec import TARGET_OPS, WEIGHT_DTYPES
@@ -55,6 +60,7 @@ class Use:
     layout: str
     trans_a: bool = False  # Gemm transA: the activation is [K, M]
     conv: ConvGeometry | None = None
+    scope: str = ""  # "" (main graph) or the If/Loop/Scan body it is in ("the then_branch of If 'c'")
 
 
 @dataclass
@@ -74,6 +80,11 @@ class Layer:
     @property
     def op_type(self) -> str:
         return self.uses[0].op_type
+
+    @property
+    def scope(self) -> str:
+        """Where the first use inside a subgraph body is, or "" when every use is in the main graph."""
+        return next((use.scope for use in self.uses if use.scope), "")
 
     @property
     def groups(self) -> int:
@@ -146,7 +157,7 @@ def _use(record: LayerRecord, name: str, m: int) -> Use | str:
         if k % m:
             return f"K={k} is not a multiple of {m}"
     return Use(node=name, op_type=record.op, activation=record.activation, layout=record.layout,
-               trans_a=bool(record.attrs.get("transA", 0)), conv=conv)
+               trans_a=bool(record.attrs.get("transA", 0)), conv=conv, scope=record.scope)
 
 
 # Inputs that give a shape, sizes, axes or counts rather than data: never followed by the head search.
@@ -240,18 +251,21 @@ def scan_layers(
     candidates: dict[str, list] = {}  # source -> [(use, shape, dtype)]
     skipped: list[Skipped] = []
     weighted: set[str] = set()
-    for record in find_layers(mg, dtypes=PRUNABLE_DTYPES):
-        if not record.visited:
+    for record in find_layers(mg, dtypes=PRUNABLE_DTYPES, subgraphs=True):
+        name = names[record.index] if not record.scope else f"{record.node} ({record.scope})"
+        if not record.visited:  # local functions: the compiler's reason
+            skipped.append(Skipped(name, record.op, record.weight or "", record.reason or "not visited"))
             continue
-        name = names[record.index]
         found = _use(record, name, m) if record.reason is None else record.reason
         if isinstance(found, str):
             skipped.append(Skipped(name, record.op, record.weight or "", found))
-            node = nodes[record.index]
-            if record.source is not None or (node.inputs and source_of(node.inputs[0]) is not None):
-                weighted.add(name)
+            if not record.scope:
+                node = nodes[record.index]
+                if record.source is not None or (node.inputs and source_of(node.inputs[0]) is not None):
+                    weighted.add(name)
             continue
-        weighted.add(name)
+        if not record.scope:
+            weighted.add(name)
         dtype = onnx.helper.tensor_dtype_to_np_dtype(WEIGHT_DTYPES[record.dtype][0])
         candidates.setdefault(record.source, []).append((found, record.shape, dtype))
 
@@ -267,7 +281,13 @@ def scan_layers(
                 is_weight_use = node.op in TARGET_OPS and index == 1
                 consumers.setdefault(source, []).append(name if is_weight_use else f"{name} ({node.op})")
     output_sources = {source_of(tensor) for tensor in mg.graph.outputs}
-    read_in_subgraphs = {tensor for node in graph.node for tensor in subgraph_reads(node)}
+    # Reads of each name inside bodies that are not one of its layer uses there (a body's own
+    # initializer of the same name is another tensor, but counting it only errs on the safe side).
+    body_reads: dict[str, int] = {}
+    for node, _ in nested_nodes(model):
+        for index, tensor in enumerate(node.input):
+            if tensor in candidates and not (node.op_type in TARGET_OPS and index == 1):
+                body_reads[tensor] = body_reads.get(tensor, 0) + 1
 
     layers: list[Layer] = []
     for source, uses in candidates.items():
@@ -285,8 +305,8 @@ def scan_layers(
         if source in output_sources:
             skip_all("weight is also a graph output")
             continue
-        if source in read_in_subgraphs:
-            skip_all("weight is also read inside a subgraph")
+        if body_reads.get(source):
+            skip_all("weight is also read inside a subgraph by a node that is not a layer")
             continue
         kinds = {(use.layout, use.conv.group if use.conv else 1) for use, _, _ in uses}
         if len(kinds) > 1:
@@ -308,18 +328,23 @@ def scan_layers(
             continue
         layers.append(Layer(weight=source, shape=shape, dtype=np.dtype(dtype), layout=first_use.layout, uses=[u for u, _, _ in uses]))
     order = {name: index for index, name in enumerate(names)}
-    layers.sort(key=lambda layer: order[layer.uses[0].node])
-    skipped.sort(key=lambda s: order.get(s.node, 0))
+    layers.sort(key=lambda layer: order.get(layer.uses[0].node, len(order)))
+    skipped.sort(key=lambda s: order.get(s.node, len(order)))
     return LayerScan(layers=layers, skipped=skipped, heads=heads)
 
 
 def _constant_tensor(graph: onnx.GraphProto, name: str) -> onnx.TensorProto:
-    """The TensorProto named ``name``: an initializer, or the value of the Constant node producing it."""
-    for tensor in graph.initializer:
-        if tensor.name == name:
-            return tensor
-    node = next(node for node in graph.node if node.op_type == "Constant" and name in node.output)
-    return next(a.t for a in node.attribute if a.name == "value")
+    """The TensorProto named ``name``: an initializer, or the value of the Constant node producing it;
+    in the main graph first, then in the If/Loop/Scan bodies."""
+    graphs = [graph] + [body for _, body in walk_subgraphs(graph.node)]
+    for body in graphs:
+        for tensor in body.initializer:
+            if tensor.name == name:
+                return tensor
+        for node in body.node:
+            if node.op_type == "Constant" and name in node.output:
+                return next(a.t for a in node.attribute if a.name == "value")
+    raise KeyError(name)
 
 
 def read_weight(model: onnx.ModelProto, layer: Layer) -> np.ndarray:

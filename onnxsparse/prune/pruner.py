@@ -174,6 +174,17 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, calibration: Cali
     if not scan.layers:
         raise no_layers_error(scan.skipped)
     layers, skipped = scan.layers, list(scan.skipped)
+    if options.method != "magnitude" or options.max_error is not None:
+        # Layer inputs are not captured inside If/Loop/Scan bodies and body weights cannot be fed.
+        inside = [layer for layer in layers if layer.scope]
+        why = (f"--method {options.method}" if options.method != "magnitude" else "--max-error")
+        skipped += [Skipped(use.node, use.op_type, layer.weight,
+                            f"inside {layer.scope}: {why} needs the layer's inputs on calibration data, which the "
+                            "pruner does not capture inside subgraphs; --method magnitude (without --max-error) "
+                            "prunes it") for layer in inside for use in layer.uses]
+        layers = [layer for layer in layers if not layer.scope]
+        if not layers:
+            raise no_layers_error(skipped)
     if calibration is None and (options.method != "magnitude" or options.max_error is not None):
         raise OnnxSparseError(f"--method {options.method}" + (" with --max-error" if options.method == "magnitude" else "")
                               + " needs calibration data")
