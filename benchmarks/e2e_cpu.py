@@ -137,6 +137,7 @@ def main() -> int:
 
     work = Path(args.work)
     cache = TuneCache.load(args.cache)
+    before = machine()
     rows = []
     for name in args.models:
         path = make_model(name, work)
@@ -172,7 +173,7 @@ def main() -> int:
             log(f"  {name} t{threads}: wall {timing['wall']['ratio']:.3f}x "
                 f"[{timing['wall']['ratio_min']:.3f}-{timing['wall']['ratio_max']:.3f}]"
                 + (f", cpu {timing['cpu']['ratio']:.3f}x" if "cpu" in timing else ""))
-    record = {"machine": machine(), "load_after": os.getloadavg(), "rows": rows,
+    record = {"machine": before, "load_after": os.getloadavg(), "rows": rows,
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     out = Path(args.out)
     previous = json.loads(out.read_text()) if out.is_file() else {"runs": []}
