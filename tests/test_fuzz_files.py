@@ -25,7 +25,6 @@ import pytest
 from onnx import numpy_helper
 
 from onnxsparse import cli, io
-from onnxsparse.diff import diff_files
 from onnxsparse.errors import OnnxSparseError
 
 REPO = Path(__file__).resolve().parent.parent

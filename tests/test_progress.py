@@ -37,3 +37,19 @@ def test_nothing_when_not_a_terminal_or_quiet(monkeypatch):
     with progress.Reporter("prune", quiet=True) as say:
         say("[1/2] fc1")
     assert screen.getvalue() == ""
+
+
+def test_sensitivity_shows_a_bar_on_a_terminal_and_nothing_in_a_pipe(monkeypatch, capsys):
+    from models.build import BUNDLED_SAMPLE
+
+    from onnxsparse import cli
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    assert cli.main(["sensitivity", str(BUNDLED_SAMPLE), "--calib-samples", "2", "--batch-size", "2"]) == 0
+    shown = screen.getvalue()
+    assert "onnxsparse sensitivity" in shown and "<" in shown, shown[-500:]  # [elapsed<remaining]
+    pipe = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", pipe)
+    assert cli.main(["sensitivity", str(BUNDLED_SAMPLE), "--calib-samples", "2", "--batch-size", "2"]) == 0
+    assert "[1/" not in pipe.getvalue() and "onnxsparse sensitivity: [" not in pipe.getvalue()

@@ -11,14 +11,14 @@ import argparse
 import json
 from pathlib import Path
 
-from .. import io
+from .. import io, progress
 from ..errors import OnnxSparseError
 from ..prune import layer_sensitivity, scan_layers
 from ..prune.pruner import no_layers_error
 from ..prune.report import plot_sensitivity, sensitivity_text
 from ..prune.evaluate import ReferenceOutputs
 from ..prune.holdout import split_calibration
-from .prune import add_selection_arguments, load_calibration, load_holdout, options_from, progress_printer
+from .prune import add_selection_arguments, load_calibration, load_holdout, options_from
 
 NAME = "sensitivity"
 HELP = "prune each eligible layer alone and report the model-output error it causes"
@@ -42,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
         raise no_layers_error(scan.skipped)
     calibration = load_calibration(args, model)
     split = split_calibration(calibration, load_holdout(args, model))
-    found = layer_sensitivity(model, scan.layers, split.fit, options, reference=ReferenceOutputs(model, split.held),
-                              say=progress_printer(args) or (lambda m: None))
+    with progress.Reporter(f"onnxsparse {args.command}", quiet=args.quiet) as say:  # a bar with ETA on a terminal
+        found = layer_sensitivity(model, scan.layers, split.fit, options, reference=ReferenceOutputs(model, split.held),
+                                  say=say)
     if args.plot:
         plot_sensitivity(found, args.plot)
     if args.json:
