@@ -10,6 +10,7 @@
 #include "cpu/epilogue.h"
 #include "cpu/fast_conv.h"
 #include "cpu/nonfinite.h"
+#include "cpu/release_pages.h"
 #include "cpu/sparse_gemm.h"
 
 namespace onnxsparse::cpu {
@@ -92,6 +93,9 @@ Conv2dCompressKernel<T>::Conv2dCompressKernel(const OrtApi* /*api*/, const OrtKe
     if (error.empty()) error = ReadActivationAttributes(info, act_);
     isa_ = SelectCpuIsa();
     if (error.empty()) packed_ = PackConstantWeight<T>(info);
+    // The fast path reads only packed_ from now on: drop ONNX Runtime's file-mapped copy of the
+    // compressed pair from memory (cpu/release_pages.h; pages come back from the file if read).
+    if (packed_ != nullptr) ReleaseConstantInputs(info, 1, 2);
     return error;
   });
 }
