@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 from dataclasses import replace
-from fnmatch import fnmatchcase
 from importlib import resources
 
 import onnx
@@ -207,7 +206,9 @@ def _symbolic(shapes: str) -> bool:
 
 
 def _matches(patterns, name: str, op: str) -> bool:
-    return any(fnmatchcase(name, p) or fnmatchcase(op, p) for p in patterns)
+    from ..compiler.layers import matches
+
+    return matches(patterns, name, op)
 
 
 def gemm_shape(problem, output_shape=None) -> tuple[int | None, int, int]:
