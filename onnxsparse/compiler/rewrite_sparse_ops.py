@@ -26,7 +26,8 @@ import onnx_graphsurgeon as gs
 
 from .. import format as fmt
 from ..spec import COMPRESS_OP, DOMAIN
-from .graph import ModelGraph, as_2d_weight, constant_array, make_constant, walk_subgraphs
+from . import fold_batchnorm as batchnorm
+from .graph import ModelGraph, as_2d_weight, constant_array, is_omitted, make_constant, resolve_constant, walk_subgraphs
 from .layers import LayerRecord
 from .pipeline import LayerPolicy, Pass, PassResult, as_policy
 from .rules import RULES, Match
@@ -45,11 +46,14 @@ class LayerDecision:
     fused_bias: str | None = None  # the Add node folded into it as its bias
     bias_not_folded: str | None = None  # why no bias Add/C was folded into it (when there is one to fold)
     rule: str | None = None  # the rule that rewrote it
+    folded_batchnorm: str | None = None  # the BatchNormalization folded into its weight and bias
+    batchnorm_not_folded: str | None = None  # why the BatchNormalization reading its output stays
 
     def to_dict(self) -> dict:
         return {**self.record.to_dict(), "rewritten": self.rewritten, "reason": self.reason,
                 "replacement": self.replacement, "fused_bias": self.fused_bias,
-                "bias_not_folded": self.bias_not_folded}
+                "bias_not_folded": self.bias_not_folded, "folded_batchnorm": self.folded_batchnorm,
+                "batchnorm_not_folded": self.batchnorm_not_folded}
 
 
 @dataclass
@@ -109,10 +113,12 @@ class RewriteSparseOps(Pass):
                 logger.info("%s: kept dense: %s", record.node, keep_dense)
                 result.decisions.append(LayerDecision(record, rewritten=False, reason=keep_dense))
                 continue
+            bn_fold, bn_reason = _fold_batchnorm(scope, record, match)
             # One CompressOp per weight and layout, in the graph that defines the weight: a main-graph
             # constant is compressed once in the main graph, and the bodies read the pair from there.
-            owner = "" if record.source in main_constants else record.scope
-            key = (record.source, record.layout, len(record.shape), owner)
+            # A weight with a BN folded in is this layer's own, beside it.
+            owner = "" if record.source in main_constants and bn_fold is None else record.scope
+            key = (record.source if bn_fold is None else match.weight.name, record.layout, len(record.shape), owner)
             if key not in pairs:
                 before = match.node if owner == record.scope else _holder(graph, record.scope)
                 pairs[key] = _insert_compress(scopes[owner], record, match, before)
@@ -125,7 +131,8 @@ class RewriteSparseOps(Pass):
                         f" (bias not folded: {match.not_folded})" if match.not_folded else "")
             result.decisions.append(LayerDecision(record, rewritten=True, replacement=new_node.name,
                                                   fused_bias=match.folded_add, bias_not_folded=match.not_folded,
-                                                  rule=match.rule.name))
+                                                  rule=match.rule.name, folded_batchnorm=bn_fold,
+                                                  batchnorm_not_folded=bn_reason))
             result.modified = True
         if result.modified:
             graph.cleanup()
@@ -144,6 +151,49 @@ def _match(graph: ModelGraph, node: gs.Node, record: LayerRecord) -> tuple[Match
             return found, []
         refused.append((rule.name, found))
     return None, [f"{name}: {reason}" for name, reason in refused] or [f"no rule for {record.op}"]
+
+
+def _fold_batchnorm(graph, record: LayerRecord, match: Match) -> tuple[str | None, str | None]:
+    """Fold the BatchNormalization that reads the layer's output (after its folded bias Add) into
+    the match: a new dense weight (compressed like any other), the bias, and the BN's output as the
+    op's. Returns (the BN's name, None) when folded, (None, why not) when a BN stays, (None, None)
+    when no BN reads the output."""
+    node = match.node
+    last = match.add if match.add is not None else node
+    bias = None
+    if match.rule.op == "Gemm" and match.not_folded is not None:
+        readers = last.outputs[0].outputs
+        if any(r.op == "BatchNormalization" for r in readers):
+            return None, "Gemm's C is added after the sparse op, so a BatchNormalization cannot be folded before it"
+        return None, None
+    if match.bias is not None or match.bias_row is not None:
+        bias = match.bias_row
+        if bias is None:
+            source, _ = resolve_constant(graph, match.bias)
+            bias = constant_array(source.tensor)
+    elif record.op == "Conv" and len(node.inputs) > 2 and not is_omitted(node.inputs[2]):
+        source, why_not = resolve_constant(graph, node.inputs[2])
+        if source is None:
+            readers = last.outputs[0].outputs
+            if any(r.op == "BatchNormalization" for r in readers):
+                return None, f"the Conv's bias is not constant ({why_not})"
+            return None, None
+        bias = constant_array(source.tensor)
+    found = batchnorm.check(graph, record, node, last, bias, constant_array(match.weight))
+    if not isinstance(found, batchnorm.BatchNormFold):
+        return None, found
+    match.weight = make_constant(graph.unique_name(f"{record.source}_bn"), found.weight)
+    new_bias = make_constant(graph.unique_name(f"{found.name}_bias"), found.bias)
+    if record.op == "Conv":
+        if len(node.inputs) > 2:
+            node.inputs[2] = new_bias
+        else:
+            node.inputs.append(new_bias)
+    else:  # the rules' rewrites build the bias from the row
+        match.bias, match.bias_row, match.not_folded = None, found.bias, None
+    batchnorm.absorb(graph, last, found)
+    logger.info("%s: BatchNormalization '%s' folded into its weight and bias", record.node, found.name)
+    return found.name, None
 
 
 def _note_bias_add(graph: ModelGraph, record: LayerRecord, match: Match) -> None:

@@ -143,7 +143,11 @@ class MatMul(Rule):
         return self._weight(graph, node, record)
 
     def rewrite(self, graph: ModelGraph, match: Match, sparse: tuple[gs.Tensor, gs.Tensor]) -> gs.Node:
-        return replace_node(graph, match.node, MATMUL_COMPRESS, [match.node.inputs[0], *sparse], {})
+        inputs = [match.node.inputs[0], *sparse]
+        if match.bias_row is not None:  # a BatchNormalization folded in (fold_batchnorm)
+            base = match.node.name or match.node.outputs[0].name
+            inputs.append(make_constant(graph.unique_name(f"{base}_bias"), match.bias_row))
+        return replace_node(graph, match.node, MATMUL_COMPRESS, inputs, {})
 
 
 class Gemm(Rule):
