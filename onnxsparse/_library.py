@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Iterable
 
 from .errors import OnnxSparseError
 
@@ -45,3 +47,40 @@ def get_library_path() -> str:
         "the onnxsparse custom-op library was not found; install the package with `pip install .` "
         "(it builds the library) or set ONNXSPARSE_LIBRARY"
     )
+
+
+# Where NVIDIA's pip wheels put cuSPARSELt under a site-packages folder, most preferred first:
+# nvidia-cusparselt-cu13 (the CUDA 13 build this library's kernels are made with), then
+# nvidia-cusparselt-cu12.
+CUSPARSELT_LAYOUTS = ("nvidia/cu13/lib/libcusparseLt.so.0", "nvidia/cusparselt/lib/libcusparseLt.so.0")
+
+
+def _package_roots() -> list[str]:
+    """The folders a pip wheel's ``nvidia/`` tree may be under: the import path, then the roots of
+    the ``nvidia`` namespace package wherever it was found."""
+    roots = [entry or os.getcwd() for entry in sys.path]
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("nvidia")
+        if spec is not None and spec.submodule_search_locations:
+            roots += [str(Path(location).parent) for location in spec.submodule_search_locations]
+    except (ImportError, ValueError):
+        pass
+    return roots
+
+
+def find_cusparselt(roots: Iterable[str] | None = None) -> str | None:
+    """The path of ``libcusparseLt.so.0`` installed from pip in this Python environment (the
+    ``nvidia-cusparselt-cu13`` or ``-cu12`` wheel), or None. The session options pass it to the
+    library (``onnxsparse.cusparselt.library``), which tries it before its other places."""
+    seen = set()
+    for layout in CUSPARSELT_LAYOUTS:
+        for root in (_package_roots() if roots is None else roots):
+            candidate = Path(root) / layout
+            if candidate in seen:
+                continue
+            seen.add(candidate)
+            if candidate.is_file():
+                return str(candidate.resolve())
+    return None

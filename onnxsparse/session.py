@@ -11,7 +11,7 @@ from typing import Any, Iterator, Sequence
 
 import onnxruntime as ort
 
-from ._library import get_library_path
+from ._library import find_cusparselt, get_library_path
 from .errors import OnnxSparseError
 
 _REGISTERED_KEY = "onnxsparse.library_registered"
@@ -63,6 +63,7 @@ def session_options(options: ort.SessionOptions | None = None, **runtime: Any) -
                 continue
             text = ("1" if value else "0") if isinstance(value, bool) else str(value)
             options.add_session_config_entry(RUNTIME_OPTIONS[name], text)
+        _default_cusparselt_library(options)
         try:
             options.register_custom_ops_library(get_library_path())
         except Exception as exc:
@@ -71,6 +72,21 @@ def session_options(options: ort.SessionOptions | None = None, **runtime: Any) -
             raise
         options.add_session_config_entry(_REGISTERED_KEY, "1")
     return options
+
+
+def _default_cusparselt_library(options: ort.SessionOptions) -> None:
+    """cuSPARSELt installed from pip in this environment (``pip install "onnxsparse[cuda]"``), passed
+    to the library as ``onnxsparse.cusparselt.library`` unless the caller set that entry: the
+    library tries it before the loader's search path (ONNXSPARSE_CUSPARSELT_LIBRARY still wins)."""
+    key = RUNTIME_OPTIONS["cusparselt_library"]
+    try:
+        if options.get_session_config_entry(key):
+            return
+    except Exception:  # onnxruntime raises when the key is absent
+        pass
+    found = find_cusparselt()
+    if found:
+        options.add_session_config_entry(key, found)
 
 
 class InferenceSession(ort.InferenceSession):

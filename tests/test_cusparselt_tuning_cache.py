@@ -119,3 +119,53 @@ def test_a_reader_never_sees_a_partial_file(tmp_path):
     writer.join()
     assert sorted(cache.read_text().splitlines()[2:]) == sorted(entries)
     assert reads > 1
+
+
+OWN = "0.8.1\tNVIDIA H200\t9.0\tfloat16\t256\t512\t768\t512\t1\t-1\t-1\t9.10"
+
+
+def test_the_own_kernel_entry_round_trips_beside_the_configuration():
+    """The own kernel's time of a problem is an entry of its own (max_id and config -1), so that
+    inference chooses between it and cuSPARSELt's configuration from the file."""
+    assert _parse(OWN) == OWN
+    assert _parse(OWN.replace("\t-1\t-1\t", "\t35\t-1\t")) == "bad"  # -1 only as the own kernel's pair
+    assert _parse(OWN.replace("\t-1\t-1\t", "\t-1\t3\t")) == "bad"
+    assert _parse(OWN.replace("\t-1\t-1\t", "\t-2\t-2\t")) == "bad"
+
+
+def test_the_own_kernel_entry_and_the_configuration_are_both_kept(tmp_path):
+    cache = tmp_path / "cache.txt"
+    _run("store", str(cache), ENTRY, OWN)
+    assert sorted(_run("read", str(cache)).stdout.splitlines()) == sorted([ENTRY, OWN])
+
+
+def _entry(process: int, i: int) -> str:
+    return ENTRY.replace("\t256\t", f"\t{16 * (i + 1)}\t", 1).replace("\t512\t768\t", f"\t{512 + process}\t768\t", 1)
+
+
+def test_concurrent_writers_lose_no_entry_and_corrupt_none(tmp_path):
+    """Eight processes (two sessions on two GPUs, or one process per GPU, tuning at once) each store
+    40 entries of their own, one rewrite each, into one file, plus a key they all write: the writers
+    take turns on a lock file beside it, so the file ends with every entry, and a reader running
+    meanwhile only ever sees the header and whole, valid entries."""
+    cache = tmp_path / "cache.txt"
+    shared_key = [OTHER.replace("\t3\t9.10", f"\t{p}\t9.{p:02d}") for p in range(8)]
+    per_process = [[_entry(p, i) for i in range(40)] + [shared_key[p]] for p in range(8)]
+    writers = [subprocess.Popen([str(_tool()), "store", str(cache), *entries], stderr=subprocess.PIPE, text=True)
+               for entries in per_process]
+    valid = {line for entries in per_process for line in entries}
+    reads = 0
+    while any(w.poll() is None for w in writers) or reads == 0:
+        if cache.exists():
+            lines = cache.read_text().splitlines()
+            assert lines[0] == HEADER, lines[:1]
+            assert all(line in valid for line in lines[2:]), [line for line in lines[2:] if line not in valid][:1]
+            reads += 1
+    for w in writers:
+        assert w.wait(timeout=60) == 0, w.stderr.read()
+    lines = cache.read_text().splitlines()[2:]
+    expected = {line for entries in per_process for line in entries[:-1]}
+    assert expected <= set(lines), f"{len(expected - set(lines))} entries lost"
+    assert len([line for line in lines if line in shared_key]) == 1  # one value for the shared key
+    assert len(lines) == len(expected) + 1
+    assert not list(tmp_path.glob("*.tmp.*"))

@@ -79,8 +79,15 @@ const std::vector<RuntimeOptionSpec>& RuntimeOptionSpecs() {
       {"onnxsparse.cuda.pdl", "ONNXSPARSE_CUDA_PDL", "a boolean", BoolField(&RuntimeOptions::cuda_pdl)},
       {"onnxsparse.cuda.allow_no_cusparselt", "ONNXSPARSE_CUDA_ALLOW_NO_CUSPARSELT", "a boolean",
        BoolField(&RuntimeOptions::cuda_allow_no_cusparselt)},
-      {"onnxsparse.cusparselt.tune", "ONNXSPARSE_CUSPARSELT_TUNE", "a boolean",
-       BoolField(&RuntimeOptions::cusparselt_tune)},
+      {"onnxsparse.cusparselt.tune", "ONNXSPARSE_CUSPARSELT_TUNE", "search, cache or off",
+       [](const std::string& text, RuntimeOptions* o) -> std::string {
+         if (strcasecmp(text.c_str(), "search") == 0) return o->cusparselt_tune = RuntimeOptions::kTuneSearch, "";
+         if (strcasecmp(text.c_str(), "cache") == 0) return o->cusparselt_tune = RuntimeOptions::kTuneCache, "";
+         bool on = false;  // the boolean spellings: on = search (the former meaning), off = off
+         if (!ParseBool(text, &on).empty()) return StrCat("'", text, "' is not search, cache or off");
+         o->cusparselt_tune = on ? RuntimeOptions::kTuneSearch : RuntimeOptions::kTuneOff;
+         return "";
+       }},
       {"onnxsparse.cusparselt.cache", "ONNXSPARSE_CUSPARSELT_CACHE", "a file path, or off",
        [](const std::string& text, RuntimeOptions* o) -> std::string {
          if (text.empty()) return "an empty path (use off for no cache file)";

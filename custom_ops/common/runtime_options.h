@@ -28,7 +28,11 @@ struct RuntimeOptions {
   bool cuda_pack = true;                   // onnxsparse.cuda.pack: packed weight for the sparse tensor cores
   bool cuda_pdl = true;                    // onnxsparse.cuda.pdl: programmatic dependent launch
   bool cuda_allow_no_cusparselt = false;   // onnxsparse.cuda.allow_no_cusparselt: own kernel when it is missing
-  bool cusparselt_tune = true;             // onnxsparse.cusparselt.tune: time the configuration ids
+  // onnxsparse.cusparselt.tune: kSearch times the configuration ids (and the own kernel) of a problem
+  // the tuning cache lacks (onnxsparse tune sets it); kCache (default) takes the cache's choice, else
+  // cuSPARSELt's default algorithm and the shipped small-M rule, never searching; kOff: no cache.
+  enum CusparseLtTune : int { kTuneOff = 0, kTuneCache = 1, kTuneSearch = 2 };
+  int cusparselt_tune = kTuneCache;
   std::string cusparselt_cache;            // onnxsparse.cusparselt.cache: file; "off": none; "": default place
   int cusparselt_max_config_id = kUnsetConfigId;  // onnxsparse.cusparselt.max_config_id (-1: default algorithm)
   std::string cusparselt_library;          // onnxsparse.cusparselt.library: path tried first

@@ -15,6 +15,7 @@ constexpr const char* kOp = "CompressOp";
 template <typename OrtT>
 CompressOpCuda<OrtT>::CompressOpCuda(const OrtApi*, const OrtKernelInfo* info) noexcept {
   init_error_ = CaptureInitError([&] { return ReadWeightLayout(info, layout_); });
+  device_ = KernelDevice(info);
 }
 
 template <typename OrtT>
@@ -38,6 +39,8 @@ Ort::Status CompressOpCuda<OrtT>::Compute(OrtKernelContext* context, const Ort::
     uint8_t* out_index = index.Allocate({a.rows, (a.k + 7) / 8});
     if (a.rows * a.k == 0) return Ort::Status{nullptr};
     cudaStream_t stream = ComputeStream(context);
+    ScopedDevice device(StreamDevice(stream, device_));  // the session's device, not the thread's
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, device.error());
     if (bad_groups_.get() == nullptr) ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, bad_groups_.Allocate(sizeof(unsigned int)));
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, cudaMemsetAsync(bad_groups_.get(), 0, sizeof(unsigned int), stream));
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchCompress<T>(reinterpret_cast<const T*>(weight.Data()), a, out_values,

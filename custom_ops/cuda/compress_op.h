@@ -18,7 +18,8 @@ struct CompressOpCuda {
  private:
   onnxsparse::WeightLayout layout_ = onnxsparse::WeightLayout::kKN;  // mapped to the launcher's enum in Compute
   std::string init_error_;  // set by the constructor, returned by every Compute
-  DeviceBuffer bad_groups_;  // device counter of non-2:4 groups
+  DeviceBuffer bad_groups_;  // device counter of non-2:4 groups, on the kernel's device
+  int device_ = -1;          // the execution provider's device (KernelInfo)
 };
 
 }  // namespace onnxsparse::cuda

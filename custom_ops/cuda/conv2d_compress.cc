@@ -51,6 +51,8 @@ Ort::Status Conv2dCompressCuda<OrtT>::Compute(OrtKernelContext* context, const O
     const int64_t pixels = batch * oh * ow;
     if (pixels == 0 || oc == 0) return Ort::Status{nullptr};
     cudaStream_t stream = ComputeStream(context);
+    ScopedDevice device(runner_.Device(stream));  // the session's device, not the thread's
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, device.error());
     if (LogEnabled(runner_.logger(), runner_.trace_level())) {
       cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
       cudaStreamIsCapturing(stream, &capture);

@@ -44,6 +44,41 @@ inline cudaStream_t ComputeStream(OrtKernelContext* context) {
   return reinterpret_cast<cudaStream_t>(Ort::KernelContext(context).GetGPUComputeStream());
 }
 
+// The CUDA device of the execution provider that created a kernel (its default allocator's device:
+// the session's device_id), -1 when it cannot be told (e.g. a kernel not placed on CUDA).
+int KernelDevice(const OrtKernelInfo* info);
+
+// The device of `stream` (cudaStreamGetDevice), else `fallback`; the legacy default stream (null)
+// belongs to the current device, so `fallback` answers for it.
+int StreamDevice(cudaStream_t stream, int fallback);
+
+// Makes `device` the calling thread's current device for the object's lifetime and restores the
+// previous one after: ORT's compute thread may have another device current than the session's
+// (two sessions on two GPUs in one process), and every allocation, handle and launch must be on
+// the kernel's. A negative device changes nothing. error() is cudaSuccess or why it failed.
+class ScopedDevice {
+ public:
+  explicit ScopedDevice(int device) {
+    if (device < 0) return;
+    error_ = cudaGetDevice(&previous_);
+    if (error_ == cudaSuccess && previous_ != device) {
+      error_ = cudaSetDevice(device);
+      if (error_ == cudaSuccess) restore_ = true;
+    }
+  }
+  ~ScopedDevice() {
+    if (restore_) cudaSetDevice(previous_);
+  }
+  ScopedDevice(const ScopedDevice&) = delete;
+  ScopedDevice& operator=(const ScopedDevice&) = delete;
+  cudaError_t error() const { return error_; }
+
+ private:
+  int previous_ = 0;
+  bool restore_ = false;
+  cudaError_t error_ = cudaSuccess;
+};
+
 // One cudaMalloc'ed buffer, freed with the kernel that owns it.
 class DeviceBuffer {
  public:
@@ -76,7 +111,7 @@ class DeviceBuffer {
   size_t bytes_ = 0;
 };
 
-// Scratch memory for one stream, shared by every kernel that runs on it (kernels on one stream run
+// Scratch memory for one stream on one device (the current one, which owns the stream), shared by every kernel that runs on it (kernels on one stream run
 // one after another, so they can share). It grows at first calls for larger shapes and keeps the
 // buffers it outgrew, so a CUDA graph captured earlier never points at freed memory. Thread-safe.
 // Returns nullptr and sets *err when the allocation fails.

@@ -1,8 +1,10 @@
 // cuSPARSELt, loaded at run time (dlopen of libcusparseLt.so.0), for the large-M sparse GEMMs.
 // A SparseLtWeight holds one weight in cuSPARSELt's compressed form (built once, from SPEC's form)
-// and a plan per M (at the first call of an M, every algorithm configuration known to be safe is
-// timed and the fastest kept; the choice is shared by every weight of the same problem, and kept
-// in a tuning cache file for later processes, see onnxsparse.cusparselt.cache), with its workspace.
+// and a plan per M: the configuration of the tuning cache file (onnxsparse.cusparselt.cache), else,
+// when searching (onnxsparse.cusparselt.tune=search, which `onnxsparse tune` sets), the fastest of
+// every configuration known to be safe, timed at the first call of the M and written to the file;
+// else cuSPARSELt's default algorithm. The choice is shared by every weight of the same problem.
+// A weight and its plans live on the device current when it was built (its kernel's).
 // Every call after the first for an M launches on the given stream with no allocation and no host
 // synchronisation, so CUDA graphs can capture it.
 //
@@ -31,6 +33,17 @@ enum class ElementType { kFloat16, kBFloat16 };
 bool CusparseLtAvailable(const std::string& library, std::string* why);
 // The loaded library's version (major*1000 + minor*100 + patch), 0 when not loaded.
 int CusparseLtVersion();
+
+// The own kernel's time per call on problem (M = m, all rows) from the tuning cache, written by a
+// search (onnxsparse.cusparselt.tune=search) beside cuSPARSELt's; -1 when none (or no cuSPARSELt,
+// whose version keys the file). Store writes one (only when searching). Current device.
+float CachedOwnKernelUs(const RuntimeOptions& options, ElementType type, int64_t m, int64_t n, int64_t k, int64_t ldy,
+                        bool bias);
+void StoreOwnKernelUs(const RuntimeOptions& options, const OrtLogger* logger, ElementType type, int64_t m, int64_t n,
+                      int64_t k, int64_t ldy, bool bias, float us);
+
+// Says once per process (WARNING, on `logger`) that a GEMM (`what`) runs untuned and what tunes it.
+void NoteUntunedOnce(const OrtLogger* logger, const std::string& what);
 
 class SparseLtWeight {
  public:

@@ -40,6 +40,8 @@ Ort::Status MatMulCompressCuda<OrtT>::Compute(OrtKernelContext* context, const O
     T* out = reinterpret_cast<T*>(y.Allocate(shape.y_shape));
     if (m == 0 || n == 0) return Ort::Status{nullptr};
     cudaStream_t stream = ComputeStream(context);
+    ScopedDevice device(runner_.Device(stream));  // the session's device, not the thread's
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, device.error());
     ONNXSPARSE_RETURN_IF_ERROR(runner_.ValidateOnce(kOp, stream, index.Data(), n, k));
 
     const T* x = reinterpret_cast<const T*>(a.Data());

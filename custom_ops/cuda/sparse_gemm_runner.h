@@ -10,6 +10,9 @@
 // The options are the session's (common/runtime_options.h), read when the kernel is created; the
 // per-M choice is logged on the session's logger (VERBOSE; WARNING with onnxsparse.log_verbose).
 // A weight is split into `slots` independent row blocks (Conv's groups), each its own GEMM.
+// Everything a runner holds (cuSPARSELt weights and plans, packed weights) lives on its kernel's
+// device, current while it runs; per-process state elsewhere (cuSPARSELt handles, the in-process
+// tuned choices, stream scratch, kernel attributes) is kept per device.
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -39,6 +42,11 @@ class SparseGemmRunner {
   template <typename T>
   Ort::Status Run(const char* op, cudaStream_t stream, int slot, const SparseGemmArgs& args);
 
+  // The device this kernel computes on: its stream's, else its execution provider's (the session's
+  // device_id), -1 when neither can be told. The op makes it current for its Compute (ScopedDevice):
+  // the calling thread's current device may be another session's.
+  int Device(cudaStream_t stream) const { return StreamDevice(stream, device_); }
+
   // The session's logger, and the severity of the kernels' trace lines (WARNING with
   // onnxsparse.trace, else VERBOSE).
   const OrtLogger* logger() const { return logger_; }
@@ -56,6 +64,7 @@ class SparseGemmRunner {
   Ort::Status OwnArgsLocked(const char* op, cudaStream_t stream, int slot, const SparseGemmArgs& args,
                             SparseGemmArgs* own);
 
+  int device_ = -1;  // the execution provider's device (KernelInfo)
   bool weight_constant_ = false;
   bool bias_constant_ = false;
   RuntimeOptions options_;

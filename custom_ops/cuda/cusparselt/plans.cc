@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <tuple>
 
@@ -16,6 +17,15 @@
 #include "cuda/sparse_gemm_impl.cuh"
 
 namespace onnxsparse::cuda {
+
+void NoteUntunedOnce(const OrtLogger* logger, const std::string& what) {
+  static std::atomic<bool> noted{false};
+  if (noted.exchange(true)) return;
+  ONNXSPARSE_LOG(logger, ORT_LOGGING_LEVEL_WARNING,
+                 StrCat("onnxsparse: ", what, " (and maybe other GEMMs) has no tuned choice in the cuSPARSELt tuning "
+                        "cache, so cuSPARSELt's default algorithm and the default choice of kernel serve it; "
+                        "`onnxsparse tune --provider cuda` on this model would make it faster (said once)"));
+}
 
 #ifndef ONNXSPARSE_WITH_CUSPARSELT
 
@@ -38,6 +48,9 @@ Ort::Status SparseLtWeight::Time(const char*, const void*, int64_t, void*, int64
   *us = -1.f;
   return Ort::Status{nullptr};
 }
+float CachedOwnKernelUs(const RuntimeOptions&, ElementType, int64_t, int64_t, int64_t, int64_t, bool) { return -1.f; }
+void StoreOwnKernelUs(const RuntimeOptions&, const OrtLogger*, ElementType, int64_t, int64_t, int64_t, int64_t, bool,
+                      float) {}
 
 #else  // ONNXSPARSE_WITH_CUSPARSELT
 
@@ -83,7 +96,48 @@ Ort::Status GpuModel(const char* op, int device, CacheKey* key) {
   return Ort::Status{nullptr};
 }
 
+// The key of the own kernel's entry for a problem on the current device (cuSPARSELt loaded).
+Ort::Status OwnKey(const char* op, ElementType type, int64_t m, int64_t n, int64_t k, int64_t ldy, bool bias,
+                   CacheKey* key) {
+  int device = 0;
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaGetDevice(&device));
+  ONNXSPARSE_RETURN_IF_ERROR(GpuModel(op, device, key));
+  key->version = CusparseLtVersion();
+  key->type = static_cast<int>(type);
+  std::tie(key->m, key->n, key->k, key->ldy) = std::make_tuple(m, n, k, ldy);
+  key->bias = bias;
+  key->max_id = cusparselt::kOwnKernel;
+  return Ort::Status{nullptr};
+}
+
 }  // namespace
+
+float CachedOwnKernelUs(const RuntimeOptions& options, ElementType type, int64_t m, int64_t n, int64_t k, int64_t ldy,
+                        bool bias) {
+  if (options.cusparselt_tune == RuntimeOptions::kTuneOff || !Library().error.empty()) return -1.f;
+  CacheKey key;
+  if (!OwnKey("onnxsparse", type, m, n, k, ldy, bias, &key).IsOK()) return -1.f;
+  std::lock_guard<std::mutex> lock(TunedMutex());
+  CacheEntry entry;
+  cusparselt::TuningCacheFile& file = cusparselt::TuningCacheFor(cusparselt::CachePath(options.cusparselt_cache));
+  return file.Find(key, &entry) ? entry.us : -1.f;
+}
+
+void StoreOwnKernelUs(const RuntimeOptions& options, const OrtLogger* logger, ElementType type, int64_t m, int64_t n,
+                      int64_t k, int64_t ldy, bool bias, float us) {
+  if (options.cusparselt_tune != RuntimeOptions::kTuneSearch || us <= 0.f || !Library().error.empty()) return;
+  CacheKey key;
+  if (!OwnKey("onnxsparse", type, m, n, k, ldy, bias, &key).IsOK()) return;
+  std::lock_guard<std::mutex> lock(TunedMutex());
+  cusparselt::TuningCacheFile& file = cusparselt::TuningCacheFor(cusparselt::CachePath(options.cusparselt_cache));
+  std::string why;
+  static bool warned = false;
+  if (!file.Store(key, CacheEntry{cusparselt::kOwnKernel, us}, &why) && !warned) {
+    warned = true;
+    ONNXSPARSE_LOG(logger, ORT_LOGGING_LEVEL_WARNING,
+                   StrCat("onnxsparse: cannot write cuSPARSELt tuning cache ", file.path(), ": ", why));
+  }
+}
 
 SparseLtWeight::SparseLtWeight(const RuntimeOptions& options, const OrtLogger* logger)
     : options_(options), logger_(logger), impl_(std::make_unique<Impl>()) {}
@@ -195,7 +249,8 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
   bool from_cache = false, tuned_now = false;
   const OrtLoggingLevel trace = options_.trace ? ORT_LOGGING_LEVEL_WARNING : ORT_LOGGING_LEVEL_VERBOSE;
   cusparselt::TuningCacheFile* cache_file = nullptr;
-  if (!known && !capturing && options_.cusparselt_tune) {
+  bool untuned = false;  // no configuration in the cache, none searched (kTuneCache): the default algorithm
+  if (!known && !capturing && options_.cusparselt_tune != RuntimeOptions::kTuneOff) {
     cache_key.version = a.version;
     cache_key.type = static_cast<int>(type_);
     std::tie(cache_key.m, cache_key.n, cache_key.k, cache_key.ldy) = std::make_tuple(m, n_, k_, ldy);
@@ -208,24 +263,40 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
       cache_file = &cusparselt::TuningCacheFor(cusparselt::CachePath(options_.cusparselt_cache));
       from_cache = cache_file->Find(cache_key, &cached);
     }
-    // The cached time is not reused: the plan is timed below, like the own kernel, in this process.
+    // The cached time is the tuned measurement the runner compares with the own kernel's (also
+    // cached); the search runs only when asked (onnxsparse.cusparselt.tune=search: onnxsparse tune).
     if (from_cache) {
       p.config_id = cached.config_id;
-    } else {
+      p.best_us = cached.us;
+    } else if (options_.cusparselt_tune == RuntimeOptions::kTuneSearch) {
       ONNXSPARSE_RETURN_IF_ERROR(TimeConfigs(op, cache_key.max_id, m, x, y, alpha, stream, &p));
       tuned_now = true;
+    } else {
+      untuned = cache_key.max_id >= 0;  // with no range to search, tuning would not change the choice
     }
   }
+  if (untuned) NoteUntunedOnce(logger_, StrCat("cuSPARSELt M=", m, " N=", n_, " K=", k_));
   Ort::Status planned = InitPlan(op, &p);
-  if (!planned.IsOK() && from_cache) {
+  if (!planned.IsOK() && from_cache && options_.cusparselt_tune == RuntimeOptions::kTuneSearch) {
     // A cached id that this cuSPARSELt build refuses (the file came from another build): tune.
     ONNXSPARSE_LOG(logger_, trace,
                    StrCat("onnxsparse trace: cuSPARSELt m=", m, " n=", n_, " k=", k_, ": cached config ", p.config_id,
                           " refused (", planned.GetErrorMessage(), ")"));
     from_cache = false;
     p.config_id = -1;
+    p.best_us = -1.f;
     ONNXSPARSE_RETURN_IF_ERROR(TimeConfigs(op, cache_key.max_id, m, x, y, alpha, stream, &p));
     tuned_now = true;
+    planned = InitPlan(op, &p);
+  }
+  if (!planned.IsOK() && from_cache) {
+    // Not searching: cuSPARSELt's default algorithm instead of a cached id this build refuses.
+    ONNXSPARSE_LOG(logger_, trace,
+                   StrCat("onnxsparse trace: cuSPARSELt m=", m, " n=", n_, " k=", k_, ": cached config ", p.config_id,
+                          " refused (", planned.GetErrorMessage(), "); default algorithm"));
+    from_cache = false;
+    p.config_id = -1;
+    p.best_us = -1.f;
     planned = InitPlan(op, &p);
   }
   if (!planned.IsOK()) return planned;

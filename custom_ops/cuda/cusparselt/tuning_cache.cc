@@ -1,5 +1,7 @@
 #include "cuda/cusparselt/tuning_cache.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -95,7 +97,8 @@ bool ParseEntry(const std::string& line, CacheKey* key, CacheEntry* entry) {
   const int64_t kIntMax = std::numeric_limits<int>::max();
   if (f[11].empty() || *end != '\0' || !std::isfinite(us) || version[0] < 0 || version[0] > kIntMax / 1000 ||
       version[1] < 0 || version[1] > 9 || version[2] < 0 || version[2] > 99 || sm[0] < 0 || sm[0] > kIntMax ||
-      sm[1] < 0 || sm[1] > kIntMax || (bias != 0 && bias != 1) || config < 0 || config > max_id || max_id > kIntMax) {
+      sm[1] < 0 || sm[1] > kIntMax || (bias != 0 && bias != 1) || max_id > kIntMax ||
+      !(config >= 0 ? config <= max_id : config == kOwnKernel && max_id == kOwnKernel)) {
     return false;
   }
   key->version = static_cast<int>(version[0] * 1000 + version[1] * 100 + version[2]);
@@ -174,11 +177,24 @@ bool TuningCacheFile::Find(const CacheKey& key, CacheEntry* entry) {
 bool TuningCacheFile::Store(const CacheKey& key, const CacheEntry& entry, std::string* why) {
   tuned_here_[key] = entry;
   if (path_.empty()) return true;
+  // Writers (processes, and threads of other processes) take turns on a lock file beside it, so
+  // that each merge starts from the last one's file and no entry is lost; readers need no lock
+  // (the rename is atomic). A lock that cannot be had (a read-only place, a file system without
+  // locks) only risks a lost entry, which the next tuning writes again.
+  std::string ignored;
+  const size_t slash = path_.rfind('/');
+  if (slash != std::string::npos && slash > 0) MakeDirectories(path_.substr(0, slash), &ignored);
+  const int lock = open((path_ + ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+  if (lock >= 0) {
+    while (flock(lock, LOCK_EX) != 0 && errno == EINTR) {
+    }
+  }
   CacheEntries merged = ReadCacheFile(path_);
   for (const auto& [k, e] : tuned_here_) merged[k] = e;
   std::string text = std::string(kCacheHeader) + '\n' + kCacheColumns + '\n';
   for (const auto& [k, e] : merged) text += FormatEntry(k, e) + '\n';
   const bool written = ReplaceFile(path_, text, writes_++, why);
+  if (lock >= 0) close(lock);  // releases the lock
   entries_ = std::move(merged);
   loaded_ = true;
   return written;

@@ -7,6 +7,7 @@
 // ids 0..max_id: a different safe range may hold a faster id, or forbid the cached one. One entry
 // a line, tab-separated (GPU names hold spaces), after a header naming the format:
 //   0.8.1  NVIDIA H200  9.0  float16  256  512  512  512  1  35  17  8.53
+//   0.8.1  NVIDIA H200  9.0  float16  256  512  512  512  1  -1  -1  9.10   (the own kernel)
 // Lines that do not parse (or name an id outside the range searched) are skipped. A write reads
 // the file again, merges this process's results over it and replaces it atomically (a temporary
 // file renamed over it), so a reader never sees a partial file.
@@ -19,6 +20,11 @@ namespace onnxsparse::cuda::cusparselt {
 
 extern const char kCacheHeader[];
 extern const char kCacheColumns[];
+
+// An entry of the own kernel (config and max_id both this): its time per call on all M rows, tuned
+// beside cuSPARSELt's configurations of the same problem, so that inference chooses between the
+// two from the file (readers of the first format skip such lines).
+constexpr int kOwnKernel = -1;
 
 // Element types as the file spells them (the order of ElementType).
 enum CacheDtype : int { kCacheFloat16 = 0, kCacheBFloat16 = 1 };

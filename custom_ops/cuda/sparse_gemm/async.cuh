@@ -237,7 +237,8 @@ cudaError_t LaunchAsync(const SparseGemmArgs& args, int x_rows, cudaStream_t str
   const int bytes = std::max(AsyncRingBytes(x_rows, kStages) + 16, kGemmWarps * kMTiles * 4 * 32 * 4);
   auto* kernel = SparseGemmAsyncKernel<T, kMTiles, kStages, kPacked>;
   // Raised once per device to the most a block may opt into (it does not change occupancy; the
-  // launch's size does): a bit per device id.
+  // launch's size does): a bit per device id. The device is the current one, which the op made
+  // its session's (ScopedDevice); a function attribute is set per device.
   static std::atomic<uint64_t> raised{0};
   int device = 0;
   cudaError_t e = cudaGetDevice(&device);
@@ -252,15 +253,16 @@ cudaError_t LaunchAsync(const SparseGemmArgs& args, int x_rows, cudaStream_t str
   }
   // PDL only where the device has it and this kernel's code was compiled for sm_90 or newer (so
   // it holds griddepcontrol.wait): code the driver compiled from older PTX launches without it.
-  static std::atomic<int> pdl_code{-1};
-  int has_pdl_code = pdl_code.load(std::memory_order_acquire);
-  if (has_pdl_code < 0) {
+  // Asked once per device (GPUs of different architectures run different code): a bit per id.
+  static std::atomic<uint64_t> pdl_known{0}, pdl_code{0};
+  if (bit != 0 && (pdl_known.load(std::memory_order_acquire) & bit) == 0) {
     cudaFuncAttributes attributes;
     e = cudaFuncGetAttributes(&attributes, kernel);
     if (e != cudaSuccess) return e;
-    has_pdl_code = attributes.ptxVersion >= 90 ? 1 : 0;
-    pdl_code.store(has_pdl_code, std::memory_order_release);
+    if (attributes.ptxVersion >= 90) pdl_code.fetch_or(bit, std::memory_order_acq_rel);
+    pdl_known.fetch_or(bit, std::memory_order_acq_rel);
   }
+  const bool has_pdl_code = (pdl_code.load(std::memory_order_acquire) & bit) != 0;
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(CeilDiv(args.n, 16), CeilDiv(args.m, 8 * kMTiles));
   config.blockDim = dim3(kGemmWarps * 32);
@@ -270,7 +272,7 @@ cudaError_t LaunchAsync(const SparseGemmArgs& args, int x_rows, cudaStream_t str
   attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute[0].val.programmaticStreamSerializationAllowed = 1;
   config.attrs = attribute;
-  config.numAttrs = args.pdl && has_pdl_code == 1 && DeviceHasPdl(device) ? 1 : 0;
+  config.numAttrs = args.pdl && has_pdl_code && DeviceHasPdl(device) ? 1 : 0;
   return cudaLaunchKernelEx(&config, kernel, args, x_rows);
 }
 
