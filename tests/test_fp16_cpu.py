@@ -111,6 +111,7 @@ def sparse_inputs_in_float32(optimized: onnx.ModelProto) -> list[str]:
 # x86) and a float32 kernel of the same op exists ("isolated fp16 node"); Cast(values) is then folded
 # into float32 FusedBack_* initializers (docs/semantics.md). In the convnet the last such layer sat
 # between a dense Conv and a BatchNormalization: the BN is now folded into it and its Relu fused.
+# Where a reader cannot be taken into the op, KeepFp16Kernels puts an identity Reshape after it.
 MODELS = {
     "transformer": lambda: build_transformer("float16", hidden=32, ffn=128, layers=1, heads=2),
     "convnet": lambda: build_convnet("float16"),
@@ -130,6 +131,8 @@ def test_fp16_kernels_run_on_cpu(build, level, tmp_path):
 
 def chain(before: str, after: str) -> onnx.ModelProto:
     """``before -> MatMul(2:4 W) -> after`` in fp16: the sparse op between two other nodes."""
+    after = "Transpose<perm=[0, 1]>" if after == "Transpose" else after
+    before = "Transpose<perm=[0, 1]>" if before == "Transpose" else before
     from conftest import make_model, sparse_weight
 
     text = f"""<ir_version: 10, opset_import: ["" : 17]> g (float16[4,16] x) => (float16[4,8] y) {{
@@ -140,20 +143,43 @@ def chain(before: str, after: str) -> onnx.ModelProto:
     return make_model(text, W=sparse_weight((16, 8), "kn", np.float16))
 
 
-# Left to ONNX Runtime: a sparse op whose producer and readers all lack a CPU fp16 kernel, and whose
-# following activation the compiler cannot fuse (Tanh, Add, Neg, ...). ONNX Runtime 1.32 has no
-# session option for it (docs/semantics.md); a neighbour with an fp16 kernel (a Reshape) avoids it.
-UNFUSED = pytest.mark.xfail(strict=True, reason="isolated fp16 node between two nodes without a CPU fp16 kernel "
-                            "(ONNX Runtime's InsertCastTransformer, no option to disable it)")
-
-
 @pytest.mark.kernels
 @pytest.mark.parametrize("level", [ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL])
-@pytest.mark.parametrize("before, after", [("Relu", "Relu"), ("Tanh", "Relu"), ("Relu", "Identity"),
-                                           pytest.param("Relu", "Tanh", marks=UNFUSED),
-                                           pytest.param("Tanh", "Neg", marks=UNFUSED)])
+@pytest.mark.parametrize("before, after", [("Relu", "Relu"), ("Tanh", "Relu"), ("Relu", "Identity"), ("Relu", "Tanh"),
+                                           ("Tanh", "Neg"), ("Sigmoid", "Abs"), ("Relu", "Transpose")])
 def test_fp16_sparse_op_between_nodes_without_fp16_kernels(before, after, level, tmp_path):
-    compiled = compile_model(chain(before, after)).model
+    """Relu is fused into the op; an unfusable reader (Tanh, Neg, Abs) gets the op an identity Reshape
+    after it (KeepFp16Kernels), a neighbour with a CPU fp16 kernel that ONNX Runtime keeps."""
+    model = chain(before, after)
+    compiled = compile_model(model).model
     optimized = optimized_graph(compiled, tmp_path, level)
     fused_back = [t.name for t in optimized.graph.initializer if t.name.startswith("FusedBack_")]
     assert sparse_inputs_in_float32(optimized) == [] and fused_back == []
+    x = random_input((4, 16)).astype(np.float16)
+    dense = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    sparse = onnxsparse.InferenceSession(compiled, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(sparse.astype(np.float32), dense.astype(np.float32), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("before, after, guarded", [("Relu", "Tanh", True), ("Relu", "Relu", False),
+                                                    ("Relu", "Transpose", False), ("Transpose", "Tanh", False)])
+def test_identity_reshape_only_where_onnx_runtime_would_isolate_the_op(before, after, guarded):
+    from onnxsparse.compiler import KeepFp16Result, ModelGraph, compile_pipeline
+
+    graph = ModelGraph(chain(before, after))
+    result = compile_pipeline()(graph).of(KeepFp16Result)
+    assert bool(result.guarded) == guarded and result.left == []
+    reshapes = [node for node in graph.to_model().graph.node if node.op_type == "Reshape"]
+    assert len(reshapes) == int(guarded)
+
+
+def test_no_reshape_for_float32():
+    from onnxsparse.compiler import KeepFp16Result, ModelGraph, compile_pipeline
+    from conftest import make_model, sparse_weight
+
+    model = make_model("""<ir_version: 10, opset_import: ["" : 17]> g (float[4,16] x) => (float[4,8] y) {
+        p = Tanh(x)
+        m = MatMul(p, W)
+        y = Tanh(m)
+    }""", W=sparse_weight((16, 8), "kn"))
+    assert compile_pipeline()(ModelGraph(model)).of(KeepFp16Result).guarded == []

@@ -1,8 +1,8 @@
 """The onnxsparse compiler: passes on onnx-graphsurgeon (see ``graph.ModelGraph``).
 
 ``compile_pipeline`` runs ``CheckSparsity`` (looks only) -> ``RewriteSparseOps`` (rules, trusts the
-check's records) -> ``FoldCompress`` -> ``AnnotateShapes`` (shapes for what ONNX Runtime cannot
-infer through the custom ops). Layer discovery (``layers.find_layers``) is shared with the pruner.
+check's records; folds a following BatchNormalization) -> ``FuseActivation`` -> ``FoldCompress`` -> ``AnnotateShapes``
+(shapes for what ONNX Runtime cannot infer through the custom ops) -> ``KeepFp16Kernels``. Layer discovery (``layers.find_layers``) is shared with the pruner.
 The passes work in If/Loop/Scan bodies too (``ModelGraph.scopes``; layers there carry their ``scope``);
 layers in local functions are reported, not rewritten (inline the functions first).
 
@@ -16,6 +16,7 @@ from .eligibility import CheckResult, CheckSparsity
 from .fold_compress import FoldCompress, FoldedWeight, FoldResult
 from .fuse_activation import FuseActivation, FuseResult
 from .graph import ModelGraph
+from .keep_fp16 import KeepFp16Kernels, KeepFp16Result
 from .layers import LayerRecord, find_layers
 from .pipeline import DensePolicy, LayerPolicy, Pass, PassError, PassResult, Pipeline, PipelineResult, as_policy
 from .rewrite_sparse_ops import CompressedWeight, LayerDecision, RewriteResult, RewriteSparseOps
@@ -29,6 +30,7 @@ def compile_pipeline(fold: bool = True, policy: LayerPolicy | DensePolicy | None
     if fold:
         passes.append(FoldCompress())
     passes.append(AnnotateShapes())
+    passes.append(KeepFp16Kernels())  # reads the output ranks AnnotateShapes found
     return Pipeline(passes, policy=policy)
 
 
@@ -42,6 +44,8 @@ __all__ = [
     "FoldCompress",
     "FoldResult",
     "FoldedWeight",
+    "KeepFp16Kernels",
+    "KeepFp16Result",
     "LayerDecision",
     "LayerPolicy",
     "LayerRecord",
