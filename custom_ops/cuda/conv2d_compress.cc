@@ -103,6 +103,8 @@ Ort::Status Conv2dCompressCuda<OrtT>::Compute(OrtKernelContext* context, const O
       args.y = out_nhwc + g * ocg;
       args.ldy = oc;
       ONNXSPARSE_RETURN_IF_ERROR(runner_.Run<T>(kOp, stream, static_cast<int>(g), args));
+      ONNXSPARSE_RETURN_IF_ERROR(runner_.PropagateNonFinite<T>(kOp, stream, col, pixels, k, args.index, ocg,
+                                                               static_cast<T*>(args.y), oc));  // NaN/Inf like dense
     }
     // [N, OH*OW, OC] -> [N, OC, OH*OW], + bias
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchTranspose<T>(out_nhwc, out, batch, oh * ow, oc, bias_ptr, stream));

@@ -69,7 +69,8 @@ Ort::Status MatMulCompressCuda<OrtT>::Compute(OrtKernelContext* context, const O
     args.alpha = attrs_.alpha;
     args.y = out;
     args.ldy = n;
-    return runner_.Run<T>(kOp, stream, 0, args);
+    ONNXSPARSE_RETURN_IF_ERROR(runner_.Run<T>(kOp, stream, 0, args));
+    return runner_.PropagateNonFinite<T>(kOp, stream, x, m, k, index.Data(), n, out, n);  // NaN/Inf like dense
   });
 }
 

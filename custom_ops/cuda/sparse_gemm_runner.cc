@@ -6,6 +6,7 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "cuda/cuda_utils.h"
+#include "cuda/nonfinite_impl.cuh"
 
 namespace onnxsparse::cuda {
 
@@ -32,6 +33,12 @@ void SparseGemmRunner::Init(const OrtKernelInfo* info, size_t values_input, size
   const KernelContext context = CurrentKernelContext();
   options_ = *context.options;
   device_ = KernelDevice(info);
+  if (device_ >= 0) {  // the NaN/Inf flag, allocated now so that no call allocates (CUDA graphs)
+    ScopedDevice on(device_);
+    if (on.error() != cudaSuccess || nonfinite_flag_.Allocate(sizeof(unsigned int)) != cudaSuccess) {
+      cudaGetLastError();  // retried at the first call
+    }
+  }
   logger_ = KernelLogger(info);
 }
 
@@ -203,6 +210,29 @@ Ort::Status SparseGemmRunner::Run(const char* op, cudaStream_t stream, int slot,
   }
   return Ort::Status{nullptr};
 }
+
+template <typename T>
+Ort::Status SparseGemmRunner::PropagateNonFinite(const char* op, cudaStream_t stream, const T* x, int64_t m, int64_t k,
+                                                 const uint8_t* index, int64_t n, T* y, int64_t ldy) {
+  if (nonfinite_flag_.get() == nullptr) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (nonfinite_flag_.get() == nullptr) {
+      ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, nonfinite_flag_.Allocate(sizeof(unsigned int)));
+    }
+  }
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(
+      op, LaunchPropagateNonFinite<T>(x, m, k, index, n, y, ldy, nonfinite_flag_.as<unsigned int>(), stream));
+  return Ort::Status{nullptr};
+}
+
+template Ort::Status SparseGemmRunner::PropagateNonFinite<float>(const char*, cudaStream_t, const float*, int64_t,
+                                                                 int64_t, const uint8_t*, int64_t, float*, int64_t);
+template Ort::Status SparseGemmRunner::PropagateNonFinite<__half>(const char*, cudaStream_t, const __half*, int64_t,
+                                                                  int64_t, const uint8_t*, int64_t, __half*, int64_t);
+template Ort::Status SparseGemmRunner::PropagateNonFinite<__nv_bfloat16>(const char*, cudaStream_t,
+                                                                         const __nv_bfloat16*, int64_t, int64_t,
+                                                                         const uint8_t*, int64_t, __nv_bfloat16*,
+                                                                         int64_t);
 
 template Ort::Status SparseGemmRunner::Run<float>(const char*, cudaStream_t, int, const SparseGemmArgs&);
 template Ort::Status SparseGemmRunner::Run<__half>(const char*, cudaStream_t, int, const SparseGemmArgs&);

@@ -54,6 +54,14 @@ class SparseGemmRunner {
     return options_.trace ? ORT_LOGGING_LEVEL_WARNING : ORT_LOGGING_LEVEL_VERBOSE;
   }
 
+  // NaN/Inf like the dense op (docs/semantics.md): after the product Y [m, n] (row stride ldy) of
+  // x [m, k] (contiguous) with the weight rows of `index`, the outputs whose pruned weight meets a
+  // NaN/Inf of x become NaN. Two kernels and a memset on the stream, every call (no host sync, no
+  // allocation: the flag is allocated at kernel creation), so CUDA graphs capture it.
+  template <typename T>
+  Ort::Status PropagateNonFinite(const char* op, cudaStream_t stream, const T* x, int64_t m, int64_t k,
+                                 const uint8_t* index, int64_t n, T* y, int64_t ldy);
+
   // Validates the whole index once for a constant weight (first call; synchronises then).
   Ort::Status ValidateOnce(const char* op, cudaStream_t stream, const uint8_t* index, int64_t rows, int64_t k);
 
@@ -65,6 +73,7 @@ class SparseGemmRunner {
                             SparseGemmArgs* own);
 
   int device_ = -1;  // the execution provider's device (KernelInfo)
+  DeviceBuffer nonfinite_flag_;  // on device_: set by the NaN/Inf scan
   bool weight_constant_ = false;
   bool bias_constant_ = false;
   RuntimeOptions options_;
