@@ -157,3 +157,37 @@ def test_fold_is_computed_in_fp32_and_rounded_once(dtype):
     assert got_w.dtype == want_w.dtype and values[node.input[3]].dtype == want_b.dtype
     np.testing.assert_array_equal(got_w.astype(np.float32), want_w.astype(np.float32))
     np.testing.assert_array_equal(values[node.input[3]].astype(np.float32), want_b.astype(np.float32))
+
+
+def test_compile_command_says_what_happened_to_the_bn(tmp_path, capsys):
+    from onnxsparse import cli
+
+    folded, kept = conv_bn("float"), conv_bn("float")
+    kept.graph.output.append(onnx.helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, None))
+    for name, model in (("folded", folded), ("kept", kept)):
+        onnx.save(model, str(tmp_path / f"{name}.onnx"))
+        assert cli.main(["compile", str(tmp_path / f"{name}.onnx"), "-o", str(tmp_path / f"{name}_out.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "BatchNormalization y folded" in out
+    assert "BatchNormalization not folded: BatchNormalization 'y': the layer's output is also a graph output" in out
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("fold", [True, False])
+def test_conv1d_bn_and_kept_compress_op(fold):
+    model = make_model(f"""{HEAD} g (float[2,8,10] x) => (float[2,16,10] y) {{
+        c = Conv<pads=[1,1]>(x, W)
+        y = BatchNormalization(c, sc, bb, mu, va)
+    }}""", W=sparse_weight((16, 8, 1, 3), "oihw").reshape(16, 8, 3), **bn_params(16, np.float32))
+    result = compile_model(model, fold=fold)
+    (layer,) = result.layers
+    assert layer.rewritten and layer.folded_batchnorm
+    assert "BatchNormalization" not in ops(result.model)
+    x = np.random.default_rng(0).standard_normal((2, 8, 10)).astype(np.float32)
+    np.testing.assert_allclose(run(result.model, x, True), run(model, x, False), rtol=1e-4, atol=1e-4)
+
+
+def test_layer_kept_dense_keeps_its_bn():
+    result = compile_model(conv_bn("float"), policy=lambda record: "kept dense by the test")
+    assert not result.layers[0].rewritten and result.layers[0].folded_batchnorm is None
+    assert ops(result.model) == ["Conv", "BatchNormalization"]

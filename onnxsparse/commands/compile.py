@@ -168,8 +168,11 @@ def print_summary(result, source: Path, out: Path, policy=None) -> None:
                 f"  {record.node}: {record.op} -> {layer.replacement} "
                 f"(weight {record.weight} {format_shape(record.shape)} {record.dtype}"
                 + (f"; bias from Add {layer.fused_bias}" if layer.fused_bias else "")
+                + (f"; BatchNormalization {layer.folded_batchnorm} folded" if layer.folded_batchnorm else "")
                 + ")"
             )
+            if layer.batchnorm_not_folded:
+                print(f"    BatchNormalization not folded: {layer.batchnorm_not_folded}")
             if record.node in choices:
                 print(f"    {_decided(choices[record.node])}")
     else:
