@@ -191,3 +191,20 @@ def test_layer_kept_dense_keeps_its_bn():
     result = compile_model(conv_bn("float"), policy=lambda record: "kept dense by the test")
     assert not result.layers[0].rewritten and result.layers[0].folded_batchnorm is None
     assert ops(result.model) == ["Conv", "BatchNormalization"]
+
+
+@pytest.mark.kernels
+def test_bn_inside_an_if_branch_reads_outer_scope_parameters():
+    model = make_model(f"""{HEAD} g (float[5,8] x, bool k) => (float[5,16] z) {{
+        z = If(k) <then_branch = t () => (float[5,16] zt) {{ c = MatMul(x, W)
+                                                            zt = BatchNormalization(c, sc, bb, mu, va) }},
+                    else_branch = e () => (float[5,16] ze) {{ ze = MatMul(x, W) }}>
+    }}""", W=sparse_weight((8, 16), "kn"), **bn_params(16, np.float32))
+    result = compile_model(model)
+    assert [(d.rewritten, d.folded_batchnorm is not None) for d in result.layers] == [(True, True), (True, False)]
+    x = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+    for k in (True, False):
+        feeds = {"x": x, "k": np.array(k)}
+        dense = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+        sparse = onnxsparse.InferenceSession(result.model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+        np.testing.assert_allclose(sparse, dense, rtol=1e-4, atol=1e-4)
