@@ -119,7 +119,7 @@ def tune_model(
     key = host_key(provider, threads, cpu_isa)
     runtime = {"cpu_isa": cpu_isa} if cpu_isa else {}
     if provider == "cuda":
-        runtime["cusparselt_tune"] = True  # the search runs here and lands in the cuSPARSELt cache file
+        runtime["cusparselt_tune"] = "search"  # the search runs here and lands in the cuSPARSELt cache file
 
     def options():
         return make_options(threads, runtime, spinning=spinning)
