@@ -72,6 +72,18 @@ def library_available() -> bool:
     return True
 
 
+def cuda_reason() -> str | None:
+    """Why the CUDA kernels cannot run here (None when they can): no CUDA execution provider in
+    the installed onnxruntime, or no custom-op library."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (install onnxruntime-gpu on a GPU machine)"
+    if not library_available():
+        return "the onnxsparse custom-op library is not built"
+    return None
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "kernels: runs compiled models in ONNX Runtime with the custom-op library")
 

@@ -20,10 +20,9 @@ import numpy as np
 import onnx
 import onnx.helper as oh
 import onnx.numpy_helper
-import onnxruntime as ort
 import pytest
 
-from conftest import REPO, library_available
+from conftest import REPO, cuda_reason
 from onnxsparse import format as fmt
 from onnxsparse.errors import OnnxSparseError
 
@@ -34,15 +33,7 @@ SEARCHED = re.compile(r"cuSPARSELt m=\d+ n=\d+ k=\d+: ids 0\.\.(-?\d+) tuned in"
 CHOICE = re.compile(r"MatMulCompress M=(\d+) K=\d+ N=\d+: cuSPARSELt (-?[\d.]+) us, own kernel (-?[\d.]+) us \(([^)]*)\) -> (\w+)")
 
 
-def _cuda_reason() -> str | None:
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (install onnxruntime-gpu on a GPU machine)"
-    if not library_available():
-        return "the onnxsparse custom-op library is not built"
-    return None
-
-
-needs_gpu = pytest.mark.skipif(_cuda_reason() is not None, reason=_cuda_reason() or "")
+needs_gpu = pytest.mark.skipif(cuda_reason() is not None, reason=cuda_reason() or "")
 
 
 @pytest.mark.kernels
@@ -64,7 +55,6 @@ def test_a_bad_tune_value_names_the_key():
 _CHILD = r"""
 import sys, time
 import numpy as np
-import onnxruntime as ort
 from onnxsparse.session import session_options
 
 opts = session_options()

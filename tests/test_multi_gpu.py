@@ -22,7 +22,7 @@ import onnx.numpy_helper
 import onnxruntime as ort
 import pytest
 
-from conftest import REPO, library_available
+from conftest import REPO, cuda_reason
 from onnxsparse import format as fmt
 
 K, N, LAYERS = 1024, 1024, 4
@@ -48,10 +48,9 @@ def gpu_count() -> int:
 
 
 def _reason() -> str | None:
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (install onnxruntime-gpu on a GPU machine)"
-    if not library_available():
-        return "the onnxsparse custom-op library is not built"
+    reason = cuda_reason()
+    if reason is not None:
+        return reason
     count = gpu_count()
     if count < 2:
         return f"needs 2 GPUs, this machine has {count}"

@@ -103,11 +103,11 @@ def round_bf16(a: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(a), np.float32(np.nan), out)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m,k,n,trans_a", [(1, 64, 40, 0), (5, 36, 17, 0), (64, 132, 70, 0), (20, 72, 33, 1)])
-def test_matmul_nonfinite_like_dense(isa, dtype, m, k, n, trans_a):
+def matmul_models(dtype: str, m: int, k: int, n: int, trans_a: int, seed: int):
+    """A with NaN/Inf, and the dense Gemm, the constant-weight and the fed-weight MatMulCompress
+    models of one case: (a, values, index, dense, const, fed, rtol). Also used by the CUDA tests."""
     np_dtype, rtol = DTYPES[dtype]
-    rng = np.random.default_rng(m * 1000 + k + n)
+    rng = np.random.default_rng(seed)
     w = fmt.prune_weight_magnitude(rng.standard_normal((k, n)).astype(np.float32), "kn")
     # A few groups keep a single non-zero: the other slot stores a zero, which multiplies as dense.
     w[:4, :3] = 0.0
@@ -126,11 +126,18 @@ def test_matmul_nonfinite_like_dense(isa, dtype, m, k, n, trans_a):
     op_line = op_line.replace("(A, values, index, bias)", f"(A{sfx}, values{sfx}, index, bias{sfx})")
     dense = build(f"Y = Gemm <alpha = 0.5, transA = {trans_a}> (A, W, bias)", {"A": a.astype(np.float32)},
                   {"W": w.astype(np_dtype).astype(np.float32), "bias": bias.astype(np.float32)})
-    expected = run(dense, {"A": a.astype(np.float32)}, sparse=False).astype(np.float64)
-    assert np.isnan(expected).any() and np.isinf(expected).any()  # the case tests both
     out_type = "float16" if dtype == "float16" else "float"
     const = build(op_line, {"A": a}, {"values": values, "index": index, "bias": bias}, out_type)
     fed = build(op_line, {"A": a, "values": values, "index": index}, {"bias": bias}, out_type)
+    return a, values, index, dense, const, fed, rtol
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k,n,trans_a", [(1, 64, 40, 0), (5, 36, 17, 0), (64, 132, 70, 0), (20, 72, 33, 1)])
+def test_matmul_nonfinite_like_dense(isa, dtype, m, k, n, trans_a):
+    a, values, index, dense, const, fed, rtol = matmul_models(dtype, m, k, n, trans_a, m * 1000 + k + n)
+    expected = run(dense, {"A": a.astype(np.float32)}, sparse=False).astype(np.float64)
+    assert np.isnan(expected).any() and np.isinf(expected).any()  # the case tests both
     for model, feeds in ((const, {"A": a}), (fed, {"A": a, "values": values, "index": index})):
         y = run(model, feeds, sparse=True)
         assert_same_nonfinite(y, expected, rtol)
@@ -145,9 +152,10 @@ CONV_CASES = {
 }
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", CONV_CASES)
-def test_conv_nonfinite_like_dense(isa, dtype, case):
+def conv_models(dtype: str, case: str):
+    """X with NaN/Inf, and the dense Conv, the constant-weight and the fed-weight Conv2dCompress
+    models of one CONV_CASES case: (x, values, index, dense, const, fed, rtol). Also used by the
+    CUDA tests."""
     np_dtype, rtol = DTYPES[dtype]
     batch, c, oc, h, wd, kernel, attrs = CONV_CASES[case]
     group = 2 if "group = 2" in attrs else 1
@@ -163,14 +171,21 @@ def test_conv_nonfinite_like_dense(isa, dtype, case):
     conv_attrs = f"kernel_shape = [{kernel[0]}, {kernel[1]}]" + (f", {attrs}" if attrs else "")
     dense = build(f"Y = Conv <{conv_attrs}> (X, W, B)", {"X": x.astype(np.float32)},
                   {"W": weight.astype(np.float32), "B": bias.astype(np.float32)})
-    expected = run(dense, {"X": x.astype(np.float32)}, sparse=False).astype(np.float64)
-    assert np.isnan(expected).any() and np.isinf(expected).any()
     op_line, sfx = dtype_body(dtype, f"Y = onnxsparse.Conv2dCompress <{conv_attrs}> (X, values, index, B)",
                               ["X", "values", "B"])
     op_line = op_line.replace("(X, values, index, B)", f"(X{sfx}, values{sfx}, index, B{sfx})")
     out_type = "float16" if dtype == "float16" else "float"
     const = build(op_line, {"X": x}, {"values": values, "index": index, "B": bias}, out_type)
     fed = build(op_line, {"X": x, "values": values, "index": index}, {"B": bias}, out_type)
+    return x, values, index, dense, const, fed, rtol
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_nonfinite_like_dense(isa, dtype, case):
+    x, values, index, dense, const, fed, rtol = conv_models(dtype, case)
+    expected = run(dense, {"X": x.astype(np.float32)}, sparse=False).astype(np.float64)
+    assert np.isnan(expected).any() and np.isinf(expected).any()
     for model, feeds in ((const, {"X": x}), (fed, {"X": x, "values": values, "index": index})):
         y = run(model, feeds, sparse=True)
         assert_same_nonfinite(y, expected, rtol)

@@ -180,8 +180,12 @@ Ort::Status SparseGemmRunner::Run(const char* op, cudaStream_t stream, int slot,
       }
     } else if (!decided) {
       use_own = true;  // no cuSPARSELt weight (small M untuned, absent, or a shape it rejects)
-      if (lt_usable && !wants_lt && options_.cusparselt_tune == RuntimeOptions::kTuneCache) {
-        NoteUntunedOnce(logger_, StrCat(op, " M=", args.m, " N=", args.n, " K=", args.k));
+      if (lt_usable) {
+        if (!wants_lt && options_.cusparselt_tune == RuntimeOptions::kTuneCache) {
+          NoteUntunedOnce(logger_, StrCat(op, " M=", args.m, " N=", args.n, " K=", args.k));
+        }
+        std::lock_guard<std::mutex> lock(mutex_);
+        own_is_faster_[std::make_pair(slot, args.m)] = true;  // the cache is not asked again for this M
       }
     }
     if (weight != nullptr && !use_own) {

@@ -277,26 +277,20 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
   }
   if (untuned) NoteUntunedOnce(logger_, StrCat("cuSPARSELt M=", m, " N=", n_, " K=", k_));
   Ort::Status planned = InitPlan(op, &p);
-  if (!planned.IsOK() && from_cache && options_.cusparselt_tune == RuntimeOptions::kTuneSearch) {
-    // A cached id that this cuSPARSELt build refuses (the file came from another build): tune.
-    ONNXSPARSE_LOG(logger_, trace,
-                   StrCat("onnxsparse trace: cuSPARSELt m=", m, " n=", n_, " k=", k_, ": cached config ", p.config_id,
-                          " refused (", planned.GetErrorMessage(), ")"));
-    from_cache = false;
-    p.config_id = -1;
-    p.best_us = -1.f;
-    ONNXSPARSE_RETURN_IF_ERROR(TimeConfigs(op, cache_key.max_id, m, x, y, alpha, stream, &p));
-    tuned_now = true;
-    planned = InitPlan(op, &p);
-  }
   if (!planned.IsOK() && from_cache) {
-    // Not searching: cuSPARSELt's default algorithm instead of a cached id this build refuses.
+    // A cached id that this cuSPARSELt build refuses (the file came from another build): searched
+    // again when searching, else cuSPARSELt's default algorithm.
+    const bool search = options_.cusparselt_tune == RuntimeOptions::kTuneSearch;
     ONNXSPARSE_LOG(logger_, trace,
                    StrCat("onnxsparse trace: cuSPARSELt m=", m, " n=", n_, " k=", k_, ": cached config ", p.config_id,
-                          " refused (", planned.GetErrorMessage(), "); default algorithm"));
+                          " refused (", planned.GetErrorMessage(), ")", search ? "" : "; default algorithm"));
     from_cache = false;
     p.config_id = -1;
     p.best_us = -1.f;
+    if (search) {
+      ONNXSPARSE_RETURN_IF_ERROR(TimeConfigs(op, cache_key.max_id, m, x, y, alpha, stream, &p));
+      tuned_now = true;
+    }
     planned = InitPlan(op, &p);
   }
   if (!planned.IsOK()) return planned;
