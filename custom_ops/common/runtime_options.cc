@@ -79,6 +79,8 @@ const std::vector<RuntimeOptionSpec>& RuntimeOptionSpecs() {
       {"onnxsparse.cuda.pdl", "ONNXSPARSE_CUDA_PDL", "a boolean", BoolField(&RuntimeOptions::cuda_pdl)},
       {"onnxsparse.cuda.allow_no_cusparselt", "ONNXSPARSE_CUDA_ALLOW_NO_CUSPARSELT", "a boolean",
        BoolField(&RuntimeOptions::cuda_allow_no_cusparselt)},
+      {"onnxsparse.cuda.nonfinite", "ONNXSPARSE_CUDA_NONFINITE", "a boolean",
+       BoolField(&RuntimeOptions::cuda_nonfinite)},
       {"onnxsparse.cusparselt.tune", "ONNXSPARSE_CUSPARSELT_TUNE", "search, cache or off",
        [](const std::string& text, RuntimeOptions* o) -> std::string {
          if (strcasecmp(text.c_str(), "search") == 0) return o->cusparselt_tune = RuntimeOptions::kTuneSearch, "";
@@ -116,7 +118,7 @@ const std::vector<RuntimeOptionSpec>& RuntimeOptionSpecs() {
 
 std::string RuntimeOptions::Fingerprint() const {
   return StrCat(CpuIsaText(cpu_isa), '|', cuda_small_m_max, '|', cuda_own_timed_m_max, '|', cuda_pack, '|', cuda_pdl,
-                '|', cuda_allow_no_cusparselt, '|', cusparselt_tune, '|', cusparselt_cache, '|',
+                '|', cuda_allow_no_cusparselt, '|', cuda_nonfinite, '|', cusparselt_tune, '|', cusparselt_cache, '|',
                 cusparselt_max_config_id, '|', cusparselt_library, '|', log_verbose, '|', trace);
 }
 

@@ -28,6 +28,7 @@ struct RuntimeOptions {
   bool cuda_pack = true;                   // onnxsparse.cuda.pack: packed weight for the sparse tensor cores
   bool cuda_pdl = true;                    // onnxsparse.cuda.pdl: programmatic dependent launch
   bool cuda_allow_no_cusparselt = false;   // onnxsparse.cuda.allow_no_cusparselt: own kernel when it is missing
+  bool cuda_nonfinite = true;              // onnxsparse.cuda.nonfinite: NaN/Inf scan and fix-up (like dense)
   // onnxsparse.cusparselt.tune: kSearch times the configuration ids (and the own kernel) of a problem
   // the tuning cache lacks (onnxsparse tune sets it); kCache (default) takes the cache's choice, else
   // cuSPARSELt's default algorithm and the shipped small-M rule, never searching; kOff: no cache.

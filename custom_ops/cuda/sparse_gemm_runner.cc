@@ -218,6 +218,7 @@ Ort::Status SparseGemmRunner::Run(const char* op, cudaStream_t stream, int slot,
 template <typename T>
 Ort::Status SparseGemmRunner::PropagateNonFinite(const char* op, cudaStream_t stream, const T* x, int64_t m, int64_t k,
                                                  const uint8_t* index, int64_t n, T* y, int64_t ldy) {
+  if (!options_.cuda_nonfinite) return Ort::Status{nullptr};  // measured off: finite inputs only
   if (nonfinite_flag_.get() == nullptr) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (nonfinite_flag_.get() == nullptr) {

@@ -1,18 +1,21 @@
 // Chooses and runs the sparse GEMM of one MatMulCompress / Conv2dCompress node:
-//   fp16/bf16, constant weight, M > onnxsparse.cuda.small_m_max (32): cuSPARSELt on the rows
-//     that are a multiple of 16 (its compressed weight built on the first such call), the own kernel
-//     on the remaining rows; for M <= onnxsparse.cuda.own_timed_m_max (1024) the first call of an M
-//     times cuSPARSELt's best algorithm against the own kernel and the faster serves that M;
-//   otherwise (small M, float, a weight fed at run time): the own kernel. For a constant fp16/bf16
+//   fp16/bf16, constant weight, M >= 16: the own kernel and cuSPARSELt (on the rows that are a
+//     multiple of 16; the own kernel on the rest) are both candidates. The choice per M, at its
+//     first call: the tuning cache's measurements of both; else, searching
+//     (onnxsparse.cusparselt.tune=search, set by `onnxsparse tune`), both measured and cached; else
+//     the default rule: M <= onnxsparse.cuda.small_m_max (32) the own kernel, above it cuSPARSELt
+//     (cached configuration or its default algorithm, never a search) timed against the own kernel
+//     up to onnxsparse.cuda.own_timed_m_max (1024);
+//   otherwise (M < 16, float, a weight fed at run time): the own kernel. For a constant fp16/bf16
 //     weight with K % 128 == 0 it reads the weight packed for the sparse tensor cores (built on the
 //     first such call outside a CUDA-graph capture; onnxsparse.cuda.pack=0 keeps SPEC's form), and
 //     it is launched as a programmatic dependent of the previous kernel (onnxsparse.cuda.pdl=0: not).
 // The options are the session's (common/runtime_options.h), read when the kernel is created; the
 // per-M choice is logged on the session's logger (VERBOSE; WARNING with onnxsparse.log_verbose).
 // A weight is split into `slots` independent row blocks (Conv's groups), each its own GEMM.
-// Everything a runner holds (cuSPARSELt weights and plans, packed weights) lives on its kernel's
-// device, current while it runs; per-process state elsewhere (cuSPARSELt handles, the in-process
-// tuned choices, stream scratch, kernel attributes) is kept per device.
+// Everything a runner holds (cuSPARSELt weights and plans, packed weights, the NaN/Inf flag) lives
+// on its kernel's device, current while it runs; per-process state elsewhere (cuSPARSELt handles,
+// the in-process tuned choices, stream scratch, kernel attributes) is kept per device.
 #pragma once
 #include <cuda_runtime_api.h>
 
