@@ -533,3 +533,34 @@ def test_cusparselt_tuning_cache_write_error_only_warns(tmp_path):
     _assert_tuned_or_skip(err)
     assert err.count("onnxsparse: cannot write cuSPARSELt tuning cache") == 1, err[-3000:]
     assert _rel_err(out, ref) < TOLERANCE["float16"]
+
+
+# --------------------------------------------------------------------------------------------
+# The activation fused into the sparse ops (compiler pass FuseActivation; on CUDA an elementwise
+# pass on the op's stream after the product, cuda/activation_impl.cu).
+
+FUSED_ACTS = ["Relu", "Relu6", "ClipMax", "HardSigmoid", "HardSwish", "MulHardSigmoid", "Sigmoid", "LeakyRelu", "Gelu"]
+
+
+@pytest.mark.parametrize("dtype", ["float", "float16", "bfloat16"])
+@pytest.mark.parametrize("op", ["MatMul", "Gemm", "Conv"])
+@pytest.mark.parametrize("act", FUSED_ACTS)
+def test_fused_activation(op, act, dtype):
+    """Compiled with the activation folded into the op's attributes, on the CUDA EP alone, against
+    ONNX Runtime's dense float32 model on the CPU (weights and input rounded through dtype)."""
+    from onnxsparse.api import compile_model
+    from test_fused_epilogue import ACTS, TOL, as_dtype, layer_model
+
+    conv = dict(c=16, oc=24, h=9, w=11, k=3, attrs=dict(pads=[1, 1, 1, 1]))
+    for m in (1, 16, 300):
+        model, feeds = layer_model(op, act, dtype, m=m, conv=conv)
+        compiled = compile_model(as_dtype(model, dtype)).model
+        node = next(n for n in compiled.graph.node if n.domain == "onnxsparse")
+        assert oh.get_attribute_value(next(a for a in node.attribute if a.name == "activation")) == ACTS[act][2][0].encode()
+        run_feeds = {"x": feeds["x"].astype(np.float16)} if dtype == "float16" else feeds
+        out = _session(compiled).run(None, run_feeds)[0].astype(np.float32)
+        ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+        rtol, atol = TOL[dtype]
+        np.testing.assert_allclose(out, ref, rtol=2 * rtol, atol=2 * atol * max(1.0, float(np.abs(ref).max())))
+        if op == "Conv":
+            break

@@ -4,8 +4,10 @@
 #include <vector>
 
 #include "common/log.h"
+#include "common/attributes.h"
 #include "common/op_shapes.h"
 #include "common/status.h"
+#include "cuda/activation_impl.cuh"
 #include "cuda/conv2d_compress_impl.cuh"
 #include "cuda/cuda_utils.h"
 #include "cuda/sparse_gemm_impl.cuh"
@@ -20,6 +22,7 @@ template <typename OrtT>
 Conv2dCompressCuda<OrtT>::Conv2dCompressCuda(const OrtApi*, const OrtKernelInfo* info) noexcept {
   init_error_ = CaptureInitError([&] {
     std::string error = ReadConvAttributes(info, attrs_);
+    if (error.empty()) error = ReadActivationAttributes(info, act_);
     runner_.Init(info, 1, 2, 3);
     return error;
   });
@@ -108,6 +111,8 @@ Ort::Status Conv2dCompressCuda<OrtT>::Compute(OrtKernelContext* context, const O
     }
     // [N, OH*OW, OC] -> [N, OC, OH*OW], + bias
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchTranspose<T>(out_nhwc, out, batch, oh * ow, oc, bias_ptr, stream));
+    // The fused activation: an elementwise pass on the stream, after the bias and the NaN/Inf fix-up.
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchActivation<T>(out, batch * oc * oh * ow, act_, stream));
     if (LogEnabled(runner_.logger(), runner_.trace_level())) {
       ONNXSPARSE_LOG(runner_.logger(), runner_.trace_level(),
                      StrCat("onnxsparse trace: ", kOp, " leave ", static_cast<void*>(this)));

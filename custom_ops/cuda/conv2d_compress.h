@@ -5,6 +5,7 @@
 #include <optional>
 #include <string>
 
+#include "common/activation.h"
 #include "common/op_shapes.h"
 #include "common/ort_api.h"
 #include "cuda/sparse_gemm_runner.h"
@@ -20,6 +21,7 @@ struct Conv2dCompressCuda {
 
  private:
   ConvAttributes attrs_;
+  Activation act_;  // the fused activation (attributes activation, activation_params)
   std::string init_error_;  // set by the constructor, returned by every Compute
   SparseGemmRunner runner_;
 };

@@ -2,8 +2,10 @@
 
 #include <vector>
 
+#include "common/attributes.h"
 #include "common/op_shapes.h"
 #include "common/status.h"
+#include "cuda/activation_impl.cuh"
 #include "cuda/cuda_utils.h"
 #include "cuda/sparse_gemm_impl.cuh"
 
@@ -17,6 +19,7 @@ template <typename OrtT>
 MatMulCompressCuda<OrtT>::MatMulCompressCuda(const OrtApi*, const OrtKernelInfo* info) noexcept {
   init_error_ = CaptureInitError([&] {
     std::string error = ReadMatMulAttributes(info, attrs_);
+    if (error.empty()) error = ReadActivationAttributes(info, act_);
     runner_.Init(info, 1, 2, 3);
     return error;
   });
@@ -49,6 +52,7 @@ Ort::Status MatMulCompressCuda<OrtT>::Compute(OrtKernelContext* context, const O
       // An empty reduction: Y = bias (or 0).
       ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, cudaMemsetAsync(out, 0, sizeof(T) * m * n, stream));
       if (bias_ptr != nullptr) ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchAddBias<T>(out, m, n, n, bias_ptr, stream));
+      ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchActivation<T>(out, m * n, act_, stream));
       return Ort::Status{nullptr};
     }
     if (attrs_.trans_a) {
@@ -70,7 +74,10 @@ Ort::Status MatMulCompressCuda<OrtT>::Compute(OrtKernelContext* context, const O
     args.y = out;
     args.ldy = n;
     ONNXSPARSE_RETURN_IF_ERROR(runner_.Run<T>(kOp, stream, 0, args));
-    return runner_.PropagateNonFinite<T>(kOp, stream, x, m, k, index.Data(), n, out, n);  // NaN/Inf like dense
+    ONNXSPARSE_RETURN_IF_ERROR(runner_.PropagateNonFinite<T>(kOp, stream, x, m, k, index.Data(), n, out, n));  // NaN/Inf like dense
+    // The fused activation: an elementwise pass on the stream, after the NaN/Inf fix-up (as on the CPU).
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchActivation<T>(out, m * n, act_, stream));
+    return Ort::Status{nullptr};
   });
 }
 
