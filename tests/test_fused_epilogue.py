@@ -240,3 +240,27 @@ def test_kernel_rejects_unknown_activation():
             a.s = b"Swish"
     with pytest.raises(Exception, match="Conv2dCompress.*'activation' is 'Swish'"):
         onnxsparse.InferenceSession(compiled, providers=CPU).run(None, feeds)
+
+
+def test_fused_inside_if_body():
+    """The pass works in every scope: a MatMul -> Relu inside an If branch is fused there."""
+    import onnx.parser
+
+    from onnxsparse.format import prune_weight_magnitude
+
+    w = prune_weight_magnitude(np.random.default_rng(3).standard_normal((8, 4)).astype(np.float32), "kn")
+    model = onnx.parser.parse_model(
+        '<ir_version: 10, opset_import: ["" : 17]> g (float[2,8] x, bool c) => (float[2,4] z) {'
+        " z = If(c) <then_branch = t () => (float[2,4] zt) { p = MatMul(x, W) zt = Relu(p) },"
+        " else_branch = e () => (float[2,4] ze) { ze = MatMul(x, W) }> }")
+    model.graph.initializer.append(onnx.numpy_helper.from_array(w, "W"))
+    compiled = compile_model(model).model
+    then_branch = next(a.g for a in compiled.graph.node[0].attribute if a.name == "then_branch")
+    (node,) = [n for n in then_branch.node if n.domain == "onnxsparse"]
+    assert oh.get_attribute_value(next(a for a in node.attribute if a.name == "activation")) == b"Relu"
+    assert [n.op_type for n in then_branch.node if n.domain == ""] == []
+    x = np.random.default_rng(4).standard_normal((2, 8)).astype(np.float32)
+    session = onnxsparse.InferenceSession(compiled, providers=CPU)
+    for c in (True, False):
+        feeds = {"x": x, "c": np.array(c)}
+        np.testing.assert_allclose(session.run(None, feeds)[0], run_dense(model, feeds), rtol=1e-5, atol=1e-5)
