@@ -231,7 +231,7 @@ def markdown(record: dict) -> str:
              f"{record['environment']['cpus']} shared CPU cores (AMD EPYC, Zen 4 class), onnxruntime "
              f"{record['environment']['onnxruntime']}. Models from `{PACKAGE}=={VERSION}`; evaluation data rendered "
              "(disjoint from calibration); calibration split by the pruner into fit (3/4) and held-out (1/4) batches. "
-             "All eligible layers, head kept dense, no fine-tuning.", ""]
+             "All eligible layers, head kept dense except in the `--max-error` rows (`--prune-head`: the greedy may take it), no fine-tuning.", ""]
     for result in record["models"]:
         lines += [f"## {result['model']} ({result['metric']}; {result['eval']} eval, {result['calib']} calibration samples)",
                   "", f"Dense: **{result['dense']:.2f}**", "",
