@@ -21,7 +21,8 @@ from test_nonfinite import CONV_CASES, DTYPES, assert_same_nonfinite, conv_model
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(cuda_reason() is not None, reason=cuda_reason() or "")]
 
-CUDA = ["CUDAExecutionProvider"]
+# TF32 off: the dense reference must compute fp32 products in fp32, as the sparse kernels do.
+CUDA = [("CUDAExecutionProvider", {"use_tf32": "0"})]
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], sparse: bool) -> np.ndarray:

@@ -55,6 +55,7 @@ def test_a_bad_tune_value_names_the_key():
 _CHILD = r"""
 import sys, time
 import numpy as np
+import onnxruntime as ort
 from onnxsparse.session import session_options
 
 opts = session_options()

@@ -39,7 +39,7 @@ Ort::Status CompressOpCuda<OrtT>::Compute(OrtKernelContext* context, const Ort::
     uint8_t* out_index = index.Allocate({a.rows, (a.k + 7) / 8});
     if (a.rows * a.k == 0) return Ort::Status{nullptr};
     cudaStream_t stream = ComputeStream(context);
-    ScopedDevice device(StreamDevice(stream, device_));  // the session's device, not the thread's
+    ScopedDevice device(device_ >= 0 ? device_ : StreamDevice(stream, device_));  // the session's device, not the thread's
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, device.error());
     if (bad_groups_.get() == nullptr) ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, bad_groups_.Allocate(sizeof(unsigned int)));
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, cudaMemsetAsync(bad_groups_.get(), 0, sizeof(unsigned int), stream));

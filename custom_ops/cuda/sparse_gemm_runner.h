@@ -48,7 +48,8 @@ class SparseGemmRunner {
   // The device this kernel computes on: its stream's, else its execution provider's (the session's
   // device_id), -1 when neither can be told. The op makes it current for its Compute (ScopedDevice):
   // the calling thread's current device may be another session's.
-  int Device(cudaStream_t stream) const { return StreamDevice(stream, device_); }
+  // The device told at creation is used as is: no CUDA query in Compute, which a graph capture forbids.
+  int Device(cudaStream_t stream) const { return device_ >= 0 ? device_ : StreamDevice(stream, device_); }
 
   // The session's logger, and the severity of the kernels' trace lines (WARNING with
   // onnxsparse.trace, else VERBOSE).
