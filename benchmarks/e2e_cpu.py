@@ -44,7 +44,8 @@ from onnxsparse.api import compile_model  # noqa: E402
 from onnxsparse.hardware import host_key  # noqa: E402
 from onnxsparse.tune import MeasuredPolicy, TuneCache, tune_model  # noqa: E402
 from onnxsparse.tune.problems import bind_inputs  # noqa: E402
-from onnxsparse.tune.timing import make_options, open_pair, time_pair  # noqa: E402
+from onnxsparse.session import timing_options as make_options
+from onnxsparse.tune.timing import open_pair, time_pair  # noqa: E402
 from onnxsparse.tune.tuner import Progress, model_feeds  # noqa: E402
 
 MODELS = {

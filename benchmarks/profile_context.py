@@ -29,7 +29,7 @@ import onnxruntime as ort  # noqa: E402
 
 from onnxsparse.api import compile_model  # noqa: E402
 from onnxsparse.tune.problems import bind_inputs  # noqa: E402
-from onnxsparse.tune.timing import make_options  # noqa: E402
+from onnxsparse.session import timing_options as make_options  # noqa: E402
 from onnxsparse.tune.tuner import model_feeds  # noqa: E402
 
 

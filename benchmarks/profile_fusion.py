@@ -36,7 +36,7 @@ from onnxsparse.compiler import (AnnotateShapes, CheckSparsity, FoldCompress, Mo
                                  RewriteSparseOps)
 from onnxsparse.tune.problems import bind_inputs  # noqa: E402
 from onnxsparse.tune.tuner import model_feeds  # noqa: E402
-from onnxsparse.tune.timing import make_options  # noqa: E402
+from onnxsparse.session import timing_options as make_options  # noqa: E402
 
 REORDERS = ("ReorderInput", "ReorderOutput")
 ACTIVATIONS = ("Relu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid", "LeakyRelu", "Gelu", "Mul")

@@ -152,8 +152,27 @@ def ort_message(exc: BaseException) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def timing_options(threads: int, runtime: dict | None = None, profile_prefix: str | None = None,
+                   spinning: bool = True) -> ort.SessionOptions:
+    """The options both sides of a timed comparison use (tune, benchmarks): the library registered
+    (with ``runtime`` keywords), ``threads`` intra-op threads (0: ONNX Runtime's default), one
+    inter-op thread, sequential; ``spinning=False``: the pool's threads sleep instead of spinning
+    between ops (``session.intra_op.allow_spinning=0``, for cores other jobs share);
+    ``profile_prefix``: ONNX Runtime's profiler on."""
+    options = session_options(**(runtime or {}))
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return options
+
+
 def open_session(model, sparse: bool, provider: str = "cpu", threads: int | None = None, quiet: bool = False,
-                 what: str | None = None) -> ort.InferenceSession:
+                 what: str | None = None, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
     """A session for a dense original (``sparse=False``) or a compiled model (library registered).
 
     ``model``: a path (opened by ONNX Runtime, external data mapped from its files), or a
@@ -161,10 +180,11 @@ def open_session(model, sparse: bool, provider: str = "cpu", threads: int | None
 
     The one session factory of the package (verify, bench, the pruner's captures and evaluations).
     ``threads`` sets intra-op threads (0: all cores) with one inter-op thread, so that two sessions
-    timed side by side run alike. ``quiet`` keeps ONNX Runtime's warnings off stderr. A model ONNX
+    timed side by side run alike; ``options`` (e.g. ``timing_options``) are used as given. ``quiet`` keeps ONNX Runtime's warnings off stderr. A model ONNX
     Runtime refuses is an ``OnnxSparseError`` naming it (``what``; default: the original or compiled model).
     """
-    options = session_options() if sparse else ort.SessionOptions()
+    if options is None:
+        options = session_options() if sparse else ort.SessionOptions()
     if quiet:
         options.log_severity_level = 3
     if threads is not None:

@@ -23,8 +23,9 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import OnnxSparseError
+from ..session import PROVIDERS, open_session
 
-PROVIDER_LISTS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+PROVIDER_LISTS = PROVIDERS  # the session module's table, by short name
 
 
 @dataclass
@@ -50,35 +51,11 @@ class Timing:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def make_options(threads: int, runtime: dict | None = None, profile_prefix: str | None = None,
-                 spinning: bool = True) -> ort.SessionOptions:
-    """The session options both sides use: the library registered (with ``runtime`` keywords),
-    ``threads`` intra-op threads (0: ONNX Runtime's default), one inter-op thread, sequential;
-    ``spinning=False``: the pool's threads sleep instead of spinning between ops (ONNX Runtime's
-    ``session.intra_op.allow_spinning=0``, for machines whose cores other jobs share)."""
-    from ..session import session_options
-
-    options = session_options(**(runtime or {}))
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if profile_prefix:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    return options
-
-
-def open_pair(dense: bytes, sparse: bytes, provider: str, options: Callable[[], ort.SessionOptions]):
-    """The two sessions, each with fresh options from ``options()``."""
-    sessions = []
-    for which, blob in (("dense", dense), ("sparse", sparse)):
-        try:
-            sessions.append(ort.InferenceSession(blob, options(), providers=PROVIDER_LISTS[provider]))
-        except Exception as exc:  # onnxruntime's errors share no base class
-            raise OnnxSparseError(f"the {which} model does not load: {str(exc).splitlines()[0]}") from None
-    return sessions
+def open_pair(dense, sparse, provider: str, options: Callable[[], ort.SessionOptions]):
+    """The two sessions (models as paths, bytes or ModelProtos), each with fresh options from
+    ``options()`` (``session.timing_options``), through the package's one session factory."""
+    return [open_session(model, sparse=which == "sparse", provider=provider, options=options(), what=f"{which} model")
+            for which, model in (("dense", dense), ("sparse", sparse))]
 
 
 def time_pair(

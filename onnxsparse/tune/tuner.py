@@ -42,7 +42,8 @@ from .problems import (
     layer_model,
     observe_shapes,
 )
-from .timing import Timing, make_options, open_pair, time_pair
+from ..session import timing_options
+from .timing import Timing, open_pair, time_pair
 
 # The whole model counts as slower than dense when its ratio (medians of interleaved runs) is under 1
 # (not widened by the measured spread: on a loaded machine that would excuse real losses). A compiled
@@ -122,7 +123,7 @@ def tune_model(
         runtime["cusparselt_tune"] = "search"  # the search runs here and lands in the cuSPARSELt cache file
 
     def options():
-        return make_options(threads, runtime, spinning=spinning)
+        return timing_options(threads, runtime, spinning=spinning)
 
     clock = timing_clock(provider, threads)
 
@@ -191,7 +192,7 @@ def measure_problem(layer, provider: str, options, budget_s: float, clock: str =
     copies = copies_for(problem)
     dense = layer_model(layer, copies)
     sparse = compiled_layer_model(dense)
-    dense_s, sparse_s = open_pair(dense.SerializeToString(), sparse.SerializeToString(), provider, options)
+    dense_s, sparse_s = open_pair(dense, sparse, provider, options)
     timing = time_pair(dense_s, sparse_s, layer_feeds(problem), budget_s=budget_s, per=copies, clock=clock,
                        provider=provider)
     return {"problem": problem.to_dict(), "base": problem.base, "key": problem.key, "copies": copies,
