@@ -156,3 +156,17 @@ def test_pruned_model_compiles_and_matches_the_pruned_dense_model():
     expected = ort.InferenceSession(pruned.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     got = InferenceSession(compiled, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_prune_generated_inputs_follow_input_shapes_and_seed(model_path, tmp_path):
+    """--input-shapes/--seed shape the generated calibration data; a wrong name or shape is one line."""
+    out = tmp_path / "p.onnx"
+    ok = cli("prune", model_path, "-o", out, "--method", "wanda", "--input-shapes", "x:[3,8,6,6]", "--seed", "5",
+             "--calib-samples", "6", "--json", "-q")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["layers"]
+    one_line_error(cli("prune", model_path, "-o", tmp_path / "q.onnx", "--method", "wanda",
+                       "--input-shapes", "nope:[1,8,6,6]"), "nope")
+    one_line_error(cli("prune", model_path, "-o", tmp_path / "r.onnx", "--method", "wanda",
+                       "--input-shapes", "x:[1,8,5,5]"), "x")
+    assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "r.onnx").exists()

@@ -41,6 +41,11 @@ def add_selection_arguments(parser: argparse.ArgumentParser, default_method: str
     parser.add_argument("--calib-samples", type=int, default=32,
                         help="samples to generate when --calib is not given (default 32)")
     parser.add_argument("--batch-size", type=int, default=8, help="calibration samples per run (default 8)")
+    parser.add_argument("--input-shapes", nargs="+", default=[], metavar="NAME:[D1,D2,...]",
+                        help="full shape of a generated calibration input, e.g. x:[1,3,224,224] (without --calib)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of generated calibration inputs (default 0)")
+    parser.add_argument("--int-range", nargs=2, type=int, metavar=("LOW", "HIGH"),
+                        help="generated integer inputs are drawn from [LOW, HIGH) (default 0 16)")
     parser.add_argument("--include", action="append", default=[], metavar="PATTERN",
                         help="only layers whose node name or op type matches (fnmatch; repeatable)")
     parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
@@ -97,8 +102,20 @@ def load_holdout(args: argparse.Namespace, model) -> Calibration | None:
 def load_calibration(args: argparse.Namespace, model) -> Calibration | None:
     if not needs_data(args):
         return None
-    calibration = Calibration(model, args.calib, batch_size=args.batch_size, samples=args.calib_samples)
+    from ..tune.problems import parse_input_shapes
+
+    try:
+        shapes = parse_input_shapes(args.input_shapes)
+    except ValueError as exc:
+        raise OnnxSparseError(str(exc)) from None
+    if args.int_range is not None and args.int_range[0] >= args.int_range[1]:
+        raise OnnxSparseError("--int-range LOW HIGH needs LOW < HIGH")
+    if args.calib and (shapes or args.int_range):
+        raise OnnxSparseError("--input-shapes and --int-range shape generated inputs; they do not apply to --calib")
+    calibration = Calibration(model, args.calib, batch_size=args.batch_size, samples=args.calib_samples,
+                              seed=args.seed, shapes=shapes, int_range=tuple(args.int_range) if args.int_range else None)
     if calibration.synthetic:
+        next(iter(calibration), None)  # a wrong --input-shapes is refused before the warning (one line)
         print(f"onnxsparse {args.command}: warning: no --calib given; using {args.calib_samples} random samples "
               "from the model's input specs (real data gives much better pruning and error estimates)",
               file=sys.stderr)
