@@ -29,6 +29,34 @@ if "ONNXSPARSE_LIBRARY" not in os.environ and _LOCAL_BUILD.is_file():
 from onnxsparse import OnnxSparseError, get_library_path  # noqa: E402
 from onnxsparse import format as fmt  # noqa: E402
 
+# The CPU kernel paths and what each needs from the processor (cpuid flags as /proc/cpuinfo spells them).
+ISA_FLAGS = {
+    "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c"},
+    "avx2": {"avx2", "fma", "f16c"},
+    "portable": set(),
+}
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+CPU_FLAGS = cpu_flags()
+
+
+def force_cpu_isa(isa: str, monkeypatch) -> str:
+    """Forces the kernels onto one instruction-set path, or skips the test naming what the CPU lacks."""
+    missing = ISA_FLAGS[isa] - CPU_FLAGS
+    if missing:
+        pytest.skip(f"this processor lacks {', '.join(sorted(missing))} for the {isa} kernels")
+    monkeypatch.setenv("ONNXSPARSE_CPU_ISA", isa)
+    return isa
+
+
 DTYPES = {"float": np.float32, "float16": np.float16, "bfloat16": onnx.helper.tensor_dtype_to_np_dtype(16)}
 
 

@@ -16,27 +16,11 @@ from onnxsparse.api import compile_model
 from onnxsparse import format as fmt
 from onnxsparse.compiler import FuseActivation, ModelGraph
 
-from conftest import DTYPES
+from conftest import DTYPES, ISA_FLAGS, force_cpu_isa
 
 ort = pytest.importorskip("onnxruntime")
 CPU = ["CPUExecutionProvider"]
 
-ISA_FLAGS = {"avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c"},
-             "avx2": {"avx2", "fma", "f16c"}, "portable": set()}
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-CPU_FLAGS = _cpu_flags()
 
 # (name, the activation's nodes on tensor "y" writing "z", extra initializers, expected attributes)
 ACTS = {
@@ -150,11 +134,7 @@ def check(model, feeds, dtype, act, fold=True):
 
 @pytest.fixture(params=list(ISA_FLAGS))
 def isa(request, monkeypatch):
-    missing = ISA_FLAGS[request.param] - CPU_FLAGS
-    if missing:
-        pytest.skip(f"this processor lacks {', '.join(sorted(missing))} for the {request.param} kernels")
-    monkeypatch.setenv("ONNXSPARSE_CPU_ISA", request.param)
-    return request.param
+    return force_cpu_isa(request.param, monkeypatch)
 
 
 pytestmark = pytest.mark.kernels

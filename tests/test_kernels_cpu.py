@@ -29,6 +29,8 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 import onnxsparse
 from onnxsparse import format as fmt
 
+from conftest import ISA_FLAGS, force_cpu_isa
+
 pytestmark = pytest.mark.kernels  # every test runs the library's CPU kernels
 
 CPU = ["CPUExecutionProvider"]
@@ -40,36 +42,12 @@ ONNX_DTYPE = {np.dtype(np.float32): "float", np.dtype(np.float16): "float16", np
 # --------------------------------------------------------------------------------------------
 # CPU kernel paths
 
-# What each path needs from the processor (cpuid flags as /proc/cpuinfo spells them).
-ISA_FLAGS = {
-    "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c"},
-    "avx2": {"avx2", "fma", "f16c"},
-    "portable": set(),
-}
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-CPU_FLAGS = cpu_flags()
 
 
 @pytest.fixture(autouse=True, params=list(ISA_FLAGS))
 def cpu_isa(request, monkeypatch):
     """Runs the test with the kernels forced onto one instruction-set path."""
-    missing = ISA_FLAGS[request.param] - CPU_FLAGS
-    if missing:
-        pytest.skip(f"this processor lacks {', '.join(sorted(missing))} for the {request.param} kernels")
-    monkeypatch.setenv("ONNXSPARSE_CPU_ISA", request.param)
-    return request.param
+    return force_cpu_isa(request.param, monkeypatch)
 
 
 # --------------------------------------------------------------------------------------------

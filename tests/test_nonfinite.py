@@ -19,29 +19,17 @@ import pytest
 import onnxsparse
 from onnxsparse import format as fmt
 
+from conftest import ISA_FLAGS, force_cpu_isa
+
 pytestmark = pytest.mark.kernels
 
 CPU = ["CPUExecutionProvider"]
-ISA_FLAGS = {"avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c"},
-             "avx2": {"avx2", "fma", "f16c"}, "portable": set()}
 TYPE_NAMES = {np.dtype(np.float32): "float", np.dtype(np.float16): "float16", np.dtype(np.uint8): "uint8"}
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
-    except OSError:
-        return set()
 
 
 @pytest.fixture(params=list(ISA_FLAGS))
 def isa(request, monkeypatch):
-    missing = ISA_FLAGS[request.param] - cpu_flags()
-    if missing:
-        pytest.skip(f"this processor lacks {', '.join(sorted(missing))} for the {request.param} kernels")
-    monkeypatch.setenv("ONNXSPARSE_CPU_ISA", request.param)
-    return request.param
+    return force_cpu_isa(request.param, monkeypatch)
 
 
 def build(body: str, feeds: dict[str, np.ndarray], consts: dict[str, np.ndarray],

@@ -24,7 +24,7 @@ import pytest
 import onnxsparse
 from onnxsparse import format as fmt
 from onnxsparse.session import RUNTIME_OPTIONS, session_options
-from test_kernels_cpu import CPU_FLAGS, ISA_FLAGS
+from conftest import CPU_FLAGS, ISA_FLAGS
 
 
 pytestmark = pytest.mark.kernels
