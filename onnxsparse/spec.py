@@ -14,6 +14,10 @@ COMPRESS_OP = "CompressOp"
 MATMUL_COMPRESS = "MatMulCompress"
 CONV2D_COMPRESS = "Conv2dCompress"
 SPARSE_OPS = (MATMUL_COMPRESS, CONV2D_COMPRESS)
+# The int8 variants (quantized models; docs/ops.md "int8 ops"): int8 values, SPEC's index.
+QMATMUL_COMPRESS = "QMatMulCompress"
+QCONV2D_COMPRESS = "QConv2dCompress"
+QUANT_SPARSE_OPS = (QMATMUL_COMPRESS, QCONV2D_COMPRESS)
 
 # Models must load in the ONNX Runtime versions the project supports (1.21 and newer); onnx 1.23
 # writes IR 14 by default, which they do not read. IR 10 covers every op and type we emit.
