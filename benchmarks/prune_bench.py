@@ -214,15 +214,39 @@ def bench(name: str, max_errors: list[float], methods: list[str]) -> dict:
         methods = {}
         for layer in report.layers:
             methods[layer.method] = methods.get(layer.method, 0) + 1
+        # held_out: the verification data's error when held-out data chose (auto, --max-error), which no
+        # choice saw; selection: the error on the held-out data that chose (the one E bounds).
+        selection = report.output_error_selection
         row = {"method": method, "max_error": budget, "layers": len(report.layers),
                "share": report.pruned_params / report.total_params, "metric": value, "delta": value - dense,
                "held_out": report.output_error.rel_l2, "fit": report.output_error_fit.rel_l2,
-               "seconds": seconds, "methods": methods}
+               "selection": selection.rel_l2 if selection else None,
+               "seconds": seconds, "methods": methods, "trace": report.selection}
         rows.append(row)
         log(f"{name} {method} E={budget}: {row['layers']} layers, {row['share']:.1%} in 2:4, {value:.2f} "
             f"({row['delta']:+.2f}), held-out {row['held_out']:.4f}, fit {row['fit']:.4f}, {seconds:.0f}s")
     return {"model": FILES[name], "metric": METRIC[name], "dense": dense, "eval": eval_count,
-            "calib": calib_count, "rows": rows, "seconds": time.time() - started}
+            "calib": calib_count, "rows": rows, "seconds": time.time() - started, "left_dense": left_dense(model)}
+
+
+def left_dense(model: onnx.ModelProto) -> dict:
+    """Why the ineligible Conv/MatMul/Gemm weights are ineligible: parameters and layers per reason
+    (head excluded: with --prune-head it is a candidate)."""
+    from onnxsparse.prune.layers import scan_layers, weight_params
+
+    scan = scan_layers(model, prune_head=True)
+    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
+    sizes.update({node.output[0]: int(np.prod(attr.t.dims)) for node in model.graph.node if node.op_type == "Constant"
+                  for attr in node.attribute if attr.name == "value"})
+    reasons: dict[str, dict] = {}
+    for skipped in scan.skipped:
+        entry = reasons.setdefault(skipped.reason, {"layers": 0, "params": 0, "examples": []})
+        entry["layers"] += 1
+        entry["params"] += sizes.get(skipped.weight, 0)
+        if len(entry["examples"]) < 3:
+            entry["examples"].append(skipped.node)
+    eligible = sum(layer.params for layer in scan.layers)
+    return {"total_params": weight_params(model), "eligible_params": eligible, "reasons": reasons}
 
 
 def markdown(record: dict) -> str:
@@ -230,22 +254,33 @@ def markdown(record: dict) -> str:
              f"Command: `{record['command']}`; {record['seconds'] / 60:.1f} min in all on "
              f"{record['environment']['cpus']} shared CPU cores (AMD EPYC, Zen 4 class), onnxruntime "
              f"{record['environment']['onnxruntime']}. Models from `{PACKAGE}=={VERSION}`; evaluation data rendered "
-             "(disjoint from calibration); calibration split by the pruner into fit (3/4) and held-out (1/4) batches. "
+             "(disjoint from calibration); calibration split by the pruner into fit (3/4) and held-out (1/4) batches; "
+             "when held-out data chooses (auto, --max-error) it is split again: half chooses (selection rel. L2, "
+             "bounded by E), half verifies (held-out rel. L2, seen by no choice). "
              "All eligible layers, head kept dense except in the `--max-error` rows (`--prune-head`: the greedy may take it), no fine-tuning.", ""]
     for result in record["models"]:
         lines += [f"## {result['model']} ({result['metric']}; {result['eval']} eval, {result['calib']} calibration samples)",
                   "", f"Dense: **{result['dense']:.2f}**", "",
-                  "| method | --max-error | layers | weights in 2:4 | metric | Δ vs dense | held-out rel. L2 | fit rel. L2 | prune s | methods chosen |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+                  "| method | --max-error | layers | weights in 2:4 | metric | Δ vs dense | held-out rel. L2 | selection rel. L2 | fit rel. L2 | prune s | methods chosen |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for row in result["rows"]:
             budget = "-" if row["max_error"] is None else f"{row['max_error']:g}"
             if "error" in row:
-                lines.append(f"| {row['method']} | {budget} | 0 | - | - | - | - | - | - | {row['error']} |")
+                lines.append(f"| {row['method']} | {budget} | 0 | - | - | - | - | - | - | - | {row['error']} |")
                 continue
             chosen = ", ".join(f"{k} x{v}" for k, v in sorted(row["methods"].items()))
+            selected = "-" if row.get("selection") is None else f"{row['selection']:.4f}"
             lines.append(f"| {row['method']} | {budget} | {row['layers']} | {row['share']:.1%} | {row['metric']:.2f} "
-                         f"| {row['delta']:+.2f} | {row['held_out']:.4f} | {row['fit']:.4f} | {row['seconds']:.0f} | {chosen} |")
+                         f"| {row['delta']:+.2f} | {row['held_out']:.4f} | {selected} | {row['fit']:.4f} | {row['seconds']:.0f} | {chosen} |")
         lines.append("")
+        dense_left = result.get("left_dense")
+        if dense_left and dense_left["reasons"]:
+            total = dense_left["total_params"]
+            lines += [f"Eligible (head included): {dense_left['eligible_params'] / total:.1%} of "
+                      f"{total:,} Conv/MatMul/Gemm weights. Left dense:", ""]
+            lines += [f"- {entry['layers']} layer(s), {entry['params'] / total:.1%} of the weights: {reason} "
+                      f"(e.g. {', '.join(entry['examples'])})" for reason, entry in dense_left["reasons"].items()]
+            lines.append("")
     lines += [f"Pearson correlation between held-out relative L2 and the metric's drop over all pruned rows: "
               f"**{record['correlation']['held_out']:.2f}** (fit-data error: {record['correlation']['fit']:.2f}; "
               f"n = {record['correlation']['n']}).", ""]

@@ -14,7 +14,7 @@ from onnx import helper, numpy_helper
 from onnxsparse.errors import OnnxSparseError
 from onnxsparse.prune import Calibration, PruneOptions, prune_model
 from onnxsparse.prune.evaluate import ReferenceOutputs
-from onnxsparse.prune.holdout import split_calibration
+from onnxsparse.prune.holdout import selection_parts, split_calibration
 
 
 def mlp(dims=(-1, 32), seed=0, widths=(32, 64, 32, 16)) -> onnx.ModelProto:
@@ -143,9 +143,14 @@ def test_max_error_is_never_exceeded_on_held_out_data(tmp_path, method, budget):
     except OnnxSparseError as exc:
         assert "closest is" in str(exc)
         return
-    measured = ReferenceOutputs(model, split.held).error_of_model(pruned)
+    parts = selection_parts(split.held)
+    measured = ReferenceOutputs(model, parts.select).error_of_model(pruned)
     assert measured.rel_l2 <= budget
-    assert report.output_error.rel_l2 == pytest.approx(measured.rel_l2, rel=1e-5)
+    assert report.output_error_selection.rel_l2 == pytest.approx(measured.rel_l2, rel=1e-5)
+    verified = ReferenceOutputs(model, parts.verify).error_of_model(pruned)
+    assert report.output_error.rel_l2 == pytest.approx(verified.rel_l2, rel=1e-5)
+    if verified.rel_l2 > budget:
+        assert "verification data" in report.note and "--max-error" in report.note
 
 
 def test_nothing_fits_names_the_closest_layer_and_writes_nothing(tmp_path):
@@ -180,8 +185,59 @@ def test_auto_from_the_cli_lists_the_method_per_layer(tmp_path):
     result = cli("prune", tmp_path / "m.onnx", "-o", tmp_path / "o.onnx", "--method", "auto", "--prune-head",
                  "--calib", correlated(tmp_path / "c.npz", rows=64), "-q")
     assert result.returncode == 0, result.stderr
-    assert "method" in result.stdout and "held-out data" in result.stdout and "fit data" in result.stdout
+    assert "method" in result.stdout and "fit data" in result.stdout
+    assert "verification data" in result.stdout and "selection data" in result.stdout
     sens = cli("sensitivity", tmp_path / "m.onnx", "--method", "auto", "--prune-head",
                "--calib", tmp_path / "c.npz", "-q")
     assert sens.returncode == 0, sens.stderr
     assert "best method" in sens.stdout and "held-out" in sens.stdout
+
+
+# --- choosing and verifying on separate held-out data ----------------------------------------------
+
+
+def test_selection_and_verification_parts_are_disjoint(tmp_path):
+    model = mlp()
+    calib = Calibration(model, correlated(tmp_path / "c.npz", rows=128), batch_size=8)
+    parts = selection_parts(split_calibration(calib).held)  # 4 held-out batches of 8
+    select = np.concatenate([b["x"] for b in parts.select])
+    verify = np.concatenate([b["x"] for b in parts.verify])
+    fit = np.concatenate([b["x"] for b in split_calibration(calib).fit])
+    assert parts.disjoint and len(select) == 16 and len(verify) == 16
+    rows = lambda a: {r.tobytes() for r in a}  # noqa: E731
+    assert not rows(select) & rows(verify) and not (rows(select) | rows(verify)) & rows(fit)
+    one = selection_parts(Calibration(model, tmp_path / "c.npz", batch_size=128))  # one batch: its halves
+    assert [len(b["x"]) for b in one.select] == [64] and [len(b["x"]) for b in one.verify] == [64]
+    single = correlated(tmp_path / "one.npz", rows=1)
+    alone = selection_parts(Calibration(model, single))
+    assert not alone.disjoint and "one held-out sample" in alone.description
+
+
+@pytest.mark.parametrize("method, budget", [("auto", 0.3), ("magnitude", 0.8)])
+def test_reported_error_is_not_the_one_the_selection_optimised(tmp_path, method, budget):
+    """--holdout DIR is split in two: the choice sees one half; the report leads with the other."""
+    model = mlp(widths=(32, 64, 64, 32, 16))
+    calib = Calibration(model, correlated(tmp_path / "c.npz", rows=64), batch_size=16)
+    (tmp_path / "h").mkdir()
+    correlated(tmp_path / "h" / "a.npz", rows=16, seed=5)
+    correlated(tmp_path / "h" / "b.npz", rows=16, seed=6)
+    held = Calibration(model, tmp_path / "h", batch_size=16)  # one batch per file
+    options = PruneOptions(method=method, prune_head=True, max_error=budget)
+    pruned, report = prune_model(model, options, calib, holdout=held)
+    first = [b["x"] for b in Calibration(model, tmp_path / "h" / "a.npz")]
+    second = [b["x"] for b in Calibration(model, tmp_path / "h" / "b.npz")]
+    on_first = ReferenceOutputs(model, [{"x": x} for x in first]).error_of_model(pruned)
+    on_second = ReferenceOutputs(model, [{"x": x} for x in second]).error_of_model(pruned)
+    assert report.output_error_selection.rel_l2 == pytest.approx(on_first.rel_l2, rel=1e-5) and on_first.rel_l2 <= budget
+    assert report.output_error.rel_l2 == pytest.approx(on_second.rel_l2, rel=1e-5)
+    assert report.output_error.rel_l2 != report.output_error_selection.rel_l2
+    assert "verifying" in report.holdout
+    data = report.to_json()
+    assert data["output_error_selection"]["relative_l2"] <= budget
+
+
+def test_plain_methods_report_no_selection_error(tmp_path):
+    model = mlp()
+    calib = Calibration(model, correlated(tmp_path / "c.npz", rows=64), batch_size=8)
+    _, report = prune_model(model, PruneOptions(method="wanda", prune_head=True), calib)
+    assert report.output_error_selection is None and "verifying" not in report.holdout

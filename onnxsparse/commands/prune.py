@@ -37,7 +37,8 @@ def add_selection_arguments(parser: argparse.ArgumentParser, default_method: str
     parser.add_argument("--calib", help=".npz file or directory of .npz files; keys are the model's input names")
     parser.add_argument("--holdout", metavar="DIR",
                         help=".npz file or directory of held-out data for every reported error (default: one "
-                             "--calib batch in four is held out)")
+                             "--calib batch in four is held out); with --max-error or --method auto it is split in "
+                             "two: one half chooses, the other verifies the reported error")
     parser.add_argument("--calib-samples", type=int, default=32,
                         help="samples to generate when --calib is not given (default 32)")
     parser.add_argument("--batch-size", type=int, default=8, help="calibration samples per run (default 8)")

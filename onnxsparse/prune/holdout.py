@@ -12,6 +12,12 @@ batches that no method saw:
 
 A calibration of one sample cannot be split: then the fit data is also the held-out data, and the
 report says so (``Split.disjoint`` is False).
+
+When the held-out data also chooses (``--max-error``, ``--method auto``), the error of the model it
+chose is optimistic on that data: the choice was made to fit it. ``selection_parts`` splits the
+held-out part in two: the selection part (every other held-out batch, or the first half of the
+samples of a single one) chooses layers and methods and keeps ``--max-error``; the verification
+part, which no choice saw, gives the error the report leads with.
 """
 
 from __future__ import annotations
@@ -86,6 +92,50 @@ def split_calibration(calibration: Calibration, holdout: Calibration | None = No
                      "held-out: the last quarter of the --calib samples")
     return Split(calibration, calibration, False,
                  "held-out: none (one calibration sample: errors are measured on the fit data)")
+
+
+class _Half:
+    """Every other batch of a re-iterable source (``second``: the odd ones), or with one batch the
+    first (second) half of its samples."""
+
+    def __init__(self, source: Iterable[Batch], second: bool, count: int):
+        self.source, self.second, self.count = source, second, count
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self.count == 1:
+            for batch in self.source:
+                cut = (_length(batch) or 0) // 2
+                yield {name: (a[cut:] if self.second else a[:cut]) for name, a in batch.items()}
+            return
+        for index, batch in enumerate(self.source):
+            if index % 2 == int(self.second):
+                yield batch
+
+
+@dataclass
+class Selection:
+    select: Iterable[Batch]  # chooses layers and methods; --max-error holds on it
+    verify: Iterable[Batch]  # never seen by a choice: the reported error
+    disjoint: bool
+    description: str
+
+
+def selection_parts(held: Iterable[Batch]) -> Selection:
+    """The held-out batches split into a selection part and a verification part."""
+    count, single_length = 0, None
+    for batch in held:
+        count += 1
+        single_length = _length(batch) if count == 1 else None
+        if count >= 2:
+            break
+    if count >= 2:
+        return Selection(_Half(held, False, count), _Half(held, True, count), True,
+                         "choosing on every other held-out batch, verifying on the others")
+    if count == 1 and single_length and single_length >= 2:
+        return Selection(_Half(held, False, 1), _Half(held, True, 1), True,
+                         "choosing on the first half of the held-out samples, verifying on the second")
+    return Selection(held, held, False,
+                     "one held-out sample: the verification error is measured on the data that chose")
 
 
 def _what(calibration: Calibration) -> str:

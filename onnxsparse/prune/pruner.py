@@ -10,9 +10,12 @@
   over the graph. ``sequential=False`` captures everything once, from the dense model.
 - ``max_error`` and ``auto``: choose layers (and per layer the method) greedily with the held-out
   error re-measured at each step (``sensitivity.choose_layers``); the model returned is at most E on
-  the held-out data: a fixed method's real (sequential) pruning of the chosen layers is kept only if
-  it also is, otherwise the weights measured during the choice are.
+  the held-out selection data: a fixed method's real (sequential) pruning of the chosen layers is
+  kept only if it also is, otherwise the weights measured during the choice are.
 - every reported error is measured on held-out data (``holdout``); the fit-data error beside it.
+  When held-out data chose (``max_error``, ``auto``), the held-out part is split again
+  (``holdout.selection_parts``): the error reported first is the verification part's, which no
+  choice saw; the selection part's (the one E bounds) is reported beside it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from ..errors import OnnxSparseError
 from .calibration import Calibration
 from .capture import Frontier, capture
 from .evaluate import OutputError, ReferenceOutputs
-from .holdout import split_calibration
+from .holdout import selection_parts, split_calibration
 from .layers import Layer, Skipped, node_names, read_weight, scan_layers, weight_params, write_weight
 from .methods import METHODS, LayerResult, prune_layer
 from .sensitivity import choose_layers, label, nothing_fits
@@ -76,6 +79,7 @@ class PruneReport:
     output_error_fit: OutputError | None = None  # the same on the fit data (optimistic for wanda/sparsegpt)
     holdout: str | None = None  # where the held-out data came from
     note: str | None = None
+    output_error_selection: OutputError | None = None  # on the held-out data that chose (<= max_error)
 
     @property
     def pruned_params(self) -> int:
@@ -90,6 +94,8 @@ class PruneReport:
             "pruned_params": self.pruned_params, "total_params": self.total_params,
             "output_error": self.output_error.to_json() if self.output_error else None,
             "output_error_fit": self.output_error_fit.to_json() if self.output_error_fit else None,
+            "output_error_selection": (self.output_error_selection.to_json()
+                                       if self.output_error_selection else None),
             "holdout": self.holdout, "note": self.note,
             "selection": self.selection,
         }
@@ -189,9 +195,13 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, calibration: Cali
         raise OnnxSparseError(f"--method {options.method}" + (" with --max-error" if options.method == "magnitude" else "")
                               + " needs calibration data")
     split = split_calibration(calibration, holdout) if calibration is not None else None
-    held = ReferenceOutputs(model, split.held) if split is not None else None
+    choosing = options.method == "auto" or options.max_error is not None
+    parts = selection_parts(split.held) if choosing else None
+    held = (ReferenceOutputs(model, parts.select if choosing else split.held) if split is not None else None)
     selection, note, final_error = [], None, None
-    if options.method == "auto" or options.max_error is not None:
+    description = split.description if split is not None else None
+    if choosing:
+        description = f"{split.description}; {parts.description}"
         extra = None
         if options.method == "auto":  # the sequential SparseGPT weight of each layer is one more candidate
             sequential = replace(options, method="sparsegpt", sequential=True, max_error=None)
@@ -224,9 +234,18 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, calibration: Cali
         layers = kept
     else:
         pruned, results = _prune_all(model, layers, options, split.fit if split else None, say)
-    error = error_fit = None
+    error = error_fit = error_selection = None
     if split is not None:
         error = final_error or held.error_of_model(pruned)
+        if choosing:  # the selection data's error is bounded by E; the verification data's is not chosen for
+            error_selection = error
+            error = ReferenceOutputs(model, parts.verify).error_of_model(pruned) if parts.disjoint else error
+            if options.max_error is not None and _key(error) > options.max_error:
+                warning = (f"on the verification data (held out, not used for choosing) the output error is "
+                           f"{error.rel_l2:.4f} > --max-error {options.max_error:g}: the held-out data is too small "
+                           "or unlike the verification data; give more with --holdout")
+                note = f"{note}; {warning}" if note else warning
+                say(warning)
         error_fit = ReferenceOutputs(model, split.fit).error_of_model(pruned) if split.disjoint else error
     report = PruneReport(
         method=options.method, n=options.n, m=options.m,
@@ -235,7 +254,7 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, calibration: Cali
                      else f"{len(calibration.files)} .npz file(s)"),
         layers=[results[layer.weight] for layer in layers], skipped=skipped, heads=sorted(scan.heads),
         total_params=weight_params(model), output_error=error, selection=selection,
-        output_error_fit=error_fit, holdout=split.description if split is not None else None, note=note,
+        output_error_fit=error_fit, holdout=description, note=note, output_error_selection=error_selection,
     )
     return pruned, report
 

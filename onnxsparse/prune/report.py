@@ -31,8 +31,12 @@ def prune_text(report: PruneReport) -> str:
         f"({share:.1%}) in {len(report.layers)} layer(s) to {report.n}:{report.m}",
     ]
     if report.output_error is not None:
-        lines.append(f"model output vs dense, held-out data: relative L2 {report.output_error.rel_l2:.4f}, "
+        what = "held-out data" if report.output_error_selection is None else "verification data"
+        lines.append(f"model output vs dense, {what}: relative L2 {report.output_error.rel_l2:.4f}, "
                      f"cosine {report.output_error.cosine:.5f} ({report.holdout})")
+    if report.output_error_selection is not None:
+        lines.append(f"model output vs dense, selection data: relative L2 {report.output_error_selection.rel_l2:.4f}, "
+                     f"cosine {report.output_error_selection.cosine:.5f} (held out, chose the layers and methods)")
     if report.output_error_fit is not None:
         lines.append(f"model output vs dense, fit data:      relative L2 {report.output_error_fit.rel_l2:.4f}, "
                      f"cosine {report.output_error_fit.cosine:.5f}")
