@@ -105,3 +105,38 @@ def test_a_build_without_headers_stops_with_one_line_saying_what_to_set(tmp_path
     lines = [line for line in result.stderr.splitlines() if "onnxsparse:" in line]
     assert len(lines) == 1, result.stderr
     assert "could not download" in lines[0] and "set ORT_INCLUDE_DIR=" in lines[0]
+
+
+def _configure(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    headers = tmp_path / "ort"
+    headers.mkdir(exist_ok=True)
+    (headers / "onnxruntime_c_api.h").write_text("#define ORT_API_VERSION 21\n")  # configure only reads the path
+    return subprocess.run(["cmake", "-S", str(REPO / "custom_ops"), "-B", str(tmp_path / "build"),
+                           f"-DORT_INCLUDE_DIR={headers}", *args],
+                          env={k: v for k, v in os.environ.items() if k not in ("ONNXSPARSE_CUDA", "CUDACXX")},
+                          capture_output=True, text=True, timeout=300)
+
+
+def _gpu_driver_here() -> bool:
+    return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/version").exists() or \
+        any(Path(d, "libcuda.so.1").exists() for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib/wsl/lib"))
+
+
+@needs_cmake
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc here: the default build cannot consider CUDA")
+@pytest.mark.skipif(_gpu_driver_here(), reason="an NVIDIA driver is present: the default build compiles CUDA here")
+def test_default_build_skips_cuda_without_a_driver_and_says_how_to_force_it(tmp_path):
+    result = _configure(tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if "onnxsparse:" in line and "CUDA" in line]
+    assert len(lines) == 1, result.stdout
+    assert "no NVIDIA driver" in lines[0] and "ONNXSPARSE_CUDA=ON" in lines[0]
+    cache = (tmp_path / "build" / "CMakeCache.txt").read_text()
+    assert "CMAKE_CUDA_COMPILER:" not in cache, "CUDA was enabled"  # not even probed
+
+
+@needs_cmake
+def test_an_unknown_cuda_mode_is_refused_in_one_line(tmp_path):
+    result = _configure(tmp_path, "-DONNXSPARSE_CUDA=maybe")
+    assert result.returncode != 0
+    assert "ONNXSPARSE_CUDA='maybe': use AUTO, ON or OFF" in result.stderr

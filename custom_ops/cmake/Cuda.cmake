@@ -71,10 +71,46 @@ function(onnxsparse_find_cusparselt_header out_dir)
   file(REMOVE_RECURSE "${tmp}" "${dl}")
 endfunction()
 
+# AUTO builds the CUDA kernels only where they can run: a CUDA compiler AND an NVIDIA driver
+# (/dev/nvidiactl, /proc/driver/nvidia, or libcuda.so.1 on the loader's path, as in WSL). nvcc
+# alone (a toolkit in a container without a GPU) would cost minutes of build for kernels that
+# never run there; a build machine without a GPU that makes CUDA packages sets ON.
+function(onnxsparse_gpu_driver_found out)
+  set(${out} OFF PARENT_SCOPE)
+  if(EXISTS "/dev/nvidiactl" OR EXISTS "/proc/driver/nvidia/version")
+    set(${out} ON PARENT_SCOPE)
+    return()
+  endif()
+  # libcuda.so.1 is the driver's; the toolkit's stubs/ directory holds only libcuda.so.
+  find_library(libcuda NAMES libcuda.so.1 PATHS /usr/lib/wsl/lib NO_CACHE)
+  if(libcuda)
+    set(${out} ON PARENT_SCOPE)
+  endif()
+endfunction()
+
+string(TOUPPER "${ONNXSPARSE_CUDA}" cuda_mode)
+if(NOT cuda_mode MATCHES "^(AUTO|ON|OFF)$")
+  message(FATAL_ERROR "onnxsparse: ONNXSPARSE_CUDA='${ONNXSPARSE_CUDA}': use AUTO, ON or OFF")
+endif()
+set(ONNXSPARSE_CUDA "${cuda_mode}")
+set(ONNXSPARSE_CUDA_SKIP_REASON "")
+if(ONNXSPARSE_CUDA STREQUAL "AUTO")
+  onnxsparse_gpu_driver_found(driver)
+  if(NOT driver)
+    find_program(nvcc_path NAMES nvcc PATHS "$ENV{CUDACXX}" /usr/local/cuda/bin NO_CACHE)
+    if(DEFINED ENV{CUDACXX} OR nvcc_path)
+      set(ONNXSPARSE_CUDA_SKIP_REASON
+          "nvcc found but no NVIDIA driver (no /dev/nvidiactl, no libcuda.so.1): building the CPU kernels only; set ONNXSPARSE_CUDA=ON to build the CUDA kernels anyway (a build machine without a GPU)")
+    else()
+      set(ONNXSPARSE_CUDA_SKIP_REASON "no CUDA compiler found; building the CPU kernels only")
+    endif()
+  endif()
+endif()
+
 # Languages must be enabled at directory scope (enable_language inside a function loses CUDA's
 # variables), so the compiler is looked for when this file is included.
 set(ONNXSPARSE_CUDA_READY OFF)
-if(NOT ONNXSPARSE_CUDA STREQUAL "OFF")
+if(NOT ONNXSPARSE_CUDA STREQUAL "OFF" AND NOT ONNXSPARSE_CUDA_SKIP_REASON)
   # cuda/ (ops, runner), cuda/sparse_gemm/ (one translation unit per kernel family and element type,
   # compiled in parallel), cuda/cusparselt/ (loader, tuning cache, plans).
   file(GLOB ONNXSPARSE_CUDA_SOURCES CONFIGURE_DEPENDS
@@ -98,6 +134,10 @@ endif()
 function(onnxsparse_add_cuda target)
   if(ONNXSPARSE_CUDA STREQUAL "OFF")
     message(STATUS "onnxsparse: CUDA kernels disabled (ONNXSPARSE_CUDA=OFF)")
+    return()
+  endif()
+  if(ONNXSPARSE_CUDA_SKIP_REASON)
+    message(STATUS "onnxsparse: ${ONNXSPARSE_CUDA_SKIP_REASON}")
     return()
   endif()
   if(NOT CMAKE_CUDA_COMPILER)
