@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from ..spec import DOMAIN, SPARSE_OPS
+from ..spec import DOMAIN, QUANT_SPARSE_OPS, SPARSE_OPS
 
 from .pipeline import Pass, PassResult
 from .graph import ModelGraph
@@ -74,7 +74,7 @@ class AnnotateShapes(Pass):
         targets = [
             tensor
             for node in graph.nodes()
-            if node.domain == DOMAIN and node.op in SPARSE_OPS
+            if node.domain == DOMAIN and node.op in (*SPARSE_OPS, *QUANT_SPARSE_OPS)
             for tensor in node.outputs
             if tensor.shape is None
         ]

@@ -23,6 +23,10 @@ Eligibility, checked in this order (the first failure is the reason):
 Steps 1 to 4 (but A's rank) are discovery's; this pass adds A's rank, 5 and 6.
 A weight shared with a node that is not eligible is fine: that node keeps using the dense weight.
 
+Quantized layers (int8 weights behind a DequantizeLinear, and QLinearMatMul, QLinearConv, QGemm,
+MatMulInteger, ConvInteger) are checked by ``quant_rules.describe`` instead: their records carry
+``quant`` and the int8 rule's answer.
+
 Subgraphs: layers inside If/Loop/Scan bodies (nested ones too) are checked like top-level ones
 (their ``scope`` says where they are); a weight from an enclosing graph's initializer is constant, a
 body input is not. Local functions are not visited: their layers are reported with ``visited=False``
@@ -37,6 +41,7 @@ from .. import format as fmt
 from .graph import ModelGraph, as_2d_weight, constant_array, resolve_constant
 from .layers import LayerRecord, find_layers
 from .pipeline import Pass, PassResult
+from .quant_rules import add_quantized_layers
 
 
 @dataclass
@@ -66,11 +71,12 @@ class CheckSparsity(Pass):
     modifies = False
 
     def call(self, graph: ModelGraph) -> CheckResult:
-        layers = find_layers(graph, conv1d=True, subgraphs=True)
+        # Quantized layers (QDQ and QOperator forms) are described and checked by the int8 rules.
+        layers = add_quantized_layers(graph, find_layers(graph, conv1d=True, subgraphs=True))
         scopes = graph.scopes()
         nodes = {where: scope.nodes() for where, scope in scopes.items()}
         for record in layers:
-            if record.visited and record.reason is None:
+            if record.visited and record.reason is None and record.quant is None:
                 _check(scopes[record.scope], nodes[record.scope][record.index], record)
         graph.layers = layers
         return CheckResult(graph=graph, modified=False, layers=layers)

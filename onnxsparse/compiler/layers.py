@@ -35,7 +35,7 @@ import onnx_graphsurgeon as gs
 
 import onnx
 
-from ..spec import DOMAIN, ONNX_DOMAINS, SPARSE_OPS, SUPPORTED_DTYPES, TARGET_OPS, weight_layout
+from ..spec import DOMAIN, ONNX_DOMAINS, QUANT_SPARSE_OPS, SPARSE_OPS, SUPPORTED_DTYPES, TARGET_OPS, weight_layout
 from .graph import ModelGraph, dtype_name, nested_nodes, resolve_constant
 
 Shape = tuple  # of int, str (a symbolic dimension) or None (unknown)
@@ -57,6 +57,7 @@ class LayerRecord:
     share: float | None = None  # share of 2:4-compliant groups along SPEC's axis, 0..1
     visited: bool = True  # False for nodes the caller's discovery does not describe (subgraphs, functions)
     scope: str = ""  # where the node is: "" (main graph) or "the then_branch of If 'c'" (find_layers)
+    quant: str | None = None  # a quantized layer (quant_rules): "QDQ" or its QOperator op; None: float
     # Set by the rewrite before the policy sees the layer: the bias Add it would fold into the
     # sparse op (MatMul only), and the op types that read that Add's result ("" for a graph output).
     bias_add: str | None = None
@@ -83,6 +84,7 @@ class LayerRecord:
             "reason": self.reason,
             "visited": self.visited,
             "scope": self.scope,
+            "quant": self.quant,
         }
 
 
@@ -153,11 +155,12 @@ def _in_scope(record: LayerRecord, where: str) -> LayerRecord:
 
 def compiled_layers(model: onnx.ModelProto) -> dict[str, int]:
     """How many layers the model already holds compiled, per onnxsparse op (``MatMulCompress``,
-    ``Conv2dCompress``): main graph, subgraph bodies and local functions."""
+    ``Conv2dCompress``, ``QMatMulCompress``, ``QConv2dCompress``): main graph, subgraph bodies and
+    local functions."""
     counts: dict[str, int] = {}
     nodes = [*model.graph.node, *(node for node, _ in nested_nodes(model))]
     for node in nodes:
-        if node.domain == DOMAIN and node.op_type in SPARSE_OPS:
+        if node.domain == DOMAIN and node.op_type in (*SPARSE_OPS, *QUANT_SPARSE_OPS):
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
 

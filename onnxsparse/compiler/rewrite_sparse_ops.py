@@ -30,6 +30,7 @@ from . import fold_batchnorm as batchnorm
 from .graph import ModelGraph, as_2d_weight, constant_array, is_omitted, make_constant, resolve_constant, walk_subgraphs
 from .layers import LayerRecord
 from .pipeline import LayerPolicy, Pass, PassResult, as_policy
+from .quant_rules import rules_for
 from .rules import RULES, Match
 
 logger = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ class RewriteSparseOps(Pass):
                 logger.info("%s: kept dense: %s", record.node, keep_dense)
                 result.decisions.append(LayerDecision(record, rewritten=False, reason=keep_dense))
                 continue
-            bn_fold, bn_reason = _fold_batchnorm(scope, record, match)
+            bn_fold, bn_reason = _fold_batchnorm(scope, record, match) if not record.quant else (None, None)
             # One CompressOp per weight and layout, in the graph that defines the weight: a main-graph
             # constant is compressed once in the main graph, and the bodies read the pair from there.
             # A weight with a BN folded in is this layer's own, beside it.
@@ -143,7 +144,7 @@ def _match(graph: ModelGraph, node: gs.Node, record: LayerRecord) -> tuple[Match
     """The first rule for the layer's op that matches (with the reasons of those before it), or
     None and every rule's reason."""
     refused: list[tuple[str, str]] = []
-    for rule in RULES.get(record.op, ()):
+    for rule in (rules_for(record) if record.quant else RULES.get(record.op, ())):
         found = rule.check(graph, node, record)
         if isinstance(found, Match):
             if refused and found.not_folded is None:
