@@ -56,6 +56,10 @@ def add_selection_arguments(parser: argparse.ArgumentParser, default_method: str
     parser.add_argument("--block-size", type=int, default=128, help="sparsegpt: columns per block (default 128)")
     parser.add_argument("--damp", type=float, default=0.01,
                         help="sparsegpt: Hessian dampening, share of its mean diagonal (default 0.01)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "numpy"),
+                        help="where SparseGPT's linear algebra runs: torch on the CPU or a CUDA GPU (pip install "
+                             "'onnxsparse[torch]'), or numpy; auto (default): CUDA when torch sees a GPU, else "
+                             "torch on the CPU for large layers, else numpy")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
@@ -75,6 +79,7 @@ def options_from(args: argparse.Namespace) -> PruneOptions:
         method=args.method, n=args.n, m=args.m, include=args.include, exclude=args.exclude,
         prune_head=args.prune_head, block_size=args.block_size, damp=args.damp,
         sequential=not getattr(args, "no_sequential", False), max_error=getattr(args, "max_error", None),
+        device=args.device,
     )
     options.validate()
     if args.batch_size < 1 or args.calib_samples < 1:

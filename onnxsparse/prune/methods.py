@@ -11,6 +11,9 @@
 
 ``H`` is always float64; weights are computed in float64 and cast back by the caller.
 ``prune_layer`` prunes one layer's weight (per Conv group) with a method and reports what it cost.
+SparseGPT and the layer error's quadratic forms run on torch when installed (``linalg``; CPU or
+CUDA by ``device``), in numpy otherwise; under ``auto`` a small layer (fewer than
+``TORCH_MIN_ELEMENTS`` weights) stays in numpy, where a column step costs less overhead.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from ..errors import OnnxSparseError
 from ..format import from_rows_k, group_stats, keep_top, prune_magnitude, to_rows_k
 from .capture import Statistics
 from .layers import Layer
+from .linalg import quadratic_forms, resolve_device, sparsegpt_torch
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
+TORCH_MIN_ELEMENTS = 1 << 20
 
 
 def magnitude(weight: np.ndarray, n: int, m: int) -> np.ndarray:
@@ -81,8 +86,9 @@ def sparsegpt(weight: np.ndarray, hessian: np.ndarray, n: int, m: int, block_siz
 
 
 def prune_matrix(method: str, weight: np.ndarray, hessian: np.ndarray | None, n: int, m: int,
-                 block_size: int = 128, damp: float = 0.01) -> np.ndarray:
-    """Prune a float64 ``[rows, K]`` matrix to n:m along K with the named method."""
+                 block_size: int = 128, damp: float = 0.01, backend: str = "numpy") -> np.ndarray:
+    """Prune a float64 ``[rows, K]`` matrix to n:m along K with the named method (``backend``:
+    ``numpy``, or torch's ``cpu``/``cuda`` for SparseGPT)."""
     if method == "magnitude":
         return magnitude(weight, n, m)
     if hessian is None:
@@ -90,6 +96,8 @@ def prune_matrix(method: str, weight: np.ndarray, hessian: np.ndarray | None, n:
     if method == "wanda":
         return wanda(weight, hessian, n, m)
     if method == "sparsegpt":
+        if backend != "numpy":
+            return sparsegpt_torch(weight, hessian, n, m, block_size, damp, backend)
         return sparsegpt(weight, hessian, n, m, block_size, damp)
     raise OnnxSparseError(f"unknown pruning method {method!r} (choose from {', '.join(METHODS)})")
 
@@ -120,15 +128,17 @@ def prune_layer(layer: Layer, weight: np.ndarray, stats: Statistics | None, opti
     pruned = np.empty_like(dense)
     per_group = dense.shape[0] // layer.groups
     hessians = stats.mean() if stats is not None else None
+    backend = layer_backend(getattr(options, "device", "auto"), per_group * dense.shape[1])
     num = den = 0.0
     for g in range(layer.groups):
         rows = slice(g * per_group, (g + 1) * per_group)
         hessian = hessians[g] if hessians is not None else None
-        pruned[rows] = prune_matrix(options.method, dense[rows], hessian, options.n, options.m, options.block_size, options.damp)
+        pruned[rows] = prune_matrix(options.method, dense[rows], hessian, options.n, options.m, options.block_size,
+                                    options.damp, backend)
         if hessian is not None:
-            diff = pruned[rows] - dense[rows]
-            num += float(np.sum((diff @ hessian) * diff))
-            den += float(np.sum((dense[rows] @ hessian) * dense[rows]))
+            energy, total = quadratic_forms(pruned[rows], dense[rows], hessian, backend)
+            num += energy
+            den += total
     out = from_rows_k(pruned, layer.layout, layer.shape).astype(weight.dtype)
     total = float(np.abs(dense).sum())
     result = LayerResult(
@@ -139,3 +149,11 @@ def prune_layer(layer: Layer, weight: np.ndarray, stats: Statistics | None, opti
         compliant=group_stats(to_rows_k(out, layer.layout), options.n, options.m).share,
     )
     return out, result
+
+
+def layer_backend(device: str, elements: int) -> str:
+    """numpy, or torch on ``cpu``/``cuda``, for a layer of ``elements`` weights (per Conv group)."""
+    backend = resolve_device(device)
+    if device == "auto" and backend == "cpu" and elements < TORCH_MIN_ELEMENTS:
+        return "numpy"
+    return backend

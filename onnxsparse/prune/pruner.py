@@ -31,6 +31,7 @@ from .calibration import Calibration
 from .capture import Frontier, capture
 from .evaluate import OutputError, ReferenceOutputs
 from .holdout import selection_parts, split_calibration
+from .linalg import resolve_device
 from .layers import Layer, Skipped, node_names, read_weight, scan_layers, weight_params, write_weight
 from .methods import METHODS, LayerResult, prune_layer
 from .sensitivity import choose_layers, label, nothing_fits
@@ -50,6 +51,7 @@ class PruneOptions:
     damp: float = 0.01
     sequential: bool = True
     max_error: float | None = None
+    device: str = "auto"  # where SparseGPT's linear algebra runs (linalg.DEVICES)
 
     def validate(self) -> None:
         if self.method not in (*METHODS, "auto"):
@@ -62,6 +64,8 @@ class PruneOptions:
             raise OnnxSparseError("--damp must be >= 0")
         if self.max_error is not None and self.max_error < 0:
             raise OnnxSparseError("--max-error must be >= 0")
+        if self.method != "magnitude" or self.max_error is not None:
+            resolve_device(self.device)  # a wrong or unavailable --device is refused before any work
 
 
 @dataclass
