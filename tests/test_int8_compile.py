@@ -168,3 +168,377 @@ def test_reference_compress_op_takes_int8():
     values, index = run_reference(model, {"W": w})
     assert values.dtype == np.int8 and values.shape == (5, 6) and index.shape == (5, 2)
     np.testing.assert_array_equal(fmt.decompress_weight(values, index, "kn", w.shape), w)
+
+
+# --- the compiler: quantized models -> the int8 ops ------------------------------------------------------
+#
+# Each model is built the way ONNX Runtime's quantizer writes it; the compiled model runs through the
+# reference ops and is compared with ONNX Runtime's own run of the quantized model on the same input.
+
+from onnxsparse.api import check_model, compile_model  # noqa: E402
+from onnxsparse.spec import QUANT_SPARSE_OPS  # noqa: E402
+
+X_SCALE = np.float32(0.02)
+W_SCALE = 0.01
+Y_SCALE = np.float32(0.05)
+
+
+def _zero_point(dtype) -> np.ndarray:
+    return np.array(128 if np.dtype(dtype) == np.uint8 else -3, dtype)
+
+
+def _w_scale(rows: int, per_channel: bool, seed: int) -> np.ndarray:
+    if not per_channel:
+        return np.array(W_SCALE, np.float32)
+    return (np.random.default_rng(seed).random(rows) * W_SCALE + W_SCALE / 2).astype(np.float32)
+
+
+class Q:
+    """A model under construction: nodes, initializers, graph inputs and outputs."""
+
+    def __init__(self) -> None:
+        self.nodes, self.inits, self.inputs, self.outputs = [], {}, [], []
+
+    def init(self, name: str, value) -> str:
+        self.inits[name] = np.asarray(value)
+        return name
+
+    def node(self, op: str, inputs: list[str], outputs: list[str], domain: str | None = None, **attrs) -> str:
+        self.nodes.append(helper.make_node(op, inputs, outputs, name=f"{op.lower()}{len(self.nodes)}", domain=domain, **attrs))
+        return outputs[0]
+
+    def quantize_input(self, shape, adtype) -> str:
+        """float x -> QuantizeLinear -> the quantized activation."""
+        self.inputs.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape)))
+        return self.node("QuantizeLinear", ["x", self.init("x_scale", X_SCALE), self.init("x_zp", _zero_point(adtype))], ["x_q"])
+
+    def model(self, opset: int = 21) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, "g", self.inputs, self.outputs,
+                                  [numpy_helper.from_array(v, k) for k, v in self.inits.items()])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)])
+        model.ir_version = 10
+        # Declare the outputs' shapes where ONNX infers them (onnx.checker wants a shape).
+        graph = onnx.shape_inference.infer_shapes(model).graph
+        inferred = {v.name: v for v in [*graph.value_info, *graph.output]}
+        for out in model.graph.output:
+            if out.name in inferred and inferred[out.name].type.tensor_type.HasField("shape"):
+                out.type.CopyFrom(inferred[out.name].type)
+        return model
+
+
+def qdq_model(op="MatMul", m=3, k=16, n=5, per_channel=True, adtype=np.uint8, out_q=True, relu=False, bias=True,
+              trans_b=1, a_rank=2, conv=None, weight=None, w_zp=None, axis=None, weight_dtype=np.int8,
+              weight_from_input=False, float_activation=False, seed=0) -> tuple[onnx.ModelProto, dict]:
+    """``x -> Q -> DQ -> op(., DQ(W)) [+ bias] [-> Relu] [-> Q]``, as quantize_static(QDQ) writes it.
+
+    ``conv``: dict(c=, hw=, kernel=, group=, attrs) for a Conv; ``weight``/``w_zp``/``axis``/
+    ``weight_dtype`` override the weight side for the negative cases."""
+    b = Q()
+    rng = np.random.default_rng(seed)
+    if op == "Conv":
+        c, hw, (kh, kw), group = conv["c"], conv["hw"], conv["kernel"], conv.get("group", 1)
+        layout, wshape, rows = "oihw", (n, c // group, kh, kw), n
+        x_shape = (m, c, *hw)
+    else:
+        layout = "nk" if op == "Gemm" and trans_b else "kn"
+        wshape, rows = ((n, k) if layout == "nk" else (k, n)), n
+        x_shape = (m, k) if a_rank == 2 else ((2, m, k) if a_rank == 3 else (k,))
+    w = int8_weight(wshape, layout, seed=seed + 1) if weight is None else weight
+    ws = _w_scale(rows, per_channel, seed + 2)
+    out_axis = 1 if layout == "kn" else 0
+    dq_attrs = {"axis": out_axis if axis is None else axis} if (per_channel or axis is not None) else {}
+    zp = np.zeros(ws.shape, weight_dtype) if w_zp is None else w_zp
+    if weight_from_input:
+        b.inputs.append(helper.make_tensor_value_info("W", helper.np_dtype_to_tensor_dtype(np.dtype(weight_dtype)), list(wshape)))
+        w_name = "W"
+    else:
+        w_name = b.init("W", w.astype(weight_dtype))
+    w_dq = b.node("DequantizeLinear", [w_name, b.init("w_scale", ws), b.init("w_zp", zp)], ["w_dq"], **dq_attrs)
+    if float_activation:
+        b.inputs.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape)))
+        a = "x"
+    else:
+        a = b.node("DequantizeLinear", [b.quantize_input(x_shape, adtype), "x_scale", "x_zp"], ["x_dq"])
+    bias_q = rng.integers(-2000, 2000, rows).astype(np.int32)
+    bias_dq = ["DequantizeLinear", [b.init("bias_q", bias_q), b.init("bias_scale", (X_SCALE * ws).astype(np.float32)),
+                                    b.init("bias_zp", np.zeros(ws.shape, np.int32))], ["bias"]]
+    bias_attrs = {"axis": 0} if per_channel else {}
+    if op == "Conv":
+        inputs = [a, w_dq] + ([b.node(*bias_dq, **bias_attrs)] if bias else [])
+        y = b.node("Conv", inputs, ["y_f"], kernel_shape=[kh, kw], group=group, **conv.get("attrs", {}))
+    elif op == "Gemm":
+        inputs = [a, w_dq] + ([b.node(*bias_dq, **bias_attrs)] if bias else [])
+        y = b.node("Gemm", inputs, ["y_f"], transB=trans_b)
+    else:
+        y = b.node("MatMul", [a, w_dq], ["y_f"])
+        if bias:
+            y = b.node("Add", [y, b.node(*bias_dq, **bias_attrs)], ["y_b"])
+    if relu:
+        y = b.node("Relu", [y], ["y_r"])
+    if out_q:
+        y = b.node("QuantizeLinear", [y, b.init("y_scale", Y_SCALE), b.init("y_zp", _zero_point(adtype))], ["y"])
+        b.outputs.append(helper.make_tensor_value_info(y, helper.np_dtype_to_tensor_dtype(np.dtype(adtype)), None))
+    else:
+        b.outputs.append(helper.make_tensor_value_info(y, TensorProto.FLOAT, None))
+    feeds = {"x": (rng.random(x_shape) * 5 - 2.5).astype(np.float32)}
+    if weight_from_input:
+        feeds["W"] = w.astype(weight_dtype)
+    return b.model(), feeds
+
+
+def reference_run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    """The compiled model through the reference ops (ONNX's evaluator knows Q/DQ from opset 19 on)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = max(entry.version, 21)
+    return run_reference(model, feeds)
+
+
+def q_ops(model: onnx.ModelProto) -> list[str]:
+    return [node.op_type for node in model.graph.node if node.domain == "onnxsparse"]
+
+
+def assert_matches_ort(quantized: onnx.ModelProto, compiled: onnx.ModelProto, feeds: dict, exact: bool = True):
+    """The compiled model (reference ops) against ONNX Runtime's run of the quantized model: quantized
+    outputs exactly (``exact``: where ONNX Runtime runs an integer op) or within one quantization step
+    with at most 2% of the elements a step apart (where it runs the QDQ model's float op and rounds
+    the float result); float outputs within fp32 rounding."""
+    expected = ort_run(quantized, feeds)
+    got = reference_run(compiled, feeds)
+    for e, g in zip(expected, got):
+        assert e.dtype == g.dtype and e.shape == g.shape
+        if e.dtype.kind in "iu":
+            steps = np.abs(e.astype(np.int64) - g.astype(np.int64))
+            assert steps.max(initial=0) <= (0 if exact else 1), f"{steps.max()} quantization steps apart"
+            assert (steps > 0).mean() <= 0.02, f"{(steps > 0).mean():.1%} of the elements are a step apart"
+            if e.size > 4:
+                assert len(np.unique(e)) > 3
+        else:
+            np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6 * np.abs(e).max(initial=1))
+
+
+def compile_all(model: onnx.ModelProto, *ops: str):
+    result = compile_model(model)
+    assert [d.rewritten for d in result.layers] == [True] * len(result.layers), [d.reason for d in result.layers]
+    assert q_ops(result.model) == list(ops)
+    return result
+
+
+@pytest.mark.parametrize("adtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("op", ["MatMul", "Gemm"])
+@pytest.mark.parametrize("out_q", [True, False])
+def test_qdq_linear(op, per_channel, adtype, out_q):
+    model, feeds = qdq_model(op, m=3, k=20, n=7, per_channel=per_channel, adtype=adtype, out_q=out_q)
+    result = compile_all(model, "QMatMulCompress")
+    node = next(n for n in result.model.graph.node if n.op_type == "QMatMulCompress")
+    assert len(node.input) == (9 if out_q else 7)  # y_scale, y_zero_point only for a quantized output
+    assert node.input[6] == "bias_q"  # the int32 bias as the quantizer wrote it
+    if op == "MatMul":
+        assert result.layers[0].fused_bias.startswith("add")
+    assert {"QuantizeLinear", "DequantizeLinear"} & {n.op_type for n in result.model.graph.node} == {"QuantizeLinear"}
+    assert_matches_ort(model, result.model, feeds, exact=False)
+
+
+@pytest.mark.parametrize("m,k,n,a_rank", [(1, 4, 1, 2), (5, 12, 3, 2), (7, 36, 9, 3), (1, 8, 6, 1), (33, 64, 17, 2)])
+def test_qdq_matmul_odd_shapes(m, k, n, a_rank):
+    model, feeds = qdq_model("MatMul", m=m, k=k, n=n, a_rank=a_rank, bias=False, seed=k)
+    result = compile_all(model, "QMatMulCompress")
+    assert_matches_ort(model, result.model, feeds, exact=False)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("out_q", [True, False])
+def test_qdq_relu_is_the_op_activation(relu, out_q):
+    model, feeds = qdq_model("MatMul", k=16, n=6, relu=relu, out_q=out_q, adtype=np.int8)
+    result = compile_all(model, "QMatMulCompress")
+    node = next(n for n in result.model.graph.node if n.op_type == "QMatMulCompress")
+    assert [helper.get_attribute_value(a) for a in node.attribute if a.name == "activation"] == ([b"Relu"] if relu else [])
+    assert "Relu" not in [n.op_type for n in result.model.graph.node]
+    assert_matches_ort(model, result.model, feeds, exact=False)
+
+
+CONV = {
+    "3x3-pads": dict(c=8, hw=(7, 6), kernel=(3, 3), attrs=dict(pads=[1, 1, 1, 1])),
+    "stride-dil-group": dict(c=8, hw=(9, 9), kernel=(3, 2), group=2, attrs=dict(strides=[2, 1], dilations=[1, 2], pads=[1, 0, 1, 1])),
+    "same-upper": dict(c=12, hw=(5, 7), kernel=(3, 3), attrs=dict(auto_pad="SAME_UPPER", strides=[2, 2])),
+    "1x1": dict(c=4, hw=(3, 3), kernel=(1, 1)),
+}
+
+
+@pytest.mark.parametrize("case", CONV)
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("adtype", [np.uint8, np.int8])
+def test_qdq_conv(case, per_channel, adtype):
+    model, feeds = qdq_model("Conv", m=2, n=6, conv=CONV[case], per_channel=per_channel, adtype=adtype, seed=3)
+    result = compile_all(model, "QConv2dCompress")
+    node = next(n for n in result.model.graph.node if n.op_type == "QConv2dCompress")
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs["kernel_shape"] == list(CONV[case]["kernel"])
+    assert_matches_ort(model, result.model, feeds, exact=False)
+
+
+def test_qdq_conv_float_output_with_relu():
+    model, feeds = qdq_model("Conv", m=1, n=4, conv=CONV["3x3-pads"], out_q=False, relu=True)
+    result = compile_all(model, "QConv2dCompress")
+    assert_matches_ort(model, result.model, feeds, exact=False)
+    assert (reference_run(result.model, feeds)[0] >= 0).all()
+
+
+def _reason(model: onnx.ModelProto) -> str:
+    layers = check_model(model).layers
+    assert len(layers) == 1 and not layers[0].eligible
+    result = compile_model(model)
+    assert q_ops(result.model) == [] and result.layers[0].reason == layers[0].reason
+    return layers[0].reason
+
+
+K, N = 16, 6
+NOT_TWO_FOUR = np.ones((K, N), np.int8)
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(w_zp=np.full(N, 3, np.int8)), "zero point of the weight's DequantizeLinear is not 0"),
+    (dict(weight_dtype=np.uint8, w_zp=np.zeros(N, np.uint8)), "the weight is uint8"),
+    (dict(axis=0, per_channel=True, n=K), "is not per tensor or per output feature (axis 1 of the weight)"),
+    (dict(weight_from_input=True), "the int8 weight is not constant"),
+    (dict(k=18, weight=np.zeros((18, N), np.int8)), "K = 18 is not a multiple of 4"),
+    (dict(weight=NOT_TWO_FOUR), "100.0% of groups of 4 int8 values have more than 2 non-zeros"),
+    (dict(float_activation=True), "weight-only int8 is not supported"),
+])
+def test_qdq_refusals(kwargs, fragment):
+    kwargs = {"k": K, "n": N, **kwargs}
+    model, _ = qdq_model("MatMul", bias=False, **kwargs)
+    assert fragment in _reason(model)
+
+
+def test_qdq_refusals_conv_and_gemm():
+    conv1d = Q()
+    x = conv1d.quantize_input((1, 8, 9), np.uint8)
+    a = conv1d.node("DequantizeLinear", [x, "x_scale", "x_zp"], ["x_dq"])
+    w = conv1d.node("DequantizeLinear", [conv1d.init("W", np.zeros((4, 8, 3), np.int8)), conv1d.init("ws", np.float32(0.1))], ["w_dq"])
+    conv1d.node("Conv", [a, w], ["y"])
+    conv1d.outputs.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, None))
+    assert "only 2-D int8 Conv" in _reason(conv1d.model())
+
+    model, _ = qdq_model("Gemm", bias=False)
+    model.graph.node[-2].attribute.append(helper.make_attribute("alpha", 2.0))
+    assert "alpha != 1" in _reason(model)
+
+
+def test_non_constant_scale_is_refused():
+    model, _ = qdq_model("MatMul", bias=False, per_channel=False)
+    model.graph.input.append(helper.make_tensor_value_info("w_scale", TensorProto.FLOAT, []))
+    model.graph.initializer.remove(next(t for t in model.graph.initializer if t.name == "w_scale"))
+    assert "weight scale of the weight's DequantizeLinear is not constant" in _reason(model)
+
+
+def test_check_and_compile_json_show_quantized_layers(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    model, _ = qdq_model("MatMul", k=16, n=6)
+    path = tmp_path / "q.onnx"
+    onnx.save(model, path)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "onnxsparse", *map(str, a)], capture_output=True, text=True)  # noqa: E731
+    checked = json.loads(run("check", path, "--json").stdout)
+    layer = checked["layers"][0]
+    assert (layer["quant"], layer["dtype"], layer["eligible"], layer["source"]) == ("QDQ", "int8", True, "W")
+    compiled = json.loads(run("compile", path, "-o", tmp_path / "c.onnx", "--json").stdout)
+    assert compiled["layers"][0]["rewritten"] and compiled["layers"][0]["fused_bias"].startswith("add")
+    again = json.loads(run("check", tmp_path / "c.onnx", "--json").stdout)
+    assert again["compiled"] == {"QMatMulCompress": 1} and again["layers"] == []
+
+
+# --- QOperator forms --------------------------------------------------------------------------------------
+
+def qlinear_model(op: str, per_channel=True, adtype=np.uint8, m=3, k=12, n=5, bias=True, y_scale=True, seed=0,
+                  w_zp=None) -> tuple[onnx.ModelProto, dict]:
+    """QLinearMatMul / QLinearConv / QGemm on a quantized input, the quantized output a graph output."""
+    b = Q()
+    rng = np.random.default_rng(seed)
+    conv = op == "QLinearConv"
+    x_shape = (1, k, 6, 5) if conv else (m, k)
+    wshape, layout = {"QLinearMatMul": ((k, n), "kn"), "QLinearConv": ((n, k, 3, 3), "oihw"), "QGemm": ((n, k), "nk")}[op]
+    ws = _w_scale(n, per_channel, seed)
+    xq = b.quantize_input(x_shape, adtype)
+    common = [xq, "x_scale", "x_zp", b.init("W", int8_weight(wshape, layout, seed)), b.init("w_scale", ws),
+              b.init("w_zp", np.zeros(ws.shape, np.int8) if w_zp is None else w_zp)]
+    ys = [b.init("y_scale", Y_SCALE), b.init("y_zp", _zero_point(adtype))] if y_scale else []
+    bias_name = b.init("bias", rng.integers(-2000, 2000, n).astype(np.int32)) if bias else ""
+    if op == "QLinearMatMul":
+        b.node(op, common + ys, ["y"])
+    elif op == "QLinearConv":
+        b.node(op, common + ys + ([bias_name] if bias else []), ["y"], pads=[1, 1, 1, 1])
+    else:
+        b.node(op, common + [bias_name] + ys, ["y"], domain="com.microsoft", transB=1)
+    out_type = adtype if y_scale else np.float32
+    b.outputs.append(helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(np.dtype(out_type)), None))
+    return b.model(), {"x": (rng.random(x_shape) * 5 - 2.5).astype(np.float32)}
+
+
+@pytest.mark.parametrize("op", ["QLinearMatMul", "QLinearConv", "QGemm"])
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("adtype", [np.uint8, np.int8])
+def test_qlinear_ops(op, per_channel, adtype):
+    model, feeds = qlinear_model(op, per_channel=per_channel, adtype=adtype)
+    result = compile_all(model, "QConv2dCompress" if op == "QLinearConv" else "QMatMulCompress")
+    assert result.layers[0].record.quant == op
+    assert_matches_ort(model, result.model, feeds)
+
+
+def test_qgemm_float_output():
+    model, feeds = qlinear_model("QGemm", y_scale=False)
+    result = compile_all(model, "QMatMulCompress")
+    assert_matches_ort(model, result.model, feeds)
+
+
+def test_qlinear_refusals():
+    model, _ = qlinear_model("QLinearMatMul", w_zp=np.full(5, 1, np.int8))
+    assert "zero point of QLinearMatMul is not 0" in _reason(model)
+    model, _ = qlinear_model("QLinearConv", per_channel=False)
+    model.graph.initializer.remove(next(t for t in model.graph.initializer if t.name == "w_scale"))
+    model.graph.initializer.append(numpy_helper.from_array(np.full((5, 1), 0.01, np.float32), "w_scale"))
+    assert "is not per tensor or per output feature" in _reason(model)
+
+
+def integer_model(op: str, per_channel=True, m=3, k=12, n=5, cast=True, scale_product=True, seed=0):
+    """``DynamicQuantizeLinear -> MatMulInteger/ConvInteger -> Cast -> Mul(Mul(x_scale, w_scale))``, as
+    quantize_dynamic writes it."""
+    b = Q()
+    conv = op == "ConvInteger"
+    x_shape = (2, k, 5, 4) if conv else (m, k)
+    wshape, layout = ((n, k, 3, 3), "oihw") if conv else ((k, n), "kn")
+    ws = _w_scale(n, per_channel and not conv, seed)
+    b.inputs.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape)))
+    b.node("DynamicQuantizeLinear", ["x"], ["x_q", "x_s", "x_zp"])
+    w_zp = b.init("w_zp", np.zeros(ws.shape, np.int8))
+    attrs = {"pads": [1, 1, 1, 1]} if conv else {}
+    acc = b.node(op, ["x_q", b.init("W", int8_weight(wshape, layout, seed)), "x_zp", w_zp], ["acc"], **attrs)
+    if not cast:
+        b.outputs.append(helper.make_tensor_value_info(acc, TensorProto.INT32, None))
+        return b.model(), {}
+    f = b.node("Cast", [acc], ["acc_f"], to=TensorProto.FLOAT)
+    s = b.node("Mul", ["x_s", b.init("w_scale", ws)], ["s"]) if scale_product else b.init("s", np.float32(0.001))
+    b.node("Mul", [f, s], ["y"])
+    b.outputs.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, None))
+    rng = np.random.default_rng(seed)
+    return b.model(), {"x": (rng.random(x_shape) * 5 - 2.5).astype(np.float32)}
+
+
+@pytest.mark.parametrize("op", ["MatMulInteger", "ConvInteger"])
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("scale_product", [True, False])
+def test_integer_ops(op, per_channel, scale_product):
+    model, feeds = integer_model(op, per_channel=per_channel, scale_product=scale_product)
+    result = compile_all(model, "QConv2dCompress" if op == "ConvInteger" else "QMatMulCompress")
+    assert "DynamicQuantizeLinear" in [n.op_type for n in result.model.graph.node]
+    assert not {"Cast", "Mul", op} & {n.op_type for n in result.model.graph.node}
+    assert_matches_ort(model, result.model, feeds)
+
+
+def test_integer_op_without_scaling_is_refused():
+    model, _ = integer_model("MatMulInteger", cast=False)
+    assert "int32 output is not read by one Cast to float" in _reason(model)
