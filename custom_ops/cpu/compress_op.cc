@@ -7,6 +7,11 @@
 #include "common/sparse_format.h"
 #include "common/status.h"
 
+namespace onnxsparse {
+// CompressOp also takes an int8 weight (the int8 ops' values, docs/ops.md): zero is the integer 0.
+inline float ToFloat(int8_t v) { return static_cast<float>(v); }
+}  // namespace onnxsparse
+
 namespace onnxsparse::cpu {
 
 namespace {
@@ -113,5 +118,6 @@ Ort::Status CompressOpKernel<T>::ComputeImpl(const Ort::Custom::Tensor<T>& weigh
 template struct CompressOpKernel<float>;
 template struct CompressOpKernel<Ort::Float16_t>;
 template struct CompressOpKernel<Ort::BFloat16_t>;
+template struct CompressOpKernel<int8_t>;
 
 }  // namespace onnxsparse::cpu

@@ -1,0 +1,194 @@
+#include "cpu/int8_gemm.h"
+
+#include <algorithm>
+#include <cstring>
+#include <new>
+#include <type_traits>
+#include <vector>
+
+#include "common/sparse_format.h"
+#include "common/status.h"
+#include "cpu/parallel.h"
+
+namespace onnxsparse::cpu {
+
+namespace {
+
+constexpr int64_t kRowsPerTask = 64;  // rows of A per task: their A_u rows stay in L1/L2 over a block's pairs
+
+// Round half to even of x (valid for |x| <= 2^22, which the clamp ensures; anything larger
+// saturates anyway): adding 1.5 * 2^23 leaves no fraction bits, so the fp32 addition itself rounds,
+// to nearest even as IEEE arithmetic does (the magic number is even).
+inline int32_t RoundHalfEven(float x) {
+  x = x > -4194304.0f ? x : -4194304.0f;  // NaN goes here too (a NaN scale): no undefined conversion
+  x = x < 4194304.0f ? x : 4194304.0f;
+  constexpr float kMagic = 12582912.0f;  // (x + c) - c is no identity in IEEE arithmetic: kept as written
+  return static_cast<int32_t>((x + kMagic) - kMagic);
+}
+
+// The epilogue on one tile: C rows i < m, features [n0, n0 + count) of the weight (local index j).
+template <typename Y>
+void StoreTile(const int32_t* c, int64_t ldc, int64_t m, int64_t n0, int64_t count, const Int8Epilogue& ep, Y* y,
+               int64_t stride_m, int64_t stride_n) {
+  const int32_t* corr = ep.corr + n0;
+  const float* scale = ep.scale + n0;
+  for (int64_t i = 0; i < m; ++i) {
+    const int32_t* row = c + i * ldc;
+    Y* out = y + i * stride_m;
+    for (int64_t j = 0; j < count; ++j) {
+      // Wrapping int32 addition: exact whenever the true sum fits (docs/ops.md).
+      const int32_t acc = static_cast<int32_t>(static_cast<uint32_t>(row[j]) + static_cast<uint32_t>(corr[j]));
+      float f = static_cast<float>(acc) * scale[j];
+      if (ep.relu) f = f > 0.0f ? f : 0.0f;
+      if constexpr (std::is_same_v<Y, float>) {
+        out[j * stride_n] = f;
+      } else {
+        constexpr int32_t lo = std::is_same_v<Y, uint8_t> ? 0 : -128;
+        constexpr int32_t hi = std::is_same_v<Y, uint8_t> ? 255 : 127;
+        int32_t q = RoundHalfEven(f) + ep.y_zero_point;
+        q = q < lo ? lo : (q > hi ? hi : q);
+        out[j * stride_n] = static_cast<Y>(q);
+      }
+    }
+  }
+}
+
+void StoreAny(const int32_t* c, int64_t ldc, int64_t m, int64_t n0, int64_t count, const Int8Epilogue& ep, void* y,
+              int64_t stride_m, int64_t stride_n) {
+  switch (ep.out) {
+    case Int8Out::kFloat:
+      StoreTile(c, ldc, m, n0, count, ep, static_cast<float*>(y), stride_m, stride_n);
+      break;
+    case Int8Out::kUint8:
+      StoreTile(c, ldc, m, n0, count, ep, static_cast<uint8_t*>(y), stride_m, stride_n);
+      break;
+    case Int8Out::kInt8:
+      StoreTile(c, ldc, m, n0, count, ep, static_cast<int8_t*>(y), stride_m, stride_n);
+      break;
+  }
+}
+
+int32_t* TileScratch(int64_t count) {
+  thread_local std::vector<int32_t> buffer;
+  if (static_cast<int64_t>(buffer.size()) < count) buffer.resize(static_cast<size_t>(count));
+  return buffer.data();
+}
+
+size_t OutputBytes(Int8Out out) { return out == Int8Out::kFloat ? 4 : 1; }
+
+}  // namespace
+
+std::unique_ptr<Int8PackedWeight> PackInt8Weight(const int8_t* values, const uint8_t* index, int64_t rows, int64_t k,
+                                                 int64_t conv_groups, std::string& error) {
+  if (conv_groups <= 0 || rows % conv_groups != 0) {
+    error = StrCat("OC=", rows, " is not divisible by group=", conv_groups);
+    return nullptr;
+  }
+  auto packed = std::make_unique<Int8PackedWeight>();
+  Int8PackedWeight& w = *packed;
+  w.rows = rows;
+  w.k = k;
+  w.pairs = (k / 4 + 1) / 2;
+  w.conv_groups = conv_groups;
+  w.rows_per_group = rows / conv_groups;
+  w.blocks_per_group = (w.rows_per_group + kInt8BlockN - 1) / kInt8BlockN;
+  w.blocks = w.blocks_per_group * conv_groups;
+  w.index_offset = w.pairs * 4 * kInt8BlockN;
+  w.block_stride = (w.pairs * kInt8PairBytes + 63) / 64 * 64;
+  const size_t bytes = static_cast<size_t>(std::max<int64_t>(w.blocks * w.block_stride, 64));
+  w.data.reset(static_cast<uint8_t*>(std::aligned_alloc(64, bytes)));
+  if (!w.data) throw std::bad_alloc();
+  std::memset(w.data.get(), 0, bytes);
+  w.base = w.data.get();
+  w.row_sums.reset(new int32_t[static_cast<size_t>(std::max<int64_t>(rows, 1))]());
+
+  const int64_t groups = k / 4;
+  const int64_t values_per_row = ValuesPerRow(k);
+  const int64_t index_per_row = IndexBytesPerRow(k);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t cg = r / w.rows_per_group;
+    const int64_t local = r % w.rows_per_group;
+    const int64_t block = cg * w.blocks_per_group + local / kInt8BlockN;
+    const int64_t lane = local % kInt8BlockN;
+    uint8_t* block_values = const_cast<uint8_t*>(ONNXSPARSE_INT8_VALUES(w, block));
+    uint8_t* block_index = const_cast<uint8_t*>(ONNXSPARSE_INT8_INDEX(w, block));
+    const int8_t* row_values = values + r * values_per_row;
+    const uint8_t* row_index = index + r * index_per_row;
+    int32_t sum = 0;
+    for (int64_t g = 0; g < groups; ++g) {
+      const uint8_t nibble = GroupNibble(row_index, g);
+      if (!NibbleIsValid(nibble)) {
+        error = StrCat("index of row ", r, ", group ", g, " holds the invalid field 3 (nibble ", int{nibble}, ")");
+        return nullptr;
+      }
+      const int64_t pair = g / 2, half = g % 2;
+      const uint8_t positions = static_cast<uint8_t>(FirstOffset(nibble) | SecondOffset(nibble) << 2);
+      block_index[pair * kInt8BlockN + lane] |= static_cast<uint8_t>(positions << (4 * half));
+      int8_t* dst = reinterpret_cast<int8_t*>(block_values + (pair * kInt8BlockN + lane) * 4 + 2 * half);
+      dst[0] = row_values[2 * g];
+      dst[1] = row_values[2 * g + 1];
+      sum += dst[0] + dst[1];
+    }
+    w.row_sums[r] = sum;
+  }
+  return packed;
+}
+
+const Int8KernelSet& Int8Kernels(CpuIsa isa) {
+  static const bool vnni = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
+  switch (isa) {
+    case CpuIsa::kAvx512: if (kInt8KernelsAvx512.gemm) return vnni ? kInt8KernelsAvx512 : kInt8KernelsAvx2; break;
+    case CpuIsa::kAvx2: if (kInt8KernelsAvx2.gemm) return kInt8KernelsAvx2; break;
+    case CpuIsa::kPortable: break;
+  }
+  return kInt8KernelsPortable;
+}
+
+void PrepareInt8Rows(const uint8_t* a, int64_t m, int64_t k, bool flip, uint8_t* dst, int64_t lda) {
+  for (int64_t i = 0; i < m; ++i) {
+    const uint8_t* src = a + i * k;
+    uint8_t* out = dst + i * lda;
+    if (flip) {
+      for (int64_t j = 0; j < k; ++j) out[j] = static_cast<uint8_t>(src[j] ^ 0x80u);
+    } else {
+      std::memcpy(out, src, static_cast<size_t>(k));
+    }
+    std::memset(out + k, 0, static_cast<size_t>(lda - k));
+  }
+}
+
+bool RunInt8Gemm(OrtKernelContext* context, const Int8KernelSet& kernels, const Int8PackedWeight& w, int64_t group,
+                 const uint8_t* a, int64_t lda, int64_t m, const Int8Epilogue& epilogue, void* y, int64_t stride_m,
+                 int64_t stride_n) {
+  if (m <= 0 || w.rows_per_group <= 0) return true;
+  const int64_t row_chunks = (m + kRowsPerTask - 1) / kRowsPerTask;
+  const int64_t blocks = w.blocks_per_group;
+  // About 32 tasks (threads even out), each an even number of blocks (the AVX-512 tile is 2 blocks).
+  int64_t per_task = (blocks * row_chunks + 31) / 32;
+  per_task = std::min(blocks, std::max<int64_t>(2, (per_task + 1) / 2 * 2));
+  const int64_t block_chunks = (blocks + per_task - 1) / per_task;
+  const int64_t first_block = group * blocks;
+  const int64_t first_row = group * w.rows_per_group;
+  const size_t out_bytes = OutputBytes(epilogue.out);
+
+  return ParallelItems(context, row_chunks * block_chunks, [&](int64_t item) {
+    const int64_t rc = item / block_chunks, bc = item % block_chunks;
+    const int64_t i0 = rc * kRowsPerTask, rows = std::min(kRowsPerTask, m - i0);
+    const int64_t b0 = bc * per_task, b1 = std::min(blocks, b0 + per_task);
+    Int8Task task;
+    task.a = a + i0 * lda;
+    task.lda = lda;
+    task.m = rows;
+    task.block_begin = first_block + b0;
+    task.block_end = first_block + b1;
+    task.ldc = (b1 - b0) * kInt8BlockN;
+    task.c = TileScratch(rows * task.ldc);
+    kernels.gemm(w, task);
+    const int64_t n0 = b0 * kInt8BlockN;
+    const int64_t count = std::min(w.rows_per_group, b1 * kInt8BlockN) - n0;
+    void* out = static_cast<uint8_t*>(y) + (i0 * stride_m + n0 * stride_n) * static_cast<int64_t>(out_bytes);
+    StoreAny(task.c, task.ldc, rows, first_row + n0, count, epilogue, out, stride_m, stride_n);
+  });
+}
+
+}  // namespace onnxsparse::cpu
