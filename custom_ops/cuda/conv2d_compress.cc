@@ -1,6 +1,9 @@
 #include "cuda/conv2d_compress.h"
 
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common/log.h"
@@ -16,6 +19,23 @@ namespace onnxsparse::cuda {
 
 namespace {
 constexpr const char* kOp = "Conv2dCompress";
+
+bool InputIsConstant(const OrtKernelInfo* info, size_t input) {
+  size_t count = 0;
+  if (Ort::GetApi().KernelInfo_GetInputCount(info, &count) != nullptr || input >= count) return false;
+  int is_constant = 0;
+  const OrtValue* value = nullptr;
+  OrtStatus* status = Ort::GetApi().KernelInfoGetConstantInput_tensor(info, input, &is_constant, &value);
+  if (status != nullptr) {
+    Ort::GetApi().ReleaseStatus(status);
+    return false;
+  }
+  return is_constant != 0 && value != nullptr;
+}
+
+// cuSPARSELt's dense operands need their columns a multiple of 8 elements (16 bytes).
+constexpr int64_t kColumnAlign = 8;
+int64_t PaddedColumns(int64_t hw) { return (hw + kColumnAlign - 1) / kColumnAlign * kColumnAlign; }
 }  // namespace
 
 template <typename OrtT>
@@ -24,8 +44,214 @@ Conv2dCompressCuda<OrtT>::Conv2dCompressCuda(const OrtApi*, const OrtKernelInfo*
     std::string error = ReadConvAttributes(info, attrs_);
     if (error.empty()) error = ReadActivationAttributes(info, act_);
     runner_.Init(info, 1, 2, 3);
+    options_ = *CurrentKernelContext().options;
+    weight_constant_ = InputIsConstant(info, 1) && InputIsConstant(info, 2);
+    bias_constant_ = InputIsConstant(info, 3);
+    const char* form = std::getenv("ONNXSPARSE_CUDA_CONV_FORM");
+    if (form != nullptr && *form != '\0') {
+      if (std::strcmp(form, "nchw") == 0) form_ = Form::kNchw;
+      else if (std::strcmp(form, "nhwc") == 0) form_ = Form::kNhwc;
+      else if (std::strcmp(form, "auto") == 0) form_ = Form::kAuto;
+      else if (error.empty()) error = StrCat("ONNXSPARSE_CUDA_CONV_FORM='", form, "' is not auto, nchw or nhwc");
+    }
     return error;
   });
+}
+
+template <typename OrtT>
+Ort::Status Conv2dCompressCuda<OrtT>::RunNhwc(const Call& call) {
+  const ConvGeometry& geo = call.geo;
+  const cudaStream_t stream = call.stream;
+  const int64_t batch = geo.batch, channels = geo.channels, height = geo.height, width = geo.width;
+  const int64_t oc = geo.out_channels, oh = geo.out_height, ow = geo.out_width, k = geo.k;
+  const int64_t cg = geo.channels_per_group, ocg = geo.out_channels_per_group;
+  const int64_t kh = attrs_.kernel_shape[0], kw = attrs_.kernel_shape[1];
+  const int64_t pt = geo.pad_top, pl = geo.pad_left, pb = geo.pad_bottom, pr = geo.pad_right;
+  const std::vector<int64_t>& strides = attrs_.strides;
+  const std::vector<int64_t>& dilations = attrs_.dilations;
+  const int64_t group = attrs_.group;
+  const int64_t pixels = batch * oh * ow;
+
+  // Scratch: the NHWC input, the im2col matrix of one group, the NHWC output.
+  const size_t nhwc_bytes = AlignUp(sizeof(T) * batch * height * width * channels);
+  const bool direct = kh == 1 && kw == 1 && strides[0] == 1 && strides[1] == 1 && pt == 0 && pl == 0 &&
+                      pb == 0 && pr == 0 && group == 1;  // the NHWC input is the im2col matrix
+  const size_t col_bytes = direct ? 0 : AlignUp(sizeof(T) * pixels * k);
+  const size_t out_bytes = AlignUp(sizeof(T) * pixels * oc);
+  cudaError_t err = cudaSuccess;
+  char* scratch = static_cast<char*>(StreamScratch(stream, nhwc_bytes + col_bytes + out_bytes, &err));
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, err);
+  T* nhwc = reinterpret_cast<T*>(scratch);
+  T* col = direct ? nhwc : reinterpret_cast<T*>(scratch + nhwc_bytes);
+  T* out_nhwc = reinterpret_cast<T*>(scratch + nhwc_bytes + col_bytes);
+
+  // [N, C, HW] -> [N, HW, C]
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchTranspose<T>(call.x, nhwc, batch, channels, height * width, nullptr, stream));
+  const int64_t half_k = k / 2, index_stride = (k + 7) / 8;
+  for (int64_t g = 0; g < group; ++g) {
+    if (!direct) {
+      Im2colArgs a;
+      a.batch = batch, a.height = height, a.width = width, a.channels = channels;
+      a.channel_offset = g * cg, a.group_channels = cg;
+      a.kernel_h = kh, a.kernel_w = kw, a.stride_h = strides[0], a.stride_w = strides[1];
+      a.pad_top = pt, a.pad_left = pl, a.dilation_h = dilations[0], a.dilation_w = dilations[1];
+      a.out_h = oh, a.out_w = ow;
+      ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchIm2colNhwc<T>(nhwc, a, col, stream));
+    }
+    SparseGemmArgs args;
+    args.x = col;
+    args.m = pixels;
+    args.k = k;
+    args.n = ocg;
+    args.values = call.values + g * ocg * half_k;
+    args.index = call.index + g * ocg * index_stride;
+    args.bias = nullptr;  // added in the final transpose
+    args.alpha = 1.0f;
+    args.y = out_nhwc + g * ocg;
+    args.ldy = oc;
+    ONNXSPARSE_RETURN_IF_ERROR(runner_.Run<T>(kOp, stream, static_cast<int>(g), args));
+    ONNXSPARSE_RETURN_IF_ERROR(runner_.PropagateNonFinite<T>(kOp, stream, col, pixels, k, args.index, ocg,
+                                                             static_cast<T*>(args.y), oc));  // NaN/Inf like dense
+  }
+  // [N, OH*OW, OC] -> [N, OC, OH*OW], + bias
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchTranspose<T>(out_nhwc, call.y, batch, oh * ow, oc, call.bias, stream));
+  // The fused activation: an elementwise pass on the stream, after the bias and the NaN/Inf fix-up.
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchActivation<T>(call.y, batch * oc * oh * ow, act_, stream));
+  return Ort::Status{nullptr};
+}
+
+template <typename OrtT>
+bool Conv2dCompressCuda<OrtT>::NchwApplies(const Call& call) const {
+  if constexpr (std::is_same_v<T, float>) {
+    return false;
+  } else {
+    return form_ != Form::kNhwc && weight_constant_ && attrs_.group == 1 && call.geo.k % 16 == 0 &&
+           call.geo.out_channels % 16 == 0 && call.geo.batch > 0 && call.geo.batch <= (1 << 30);
+  }
+}
+
+template <typename OrtT>
+Ort::Status Conv2dCompressCuda<OrtT>::RunNchw(const Call& call, bool* used) {
+  *used = false;
+  if constexpr (std::is_same_v<T, float>) {
+    return Ort::Status{nullptr};
+  } else {
+    const ConvGeometry& geo = call.geo;
+    const cudaStream_t stream = call.stream;
+    const int64_t batch = geo.batch, oc = geo.out_channels, k = geo.k;
+    const int64_t hw = geo.out_height * geo.out_width, cols = PaddedColumns(hw);
+    const int64_t kh = attrs_.kernel_shape[0], kw = attrs_.kernel_shape[1];
+    const bool direct = kh == 1 && kw == 1 && attrs_.strides[0] == 1 && attrs_.strides[1] == 1 && geo.pad_top == 0 &&
+                        geo.pad_left == 0 && geo.pad_bottom == 0 && geo.pad_right == 0 && cols == hw;
+    const bool staged = cols != hw;  // the product lands in scratch, its padding dropped by the epilogue
+    const size_t col_bytes = direct ? 0 : AlignUp(sizeof(T) * batch * k * cols);
+    const size_t d_bytes = staged ? AlignUp(sizeof(T) * batch * oc * cols) : 0;
+    T* scratch = nullptr;
+    if (col_bytes + d_bytes > 0) {
+      cudaError_t err = cudaSuccess;
+      scratch = static_cast<T*>(StreamScratch(stream, col_bytes + d_bytes, &err));
+      ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, err);
+    }
+    const T* col = direct ? call.x : scratch;
+    T* d = staged ? reinterpret_cast<T*>(reinterpret_cast<char*>(scratch) + col_bytes) : call.y;
+    const bool nonfinite = options_.cuda_nonfinite && nonfinite_flag_.get() != nullptr;
+    unsigned int* flag = nonfinite ? nonfinite_flag_.as<unsigned int>() : nullptr;
+    if (nonfinite) ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, cudaMemsetAsync(flag, 0, sizeof(unsigned int), stream));
+    if (!direct) {
+      Im2colArgs a;
+      a.batch = batch, a.height = geo.height, a.width = geo.width, a.channels = geo.channels;
+      a.channel_offset = 0, a.group_channels = geo.channels;
+      a.kernel_h = kh, a.kernel_w = kw, a.stride_h = attrs_.strides[0], a.stride_w = attrs_.strides[1];
+      a.pad_top = geo.pad_top, a.pad_left = geo.pad_left;
+      a.dilation_h = attrs_.dilations[0], a.dilation_w = attrs_.dilations[1];
+      a.out_h = geo.out_height, a.out_w = geo.out_width;
+      ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchIm2colNchw<T>(call.x, a, cols, scratch, flag, stream));
+    } else if (nonfinite) {
+      ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchScanNonFiniteFlat<T>(call.x, batch * k * cols, flag, stream));
+    }
+    const bool bias_fused = bias_constant_ && call.bias != nullptr;  // the weight was built with it
+    const bool relu_fused = act_.kind == ActivationKind::kRelu;
+    ONNXSPARSE_RETURN_IF_ERROR(nchw_weight_->RunBatched(kOp, col, batch, cols, d, relu_fused, stream, used));
+    if (!*used) return Ort::Status{nullptr};
+    const T* bias_left = bias_fused ? nullptr : call.bias;
+    Activation act_left = act_;
+    if (relu_fused) act_left.kind = ActivationKind::kNone;
+    if (staged || bias_left != nullptr || !act_left.none()) {
+      ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchConvEpilogueNchw<T>(d, cols, call.y, batch, oc, hw, bias_left,
+                                                                     act_left, stream));
+    }
+    if (nonfinite) {  // last: recomputes whole outputs (bias and activation included)
+      ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchConvNonFiniteFixNchw<T>(col, k, cols, call.values, call.index,
+                                                                         call.bias, act_, batch, oc, hw, call.y, flag,
+                                                                         stream));
+    }
+    return Ort::Status{nullptr};
+  }
+}
+
+template <typename OrtT>
+Ort::Status Conv2dCompressCuda<OrtT>::ChooseNchw(const char* op, const Call& call, bool* nchw) {
+  *nchw = false;
+  if (!NchwApplies(call)) return Ort::Status{nullptr};
+  const std::array<int64_t, 3> key{call.geo.batch, call.geo.height, call.geo.width};
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = nchw_by_shape_.find(key);
+  if (it != nchw_by_shape_.end()) {
+    *nchw = it->second;
+    return Ort::Status{nullptr};
+  }
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaStreamIsCapturing(call.stream, &capture));
+  if (capture != cudaStreamCaptureStatusNone) return Ort::Status{nullptr};  // NHWC, not remembered
+  std::string why;
+  if (!CusparseLtAvailable(options_.cusparselt_library, &why)) {
+    nchw_by_shape_[key] = false;
+    return Ort::Status{nullptr};
+  }
+  if (!nchw_weight_ && nchw_error_.empty()) {
+    const ElementType type = std::is_same_v<T, __half> ? ElementType::kFloat16 : ElementType::kBFloat16;
+    auto built = std::make_unique<SparseLtWeight>(options_, runner_.logger());
+    const bool bias_fused = bias_constant_ && call.bias != nullptr;
+    Ort::Status status = built->Build(op, type, call.values, call.index, call.geo.out_channels, call.geo.k,
+                                      bias_fused ? call.bias : nullptr, call.stream);
+    if (status.IsOK()) nchw_weight_ = std::move(built);
+    else nchw_error_ = status.GetErrorMessage();
+  }
+  if (!nchw_weight_) {
+    nchw_by_shape_[key] = false;
+    return Ort::Status{nullptr};
+  }
+  if (options_.cuda_nonfinite && nonfinite_flag_.get() == nullptr) {
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, nonfinite_flag_.Allocate(sizeof(unsigned int)));
+  }
+  float nhwc_us = -1.f, nchw_us = -1.f;
+  bool used = false;
+  ONNXSPARSE_RETURN_IF_ERROR(RunNchw(call, &used));  // prepares (tunes, when searching) the batched plan
+  if (used && form_ == Form::kAuto) {
+    ONNXSPARSE_RETURN_IF_ERROR(RunNhwc(call));  // its own first-call choices, before it is timed
+    nhwc_us = TimeOnStream(call.stream, 5, [&] { return RunNhwc(call).IsOK(); });
+    nchw_us = TimeOnStream(call.stream, 5, [&] {
+      bool again = false;
+      return RunNchw(call, &again).IsOK() && again;
+    });
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaGetLastError());
+    *nchw = nchw_us > 0.f && (nhwc_us <= 0.f || nchw_us < nhwc_us);
+  } else {
+    *nchw = used;
+  }
+  nchw_by_shape_[key] = *nchw;
+  const OrtLoggingLevel level = options_.log_verbose ? ORT_LOGGING_LEVEL_WARNING : ORT_LOGGING_LEVEL_VERBOSE;
+  if (LogEnabled(runner_.logger(), level)) {
+    char text[320];
+    std::snprintf(text, sizeof(text),
+                  "onnxsparse: %s N=%lld C=%lld H=%lld W=%lld OC=%lld K=%lld: per-image %s %.2f us, NHWC %.2f us -> %s",
+                  op, static_cast<long long>(call.geo.batch), static_cast<long long>(call.geo.channels),
+                  static_cast<long long>(call.geo.height), static_cast<long long>(call.geo.width),
+                  static_cast<long long>(call.geo.out_channels), static_cast<long long>(call.geo.k),
+                  used ? "(cuSPARSELt batched)" : "(not taken)", nchw_us, nhwc_us, *nchw ? "per-image" : "NHWC");
+    ONNXSPARSE_LOG(runner_.logger(), level, text);
+  }
+  return Ort::Status{nullptr};
 }
 
 template <typename OrtT>
@@ -35,87 +261,41 @@ Ort::Status Conv2dCompressCuda<OrtT>::Compute(OrtKernelContext* context, const O
                                              std::optional<const Ort::Custom::Tensor<OrtT>*> bias,
                                              Ort::Custom::Tensor<OrtT>& y) {
   return GuardCompute(kOp, [&]() -> Ort::Status {
-    using T = DeviceType<OrtT>;
     if (!init_error_.empty()) return InvalidArgument(kOp, init_error_);
     const Ort::Custom::Tensor<OrtT>* bias_tensor = bias.has_value() ? *bias : nullptr;
-    ConvGeometry geo;
+    Call call;
     ONNXSPARSE_RETURN_IF_ERROR(ResolveConvGeometry(kOp, attrs_, x.Shape(), values.Shape(), index.Shape(),
-                                                   bias_tensor != nullptr ? &bias_tensor->Shape() : nullptr, geo));
-    const int64_t batch = geo.batch, channels = geo.channels, height = geo.height, width = geo.width;
-    const int64_t oc = geo.out_channels, oh = geo.out_height, ow = geo.out_width, k = geo.k;
-    const int64_t cg = geo.channels_per_group, ocg = geo.out_channels_per_group;
-    const int64_t kh = attrs_.kernel_shape[0], kw = attrs_.kernel_shape[1];
-    const int64_t pt = geo.pad_top, pl = geo.pad_left, pb = geo.pad_bottom, pr = geo.pad_right;
-    const std::vector<int64_t>& strides = attrs_.strides;
-    const std::vector<int64_t>& dilations = attrs_.dilations;
-    const int64_t group = attrs_.group;
-    const T* bias_ptr = bias_tensor != nullptr ? reinterpret_cast<const T*>(bias_tensor->Data()) : nullptr;
-    T* out = reinterpret_cast<T*>(y.Allocate({batch, oc, oh, ow}));
-    const int64_t pixels = batch * oh * ow;
-    if (pixels == 0 || oc == 0) return Ort::Status{nullptr};
-    cudaStream_t stream = ComputeStream(context);
-    ScopedDevice device(runner_.Device(stream));  // the session's device, not the thread's
+                                                   bias_tensor != nullptr ? &bias_tensor->Shape() : nullptr,
+                                                   call.geo));
+    const ConvGeometry& geo = call.geo;
+    call.bias = bias_tensor != nullptr ? reinterpret_cast<const T*>(bias_tensor->Data()) : nullptr;
+    call.y = reinterpret_cast<T*>(y.Allocate({geo.batch, geo.out_channels, geo.out_height, geo.out_width}));
+    const int64_t pixels = geo.batch * geo.out_height * geo.out_width;
+    if (pixels == 0 || geo.out_channels == 0) return Ort::Status{nullptr};
+    call.x = reinterpret_cast<const T*>(x.Data());
+    call.values = reinterpret_cast<const T*>(values.Data());
+    call.index = index.Data();
+    call.stream = ComputeStream(context);
+    ScopedDevice device(runner_.Device(call.stream));  // the session's device, not the thread's
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, device.error());
     if (LogEnabled(runner_.logger(), runner_.trace_level())) {
       cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-      cudaStreamIsCapturing(stream, &capture);
+      cudaStreamIsCapturing(call.stream, &capture);
       char text[200];
       std::snprintf(text, sizeof(text), "onnxsparse trace: %s enter %p stream %p M=%lld K=%lld N=%lld capturing=%d",
-                    kOp, static_cast<void*>(this), static_cast<void*>(stream), static_cast<long long>(pixels),
-                    static_cast<long long>(k), static_cast<long long>(oc), static_cast<int>(capture));
+                    kOp, static_cast<void*>(this), static_cast<void*>(call.stream), static_cast<long long>(pixels),
+                    static_cast<long long>(geo.k), static_cast<long long>(geo.out_channels), static_cast<int>(capture));
       ONNXSPARSE_LOG(runner_.logger(), runner_.trace_level(), text);
     }
-    ONNXSPARSE_RETURN_IF_ERROR(runner_.ValidateOnce(kOp, stream, index.Data(), oc, k));
-
-    // Scratch: the NHWC input, the im2col matrix of one group, the NHWC output.
-    const size_t nhwc_bytes = AlignUp(sizeof(T) * batch * height * width * channels);
-    const bool direct = kh == 1 && kw == 1 && strides[0] == 1 && strides[1] == 1 && pt == 0 && pl == 0 &&
-                        pb == 0 && pr == 0 && group == 1;  // the NHWC input is the im2col matrix
-    const size_t col_bytes = direct ? 0 : AlignUp(sizeof(T) * pixels * k);
-    const size_t out_bytes = AlignUp(sizeof(T) * pixels * oc);
-    cudaError_t err = cudaSuccess;
-    char* scratch = static_cast<char*>(StreamScratch(stream, nhwc_bytes + col_bytes + out_bytes, &err));
-    ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, err);
-    T* nhwc = reinterpret_cast<T*>(scratch);
-    T* col = direct ? nhwc : reinterpret_cast<T*>(scratch + nhwc_bytes);
-    T* out_nhwc = reinterpret_cast<T*>(scratch + nhwc_bytes + col_bytes);
-
-    const T* input = reinterpret_cast<const T*>(x.Data());
-    // [N, C, HW] -> [N, HW, C]
-    ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchTranspose<T>(input, nhwc, batch, channels, height * width, nullptr, stream));
-    const int64_t half_k = k / 2, index_stride = (k + 7) / 8;
-    for (int64_t g = 0; g < group; ++g) {
-      if (!direct) {
-        Im2colArgs a;
-        a.batch = batch, a.height = height, a.width = width, a.channels = channels;
-        a.channel_offset = g * cg, a.group_channels = cg;
-        a.kernel_h = kh, a.kernel_w = kw, a.stride_h = strides[0], a.stride_w = strides[1];
-        a.pad_top = pt, a.pad_left = pl, a.dilation_h = dilations[0], a.dilation_w = dilations[1];
-        a.out_h = oh, a.out_w = ow;
-        ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchIm2colNhwc<T>(nhwc, a, col, stream));
-      }
-      SparseGemmArgs args;
-      args.x = col;
-      args.m = pixels;
-      args.k = k;
-      args.n = ocg;
-      args.values = reinterpret_cast<const T*>(values.Data()) + g * ocg * half_k;
-      args.index = index.Data() + g * ocg * index_stride;
-      args.bias = nullptr;  // added in the final transpose
-      args.alpha = 1.0f;
-      args.y = out_nhwc + g * ocg;
-      args.ldy = oc;
-      ONNXSPARSE_RETURN_IF_ERROR(runner_.Run<T>(kOp, stream, static_cast<int>(g), args));
-      ONNXSPARSE_RETURN_IF_ERROR(runner_.PropagateNonFinite<T>(kOp, stream, col, pixels, k, args.index, ocg,
-                                                               static_cast<T*>(args.y), oc));  // NaN/Inf like dense
-    }
-    // [N, OH*OW, OC] -> [N, OC, OH*OW], + bias
-    ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchTranspose<T>(out_nhwc, out, batch, oh * ow, oc, bias_ptr, stream));
-    // The fused activation: an elementwise pass on the stream, after the bias and the NaN/Inf fix-up.
-    ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchActivation<T>(out, batch * oc * oh * ow, act_, stream));
+    ONNXSPARSE_RETURN_IF_ERROR(runner_.ValidateOnce(kOp, call.stream, call.index, geo.out_channels, geo.k));
+    bool nchw = false;
+    ONNXSPARSE_RETURN_IF_ERROR(ChooseNchw(kOp, call, &nchw));
+    bool used = false;
+    if (nchw) ONNXSPARSE_RETURN_IF_ERROR(RunNchw(call, &used));
+    if (!used) ONNXSPARSE_RETURN_IF_ERROR(RunNhwc(call));
     if (LogEnabled(runner_.logger(), runner_.trace_level())) {
       ONNXSPARSE_LOG(runner_.logger(), runner_.trace_level(),
-                     StrCat("onnxsparse trace: ", kOp, " leave ", static_cast<void*>(this)));
+                     StrCat("onnxsparse trace: ", kOp, " leave ", static_cast<void*>(this), used ? " (per image)" : ""));
     }
     return Ort::Status{nullptr};
   });

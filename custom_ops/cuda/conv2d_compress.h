@@ -1,13 +1,30 @@
-// Conv2dCompress on CUDA: ONNX Conv (NCHW) with SPEC's compressed weight, as
-// NCHW -> NHWC transpose, im2col in (kh, kw, c) order, the sparse GEMM per group into NHWC, and an
-// NHWC -> NCHW transpose with the bias fused. Attributes as ONNX Conv (see DEVELOPERS.md).
+// Conv2dCompress on CUDA: ONNX Conv (NCHW) with SPEC's compressed weight, by one of two forms:
+//   NHWC (any dtype, group, weight): NCHW -> NHWC transpose, im2col in (kh, kw, c) order, the sparse
+//     GEMM per group into NHWC (SparseGemmRunner: own kernel or cuSPARSELt), and an NHWC -> NCHW
+//     transpose with the bias fused;
+//   per image (fp16/bf16, group 1, a constant weight, cuSPARSELt): for each image b,
+//     Y[b] [OC, OH*OW] = W [OC, K] . B[b] [K, OH*OW] as one strided-batched cuSPARSELt product
+//     with the weight broadcast, B[b] being X[b] itself for a 1x1 stride-1 Conv and else the
+//     image's im2col matrix in (kh, kw, c) row order: the output lands in NCHW, no transpose. The
+//     bias and a ReLU are fused into cuSPARSELt's epilogue when they can be; OH*OW is padded to
+//     a multiple of 8 (cuSPARSELt's alignment), the padding dropped in the epilogue pass.
+// The form per input shape: timed at its first call (outside a CUDA-graph capture), the faster
+// kept; ONNXSPARSE_CUDA_CONV_FORM=nchw|nhwc (read at kernel creation) forces one (nchw where it
+// applies). Attributes as ONNX Conv (see DEVELOPERS.md).
 #pragma once
+#include <array>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 
 #include "common/activation.h"
 #include "common/op_shapes.h"
 #include "common/ort_api.h"
+#include "common/runtime_options.h"
+#include "cuda/cuda_utils.h"
+#include "cuda/cusparselt_gemm.h"
 #include "cuda/sparse_gemm_runner.h"
 
 namespace onnxsparse::cuda {
@@ -20,10 +37,41 @@ struct Conv2dCompressCuda {
                       std::optional<const Ort::Custom::Tensor<OrtT>*> bias, Ort::Custom::Tensor<OrtT>& y);
 
  private:
+  using T = DeviceType<OrtT>;
+  // One call's operands (device pointers) and geometry.
+  struct Call {
+    cudaStream_t stream = nullptr;
+    ConvGeometry geo{};
+    const T* x = nullptr;
+    const T* values = nullptr;
+    const uint8_t* index = nullptr;
+    const T* bias = nullptr;
+    T* y = nullptr;
+  };
+  enum class Form { kAuto, kNchw, kNhwc };
+
+  Ort::Status RunNhwc(const Call& call);
+  // *used false (and OK): cuSPARSELt does not take this shape in the per-image form.
+  Ort::Status RunNchw(const Call& call, bool* used);
+  bool NchwApplies(const Call& call) const;
+  // Whether this input shape runs per image: decided at its first call (may build the per-image
+  // weight, time both forms; never while capturing, when the NHWC form serves undecided shapes).
+  Ort::Status ChooseNchw(const char* op, const Call& call, bool* nchw);
+
   ConvAttributes attrs_;
   Activation act_;  // the fused activation (attributes activation, activation_params)
   std::string init_error_;  // set by the constructor, returned by every Compute
   SparseGemmRunner runner_;
+  // The per-image form.
+  RuntimeOptions options_;
+  Form form_ = Form::kAuto;
+  bool weight_constant_ = false;
+  bool bias_constant_ = false;
+  std::mutex mutex_;
+  std::map<std::array<int64_t, 3>, bool> nchw_by_shape_;  // (N, H, W) -> per-image form chosen
+  std::unique_ptr<SparseLtWeight> nchw_weight_;  // cuSPARSELt's weight for the batched product
+  std::string nchw_error_;                       // why it could not be built (then NHWC only)
+  DeviceBuffer nonfinite_flag_;                  // the per-image form's NaN/Inf flag
 };
 
 }  // namespace onnxsparse::cuda

@@ -57,6 +57,159 @@ cudaError_t LaunchIm2colNhwc(const T* nhwc, const Im2colArgs& a, T* col, cudaStr
   return cudaGetLastError();
 }
 
+
+namespace {
+
+__device__ __forceinline__ bool IsNonFinite(float v) { return !isfinite(v); }
+
+// One thread per element of the per-image im2col matrices [batch, K, cols], p fastest: writes are
+// contiguous, reads contiguous along ow.
+template <typename T>
+__global__ void Im2colNchwKernel(const T* __restrict__ x, Im2colArgs a, int64_t cols, int64_t krows,
+                                 T* __restrict__ col, unsigned int* flag) {
+  const int64_t total = a.batch * krows * cols;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t hw = a.out_h * a.out_w;
+  bool bad = false;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const int64_t p = i % cols;
+    const int64_t r = i / cols;
+    const int64_t krow = r % krows;
+    const int64_t b = r / krows;
+    T v = FromFloat<T>(0.f);
+    if (p < hw) {
+      const int64_t c = krow % a.channels;
+      const int64_t t = krow / a.channels;
+      const int64_t kw = t % a.kernel_w, kh = t / a.kernel_w;
+      const int64_t oh = p / a.out_w, ow = p % a.out_w;
+      const int64_t ih = oh * a.stride_h - a.pad_top + kh * a.dilation_h;
+      const int64_t iw = ow * a.stride_w - a.pad_left + kw * a.dilation_w;
+      if (ih >= 0 && ih < a.height && iw >= 0 && iw < a.width) {
+        v = x[((b * a.channels + c) * a.height + ih) * a.width + iw];
+        bad |= flag != nullptr && IsNonFinite(ToFloat(v));
+      }
+    }
+    col[i] = v;
+  }
+  if (flag != nullptr && __syncthreads_or(bad) && threadIdx.x == 0) *flag = 1u;
+}
+
+template <typename T>
+__global__ void ScanFlatKernel(const T* __restrict__ x, int64_t count, unsigned int* flag) {
+  bool bad = false;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += stride) {
+    bad |= IsNonFinite(ToFloat(x[i]));
+  }
+  if (__syncthreads_or(bad) && threadIdx.x == 0) *flag = 1u;
+}
+
+template <typename T>
+__global__ void EpilogueNchwKernel(const T* src, int64_t ld, T* y, int64_t oc, int64_t hw, int64_t total,
+                                   const T* __restrict__ bias, Activation act) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const int64_t p = i % hw;
+    const int64_t row = i / hw;  // b * oc + o
+    float v = ToFloat(src[row * ld + p]);
+    if (bias != nullptr) v += ToFloat(bias[row % oc]);
+    y[i] = FromFloat<T>(Activate(act, v));
+  }
+}
+
+// The weight W[o, kk] from SPEC's form (0 where pruned).
+template <typename T>
+__device__ __forceinline__ float DecodedWeight(const T* __restrict__ values, const uint8_t* __restrict__ index,
+                                               int64_t k, int64_t o, int64_t kk) {
+  const int64_t g = kk >> 2;
+  const uint32_t byte = index[o * ((k + 7) / 8) + (g >> 1)];
+  const uint32_t nibble = (g & 1) ? (byte >> 4) : (byte & 0xFu);
+  const uint32_t e = static_cast<uint32_t>(kk & 3);
+  float w = 0.f;
+  if (e == (nibble & 3u)) w += ToFloat(values[o * (k / 2) + 2 * g]);
+  if (e == min(3u, 1u + ((nibble >> 2) & 3u))) w += ToFloat(values[o * (k / 2) + 2 * g + 1]);
+  return w;
+}
+
+// Blocks over output columns (b, p): a column with a NaN/Inf in its im2col column is recomputed
+// densely, a thread per output channel.
+template <typename T>
+__global__ void NonFiniteFixNchwKernel(const T* __restrict__ col, int64_t k, int64_t cols, const T* __restrict__ values,
+                                       const uint8_t* __restrict__ index, const T* __restrict__ bias, Activation act,
+                                       int64_t batch, int64_t oc, int64_t hw, T* y, const unsigned int* flag) {
+  if (*flag == 0u) return;
+  for (int64_t column = blockIdx.x; column < batch * hw; column += gridDim.x) {
+    const int64_t b = column / hw, p = column % hw;
+    const T* xc = col + b * k * cols + p;
+    bool bad = false;
+    for (int64_t kk = threadIdx.x; kk < k; kk += blockDim.x) bad |= IsNonFinite(ToFloat(xc[kk * cols]));
+    if (!__syncthreads_or(bad)) continue;
+    for (int64_t o = threadIdx.x; o < oc; o += blockDim.x) {
+      float acc = 0.f;
+      for (int64_t kk = 0; kk < k; ++kk) acc += DecodedWeight(values, index, k, o, kk) * ToFloat(xc[kk * cols]);
+      if (bias != nullptr) acc += ToFloat(bias[o]);
+      y[(b * oc + o) * hw + p] = FromFloat<T>(Activate(act, acc));
+    }
+  }
+}
+
+unsigned int GridFor(int64_t total, int threads, int64_t cap = 65535 * 8) {
+  const int64_t blocks = (total + threads - 1) / threads;
+  return static_cast<unsigned int>(blocks < cap ? blocks : cap);
+}
+
+}  // namespace
+
+template <typename T>
+cudaError_t LaunchIm2colNchw(const T* x, const Im2colArgs& a, int64_t cols, T* col, unsigned int* flag,
+                             cudaStream_t stream) {
+  const int64_t krows = a.kernel_h * a.kernel_w * a.channels;
+  const int64_t total = a.batch * krows * cols;
+  if (total == 0) return cudaSuccess;
+  Im2colNchwKernel<T><<<GridFor(total, 256), 256, 0, stream>>>(x, a, cols, krows, col, flag);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t LaunchScanNonFiniteFlat(const T* x, int64_t count, unsigned int* flag, cudaStream_t stream) {
+  if (count <= 0) return cudaSuccess;
+  ScanFlatKernel<T><<<GridFor(count, 256, 2048), 256, 0, stream>>>(x, count, flag);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t LaunchConvEpilogueNchw(const T* src, int64_t ld, T* y, int64_t batch, int64_t oc, int64_t hw, const T* bias,
+                                   const Activation& act, cudaStream_t stream) {
+  const int64_t total = batch * oc * hw;
+  if (total == 0) return cudaSuccess;
+  EpilogueNchwKernel<T><<<GridFor(total, 256), 256, 0, stream>>>(src, ld, y, oc, hw, total, bias, act);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t LaunchConvNonFiniteFixNchw(const T* col, int64_t k, int64_t cols, const T* values, const uint8_t* index,
+                                       const T* bias, const Activation& act, int64_t batch, int64_t oc, int64_t hw,
+                                       T* y, const unsigned int* flag, cudaStream_t stream) {
+  if (batch * hw * oc == 0) return cudaSuccess;
+  const int64_t blocks = batch * hw < 2048 ? batch * hw : 2048;  // few: they exit at once when the flag is clear
+  NonFiniteFixNchwKernel<T><<<static_cast<unsigned int>(blocks), 128, 0, stream>>>(col, k, cols, values, index, bias,
+                                                                                 act, batch, oc, hw, y, flag);
+  return cudaGetLastError();
+}
+
+#define ONNXSPARSE_CONV_NCHW_INSTANTIATE(T)                                                                         \
+  template cudaError_t LaunchIm2colNchw<T>(const T*, const Im2colArgs&, int64_t, T*, unsigned int*, cudaStream_t); \
+  template cudaError_t LaunchScanNonFiniteFlat<T>(const T*, int64_t, unsigned int*, cudaStream_t);                 \
+  template cudaError_t LaunchConvEpilogueNchw<T>(const T*, int64_t, T*, int64_t, int64_t, int64_t, const T*,       \
+                                                 const Activation&, cudaStream_t);                                  \
+  template cudaError_t LaunchConvNonFiniteFixNchw<T>(const T*, int64_t, int64_t, const T*, const uint8_t*, const T*, \
+                                                     const Activation&, int64_t, int64_t, int64_t, T*,              \
+                                                     const unsigned int*, cudaStream_t);
+ONNXSPARSE_CONV_NCHW_INSTANTIATE(float)
+ONNXSPARSE_CONV_NCHW_INSTANTIATE(__half)
+ONNXSPARSE_CONV_NCHW_INSTANTIATE(__nv_bfloat16)
+#undef ONNXSPARSE_CONV_NCHW_INSTANTIATE
+
 template cudaError_t LaunchIm2colNhwc<float>(const float*, const Im2colArgs&, float*, cudaStream_t);
 template cudaError_t LaunchIm2colNhwc<__half>(const __half*, const Im2colArgs&, __half*, cudaStream_t);
 template cudaError_t LaunchIm2colNhwc<__nv_bfloat16>(const __nv_bfloat16*, const Im2colArgs&, __nv_bfloat16*,

@@ -74,6 +74,16 @@ class SparseLtWeight {
   // cuSPARSELt needs M a multiple of this; the caller runs the remainder rows itself.
   static constexpr int64_t kMAlign = 16;
 
+  // Conv's per-image product, with no transpose (cusparselt/batched.cc): for b < batches,
+  // Y_b [n, cols] = W [n, k] . X_b [k, cols] (+ bias, then ReLU when fuse_relu), all row-major and
+  // contiguous (batch strides k*cols and n*cols; the weight broadcast to every b), i.e. NCHW's
+  // output of an image from its im2col matrix in (kh, kw, c) row order. cols must be a multiple of
+  // 8. The plan is tuned as Run's (cache, search or default algorithm), keyed by M = batches*cols
+  // and ldy = -cols. *used false (and OK): cuSPARSELt does not take this shape. With us != null
+  // (not capturing), *us gets the plan's time per call (-1 when unknown) and nothing else runs.
+  Ort::Status RunBatched(const char* op, const void* x, int64_t batches, int64_t cols, void* y, bool fuse_relu,
+                         cudaStream_t stream, bool* used, float* us = nullptr);
+
  private:
   struct Plan;
   // Whether cuSPARSELt takes this call: M a positive multiple of kMAlign, X and Y 16-byte aligned
@@ -86,6 +96,8 @@ class SparseLtWeight {
                           cudaStream_t stream, Plan* plan);
   // The plan of plan->config_id (-1: cuSPARSELt's default algorithm).
   Ort::Status InitPlan(const char* op, Plan* plan);
+  // The descriptors and matmul of a batched plan (RunBatched); false when cuSPARSELt refuses them.
+  bool DescribeBatched(int64_t batches, int64_t cols, Plan* plan);
   cudaError_t GrowWorkspace(size_t bytes);
   void* Workspace() const;
 
@@ -96,6 +108,7 @@ class SparseLtWeight {
   int64_t n_ = 0;
   int64_t k_ = 0;
   const void* bias_ = nullptr;
+  bool relu_ = false;  // the batched plans' fused ReLU (RunBatched's fuse_relu; one value per weight)
   struct Impl;
   std::unique_ptr<Impl> impl_;
   std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Plan>> plans_;  // by (m, ldy)

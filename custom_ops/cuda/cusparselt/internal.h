@@ -24,6 +24,9 @@ struct SparseLtWeight::Plan {
   bool initialised = false;
   int config_id = -1;      // the algorithm configuration chosen (-1: cuSPARSELt's default)
   float best_us = -1.f;    // its measured time per call (-1: not measured, e.g. chosen during capture)
+  // A batched plan (SparseLtWeight::RunBatched) describes the weight again with its batch count.
+  cusparseLtMatDescriptor_t mat_a;
+  bool has_mat_a = false;
 };
 
 namespace cusparselt {

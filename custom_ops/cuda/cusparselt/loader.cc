@@ -81,6 +81,7 @@ Loaded& Library(const std::string& preferred) {
     sym(a.DenseDescriptorInit, "cusparseLtDenseDescriptorInit");
     sym(a.StructuredDescriptorInit, "cusparseLtStructuredDescriptorInit");
     sym(a.MatDescriptorDestroy, "cusparseLtMatDescriptorDestroy");
+    sym(a.MatDescSetAttribute, "cusparseLtMatDescSetAttribute");
     sym(a.MatmulDescriptorInit, "cusparseLtMatmulDescriptorInit");
     sym(a.MatmulDescSetAttribute, "cusparseLtMatmulDescSetAttribute");
     sym(a.MatmulAlgSelectionInit, "cusparseLtMatmulAlgSelectionInit");

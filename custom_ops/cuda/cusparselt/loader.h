@@ -22,6 +22,7 @@ struct Api {
   decltype(&cusparseLtDenseDescriptorInit) DenseDescriptorInit = nullptr;
   decltype(&cusparseLtStructuredDescriptorInit) StructuredDescriptorInit = nullptr;
   decltype(&cusparseLtMatDescriptorDestroy) MatDescriptorDestroy = nullptr;
+  decltype(&cusparseLtMatDescSetAttribute) MatDescSetAttribute = nullptr;  // batches (Conv's per-image form)
   decltype(&cusparseLtMatmulDescriptorInit) MatmulDescriptorInit = nullptr;
   decltype(&cusparseLtMatmulDescSetAttribute) MatmulDescSetAttribute = nullptr;
   decltype(&cusparseLtMatmulAlgSelectionInit) MatmulAlgSelectionInit = nullptr;

@@ -152,6 +152,7 @@ SparseLtWeight::~SparseLtWeight() {
     lib.api.MatmulAlgSelectionDestroy(&p.alg);
     lib.api.MatDescriptorDestroy(&p.mat_b);
     lib.api.MatDescriptorDestroy(&p.mat_c);
+    if (p.has_mat_a) lib.api.MatDescriptorDestroy(&p.mat_a);
   }
   if (impl_->has_mat_a) lib.api.MatDescriptorDestroy(&impl_->mat_a);
 }
@@ -205,19 +206,23 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
   const cusparseLtHandle_t* h = impl_->handle;
   const cudaDataType dt = DataType(type_);
   // A shape cuSPARSELt rejects is remembered as unsupported (the own kernel runs it).
-  if (a.DenseDescriptorInit(h, &p.mat_b, m, k_, k_, 16, dt, CUSPARSE_ORDER_ROW) != CUSPARSE_STATUS_SUCCESS) {
-    return Ort::Status{nullptr};
-  }
-  if (a.DenseDescriptorInit(h, &p.mat_c, n_, m, ldy, 16, dt, CUSPARSE_ORDER_COL) != CUSPARSE_STATUS_SUCCESS) {
-    a.MatDescriptorDestroy(&p.mat_b);
-    return Ort::Status{nullptr};
-  }
-  if (a.MatmulDescriptorInit(h, &p.matmul, CUSPARSE_OPERATION_NON_TRANSPOSE, CUSPARSE_OPERATION_TRANSPOSE,
-                             &impl_->mat_a, &p.mat_b, &p.mat_c, &p.mat_c, CUSPARSE_COMPUTE_32F) !=
-      CUSPARSE_STATUS_SUCCESS) {
-    a.MatDescriptorDestroy(&p.mat_b);
-    a.MatDescriptorDestroy(&p.mat_c);
-    return Ort::Status{nullptr};
+  if (ldy < 0) {  // Conv's per-image form (RunBatched, cusparselt/batched.cc): m = batches * columns, ldy = -columns
+    if (!DescribeBatched(m / -ldy, -ldy, &p)) return Ort::Status{nullptr};
+  } else {
+    if (a.DenseDescriptorInit(h, &p.mat_b, m, k_, k_, 16, dt, CUSPARSE_ORDER_ROW) != CUSPARSE_STATUS_SUCCESS) {
+      return Ort::Status{nullptr};
+    }
+    if (a.DenseDescriptorInit(h, &p.mat_c, n_, m, ldy, 16, dt, CUSPARSE_ORDER_COL) != CUSPARSE_STATUS_SUCCESS) {
+      a.MatDescriptorDestroy(&p.mat_b);
+      return Ort::Status{nullptr};
+    }
+    if (a.MatmulDescriptorInit(h, &p.matmul, CUSPARSE_OPERATION_NON_TRANSPOSE, CUSPARSE_OPERATION_TRANSPOSE,
+                               &impl_->mat_a, &p.mat_b, &p.mat_c, &p.mat_c, CUSPARSE_COMPUTE_32F) !=
+        CUSPARSE_STATUS_SUCCESS) {
+      a.MatDescriptorDestroy(&p.mat_b);
+      a.MatDescriptorDestroy(&p.mat_c);
+      return Ort::Status{nullptr};
+    }
   }
   if (bias_ != nullptr) {
     const void* bias = bias_;
