@@ -26,7 +26,9 @@
 
 namespace onnxsparse::cuda {
 
-enum class ElementType { kFloat16, kBFloat16 };
+// kInt8 (QMatMulCompress, QConv2dCompress): int8 weight and activations, an int32 product (compute
+// 32I, alpha 1, no bias), which the int8 epilogue turns into the output.
+enum class ElementType { kFloat16, kBFloat16, kInt8 };
 
 // Whether cuSPARSELt could be loaded; when not, *why says so (built without it, library missing).
 // `library` (onnxsparse.cusparselt.library) is tried first by the process's first call.

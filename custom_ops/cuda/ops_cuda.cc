@@ -1,10 +1,13 @@
-// Registers the CUDA variants (float, float16, bfloat16) of the three ops for
-// CUDAExecutionProvider, under the same names as the CPU variants.
+// Registers the CUDA variants (float, float16, bfloat16) of the three ops, and the int8 ops
+// QMatMulCompress and QConv2dCompress, for CUDAExecutionProvider, under the same names as the CPU variants.
 #include "cuda/ops_cuda.h"
 
 #include "cuda/compress_op.h"
 #include "cuda/conv2d_compress.h"
 #include "cuda/matmul_compress.h"
+#include "cuda/qconv2d_compress.h"
+#include "cuda/qmatmul_compress.h"
+#include "cuda/qop.h"
 
 namespace onnxsparse::cuda {
 
@@ -23,6 +26,9 @@ void AppendCudaOps(std::vector<std::unique_ptr<OrtCustomOp>>& ops) {
   AppendAllTypes<MatMulCompressCuda>("MatMulCompress", ops);
   AppendAllTypes<Conv2dCompressCuda>("Conv2dCompress", ops);
   AppendAllTypes<CompressOpCuda>("CompressOp", ops);
+  // The int8 ops: six (A, Y) type variants each (cuda/qop.h).
+  AppendQVariants<QMatMulCompressCuda>(ops);
+  AppendQVariants<QConv2dCompressCuda>(ops);
 }
 
 }  // namespace onnxsparse::cuda

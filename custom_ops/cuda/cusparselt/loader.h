@@ -60,7 +60,14 @@ std::string LtError(cusparseStatus_t status);
 // The process's cuSPARSELt handle for the current device (created on first use).
 Ort::Status DeviceHandle(const char* op, const cusparseLtHandle_t** out);
 
-inline cudaDataType DataType(ElementType type) { return type == ElementType::kFloat16 ? CUDA_R_16F : CUDA_R_16BF; }
+inline cudaDataType DataType(ElementType type) {
+  return type == ElementType::kFloat16 ? CUDA_R_16F : type == ElementType::kInt8 ? CUDA_R_8I : CUDA_R_16BF;
+}
+// The product's type and the compute type: int8 gives int32 (compute 32I), fp16/bf16 their own (32F).
+inline cudaDataType OutputDataType(ElementType type) { return type == ElementType::kInt8 ? CUDA_R_32I : DataType(type); }
+inline cusparseComputeType ComputeType(ElementType type) {
+  return type == ElementType::kInt8 ? CUSPARSE_COMPUTE_32I : CUSPARSE_COMPUTE_32F;
+}
 
 }  // namespace onnxsparse::cuda::cusparselt
 

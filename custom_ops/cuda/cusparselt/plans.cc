@@ -14,6 +14,7 @@
 #include "cuda/cusparselt/internal.h"
 #include "cuda/cusparselt/tuning_cache.h"
 #include "cuda/cusparselt_gemm.h"
+#include "cuda/qgemm_impl.cuh"
 #include "cuda/sparse_gemm_impl.cuh"
 
 namespace onnxsparse::cuda {
@@ -175,7 +176,10 @@ Ort::Status SparseLtWeight::Build(const char* op, ElementType type, const void* 
   ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, dense.Allocate(static_cast<size_t>(n * k * 2)));
   ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, buffer.Allocate(buffer_bytes));
   ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, compressed_.Allocate(compressed_bytes));
-  if (type == ElementType::kFloat16) {
+  if (type == ElementType::kInt8) {
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchDecompressInt8(static_cast<const int8_t*>(values), index, n, k,
+                                                             dense.as<int8_t>(), stream));
+  } else if (type == ElementType::kFloat16) {
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchDecompress<__half>(static_cast<const __half*>(values), index, n, k,
                                                                  dense.as<__half>(), stream));
   } else {
@@ -212,12 +216,13 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
     if (a.DenseDescriptorInit(h, &p.mat_b, m, k_, k_, 16, dt, CUSPARSE_ORDER_ROW) != CUSPARSE_STATUS_SUCCESS) {
       return Ort::Status{nullptr};
     }
-    if (a.DenseDescriptorInit(h, &p.mat_c, n_, m, ldy, 16, dt, CUSPARSE_ORDER_COL) != CUSPARSE_STATUS_SUCCESS) {
+    if (a.DenseDescriptorInit(h, &p.mat_c, n_, m, ldy, 16, cusparselt::OutputDataType(type_), CUSPARSE_ORDER_COL) !=
+        CUSPARSE_STATUS_SUCCESS) {
       a.MatDescriptorDestroy(&p.mat_b);
       return Ort::Status{nullptr};
     }
     if (a.MatmulDescriptorInit(h, &p.matmul, CUSPARSE_OPERATION_NON_TRANSPOSE, CUSPARSE_OPERATION_TRANSPOSE,
-                               &impl_->mat_a, &p.mat_b, &p.mat_c, &p.mat_c, CUSPARSE_COMPUTE_32F) !=
+                               &impl_->mat_a, &p.mat_b, &p.mat_c, &p.mat_c, cusparselt::ComputeType(type_)) !=
         CUSPARSE_STATUS_SUCCESS) {
       a.MatDescriptorDestroy(&p.mat_b);
       a.MatDescriptorDestroy(&p.mat_c);

@@ -23,7 +23,9 @@ const char kCacheColumns[] = "# cusparselt\tgpu\tsm\tdtype\tm\tn\tk\tldy\tbias\t
 
 namespace {
 
-const char* TypeName(int type) { return type == kCacheFloat16 ? "float16" : "bfloat16"; }
+const char* TypeName(int type) {
+  return type == kCacheFloat16 ? "float16" : type == kCacheInt8 ? "int8" : "bfloat16";
+}
 
 // A whole field as a number; false when it holds anything else.
 bool ParseInt(const std::string& text, int64_t* out) {
@@ -87,7 +89,7 @@ bool ParseEntry(const std::string& line, CacheKey* key, CacheEntry* entry) {
   }
   int64_t version[3], sm[2], m, n, k, ldy, bias, max_id, config;
   if (f.size() != 12 || f[1].empty() || !ParseDotted(f[0], 3, version) || !ParseDotted(f[2], 2, sm) ||
-      (f[3] != "float16" && f[3] != "bfloat16") || !ParseInt(f[4], &m) || !ParseInt(f[5], &n) ||
+      (f[3] != "float16" && f[3] != "bfloat16" && f[3] != "int8") || !ParseInt(f[4], &m) || !ParseInt(f[5], &n) ||
       !ParseInt(f[6], &k) || !ParseInt(f[7], &ldy) || !ParseInt(f[8], &bias) || !ParseInt(f[9], &max_id) ||
       !ParseInt(f[10], &config)) {
     return false;
@@ -105,7 +107,7 @@ bool ParseEntry(const std::string& line, CacheKey* key, CacheEntry* entry) {
   key->gpu = f[1];
   key->sm_major = static_cast<int>(sm[0]);
   key->sm_minor = static_cast<int>(sm[1]);
-  key->type = f[3] == "float16" ? kCacheFloat16 : kCacheBFloat16;
+  key->type = f[3] == "float16" ? kCacheFloat16 : f[3] == "int8" ? kCacheInt8 : kCacheBFloat16;
   key->m = m;
   key->n = n;
   key->k = k;

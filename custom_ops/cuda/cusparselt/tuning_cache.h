@@ -27,7 +27,7 @@ extern const char kCacheColumns[];
 constexpr int kOwnKernel = -1;
 
 // Element types as the file spells them (the order of ElementType).
-enum CacheDtype : int { kCacheFloat16 = 0, kCacheBFloat16 = 1 };
+enum CacheDtype : int { kCacheFloat16 = 0, kCacheBFloat16 = 1, kCacheInt8 = 2 };
 
 struct CacheKey {
   int version = 0;  // cuSPARSELt's, major*1000 + minor*100 + patch

@@ -1,0 +1,302 @@
+"""Per-GEMM benchmark of the int8 sparse op (QMatMulCompress, CUDA) on the GPU machine.
+
+    python benchmarks/cuda/int8_bench.py [--ms 1 16 128 2048 8192] [--shapes 4096x4096 ...]
+                                         [--search-min-m 2048] [--out FILE.json]
+
+For each weight shape K x N and M: Y[M, N] from X[M, K] by
+  - int8 sparse: QMatMulCompress in ONNX Runtime's CUDA EP, uint8 activations -> uint8 output
+    (requantized, ORT's default static quantization) and int8 -> float output; weights 2:4 int8,
+    per-channel scales, int32 bias;
+  - ORT fp16 dense: MatMul with an fp16 weight in the same CUDA EP (models.bench_nets.gemm_models);
+  - torch._int_mm: dense int8 x int8 -> int32 (cuBLAS), the dense int8 reference outside ONNX
+    Runtime; and torch._cslt_sparse_mm int8 -> int32 with its best algorithm (cuSPARSELt alone,
+    no epilogue) to show what our epilogue and activation pass cost.
+ONNX Runtime models hold LAYERS independent layers reading one input and run under CUDA-graph
+replay (io-binding, one graph per M), so the time per layer is kernel time; torch times a CUDA
+graph of LAYERS products the same way. torch runs in a child process (it loads its own copies of
+the CUDA libraries). The int8 sessions search cuSPARSELt's configurations (tune=search) for
+M >= --search-min-m, else take its default algorithm, with the own kernel timed against it
+(docs: DEVELOPERS.md, onnxsparse.cusparselt.tune).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+LAYERS = 8
+MS = [1, 16, 128, 2048, 8192]
+SHAPES = [(4096, 4096), (5120, 13824), (8192, 8192)]
+
+
+def log(*args):
+    print(*args, flush=True)
+
+
+# --- torch (child process) ------------------------------------------------------------------------
+
+def torch_child(shapes, ms) -> dict:
+    import torch
+
+    def graph_us(fn, reps=20):
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            fn()
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn()
+        g.replay()
+        torch.cuda.synchronize()
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            g.replay()
+        stop.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(stop) * 1000 / reps / LAYERS
+
+    out = {"torch": torch.__version__, "device": torch.cuda.get_device_name(0)}
+    try:
+        out["cusparselt"] = str(torch.backends.cusparselt.version())
+    except Exception:  # noqa: BLE001
+        pass
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for k, n in shapes:
+        ws = [torch.randint(-127, 128, (k, n), device="cuda", dtype=torch.int8, generator=gen) for _ in range(LAYERS)]
+        mask = torch.tensor([1, 1, 0, 0], device="cuda", dtype=torch.bool).repeat(n, k // 4)
+        sparse = []
+        try:
+            for w in ws:
+                sparse.append(torch._cslt_compress((w.t().contiguous() * mask).contiguous()))
+        except Exception as e:  # noqa: BLE001
+            out[f"cslt_error_{k}x{n}"] = str(e).splitlines()[0][:200]
+            sparse = []
+        for m in ms:
+            key = f"{k}x{n}x{m}"
+            mm = max(m, 17)  # _int_mm wants M > 16
+            x = torch.randint(-127, 128, (mm, k), device="cuda", dtype=torch.int8, generator=gen)
+            try:
+                ys = [None] * LAYERS
+
+                def dense():
+                    for i, w in enumerate(ws):
+                        ys[i] = torch._int_mm(x, w)
+                out[f"int_mm_{key}"] = (graph_us(dense), mm)
+            except Exception as e:  # noqa: BLE001
+                out[f"int_mm_{key}"] = (None, str(e).splitlines()[0][:200])
+            if sparse:
+                try:
+                    xt = x.t()  # [K, M] view, as torch's semi-structured linear passes it
+                    alg = torch._cslt_sparse_mm_search(sparse[0], xt, out_dtype=torch.int32)
+
+                    def cslt():
+                        for i, c in enumerate(sparse):
+                            ys[i] = torch._cslt_sparse_mm(c, xt, out_dtype=torch.int32, alg_id=alg)
+                    out[f"cslt_{key}"] = (graph_us(cslt), mm)
+                except Exception as e:  # noqa: BLE001
+                    out[f"cslt_{key}"] = (None, str(e).splitlines()[0][:200])
+            del x
+        del ws, sparse
+        torch.cuda.empty_cache()
+    return out
+
+
+# --- ONNX Runtime ---------------------------------------------------------------------------------
+
+def int8_model(k: int, n: int, adtype, ydtype, rng) -> bytes:
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from onnxsparse import format as fmt
+
+    base = rng.integers(-127, 128, (n, k // 4, 4)).astype(np.int8)
+    keep = np.argsort(rng.random((n, k // 4, 4)), axis=-1)[..., :2]
+    mask = np.zeros(base.shape, bool)
+    np.put_along_axis(mask, keep, True, axis=-1)
+    rows = np.where(mask, base, 0).reshape(n, k).astype(np.int8)
+    values, index = fmt.compress(rows)
+    tdt = {np.uint8: onnx.TensorProto.UINT8, np.int8: onnx.TensorProto.INT8, np.float32: onnx.TensorProto.FLOAT}
+    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "as"),
+             numpy_helper.from_array(np.array(128 if adtype == np.uint8 else 0, adtype), "azp")]
+    if ydtype != np.float32:
+        inits += [numpy_helper.from_array(np.array(0.5, np.float32), "ys"),
+                  numpy_helper.from_array(np.array(128 if ydtype == np.uint8 else 0, ydtype), "yzp")]
+    nodes = []
+    for i in range(LAYERS):
+        inits += [numpy_helper.from_array(np.roll(values, i * 7, axis=0), f"V{i}"),
+                  numpy_helper.from_array(np.roll(index, i * 7, axis=0), f"I{i}"),
+                  numpy_helper.from_array((rng.random(n) * 0.001 + 0.0005).astype(np.float32), f"WS{i}"),
+                  numpy_helper.from_array(rng.integers(-1000, 1000, n).astype(np.int32), f"B{i}")]
+        ins = ["X", "as", "azp", f"V{i}", f"I{i}", f"WS{i}", f"B{i}"]
+        if ydtype != np.float32:
+            ins += ["ys", "yzp"]
+        nodes.append(helper.make_node("QMatMulCompress", ins, [f"Y{i}"], domain="onnxsparse"))
+    graph = helper.make_graph(nodes, "int8", [helper.make_tensor_value_info("X", tdt[adtype], ["M", k])],
+                              [helper.make_tensor_value_info(f"Y{i}", tdt[ydtype], ["M", n]) for i in range(LAYERS)],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("onnxsparse", 1)])
+    model.ir_version = 10
+    return model.SerializeToString()
+
+
+def graph_us(sess, x_dtype, k: int, n: int, m: int, y_dtype, graph_id: int, min_time: float = 0.1) -> float:
+    """Microseconds per layer under CUDA-graph replay (runs queued without a host sync)."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(m)
+    if np.dtype(x_dtype).kind == "f":
+        host = (rng.standard_normal((m, k)) * 0.5).astype(x_dtype)
+    else:
+        info = np.iinfo(x_dtype)
+        host = rng.integers(info.min, int(info.max) + 1, (m, k)).astype(x_dtype)
+    x = ort.OrtValue.ortvalue_from_numpy(host, "cuda", 0)
+    ys = [ort.OrtValue.ortvalue_from_shape_and_type([m, n], y_dtype, "cuda", 0) for _ in range(LAYERS)]
+    b = sess.io_binding()
+    b.bind_ortvalue_input("X", x)
+    for i, y in enumerate(ys):
+        b.bind_ortvalue_output(f"Y{i}", y)
+    ro = ort.RunOptions()
+    ro.add_run_config_entry("gpu_graph_id", str(graph_id))
+    for _ in range(3):  # warm-up (first calls tune and allocate), capture, replay
+        sess.run_with_iobinding(b, ro)
+    ro_async = ort.RunOptions()
+    ro_async.add_run_config_entry("gpu_graph_id", str(graph_id))
+    ro_async.add_run_config_entry("disable_synchronize_execution_providers", "1")
+    reps = 5
+    while True:
+        b.synchronize_outputs()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            sess.run_with_iobinding(b, ro_async)
+        sess.run_with_iobinding(b, ro)
+        dt = (time.perf_counter() - t0) / (reps + 1)
+        if dt * (reps + 1) >= min_time or reps >= 1000:
+            break
+        reps = int(min(1000, max(reps * 2, min_time / max(dt, 1e-6))))
+    return dt / LAYERS * 1e6
+
+
+def ort_part(shapes, ms, search_min_m: int, cache: str) -> list[dict]:
+    import onnxruntime as ort
+
+    from models.bench_nets import gemm_models
+    from onnxsparse.session import session_options
+
+    provider = [("CUDAExecutionProvider", {"enable_cuda_graph": "1"})]
+    rows = []
+    rng = np.random.default_rng(0)
+    for k, n in shapes:
+        t0 = time.time()
+        res = {}
+        dense, _ = gemm_models("float16", k, n, rng)
+        sess = ort.InferenceSession(dense, session_options(), providers=provider)
+        for gid, m in enumerate(ms, start=1):
+            try:
+                res[("fp16", m)] = graph_us(sess, np.float16, k, n, m, np.float16, gid)
+            except Exception as e:  # noqa: BLE001
+                log(f"  fp16 dense K={k} N={n} M={m}: {str(e).splitlines()[0][:200]}")
+        del sess
+        for name, adtype, ydtype in (("u8->u8", np.uint8, np.uint8), ("s8->f32", np.int8, np.float32)):
+            blob = int8_model(k, n, adtype, ydtype, rng)
+            for searching in (False, True):
+                group = [m for m in ms if (m >= search_min_m) == searching]
+                if not group:
+                    continue
+                opts = session_options(cusparselt_tune="search" if searching else "cache", cusparselt_cache=cache)
+                sess = ort.InferenceSession(blob, opts, providers=provider)
+                for gid, m in enumerate(group, start=1):
+                    try:
+                        res[(name, m)] = graph_us(sess, adtype, k, n, m, ydtype, gid)
+                    except Exception as e:  # noqa: BLE001
+                        log(f"  {name} K={k} N={n} M={m}: {str(e).splitlines()[0][:300]}")
+                del sess
+        for m in ms:
+            rows.append({"k": k, "n": n, "m": m, **{f"{key}_us": round(res[(key, m)], 2)
+                                                    for key in ("fp16", "u8->u8", "s8->f32") if (key, m) in res}})
+        log(f"  ORT K={k} N={n}: {time.time() - t0:.0f} s")
+    return rows
+
+
+def versions() -> dict:
+    import onnxruntime as ort
+
+    info = {"onnxruntime": ort.__version__, "python": platform.python_version()}
+    try:
+        q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                           capture_output=True, text=True, timeout=30)
+        info["gpu"] = q.stdout.strip()
+    except Exception:  # noqa: BLE001
+        pass
+    return info
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ms", type=int, nargs="+", default=MS)
+    ap.add_argument("--shapes", nargs="+", default=[f"{k}x{n}" for k, n in SHAPES], help="KxN")
+    ap.add_argument("--search-min-m", type=int, default=2048,
+                    help="search cuSPARSELt's configurations from this M (about 5 s per shape and M)")
+    ap.add_argument("--out", default="")
+    ap.add_argument("--torch-child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
+    if args.torch_child:
+        print(json.dumps(torch_child(shapes, args.ms)))
+        return
+    t_start = time.time()
+    child = subprocess.run([sys.executable, __file__, "--torch-child", "--ms", *map(str, args.ms), "--shapes",
+                            *args.shapes], capture_output=True, text=True, timeout=600)
+    try:
+        ref = json.loads(child.stdout.strip().splitlines()[-1])
+    except Exception:  # noqa: BLE001
+        ref = {}
+        log("torch child failed:", child.stderr[-1500:])
+    log(f"torch part: {time.time() - t_start:.0f} s")
+    cache = os.path.join(tempfile.mkdtemp(prefix="int8_bench_"), "cusparselt_tuning.txt")
+    rows = ort_part(shapes, args.ms, args.search_min_m, cache)
+    meta = {**versions(), "torch": ref.get("torch"), "torch_device": ref.get("device"),
+            "torch_cusparselt": ref.get("cusparselt"), "layers": LAYERS, "seconds": round(time.time() - t_start)}
+    for r in rows:
+        key = f"{r['k']}x{r['n']}x{r['m']}"
+        for name in ("int_mm", "cslt"):
+            v = ref.get(f"{name}_{key}")
+            if v and v[0] is not None:
+                r[f"{name}_us"] = round(v[0], 2)
+                if v[1] != r["m"]:
+                    r[f"{name}_m"] = v[1]
+    log("")
+    log(f"int8 2:4 QMatMulCompress vs dense, us per layer (kernel time, CUDA-graph replay, {LAYERS} layers per model)")
+    log(f"device: {meta.get('gpu') or meta.get('torch_device')}; onnxruntime {meta['onnxruntime']}, torch {meta['torch']}, "
+        f"cuSPARSELt (torch's) {meta['torch_cusparselt']}")
+    log("| K x N | M | sparse u8->u8 | sparse s8->f32 | cuSPARSELt alone | torch _int_mm | ORT fp16 | vs int8 dense | vs fp16 |")
+    log("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        best = min([r[key] for key in ("u8->u8_us", "s8->f32_us") if key in r] or [float("nan")])
+        u8 = r.get("u8->u8_us", float("nan"))
+        mm = r.get("int_mm_us", float("nan"))
+        pad = f" (M={r['int_mm_m']})" if "int_mm_m" in r else ""
+        log(f"| {r['k']}x{r['n']} | {r['m']} | {u8:.2f} | {r.get('s8->f32_us', float('nan')):.2f} | "
+            f"{r.get('cslt_us', float('nan')):.2f} | {mm:.2f}{pad} | {r.get('fp16_us', float('nan')):.2f} | "
+            f"x{mm / u8:.2f} | x{r.get('fp16_us', float('nan')) / u8:.2f} |")
+        r["best_sparse_us"] = best
+    log(f"(speedups use sparse u8->u8; total {time.time() - t_start:.0f} s)")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+// Launchers of the int8 sparse GEMM kernels of QMatMulCompress and QConv2dCompress (docs/ops.md,
+// "int8 ops"). Host code includes this header only; the kernels are in qgemm_impl.cu.
+//
+// acc[m, n] = sum_k (A[m, k] - a_zero_point) * W[k, n] + bias[n], exact in int32, W the dense int8
+// [k, n] matrix that SPEC's (values [n, k/2] int8, index [n, ceil(k/8)]) encode. A uint8 A is read
+// as A - 128 (an int8: the byte XOR 0x80), so that the tensor cores' s8 x s8 product serves both
+// activation types; the zero point is then corrected with the weight's row sums:
+//   acc = sum_k A'[m, k] W[k, n] - zp' * wsum[n] + bias[n],  A' = A - 128, zp' = zp - 128 (uint8)
+//                                                            A' = A,       zp' = zp       (int8)
+// The epilogue turns acc into Y exactly as the contract says: float(acc) * (a_scale * w_scale[n])
+// (float output), or saturate(round_half_to_even(float(acc) * m[n]) + y_zero_point) with
+// m[n] = a_scale * w_scale[n] / y_scale (quantized output), Relu before the quantization. The
+// scales and zero points are read on the device (they may be computed by the model), so nothing
+// is copied to the host per call and CUDA graphs capture the op.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace onnxsparse::cuda {
+
+enum class QOutType : int { kFloat = 0, kUint8 = 1, kInt8 = 2 };
+
+// What turns an int32 accumulator into one output element. Pointers are device pointers.
+struct QEpilogue {
+  const int32_t* wsum = nullptr;        // [n]: sum over k of the decoded weight row
+  const void* a_zero_point = nullptr;   // scalar of A's type, or null (0)
+  bool a_unsigned = false;              // A is uint8 (the GEMM read A - 128)
+  const float* a_scale = nullptr;       // scalar
+  const float* w_scale = nullptr;       // [n] (w_per_channel) or a scalar
+  bool w_per_channel = false;
+  const int32_t* bias = nullptr;        // [n] or null
+  const float* y_scale = nullptr;       // scalar; null for a float output
+  const void* y_zero_point = nullptr;   // scalar of Y's type, or null (0)
+  QOutType out_type = QOutType::kFloat;
+  bool relu = false;
+  void* y = nullptr;                    // Y, at row 0 and column 0 of the whole op's output
+  int64_t ldy = 0;                      // elements per row of Y [m, ldy] (hw == 0), or channels (hw > 0)
+  int64_t hw = 0;                       // > 0: Y is NCHW [m / hw, ldy, hw] (Conv), row m = image pixel
+  int64_t n_offset = 0;                 // this GEMM's first output column (Conv's group): scales, bias
+                                        // and wsum are indexed from it
+  int64_t m_offset = 0;                 // this GEMM's first output row
+};
+
+// One int8 GEMM: x [m, k] (row stride k; uint8 or int8 as epi.a_unsigned says), the weight rows
+// (values, index) of n output features, and the epilogue.
+struct QGemmArgs {
+  const void* x = nullptr;
+  int64_t m = 0, k = 0, n = 0;
+  const int8_t* values = nullptr;   // [n, k/2]
+  const uint8_t* index = nullptr;   // [n, ceil(k/8)]
+  QEpilogue epi;
+};
+
+// The own kernel: the weight read in SPEC's form and decoded in registers into the A fragments of
+// the int8 tensor-core MMA (mma.sync m16n8k32 s8, sm_80+), activations as its B, int32
+// accumulation, the epilogue fused into the store. Any m, k (k % 4 == 0), n.
+cudaError_t LaunchQGemmOwn(const QGemmArgs& args, cudaStream_t stream);
+
+// The epilogue alone, for a product computed elsewhere (cuSPARSELt): acc32 [m, n] with row stride
+// ldc holds sum_k A'[m, k] W[k, n].
+cudaError_t LaunchQEpilogue(const int32_t* acc32, int64_t ldc, int64_t m, int64_t n, const QEpilogue& epi,
+                            cudaStream_t stream);
+
+// out [m, k] int8 = x [m, k] (row stride ldx) read as A' (uint8: XOR 0x80; int8: copied).
+cudaError_t LaunchShiftActivations(const void* x, int64_t ldx, int64_t m, int64_t k, bool a_unsigned, int8_t* out,
+                                   cudaStream_t stream);
+
+// wsum[r] = sum of the decoded row r of (values, index), r < rows (int32, exact).
+cudaError_t LaunchWeightRowSums(const int8_t* values, const uint8_t* index, int64_t rows, int64_t k, int32_t* wsum,
+                                cudaStream_t stream);
+
+// dense [rows, k] int8 = the matrix (values, index) encode (cuSPARSELt's input).
+cudaError_t LaunchDecompressInt8(const int8_t* values, const uint8_t* index, int64_t rows, int64_t k, int8_t* dense,
+                                 cudaStream_t stream);
+
+// QConv2dCompress's im2col on NCHW uint8/int8 input (one byte per element): col[(b*OH + oh)*OW + ow,
+// (kh*KW + kw)*Cg + c] = x[b, channel_offset + c, ih, iw], or pad_value outside the image (the
+// activation's zero point, read on the device; null: 0).
+struct QIm2colArgs {
+  int64_t batch = 0, channels = 0, height = 0, width = 0;
+  int64_t channel_offset = 0, group_channels = 0;
+  int64_t kernel_h = 0, kernel_w = 0, stride_h = 1, stride_w = 1;
+  int64_t pad_top = 0, pad_left = 0, dilation_h = 1, dilation_w = 1;
+  int64_t out_h = 0, out_w = 0;
+};
+cudaError_t LaunchQIm2col(const uint8_t* x, const QIm2colArgs& args, const uint8_t* pad_value, uint8_t* col,
+                          cudaStream_t stream);
+
+}  // namespace onnxsparse::cuda
