@@ -76,6 +76,15 @@ def _input(node: gs.Node, i: int) -> gs.Tensor | None:
     return node.inputs[i] if len(node.inputs) > i and not is_omitted(node.inputs[i]) else None
 
 
+def _weight_producer(node: gs.Node) -> gs.Node | None:
+    """The node computing a layer's weight input, through Identity chains (shared weights)."""
+    found = producer(node.inputs[1])
+    seen = 0
+    while _is_onnx(found, "Identity") and found.inputs and seen < 64:
+        found, seen = producer(found.inputs[0]), seen + 1
+    return found
+
+
 def quant_form(node: gs.Node) -> str | None:
     """``"QDQ"`` for a Conv/MatMul/Gemm whose weight a DequantizeLinear computes, the op's name for
     a QOperator node, None for anything else."""
@@ -83,7 +92,7 @@ def quant_form(node: gs.Node) -> str | None:
     if domains is not None and node.domain in domains:
         return node.op
     if node.op in ("Conv", "MatMul", "Gemm") and node.domain in ONNX_DOMAINS and len(node.inputs) > 1:
-        if _is_onnx(producer(node.inputs[1]), "DequantizeLinear"):
+        if _is_onnx(_weight_producer(node), "DequantizeLinear"):
             return QDQ
     return None
 
@@ -114,7 +123,7 @@ class QuantWeight:
 def _weight_inputs(node: gs.Node) -> tuple[gs.Tensor, gs.Tensor | None, gs.Tensor | None, int | None, str]:
     """(weight, scale, zero point, axis of a per-channel scale, what names them) of a quantized node."""
     if node.op in ("Conv", "MatMul", "Gemm"):
-        dq = producer(node.inputs[1])
+        dq = _weight_producer(node)
         return dq.inputs[0], _input(dq, 1), _input(dq, 2), int(dq.attrs.get("axis", 1)), "the weight's DequantizeLinear"
     if node.op in ("QLinearMatMul", "QLinearConv", "QGemm"):
         return node.inputs[3], _input(node, 4), _input(node, 5), None, node.op
@@ -138,6 +147,10 @@ def check_weight(graph, node: gs.Node, record: LayerRecord) -> QuantWeight | str
     weight, scale, zero_point, axis, where = _weight_inputs(node)
     record.weight = node.inputs[1].name if record.quant == QDQ else weight.name
     source, why_not = resolve_constant(graph, weight)
+    if source is None and _is_onnx(producer(weight), "QuantizeLinear"):
+        return (f"the weight is quantized at run time by the QuantizeLinear '{producer(weight).name}' (ONNX Runtime's "
+                "quantizer does so for a weight read through an Identity, such as one shared by two layers), "
+                "so its int8 values are not constant")
     if source is None:
         return f"the int8 weight is not constant ({why_not})"
     proto = constant_proto(source.tensor)
@@ -173,7 +186,7 @@ def check_weight(graph, node: gs.Node, record: LayerRecord) -> QuantWeight | str
             return values
         if values.dtype != np.float32:
             return f"the weight scale of {where} is {values.dtype}, not float"
-        if record.quant == QDQ and int(producer(node.inputs[1]).attrs.get("block_size", 0)):
+        if record.quant == QDQ and int(_weight_producer(node).attrs.get("block_size", 0)):
             return f"{where} is blocked (block_size); only per-tensor or per-channel scales are supported"
         out_axis = 1 if layout == "kn" else 0
         if values.size != 1:
