@@ -112,6 +112,29 @@ def cuda_reason() -> str | None:
     return None
 
 
+def once_per_run(tmp_path_factory, name: str, compute):
+    """``compute()``'s JSON-able result, computed once for the whole test run.
+
+    Under pytest-xdist each worker is a process with its own fixtures, so a module fixture runs in
+    every worker that gets one of the module's tests. The first worker to arrive computes and
+    stores the result in the run's shared temporary folder under a lock; the others wait and read
+    it. Without xdist it is just ``compute()``."""
+    import fcntl
+    import json
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return compute()
+    shared = tmp_path_factory.getbasetemp().parent  # one folder for all workers of this run
+    result = shared / f"{name}.json"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if result.is_file():
+            return json.loads(result.read_text())
+        value = compute()
+        result.write_text(json.dumps(value))
+        return value
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "kernels: runs compiled models in ONNX Runtime with the custom-op library")
 

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, once_per_run
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -29,8 +29,11 @@ SLACK = 4 * MIB  # allocator and thread-pool noise between two processes
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("memory")
-    return memory.measure(memory.chain_model(4, 2048), folder, onnxsparse.get_library_path())
+    def measure():
+        folder = tmp_path_factory.mktemp("memory")
+        return memory.measure(memory.chain_model(4, 2048), folder, onnxsparse.get_library_path())
+
+    return once_per_run(tmp_path_factory, "session_memory", measure)  # about 15 s: once, not per xdist worker
 
 
 @pytest.mark.parametrize("kind", ["embedded", "external"])
