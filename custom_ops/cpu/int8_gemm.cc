@@ -137,8 +137,8 @@ std::unique_ptr<Int8PackedWeight> PackInt8Weight(const int8_t* values, const uin
 const Int8KernelSet& Int8Kernels(CpuIsa isa) {
   static const bool vnni = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
   switch (isa) {
-    case CpuIsa::kAvx512: if (kInt8KernelsAvx512.gemm) return vnni ? kInt8KernelsAvx512 : kInt8KernelsAvx2; break;
-    case CpuIsa::kAvx2: if (kInt8KernelsAvx2.gemm) return kInt8KernelsAvx2; break;
+    case CpuIsa::kAvx512: return vnni ? kInt8KernelsAvx512 : kInt8KernelsAvx2;
+    case CpuIsa::kAvx2: return kInt8KernelsAvx2;
     case CpuIsa::kPortable: break;
   }
   return kInt8KernelsPortable;
