@@ -50,6 +50,16 @@ class HardwareKey:
     compute_capability: str = ""  # "9.0"
     onnxruntime: str = ""
     library: str = ""  # "0.1.0+<hash of the .so>"
+    # ONNX Runtime's intra-op threads spin between ops (its default) or sleep
+    # (session.intra_op.allow_spinning=0, `tune --no-spinning`). Sleeping threads pay a wake-up at
+    # every parallel op, which changes the dense/sparse ratio and the whole-model check, so timings
+    # taken one way are not the other's. It decides nothing on CUDA or with one thread (no pool
+    # threads): there it is always True, so such keys stay equal.
+    spinning: bool = True
+
+    def __post_init__(self) -> None:
+        if self.provider != "cpu" or self.threads == 1:
+            object.__setattr__(self, "spinning", True)
 
     @property
     def id(self) -> str:
@@ -58,6 +68,8 @@ class HardwareKey:
             hw = f"cuda:{self.gpu}:sm{self.compute_capability}"
         else:
             hw = f"cpu:{self.cpu}:{self.family}/{self.model}/{self.stepping}:{self.isa}:t{self.threads}"
+            if not self.spinning:  # absent when spinning: keys written before this field keep their ids
+                hw += ":nospin"
         return f"{hw}:ort{self.onnxruntime}:onnxsparse{self.library}"
 
     @property
@@ -66,6 +78,8 @@ class HardwareKey:
         if self.provider == "cuda":
             return f"{self.gpu} (sm {self.compute_capability})" if self.gpu else "this machine (no GPU found)"
         threads = "default threads" if self.threads == 0 else f"{self.threads} thread{'s' if self.threads != 1 else ''}"
+        if not self.spinning:
+            threads += " (not spinning)"
         return f"{self.cpu} (family {self.family} model {self.model}), {self.isa}, {threads}"
 
     def hardware(self) -> dict:
@@ -112,18 +126,19 @@ def describe(description: dict) -> str:
 # --- this machine -------------------------------------------------------------------------------
 
 
-def host_key(provider: str = "cpu", threads: int = 0, cpu_isa: str | None = None) -> HardwareKey:
+def host_key(provider: str = "cpu", threads: int = 0, cpu_isa: str | None = None, spinning: bool = True) -> HardwareKey:
     """The key of this machine for ``provider``.
 
     ``cpu_isa``: the ISA the sessions will force (``onnxsparse.session_options(cpu_isa=...)``);
-    None: what the library picks by itself (or what ``ONNXSPARSE_CPU_ISA`` forces).
+    None: what the library picks by itself (or what ``ONNXSPARSE_CPU_ISA`` forces). ``spinning``:
+    whether ONNX Runtime's intra-op threads spin between ops (``HardwareKey.spinning``).
     """
     if provider not in PROVIDERS:
         raise ValueError(f"unknown provider {provider!r}; expected one of {', '.join(PROVIDERS)}")
     import onnxruntime
 
     common = {"provider": provider, "threads": int(threads), "onnxruntime": onnxruntime.__version__,
-              "library": library_version()}
+              "library": library_version(), "spinning": bool(spinning)}
     if provider == "cuda":
         gpu, capability = gpu_info()
         return HardwareKey(gpu=gpu, compute_capability=capability, **common)

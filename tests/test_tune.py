@@ -78,6 +78,20 @@ def test_key_id_changes_with_everything_that_decides_speed():
     assert HardwareKey.from_dict({**KEY.to_dict(), "unknown": 1}) == KEY
 
 
+def test_key_says_whether_threads_spin_where_that_decides_speed():
+    """tune --no-spinning times with sleeping intra-op threads: not the same measurement as spinning
+    ones, so not the same cache entry; with one thread, or on CUDA, there is no pool to spin."""
+    two = HardwareKey(**{**KEY.to_dict(), "threads": 2})
+    asleep = HardwareKey(**{**two.to_dict(), "spinning": False})
+    assert asleep.id != two.id and asleep.id.endswith(two.id.split(":t2:", 1)[1])
+    assert "not spinning" in asleep.short
+    assert HardwareKey.from_dict({k: v for k, v in two.to_dict().items() if k != "spinning"}).id == two.id
+    one = HardwareKey(**{**KEY.to_dict(), "threads": 1})
+    assert HardwareKey(**{**one.to_dict(), "spinning": False}).id == one.id
+    cuda = HardwareKey(provider="cuda", gpu="NVIDIA H200", compute_capability="9.0", threads=2, spinning=False)
+    assert cuda.spinning and cuda.id == HardwareKey(**{**cuda.to_dict(), "spinning": True}).id
+
+
 def test_a_table_matches_only_its_hardware():
     table = {"provider": "cpu", "cpu": "Test CPU 9000", "vendor": "GenuineTest", "family": 25, "model": 17, "isa": "avx2"}
     assert matches_hardware(KEY, table)
@@ -314,7 +328,8 @@ def test_tune_model_times_each_distinct_problem_once_and_reuses_the_cache(tmp_pa
         return {"problem": p.to_dict(), "base": p.base, "key": p.key, "clock": clock, **fake(1.3)}
 
     monkeypatch.setattr(tuner, "measure_problem", fake_measure)
-    monkeypatch.setattr(tuner, "host_key", lambda provider, threads, isa=None: KEY)
+    monkeypatch.setattr(tuner, "host_key", lambda provider, threads, isa=None, spinning=True:
+                        HardwareKey(**{**KEY.to_dict(), "threads": threads, "spinning": spinning}))
     monkeypatch.setattr(tuner, "_time_models", lambda *a, **k: summarize([1.1e-3] * 8, [1e-3] * 8))
     cache = TuneCache(tmp_path / "tune.json")
     result = tuner.tune_model(model, "cpu", 1, {"batch": 2}, cache=cache)
@@ -323,6 +338,11 @@ def test_tune_model_times_each_distinct_problem_once_and_reuses_the_cache(tmp_pa
     assert result.whole_model["dense_layers"] == [] and round(result.whole_model["ratio"], 2) == 1.1
     again = tuner.tune_model(model, "cpu", 1, {"batch": 2}, cache=TuneCache.load(tmp_path / "tune.json"))
     assert len(calls) == 1 and again.problems[0].cached
+    # With 2 threads, sleeping threads (--no-spinning) are timed apart from spinning ones.
+    for spinning, timed in ((False, 2), (False, 2), (True, 3)):
+        result = tuner.tune_model(model, "cpu", 2, {"batch": 2}, cache=TuneCache.load(tmp_path / "tune.json"),
+                                  spinning=spinning)
+        assert len(calls) == timed and result.machine.spinning == spinning
 
 
 def test_timing_summary_is_the_ratio_of_medians():

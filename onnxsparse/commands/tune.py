@@ -113,7 +113,9 @@ def print_summary(result) -> None:
         if verdict.get("note"):
             print(f"  {verdict['note']}")
     sparse = sum(1 for c in result.choices.values() if c.sparse)
-    print(f"compile --target {result.machine.provider} will rewrite {sparse} of {len(result.choices)} eligible layers")
+    print(f"compile --target {result.machine.provider} will rewrite {sparse} of {len(result.choices)} eligible layers"
+          + ("" if result.machine.spinning else f" given --hardware '{result.machine.id}' (timings with "
+                                                "threads not spinning have a key of their own)"))
     print(f"cache: {result.cache_path} ({result.seconds:.0f} s)")
 
 

@@ -10,8 +10,8 @@
          "models": {"<model fingerprint>": {"name": "...", "shapes": {...}, "dense_layers": [...],
                                              "dense_ms": ..., "compiled_ms": ..., "ratio": ..., ...}}}}}
 
-A key holds everything that decides speed (processor, kernel ISA path, threads, ONNX Runtime and
-library version), so a measurement is only ever read back on the machine and software that took
+A key holds everything that decides speed (processor, kernel ISA path, threads and whether they
+spin between ops, ONNX Runtime and library version), so a measurement is only ever read back on the machine and software that took
 it; a rebuilt library or another thread count starts a new entry. The file is written atomically
 (a temporary file renamed over it) after merging with what is on disk, so concurrent tunes of
 different models keep each other's entries. Default place: ``$XDG_CACHE_HOME/onnxsparse/tune.json``,

@@ -117,7 +117,7 @@ def tune_model(
     start = time.perf_counter()
     progress = progress or (lambda *a, **k: None)
     cache = cache if cache is not None else TuneCache.load()
-    key = host_key(provider, threads, cpu_isa)
+    key = host_key(provider, threads, cpu_isa, spinning)
     runtime = {"cpu_isa": cpu_isa} if cpu_isa else {}
     if provider == "cuda":
         runtime["cusparselt_tune"] = "search"  # the search runs here and lands in the cuSPARSELt cache file
