@@ -542,3 +542,54 @@ def test_integer_ops(op, per_channel, scale_product):
 def test_integer_op_without_scaling_is_refused():
     model, _ = integer_model("MatMulInteger", cast=False)
     assert "int32 output is not read by one Cast to float" in _reason(model)
+
+
+# --- the compiled models on the library's int8 kernels ------------------------------------------------------
+
+def _int8_kernels_missing() -> str | None:
+    import onnxsparse
+
+    model, _ = qlinear_model("QLinearMatMul")
+    try:
+        onnxsparse.InferenceSession(compile_model(model).model, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - the reason to skip
+        return f"the custom-op library has no int8 kernels: {str(exc).splitlines()[0][:200]}"
+    return None
+
+
+KERNEL_CASES = {
+    "qdq-matmul-bias-q": lambda: qdq_model("MatMul", m=5, k=20, n=7),
+    "qdq-matmul-float-relu-int8": lambda: qdq_model("MatMul", k=16, n=6, out_q=False, relu=True, adtype=np.int8),
+    "qdq-matmul-rank3-per-tensor": lambda: qdq_model("MatMul", m=3, k=12, n=5, a_rank=3, per_channel=False, bias=False),
+    "qdq-gemm": lambda: qdq_model("Gemm", m=4, k=24, n=9),
+    "qdq-conv": lambda: qdq_model("Conv", m=2, n=6, conv=CONV["stride-dil-group"], seed=3),
+    "qdq-conv-float-relu": lambda: qdq_model("Conv", m=1, n=4, conv=CONV["3x3-pads"], out_q=False, relu=True),
+    "qlinearmatmul": lambda: qlinear_model("QLinearMatMul", adtype=np.int8),
+    "qlinearconv": lambda: qlinear_model("QLinearConv"),
+    "qgemm-float": lambda: qlinear_model("QGemm", y_scale=False),
+    "matmulinteger": lambda: integer_model("MatMulInteger"),
+    "convinteger-constant-scale": lambda: integer_model("ConvInteger", scale_product=False),
+}
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("case", KERNEL_CASES)
+def test_compiled_patterns_on_the_kernels(case):
+    """Each pattern's compiled model in ONNX Runtime with the library equals its reference run, and is
+    within one step of ONNX Runtime's run of the quantized model (exact where ORT runs an integer op)."""
+    import onnxsparse
+
+    missing = _int8_kernels_missing()
+    if missing:
+        pytest.skip(missing)
+    model, feeds = KERNEL_CASES[case]()
+    compiled = compile_model(model).model
+    got = onnxsparse.InferenceSession(compiled, providers=["CPUExecutionProvider"]).run(None, feeds)
+    for g, r, e in zip(got, reference_run(compiled, feeds), ort_run(model, feeds)):
+        assert g.dtype == r.dtype == e.dtype
+        if g.dtype.kind in "iu":
+            np.testing.assert_array_equal(g, r)
+            assert np.abs(g.astype(np.int64) - e.astype(np.int64)).max() <= 1
+        else:
+            np.testing.assert_allclose(g, r, rtol=1e-6, atol=1e-6 * np.abs(r).max())
+            np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5 * np.abs(e).max())

@@ -180,3 +180,59 @@ def test_readme_example_compiles_every_layer(tmp_path):
     compiled = next(tmp_path.glob("*.sparse.onnx"))
     ops = [node.op_type for node in onnx.load(str(compiled)).graph.node if node.domain == "onnxsparse"]
     assert ops.count("QMatMulCompress") >= 10
+
+
+def _kernel_ops_missing() -> str | None:
+    """Why the library at hand cannot run the int8 ops (None: it can)."""
+    import onnxsparse
+
+    model = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("QMatMulCompress", ["a", "s", "", "v", "i", "s"], ["y"], domain="onnxsparse")], "g",
+        [onnx.helper.make_tensor_value_info("a", onnx.TensorProto.UINT8, [1, 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 1])],
+        [numpy_helper.from_array(np.float32(1), "s"), numpy_helper.from_array(np.zeros((1, 2), np.int8), "v"),
+         numpy_helper.from_array(np.zeros((1, 1), np.uint8), "i")]),
+        opset_imports=[onnx.helper.make_opsetid("", 17), onnx.helper.make_opsetid("onnxsparse", 1)], ir_version=9)
+    try:
+        onnxsparse.InferenceSession(model, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - the reason to skip
+        return f"the custom-op library has no int8 kernels: {str(exc).splitlines()[0][:200]}"
+    return None
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("quantizer", list(QUANTIZERS))
+@pytest.mark.parametrize("name", list(SAMPLES))
+def test_compiled_int8_model_in_onnxruntime(tmp_path, pruned_models, name, quantizer):
+    """The compiled model on the library's int8 kernels against ONNX Runtime's own run of the
+    quantized model, both with ONNX Runtime's default optimizations: within one quantization step."""
+    import onnxsparse
+
+    missing = _kernel_ops_missing()
+    if missing:
+        pytest.skip(missing)
+    quantized, compiled, _ = prune_quantize_compile(tmp_path, pruned_models[name], name, quantizer)
+    session = onnxsparse.InferenceSession(str(compiled), providers=["CPUExecutionProvider"])
+    for feeds in batches(name, 2, seed=7):
+        ours = session.run(None, feeds)
+        theirs = ort_run(quantized, feeds, optimized=True)
+        unfused = ort_run(quantized, feeds, optimized=False)
+        for o, f, u in zip(ours, theirs, unfused):
+            scale = np.abs(f).max()
+            # ONNX Runtime's own fused and unfused runs bound how far two exact int8 executions may drift.
+            assert np.abs(o - f).max() <= max(np.abs(u - f).max(), 1e-5 * scale) + 1e-6 * scale
+
+
+@pytest.mark.kernels
+def test_readme_example_verifies(tmp_path):
+    """The README's flow as written, ``onnxsparse verify`` included, on the library's int8 kernels."""
+    missing = _kernel_ops_missing()
+    if missing:
+        pytest.skip(missing)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    (tmp_path / "models" / "samples").mkdir(parents=True)
+    (tmp_path / "models" / "samples" / "tiny_transformer.onnx").write_bytes(
+        (REPO / "models" / "samples" / "tiny_transformer.onnx").read_bytes())
+    proc = subprocess.run([sys.executable, "-c", _readme_example()], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "verified: outputs match" in proc.stdout
