@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from conftest import REPO, make_model, sparse_weight
+from conftest import REPO, make_model, random_input, sparse_weight
 
 from onnxsparse import OnnxSparseError
 from onnxsparse.api import check_model, compile_model
@@ -415,3 +415,15 @@ def test_whole_model_check_keeps_dense_what_cannot_matter_end_to_end(tmp_path, m
     verdict = tuner.check_whole_model(model, bind_inputs(model, {"batch": 4}), policy, "cpu", None, 1.0,
                                       lambda *a, **k: None)
     assert verdict["ratio"] == 1.0 and len(verdict["dense_layers"]) == 2 and "under 1.01x" in verdict["note"]
+
+
+def test_observe_shapes_runs_the_model_for_the_shapes_inference_cannot_give():
+    from onnxsparse.tune.problems import LayerProblem, Problem, observe_shapes
+
+    model = make_model(f"""{HEAD} g (float[2,6,8] x) => (float[12,4] y) {{
+        h = Reshape(x, s)
+        y = MatMul(h, W)
+    }}""", s=np.array([-1, 8], np.int64), W=sparse_weight((8, 4), "kn"))
+    layer = LayerProblem("<MatMul -> y>", Problem("MatMul", (8, 4), ("rows", 8), "float32"))
+    observed = observe_shapes(model, [layer], {"x": random_input((2, 6, 8))}, model)
+    assert observed == {"<MatMul -> y>": [12, 8]} and layer.problem.x == (12, 8) and layer.problem.static

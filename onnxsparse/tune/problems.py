@@ -336,7 +336,7 @@ def _activation_text(node: onnx.NodeProto, constants) -> str:
 def observe_shapes(bound: onnx.ModelProto, layers: list[LayerProblem], feeds: dict, model: onnx.ModelProto) -> dict:
     """Run the bound model once in ONNX Runtime to read the activation shapes shape inference could
     not give (after Reshapes it cannot follow); replaces those layers' problems. Returns node -> shape."""
-    import onnxruntime as ort
+    from ..session import open_session, ort_message
 
     nodes = {n.name or (f"<{n.op_type} -> {n.output[0]}>" if n.output else ""): n for n in model.graph.node}
     wanted = {layer.node: nodes[layer.node].input[0] for layer in layers if not layer.problem.static and layer.node in nodes}
@@ -350,12 +350,13 @@ def observe_shapes(bound: onnx.ModelProto, layers: list[LayerProblem], feeds: di
         if name and name not in present:
             probe.graph.output.append(helper.make_tensor_value_info(name, _DTYPES[layer.problem.dtype], None))
             present.add(name)
+    # The one session factory: a model over 2 GB opens from a temporary file, not from bytes.
+    session = open_session(probe, sparse=False, provider="cpu", quiet=True, what="model (run to find its layers' shapes)")
     try:
-        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
         values = dict(zip(names, session.run(None, feeds)))
     except Exception as exc:  # noqa: BLE001 - the layers stay untimed, with this reason
-        raise OnnxSparseError(f"running the model to find its layers' shapes failed: {str(exc).splitlines()[0]}") from None
+        raise OnnxSparseError(f"running the model to find its layers' shapes failed: {ort_message(exc)}") from None
     observed = {}
     for layer in layers:
         name = wanted.get(layer.node)
