@@ -3,14 +3,26 @@
 Both take a model path or an ``onnx.ModelProto`` (never modified) and run the passes of
 ``onnxsparse.compiler`` on a copy: ``check_model`` the eligibility check, ``compile_model`` the
 compile pipeline (``compiler.compile_pipeline``). The compiler never calls back into this module.
+
+Models of any size (issue 16): ``check_model(path)`` and ``compile_model(path, output=...)`` stream.
+The model is opened with its weights left in their files (``io.open_model``); each weight is read
+when a pass needs it (checked, then read again and compressed) and dropped; a compressed pair is
+appended to a spill file as soon as it is made; shape inference and the checker see the graph
+without its weights; ``io.save_model`` copies the weights into the output's data file a chunk at a
+time. Peak memory is about twice the largest weight plus the graph; no step serialises a model's
+weights, so models over protobuf's 2 GB limit work. The output is the same, byte for byte, as an
+in-memory compile saved with the same external-data choice (tests/test_streaming.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import os
+import tempfile
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import onnx
@@ -26,8 +38,10 @@ from .compiler import (
     LayerRecord,
     ModelGraph,
     RewriteResult,
+    SpillFile,
     compile_pipeline,
 )
+from .compiler.annotate_shapes import weights_stripped
 from .compiler.layers import compiled_layers
 
 logger = logging.getLogger(__name__)
@@ -79,6 +93,8 @@ class CompileResult:
     folded: bool
     compressed: list[CompressedWeight] = field(default_factory=list)
     path: str | None = None
+    output: Path | None = None  # where compile_model(..., output=...) wrote the model
+    written: list[Path] = field(default_factory=list)  # the files it wrote (model, data file)
 
     @property
     def rewritten(self) -> list[LayerDecision]:
@@ -106,8 +122,9 @@ class CompileResult:
 
 
 def check_model(model: str | os.PathLike | onnx.ModelProto) -> CheckReport:
-    """Per-layer 2:4 report: which Conv/MatMul/Gemm weights comply, how much, and why not."""
-    proto, path = _load(model)
+    """Per-layer 2:4 report: which Conv/MatMul/Gemm weights comply, how much, and why not.
+    A path is streamed: each weight is read from its file when it is checked, then dropped."""
+    proto, path = _load(model, lazy=True)
     result = CheckSparsity()(ModelGraph(proto))
     return CheckReport(layers=result.layers, path=path, compiled=compiled_layers(proto))
 
@@ -116,6 +133,8 @@ def compile_model(
     model: str | os.PathLike | onnx.ModelProto,
     fold: bool = True,
     policy: LayerPolicy | DensePolicy | None = None,
+    output: str | os.PathLike | None = None,
+    external_data: bool | None = None,
 ) -> CompileResult:
     """Rewrite every eligible layer into onnxsparse's ops.
 
@@ -123,8 +142,15 @@ def compile_model(
     ``policy``: a ``LayerPolicy`` (prepared once with the model) or a plain function, called with
     each eligible ``LayerRecord``; a returned string keeps that layer dense and is reported as the
     reason (the per-layer dense fallback).
-    With nothing rewritten, ``result.model`` is the input model unchanged.
+    ``output``: write the compiled model there (``io.save_model``, with ``external_data``: True
+    keeps weights in a data file, False embeds them, None decides by size) and stream: a model
+    path is then compiled a weight at a time (see the module's docstring), whatever its size;
+    ``result.model`` is the written model with its weights left in the output's data file
+    (``io.open_model``), ``result.output`` its path. Without ``output`` the model is compiled in
+    memory. With nothing rewritten, ``result.model`` is the input model unchanged.
     """
+    if output is not None:
+        return _compile_to(model, output, fold, policy, external_data)
     proto, path = _load(model)
     before = weight_bytes(proto)
     input_valid = _passes_checker(proto)
@@ -134,12 +160,48 @@ def compile_model(
         logger.info("nothing rewritten; the model is unchanged")
         return CompileResult(proto, rewrite.decisions, before, before, folded=fold, path=path)
     compiled = graph.to_model()
-    if input_valid and compiled.ByteSize() < io.EXTERNAL_DATA_THRESHOLD:
-        # Custom-domain nodes have no schema; full_check=False checks the rest of the graph.
-        onnx.checker.check_model(compiled, full_check=False)
+    if input_valid:
+        _check_compiled(compiled)
     return CompileResult(
         compiled, rewrite.decisions, before, weight_bytes(compiled), folded=fold, compressed=rewrite.compressed, path=path
     )
+
+
+def _compile_to(model, output, fold: bool, policy, external_data: bool | None) -> CompileResult:
+    """The streaming compile: weights read from their files one at a time, pairs spilled, then saved."""
+    out = io.check_output_path(output, inputs=[model] if not isinstance(model, onnx.ModelProto) else [])
+    inputs = [] if isinstance(model, onnx.ModelProto) else [model]
+    proto, path = _load(model, lazy=True)
+    before = weight_bytes(proto)
+    input_valid = _passes_checker(proto, path)
+    folder = out.parent if str(out.parent) else Path(".")
+    with io.staging_folder(folder) as staging:
+        sink = SpillFile(staging / "pairs.data")
+        try:
+            graph = ModelGraph(proto)
+            rewrite = compile_pipeline(fold=fold, policy=policy, sink=sink)(graph).of(RewriteResult)
+        finally:
+            sink.close()
+        compiled = graph.to_model() if rewrite.modified else proto
+        if not rewrite.modified:
+            logger.info("nothing rewritten; the model is unchanged")
+        elif input_valid:
+            _check_compiled(compiled)
+        after = weight_bytes(compiled)
+        written = io.save_model(compiled, out, external_data=external_data, inputs=inputs)
+    del compiled, graph
+    result = CompileResult(io.open_model(out), rewrite.decisions, before, after, folded=fold,
+                           compressed=rewrite.compressed if rewrite.modified else [], path=path)
+    result.output, result.written = out, written
+    return result
+
+
+def _check_compiled(compiled: onnx.ModelProto) -> None:
+    """onnx.checker on the compiled graph (weights held out; custom-domain nodes have no schema,
+    full_check=False checks the rest). A tensor held out is checked for its declared size only."""
+    with weights_stripped(compiled) as stripped, _checkable(stripped) as checkable:
+        if checkable is not None:
+            onnx.checker.check_model(checkable, full_check=False)
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:
@@ -153,19 +215,65 @@ def weight_bytes(model: onnx.ModelProto) -> int:
     return total
 
 
-def _load(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+def _load(model: str | os.PathLike | onnx.ModelProto, lazy: bool = False) -> tuple[onnx.ModelProto, str | None]:
     if isinstance(model, onnx.ModelProto):
         return copy.deepcopy(model), None
-    return io.load_model(model), os.fspath(model)
+    return (io.open_model(model) if lazy else io.load_model(model)), os.fspath(model)
 
 
-def _passes_checker(model: onnx.ModelProto) -> bool:
+def _passes_checker(model: onnx.ModelProto, path: str | None = None) -> bool:
     """Whether the input passes onnx.checker; if it does not, its compiled form is not expected to."""
-    if model.ByteSize() >= io.EXTERNAL_DATA_THRESHOLD:
-        return False
     try:
-        onnx.checker.check_model(model, full_check=False)
+        with weights_stripped(model) as stripped, _checkable(stripped) as checkable:
+            if checkable is None:
+                return False
+            onnx.checker.check_model(checkable, full_check=False)
     except (onnx.checker.ValidationError, ValueError) as exc:
         logger.warning("the input model does not pass onnx.checker: %s", str(exc).splitlines()[0])
         return False
     return True
+
+
+@contextlib.contextmanager
+def _checkable(stripped: onnx.ModelProto):
+    """The stripped model as onnx.checker can take it, or None when its graph alone is over 2 GB.
+
+    The checker wants each external tensor's file beside the model (relative location) with the
+    declared bytes in it; a held-out tensor is written as a hole of its size into a sparse file in
+    a temporary folder (no data is written: ``truncate``), so the checker checks sizes, not values."""
+    moved = []
+    with tempfile.TemporaryDirectory(prefix="onnxsparse-check-") as folder:
+        holes = Path(folder) / "weights"
+        end = 0
+        for tensor in onnx.external_data_helper._get_all_tensors(stripped):
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            entries = [(entry.key, entry.value) for entry in tensor.external_data]
+            moved.append((tensor, entries))
+            length = io.expected_bytes(tensor)
+            if length is None:
+                length = io.external_info(tensor)[2] or 0
+            del tensor.external_data[:]
+            for key, value in (("location", holes.name), ("offset", str(end)), ("length", str(length))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            end += length
+        try:
+            with open(holes, "wb") as f:
+                f.truncate(end)
+            try:
+                size = stripped.ByteSize()
+            except Exception:  # noqa: BLE001 - protobuf refuses to size a message over 2 GB
+                size = None
+            if size is None or size >= io.EXTERNAL_DATA_THRESHOLD:
+                yield None
+            else:
+                path = Path(folder) / "model.onnx"
+                path.write_bytes(stripped.SerializeToString())
+                yield str(path)
+        finally:
+            for tensor, entries in moved:
+                del tensor.external_data[:]
+                for key, value in entries:
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = key, value

@@ -87,54 +87,126 @@ class GroupStats:
         return 1.0 if self.groups == 0 else self.compliant / self.groups
 
 
+def _group_tables() -> tuple[np.ndarray, ...]:
+    """SPEC's encoding of a group of 4, for each of its 16 patterns of non-zero elements (bit i set:
+    element i is non-zero): the nibble (``index0 | index1 << 2``), the positions of the two kept
+    elements (``index0`` and ``1 + index1``), whether each slot holds an element, and the count."""
+    nibble = np.zeros(16, np.uint8)
+    pos0, pos1 = np.zeros(16, np.intp), np.ones(16, np.intp)
+    has0, has1 = np.zeros(16, bool), np.zeros(16, bool)
+    count = np.zeros(16, np.uint8)
+    for code in range(16):
+        nonzero = [i for i in range(GROUP) if code >> i & 1]
+        count[code] = len(nonzero)
+        first = next((i for i in nonzero if i <= 2), None)  # index0: the first non-zero among 0..2
+        rest = [i for i in nonzero if i >= 1 and i != first]  # index1: the last other one among 1..3
+        second = rest[-1] if rest else None
+        index0 = first if first is not None else 0
+        index1 = second - 1 if second is not None else 0
+        nibble[code] = index0 | index1 << 2
+        pos0[code], pos1[code] = index0, 1 + index1
+        has0[code], has1[code] = first is not None, second is not None
+    return nibble, pos0, pos1, has0, has1, count
+
+
+_NIBBLE, _POS0, _POS1, _HAS0, _HAS1, _COUNT = _group_tables()
+_BLOCK_ELEMENTS = 1 << 20  # rows are handled in blocks of about this many elements (cache-sized temporaries)
+_TILE = 256  # a "kn" weight is reordered in tiles of this many rows (a transposed copy that stays in cache)
+
+
+def _group_codes(groups: np.ndarray) -> np.ndarray:
+    """``[..., G, 4]`` -> ``[..., G]`` uint8: each group's pattern of non-zero elements (-0.0 is zero)."""
+    nonzero = _nonzero(groups)
+    # Four 0/1 bytes as one little-endian uint32; the multiply gathers bit 0 of each into bits 24..27.
+    packed = np.ascontiguousarray(nonzero).view(np.uint8).view("<u4")[..., 0]
+    return ((packed * np.uint32(0x01020408)) >> np.uint32(24)).astype(np.uint8)
+
+
+def _row_blocks(rows: int, k: int):
+    step = max(1, _BLOCK_ELEMENTS // max(k, 1))
+    for start in range(0, rows, step):
+        yield start, min(rows, start + step)
+
+
 def group_stats(matrix: np.ndarray, n: int = 2, m: int = GROUP) -> GroupStats:
     """Count the groups of m along the last axis with at most n non-zero elements."""
     rows, k = matrix.shape
     if k % m:
         raise NotTwoFourError(f"K={k} is not a multiple of {m}")
-    nonzero = (matrix.reshape(rows, k // m, m) != 0).sum(axis=-1)
-    return GroupStats(groups=int(nonzero.size), compliant=int((nonzero <= n).sum()))
+    if m != GROUP:
+        nonzero = (matrix.reshape(rows, k // m, m) != 0).sum(axis=-1)
+        return GroupStats(groups=int(nonzero.size), compliant=int((nonzero <= n).sum()))
+    compliant = 0
+    for start, stop in _row_blocks(rows, k):
+        codes = _group_codes(matrix[start:stop].reshape(stop - start, k // m, m))
+        compliant += int(np.count_nonzero(_COUNT[codes] <= n))
+    return GroupStats(groups=rows * (k // m), compliant=compliant)
+
+
+def weight_group_stats(weight: np.ndarray, layout: str, n: int = 2) -> GroupStats:
+    """``group_stats(to_rows_k(weight, layout), n)`` without the reordered copy: a ``"kn"`` weight's
+    groups are 4 consecutive rows of W, counted where they lie."""
+    if layout != "kn":
+        return group_stats(to_rows_k(weight, layout), n)
+    if weight.ndim != 2:
+        raise ValueError(f"a 'kn' weight must have rank 2, got shape {weight.shape}")
+    k, cols = weight.shape
+    if k % GROUP:
+        raise NotTwoFourError(f"K={k} is not a multiple of {GROUP}")
+    compliant = 0
+    for start, stop in _row_blocks(k // GROUP, GROUP * cols):
+        block = weight[GROUP * start:GROUP * stop].reshape(stop - start, GROUP, cols)
+        codes = np.zeros((stop - start, cols), np.uint8)
+        for element in range(GROUP):  # the pattern of each group, element by element (no reordering)
+            nonzero = _nonzero(block[:, element])
+            codes |= nonzero.view(np.uint8) << np.uint8(element)
+        compliant += int(np.count_nonzero(_COUNT[codes] <= n))
+    return GroupStats(groups=(k // GROUP) * cols, compliant=compliant)
+
+
+def _nonzero(array: np.ndarray) -> np.ndarray:
+    """``array != 0`` (-0.0 is zero), for float16 and bfloat16 by their bits."""
+    if array.dtype.itemsize == 2 and array.dtype.kind not in "iu":
+        return (array.view(np.uint16) & np.uint16(0x7FFF)) != 0
+    return array != 0
 
 
 def compress(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Compress a 2:4-compliant ``[rows, K]`` matrix into SPEC's ``(values, index)``."""
     if matrix.ndim != 2:
         raise ValueError(f"compress takes a [rows, K] matrix, got shape {matrix.shape}")
-    rows, k = matrix.shape
+    return _compress_rows(lambda start, stop: matrix[start:stop], matrix.shape[0], matrix.shape[1], matrix.dtype)
+
+
+def _compress_rows(block_of, rows: int, k: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """SPEC's encoding by table lookup on each group's pattern, a block of rows at a time
+    (``block_of(start, stop)``: those rows of the ``[rows, K]`` matrix)."""
     if k % GROUP:
         raise NotTwoFourError(f"K={k} is not a multiple of 4")
-    groups = matrix.reshape(rows, k // GROUP, GROUP)
-    nonzero = groups != 0
-    if (nonzero.sum(axis=-1) > 2).any():
-        bad = int((nonzero.sum(axis=-1) > 2).sum())
-        raise NotTwoFourError(f"{bad} of {nonzero.shape[0] * nonzero.shape[1]} groups have more than 2 non-zeros")
-
-    # index0: first non-zero among elements 0..2 (0 when none).
-    head = nonzero[..., :3]
-    has_first = head.any(axis=-1)
-    first = np.where(has_first, head.argmax(axis=-1), 0)
-    # index1: last non-zero among elements 1..3 other than the one index0 took (0 when none).
-    tail = nonzero[..., 1:].copy()
-    taken = has_first & (first >= 1)
-    rr, gg = np.nonzero(taken)
-    tail[rr, gg, first[taken] - 1] = False
-    has_second = tail.any(axis=-1)
-    second = np.where(has_second, 2 - tail[..., ::-1].argmax(axis=-1), 0)
-
-    take0 = np.take_along_axis(groups, first[..., None], axis=-1)[..., 0]
-    take1 = np.take_along_axis(groups, (second + 1)[..., None], axis=-1)[..., 0]
-    zero = np.zeros((), dtype=matrix.dtype)
-    values = np.empty((rows, k // 2), dtype=matrix.dtype)
-    values[:, 0::2] = np.where(has_first, take0, zero)
-    values[:, 1::2] = np.where(has_second, take1, zero)
-    # An empty slot stores zero; normalise -0.0 so the bytes do not depend on the sign of zero.
-    values[values == 0] = zero
-
-    nibbles = (first | (second << 2)).astype(np.uint8)
-    if nibbles.shape[1] % 2:
-        nibbles = np.concatenate([nibbles, np.zeros((rows, 1), np.uint8)], axis=1)
-    index = (nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)).astype(np.uint8)
-    return values, np.ascontiguousarray(index)
+    groups_per_row = k // GROUP
+    values = np.empty((rows, k // 2), dtype=dtype)
+    index = np.zeros((rows, (k + 7) // 8), dtype=np.uint8)
+    bits = np.dtype(f"<u{dtype.itemsize}")
+    zero = np.zeros((), bits)
+    out = values.view(bits)
+    bad = 0
+    for start, stop in _row_blocks(rows, k):
+        block = np.ascontiguousarray(block_of(start, stop))
+        count = stop - start
+        codes = _group_codes(block.reshape(count, groups_per_row, GROUP))
+        bad += int(np.count_nonzero(_COUNT[codes] > 2))
+        if bad:
+            continue
+        flat = block.view(bits).reshape(-1)
+        base = np.arange(0, count * k, GROUP, dtype=np.intp).reshape(count, groups_per_row)
+        out[start:stop, 0::2] = np.where(_HAS0[codes], flat[base + _POS0[codes]], zero)
+        out[start:stop, 1::2] = np.where(_HAS1[codes], flat[base + _POS1[codes]], zero)
+        nibbles = _NIBBLE[codes]
+        index[start:stop] |= nibbles[:, 0::2]
+        index[start:stop, : groups_per_row // 2] |= nibbles[:, 1::2] << 4
+    if bad:
+        raise NotTwoFourError(f"{bad} of {rows * groups_per_row} groups have more than 2 non-zeros")
+    return values, index
 
 
 def decompress(values: np.ndarray, index: np.ndarray, k: int | None = None) -> np.ndarray:
@@ -162,8 +234,25 @@ def decompress(values: np.ndarray, index: np.ndarray, k: int | None = None) -> n
 
 
 def compress_weight(weight: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
-    """Compress a weight in its ONNX layout (``to_rows_k`` then ``compress``)."""
-    return compress(to_rows_k(weight, layout))
+    """Compress a weight in its ONNX layout: ``compress(to_rows_k(weight, layout))``, reordering a
+    block of rows at a time instead of the whole weight (temporaries stay small)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}")
+    rank = 4 if layout == "oihw" else 2
+    if weight.ndim != rank:
+        raise ValueError(f"{'an' if layout == 'oihw' else 'a'} '{layout}' weight must have rank {rank}, got shape {weight.shape}")
+    k = reduction_length(weight.shape, layout)
+    if layout == "kn":
+        buffer = np.empty((max(1, _BLOCK_ELEMENTS // max(k, 1)), k), dtype=weight.dtype)
+
+        def columns(start: int, stop: int) -> np.ndarray:  # W[:, start:stop].T, copied in square tiles
+            out = buffer[: stop - start]
+            for first in range(0, k, _TILE):
+                out[:, first:first + _TILE] = weight[first:first + _TILE, start:stop].T
+            return out
+
+        return _compress_rows(columns, weight.shape[1], k, weight.dtype)
+    return _compress_rows(lambda start, stop: to_rows_k(weight[start:stop], layout), weight.shape[0], k, weight.dtype)
 
 
 def decompress_weight(values: np.ndarray, index: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarray:

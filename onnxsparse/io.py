@@ -14,12 +14,14 @@ failure or a kill leaves the previous output whole and never touches the input.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -118,6 +120,96 @@ def load_model_graph(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
+def open_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """The model with its large weights left in their files, for the commands that stream them
+    (check, compile, diff): after the checks ``load_model`` makes, each external initializer of at
+    least 1 KiB keeps its ``external_data`` with the location made absolute (resolved against the
+    model's folder, so that ``compiler.graph.constant_array``, ``tensor_chunks`` and ``save_model``
+    read it from there, once, when it is needed); smaller ones and external tensors that are node
+    attributes are read in, as ``load_model`` would. Each external tensor's length is checked against
+    its file and its dims here, so a truncated file is refused before any work.
+
+    ONNX Runtime and onnx.checker refuse absolute locations: ``save_model`` writes such a model (it
+    copies those weights into the output's data file), or ``session.model_source`` opens it."""
+    path = Path(path)
+    model = load_model(path, load_external_data=False)
+    _check_external_data(model, path)
+    base = path.parent.resolve()
+    tensors = [(t, False) for t in onnx.external_data_helper._get_initializer_tensors(model)]
+    tensors += [(t, True) for t in onnx.external_data_helper._get_attribute_tensors(model)]
+    for tensor, is_attribute in tensors:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location, offset, length = external_info(tensor)
+        file = (base / location).resolve()
+        name = tensor.name or "(unnamed)"
+        size = file.stat().st_size
+        if length is None:
+            length = max(0, size - offset)
+        expected = _expected_bytes(tensor)
+        available = max(0, min(length, size - offset))
+        if expected is not None and available != expected:
+            problem = "is truncated" if available < expected else "is longer than its dims need"
+            raise OnnxSparseError(
+                f"{path}: external data of tensor '{name}' {problem} ({available} bytes, expected "
+                f"{expected} for {onnx.TensorProto.DataType.Name(tensor.data_type).lower()}{list(tensor.dims)})")
+        if available < _EXTERNAL_MIN_BYTES or is_attribute:
+            _read_in(tensor, file, offset, available)
+        else:
+            _set_external(tensor, str(file), offset, available)
+    return model
+
+
+def external_info(tensor: onnx.TensorProto) -> tuple[str, int, int | None]:
+    """An external tensor's (location, offset, length); length None when the entry is absent."""
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    try:
+        offset = int(info.get("offset", 0) or 0)
+        length = int(info["length"]) if info.get("length") else None
+    except ValueError:
+        raise OnnxSparseError(f"tensor '{tensor.name}': external data offset or length is not a number") from None
+    return info.get("location", ""), offset, length
+
+
+def _set_external(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    tensor.ClearField("raw_data")
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+
+
+def _read_in(tensor: onnx.TensorProto, file: str | os.PathLike, offset: int, length: int) -> None:
+    with open(file, "rb") as f:
+        f.seek(offset)
+        tensor.raw_data = f.read(length)
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.DEFAULT
+
+
+_CHUNK = 16 << 20
+
+
+def tensor_chunks(tensor: onnx.TensorProto, chunk: int = _CHUNK) -> Iterator[bytes]:
+    """The raw bytes of a tensor that ``open_model`` left in its file, a chunk at a time."""
+    location, offset, length = external_info(tensor)
+    with open(location, "rb") as f:
+        f.seek(offset)
+        left = length if length is not None else -1
+        while left != 0:
+            block = f.read(chunk if left < 0 else min(chunk, left))
+            if not block:
+                break
+            if left > 0:
+                left -= len(block)
+            yield block
+
+
+def is_external(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL
+
+
 def _check_names(model: onnx.ModelProto, path: Path) -> None:
     """Names that are not UTF-8 (protobuf hands them over as bytes) are refused: ONNX names are text."""
     graphs = [model.graph]
@@ -190,6 +282,11 @@ def _expected_bytes(tensor: onnx.TensorProto) -> int | None:
     if tensor.data_type in _PACKED_OTHER:
         return None
     return count * itemsize
+
+
+def expected_bytes(tensor: onnx.TensorProto) -> int | None:
+    """The bytes a tensor's dims and type need (None for strings and types without a fixed size)."""
+    return _expected_bytes(tensor)
 
 
 def _tensor_types(*names: str) -> frozenset[int]:
@@ -313,6 +410,17 @@ def clean_stale_staging(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+@contextlib.contextmanager
+def staging_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """A private folder inside ``folder`` (same file system as the output) removed on exit, named
+    so that ``clean_stale_staging`` removes it if this process dies first."""
+    path = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=folder))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _data_names(out: Path) -> re.Pattern:
     """Names of the data files ``save_model`` writes for ``out``: ``<name>.data``, ``<name>.<hash>.data``."""
     return re.compile(re.escape(out.name) + r"(\.[0-9a-f]{16})?\.data")
@@ -328,8 +436,15 @@ def _referenced_data(model_path: Path) -> set[Path]:
 
 
 def model_bytes(model: onnx.ModelProto) -> int:
-    """The size of a model's tensor data, without serializing it (``ByteSize`` fails over 2 GB)."""
-    return sum(len(t.raw_data) for t in onnx.external_data_helper._get_all_tensors(model))
+    """The size of a model's tensor data, without serializing it (``ByteSize`` fails over 2 GB):
+    the bytes held in memory and those ``open_model`` left in files."""
+    total = 0
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if is_external(tensor):
+            total += external_info(tensor)[2] or 0
+        else:
+            total += len(tensor.raw_data)
+    return total
 
 
 def _fsync(path: Path) -> None:
@@ -345,48 +460,77 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _externalized(model: onnx.ModelProto, data_path: Path):
-    """Write the large raw tensors to ``data_path``; return (sha256 hex, tensors, their raw bytes)."""
-    digest = hashlib.sha256()
+def _externalized(model: onnx.ModelProto, data_path: Path, digest=None):
+    """Write the large tensors to ``data_path``: those with raw data of at least 1 KiB, and those
+    ``open_model`` left in their files (copied a chunk at a time); return [(tensor, offset, length)].
+    ``digest``: a hashlib object fed every byte written (to name the file when its name is taken)."""
     moved = []
     offset = 0
     with open(data_path, "wb") as data:
         for tensor in onnx.external_data_helper._get_initializer_tensors(model):
-            if not tensor.HasField("raw_data") or len(tensor.raw_data) < _EXTERNAL_MIN_BYTES:
+            if is_external(tensor):
+                chunks = tensor_chunks(tensor)
+            elif tensor.HasField("raw_data") and len(tensor.raw_data) >= _EXTERNAL_MIN_BYTES:
+                chunks = [tensor.raw_data]
+            else:
                 continue
             pad = (-offset) % _DATA_ALIGN
             if pad:
                 data.write(b"\0" * pad)
-                digest.update(b"\0" * pad)
+                if digest is not None:
+                    digest.update(b"\0" * pad)
                 offset += pad
-            raw = tensor.raw_data
-            data.write(raw)
-            digest.update(raw)
-            moved.append((tensor, offset, len(raw)))
-            offset += len(raw)
+            length = 0
+            for chunk in chunks:
+                data.write(chunk)
+                if digest is not None:
+                    digest.update(chunk)
+                length += len(chunk)
+            del chunks
+            moved.append((tensor, offset, length))
+            offset += length
         data.flush()
         os.fsync(data.fileno())
-    return digest.hexdigest(), moved
+    return moved
 
 
-def _point_to(moved, location: str) -> list[bytes]:
+def _saved_state(tensor: onnx.TensorProto):
+    if is_external(tensor):
+        return [(entry.key, entry.value) for entry in tensor.external_data]
+    return tensor.raw_data
+
+
+def _point_to(moved, location: str) -> list:
     saved = []
     for tensor, offset, length in moved:
-        saved.append(tensor.raw_data)
-        tensor.ClearField("raw_data")
-        del tensor.external_data[:]
-        for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
-            entry = tensor.external_data.add()
-            entry.key, entry.value = key, value
-        tensor.data_location = onnx.TensorProto.EXTERNAL
+        saved.append(_saved_state(tensor))
+        _set_external(tensor, location, offset, length)
     return saved
 
 
-def _restore(moved, saved: list[bytes]) -> None:
-    for (tensor, _, _), raw in zip(moved, saved):
+def _restore(moved, saved: list) -> None:
+    for (tensor, _, _), state in zip(moved, saved):
         del tensor.external_data[:]
-        tensor.data_location = onnx.TensorProto.DEFAULT
-        tensor.raw_data = raw
+        if isinstance(state, list):
+            for key, value in state:
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+        else:
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.raw_data = state
+
+
+def _embedded(model: onnx.ModelProto) -> list:
+    """Read in every tensor ``open_model`` left in a file (to embed it); return what to restore."""
+    moved, saved = [], []
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if is_external(tensor):
+            location, offset, length = external_info(tensor)
+            moved.append((tensor, offset, length))
+            saved.append(_saved_state(tensor))
+            _read_in(tensor, location, offset, length if length is not None else -1)
+    return moved, saved
 
 
 def save_model(model: onnx.ModelProto, out: str | os.PathLike, external_data: bool | None = None,
@@ -424,14 +568,18 @@ def save_model(model: onnx.ModelProto, out: str | os.PathLike, external_data: bo
         try:
             if external_data:
                 staged_data = staging / "data"
-                sha, moved = _externalized(model, staged_data)
                 data_name = f"{out.name}.data"
-                if (folder / data_name).exists() or (folder / data_name).is_symlink():
-                    data_name = f"{out.name}.{sha[:16]}.data"
+                taken = (folder / data_name).exists() or (folder / data_name).is_symlink()
+                digest = hashlib.sha256() if taken else None  # the name is free: no need to hash
+                moved = _externalized(model, staged_data, digest)
+                if taken:
+                    data_name = f"{out.name}.{digest.hexdigest()[:16]}.data"
                 if len(os.fsencode(data_name)) > _NAME_MAX:
                     raise OnnxSparseError(f"{out.name[:40]}...: output file name is too long for its external "
                                           f"data file '<name>.data' (at most {_NAME_MAX} bytes in all)")
                 saved = _point_to(moved, data_name)
+            else:
+                moved, saved = _embedded(model)
             try:
                 serialized = model.SerializeToString()
             except Exception:
@@ -442,7 +590,7 @@ def save_model(model: onnx.ModelProto, out: str | os.PathLike, external_data: bo
         staged_model.write_bytes(serialized)
         del serialized
         _fsync(staged_model)
-        if moved:
+        if external_data and moved:
             target = folder / data_name
             if target.resolve() in protected:
                 raise OnnxSparseError(f"{target}: would overwrite the input's external data; choose another -o")

@@ -2,7 +2,9 @@
 
 Prints what it rewrote, what it left dense and why, and the weight bytes before and after. The
 output goes beside the input as ``<stem>.sparse.onnx`` unless ``-o`` says otherwise; its folder is
-checked before any work. A model read with external data is written with external data.
+checked before any work. A model read with external data is written with external data. The
+compile streams (``compile_model(..., output=...)``): a model of any size, one weight in memory at
+a time.
 
 With ``--target``, each layer is decided by a measurement of the machine it is compiled for
 (``onnxsparse.tune``: this machine's tuned cache, else a shipped table keyed to this hardware,
@@ -109,8 +111,10 @@ def run(args: argparse.Namespace) -> int:
             _check_dim_names(io.load_model_graph(source), dims)
         policy = _measured_policy(args, dims, shapes, force_sparse)
     with progress.working(f"onnxsparse compile {source.name}", quiet=args.quiet):
-        result = compile_model(source, fold=not args.no_fold, policy=policy)
-    written = io.save_model(result.model, out, external_data=io.uses_external_data(source), inputs=[source])
+        # Streams: one weight in memory at a time, whatever the model's size (api.compile_model).
+        result = compile_model(source, fold=not args.no_fold, policy=policy, output=out,
+                               external_data=io.uses_external_data(source))
+    written = result.written
 
     report = result.to_dict()
     choices = getattr(policy, "choices", {})

@@ -13,7 +13,7 @@ numpy: never ONNX Runtime, never the front door.
 from ..spec import SUPPORTED_DTYPES, TARGET_OPS
 from .annotate_shapes import AnnotateResult, AnnotateShapes
 from .eligibility import CheckResult, CheckSparsity
-from .fold_compress import FoldCompress, FoldedWeight, FoldResult
+from .fold_compress import FoldCompress, FoldedWeight, FoldResult, SpillFile
 from .fuse_activation import FuseActivation, FuseResult
 from .graph import ModelGraph
 from .keep_fp16 import KeepFp16Kernels, KeepFp16Result
@@ -23,12 +23,14 @@ from .rewrite_sparse_ops import CompressedWeight, LayerDecision, RewriteResult, 
 from .rules import RULES, Match, Rule
 
 
-def compile_pipeline(fold: bool = True, policy: LayerPolicy | DensePolicy | None = None) -> Pipeline:
-    """The compile passes in order; ``policy`` may keep eligible layers dense."""
+def compile_pipeline(fold: bool = True, policy: LayerPolicy | DensePolicy | None = None,
+                     sink: SpillFile | None = None) -> Pipeline:
+    """The compile passes in order; ``policy`` may keep eligible layers dense; ``sink``: where
+    ``FoldCompress`` appends the compressed pairs (a streaming compile)."""
     policy = as_policy(policy)
     passes = [CheckSparsity(), RewriteSparseOps(policy), FuseActivation()]
     if fold:
-        passes.append(FoldCompress())
+        passes.append(FoldCompress(sink))
     passes.append(AnnotateShapes())
     passes.append(KeepFp16Kernels())  # reads the output ranks AnnotateShapes found
     return Pipeline(passes, policy=policy)
@@ -61,6 +63,7 @@ __all__ = [
     "RewriteSparseOps",
     "Rule",
     "SUPPORTED_DTYPES",
+    "SpillFile",
     "TARGET_OPS",
     "compile_pipeline",
     "find_layers",

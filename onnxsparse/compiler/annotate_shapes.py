@@ -7,13 +7,17 @@ example). The rewritten nodes keep the names of the tensors they produce, so the
 the source model are theirs. Symbolic dimensions stay symbolic; a dimension inference could not
 tell stays unknown. The ``[N, C, 1, L]`` result of a 1-D Conv's ``Conv2dCompress``, which the
 source model does not have, gets the shape of the ``Squeeze`` after it with H=1. Nothing is written when inference fails (a model ONNX cannot infer still
-compiles) or when the model is too large to serialise in memory.
+compiles). Inference runs on the model with its weights held out (``weights_stripped``: every
+tensor of 1 KiB or more, in memory or in an external file), so a model of any size is inferred
+without serialising its weights; the small constants inference reads (a Reshape's shape) stay.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import onnx
 
@@ -32,17 +36,50 @@ class AnnotateResult(PassResult):
     annotated: list[str] = field(default_factory=list)  # tensors that got a shape
 
 
+_STRIP_FROM = 1024  # tensors of at least this many bytes are held out of inference (as io.save_model externalises)
+_STRIPPED = "onnxsparse-stripped"  # the location a held-out tensor points to meanwhile (never read)
+
+
+@contextlib.contextmanager
+def weights_stripped(model: onnx.ModelProto) -> Iterator[onnx.ModelProto]:
+    """The model with the data of every tensor of ``_STRIP_FROM`` bytes or more held out (marked as
+    external data that nobody reads), put back on exit; tensors already in external files stay as
+    they are. Shape inference and ``ByteSize`` then see the graph, not the weights."""
+    held = []
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.raw_data) < _STRIP_FROM:
+            continue
+        held.append((tensor, tensor.raw_data))
+        tensor.ClearField("raw_data")
+        entry = tensor.external_data.add()
+        entry.key, entry.value = "location", _STRIPPED
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+    try:
+        yield model
+    finally:
+        for tensor, raw in held:
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.raw_data = raw
+
+
 def inferred_shapes(model: onnx.ModelProto, data_prop: bool = False) -> dict[str, tuple[int, list[int | str | None]]]:
     """name -> (elem_type, dims) for every tensor ONNX's inference types (a dim: its value, its
-    symbolic name, or None); empty when inference fails or the model is too large to infer in memory."""
-    if model.ByteSize() > _MAX_BYTES:
-        logger.info("shape inference skipped: the model is too large to infer in memory")
-        return {}
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=data_prop)
-    except Exception as exc:  # noqa: BLE001 - a hint only; callers work without shapes
-        logger.info("shape inference skipped: it failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
-        return {}
+    symbolic name, or None); empty when inference fails or the graph alone is too large to serialise.
+    Weights are held out meanwhile (``weights_stripped``)."""
+    with weights_stripped(model) as stripped:
+        try:
+            too_large = stripped.ByteSize() > _MAX_BYTES
+        except Exception:  # noqa: BLE001 - protobuf refuses to size a message over 2 GB
+            too_large = True
+        if too_large:
+            logger.info("shape inference skipped: the graph is too large to infer in memory")
+            return {}
+        try:
+            inferred = onnx.shape_inference.infer_shapes(stripped, strict_mode=False, data_prop=data_prop)
+        except Exception as exc:  # noqa: BLE001 - a hint only; callers work without shapes
+            logger.info("shape inference skipped: it failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            return {}
     out = {}
     for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
         tensor_type = value.type.tensor_type

@@ -97,7 +97,7 @@ def _check(graph: ModelGraph, node, record: LayerRecord) -> None:
         record.reason = f"{axis} = {k} is not a multiple of 4"
         return
     source, _ = resolve_constant(graph, node.inputs[1])
-    stats = fmt.group_stats(fmt.to_rows_k(as_2d_weight(constant_array(source.tensor), record.layout), record.layout))
+    stats = fmt.weight_group_stats(as_2d_weight(constant_array(source.tensor), record.layout), record.layout)
     record.share = stats.share
     if stats.compliant < stats.groups:
         record.reason = f"{percent(1 - stats.share)} of groups have more than 2 non-zeros"

@@ -302,8 +302,40 @@ def constant_proto(tensor: gs.Tensor) -> onnx.TensorProto:
 
 
 def constant_array(tensor: gs.Tensor) -> np.ndarray:
-    """A constant's values (bfloat16 as ``ml_dtypes.bfloat16``)."""
-    return onnx.numpy_helper.to_array(constant_proto(tensor))
+    """A constant's values (bfloat16 as ``ml_dtypes.bfloat16``), read from its file when the model
+    was opened with its weights left there (``tensor_array``)."""
+    return tensor_array(constant_proto(tensor))
+
+
+def tensor_array(proto: onnx.TensorProto) -> np.ndarray:
+    """A TensorProto's values. One whose data is external is read from its file at that moment
+    (one copy, nothing kept): the front door (``onnxsparse.io.open_model``) made its location
+    absolute; a relative one is taken from the current directory."""
+    if proto.data_location != onnx.TensorProto.EXTERNAL:
+        return onnx.numpy_helper.to_array(proto)
+    info = {entry.key: entry.value for entry in proto.external_data}
+    offset, length = int(info.get("offset") or 0), int(info.get("length") or -1)
+    dtype = np_dtype(proto.data_type)
+    count = int(np.prod(proto.dims, dtype=np.int64))
+    if proto.data_type in _FIXED_SIZE_TYPES and dtype.itemsize * count == length:
+        array = np.fromfile(info["location"], dtype=dtype, count=count, offset=offset)
+        if array.size != count:
+            raise OnnxSparseError(f"tensor '{proto.name}': its external data file ends early")
+        return array.reshape(tuple(proto.dims))
+    inline = onnx.TensorProto()  # packed or variable-size types: onnx's own conversion
+    inline.CopyFrom(proto)
+    del inline.external_data[:]
+    inline.data_location = onnx.TensorProto.DEFAULT
+    with open(info["location"], "rb") as f:
+        f.seek(offset)
+        inline.raw_data = f.read(length)
+    return onnx.numpy_helper.to_array(inline)
+
+
+# Element types stored as one fixed-size little-endian item per element (read with np.fromfile).
+_FIXED_SIZE_TYPES = frozenset(getattr(onnx.TensorProto, name) for name in (
+    "FLOAT", "DOUBLE", "FLOAT16", "BFLOAT16", "INT8", "UINT8", "INT16", "UINT16", "INT32", "UINT32", "INT64",
+    "UINT64", "BOOL"))
 
 
 def make_constant(name: str, array: np.ndarray) -> gs.Constant:
@@ -311,9 +343,11 @@ def make_constant(name: str, array: np.ndarray) -> gs.Constant:
     return gs.Constant(name, LazyValues(onnx.numpy_helper.from_array(np.ascontiguousarray(array), name)))
 
 
-def set_constant(tensor: gs.Variable, array: np.ndarray) -> gs.Constant:
-    """Turn a Variable whose producer was removed into an initializer in place (consumers follow)."""
-    return tensor.to_constant(LazyValues(onnx.numpy_helper.from_array(np.ascontiguousarray(array), tensor.name)))
+def set_constant(tensor: gs.Variable, array: np.ndarray | onnx.TensorProto) -> gs.Constant:
+    """Turn a Variable whose producer was removed into an initializer in place (consumers follow);
+    ``array`` may be a ready TensorProto (e.g. one whose data is in an external file)."""
+    proto = array if isinstance(array, onnx.TensorProto) else onnx.numpy_helper.from_array(np.ascontiguousarray(array), tensor.name)
+    return tensor.to_constant(LazyValues(proto))
 
 
 def as_2d_weight(array: np.ndarray, layout: str) -> np.ndarray:

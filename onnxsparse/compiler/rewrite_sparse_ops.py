@@ -180,6 +180,8 @@ def _fold_batchnorm(graph, record: LayerRecord, match: Match) -> tuple[str | Non
                 return None, f"the Conv's bias is not constant ({why_not})"
             return None, None
         bias = constant_array(source.tensor)
+    if not any(reader.op == "BatchNormalization" for reader in last.outputs[0].outputs):
+        return None, None  # no BN to fold: the weight is not read (it may be in a file, issue 16)
     found = batchnorm.check(graph, record, node, last, bias, constant_array(match.weight))
     if not isinstance(found, batchnorm.BatchNormFold):
         return None, found
