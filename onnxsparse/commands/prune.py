@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import io
 from ..errors import OnnxSparseError
-from ..prune import Calibration, PruneOptions, prune_model, scan_layers
+from ..prune import Calibration, PruneOptions, files, prune_model, scan_layers
 from ..prune.pruner import no_layers_error
 from ..prune.report import prune_text
 
@@ -131,20 +131,28 @@ def load_calibration(args: argparse.Namespace, model) -> Calibration | None:
 def run(args: argparse.Namespace) -> int:
     options = options_from(args)
     source = Path(args.model)
-    model = io.load_model(source)
     out = io.check_output_path(args.output if args.output is not None else source.with_name(f"{source.stem}.pruned.onnx"),
                                inputs=[source])
-    scan = scan_layers(model, options.m, options.include, options.exclude, options.prune_head)
-    if not scan.layers:  # before the calibration warning: this is the one thing to say
-        raise no_layers_error(scan.skipped)
-    calibration = load_calibration(args, model)
-
-    pruned, report = prune_model(model, options, calibration, progress_printer(args),
-                                 holdout=load_holdout(args, model) if calibration is not None else None)
-    written = io.save_model(pruned, out, external_data=io.uses_external_data(source), inputs=[source])
+    if io.uses_external_data(source):
+        # Weights stay in their files: read one layer at a time, written to the output's data file.
+        with files.open_model(source, out) as (model, store):
+            pruned, report = _prune(args, options, model)
+            written = files.save(pruned, out, store, inputs=[source])
+    else:
+        pruned, report = _prune(args, options, io.load_model(source))
+        written = io.save_model(pruned, out, external_data=False, inputs=[source])
     if args.json:
         print(json.dumps({**report.to_json(), "output": str(out), "written": [str(p) for p in written]}, indent=2))
     else:
         print(prune_text(report))
         print(f"wrote {out}")
     return 0
+
+
+def _prune(args: argparse.Namespace, options: PruneOptions, model):
+    scan = scan_layers(model, options.m, options.include, options.exclude, options.prune_head)
+    if not scan.layers:  # before the calibration warning: this is the one thing to say
+        raise no_layers_error(scan.skipped)
+    calibration = load_calibration(args, model)
+    return prune_model(model, options, calibration, progress_printer(args),
+                       holdout=load_holdout(args, model) if calibration is not None else None)

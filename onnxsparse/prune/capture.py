@@ -26,7 +26,7 @@ import onnx
 
 from ..compiler.graph import ModelGraph, resolve_constant, subgraph_reads
 from ..errors import OnnxSparseError
-from ..session import open_session
+from .files import dense_session
 from .layers import ConvGeometry, Layer, Use
 
 
@@ -91,7 +91,7 @@ def run_tensors(model: onnx.ModelProto, tensors: list[str], batches: Iterable[di
             yield {t: batch[t] for t in tensors}
             continue
         if runner is None:
-            runner = open_session(expose(model, tensors, available=batch), sparse=False, quiet=True, what="model")
+            runner = dense_session(expose(model, tensors, available=batch))
             fed = [i.name for i in runner.get_inputs()]
             outputs = [o.name for o in runner.get_outputs()]
         try:

@@ -22,7 +22,7 @@ from onnx import numpy_helper
 
 from ..errors import OnnxSparseError
 from ..metrics import ErrorSums
-from ..session import open_session
+from .files import dense_session
 from .layers import Layer
 
 CACHE_LIMIT = 1 << 30
@@ -38,8 +38,9 @@ class OutputError:
 
 
 def _session(model: onnx.ModelProto):
-    """A quiet CPU session of the dense model (the package's one session factory)."""
-    return open_session(model, sparse=False, quiet=True, what="model")
+    """A quiet CPU session of the dense model (the package's one session factory; ``files``: weights
+    mapped from their files)."""
+    return dense_session(model)
 
 
 def _run(runner, batch: dict, weights: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:

@@ -35,6 +35,7 @@ from ..compiler.graph import ModelGraph, nested_nodes, resolve_constant, subgrap
 from ..compiler.layers import LayerRecord, find_layers, matches
 from ..format import reduction_length
 from ..spec import TARGET_OPS, WEIGHT_DTYPES
+from . import files
 
 # The pruner works in float64 and writes back in the weight's dtype: every float type will do.
 PRUNABLE_DTYPES = tuple(WEIGHT_DTYPES)
@@ -348,12 +349,22 @@ def _constant_tensor(graph: onnx.GraphProto, name: str) -> onnx.TensorProto:
 
 
 def read_weight(model: onnx.ModelProto, layer: Layer) -> np.ndarray:
-    return numpy_helper.to_array(_constant_tensor(model.graph, layer.weight))
+    """The weight's values (from its file when it stays there: ``files``)."""
+    tensor = _constant_tensor(model.graph, layer.weight)
+    store = files.active()
+    if store is not None and files.is_external(tensor):
+        return store.read(tensor)
+    return numpy_helper.to_array(tensor)
 
 
 def write_weight(model: onnx.ModelProto, layer: Layer, value: np.ndarray) -> None:
-    """Replace the weight's values in place (initializer or Constant), keeping name and dtype."""
+    """Replace the weight's values in place (initializer or Constant), keeping name and dtype; a
+    weight that stays in a file gets its new values in the pruner's scratch file (``files``)."""
     tensor = _constant_tensor(model.graph, layer.weight)
+    store = files.active()
+    if store is not None and files.is_external(tensor):
+        store.write(tensor, np.asarray(value))
+        return
     tensor.CopyFrom(numpy_helper.from_array(np.asarray(value).astype(layer.dtype), tensor.name))
 
 
