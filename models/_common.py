@@ -76,3 +76,19 @@ def make_model(
     )
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def global_average_pool(nodes: list[onnx.NodeProto], x: str) -> str:
+    """GlobalAveragePool of ``x`` (the image classifiers' pool before their head): ``avgpool.out``."""
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["avgpool.out"], name="avgpool/GlobalAveragePool"))
+    return "avgpool.out"
+
+
+def classifier_head(nodes: list[onnx.NodeProto], weights: Weights, x: str, features: int, classes: int) -> str:
+    """``Flatten`` and ``Gemm(transB=1)`` with a 2:4 weight [classes, features] and a bias: the image
+    classifiers' last layer, ``logits``. Draws ``fc.weight`` then ``fc.bias`` from ``weights``."""
+    nodes.append(helper.make_node("Flatten", [x], ["flatten.out"], name="flatten/Flatten", axis=1))
+    fc_w = weights.sparse("fc.weight", (classes, features), "nk", features)
+    fc_b = weights.vector("fc.bias", classes)
+    nodes.append(helper.make_node("Gemm", ["flatten.out", fc_w, fc_b], ["logits"], name="fc/Gemm", transB=1))
+    return "logits"

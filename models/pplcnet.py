@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import onnx  # noqa: E402
 from onnx import helper  # noqa: E402
 
-from ._common import Weights, make_model, onnx_dtype  # noqa: E402
+from ._common import Weights, classifier_head, global_average_pool, make_model, onnx_dtype  # noqa: E402
 
 # (kernel, out channels, stride) of the depthwise-separable blocks of PP-LCNet x1.0.
 BLOCKS = ((3, 32, 1), (3, 64, 2), (3, 64, 1), (3, 128, 2), (3, 128, 1), (3, 256, 2), (5, 256, 1), (5, 256, 1),
@@ -63,12 +63,8 @@ def build_pplcnet(dtype: str = "float32", seed: int = 0, classes: int = 1000, ha
     for i, (k, oc, stride) in enumerate(BLOCKS, 2):
         x = conv(x, f"blocks{i}.dw", c, c, k, stride, group=c)
         x, c = conv(x, f"blocks{i}.pw", c, oc, 1), oc
-    nodes.append(helper.make_node("GlobalAveragePool", [x], ["avgpool.out"], name="avgpool/GlobalAveragePool"))
-    x = conv("avgpool.out", "last_conv", c, 1280, 1)
-    nodes.append(helper.make_node("Flatten", [x], ["flatten.out"], name="flatten/Flatten", axis=1))
-    fc_w = w.sparse("fc.weight", (classes, 1280), "nk", 1280)
-    fc_b = w.vector("fc.bias", classes)
-    nodes.append(helper.make_node("Gemm", ["flatten.out", fc_w, fc_b], ["logits"], name="fc/Gemm", transB=1))
+    x = conv(global_average_pool(nodes, x), "last_conv", c, 1280, 1)
+    classifier_head(nodes, w, x, 1280, classes)
     elem = onnx_dtype(dtype)
     return make_model("pplcnet", nodes, [helper.make_tensor_value_info("image", elem, ["batch", 3, 224, 224])],
                       [helper.make_tensor_value_info("logits", elem, ["batch", classes])], w,

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 from onnx import helper  # noqa: E402
 
-from ._common import Weights, make_model, onnx_dtype  # noqa: E402
+from ._common import Weights, classifier_head, global_average_pool, make_model, onnx_dtype  # noqa: E402
 
 STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))
 
@@ -62,11 +62,7 @@ def build_resnet18(dtype: str = "float32", seed: int = 0, classes: int = 1000) -
             nodes.append(helper.make_node("Add", [h, shortcut], [f"{p}.add"], name=f"{p}/Add"))
             nodes.append(helper.make_node("Relu", [f"{p}.add"], [f"{p}.out"], name=f"{p}/Relu"))
             x, c = f"{p}.out", width
-    nodes.append(helper.make_node("GlobalAveragePool", [x], ["avgpool.out"], name="avgpool/GlobalAveragePool"))
-    nodes.append(helper.make_node("Flatten", ["avgpool.out"], ["flatten.out"], name="flatten/Flatten", axis=1))
-    fc_w = w.sparse("fc.weight", (classes, 512), "nk", 512)
-    fc_b = w.vector("fc.bias", classes)
-    nodes.append(helper.make_node("Gemm", ["flatten.out", fc_w, fc_b], ["logits"], name="fc/Gemm", transB=1))
+    classifier_head(nodes, w, global_average_pool(nodes, x), 512, classes)
     elem = onnx_dtype(dtype)
     return make_model("resnet18", nodes, [helper.make_tensor_value_info("image", elem, ["batch", 3, 224, 224])],
                       [helper.make_tensor_value_info("logits", elem, ["batch", classes])], w,
