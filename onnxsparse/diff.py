@@ -8,12 +8,13 @@ What is compared, in this order:
   when every node of both graphs has a unique, non-empty name; otherwise by position, after
   aligning the two node lists (``difflib``) so that one inserted node is reported as one added
   node rather than as every later node changed;
-- initializers, by name: element type, shape, and a sha256 of the content (external data loaded,
-  so the same values stored inline or in a ``.data`` file compare equal);
+- initializers, by name: element type, shape, and a sha256 of the content (the same values stored
+  inline or in a ``.data`` file compare equal). Weights in files are hashed from the file a chunk at
+  a time (``io.open_model``, ``io.tensor_chunks``): a model of any size is diffed in little memory;
 - model-local functions and sparse initializers, by name, as a whole (hash of their bytes).
 
 Subgraphs (If/Loop/Scan bodies) are graph attributes: a changed body is reported as a changed
-attribute, not descended into. Doc strings, producer fields, value_info and metadata are ignored.
+attribute, not descended into (its hash covers its tensors' values, not where they are stored). Doc strings, producer fields, value_info and metadata are ignored.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .io import load_model
+from . import io
+from .io import open_model
 
 _HASH = re.compile(r"\b[0-9a-f]{64}\b")
 SECTIONS = ("ir_version", "opset_import", "input", "output", "node", "initializer", "sparse_initializer", "function")
@@ -120,14 +122,15 @@ class ModelDiff:
 
 
 def diff_files(path_a: str | os.PathLike, path_b: str | os.PathLike) -> ModelDiff:
-    """Load both models with ``onnxsparse.io.load_model`` (external data included) and diff them."""
-    result = diff_models(load_model(path_a), load_model(path_b))
+    """Open both models with ``onnxsparse.io.open_model`` (weights hashed from their files) and diff them."""
+    result = diff_models(open_model(path_a), open_model(path_b))
     result.a, result.b = str(path_a), str(path_b)
     return result
 
 
 def diff_models(a: onnx.ModelProto, b: onnx.ModelProto) -> ModelDiff:
-    """Every structural difference between two in-memory models (external data already loaded)."""
+    """Every structural difference between two models (external data loaded, or left in files by
+    ``io.open_model``)."""
     result = ModelDiff()
     out = result.differences
     if a.ir_version != b.ir_version:
@@ -285,10 +288,9 @@ def _attribute_value(attr: onnx.AttributeProto) -> Any:
     if attr.type == onnx.AttributeProto.TENSORS:
         return [_describe_tensor(t) + " sha256:" + _tensor_sha256(t) for t in value]
     if attr.type == onnx.AttributeProto.GRAPH:
-        return f"graph '{value.name}' sha256:{_sha256(_without_docs(value).SerializeToString(deterministic=True))}"
+        return f"graph '{value.name}' sha256:{_graph_sha256(value)}"
     if attr.type == onnx.AttributeProto.GRAPHS:
-        return [f"graph '{g.name}' sha256:{_sha256(_without_docs(g).SerializeToString(deterministic=True))}"
-                for g in value]
+        return [f"graph '{g.name}' sha256:{_graph_sha256(g)}" for g in value]
     if attr.type in (onnx.AttributeProto.SPARSE_TENSOR, onnx.AttributeProto.SPARSE_TENSORS,
                      onnx.AttributeProto.TYPE_PROTO, onnx.AttributeProto.TYPE_PROTOS):
         items = value if isinstance(value, list) else [value]
@@ -323,8 +325,27 @@ def _tensor_fields(tensor: onnx.TensorProto) -> dict:
     }
 
 
+# Types whose raw bytes are their values as numpy holds them (little-endian, one item per element).
+_RAW_IS_ARRAY = frozenset(getattr(onnx.TensorProto, name) for name in (
+    "FLOAT", "DOUBLE", "FLOAT16", "BFLOAT16", "INT8", "UINT8", "INT16", "UINT16", "INT32", "UINT32", "INT64",
+    "UINT64", "BOOL", "COMPLEX64", "COMPLEX128"))
+
+
 def _tensor_sha256(tensor: onnx.TensorProto) -> str:
-    """Hash of the values, whatever field holds them (raw_data, float_data, int32_data, ...)."""
+    """Hash of the values, whatever field holds them (raw_data, float_data, int32_data, ...) or
+    wherever they are (a file: read a chunk at a time). For the usual types that is the hash of the
+    raw little-endian bytes, taken as stored, without converting them."""
+    if tensor.data_type in _RAW_IS_ARRAY and io.is_external(tensor):
+        digest = hashlib.sha256()
+        for chunk in io.tensor_chunks(tensor):
+            digest.update(chunk)
+        return digest.hexdigest()
+    if tensor.data_type in _RAW_IS_ARRAY and tensor.HasField("raw_data"):
+        return _sha256(tensor.raw_data)
+    if io.is_external(tensor):
+        from .compiler.graph import tensor_array
+
+        return _sha256(np.ascontiguousarray(tensor_array(tensor)).tobytes())
     try:
         array = numpy_helper.to_array(tensor)
     except Exception:  # an unusual type numpy_helper cannot read: hash what is stored
@@ -332,6 +353,21 @@ def _tensor_sha256(tensor: onnx.TensorProto) -> str:
     if array.dtype == object:
         return _sha256(b"\0".join(v if isinstance(v, bytes) else str(v).encode() for v in array.ravel()))
     return _sha256(np.ascontiguousarray(array).tobytes())
+
+
+def _graph_sha256(graph: onnx.GraphProto) -> str:
+    """Hash of a subgraph with doc strings cleared and each tensor's data replaced by the hash of
+    its values (so where a weight is stored does not count, and no weight is serialized)."""
+    copy = _without_docs(graph)
+    tensors = [*onnx.external_data_helper._get_initializer_tensors_from_graph(copy),
+               *onnx.external_data_helper._get_attribute_tensors_from_graph(copy)]
+    for tensor in tensors:
+        digest = _tensor_sha256(tensor)
+        for name in ("raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data",
+                     "uint64_data", "external_data", "data_location"):
+            tensor.ClearField(name)
+        tensor.raw_data = digest.encode()
+    return _sha256(copy.SerializeToString(deterministic=True))
 
 
 def _sha256(data: bytes) -> str:
