@@ -1,5 +1,6 @@
 #include "cuda/conv2d_compress.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -169,8 +170,8 @@ Ort::Status Conv2dCompressCuda<OrtT>::RunNchw(const Call& call, bool* used) {
     } else if (nonfinite) {
       ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchScanNonFiniteFlat<T>(call.x, batch * k * cols, flag, stream));
     }
-    const bool bias_fused = bias_constant_ && call.bias != nullptr;  // the weight was built with it
-    const bool relu_fused = act_.kind == ActivationKind::kRelu;
+    const bool bias_fused = nchw_fuse_ && bias_constant_ && call.bias != nullptr;  // the weight was built with it
+    const bool relu_fused = nchw_fuse_ && act_.kind == ActivationKind::kRelu && (call.bias == nullptr || bias_fused);
     ONNXSPARSE_RETURN_IF_ERROR(nchw_weight_->RunBatched(kOp, col, batch, cols, d, relu_fused, stream, used));
     if (!*used) return Ort::Status{nullptr};
     const T* bias_left = bias_fused ? nullptr : call.bias;
@@ -208,25 +209,36 @@ Ort::Status Conv2dCompressCuda<OrtT>::ChooseNchw(const char* op, const Call& cal
     nchw_by_shape_[key] = false;
     return Ort::Status{nullptr};
   }
-  if (!nchw_weight_ && nchw_error_.empty()) {
-    const ElementType type = std::is_same_v<T, __half> ? ElementType::kFloat16 : ElementType::kBFloat16;
-    auto built = std::make_unique<SparseLtWeight>(options_, runner_.logger());
-    const bool bias_fused = bias_constant_ && call.bias != nullptr;
-    Ort::Status status = built->Build(op, type, call.values, call.index, call.geo.out_channels, call.geo.k,
-                                      bias_fused ? call.bias : nullptr, call.stream);
-    if (status.IsOK()) nchw_weight_ = std::move(built);
-    else nchw_error_ = status.GetErrorMessage();
+  if (options_.cuda_nonfinite && nonfinite_flag_.get() == nullptr) {
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, nonfinite_flag_.Allocate(sizeof(unsigned int)));
+  }
+  // The weight for the batched product: first with the bias and a ReLU in cuSPARSELt's epilogue,
+  // then, where cuSPARSELt refuses that plan, with neither (the epilogue pass adds them).
+  bool used = false;
+  for (int attempt = 0; attempt < 2 && !used && nchw_error_.empty(); ++attempt) {
+    if (!nchw_weight_) {
+      const ElementType type = std::is_same_v<T, __half> ? ElementType::kFloat16 : ElementType::kBFloat16;
+      auto built = std::make_unique<SparseLtWeight>(options_, runner_.logger());
+      const bool bias_fused = nchw_fuse_ && bias_constant_ && call.bias != nullptr;
+      Ort::Status status = built->Build(op, type, call.values, call.index, call.geo.out_channels, call.geo.k,
+                                        bias_fused ? call.bias : nullptr, call.stream);
+      if (status.IsOK()) nchw_weight_ = std::move(built);
+      else nchw_error_ = status.GetErrorMessage();
+    }
+    if (!nchw_weight_) break;
+    ONNXSPARSE_RETURN_IF_ERROR(RunNchw(call, &used));  // prepares (tunes, when searching) the batched plan
+    const bool fused_any = call.bias != nullptr || act_.kind == ActivationKind::kRelu;
+    const bool serving = std::any_of(nchw_by_shape_.begin(), nchw_by_shape_.end(),
+                                     [](const auto& entry) { return entry.second; });  // a graph may hold it
+    if (used || !nchw_fuse_ || !fused_any || serving) break;
+    nchw_fuse_ = false;  // refused with the fused epilogue: once more without
+    nchw_weight_.reset();
   }
   if (!nchw_weight_) {
     nchw_by_shape_[key] = false;
     return Ort::Status{nullptr};
   }
-  if (options_.cuda_nonfinite && nonfinite_flag_.get() == nullptr) {
-    ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, nonfinite_flag_.Allocate(sizeof(unsigned int)));
-  }
   float nhwc_us = -1.f, nchw_us = -1.f;
-  bool used = false;
-  ONNXSPARSE_RETURN_IF_ERROR(RunNchw(call, &used));  // prepares (tunes, when searching) the batched plan
   if (used && form_ == Form::kAuto) {
     ONNXSPARSE_RETURN_IF_ERROR(RunNhwc(call));  // its own first-call choices, before it is timed
     nhwc_us = TimeOnStream(call.stream, 5, [&] { return RunNhwc(call).IsOK(); });

@@ -70,6 +70,7 @@ struct Conv2dCompressCuda {
   std::mutex mutex_;
   std::map<std::array<int64_t, 3>, bool> nchw_by_shape_;  // (N, H, W) -> per-image form chosen
   std::unique_ptr<SparseLtWeight> nchw_weight_;  // cuSPARSELt's weight for the batched product
+  bool nchw_fuse_ = true;  // bias and ReLU in cuSPARSELt's epilogue (false: cuSPARSELt refused them)
   std::string nchw_error_;                       // why it could not be built (then NHWC only)
   DeviceBuffer nonfinite_flag_;                  // the per-image form's NaN/Inf flag
 };
