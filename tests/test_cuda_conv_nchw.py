@@ -42,7 +42,8 @@ CASES = [
     ((2, 16, 23, 23), 16, (7, 7), {"pads": [3, 3, 3, 3], "strides": [2, 2]}),  # stem-like (K = 784)
     ((32, 64, 8, 8), 64, (3, 3), {"pads": [1, 1, 1, 1]}),                  # batch 32
 ]
-CASE_IDS = [f"{c[0]}-{c[1]}-{c[2][0]}x{c[2][1]}-{'s2' if c[3].get('strides') else 's1'}" for c in CASES]
+CASE_IDS = [f"n{c[0][0]}c{c[0][1]}h{c[0][2]}w{c[0][3]}-oc{c[1]}-{c[2][0]}x{c[2][1]}-{'s2' if c[3].get('strides') else 's1'}"
+            for c in CASES]
 ACTIVATIONS = {"": None, "Relu": [], "Clip": [0.0, 0.5]}
 
 
