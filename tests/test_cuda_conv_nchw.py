@@ -2,12 +2,13 @@
 cuSPARSELt product, the output landing in NCHW with no transpose (custom_ops/cuda/conv2d_compress.h).
 
 ONNXSPARSE_CUDA_CONV_FORM (read at kernel creation) forces a form: `nchw` takes the per-image form
-wherever it applies (fp16/bf16, group 1, constant weight, cuSPARSELt loads), `nhwc` the transposing
-one, `auto` (default) times both at a shape's first call. Each case compares with a float64
-reference of the dense Conv (and the fused activation), checks from the op's log line which form
-ran, and covers ResNet-50's conv kinds at small sizes: 1x1 with OH*OW a multiple of 8 (X is the
-GEMM operand itself), 1x1 with OH*OW not (padded to 8, dropped in the epilogue), 3x3 pad 1, 1x1
-and 3x3 stride 2, and a 7x7 stride-2 stem; NaN/Inf like the dense op; CUDA-graph capture and replay.
+wherever it applies (fp16/bf16, group 1, constant weight, cuSPARSELt loads), `nchw_padded` the same
+with each image's OH*OW padded to 8, `nhwc` the transposing one, `auto` (default) times them at a
+shape's first call. Each case compares with a float64 reference of the dense Conv (and the fused
+activation), checks from the op's log line which form ran, and covers ResNet-50's conv kinds at
+small sizes: 1x1 with OH*OW a multiple of 8 (X is the GEMM operand itself), 1x1 with OH*OW not
+(unpadded rows, or padded to 8 and dropped in the epilogue), 3x3 pad 1, 1x1 and 3x3 stride 2, and a
+7x7 stride-2 stem; NaN/Inf like the dense op; CUDA-graph capture and replay.
 Skipped, with the reason, where ONNX Runtime has no CUDA EP or the library has no CUDA kernels.
 """
 
@@ -134,6 +135,23 @@ def test_per_image_form_matches_dense(monkeypatch, capfd, dtype, bias, act, x_sh
     ref = _reference(x.astype(NP[dtype]).astype(np.float64), w, b, attrs.get("strides", [1, 1]),
                      attrs.get("pads", [0, 0, 0, 0]))
     _check(out.astype(np.float64), _activate(ref, act, ACTIVATIONS[act]), dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("x_shape,oc,kernel,attrs", CASES[1:4], ids=CASE_IDS[1:4])
+def test_padded_per_image_form_matches_dense(monkeypatch, capfd, dtype, x_shape, oc, kernel, attrs):
+    """OH*OW not a multiple of 8 (49, 196): nchw_padded pads each image's columns to 8 and drops the
+    padding in the epilogue pass, whether or not cuSPARSELt takes the unpadded rows."""
+    model, w, b = _conv_model(x_shape, oc, kernel, attrs, dtype, True, "Relu")
+    x = np.random.default_rng(15).standard_normal(x_shape).astype(np.float32)
+    out = _session(model, monkeypatch, "nchw_padded").run(None, {"X": x})[0]
+    log = capfd.readouterr().err
+    assert _form_ran(log) == "per-image", f"the per-image form did not run; log: {log[-2000:]}"
+    hw = out.shape[2] * out.shape[3]
+    assert f"-> per-image cols={-(-hw // 8) * 8}" in log
+    ref = _reference(x.astype(NP[dtype]).astype(np.float64), w, b, attrs.get("strides", [1, 1]),
+                     attrs.get("pads", [0, 0, 0, 0]))
+    _check(out.astype(np.float64), _activate(ref, "Relu", []), dtype)
 
 
 @pytest.mark.parametrize("form", ["auto", "nhwc"])

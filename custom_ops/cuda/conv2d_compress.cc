@@ -51,9 +51,10 @@ Conv2dCompressCuda<OrtT>::Conv2dCompressCuda(const OrtApi*, const OrtKernelInfo*
     const char* form = std::getenv("ONNXSPARSE_CUDA_CONV_FORM");
     if (form != nullptr && *form != '\0') {
       if (std::strcmp(form, "nchw") == 0) form_ = Form::kNchw;
+      else if (std::strcmp(form, "nchw_padded") == 0) form_ = Form::kNchwPadded;
       else if (std::strcmp(form, "nhwc") == 0) form_ = Form::kNhwc;
       else if (std::strcmp(form, "auto") == 0) form_ = Form::kAuto;
-      else if (error.empty()) error = StrCat("ONNXSPARSE_CUDA_CONV_FORM='", form, "' is not auto, nchw or nhwc");
+      else if (error.empty()) error = StrCat("ONNXSPARSE_CUDA_CONV_FORM='", form, "' is not auto, nchw, nchw_padded or nhwc");
     }
     return error;
   });
@@ -132,7 +133,7 @@ bool Conv2dCompressCuda<OrtT>::NchwApplies(const Call& call) const {
 }
 
 template <typename OrtT>
-Ort::Status Conv2dCompressCuda<OrtT>::RunNchw(const Call& call, bool* used) {
+Ort::Status Conv2dCompressCuda<OrtT>::RunNchw(const Call& call, int64_t cols, bool* used) {
   *used = false;
   if constexpr (std::is_same_v<T, float>) {
     return Ort::Status{nullptr};
@@ -140,7 +141,7 @@ Ort::Status Conv2dCompressCuda<OrtT>::RunNchw(const Call& call, bool* used) {
     const ConvGeometry& geo = call.geo;
     const cudaStream_t stream = call.stream;
     const int64_t batch = geo.batch, oc = geo.out_channels, k = geo.k;
-    const int64_t hw = geo.out_height * geo.out_width, cols = PaddedColumns(hw);
+    const int64_t hw = geo.out_height * geo.out_width;
     const int64_t kh = attrs_.kernel_shape[0], kw = attrs_.kernel_shape[1];
     const bool direct = kh == 1 && kw == 1 && attrs_.strides[0] == 1 && attrs_.strides[1] == 1 && geo.pad_top == 0 &&
                         geo.pad_left == 0 && geo.pad_bottom == 0 && geo.pad_right == 0 && cols == hw;
@@ -191,14 +192,14 @@ Ort::Status Conv2dCompressCuda<OrtT>::RunNchw(const Call& call, bool* used) {
 }
 
 template <typename OrtT>
-Ort::Status Conv2dCompressCuda<OrtT>::ChooseNchw(const char* op, const Call& call, bool* nchw) {
-  *nchw = false;
+Ort::Status Conv2dCompressCuda<OrtT>::ChooseNchw(const char* op, const Call& call, int64_t* cols) {
+  *cols = 0;
   if (!NchwApplies(call)) return Ort::Status{nullptr};
   const std::array<int64_t, 3> key{call.geo.batch, call.geo.height, call.geo.width};
   std::lock_guard<std::mutex> lock(mutex_);
   auto it = nchw_by_shape_.find(key);
   if (it != nchw_by_shape_.end()) {
-    *nchw = it->second;
+    *cols = it->second;
     return Ort::Status{nullptr};
   }
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
@@ -206,16 +207,22 @@ Ort::Status Conv2dCompressCuda<OrtT>::ChooseNchw(const char* op, const Call& cal
   if (capture != cudaStreamCaptureStatusNone) return Ort::Status{nullptr};  // NHWC, not remembered
   std::string why;
   if (!CusparseLtAvailable(options_.cusparselt_library, &why)) {
-    nchw_by_shape_[key] = false;
+    nchw_by_shape_[key] = 0;
     return Ort::Status{nullptr};
   }
   if (options_.cuda_nonfinite && nonfinite_flag_.get() == nullptr) {
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, nonfinite_flag_.Allocate(sizeof(unsigned int)));
   }
+  // The column counts to try: OH*OW as it is (when not a multiple of 8 cuSPARSELt may refuse its
+  // rows' smaller alignment), and padded to 8.
+  const int64_t hw = call.geo.out_height * call.geo.out_width, padded = PaddedColumns(hw);
+  std::vector<int64_t> candidates;
+  if (form_ != Form::kNchwPadded && padded != hw) candidates.push_back(hw);
+  candidates.push_back(padded);
   // The weight for the batched product: first with the bias and a ReLU in cuSPARSELt's epilogue,
   // then, where cuSPARSELt refuses that plan, with neither (the epilogue pass adds them).
-  bool used = false;
-  for (int attempt = 0; attempt < 2 && !used && nchw_error_.empty(); ++attempt) {
+  std::vector<int64_t> usable;
+  for (int attempt = 0; attempt < 2 && nchw_error_.empty(); ++attempt) {
     if (!nchw_weight_) {
       const ElementType type = std::is_same_v<T, __half> ? ElementType::kFloat16 : ElementType::kBFloat16;
       auto built = std::make_unique<SparseLtWeight>(options_, runner_.logger());
@@ -226,42 +233,56 @@ Ort::Status Conv2dCompressCuda<OrtT>::ChooseNchw(const char* op, const Call& cal
       else nchw_error_ = status.GetErrorMessage();
     }
     if (!nchw_weight_) break;
-    ONNXSPARSE_RETURN_IF_ERROR(RunNchw(call, &used));  // prepares (tunes, when searching) the batched plan
+    usable.clear();
+    for (int64_t c : candidates) {  // prepares (tunes, when searching) each batched plan
+      bool used = false;
+      ONNXSPARSE_RETURN_IF_ERROR(RunNchw(call, c, &used));
+      if (used) usable.push_back(c);
+    }
     const bool fused_any = call.bias != nullptr || act_.kind == ActivationKind::kRelu;
     const bool serving = std::any_of(nchw_by_shape_.begin(), nchw_by_shape_.end(),
-                                     [](const auto& entry) { return entry.second; });  // a graph may hold it
-    if (used || !nchw_fuse_ || !fused_any || serving) break;
+                                     [](const auto& entry) { return entry.second > 0; });  // a graph may hold it
+    if (!usable.empty() || !nchw_fuse_ || !fused_any || serving) break;
     nchw_fuse_ = false;  // refused with the fused epilogue: once more without
     nchw_weight_.reset();
   }
-  if (!nchw_weight_) {
-    nchw_by_shape_[key] = false;
-    return Ort::Status{nullptr};
-  }
-  float nhwc_us = -1.f, nchw_us = -1.f;
-  if (used && form_ == Form::kAuto) {
-    ONNXSPARSE_RETURN_IF_ERROR(RunNhwc(call));  // its own first-call choices, before it is timed
-    nhwc_us = TimeOnStream(call.stream, 5, [&] { return RunNhwc(call).IsOK(); });
-    nchw_us = TimeOnStream(call.stream, 5, [&] {
-      bool again = false;
-      return RunNchw(call, &again).IsOK() && again;
-    });
-    ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaGetLastError());
-    *nchw = nchw_us > 0.f && (nhwc_us <= 0.f || nchw_us < nhwc_us);
+  std::string times;
+  if (usable.empty()) {
+    *cols = 0;
+  } else if (form_ != Form::kAuto) {
+    *cols = usable.front();
   } else {
-    *nchw = used;
+    ONNXSPARSE_RETURN_IF_ERROR(RunNhwc(call));  // its own first-call choices, before it is timed
+    float best = TimeOnStream(call.stream, 5, [&] { return RunNhwc(call).IsOK(); });
+    times = StrCat(" NHWC ", static_cast<int>(best * 100.f) / 100.0, " us");
+    for (int64_t c : usable) {
+      const float us = TimeOnStream(call.stream, 5, [&] {
+        bool again = false;
+        return RunNchw(call, c, &again).IsOK() && again;
+      });
+      times += StrCat(", per-image cols=", c, " ", static_cast<int>(us * 100.f) / 100.0, " us");
+      if (us > 0.f && (best <= 0.f || us < best)) {
+        best = us;
+        *cols = c;
+      }
+    }
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaGetLastError());
   }
-  nchw_by_shape_[key] = *nchw;
+  nchw_by_shape_[key] = *cols;
   const OrtLoggingLevel level = options_.log_verbose ? ORT_LOGGING_LEVEL_WARNING : ORT_LOGGING_LEVEL_VERBOSE;
   if (LogEnabled(runner_.logger(), level)) {
-    char text[320];
-    std::snprintf(text, sizeof(text),
-                  "onnxsparse: %s N=%lld C=%lld H=%lld W=%lld OC=%lld K=%lld: per-image %s %.2f us, NHWC %.2f us -> %s",
-                  op, static_cast<long long>(call.geo.batch), static_cast<long long>(call.geo.channels),
+    char text[240];
+    std::snprintf(text, sizeof(text), "onnxsparse: %s N=%lld C=%lld H=%lld W=%lld OC=%lld K=%lld: ", op,
+                  static_cast<long long>(call.geo.batch), static_cast<long long>(call.geo.channels),
                   static_cast<long long>(call.geo.height), static_cast<long long>(call.geo.width),
-                  static_cast<long long>(call.geo.out_channels), static_cast<long long>(call.geo.k),
-                  used ? "(cuSPARSELt batched)" : "(not taken)", nchw_us, nhwc_us, *nchw ? "per-image" : "NHWC");
-    ONNXSPARSE_LOG(runner_.logger(), level, text);
+                  static_cast<long long>(call.geo.out_channels), static_cast<long long>(call.geo.k));
+    std::string taken;
+    for (int64_t c : usable) taken += StrCat(taken.empty() ? "" : ",", c);
+    ONNXSPARSE_LOG(runner_.logger(), level,
+                   StrCat(text, "cuSPARSELt batched takes cols ", taken.empty() ? "none" : taken,
+                          nchw_error_.empty() ? "" : StrCat(" (", nchw_error_, ")"), nchw_fuse_ ? "" : " (epilogue not fused)",
+                          times.empty() ? "" : ";", times, " -> ",
+                          *cols > 0 ? StrCat("per-image cols=", *cols) : std::string("NHWC")));
   }
   return Ort::Status{nullptr};
 }
@@ -300,10 +321,10 @@ Ort::Status Conv2dCompressCuda<OrtT>::Compute(OrtKernelContext* context, const O
       ONNXSPARSE_LOG(runner_.logger(), runner_.trace_level(), text);
     }
     ONNXSPARSE_RETURN_IF_ERROR(runner_.ValidateOnce(kOp, call.stream, call.index, geo.out_channels, geo.k));
-    bool nchw = false;
-    ONNXSPARSE_RETURN_IF_ERROR(ChooseNchw(kOp, call, &nchw));
+    int64_t cols = 0;
+    ONNXSPARSE_RETURN_IF_ERROR(ChooseNchw(kOp, call, &cols));
     bool used = false;
-    if (nchw) ONNXSPARSE_RETURN_IF_ERROR(RunNchw(call, &used));
+    if (cols > 0) ONNXSPARSE_RETURN_IF_ERROR(RunNchw(call, cols, &used));
     if (!used) ONNXSPARSE_RETURN_IF_ERROR(RunNhwc(call));
     if (LogEnabled(runner_.logger(), runner_.trace_level())) {
       ONNXSPARSE_LOG(runner_.logger(), runner_.trace_level(),

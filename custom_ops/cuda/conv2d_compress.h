@@ -6,11 +6,13 @@
 //     Y[b] [OC, OH*OW] = W [OC, K] . B[b] [K, OH*OW] as one strided-batched cuSPARSELt product
 //     with the weight broadcast, B[b] being X[b] itself for a 1x1 stride-1 Conv and else the
 //     image's im2col matrix in (kh, kw, c) row order: the output lands in NCHW, no transpose. The
-//     bias and a ReLU are fused into cuSPARSELt's epilogue when they can be; OH*OW is padded to
-//     a multiple of 8 (cuSPARSELt's alignment), the padding dropped in the epilogue pass.
-// The form per input shape: timed at its first call (outside a CUDA-graph capture), the faster
-// kept; ONNXSPARSE_CUDA_CONV_FORM=nchw|nhwc (read at kernel creation) forces one (nchw where it
-// applies). Attributes as ONNX Conv (see DEVELOPERS.md).
+//     bias and a ReLU are fused into cuSPARSELt's epilogue when they can be. An OH*OW that is not a
+//     multiple of 8 is tried as it is (rows less aligned) and padded to 8 (the padding dropped in
+//     an epilogue pass).
+// The form per input shape: timed at its first call (outside a CUDA-graph capture), the fastest
+// kept; ONNXSPARSE_CUDA_CONV_FORM (read at kernel creation) forces one: nhwc, nchw (per image,
+// unpadded where cuSPARSELt takes it) or nchw_padded, the per-image ones where they apply.
+// Attributes as ONNX Conv (see DEVELOPERS.md).
 #pragma once
 #include <array>
 #include <map>
@@ -48,15 +50,17 @@ struct Conv2dCompressCuda {
     const T* bias = nullptr;
     T* y = nullptr;
   };
-  enum class Form { kAuto, kNchw, kNhwc };
+  enum class Form { kAuto, kNchw, kNchwPadded, kNhwc };
 
   Ort::Status RunNhwc(const Call& call);
-  // *used false (and OK): cuSPARSELt does not take this shape in the per-image form.
-  Ort::Status RunNchw(const Call& call, bool* used);
+  // The per-image form with each image's OH*OW columns `cols` apart (OH*OW, or padded to 8).
+  // *used false (and OK): cuSPARSELt does not take this shape so.
+  Ort::Status RunNchw(const Call& call, int64_t cols, bool* used);
   bool NchwApplies(const Call& call) const;
-  // Whether this input shape runs per image: decided at its first call (may build the per-image
-  // weight, time both forms; never while capturing, when the NHWC form serves undecided shapes).
-  Ort::Status ChooseNchw(const char* op, const Call& call, bool* nchw);
+  // Whether this input shape runs per image (*cols > 0: with those columns) or NHWC (0): decided at
+  // its first call (may build the per-image weight and time the forms; never while capturing, when
+  // the NHWC form serves undecided shapes).
+  Ort::Status ChooseNchw(const char* op, const Call& call, int64_t* cols);
 
   ConvAttributes attrs_;
   Activation act_;  // the fused activation (attributes activation, activation_params)
@@ -68,7 +72,7 @@ struct Conv2dCompressCuda {
   bool weight_constant_ = false;
   bool bias_constant_ = false;
   std::mutex mutex_;
-  std::map<std::array<int64_t, 3>, bool> nchw_by_shape_;  // (N, H, W) -> per-image form chosen
+  std::map<std::array<int64_t, 3>, int64_t> nchw_by_shape_;  // (N, H, W) -> columns of the per-image form, 0: NHWC
   std::unique_ptr<SparseLtWeight> nchw_weight_;  // cuSPARSELt's weight for the batched product
   bool nchw_fuse_ = true;  // bias and ReLU in cuSPARSELt's epilogue (false: cuSPARSELt refused them)
   std::string nchw_error_;                       // why it could not be built (then NHWC only)

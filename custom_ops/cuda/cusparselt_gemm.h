@@ -79,8 +79,8 @@ class SparseLtWeight {
   // Conv's per-image product, with no transpose (cusparselt/batched.cc): for b < batches,
   // Y_b [n, cols] = W [n, k] . X_b [k, cols] (+ bias, then ReLU when fuse_relu), all row-major and
   // contiguous (batch strides k*cols and n*cols; the weight broadcast to every b), i.e. NCHW's
-  // output of an image from its im2col matrix in (kh, kw, c) row order. cols must be a multiple of
-  // 8. The plan is tuned as Run's (cache, search or default algorithm), keyed by M = batches*cols
+  // output of an image from its im2col matrix in (kh, kw, c) row order. Rows cols elements apart
+  // (described with the alignment that allows; cuSPARSELt may refuse below 16 bytes). The plan is tuned as Run's (cache, search or default algorithm), keyed by M = batches*cols
   // and ldy = -cols. *used false (and OK): cuSPARSELt does not take this shape. With us != null
   // (not capturing), *us gets the plan's time per call (-1 when unknown) and nothing else runs.
   Ort::Status RunBatched(const char* op, const void* x, int64_t batches, int64_t cols, void* y, bool fuse_relu,

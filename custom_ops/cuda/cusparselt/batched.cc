@@ -38,16 +38,20 @@ bool SparseLtWeight::DescribeBatched(int64_t batches, int64_t cols, Plan* p) {
            a.MatDescSetAttribute(h, d, CUSPARSELT_MAT_BATCH_STRIDE, &stride, sizeof(stride)) == CUSPARSE_STATUS_SUCCESS;
   };
   // A: the structured weight [n, k] as Build described it, broadcast; B: X_b [k, cols]; C = D: Y_b [n, cols].
+  // The dense operands' rows are cols elements apart: their alignment is what cols allows (16 bytes
+  // at most), so that an image's OH*OW needs no padding where cuSPARSELt takes the smaller one.
+  const int64_t row_bytes = cols * 2;
+  const uint32_t align = row_bytes % 16 == 0 ? 16 : row_bytes % 8 == 0 ? 8 : row_bytes % 4 == 0 ? 4 : 2;
   if (a.StructuredDescriptorInit(h, &p->mat_a, n_, k_, k_, 16, dt, CUSPARSE_ORDER_ROW,
                                  CUSPARSELT_SPARSITY_50_PERCENT) != CUSPARSE_STATUS_SUCCESS) {
     return false;
   }
   bool ok = batch(&p->mat_a, 0);
   bool has_b = false, has_c = false;
-  if (ok) ok = has_b = a.DenseDescriptorInit(h, &p->mat_b, k_, cols, cols, 16, dt, CUSPARSE_ORDER_ROW) ==
+  if (ok) ok = has_b = a.DenseDescriptorInit(h, &p->mat_b, k_, cols, cols, align, dt, CUSPARSE_ORDER_ROW) ==
                        CUSPARSE_STATUS_SUCCESS;
   if (ok) ok = batch(&p->mat_b, k_ * cols);
-  if (ok) ok = has_c = a.DenseDescriptorInit(h, &p->mat_c, n_, cols, cols, 16, dt, CUSPARSE_ORDER_ROW) ==
+  if (ok) ok = has_c = a.DenseDescriptorInit(h, &p->mat_c, n_, cols, cols, align, dt, CUSPARSE_ORDER_ROW) ==
                        CUSPARSE_STATUS_SUCCESS;
   if (ok) ok = batch(&p->mat_c, n_ * cols);
   if (ok) {
@@ -79,7 +83,7 @@ Ort::Status SparseLtWeight::RunBatched(const char* op, const void* x, int64_t ba
                                        bool fuse_relu, cudaStream_t stream, bool* used, float* us) {
   *used = false;
   if (us != nullptr) *us = -1.f;
-  if (!ready_ || batches <= 0 || cols <= 0 || cols % 8 != 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0 ||
+  if (!ready_ || batches <= 0 || cols <= 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0 ||
       reinterpret_cast<uintptr_t>(y) % 16 != 0) {
     return Ort::Status{nullptr};
   }
