@@ -593,3 +593,45 @@ def test_compiled_patterns_on_the_kernels(case):
         else:
             np.testing.assert_allclose(g, r, rtol=1e-6, atol=1e-6 * np.abs(r).max())
             np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5 * np.abs(e).max())
+
+
+# --- tune and compile --target: int8 layers decided by measurement -------------------------------------------
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("builder", ["qdq-matmul", "qlinearconv", "matmulinteger"])
+def test_tune_times_int8_layers_and_compile_target_uses_them(tmp_path, builder):
+    """``onnxsparse tune`` times an int8 layer as the form the model holds it in (dense: ONNX Runtime's
+    own int8 execution; sparse: the compiled op), and ``compile --target cpu`` decides it from that
+    measurement."""
+    import json
+    import subprocess
+    import sys
+
+    from onnxsparse.tune.problems import find_problems, inferred_shapes, layer_model
+
+    missing = _int8_kernels_missing()
+    if missing:
+        pytest.skip(missing)
+    model = {"qdq-matmul": lambda: qdq_model("MatMul", m=8, k=64, n=32)[0],
+             "qlinearconv": lambda: qlinear_model("QLinearConv")[0],
+             "matmulinteger": lambda: integer_model("MatMulInteger", m=8, k=64, n=32)[0]}[builder]()
+    layers = find_problems(model, check_model(model).layers, inferred_shapes(model))
+    assert len(layers) == 1 and layers[0].problem.dtype == "int8"
+    dense = layer_model(layers[0], copies=2)
+    assert {n.op_type for n in dense.graph.node} & {"QLinearConv", "MatMulInteger", "MatMul"}
+    assert q_ops(compile_model(dense).model) == [("QConv2dCompress" if builder == "qlinearconv" else "QMatMulCompress")] * 2
+
+    path, cache = tmp_path / "q.onnx", tmp_path / "tune.json"
+    onnx.save(model, path)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "onnxsparse", *map(str, a)], capture_output=True, text=True)  # noqa: E731
+    tuned = run("tune", path, "--provider", "cpu", "--threads", "1", "--cache", cache, "--budget", "0.2",
+                "--no-whole-model", "--json", "--quiet")
+    assert tuned.returncode == 0, tuned.stderr
+    problems = json.loads(tuned.stdout)["problems"]
+    assert len(problems) == 1 and " int8 " in problems[0]["problem"] and problems[0]["ratio"] > 0
+    compiled = run("compile", path, "-o", tmp_path / "c.onnx", "--target", "cpu", "--threads", "1", "--cache", cache, "--json")
+    assert compiled.returncode == 0, compiled.stderr
+    layer = json.loads(compiled.stdout)["layers"][0]
+    assert layer["decided_by"]["source"] == "tuned"
+    assert layer["rewritten"] == layer["decided_by"]["sparse"]
+    assert layer["decided_by"]["ratio"] == pytest.approx(problems[0]["ratio"], rel=1e-3)

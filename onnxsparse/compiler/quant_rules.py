@@ -141,6 +141,16 @@ def _constant(graph, tensor: gs.Tensor | None, what: str) -> np.ndarray | str:
     return constant_array(source.tensor)
 
 
+def _is_weight(graph, tensor: gs.Tensor) -> bool:
+    """A constant, or a DequantizeLinear of one, through Identity chains."""
+    node = producer(tensor)
+    while _is_onnx(node, "Identity") and node.inputs:
+        tensor, node = node.inputs[0], producer(node.inputs[0])
+    if _is_onnx(node, "DequantizeLinear"):
+        tensor = node.inputs[0]
+    return resolve_constant(graph, tensor)[0] is not None
+
+
 def check_weight(graph, node: gs.Node, record: LayerRecord) -> QuantWeight | str:
     """The weight of a quantized layer, filling the record's weight facts, or why it is not eligible.
     The 2:4 count runs once per record (``record.share`` None)."""
@@ -148,9 +158,13 @@ def check_weight(graph, node: gs.Node, record: LayerRecord) -> QuantWeight | str
     record.weight = node.inputs[1].name if record.quant == QDQ else weight.name
     source, why_not = resolve_constant(graph, weight)
     if source is None and _is_onnx(producer(weight), "QuantizeLinear"):
-        return (f"the weight is quantized at run time by the QuantizeLinear '{producer(weight).name}' (ONNX Runtime's "
-                "quantizer does so for a weight read through an Identity, such as one shared by two layers), "
-                "so its int8 values are not constant")
+        quantize = producer(weight)
+        if _is_weight(graph, quantize.inputs[0]):
+            return (f"the weight is quantized at run time by the QuantizeLinear '{quantize.name}' (ONNX Runtime's "
+                    "quantizer does so for a weight read through an Identity, such as one shared by two layers), "
+                    "so its int8 values are not constant")
+        return (f"the second input is an activation quantized at run time (QuantizeLinear '{quantize.name}'), "
+                "not a constant weight")
     if source is None:
         return f"the int8 weight is not constant ({why_not})"
     proto = constant_proto(source.tensor)

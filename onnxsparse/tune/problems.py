@@ -13,6 +13,15 @@ MatMul with its bias Add, unless the Add's result feeds an op ONNX Runtime fuses
 what ``compile_model`` writes for that same model, so that whatever the compiler folds or fuses
 into the sparse op is timed too. Weights are random 2:4 (the kernels' speed does not depend on
 the values).
+
+A quantized layer (``compiler/quant_rules.py``) is an int8 problem: ``op`` is the product it
+computes (MatMul, Gemm, Conv), ``dtype`` is ``"int8"``, and its attributes add the form the model
+holds it in (``form``: ``QDQ``, or the QOperator op: QLinearMatMul, QLinearConv, QGemm,
+MatMulInteger, ConvInteger), the activation's element type (``a``), the output's (``y``: uint8,
+int8 or float) and whether the weight scale is per channel. Its single-layer model is that form on
+a float input (QuantizeLinear or DynamicQuantizeLinear in front, DequantizeLinear after a quantized
+output), so the dense side is ONNX Runtime's own int8 execution (QLinearMatMul, QLinearConv, QGemm,
+MatMulIntegerToFloat after its fusions) and the sparse side is what the compiler makes of it.
 """
 
 from __future__ import annotations
@@ -209,12 +218,16 @@ def find_problems(model: onnx.ModelProto, records, shapes: dict[str, tuple]) -> 
     for node in model.graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
+    producers = {name: node for node in model.graph.node for name in node.output}
     outputs = {value.name for value in model.graph.output}
     constants = _constants(model)
     found = []
     for record in records:
         node = nodes.get(record.node)
         if node is None or not record.eligible:
+            continue
+        if getattr(record, "quant", None):
+            found.append(_int8_layer_problem(record, node, readers, producers, outputs, constants, shapes))
             continue
         found.append(_layer_problem(record, node, readers, outputs, constants, shapes))
     return found
@@ -288,6 +301,168 @@ def _layer_problem(record, node, readers, outputs, constants, shapes) -> LayerPr
     return result
 
 
+# --- int8 problems (quantized layers) ---------------------------------------------------------------
+
+INT8_BASE_OPS = {"QLinearMatMul": "MatMul", "MatMulInteger": "MatMul", "QGemm": "Gemm", "QLinearConv": "Conv",
+                 "ConvInteger": "Conv"}
+
+
+def _int8_layer_problem(record, node, readers, producers, outputs, constants, shapes) -> LayerProblem:
+    """The problem of a quantized layer, read from the ONNX nodes around it (the forms the compiler's
+    int8 rules rewrite; ``record`` says which)."""
+    form = "QDQ" if record.quant == "QDQ" else node.op_type
+    base = INT8_BASE_OPS.get(node.op_type, node.op_type)
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    kept = [(name, _plain(attrs[name])) for name in _ATTRS[base] if name in attrs]
+    x_shape = shapes.get(node.input[0])
+    x_shape = tuple(d if isinstance(d, int) and d > 0 else (d or "?") for d in (x_shape or ("?",)))
+
+    def type_of(name: str | None, default: str = "uint8") -> str:
+        return str(numpy_helper.to_array(constants[name]).dtype) if name and name in constants else default
+
+    def size_of(name: str | None) -> int:
+        return int(np.prod(constants[name].dims)) if name and name in constants else 1
+
+    def only_reader(name: str, op: str):
+        found = _readers(name, readers, outputs)
+        return found[0] if len(found) == 1 and found[0].op_type == op else None
+
+    def arg(n, i: int) -> str | None:
+        return n.input[i] if len(n.input) > i and n.input[i] else None
+
+    bias, relu, out, tail = False, False, "float", node.output[0]
+    if form == "QDQ":
+        a_dq = producers.get(node.input[0])
+        act = type_of(arg(a_dq, 2)) if a_dq is not None else "uint8"
+        w_dq = producers.get(node.input[1])
+        while w_dq is not None and w_dq.op_type == "Identity":
+            w_dq = producers.get(w_dq.input[0])
+        channel = size_of(arg(w_dq, 1)) > 1 if w_dq is not None else False
+        bias = arg(node, 2) is not None
+        add = only_reader(tail, "Add") if base == "MatMul" else None
+        if add is not None and any(name in constants or name in producers and producers[name].op_type == "DequantizeLinear"
+                                   for name in add.input if name != tail):
+            bias, tail = True, add.output[0]
+    elif form in ("MatMulInteger", "ConvInteger"):
+        zp = arg(node, 2)
+        act = type_of(zp) if zp in constants else "uint8"  # DynamicQuantizeLinear's
+        cast = only_reader(tail, "Cast")
+        mul = only_reader(cast.output[0], "Mul") if cast is not None else None
+        channel = False
+        if mul is not None:
+            scale = next((name for name in mul.input if name != cast.output[0]), None)
+            scale_node = producers.get(scale)
+            names = list(scale_node.input) if scale_node is not None and scale_node.op_type == "Mul" else [scale]
+            channel = any(size_of(name) > 1 for name in names)
+            tail = mul.output[0]
+    else:  # QLinearMatMul, QLinearConv, QGemm
+        act, channel = type_of(arg(node, 2)), size_of(arg(node, 4)) > 1
+        bias = arg(node, {"QLinearConv": 8, "QGemm": 6}.get(form, 99)) is not None
+        y_zero_point = arg(node, 8 if form == "QGemm" else 7)
+        out = type_of(y_zero_point) if y_zero_point is not None or form != "QGemm" else "float"
+        if form == "QGemm" and arg(node, 7) is None:
+            out = "float"
+    if form in ("QDQ", "MatMulInteger", "ConvInteger"):
+        if only_reader(tail, "Relu") is not None:
+            relu, tail = True, only_reader(tail, "Relu").output[0]
+        quantize = only_reader(tail, "QuantizeLinear") if form == "QDQ" else None
+        if quantize is not None:
+            out = type_of(arg(quantize, 2))
+    kept += [("form", form), ("a", act), ("y", out), ("w_scale", "channel" if channel else "tensor")]
+    problem = Problem(op=base, weight=tuple(record.shape), x=x_shape, dtype="int8", attrs=tuple(kept), bias=bias,
+                      activation="Relu" if relu else "")
+    return LayerProblem(node=record.node, problem=problem, output_shape=shapes.get(node.output[0]),
+                        first_output=node.output[0])
+
+
+def _int8_input_type(problem: Problem) -> int:
+    """The element type of an int8 layer's input 0: float for QDQ, the activation's for the QOperator ops."""
+    attrs = dict(problem.attrs)
+    if attrs.get("form") == "QDQ":
+        return TensorProto.FLOAT
+    return TensorProto.UINT8 if attrs.get("a") == "uint8" else TensorProto.INT8
+
+
+def _int8_layer_model(layer: LayerProblem, copies: int, seed: int) -> onnx.ModelProto:
+    """``copies`` instances of a quantized layer, in its form, on one float input ``x``."""
+    problem = layer.problem
+    rng = np.random.default_rng(seed)
+    attrs = dict(problem.attrs)
+    form, act, out = attrs.pop("form"), np.dtype(attrs.pop("a")), attrs.pop("y")
+    channel = attrs.pop("w_scale") == "channel"
+    layout = "oihw" if problem.op == "Conv" else ("nk" if problem.op == "Gemm" and attrs.get("transB", 0) else "kn")
+    rows = problem.weight[1] if layout == "kn" else problem.weight[0]
+    zero = np.array(128 if act == np.uint8 else 0, act)
+    nodes, inits = [], []
+
+    def init(name: str, value) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(op: str, inputs: list, outputs: list, domain: str = "", **kwargs) -> str:
+        nodes.append(helper.make_node(op, inputs, outputs, name=f"n{len(nodes)}", domain=domain, **kwargs))
+        return outputs[0]
+
+    integer = form in ("MatMulInteger", "ConvInteger")
+    if integer:
+        node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xzp"])
+    else:
+        node("QuantizeLinear", ["x", init("xs", np.float32(0.02)), init("xzp", zero)], ["xq"])
+    if form == "QDQ":
+        node("DequantizeLinear", ["xq", "xs", "xzp"], ["xdq"])
+    op_attrs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in attrs.items()}
+    outs = []
+    for index in range(copies):
+        p = f"l{index}"
+        weight = rng.integers(-127, 128, problem.weight).astype(np.int8)
+        w = init(f"{p}.w", prune_weight_magnitude(weight, layout))
+        scale = (rng.random(rows) * 0.01 + 0.005).astype(np.float32) if channel else np.float32(0.01)
+        if form == "ConvInteger" and channel:  # broadcast along the output channels of [N, OC, OH, OW]
+            scale = scale.reshape(rows, 1, 1)
+        ws = init(f"{p}.ws", scale)
+        wzp = init(f"{p}.wzp", np.zeros(() if form == "ConvInteger" else np.shape(scale), np.int8))
+        bias = init(f"{p}.b", rng.integers(-1000, 1000, rows).astype(np.int32)) if problem.bias else ""
+        ys = yzp = ""
+        if out != "float":
+            ys, yzp = init(f"{p}.ys", np.float32(0.05)), init(f"{p}.yzp", np.zeros((), out))
+        if form == "QDQ":
+            axis = {"axis": 1 if layout == "kn" else 0}
+            wdq = node("DequantizeLinear", [w, ws, wzp], [f"{p}.wdq"], **(axis if channel else {}))
+            inputs = ["xdq", wdq]
+            if bias and problem.op != "MatMul":
+                inputs.append(node("DequantizeLinear", [bias, init(f"{p}.bs", (np.float32(0.02) * scale).astype(np.float32))],
+                                   [f"{p}.bdq"], **({"axis": 0} if channel else {})))
+            y = node(problem.op, inputs, [f"{p}.y"], **op_attrs)
+            if bias and problem.op == "MatMul":
+                bdq = node("DequantizeLinear", [bias, init(f"{p}.bs", (np.float32(0.02) * scale).astype(np.float32))],
+                           [f"{p}.bdq"], **({"axis": 0} if channel else {}))
+                y = node("Add", [y, bdq], [f"{p}.yb"])
+        elif integer:
+            acc = node(form, ["xq", w, "xzp", wzp], [f"{p}.acc"], **op_attrs)
+            s = node("Mul", ["xs", ws], [f"{p}.s"])
+            y = node("Mul", [node("Cast", [acc], [f"{p}.accf"], to=TensorProto.FLOAT), s], [f"{p}.y"])
+        else:
+            inputs = ["xq", "xs", "xzp", w, ws, wzp]
+            if form == "QGemm":
+                inputs += [bias] + ([ys, yzp] if out != "float" else [])
+            else:
+                inputs += [ys, yzp] + ([bias] if bias else [])
+            y = node(form, inputs, [f"{p}.yq" if out != "float" else f"{p}.y"],
+                     domain="com.microsoft" if form == "QGemm" else "", **op_attrs)
+        if problem.activation == "Relu":
+            y = node("Relu", [y], [f"{p}.r"])
+        if out != "float" and form == "QDQ":
+            y = node("QuantizeLinear", [y, ys, yzp], [f"{p}.yq"])
+        if out != "float":
+            y = node("DequantizeLinear", [y, ys, yzp], [f"{p}.out"])
+        outs.append(helper.make_tensor_value_info(y, TensorProto.FLOAT, [f"d{i}" for i in range(len(problem.x))]))
+    graph = helper.make_graph(nodes, f"tune_int8_{form}", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(problem.x))],
+                              outs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 9
+    return model
+
+
 def _is_bias(shape: tuple, op: str) -> bool:
     """A constant an Add can fold into the layer's bias: one value per output feature (a Conv's
     [1, C, 1, 1] or [C, 1, 1]; a MatMul's [N] or [1, N])."""
@@ -348,7 +523,8 @@ def observe_shapes(bound: onnx.ModelProto, layers: list[LayerProblem], feeds: di
     for layer in layers:
         name = wanted.get(layer.node)
         if name and name not in present:
-            probe.graph.output.append(helper.make_tensor_value_info(name, _DTYPES[layer.problem.dtype], None))
+            data_type = _int8_input_type(layer.problem) if layer.problem.dtype == "int8" else _DTYPES[layer.problem.dtype]
+            probe.graph.output.append(helper.make_tensor_value_info(name, data_type, None))
             present.add(name)
     # The one session factory: a model over 2 GB opens from a temporary file, not from bytes.
     session = open_session(probe, sparse=False, provider="cpu", quiet=True, what="model (run to find its layers' shapes)")
@@ -384,6 +560,8 @@ def layer_model(layer: LayerProblem, copies: int = 1, seed: int = 0) -> onnx.Mod
     problem = layer.problem
     if not problem.static:
         raise OnnxSparseError(f"{layer.node}: the activation's shape {problem.x} is not static")
+    if problem.dtype == "int8":
+        return _int8_layer_model(layer, copies, seed)
     rng = np.random.default_rng(seed)
     data_type = _DTYPES[problem.dtype]
     np_dtype = helper.tensor_dtype_to_np_dtype(data_type)
@@ -441,7 +619,7 @@ def layer_model(layer: LayerProblem, copies: int = 1, seed: int = 0) -> onnx.Mod
 
 
 def layer_feeds(problem: Problem, seed: int = 1) -> dict[str, np.ndarray]:
-    data_type = _DTYPES[problem.dtype]
+    data_type = TensorProto.FLOAT if problem.dtype == "int8" else _DTYPES[problem.dtype]  # int8: quantized inside
     array = np.random.default_rng(seed).standard_normal(problem.x).astype(np.float32)
     return {"x": array.astype(helper.tensor_dtype_to_np_dtype(data_type))}
 
