@@ -386,6 +386,40 @@ def test_qdq_conv_float_output_with_relu():
     assert (reference_run(result.model, feeds)[0] >= 0).all()
 
 
+def test_qdq_weight_shared_by_two_layers_is_compressed_once():
+    model, feeds = qdq_model("MatMul", k=16, n=6, bias=False)
+    model.graph.node.extend([helper.make_node("MatMul", ["x_dq", "w_dq"], ["y2f"], name="second"),
+                             helper.make_node("QuantizeLinear", ["y2f", "y_scale", "y_zp"], ["y2"])])
+    model.graph.output.append(helper.make_tensor_value_info("y2", TensorProto.UINT8, [3, 6]))
+    result = compile_all(model, "QMatMulCompress", "QMatMulCompress")
+    assert [(c.source, len(c.users)) for c in result.compressed] == [("W", 2)]
+    assert "W" not in {t.name for t in result.model.graph.initializer}  # the dense int8 weight is gone
+    assert_matches_ort(model, result.model, feeds, exact=False)
+
+
+def test_qdq_layer_inside_an_if_branch():
+    """The rules run in subgraph bodies too; the weight and scales are outer-scope initializers."""
+    model, feeds = qdq_model("MatMul", k=16, n=6, bias=False)
+    graph = model.graph
+    inner = [n for n in graph.node if n.op_type == "MatMul" or (n.op_type == "QuantizeLinear" and n.output[0] == "y")]
+    for node in inner:
+        graph.node.remove(node)
+    then_branch = helper.make_graph(inner, "then", [], [helper.make_tensor_value_info("y", TensorProto.UINT8, [3, 6])])
+    else_branch = helper.make_graph([helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["ye"])], "else", [],
+                                    [helper.make_tensor_value_info("ye", TensorProto.UINT8, [3, 16])])
+    graph.node.append(helper.make_node("If", ["c"], ["out"], then_branch=then_branch, else_branch=else_branch, name="if"))
+    graph.input.append(helper.make_tensor_value_info("c", TensorProto.BOOL, []))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("out", TensorProto.UINT8, None))
+    result = compile_model(model)
+    assert [(d.record.scope, d.rewritten) for d in result.layers] == [("the then_branch of If 'if'", True)]
+    body = next(a.g for a in next(n for n in result.model.graph.node if n.op_type == "If").attribute if a.name == "then_branch")
+    assert [n.op_type for n in body.node] == ["QMatMulCompress"]
+    for flag in (True, False):
+        feeds["c"] = np.array(flag)
+        np.testing.assert_array_equal(reference_run(result.model, feeds)[0], ort_run(model, feeds)[0])
+
+
 def _reason(model: onnx.ModelProto) -> str:
     layers = check_model(model).layers
     assert len(layers) == 1 and not layers[0].eligible
