@@ -65,6 +65,7 @@ def session_options(options: ort.SessionOptions | None = None, **runtime: Any) -
             text = ("1" if value else "0") if isinstance(value, bool) else str(value)
             options.add_session_config_entry(RUNTIME_OPTIONS[name], text)
         _default_cusparselt_library(options)
+        _seed_cusparselt_cache(options)
         try:
             options.register_custom_ops_library(get_library_path())
         except Exception as exc:
@@ -88,6 +89,25 @@ def _default_cusparselt_library(options: ort.SessionOptions) -> None:
     found = find_cusparselt()
     if found:
         options.add_session_config_entry(key, found)
+
+
+def _seed_cusparselt_cache(options: ort.SessionOptions) -> None:
+    """With CUDA, the default cuSPARSELt tuning cache file, when it does not exist yet, starts from
+    the shipped tables (onnxsparse/cusparselt_table.py): a model not tuned on this machine then runs
+    the configurations measured on the same GPU model instead of cuSPARSELt's default algorithm. A
+    cache file named by the session or ONNXSPARSE_CUSPARSELT_CACHE is left to its owner."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers() or os.environ.get("ONNXSPARSE_CUSPARSELT_CACHE"):
+        return
+    try:
+        if options.get_session_config_entry(RUNTIME_OPTIONS["cusparselt_cache"]):
+            return
+    except Exception:  # onnxruntime raises when the key is absent
+        pass
+    from .cusparselt_table import default_cache_path, seed_cache
+
+    path = default_cache_path()
+    if path is not None:
+        seed_cache(path)
 
 
 class InferenceSession(ort.InferenceSession):
