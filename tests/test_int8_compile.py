@@ -607,17 +607,20 @@ KERNEL_CASES = {
 
 
 @pytest.mark.kernels
+@pytest.mark.parametrize("fold", [True, False])
 @pytest.mark.parametrize("case", KERNEL_CASES)
-def test_compiled_patterns_on_the_kernels(case):
+def test_compiled_patterns_on_the_kernels(case, fold):
     """Each pattern's compiled model in ONNX Runtime with the library equals its reference run, and is
-    within one step of ONNX Runtime's run of the quantized model (exact where ORT runs an integer op)."""
+    within one step of ONNX Runtime's run of the quantized model (exact where ORT runs an integer op).
+    ``fold=False``: the int8 weight is compressed by CompressOp in the session."""
     import onnxsparse
 
     missing = _int8_kernels_missing()
     if missing:
         pytest.skip(missing)
     model, feeds = KERNEL_CASES[case]()
-    compiled = compile_model(model).model
+    compiled = compile_model(model, fold=fold).model
+    assert ("CompressOp" in [n.op_type for n in compiled.graph.node]) != fold
     got = onnxsparse.InferenceSession(compiled, providers=["CPUExecutionProvider"]).run(None, feeds)
     for g, r, e in zip(got, reference_run(compiled, feeds), ort_run(model, feeds)):
         assert g.dtype == r.dtype == e.dtype
