@@ -229,8 +229,9 @@ def tune_and_compile(model: Model, pruned: Path, shape, cache: Path, budget: flo
     """`tune --provider cuda` for this shape, then `compile --target cuda`; the compile report."""
     tag = "x".join(str(d) for d in shape)
     out = pruned.with_name(pruned.stem.replace(".pruned", "") + f".cuda.{tag}.onnx")
+    whole = ["--whole-budget", str(whole_budget)] if whole_budget > 0 else ["--no-whole-model"]
     cli("tune", str(pruned), "--provider", "cuda", "--input-shapes", shape_arg(model, shape), "--cache", str(cache),
-        "--budget", str(budget), "--whole-budget", str(whole_budget), "--quiet")
+        "--budget", str(budget), *whole, "--quiet")
     report = json.loads(cli("compile", str(pruned), "-o", str(out), "--target", "cuda", "--cache", str(cache),
                             "--input-shapes", shape_arg(model, shape), "--json", "-q"))
     return out, report
@@ -391,7 +392,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of dense and compiled runs")
     parser.add_argument("--budget", type=float, default=4.0, help="seconds of timing per model, shape and graph mode")
     parser.add_argument("--tune-budget", type=float, default=0.3, help="tune's --budget (per distinct layer)")
-    parser.add_argument("--tune-whole-budget", type=float, default=2.0, help="tune's --whole-budget")
+    parser.add_argument("--tune-whole-budget", type=float, default=2.0,
+                        help="tune's --whole-budget (0: --no-whole-model)")
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(models) - {"bert", "llama", "resnet50"})
