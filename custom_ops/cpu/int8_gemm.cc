@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <new>
+#include <utility>
 #include <type_traits>
 #include <vector>
 
@@ -79,7 +80,7 @@ size_t OutputBytes(Int8Out out) { return out == Int8Out::kFloat ? 4 : 1; }
 }  // namespace
 
 std::unique_ptr<Int8PackedWeight> PackInt8Weight(const int8_t* values, const uint8_t* index, int64_t rows, int64_t k,
-                                                 int64_t conv_groups, std::string& error) {
+                                                 int64_t conv_groups, Int8Format format, std::string& error) {
   if (conv_groups <= 0 || rows % conv_groups != 0) {
     error = StrCat("OC=", rows, " is not divisible by group=", conv_groups);
     return nullptr;
@@ -90,6 +91,7 @@ std::unique_ptr<Int8PackedWeight> PackInt8Weight(const int8_t* values, const uin
   w.k = k;
   w.pairs = (k / 4 + 1) / 2;
   w.conv_groups = conv_groups;
+  w.format = format;
   w.rows_per_group = rows / conv_groups;
   w.blocks_per_group = (w.rows_per_group + kInt8BlockN - 1) / kInt8BlockN;
   w.blocks = w.blocks_per_group * conv_groups;
@@ -122,11 +124,24 @@ std::unique_ptr<Int8PackedWeight> PackInt8Weight(const int8_t* values, const uin
         return nullptr;
       }
       const int64_t pair = g / 2, half = g % 2;
-      const uint8_t positions = static_cast<uint8_t>(FirstOffset(nibble) | SecondOffset(nibble) << 2);
-      block_index[pair * kInt8BlockN + lane] |= static_cast<uint8_t>(positions << (4 * half));
-      int8_t* dst = reinterpret_cast<int8_t*>(block_values + (pair * kInt8BlockN + lane) * 4 + 2 * half);
-      dst[0] = row_values[2 * g];
-      dst[1] = row_values[2 * g + 1];
+      int first = FirstOffset(nibble), second = SecondOffset(nibble);
+      int8_t v0 = row_values[2 * g], v1 = row_values[2 * g + 1];
+      int8_t* dst = nullptr;
+      uint8_t field = 0;
+      if (format == Int8Format::kPositions) {
+        field = static_cast<uint8_t>(first | second << 2);
+        dst = reinterpret_cast<int8_t*>(block_values + (pair * kInt8BlockN + lane) * 4 + 2 * half);
+      } else {
+        if (first > second) std::swap(first, second), std::swap(v0, v1);
+        int code = 0;
+        while (kInt8CodeFirst[code] != first || kInt8CodeSecond[code] != second) ++code;  // every (first <= second) has a code
+        field = static_cast<uint8_t>(code);
+        const int64_t octet = lane / 8;
+        dst = reinterpret_cast<int8_t*>(block_values + pair * 64 + (octet * 2 + half) * 16 + (lane % 8) * 2);
+      }
+      block_index[pair * kInt8BlockN + lane] |= static_cast<uint8_t>(field << (4 * half));
+      dst[0] = v0;
+      dst[1] = v1;
       sum += dst[0] + dst[1];
     }
     w.row_sums[r] = sum;

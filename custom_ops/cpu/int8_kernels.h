@@ -20,8 +20,17 @@
 // so a block costs 80 bytes per pair: 10 bits per kept value, against 16 bits for a dense
 // weight. With the pair's 8 activations a[0..7], feature n's contribution is
 //   a[p0] v0 + a[p1] v1 + a[4 + p0'] v2 + a[4 + p1'] v3.
-// The kernels turn the index byte into a byte-shuffle control in registers (AVX-512: vpmultishiftqb;
-// AVX2: vpmulhuw), so nothing of it is stored expanded.
+// The AVX-512 kernel turns the index byte into a byte-shuffle control in registers
+// (vpmultishiftqb), so nothing of it is stored expanded (format kPositions, also the portable one's).
+//
+// The AVX2 kernel's format (kCodes) keeps the 80 bytes but codes each group's pair of positions
+// (p0, p1) as one of 8 values, c = (0,1) (0,2) (0,3) (1,2) (1,3) (2,3) (1,1) (2,2) (a group with
+// p0 > p1 is stored swapped, values too; p0 == p1, both values added at one element, has codes of
+// its own: every SPEC encoding has a code), in index bytes c | c' << 4, and orders the values of a
+// pair by group:
+//   values[pair][octet 0..1][group 0..1][8 features][2]
+// The kernel builds, per row of A and group, the 8 possible (a[p0], a[p1]) as a table of 8 dwords
+// and picks each feature's with vpermd (the code as the dword index), see int8_kernels_avx2.cc.
 #pragma once
 #include <cstdint>
 #include <cstdlib>
@@ -33,6 +42,12 @@
 namespace onnxsparse::cpu {
 
 constexpr int64_t kInt8BlockN = 16;
+
+enum class Int8Format { kPositions, kCodes };
+
+// (p0, p1) of each code of the kCodes format.
+constexpr int kInt8CodeFirst[8] = {0, 0, 0, 1, 1, 2, 1, 2};
+constexpr int kInt8CodeSecond[8] = {1, 2, 3, 2, 3, 3, 1, 2};
 constexpr int64_t kInt8PairBytes = 80;  // per block and pair: 64 value bytes + 16 index bytes
 
 struct Int8PackedWeight {
@@ -45,6 +60,7 @@ struct Int8PackedWeight {
   int64_t blocks = 0;          // conv_groups * blocks_per_group
   int64_t block_stride = 0;    // bytes from one block to the next (a multiple of 64)
   int64_t index_offset = 0;    // bytes from a block's values to its index: pairs * 64
+  Int8Format format = Int8Format::kPositions;
 
   struct Free {
     void operator()(void* p) const { std::free(p); }
@@ -60,10 +76,10 @@ struct Int8PackedWeight {
 #define ONNXSPARSE_INT8_INDEX(w, block) ((w).base + (block) * (w).block_stride + (w).index_offset)
 
 // Packs SPEC's int8 pair (values [rows, K/2], index [rows, ceil(K/8)]) with `conv_groups` groups of
-// rows. Returns null and sets `error` when an index field holds the invalid value 3 or rows is not
+// rows, in `format`. Returns null and sets `error` when an index field holds the invalid value 3 or rows is not
 // a multiple of conv_groups; throws std::bad_alloc when out of memory.
 std::unique_ptr<Int8PackedWeight> PackInt8Weight(const int8_t* values, const uint8_t* index, int64_t rows, int64_t k,
-                                                 int64_t conv_groups, std::string& error);
+                                                 int64_t conv_groups, Int8Format format, std::string& error);
 
 // One call of an inner kernel: C[i, j] = sum_k A_u[i, k] * W[k, n0 + j] for rows i < m of A and the
 // features of blocks [block_begin, block_end) (n0 = 16 * block_begin within the weight's blocks).
@@ -80,6 +96,7 @@ struct Int8Task {
 
 struct Int8KernelSet {
   const char* name;
+  Int8Format format;  // the layout its weights are packed in
   void (*gemm)(const Int8PackedWeight& w, const Int8Task& task);
 };
 

@@ -1,16 +1,19 @@
-// AVX2 int8 kernel (int8_kernels.h). Compiled with -mavx2 and only called when cpuid reports it.
+// AVX2 int8 kernel (int8_kernels.h, format kCodes). Compiled with -mavx2 and only called when cpuid
+// reports it.
 //
-// No VNNI and no saturation: vpmaddubsw's int16 pair sums of u8 x s8 products can overflow, so the
-// products are formed in int16 instead. Per 4 features and pair of groups (one ymm: a dword per
-// feature and group), the control word of each kept value is `0x80 << 8 | position`: vpshufb then
-// zero-extends the selected activation into a word by itself; the weights are sign-extended
-// (vpmovsxbw of the 16 value bytes, whose order already matches), and vpmaddwd sums each group's
-// two products exactly into an int32 lane. The controls come from the 4 index bytes with one
-// shuffle (the byte into the high half of 4 words), one vpmulhuw (shifts 0, 2, 4, 6), an AND and
-// an OR. The two lanes of a feature are added when the tile is stored.
+// No VNNI, and vpmaddubsw's int16 pair sums of u8 x s8 products can saturate, so the products are
+// formed in int16: for each row of A and group of 4 activations a[0..3], a table of 8 dwords holds
+// the (a[p0], a[p1]) pair of each code as two zero-extended words (one vpshufb of the broadcast
+// group, built once per row tile for the whole K); vpermd picks each of 8 features' dword by its
+// code (the index byte, or its high nibble: vpermd reads the low 3 bits of each lane), and
+// vpmaddwd multiplies it by the feature's two sign-extended values and sums them exactly into the
+// feature's int32 lane. Per 8 features, pair and row: 2 vpermd, 2 vpmaddwd, 2 vpaddd; the codes
+// and values are loaded once per pair and reused over up to 4 rows.
 #include <immintrin.h>
 
+#include <cstdlib>
 #include <cstring>
+#include <new>
 
 #include "cpu/int8_kernels.h"
 
@@ -18,91 +21,113 @@ namespace onnxsparse::cpu {
 
 namespace {
 
-struct Constants {
-  __m256i spread, shifts, low2, high;
-  Constants()
-      : spread(_mm256_setr_epi8(-128, 0, -128, 0, -128, 0, -128, 0, -128, 1, -128, 1, -128, 1, -128, 1,  //
-                                -128, 2, -128, 2, -128, 2, -128, 2, -128, 3, -128, 3, -128, 3, -128, 3)),
-        shifts(_mm256_set1_epi64x(0x0004001000400100LL)),  // words 256, 64, 16, 4: >> 0, 2, 4, 6 of b << 8
-        low2(_mm256_set1_epi16(0x0003)),
-        high(_mm256_set1_epi64x(static_cast<int64_t>(0x8004800480008000ULL))) {}
-};
-
-// The controls of 4 features (their index bytes at index4).
-inline __m256i Controls(const uint8_t* index4, const Constants& k) {
-  int32_t bytes;
-  std::memcpy(&bytes, index4, 4);
-  const __m256i words = _mm256_shuffle_epi8(_mm256_set1_epi32(bytes), k.spread);
-  const __m256i fields = _mm256_mulhi_epu16(words, k.shifts);
-  return _mm256_or_si256(_mm256_and_si256(fields, k.low2), k.high);
+// (a[p0], a[p1]) of each code (int8_kernels.h: kInt8CodeFirst/Second) as words, from a group's 4
+// activations broadcast to every dword.
+inline __m256i TableControl() {
+  return _mm256_setr_epi8(0, -128, 1, -128, 0, -128, 2, -128, 0, -128, 3, -128, 1, -128, 2, -128,  //
+                          1, -128, 3, -128, 2, -128, 3, -128, 1, -128, 1, -128, 2, -128, 2, -128);
 }
 
-// Rows i < MR of A times NQ quads of 4 features starting at feature `first` of `block`.
-template <int MR, int NQ>
-void Tile(const Int8PackedWeight& w, const uint8_t* a, int64_t lda, int64_t block, int first, int32_t* c, int64_t ldc,
-          const Constants& k) {
-  __m256i acc[MR][NQ];
-  for (int r = 0; r < MR; ++r) {
-    for (int q = 0; q < NQ; ++q) acc[r][q] = _mm256_setzero_si256();
+// The tables of `rows` rows of A_u: row r, group g at tab + (r * groups + g) * 8.
+void BuildTables(const uint8_t* a, int64_t lda, int64_t rows, int64_t groups, int32_t* tab) {
+  const __m256i control = TableControl();
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* row = a + r * lda;
+    int32_t* out = tab + r * groups * 8;
+    for (int64_t g = 0; g < groups; ++g) {
+      int32_t four;
+      std::memcpy(&four, row + 4 * g, 4);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(out + 8 * g),
+                         _mm256_shuffle_epi8(_mm256_set1_epi32(four), control));
+    }
   }
-  const uint8_t* values = ONNXSPARSE_INT8_VALUES(w, block) + 4 * first;
-  const uint8_t* index = ONNXSPARSE_INT8_INDEX(w, block) + first;
+}
+
+// Rows r < MR (their tables at tab) times NO octets of 8 features from octet `octet0` of `block`.
+template <int MR, int NO>
+void Tile(const Int8PackedWeight& w, const int32_t* tab, int64_t groups, int64_t block, int octet0, int32_t* c,
+          int64_t ldc) {
+  __m256i acc[MR][NO];
+  for (int r = 0; r < MR; ++r) {
+    for (int o = 0; o < NO; ++o) acc[r][o] = _mm256_setzero_si256();
+  }
+  const uint8_t* values = ONNXSPARSE_INT8_VALUES(w, block);
+  const uint8_t* index = ONNXSPARSE_INT8_INDEX(w, block);
   for (int64_t p = 0; p < w.pairs; ++p) {
-    __m256i control[NQ], weights[NQ];
-    for (int q = 0; q < NQ; ++q) {
-      control[q] = Controls(index + p * kInt8BlockN + 4 * q, k);
-      weights[q] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(values + p * 64 + 16 * q)));
+    __m256i code0[NO], code1[NO], w0[NO], w1[NO];
+    for (int o = 0; o < NO; ++o) {
+      const int octet = octet0 + o;
+      const __m256i codes = _mm256_cvtepu8_epi32(
+          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(index + p * kInt8BlockN + 8 * octet)));
+      code0[o] = codes;                         // the first group's code in bits 0-2
+      code1[o] = _mm256_srli_epi32(codes, 4);   // the second group's
+      const uint8_t* v = values + p * 64 + octet * 32;
+      w0[o] = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(v)));
+      w1[o] = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(v + 16)));
     }
     for (int r = 0; r < MR; ++r) {
-      int64_t a8;
-      std::memcpy(&a8, a + r * lda + 8 * p, 8);
-      const __m256i act = _mm256_set1_epi64x(a8);
-      for (int q = 0; q < NQ; ++q) {
-        acc[r][q] = _mm256_add_epi32(acc[r][q], _mm256_madd_epi16(_mm256_shuffle_epi8(act, control[q]), weights[q]));
+      const __m256i* t = reinterpret_cast<const __m256i*>(tab + (r * groups + 2 * p) * 8);
+      const __m256i t0 = _mm256_load_si256(t), t1 = _mm256_load_si256(t + 1);
+      for (int o = 0; o < NO; ++o) {
+        const __m256i s0 = _mm256_madd_epi16(_mm256_permutevar8x32_epi32(t0, code0[o]), w0[o]);
+        const __m256i s1 = _mm256_madd_epi16(_mm256_permutevar8x32_epi32(t1, code1[o]), w1[o]);
+        acc[r][o] = _mm256_add_epi32(acc[r][o], _mm256_add_epi32(s0, s1));
       }
     }
   }
   for (int r = 0; r < MR; ++r) {
-    for (int q = 0; q + 1 < NQ; q += 2) {
-      // Lanes (feature, group): the sum of each feature's two groups, features in order.
-      const __m256i sums = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[r][q], acc[r][q + 1]), 0xD8);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * ldc + first + 4 * q), sums);
+    for (int o = 0; o < NO; ++o) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * ldc + 8 * (octet0 + o)), acc[r][o]);
     }
   }
 }
 
-template <int NQ>
-void Rows(const Int8PackedWeight& w, const Int8Task& task, int64_t block, int first, const Constants& k) {
-  constexpr int kMr = NQ == 4 ? 1 : 4;
-  int32_t* c = task.c + (block - task.block_begin) * kInt8BlockN;
-  int64_t i = 0;
-  for (; i + kMr <= task.m; i += kMr) {
-    Tile<kMr, NQ>(w, task.a + i * task.lda, task.lda, block, first, c + i * task.ldc, task.ldc, k);
-  }
-  const uint8_t* a = task.a + i * task.lda;
-  c += i * task.ldc;
-  switch (task.m - i) {
-    case 3: Tile<3, NQ>(w, a, task.lda, block, first, c, task.ldc, k); break;
-    case 2: Tile<2, NQ>(w, a, task.lda, block, first, c, task.ldc, k); break;
-    case 1: Tile<1, NQ>(w, a, task.lda, block, first, c, task.ldc, k); break;
-    default: break;
+template <int MR>
+void RowTile(const Int8PackedWeight& w, const Int8Task& task, const int32_t* tab, int64_t groups, int32_t* c) {
+  for (int64_t b = task.block_begin; b < task.block_end; ++b) {
+    int32_t* cb = c + (b - task.block_begin) * kInt8BlockN;
+    if constexpr (MR == 1) {
+      Tile<1, 2>(w, tab, groups, b, 0, cb, task.ldc);
+    } else {
+      Tile<MR, 1>(w, tab, groups, b, 0, cb, task.ldc);
+      Tile<MR, 1>(w, tab, groups, b, 1, cb, task.ldc);
+    }
   }
 }
 
+int32_t* TableScratch(int64_t count) {
+  struct Free {
+    void operator()(int32_t* p) const { std::free(p); }
+  };
+  thread_local std::unique_ptr<int32_t, Free> buffer;
+  thread_local int64_t size = 0;
+  if (size < count) {
+    buffer.reset(static_cast<int32_t*>(std::aligned_alloc(64, static_cast<size_t>((count * 4 + 63) / 64 * 64))));
+    if (!buffer) throw std::bad_alloc();
+    size = count;
+  }
+  return buffer.get();
+}
+
 void GemmAvx2(const Int8PackedWeight& w, const Int8Task& task) {
-  const Constants k;
-  for (int64_t b = task.block_begin; b < task.block_end; ++b) {
-    if (task.m == 1) {
-      Rows<4>(w, task, b, 0, k);  // one row: the whole block in one tile
-    } else {
-      Rows<2>(w, task, b, 0, k);
-      Rows<2>(w, task, b, 8, k);
+  constexpr int kMr = 4;
+  const int64_t groups = 2 * w.pairs;
+  int32_t* tab = TableScratch(kMr * groups * 8);
+  for (int64_t i = 0; i < task.m; i += kMr) {
+    const int64_t rows = task.m - i < kMr ? task.m - i : kMr;
+    BuildTables(task.a + i * task.lda, task.lda, rows, groups, tab);
+    int32_t* c = task.c + i * task.ldc;
+    switch (rows) {
+      case 4: RowTile<4>(w, task, tab, groups, c); break;
+      case 3: RowTile<3>(w, task, tab, groups, c); break;
+      case 2: RowTile<2>(w, task, tab, groups, c); break;
+      default: RowTile<1>(w, task, tab, groups, c); break;
     }
   }
 }
 
 }  // namespace
 
-const Int8KernelSet kInt8KernelsAvx2 = {"avx2", &GemmAvx2};
+const Int8KernelSet kInt8KernelsAvx2 = {"avx2", Int8Format::kCodes, &GemmAvx2};
 
 }  // namespace onnxsparse::cpu

@@ -104,6 +104,6 @@ void GemmAvx512(const Int8PackedWeight& w, const Int8Task& task) {
 
 }  // namespace
 
-const Int8KernelSet kInt8KernelsAvx512 = {"avx512", &GemmAvx512};
+const Int8KernelSet kInt8KernelsAvx512 = {"avx512", Int8Format::kPositions, &GemmAvx512};
 
 }  // namespace onnxsparse::cpu

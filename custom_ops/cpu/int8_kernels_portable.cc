@@ -33,6 +33,6 @@ void GemmPortable(const Int8PackedWeight& w, const Int8Task& task) {
 
 }  // namespace
 
-const Int8KernelSet kInt8KernelsPortable = {"portable", &GemmPortable};
+const Int8KernelSet kInt8KernelsPortable = {"portable", Int8Format::kPositions, &GemmPortable};
 
 }  // namespace onnxsparse::cpu

@@ -93,7 +93,7 @@ Int8KernelBase::Int8KernelBase(const char* op, const OrtKernelInfo* info, Int8Ty
     if (shape.k > kMaxInt8Reduction || shape.rows % conv_groups_ != 0) return {};
     std::string pack_error;
     packed_ = PackInt8Weight(static_cast<const int8_t*>(v.data), static_cast<const uint8_t*>(x.data), shape.rows,
-                             shape.k, conv_groups_, pack_error);
+                             shape.k, conv_groups_, Int8Kernels(isa_).format, pack_error);
     return {};
   });
 }
@@ -112,7 +112,7 @@ Ort::Status Int8KernelBase::PrepareCall(OrtKernelContext* context, int64_t rows,
     const TensorView v = View(Int8Input(context, 3)), x = View(Int8Input(context, 4));
     std::string error;
     terms.per_call = PackInt8Weight(static_cast<const int8_t*>(v.data), static_cast<const uint8_t*>(x.data), rows, k,
-                                    conv_groups_, error);
+                                    conv_groups_, Int8Kernels(isa_).format, error);
     if (terms.per_call == nullptr) return InvalidArgument(op, error);
     terms.weight = terms.per_call.get();
   }
