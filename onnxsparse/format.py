@@ -116,7 +116,11 @@ _TILE = 256  # a "kn" weight is reordered in tiles of this many rows (a transpos
 
 def _group_codes(groups: np.ndarray) -> np.ndarray:
     """``[..., G, 4]`` -> ``[..., G]`` uint8: each group's pattern of non-zero elements (-0.0 is zero)."""
-    nonzero = _nonzero(groups)
+    return _codes(_nonzero(groups))
+
+
+def _codes(nonzero: np.ndarray) -> np.ndarray:
+    """``[..., G, 4]`` bool -> ``[..., G]`` uint8 pattern codes."""
     # Four 0/1 bytes as one little-endian uint32; the multiply gathers bit 0 of each into bits 24..27.
     packed = np.ascontiguousarray(nonzero).view(np.uint8).view("<u4")[..., 0]
     return ((packed * np.uint32(0x01020408)) >> np.uint32(24)).astype(np.uint8)
@@ -139,7 +143,7 @@ def group_stats(matrix: np.ndarray, n: int = 2, m: int = GROUP) -> GroupStats:
     compliant = 0
     for start, stop in _row_blocks(rows, k):
         codes = _group_codes(matrix[start:stop].reshape(stop - start, k // m, m))
-        compliant += int(np.count_nonzero(_COUNT[codes] <= n))
+        compliant += int(np.bincount(codes.reshape(-1), minlength=16)[_COUNT <= n].sum())
     return GroupStats(groups=rows * (k // m), compliant=compliant)
 
 
@@ -160,7 +164,7 @@ def weight_group_stats(weight: np.ndarray, layout: str, n: int = 2) -> GroupStat
         for element in range(GROUP):  # the pattern of each group, element by element (no reordering)
             nonzero = _nonzero(block[:, element])
             codes |= nonzero.view(np.uint8) << np.uint8(element)
-        compliant += int(np.count_nonzero(_COUNT[codes] <= n))
+        compliant += int(np.bincount(codes.reshape(-1), minlength=16)[_COUNT <= n].sum())
     return GroupStats(groups=(k // GROUP) * cols, compliant=compliant)
 
 
@@ -180,27 +184,39 @@ def compress(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _compress_rows(block_of, rows: int, k: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """SPEC's encoding by table lookup on each group's pattern, a block of rows at a time
-    (``block_of(start, stop)``: those rows of the ``[rows, K]`` matrix)."""
+    (``block_of(start, stop)``: those rows of the ``[rows, K]`` matrix). Each slot starts as the
+    element it takes when ``index`` is 0 (element 0, element 1) and is overwritten where the
+    pattern puts it elsewhere; an empty slot is set to +0."""
     if k % GROUP:
         raise NotTwoFourError(f"K={k} is not a multiple of 4")
     groups_per_row = k // GROUP
     values = np.empty((rows, k // 2), dtype=dtype)
     index = np.zeros((rows, (k + 7) // 8), dtype=np.uint8)
     bits = np.dtype(f"<u{dtype.itemsize}")
-    zero = np.zeros((), bits)
     out = values.view(bits)
     bad = 0
     for start, stop in _row_blocks(rows, k):
         block = np.ascontiguousarray(block_of(start, stop))
         count = stop - start
         codes = _group_codes(block.reshape(count, groups_per_row, GROUP))
-        bad += int(np.count_nonzero(_COUNT[codes] > 2))
+        patterns = np.bincount(codes.reshape(-1), minlength=16)
+        bad += int(patterns[_COUNT > 2].sum())
         if bad:
             continue
-        flat = block.view(bits).reshape(-1)
-        base = np.arange(0, count * k, GROUP, dtype=np.intp).reshape(count, groups_per_row)
-        out[start:stop, 0::2] = np.where(_HAS0[codes], flat[base + _POS0[codes]], zero)
-        out[start:stop, 1::2] = np.where(_HAS1[codes], flat[base + _POS1[codes]], zero)
+        groups = block.view(bits).reshape(count, groups_per_row, GROUP)
+        slots = out[start:stop].reshape(count, groups_per_row, 2)
+        # Slot 0 takes element 0, or 1 (pattern x10 in bits 0-1), or 2 (pattern x100 in bits 0-2);
+        # slot 1 takes element 1, or 2 (element 2 non-zero, 3 zero, and 0 or 1 non-zero), or 3.
+        low2, low3, high2 = codes & np.uint8(3), codes & np.uint8(7), codes & np.uint8(12)
+        np.copyto(slots[..., 0], groups[..., 0])
+        np.copyto(slots[..., 0], groups[..., 1], where=low2 == 2)
+        np.copyto(slots[..., 0], groups[..., 2], where=low3 == 4)
+        np.copyto(slots[..., 1], groups[..., 1])
+        np.copyto(slots[..., 1], groups[..., 2], where=(high2 == 4) & (low2 != 0))
+        np.copyto(slots[..., 1], groups[..., 3], where=high2 >= 8)
+        if patterns[_COUNT != 2].sum():
+            np.copyto(slots[..., 0], 0, where=~_HAS0[codes])
+            np.copyto(slots[..., 1], 0, where=~_HAS1[codes])
         nibbles = _NIBBLE[codes]
         index[start:stop] |= nibbles[:, 0::2]
         index[start:stop, : groups_per_row // 2] |= nibbles[:, 1::2] << 4
