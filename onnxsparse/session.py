@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import onnx
 import onnxruntime as ort
 
 from ._library import find_cusparselt, get_library_path
@@ -148,7 +149,8 @@ def model_source(model: Any) -> Iterator[str | bytes]:
         return
     from . import io
 
-    if io.model_bytes(model) <= INLINE_LIMIT:
+    in_files = any(io.is_external(t) for t in onnx.external_data_helper._get_all_tensors(model))
+    if io.model_bytes(model) <= INLINE_LIMIT and not in_files:  # weights left in files (io.open_model): save
         yield model.SerializeToString()
         return
     with tempfile.TemporaryDirectory(prefix="onnxsparse-session-") as folder:

@@ -166,3 +166,18 @@ def test_diff_hashes_weights_from_their_files(tmp_path):
         f.write(bytes([byte[0] ^ 0xFF]))
     result = diff_files(external, changed)
     assert [(d.section, d.change, d.name) for d in result.differences] == [("initializer", "changed", "fc_1.weight")]
+
+
+@pytest.mark.kernels
+def test_session_from_a_streamed_result(tmp_path):
+    """``result.model`` refers to the written data file by absolute path, which ONNX Runtime refuses
+    in a serialized model: ``InferenceSession`` saves it to a temporary folder first."""
+    import onnxsparse
+
+    path = tmp_path / "model.onnx"
+    io.save_model(build_mlp("float32"), path, external_data=True)
+    result = compile_model(path, output=tmp_path / "out.onnx", external_data=True)
+    x = np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32)
+    from_result = onnxsparse.InferenceSession(result.model, providers=["CPUExecutionProvider"]).run(None, {"features": x})
+    from_file = onnxsparse.InferenceSession(str(result.output), providers=["CPUExecutionProvider"]).run(None, {"features": x})
+    np.testing.assert_array_equal(from_result[0], from_file[0])
