@@ -200,6 +200,22 @@ def test_qmatmul_saturates_and_relu():
                 assert (y == info.min).any()
 
 
+@pytest.mark.parametrize("y_dtype", [np.uint8, np.int8], ids=["y_u8", "y_s8"])
+def test_qmatmul_rounds_half_to_even(y_dtype):
+    """With the multiplier 0.5, every odd sum lands on a tie: round half to even, as QuantizeLinear."""
+    rng = np.random.default_rng(6)
+    w = int8_24(rng, 37, 24, low=-3, high=3)
+    spec = Case(rng, w, np.uint8, y_dtype, bias=False, per_channel=False, a_zp=False)
+    spec.init.update(a_scale=np.float32(0.5), w_scale=np.array([1.0], np.float32), y_scale=np.float32(1.0),
+                     y_zp=np.array(0, y_dtype))
+    a = rng.integers(0, 6, (9, 24)).astype(np.uint8)
+    y = check_against_reference(spec.matmul(a), {"A": a}, spec.y_dtype)
+    sums = a.astype(np.int64) @ w.T.astype(np.int64)
+    assert (sums % 2 == 1).sum() > 20  # ties occur
+    info = np.iinfo(y_dtype)
+    np.testing.assert_array_equal(y, np.clip(np.rint(sums * 0.5), info.min, info.max).astype(y_dtype))
+
+
 @pytest.mark.parametrize("a_dtype", [np.uint8, np.int8], ids=["a_u8", "a_s8"])
 def test_qmatmul_extreme_sums_exact(a_dtype):
     """The largest K (131,072) with every product at its extreme: the sum reaches 255 * 128 * K/2,

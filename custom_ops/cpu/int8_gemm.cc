@@ -17,55 +17,24 @@ namespace {
 
 constexpr int64_t kRowsPerTask = 64;  // rows of A per task: their A_u rows stay in L1/L2 over a block's pairs
 
-// Round half to even of x (valid for |x| <= 2^22, which the clamp ensures; anything larger
-// saturates anyway): adding 1.5 * 2^23 leaves no fraction bits, so the fp32 addition itself rounds,
-// to nearest even as IEEE arithmetic does (the magic number is even).
-inline int32_t RoundHalfEven(float x) {
-  x = x > -4194304.0f ? x : -4194304.0f;  // NaN goes here too (a NaN scale): no undefined conversion
-  x = x < 4194304.0f ? x : 4194304.0f;
-  constexpr float kMagic = 12582912.0f;  // (x + c) - c is no identity in IEEE arithmetic: kept as written
-  return static_cast<int32_t>((x + kMagic) - kMagic);
-}
-
-// The epilogue on one tile: C rows i < m, features [n0, n0 + count) of the weight (local index j).
-template <typename Y>
-void StoreTile(const int32_t* c, int64_t ldc, int64_t m, int64_t n0, int64_t count, const Int8Epilogue& ep, Y* y,
-               int64_t stride_m, int64_t stride_n) {
-  const int32_t* corr = ep.corr + n0;
-  const float* scale = ep.scale + n0;
-  for (int64_t i = 0; i < m; ++i) {
-    const int32_t* row = c + i * ldc;
-    Y* out = y + i * stride_m;
-    for (int64_t j = 0; j < count; ++j) {
-      // Wrapping int32 addition: exact whenever the true sum fits (docs/ops.md).
-      const int32_t acc = static_cast<int32_t>(static_cast<uint32_t>(row[j]) + static_cast<uint32_t>(corr[j]));
-      float f = static_cast<float>(acc) * scale[j];
-      if (ep.relu) f = f > 0.0f ? f : 0.0f;
-      if constexpr (std::is_same_v<Y, float>) {
-        out[j * stride_n] = f;
-      } else {
-        constexpr int32_t lo = std::is_same_v<Y, uint8_t> ? 0 : -128;
-        constexpr int32_t hi = std::is_same_v<Y, uint8_t> ? 255 : 127;
-        int32_t q = RoundHalfEven(f) + ep.y_zero_point;
-        q = q < lo ? lo : (q > hi ? hi : q);
-        out[j * stride_n] = static_cast<Y>(q);
-      }
-    }
+// The epilogue on one tile: C rows i < m, features [n0, n0 + count) of the weight, into Y rows i at
+// y + i * stride_m with features stride_n apart (1: in place; else through a row buffer).
+void StoreTile(const Int8KernelSet& kernels, const int32_t* c, int64_t ldc, int64_t m, int64_t n0, int64_t count,
+               const Int8Epilogue& ep, uint8_t* y, int64_t stride_m, int64_t stride_n, int64_t out_bytes) {
+  thread_local std::vector<uint8_t> row;
+  if (stride_n != 1 && static_cast<int64_t>(row.size()) < count * out_bytes) {
+    row.resize(static_cast<size_t>(count * out_bytes));
   }
-}
-
-void StoreAny(const int32_t* c, int64_t ldc, int64_t m, int64_t n0, int64_t count, const Int8Epilogue& ep, void* y,
-              int64_t stride_m, int64_t stride_n) {
-  switch (ep.out) {
-    case Int8Out::kFloat:
-      StoreTile(c, ldc, m, n0, count, ep, static_cast<float*>(y), stride_m, stride_n);
-      break;
-    case Int8Out::kUint8:
-      StoreTile(c, ldc, m, n0, count, ep, static_cast<uint8_t*>(y), stride_m, stride_n);
-      break;
-    case Int8Out::kInt8:
-      StoreTile(c, ldc, m, n0, count, ep, static_cast<int8_t*>(y), stride_m, stride_n);
-      break;
+  for (int64_t i = 0; i < m; ++i) {
+    uint8_t* out = y + i * stride_m * out_bytes;
+    if (stride_n == 1) {
+      kernels.epilogue(c + i * ldc, count, ep, n0, out);
+      continue;
+    }
+    kernels.epilogue(c + i * ldc, count, ep, n0, row.data());
+    for (int64_t j = 0; j < count; ++j) {
+      std::memcpy(out + j * stride_n * out_bytes, row.data() + j * out_bytes, static_cast<size_t>(out_bytes));
+    }
   }
 }
 
@@ -75,7 +44,7 @@ int32_t* TileScratch(int64_t count) {
   return buffer.data();
 }
 
-size_t OutputBytes(Int8Out out) { return out == Int8Out::kFloat ? 4 : 1; }
+
 
 }  // namespace
 
@@ -184,7 +153,7 @@ bool RunInt8Gemm(OrtKernelContext* context, const Int8KernelSet& kernels, const 
   const int64_t block_chunks = (blocks + per_task - 1) / per_task;
   const int64_t first_block = group * blocks;
   const int64_t first_row = group * w.rows_per_group;
-  const size_t out_bytes = OutputBytes(epilogue.out);
+  const size_t out_bytes = epilogue.out == Int8Out::kFloat ? 4 : 1;
 
   return ParallelItems(context, row_chunks * block_chunks, [&](int64_t item) {
     const int64_t rc = item / block_chunks, bc = item % block_chunks;
@@ -201,8 +170,9 @@ bool RunInt8Gemm(OrtKernelContext* context, const Int8KernelSet& kernels, const 
     kernels.gemm(w, task);
     const int64_t n0 = b0 * kInt8BlockN;
     const int64_t count = std::min(w.rows_per_group, b1 * kInt8BlockN) - n0;
-    void* out = static_cast<uint8_t*>(y) + (i0 * stride_m + n0 * stride_n) * static_cast<int64_t>(out_bytes);
-    StoreAny(task.c, task.ldc, rows, first_row + n0, count, epilogue, out, stride_m, stride_n);
+    uint8_t* out = static_cast<uint8_t*>(y) + (i0 * stride_m + n0 * stride_n) * static_cast<int64_t>(out_bytes);
+    StoreTile(kernels, task.c, task.ldc, rows, first_row + n0, count, epilogue, out, stride_m, stride_n,
+              static_cast<int64_t>(out_bytes));
   });
 }
 

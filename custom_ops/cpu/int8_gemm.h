@@ -20,16 +20,6 @@ namespace onnxsparse::cpu {
 // The largest K whose sum docs/ops.md guarantees exact in int32.
 constexpr int64_t kMaxInt8Reduction = 131072;
 
-enum class Int8Out { kFloat, kUint8, kInt8 };
-
-struct Int8Epilogue {
-  const int32_t* corr = nullptr;  // [rows]: bias - zp_u * row_sum
-  const float* scale = nullptr;   // [rows]
-  bool relu = false;
-  Int8Out out = Int8Out::kFloat;
-  int32_t y_zero_point = 0;
-};
-
 // Y[i, n] at y + (i * stride_m + n * stride_n) elements of the output type, for the rows i < m of
 // A_u (a, lda: see Int8Task) and the features n of convolution group `group` (n counted from the
 // group's first feature; corr and scale are indexed by the weight's row). False when a task failed

@@ -94,10 +94,25 @@ struct Int8Task {
   int64_t ldc = 0;
 };
 
+enum class Int8Out { kFloat, kUint8, kInt8 };
+
+// The epilogue of int8_gemm.h: acc + corr[n] (int32, wrapping), times scale[n] in fp32, Relu, then
+// float out or round half to even, + y_zero_point, saturate.
+struct Int8Epilogue {
+  const int32_t* corr = nullptr;  // [rows]: bias - zp_u * row_sum
+  const float* scale = nullptr;   // [rows]
+  bool relu = false;
+  Int8Out out = Int8Out::kFloat;
+  int32_t y_zero_point = 0;
+};
+
 struct Int8KernelSet {
   const char* name;
   Int8Format format;  // the layout its weights are packed in
   void (*gemm)(const Int8PackedWeight& w, const Int8Task& task);
+  // The epilogue of `count` consecutive features from feature n0 (corr, scale at n0): acc[j] ->
+  // out[j] (float, uint8 or int8 as ep.out). The same results on every path.
+  void (*epilogue)(const int32_t* acc, int64_t count, const Int8Epilogue& ep, int64_t n0, void* out);
 };
 
 // The set for `isa`: AVX-512 needs VNNI and VBMI too (else the AVX2 set serves it).

@@ -126,8 +126,58 @@ void GemmAvx2(const Int8PackedWeight& w, const Int8Task& task) {
   }
 }
 
+// The epilogue, 8 features a vector and the tail one by one; the same numbers as the portable one
+// (round to nearest even; the clamp sends NaN low).
+inline __m256 ScaledSum(__m256i acc, __m256i corr, __m256 scale, bool relu) {
+  __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc, corr)), scale);
+  return relu ? _mm256_max_ps(f, _mm256_setzero_ps()) : f;
+}
+
+void EpilogueAvx2(const int32_t* acc, int64_t count, const Int8Epilogue& ep, int64_t n0, void* out) {
+  const int32_t* corr = ep.corr + n0;
+  const float* scale = ep.scale + n0;
+  const __m256 lo_f = _mm256_set1_ps(-4194304.0f), hi_f = _mm256_set1_ps(4194304.0f);
+  const __m256i zp = _mm256_set1_epi32(ep.y_zero_point);
+  const int32_t lo_q = ep.out == Int8Out::kUint8 ? 0 : -128, hi_q = ep.out == Int8Out::kUint8 ? 255 : 127;
+  const __m256i lo = _mm256_set1_epi32(lo_q), hi = _mm256_set1_epi32(hi_q);
+  int64_t j = 0;
+  for (; j + 8 <= count; j += 8) {
+    const __m256 f = ScaledSum(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + j)),
+                               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(corr + j)),
+                               _mm256_loadu_ps(scale + j), ep.relu);
+    if (ep.out == Int8Out::kFloat) {
+      _mm256_storeu_ps(static_cast<float*>(out) + j, f);
+      continue;
+    }
+    const __m256 clamped = _mm256_min_ps(_mm256_max_ps(f, lo_f), hi_f);
+    const __m256i r = _mm256_cvtps_epi32(_mm256_round_ps(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m256i q = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(r, zp), lo), hi);
+    // The low byte of each int32 lane, in order.
+    const __m256i bytes = _mm256_shuffle_epi8(q, _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                                                  -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1,
+                                                                  -1, -1, -1, -1, -1));
+    const int64_t packed = _mm256_extract_epi64(_mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0)), 0);
+    std::memcpy(static_cast<uint8_t*>(out) + j, &packed, 8);
+  }
+  for (; j < count; ++j) {
+    const int32_t sum = static_cast<int32_t>(static_cast<uint32_t>(acc[j]) + static_cast<uint32_t>(corr[j]));
+    float f = static_cast<float>(sum) * scale[j];
+    if (ep.relu) f = f > 0.0f ? f : 0.0f;
+    if (ep.out == Int8Out::kFloat) {
+      static_cast<float*>(out)[j] = f;
+      continue;
+    }
+    f = f > -4194304.0f ? f : -4194304.0f;
+    f = f < 4194304.0f ? f : 4194304.0f;
+    const int32_t r = _mm_cvtss_si32(_mm_round_ss(_mm_setzero_ps(), _mm_set_ss(f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    int32_t q = r + ep.y_zero_point;
+    q = q < lo_q ? lo_q : (q > hi_q ? hi_q : q);
+    static_cast<uint8_t*>(out)[j] = static_cast<uint8_t>(q);
+  }
+}
+
 }  // namespace
 
-const Int8KernelSet kInt8KernelsAvx2 = {"avx2", Int8Format::kCodes, &GemmAvx2};
+const Int8KernelSet kInt8KernelsAvx2 = {"avx2", Int8Format::kCodes, &GemmAvx2, &EpilogueAvx2};
 
 }  // namespace onnxsparse::cpu

@@ -102,8 +102,35 @@ void GemmAvx512(const Int8PackedWeight& w, const Int8Task& task) {
   if (b < task.block_end) Rows<1>(w, task, b, k);
 }
 
+// The epilogue, 16 features a vector (the last masked); the same numbers as the portable one:
+// cvtps2dq with round-to-nearest-even as its explicit rounding, after a clamp that sends NaN low.
+void EpilogueAvx512(const int32_t* acc, int64_t count, const Int8Epilogue& ep, int64_t n0, void* out) {
+  const int32_t* corr = ep.corr + n0;
+  const float* scale = ep.scale + n0;
+  const bool quantized = ep.out != Int8Out::kFloat;
+  const __m512 lo_f = _mm512_set1_ps(-4194304.0f), hi_f = _mm512_set1_ps(4194304.0f);
+  const __m512i zp = _mm512_set1_epi32(ep.y_zero_point);
+  const __m512i lo = _mm512_set1_epi32(ep.out == Int8Out::kUint8 ? 0 : -128);
+  const __m512i hi = _mm512_set1_epi32(ep.out == Int8Out::kUint8 ? 255 : 127);
+  for (int64_t j = 0; j < count; j += 16) {
+    const __mmask16 mask = count - j >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                           : static_cast<__mmask16>((1u << (count - j)) - 1u);
+    const __m512i sum = _mm512_add_epi32(_mm512_maskz_loadu_epi32(mask, acc + j), _mm512_maskz_loadu_epi32(mask, corr + j));
+    __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), _mm512_maskz_loadu_ps(mask, scale + j));
+    if (ep.relu) f = _mm512_max_ps(f, _mm512_setzero_ps());
+    if (!quantized) {
+      _mm512_mask_storeu_ps(static_cast<float*>(out) + j, mask, f);
+      continue;
+    }
+    f = _mm512_min_ps(_mm512_max_ps(f, lo_f), hi_f);  // max first: NaN becomes lo_f
+    __m512i q = _mm512_cvt_roundps_epi32(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    q = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(q, zp), lo), hi);
+    _mm_mask_storeu_epi8(static_cast<uint8_t*>(out) + j, mask, _mm512_cvtepi32_epi8(q));
+  }
+}
+
 }  // namespace
 
-const Int8KernelSet kInt8KernelsAvx512 = {"avx512", Int8Format::kPositions, &GemmAvx512};
+const Int8KernelSet kInt8KernelsAvx512 = {"avx512", Int8Format::kPositions, &GemmAvx512, &EpilogueAvx512};
 
 }  // namespace onnxsparse::cpu

@@ -51,6 +51,16 @@ int32_t ZeroPointValue(ONNXTensorElementDataType type, const void* data) {
                                                     : int32_t{*static_cast<const uint8_t*>(data)};
 }
 
+// The node spells input i "" (an absent optional input).
+bool InputIsAbsent(const OrtKernelInfo* info, size_t i) {
+  size_t size = 0;
+  if (OrtStatus* status = Ort::GetApi().KernelInfo_GetInputName(info, i, nullptr, &size)) {
+    Ort::GetApi().ReleaseStatus(status);
+    return false;
+  }
+  return size <= 1;
+}
+
 }  // namespace
 
 const OrtValue* Int8Input(OrtKernelContext* context, size_t i) {
@@ -94,6 +104,24 @@ Int8KernelBase::Int8KernelBase(const char* op, const OrtKernelInfo* info, Int8Ty
     std::string pack_error;
     packed_ = PackInt8Weight(static_cast<const int8_t*>(v.data), static_cast<const uint8_t*>(x.data), shape.rows,
                              shape.k, conv_groups_, Int8Kernels(isa_).format, pack_error);
+    if (packed_ == nullptr) return {};
+    // Inputs 1, 2, 5-8 all constant or absent: their terms once, here (an error is left to Compute).
+    size_t count = 0;
+    if (OrtStatus* status = Ort::GetApi().KernelInfo_GetInputCount(info, &count)) {
+      Ort::GetApi().ReleaseStatus(status);
+      return {};
+    }
+    std::vector<const OrtValue*> constants(kInt8Inputs, nullptr);
+    for (size_t i : {1, 2, 5, 6, 7, 8}) {
+      if (i >= count || InputIsAbsent(info, i)) continue;
+      constants[i] = detail::ConstantInput(info, i);
+      if (constants[i] == nullptr) return {};  // fed at run time
+    }
+    auto terms = std::make_unique<Int8CallTerms>();
+    if (ComputeInt8Terms(op_, [&constants](size_t i) { return constants[i]; }, types_, relu_, *packed_, *terms)
+            .IsOK()) {
+      constant_terms_ = std::move(terms);
+    }
     return {};
   });
 }
@@ -107,6 +135,13 @@ Ort::Status Int8KernelBase::PrepareCall(OrtKernelContext* context, int64_t rows,
   }
   // Weight (inputs 3, 4; shapes checked by the caller's shape resolution).
   if (packed_ != nullptr && packed_->rows == rows && packed_->k == k) {
+    if (constant_terms_ != nullptr) {  // everything from creation: no per-call work
+      terms.weight = packed_.get();
+      terms.epilogue = constant_terms_->epilogue;
+      terms.flip = constant_terms_->flip;
+      terms.pad_byte = constant_terms_->pad_byte;
+      return Ort::Status{nullptr};
+    }
     terms.weight = packed_.get();
   } else {
     const TensorView v = View(Int8Input(context, 3)), x = View(Int8Input(context, 4));
@@ -116,24 +151,29 @@ Ort::Status Int8KernelBase::PrepareCall(OrtKernelContext* context, int64_t rows,
     if (terms.per_call == nullptr) return InvalidArgument(op, error);
     terms.weight = terms.per_call.get();
   }
-  const Int8PackedWeight& w = *terms.weight;
+  return ComputeInt8Terms(op, [context](size_t i) { return Int8Input(context, i); }, types_, relu_, *terms.weight,
+                          terms);
+}
 
-  const TensorView a_scale = View(Int8Input(context, 1));
+Ort::Status ComputeInt8Terms(const char* op, const Int8InputFn& input, Int8Types types, bool relu,
+                             const Int8PackedWeight& w, Int8CallTerms& terms) {
+  const int64_t rows = w.rows;
+  const TensorView a_scale = View(input(1));
   if (a_scale.value == nullptr) return InvalidArgument(op, "input 1 (a_scale) is missing");
   ONNXSPARSE_RETURN_IF_ERROR(CheckScalar(op, "a_scale", a_scale));
   const float a_scale_value = *static_cast<const float*>(a_scale.data);
 
   int32_t a_zero_point = 0;
-  const TensorView a_zp = View(Int8Input(context, 2));
+  const TensorView a_zp = View(input(2));
   if (a_zp.value != nullptr) {
     ONNXSPARSE_RETURN_IF_ERROR(CheckScalar(op, "a_zero_point", a_zp));
     a_zero_point = ZeroPointValue(a_zp.type, a_zp.data);
   }
-  terms.flip = types_.a == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
+  terms.flip = types.a == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
   const int32_t zp_u = terms.flip ? a_zero_point + 128 : a_zero_point;  // the zero point in A_u
   terms.pad_byte = static_cast<uint8_t>(zp_u);
 
-  const TensorView w_scale = View(Int8Input(context, 5));
+  const TensorView w_scale = View(input(5));
   if (w_scale.value == nullptr) return InvalidArgument(op, "input 5 (w_scale) is missing");
   const bool per_tensor = w_scale.shape.empty() || (w_scale.shape.size() == 1 && w_scale.shape[0] == 1);
   if (!per_tensor && w_scale.shape != std::vector<int64_t>{rows}) {
@@ -142,21 +182,21 @@ Ort::Status Int8KernelBase::PrepareCall(OrtKernelContext* context, int64_t rows,
   }
   const float* w_scale_data = static_cast<const float*>(w_scale.data);
 
-  const TensorView bias = View(Int8Input(context, 6));
+  const TensorView bias = View(input(6));
   if (bias.value != nullptr && bias.shape != std::vector<int64_t>{rows}) {
     return InvalidArgument(op, StrCat("bias must have shape [", rows, "], got ", ShapeString(bias.shape)));
   }
   const int32_t* bias_data = static_cast<const int32_t*>(bias.data);
 
-  const TensorView y_scale = View(Int8Input(context, 7));
-  const TensorView y_zp = View(Int8Input(context, 8));
+  const TensorView y_scale = View(input(7));
+  const TensorView y_zp = View(input(8));
   if ((y_scale.value == nullptr) != (y_zp.value == nullptr)) {
     return InvalidArgument(op, "y_scale and y_zero_point must be both present (quantized output) or both absent "
                                "(float output)");
   }
   const bool quantized = y_scale.value != nullptr;
   if (quantized) {
-    if (types_.y == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
+    if (types.y == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
       return InvalidArgument(op, StrCat("y_zero_point must be uint8 or int8, got ", TypeName(y_zp.type)));
     }
     ONNXSPARSE_RETURN_IF_ERROR(CheckScalar(op, "y_scale", y_scale));
@@ -174,9 +214,9 @@ Ort::Status Int8KernelBase::PrepareCall(OrtKernelContext* context, int64_t rows,
   }
   terms.epilogue.corr = terms.corr.data();
   terms.epilogue.scale = terms.scale.data();
-  terms.epilogue.relu = relu_;
+  terms.epilogue.relu = relu;
   if (quantized) {
-    terms.epilogue.out = types_.y == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 ? Int8Out::kInt8 : Int8Out::kUint8;
+    terms.epilogue.out = types.y == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 ? Int8Out::kInt8 : Int8Out::kUint8;
     terms.epilogue.y_zero_point = ZeroPointValue(y_zp.type, y_zp.data);
   } else {
     terms.epilogue.out = Int8Out::kFloat;

@@ -10,6 +10,7 @@
 // y_zero_point has that type. A node without y_zero_point takes the float form; one with a uint8
 // (int8) y_zero_point the uint8 (int8) form.
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -33,7 +34,16 @@ struct Int8Types {
 // Input i of the call, null when absent (beyond the node's inputs or spelled "").
 const OrtValue* Int8Input(OrtKernelContext* context, size_t i);
 
+// Input i as the terms' reader sees it: a call's input, or a constant input at kernel creation.
+using Int8InputFn = std::function<const OrtValue*(size_t)>;
+
 // One call's weight and epilogue, from inputs 1-8.
+struct Int8CallTerms;
+
+// The epilogue terms from inputs 1, 2 and 5-8 (read through `input`) for `weight`.
+Ort::Status ComputeInt8Terms(const char* op, const Int8InputFn& input, Int8Types types, bool relu,
+                             const Int8PackedWeight& weight, Int8CallTerms& terms);
+
 struct Int8CallTerms {
   const Int8PackedWeight* weight = nullptr;
   std::unique_ptr<Int8PackedWeight> per_call;  // the weight packed for this call (values/index fed at run time)
@@ -50,7 +60,8 @@ class Int8KernelBase {
   Int8KernelBase(const char* op, const OrtKernelInfo* info, Int8Types types, int64_t conv_groups) noexcept;
 
   // Reads and checks inputs 1-8 against rows (N or OC) and k; packs the weight if it was not packed
-  // at creation.
+  // at creation. When inputs 1, 2 and 5-8 are constants (the usual case), the terms computed from
+  // them at creation serve every call.
   Ort::Status PrepareCall(OrtKernelContext* context, int64_t rows, int64_t k, Int8CallTerms& terms) const;
 
   const char* op_;
@@ -59,6 +70,7 @@ class Int8KernelBase {
   CpuIsa isa_ = CpuIsa::kPortable;
   bool relu_ = false;
   std::unique_ptr<Int8PackedWeight> packed_;  // the constant weight, packed at creation; else null
+  std::unique_ptr<Int8CallTerms> constant_terms_;  // the epilogue from constant inputs, with packed_; else null
   std::string init_error_;                    // returned by every Compute
 };
 
