@@ -190,44 +190,82 @@ def graph_us(sess, x_dtype, k: int, n: int, m: int, y_dtype, graph_id: int, min_
     return dt / LAYERS * 1e6
 
 
-def ort_part(shapes, ms, search_min_m: int, cache: str) -> list[dict]:
+def ort_child(k: int, n: int, ms, search_min_m: int, cache: str) -> None:
+    """One weight shape in ONNX Runtime: prints one JSON line per timing as soon as it is measured
+    (fp16 first, then int8 without search, then the searched M), so that a parent that stops this
+    process after its time limit keeps what was measured."""
     import onnxruntime as ort
 
     from models.bench_nets import gemm_models
     from onnxsparse.session import session_options
 
     provider = [("CUDAExecutionProvider", {"enable_cuda_graph": "1"})]
-    rows = []
     rng = np.random.default_rng(0)
+    t0 = time.time()
+
+    def emit(name, m, us=None, error=None):
+        rec = {"k": k, "n": n, "m": m, "name": name, "us": us, "error": error, "t": round(time.time() - t0, 1)}
+        print(json.dumps(rec), flush=True)
+
+    dense, _ = gemm_models("float16", k, n, rng)
+    sess = ort.InferenceSession(dense, session_options(), providers=provider)
+    for gid, m in enumerate(ms, start=1):
+        try:
+            emit("fp16", m, graph_us(sess, np.float16, k, n, m, np.float16, gid))
+        except Exception as e:  # noqa: BLE001
+            emit("fp16", m, error=str(e).splitlines()[0][:200])
+    del sess
+    variants = (("u8->u8", np.uint8, np.uint8), ("s8->f32", np.int8, np.float32))
+    blobs = {name: int8_model(k, n, adtype, ydtype, rng) for name, adtype, ydtype in variants}
+    for searching in (False, True):
+        group = [m for m in ms if (m >= search_min_m > 0) == searching]
+        for name, adtype, ydtype in variants:
+            if not group:
+                continue
+            opts = session_options(cusparselt_tune="search" if searching else "cache", cusparselt_cache=cache,
+                                   trace=searching, log_verbose=True)
+            sess = ort.InferenceSession(blobs[name], opts, providers=provider)
+            for gid, m in enumerate(group, start=1):
+                try:
+                    emit(name, m, graph_us(sess, adtype, k, n, m, ydtype, gid))
+                except Exception as e:  # noqa: BLE001
+                    emit(name, m, error=str(e).splitlines()[0][:300])
+            del sess
+
+
+def ort_part(shapes, ms, search_min_m: int, cache: str, timeout: float) -> list[dict]:
+    """Each shape in a child process (a cuSPARSELt configuration that hangs costs one shape, not the
+    run), its measurements streamed back; the children's log lines are passed through."""
+    rows = []
     for k, n in shapes:
         t0 = time.time()
-        res = {}
-        dense, _ = gemm_models("float16", k, n, rng)
-        sess = ort.InferenceSession(dense, session_options(), providers=provider)
-        for gid, m in enumerate(ms, start=1):
-            try:
-                res[("fp16", m)] = graph_us(sess, np.float16, k, n, m, np.float16, gid)
-            except Exception as e:  # noqa: BLE001
-                log(f"  fp16 dense K={k} N={n} M={m}: {str(e).splitlines()[0][:200]}")
-        del sess
-        for name, adtype, ydtype in (("u8->u8", np.uint8, np.uint8), ("s8->f32", np.int8, np.float32)):
-            blob = int8_model(k, n, adtype, ydtype, rng)
-            for searching in (False, True):
-                group = [m for m in ms if (m >= search_min_m) == searching]
-                if not group:
-                    continue
-                opts = session_options(cusparselt_tune="search" if searching else "cache", cusparselt_cache=cache)
-                sess = ort.InferenceSession(blob, opts, providers=provider)
-                for gid, m in enumerate(group, start=1):
-                    try:
-                        res[(name, m)] = graph_us(sess, adtype, k, n, m, ydtype, gid)
-                    except Exception as e:  # noqa: BLE001
-                        log(f"  {name} K={k} N={n} M={m}: {str(e).splitlines()[0][:300]}")
-                del sess
+        cmd = [sys.executable, __file__, "--ort-child", f"{k}x{n}", "--ms", *map(str, ms), "--search-min-m",
+               str(search_min_m), "--cache", cache]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            out, err, note = r.stdout, r.stderr, "" if r.returncode == 0 else f" (exit {r.returncode})"
+        except subprocess.TimeoutExpired as e:
+            out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+            err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+            note = f" (stopped after {timeout:.0f} s)"
+        got = {}
+        for line in out.splitlines():
+            if line.startswith("{"):
+                rec = json.loads(line)
+                got[(rec["name"], rec["m"])] = rec
+                status = f"{rec['us']:.2f} us" if rec["us"] is not None else f"error: {rec['error']}"
+                log(f"  K={k} N={n} M={rec['m']:5d} {rec['name']:8s} {status}  (t={rec['t']} s)")
+        for line in err.splitlines():
+            if "onnxsparse" in line and ("trace" in line or "int8:" in line or "error" in line.lower()):
+                log("   ", line.strip()[-220:])
         for m in ms:
-            rows.append({"k": k, "n": n, "m": m, **{f"{key}_us": round(res[(key, m)], 2)
-                                                    for key in ("fp16", "u8->u8", "s8->f32") if (key, m) in res}})
-        log(f"  ORT K={k} N={n}: {time.time() - t0:.0f} s")
+            row = {"k": k, "n": n, "m": m}
+            for name in ("fp16", "u8->u8", "s8->f32"):
+                rec = got.get((name, m))
+                if rec and rec["us"] is not None:
+                    row[f"{name}_us"] = round(rec["us"], 2)
+            rows.append(row)
+        log(f"  ORT K={k} N={n}: {time.time() - t0:.0f} s{note}")
     return rows
 
 
@@ -249,13 +287,20 @@ def main():
     ap.add_argument("--ms", type=int, nargs="+", default=MS)
     ap.add_argument("--shapes", nargs="+", default=[f"{k}x{n}" for k, n in SHAPES], help="KxN")
     ap.add_argument("--search-min-m", type=int, default=2048,
-                    help="search cuSPARSELt's configurations from this M (about 5 s per shape and M)")
+                    help="search cuSPARSELt's configurations from this M (about 5 s per shape and M; 0: never)")
+    ap.add_argument("--shape-timeout", type=float, default=40, help="seconds per weight shape in ONNX Runtime")
     ap.add_argument("--out", default="")
     ap.add_argument("--torch-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--ort-child", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--cache", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
     if args.torch_child:
         print(json.dumps(torch_child(shapes, args.ms)))
+        return
+    if args.ort_child:
+        k, n = (int(v) for v in args.ort_child.lower().split("x"))
+        ort_child(k, n, args.ms, args.search_min_m, args.cache)
         return
     t_start = time.time()
     child = subprocess.run([sys.executable, __file__, "--torch-child", "--ms", *map(str, args.ms), "--shapes",
@@ -266,8 +311,11 @@ def main():
         ref = {}
         log("torch child failed:", child.stderr[-1500:])
     log(f"torch part: {time.time() - t_start:.0f} s")
+    for key, v in sorted(ref.items()):
+        if isinstance(v, list) and v[0] is None:
+            log(f"  torch {key}: {v[1]}")
     cache = os.path.join(tempfile.mkdtemp(prefix="int8_bench_"), "cusparselt_tuning.txt")
-    rows = ort_part(shapes, args.ms, args.search_min_m, cache)
+    rows = ort_part(shapes, args.ms, args.search_min_m, cache, args.shape_timeout)
     meta = {**versions(), "torch": ref.get("torch"), "torch_device": ref.get("device"),
             "torch_cusparselt": ref.get("cusparselt"), "layers": LAYERS, "seconds": round(time.time() - t_start)}
     for r in rows:

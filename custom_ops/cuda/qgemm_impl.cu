@@ -43,33 +43,58 @@ __device__ __forceinline__ int32_t EffectiveZeroPoint(const QEpilogue& e) {
   return e.a_zero_point != nullptr ? static_cast<int32_t>(*static_cast<const int8_t*>(e.a_zero_point)) : 0;
 }
 
+// The output zero point as a float (0 for a float output or an absent zero point).
+__device__ __forceinline__ float OutputZeroPoint(const QEpilogue& e) {
+  if (e.y_zero_point == nullptr || e.out_type == QOutType::kFloat) return 0.f;
+  return e.out_type == QOutType::kUint8 ? static_cast<float>(*static_cast<const uint8_t*>(e.y_zero_point))
+                                        : static_cast<float>(*static_cast<const int8_t*>(e.y_zero_point));
+}
+
+// One output element of column col (n_offset included) from the product's raw sum: the float
+// value, or the quantized one (an integer in TY's range, as a float).
 // acc = raw - zp' * wsum[col] + bias[col], in int32 with wrap-around: the exact value fits in int32
 // (docs/ops.md), so the modular sum is exact.
-__device__ __forceinline__ void StoreQ(const QEpilogue& e, int32_t zp, int64_t m, int64_t n, int32_t raw) {
-  const int64_t col = e.n_offset + n;
+__device__ __forceinline__ float QValue(const QEpilogue& e, int32_t zp, float zp_y, int64_t col, int32_t raw) {
   uint32_t acc = static_cast<uint32_t>(raw) - static_cast<uint32_t>(zp) * static_cast<uint32_t>(e.wsum[col]);
   if (e.bias != nullptr) acc += static_cast<uint32_t>(e.bias[col]);
   const float value = static_cast<float>(static_cast<int32_t>(acc));
   const float scale = __fmul_rn(*e.a_scale, e.w_per_channel ? e.w_scale[col] : e.w_scale[0]);
-  const int64_t at = OutputOffset(e, m, col);
   if (e.out_type == QOutType::kFloat) {
-    float f = __fmul_rn(value, scale);
-    if (e.relu) f = fmaxf(f, 0.f);
-    static_cast<float*>(e.y)[at] = f;
-    return;
+    const float f = __fmul_rn(value, scale);
+    return e.relu ? fmaxf(f, 0.f) : f;
   }
   const float multiplier = __fdiv_rn(scale, *e.y_scale);
   float v = __fmul_rn(value, multiplier);
   if (e.relu) v = fmaxf(v, 0.f);
-  const float r = rintf(v);  // round half to even
-  if (e.out_type == QOutType::kUint8) {
-    const float zp_y = e.y_zero_point != nullptr ? static_cast<float>(*static_cast<const uint8_t*>(e.y_zero_point)) : 0.f;
-    const float q = fminf(fmaxf(r + zp_y, 0.f), 255.f);
-    static_cast<uint8_t*>(e.y)[at] = static_cast<uint8_t>(static_cast<int>(q));
+  const float q = rintf(v) + zp_y;  // round half to even, then the zero point
+  return e.out_type == QOutType::kUint8 ? fminf(fmaxf(q, 0.f), 255.f) : fminf(fmaxf(q, -128.f), 127.f);
+}
+
+__device__ __forceinline__ void StoreQ(const QEpilogue& e, int32_t zp, float zp_y, int64_t m, int64_t n, int32_t raw) {
+  const int64_t col = e.n_offset + n;
+  const float v = QValue(e, zp, zp_y, col, raw);
+  const int64_t at = OutputOffset(e, m, col);
+  if (e.out_type == QOutType::kFloat) static_cast<float*>(e.y)[at] = v;
+  else if (e.out_type == QOutType::kUint8) static_cast<uint8_t*>(e.y)[at] = static_cast<uint8_t>(static_cast<int>(v));
+  else static_cast<int8_t*>(e.y)[at] = static_cast<int8_t>(static_cast<int>(v));
+}
+
+// Four consecutive columns n..n+3 of row m of a row-major Y (hw == 0), stored at once: the caller
+// checked that the row stride, the first column and Y allow the vector store.
+__device__ __forceinline__ void StoreQ4(const QEpilogue& e, int32_t zp, float zp_y, int64_t m, int64_t n,
+                                        const int4& raw) {
+  const int64_t col = e.n_offset + n;
+  const float v0 = QValue(e, zp, zp_y, col, raw.x), v1 = QValue(e, zp, zp_y, col + 1, raw.y);
+  const float v2 = QValue(e, zp, zp_y, col + 2, raw.z), v3 = QValue(e, zp, zp_y, col + 3, raw.w);
+  const int64_t at = (m + e.m_offset) * e.ldy + col;
+  if (e.out_type == QOutType::kFloat) {
+    *reinterpret_cast<float4*>(static_cast<float*>(e.y) + at) = make_float4(v0, v1, v2, v3);
   } else {
-    const float zp_y = e.y_zero_point != nullptr ? static_cast<float>(*static_cast<const int8_t*>(e.y_zero_point)) : 0.f;
-    const float q = fminf(fmaxf(r + zp_y, -128.f), 127.f);
-    static_cast<int8_t*>(e.y)[at] = static_cast<int8_t>(static_cast<int>(q));
+    const uint32_t packed = (static_cast<uint32_t>(static_cast<int>(v0)) & 0xFFu) |
+                            ((static_cast<uint32_t>(static_cast<int>(v1)) & 0xFFu) << 8) |
+                            ((static_cast<uint32_t>(static_cast<int>(v2)) & 0xFFu) << 16) |
+                            ((static_cast<uint32_t>(static_cast<int>(v3)) & 0xFFu) << 24);
+    *reinterpret_cast<uint32_t*>(static_cast<uint8_t*>(e.y) + at) = packed;
   }
 }
 
@@ -176,14 +201,28 @@ __global__ void __launch_bounds__(kWarps * 32) QGemmOwnKernel(QGemmArgs p) {
 #pragma unroll
   for (int i = 0; i < kMTiles; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0;
 
-  auto chunk = [&](int64_t c, auto full_tag) {
-    constexpr bool kFull = decltype(full_tag)::value;
+  // A chunk's weight (rows g and g+8) and activations, loaded before any of it is used, so that two
+  // chunks' loads are in flight at once.
+  struct Stage {
     uint32_t wa[4], wb[4], na, nb;
     uint32_t xw[kMTiles][8];
-    LoadWeight<kFull>(p, r0 + g, c, t, ngroups, wa, na);
-    LoadWeight<kFull>(p, r0 + g + 8, c, t, ngroups, wb, nb);
+  };
+  auto load = [&](int64_t c, Stage& st, auto full_tag) {
+    constexpr bool kFull = decltype(full_tag)::value;
+    LoadWeight<kFull>(p, r0 + g, c, t, ngroups, st.wa, st.na);
+    LoadWeight<kFull>(p, r0 + g + 8, c, t, ngroups, st.wb, st.nb);
 #pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt) LoadActivations<kFull>(p, m0 + 8 * mt + g, c, t, ngroups, xw[mt]);
+    for (int mt = 0; mt < kMTiles; ++mt) LoadActivations<kFull>(p, m0 + 8 * mt + g, c, t, ngroups, st.xw[mt]);
+  };
+  auto load_any = [&](int64_t c, Stage& st) {
+    if (kAligned && c * 32 + 32 <= ngroups) load(c, st, std::true_type{});
+    else load(c, st, std::false_type{});
+  };
+  auto compute = [&](const Stage& st) {
+    const uint32_t(&wa)[4] = st.wa;
+    const uint32_t(&wb)[4] = st.wb;
+    const uint32_t na = st.na, nb = st.nb;
+    const uint32_t(&xw)[kMTiles][8] = st.xw;
 #pragma unroll
     for (int s = 0; s < 4; ++s) {
       // Groups 2s (K slots 4t..4t+3) and 2s+1 (slots 16+4t..16+4t+3) of the thread's 8.
@@ -197,10 +236,14 @@ __global__ void __launch_bounds__(kWarps * 32) QGemmOwnKernel(QGemmArgs p) {
       }
     }
   };
+  Stage s0, s1;
 #pragma unroll 1
-  for (int64_t c = warp; c < nchunks; c += kWarps) {
-    if (kAligned && c * 32 + 32 <= ngroups) chunk(c, std::true_type{});
-    else chunk(c, std::false_type{});
+  for (int64_t c = warp; c < nchunks; c += 2 * kWarps) {
+    load_any(c, s0);
+    const bool second = c + kWarps < nchunks;
+    if (second) load_any(c + kWarps, s1);
+    compute(s0);
+    if (second) compute(s1);
   }
 
   __shared__ int32_t partial[kWarps * kMTiles * 4 * 32];
@@ -210,6 +253,7 @@ __global__ void __launch_bounds__(kWarps * 32) QGemmOwnKernel(QGemmArgs p) {
     for (int j = 0; j < 4; ++j) partial[(warp * kMTiles * 4 + mt * 4 + j) * 32 + lane] = acc[mt][j];
   __syncthreads();
   const int32_t zp = EffectiveZeroPoint(p.epi);
+  const float zp_y = OutputZeroPoint(p.epi);
   for (int e = threadIdx.x; e < kMTiles * 4 * 32; e += kWarps * 32) {
     const int slot = e >> 5;
     const int ln = e & 31;
@@ -220,7 +264,7 @@ __global__ void __launch_bounds__(kWarps * 32) QGemmOwnKernel(QGemmArgs p) {
     const int j = slot & 3;
     const int64_t col = r0 + (ln >> 2) + (j >= 2 ? 8 : 0);
     const int64_t row = m0 + mt * 8 + 2 * (ln & 3) + (j & 1);
-    if (col < p.n && row < p.m) StoreQ(p.epi, zp, row, col, sum);
+    if (col < p.n && row < p.m) StoreQ(p.epi, zp, zp_y, row, col, sum);
   }
 }
 
@@ -242,6 +286,7 @@ void LaunchOwn(const QGemmArgs& args, bool aligned, cudaStream_t stream) {
 template <bool kNchw>
 __global__ void QEpilogueKernel(const int32_t* __restrict__ acc32, int64_t ldc, int64_t m, int64_t n, QEpilogue e) {
   const int32_t zp = EffectiveZeroPoint(e);
+  const float zp_y = OutputZeroPoint(e);
   const int64_t slow_count = kNchw ? n : m;
   const int64_t fast_count = kNchw ? m : n;
   const int64_t fast = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -249,7 +294,18 @@ __global__ void QEpilogueKernel(const int32_t* __restrict__ acc32, int64_t ldc, 
   for (int64_t slow = blockIdx.y; slow < slow_count; slow += gridDim.y) {
     const int64_t mi = kNchw ? fast : slow;
     const int64_t ni = kNchw ? slow : fast;
-    StoreQ(e, zp, mi, ni, acc32[mi * ldc + ni]);
+    StoreQ(e, zp, zp_y, mi, ni, acc32[mi * ldc + ni]);
+  }
+}
+
+// Row-major Y, four columns a thread (n, ldc, ldy and the column offset multiples of 4, Y aligned).
+__global__ void QEpilogueKernel4(const int32_t* __restrict__ acc32, int64_t ldc, int64_t m, int64_t n, QEpilogue e) {
+  const int32_t zp = EffectiveZeroPoint(e);
+  const float zp_y = OutputZeroPoint(e);
+  const int64_t n4 = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 4;
+  if (n4 >= n) return;
+  for (int64_t mi = blockIdx.y; mi < m; mi += gridDim.y) {
+    StoreQ4(e, zp, zp_y, mi, n4, *reinterpret_cast<const int4*>(acc32 + mi * ldc + n4));
   }
 }
 
@@ -352,7 +408,13 @@ cudaError_t LaunchQEpilogue(const int32_t* acc32, int64_t ldc, int64_t m, int64_
                             cudaStream_t stream) {
   if (m <= 0 || n <= 0) return cudaSuccess;
   constexpr int kThreads = 256;
-  if (epi.hw == 0) {
+  const size_t align = epi.out_type == QOutType::kFloat ? 16 : 4;
+  const bool vec4 = epi.hw == 0 && n % 4 == 0 && ldc % 4 == 0 && epi.ldy % 4 == 0 && epi.n_offset % 4 == 0 &&
+                    reinterpret_cast<uintptr_t>(epi.y) % align == 0 && reinterpret_cast<uintptr_t>(acc32) % 16 == 0;
+  if (vec4) {
+    const dim3 grid(CeilDiv(n / 4, kThreads), GridY(m));
+    QEpilogueKernel4<<<grid, kThreads, 0, stream>>>(acc32, ldc, m, n, epi);
+  } else if (epi.hw == 0) {
     const dim3 grid(CeilDiv(n, kThreads), GridY(m));
     QEpilogueKernel<false><<<grid, kThreads, 0, stream>>>(acc32, ldc, m, n, epi);
   } else {
