@@ -111,7 +111,6 @@ def _group_tables() -> tuple[np.ndarray, ...]:
 
 _NIBBLE, _POS0, _POS1, _HAS0, _HAS1, _COUNT = _group_tables()
 _BLOCK_ELEMENTS = 1 << 20  # rows are handled in blocks of about this many elements (cache-sized temporaries)
-_TILE = 256  # a "kn" weight is reordered in tiles of this many rows (a transposed copy that stays in cache)
 
 
 def _group_codes(groups: np.ndarray) -> np.ndarray:
@@ -205,23 +204,69 @@ def _compress_rows(block_of, rows: int, k: int, dtype: np.dtype) -> tuple[np.nda
             continue
         groups = block.view(bits).reshape(count, groups_per_row, GROUP)
         slots = out[start:stop].reshape(count, groups_per_row, 2)
-        # Slot 0 takes element 0, or 1 (pattern x10 in bits 0-1), or 2 (pattern x100 in bits 0-2);
-        # slot 1 takes element 1, or 2 (element 2 non-zero, 3 zero, and 0 or 1 non-zero), or 3.
-        low2, low3, high2 = codes & np.uint8(3), codes & np.uint8(7), codes & np.uint8(12)
-        np.copyto(slots[..., 0], groups[..., 0])
-        np.copyto(slots[..., 0], groups[..., 1], where=low2 == 2)
-        np.copyto(slots[..., 0], groups[..., 2], where=low3 == 4)
-        np.copyto(slots[..., 1], groups[..., 1])
-        np.copyto(slots[..., 1], groups[..., 2], where=(high2 == 4) & (low2 != 0))
-        np.copyto(slots[..., 1], groups[..., 3], where=high2 >= 8)
-        if patterns[_COUNT != 2].sum():
-            np.copyto(slots[..., 0], 0, where=~_HAS0[codes])
-            np.copyto(slots[..., 1], 0, where=~_HAS1[codes])
+        _slots([groups[..., j] for j in range(GROUP)], codes, slots[..., 0], slots[..., 1],
+               not patterns[_COUNT != 2].sum())
         nibbles = _NIBBLE[codes]
         index[start:stop] |= nibbles[:, 0::2]
         index[start:stop, : groups_per_row // 2] |= nibbles[:, 1::2] << 4
     if bad:
         raise NotTwoFourError(f"{bad} of {rows * groups_per_row} groups have more than 2 non-zeros")
+    return values, index
+
+
+def _slots(elements, codes: np.ndarray, out0: np.ndarray, out1: np.ndarray, all_full: bool) -> None:
+    """The two slots of each group from its four elements (arrays of one shape, as unsigned ints):
+    slot 0 takes element 0, or 1 (pattern x10 in bits 0-1), or 2 (pattern 100 in bits 0-2); slot 1
+    takes element 1, or 2 (element 2 non-zero, 3 zero, 0 or 1 non-zero), or 3; an empty slot +0."""
+    low2, low3, high2 = codes & np.uint8(3), codes & np.uint8(7), codes & np.uint8(12)
+    np.copyto(out0, elements[0])
+    np.copyto(out0, elements[1], where=low2 == 2)
+    np.copyto(out0, elements[2], where=low3 == 4)
+    np.copyto(out1, elements[1])
+    np.copyto(out1, elements[2], where=(high2 == 4) & (low2 != 0))
+    np.copyto(out1, elements[3], where=high2 >= 8)
+    if not all_full:
+        np.copyto(out0, 0, where=~_HAS0[codes])
+        np.copyto(out1, 0, where=~_HAS1[codes])
+
+
+def _compress_kn(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``compress_weight(W, "kn")`` where W lies: a block of 4-row groups of ``W[K, N]`` at a time,
+    the slots and nibbles worked out on whole rows of W and written transposed into ``values[N,
+    K/2]`` and ``index[N, ceil(K/8)]`` (half and an eighth of the data, not the dense weight)."""
+    k, n = weight.shape
+    if k % GROUP:
+        raise NotTwoFourError(f"K={k} is not a multiple of 4")
+    groups = k // GROUP
+    values = np.empty((n, k // 2), dtype=weight.dtype)
+    index = np.zeros((n, (k + 7) // 8), dtype=np.uint8)
+    bits = np.dtype(f"<u{weight.dtype.itemsize}")
+    out = values.view(bits)
+    step = max(2, (_BLOCK_ELEMENTS // (GROUP * max(n, 1))) // 2 * 2)  # an even number of groups
+    bad = 0
+    for start in range(0, groups, step):
+        stop = min(groups, start + step)
+        count = stop - start
+        block = weight[GROUP * start:GROUP * stop].reshape(count, GROUP, n)
+        codes = np.zeros((count, n), np.uint8)
+        for element in range(GROUP):
+            codes |= _nonzero(block[:, element]).view(np.uint8) << np.uint8(element)
+        patterns = np.bincount(codes.reshape(-1), minlength=16)
+        bad += int(patterns[_COUNT > 2].sum())
+        if bad:
+            continue
+        elements = block.view(bits)
+        slot0, slot1 = np.empty((count, n), bits), np.empty((count, n), bits)
+        _slots([elements[:, j] for j in range(GROUP)], codes, slot0, slot1, not patterns[_COUNT != 2].sum())
+        target = out[:, 2 * start:2 * stop].reshape(n, count, 2)
+        target[:, :, 0] = slot0.T
+        target[:, :, 1] = slot1.T
+        nibbles = _NIBBLE[codes]
+        if count % 2:
+            nibbles = np.concatenate([nibbles, np.zeros((1, n), np.uint8)])
+        index[:, start // 2:start // 2 + len(nibbles) // 2] = (nibbles[0::2] | nibbles[1::2] << 4).T
+    if bad:
+        raise NotTwoFourError(f"{bad} of {n * groups} groups have more than 2 non-zeros")
     return values, index
 
 
@@ -259,15 +304,7 @@ def compress_weight(weight: np.ndarray, layout: str) -> tuple[np.ndarray, np.nda
         raise ValueError(f"{'an' if layout == 'oihw' else 'a'} '{layout}' weight must have rank {rank}, got shape {weight.shape}")
     k = reduction_length(weight.shape, layout)
     if layout == "kn":
-        buffer = np.empty((max(1, _BLOCK_ELEMENTS // max(k, 1)), k), dtype=weight.dtype)
-
-        def columns(start: int, stop: int) -> np.ndarray:  # W[:, start:stop].T, copied in square tiles
-            out = buffer[: stop - start]
-            for first in range(0, k, _TILE):
-                out[:, first:first + _TILE] = weight[first:first + _TILE, start:stop].T
-            return out
-
-        return _compress_rows(columns, weight.shape[1], k, weight.dtype)
+        return _compress_kn(weight)
     return _compress_rows(lambda start, stop: to_rows_k(weight[start:stop], layout), weight.shape[0], k, weight.dtype)
 
 
