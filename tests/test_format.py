@@ -115,3 +115,57 @@ def test_invalid_index_value_rejected():
     values = np.ones((1, 2), np.float32)
     with pytest.raises(ValueError, match="invalid"):
         fmt.decompress(values, np.array([[0x03]], np.uint8))
+
+
+def _spec_encode(rows_k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SPEC's encoding group by group, in plain Python (the table-driven code is checked against it)."""
+    rows, k = rows_k.shape
+    values = np.zeros((rows, k // 2), rows_k.dtype)
+    index = np.zeros((rows, (k + 7) // 8), np.uint8)
+    for r in range(rows):
+        for g in range(k // 4):
+            group = rows_k[r, 4 * g:4 * g + 4]
+            nonzero = [i for i in range(4) if group[i] != 0]
+            first = next((i for i in nonzero if i <= 2), None)
+            rest = [i for i in nonzero if i >= 1 and i != first]
+            second = rest[-1] if rest else None
+            if first is not None:
+                values[r, 2 * g] = group[first]
+            if second is not None:
+                values[r, 2 * g + 1] = group[second]
+            nibble = (first or 0) | ((second - 1 if second is not None else 0) << 2)
+            index[r, g // 2] |= nibble << (4 * (g % 2))
+    return values, index
+
+
+@pytest.mark.parametrize("block", [1 << 20, 24], ids=["one-block", "many-blocks"])
+def test_compress_equals_spec_group_by_group(block, monkeypatch):
+    """Every layout and dtype, groups of 0 to 2 non-zeros (all six pairs), -0.0 and NaN, K/4 odd and
+    even; with small blocks the row blocks (and a "kn" weight's odd last block of groups) are many."""
+    monkeypatch.setattr(fmt, "_BLOCK_ELEMENTS", block)
+    import ml_dtypes
+
+    rng = np.random.default_rng(7)
+    for trial in range(60):
+        layout = ("kn", "nk", "oihw")[trial % 3]
+        dtype = (np.float32, np.float16, ml_dtypes.bfloat16)[trial // 3 % 3]
+        shape = {"kn": (4 * (3 + trial % 5), 7), "nk": (5, 4 * (3 + trial % 5)), "oihw": (3, 4 * (1 + trial % 3), 2, 1)}[layout]
+        rows_k = rng.standard_normal(fmt.to_rows_k(np.zeros(shape), layout).shape).astype(np.float32)
+        keep = rng.random(rows_k.shape) < 0.6
+        rows_k = np.where(fmt.keep_top(rng.random(rows_k.shape)) & keep, rows_k, 0).astype(np.float32)
+        rows_k[(rows_k == 0) & (rng.random(rows_k.shape) < 0.3)] = -0.0
+        if trial % 7 == 0:
+            rows_k[rows_k > 1.5] = np.nan
+        rows_k = rows_k.astype(dtype)
+        weight = fmt.from_rows_k(rows_k, layout, shape)
+        values, index = fmt.compress_weight(weight, layout)
+        expected_values, expected_index = _spec_encode(rows_k)
+        np.testing.assert_array_equal(index, expected_index)
+        assert values.dtype == rows_k.dtype
+        assert values.view(np.uint8).tobytes() == expected_values.view(np.uint8).tobytes()  # +0 in empty slots
+        stats = fmt.weight_group_stats(weight, layout)
+        assert (stats.groups, stats.compliant) == (rows_k.size // 4, rows_k.size // 4)
+        noisy = np.where(rng.random(shape) < 0.3, np.ones((), dtype), weight)
+        compliant = int(((fmt.to_rows_k(noisy, layout).reshape(-1, 4) != 0).sum(axis=1) <= 2).sum())
+        for found in (fmt.weight_group_stats(noisy, layout), fmt.group_stats(fmt.to_rows_k(noisy, layout))):
+            assert (found.groups, found.compliant) == (rows_k.size // 4, compliant)
