@@ -54,8 +54,10 @@ from onnxsparse.prune import Calibration, PruneOptions, prune_model  # noqa: E40
 
 PACKAGE, VERSION = "rapidocr", "3.10.0"
 FILES = {"rec": "PP-OCRv6_rec_small.onnx", "cls": "ch_ppocr_mobile_v2.0_cls_mobile.onnx",
-         "det": "PP-OCRv6_det_small.onnx"}
-METRIC = {"rec": "line accuracy %", "cls": "orientation accuracy %", "det": "pixel F1 %"}
+         "det": "PP-OCRv6_det_small.onnx", "magika": "standard_v3_3/model.onnx"}
+METRIC = {"rec": "line accuracy %", "cls": "orientation accuracy %", "det": "pixel F1 %",
+          "magika": "content-type accuracy %"}
+PACKAGES = {"magika": ("magika", "1.0.3")}  # other models: rapidocr's
 
 
 def log(message: str) -> None:
@@ -65,15 +67,16 @@ def log(message: str) -> None:
 def model_path(name: str) -> Path:
     from importlib import metadata
 
+    package, version = PACKAGES.get(name, (PACKAGE, VERSION))
     try:
-        installed = metadata.version(PACKAGE)
+        installed = metadata.version(package)
     except metadata.PackageNotFoundError:
         installed = None
-    if installed != VERSION:
-        log(f"installing {PACKAGE}=={VERSION} (--no-deps: only its model files are used)")
-        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", f"{PACKAGE}=={VERSION}"], check=True)
+    if installed != version:
+        log(f"installing {package}=={version} (--no-deps: only its model files are used)")
+        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", f"{package}=={version}"], check=True)
         importlib.invalidate_caches()
-    spec = importlib.util.find_spec(PACKAGE)
+    spec = importlib.util.find_spec(package)
     return Path(list(spec.submodule_search_locations)[0]) / "models" / FILES[name]
 
 
@@ -181,7 +184,69 @@ class Det:
         return 100.0 * 2 * precision * recall / max(precision + recall, 1e-12)
 
 
-TASKS = {"rec": (Rec, 120, 96), "cls": (Cls, 200, 160), "det": (Det, 16, 24)}
+# --- magika -----------------------------------------------------------------------------------------
+
+# File extension -> magika's label, for types whose files this machine holds in numbers.
+MAGIKA_TYPES = {".py": "python", ".json": "json", ".html": "html", ".css": "css", ".js": "javascript",
+                ".md": "markdown", ".xml": "xml", ".sh": "shell", ".yaml": "yaml", ".toml": "toml",
+                ".rst": "rst", ".c": "c", ".cpp": "cpp", ".png": "png", ".gz": "gzip", ".so": "elf",
+                ".txt": "txt", ".svg": "svg", ".ini": "ini", ".pem": "pem"}
+
+
+def magika_features(path: Path, beg: int = 1024, end: int = 1024, block: int = 4096, pad: int = 256) -> np.ndarray:
+    """magika 1.0's features of a file: the first ``beg`` bytes after stripping leading whitespace of
+    the first ``block`` bytes (padded after), the last ``end`` bytes of the last ``block`` bytes after
+    stripping trailing whitespace (padded before); int32 ``[beg + end]``."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(min(block, size)).lstrip()[:beg]
+        f.seek(size - min(block, size))
+        tail = f.read(min(block, size)).rstrip()
+    tail = tail[len(tail) - end:] if len(tail) > end else tail
+    first = list(head) + [pad] * (beg - len(head))
+    last = [pad] * (end - len(tail)) + list(tail)
+    return np.array(first + last, dtype=np.int32)
+
+
+class Magika:
+    """Content types of files on this machine (Python's library, /usr/share, /usr/include, ...), the
+    label from the file's extension; calibration and evaluation files disjoint (by path hash)."""
+
+    def __init__(self, model, eval_count, calib_count):
+        import hashlib
+        import json as json_module
+
+        config = json_module.loads((model_path("magika").parent / "config.min.json").read_text())
+        self.labels = config["target_labels_space"]
+        per_type = max(1, (eval_count + calib_count) // len(MAGIKA_TYPES))
+        found: dict[str, list[Path]] = {}
+        roots = [Path(sys.prefix), Path("/usr/share"), Path("/usr/include"), Path("/usr/lib"), Path("/etc")]
+        for root in roots:
+            for path in sorted(root.rglob("*")) if root.exists() else []:
+                kind = MAGIKA_TYPES.get(path.suffix)
+                if kind and len(found.setdefault(kind, [])) < 4 * per_type and path.is_file() \
+                        and not path.is_symlink() and path.stat().st_size >= 64:
+                    found[kind].append(path)
+        evaluation, calibration = [], []
+        for kind, paths in sorted(found.items()):
+            for path in paths:
+                side = int(hashlib.sha256(str(path).encode()).hexdigest(), 16) % 3
+                (calibration if side == 0 else evaluation).append((path, kind))
+        rng = np.random.default_rng(9)
+        evaluation = [evaluation[i] for i in rng.permutation(len(evaluation))[:eval_count]]
+        calibration = [calibration[i] for i in rng.permutation(len(calibration))[:calib_count]]
+        self.x = np.stack([magika_features(p) for p, _ in evaluation])
+        self.truth = np.array([self.labels.index(kind) for _, kind in evaluation])
+        xs = np.stack([magika_features(p) for p, _ in calibration])
+        self.calib = [xs[i:i + 16] for i in range(0, len(xs), 16)]
+
+    def metric(self, model) -> float:
+        run = session(model)
+        scores = np.concatenate([run.run(None, {"bytes": self.x[i:i + 256]})[0] for i in range(0, len(self.x), 256)])
+        return 100.0 * float((scores.argmax(axis=1) == self.truth).mean())
+
+
+TASKS = {"rec": (Rec, 120, 96), "cls": (Cls, 200, 160), "det": (Det, 16, 24), "magika": (Magika, 600, 192)}
 
 
 def bench(name: str, max_errors: list[float], methods: list[str]) -> dict:
@@ -295,6 +360,85 @@ def correlation(models: list[dict], key: str) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+# --- pruning at scale ------------------------------------------------------------------------------
+
+
+def write_dense_mlp(path: Path, layers: int = 16, hidden: int = 4096, ffn: int = 11008, seed: int = 0) -> int:
+    """A dense fp32 chain of MatMuls ``W[hidden, ffn]`` (+ Relu) / ``W[ffn, hidden]`` with every weight
+    in ``<path>.data``, written 16 MB at a time (the generator never holds a whole weight); returns
+    the data file's size. 16 layers of 4096 x 11008: 2.9 GB."""
+    rng = np.random.default_rng(seed)
+    data_path = path.with_name(path.name + ".data")
+    inits, nodes, x, offset = [], [], "x", 0
+    with open(data_path, "wb") as data:
+        for index in range(layers):
+            k, n = (hidden, ffn) if index % 2 == 0 else (ffn, hidden)
+            rows_per_block = max(1, (4 << 20) // n)
+            for first in range(0, k, rows_per_block):
+                count = min(rows_per_block, k - first)
+                block = rng.standard_normal((count, n), dtype=np.float32) * np.float32(np.sqrt(2.0 / k))
+                data.write(memoryview(block.reshape(-1)).cast("B"))
+            tensor = onnx.TensorProto(name=f"w{index}", data_type=onnx.TensorProto.FLOAT, dims=[k, n])
+            for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(k * n * 4))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            inits.append(tensor)
+            offset += k * n * 4  # a multiple of 64: no padding
+            out = "y" if index == layers - 1 else f"h{index}"
+            nodes.append(onnx.helper.make_node("MatMul", [x, f"w{index}"], [out], name=f"fc{index}"))
+            x = out
+            if index % 2 == 0 and index < layers - 1:
+                nodes.append(onnx.helper.make_node("Relu", [out], [f"r{index}"], name=f"relu{index}"))
+                x = f"r{index}"
+    graph = onnx.helper.make_graph(nodes, "dense_mlp", [onnx.helper.make_tensor_value_info("x", 1, ["batch", hidden])],
+                                   [onnx.helper.make_tensor_value_info("y", 1, ["batch", hidden if layers % 2 == 0 else ffn])],
+                                   inits)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
+    path.write_bytes(model.SerializeToString())
+    return offset
+
+
+def big(folder: Path, methods: list[str], samples: int, device: str) -> dict:
+    """Generate the 2.9 GB model in ``folder``, prune it with each method through the CLI (a child
+    process each: wall time and peak RSS from ``os.wait4``), delete the outputs and the model."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model = folder / "dense_mlp.onnx"
+    t0 = time.time()
+    size = write_dense_mlp(model)
+    log(f"big: wrote {model} ({size / 1e9:.2f} GB) in {time.time() - t0:.0f}s")
+    rows = []
+    try:
+        for method in methods:
+            out = folder / f"pruned_{method}.onnx"
+            command = [sys.executable, "-m", "onnxsparse", "prune", str(model), "-o", str(out), "--method", method,
+                       "--prune-head", "--json", "-q", "--device", device]
+            if method != "magnitude":
+                command += ["--calib-samples", str(samples), "--batch-size", str(max(1, samples // 4))]
+            started = time.time()
+            with open(folder / "stdout", "w") as stdout, open(folder / "stderr", "w") as stderr:
+                child = subprocess.Popen(command, stdout=stdout, stderr=stderr)
+                _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS
+                child.returncode = os.waitstatus_to_exitcode(status)
+            seconds = time.time() - started
+            if child.returncode:
+                raise SystemExit(f"prune --method {method} failed: {(folder / 'stderr').read_text().strip()[-300:]}")
+            report = json.loads((folder / "stdout").read_text())
+            row = {"method": method, "seconds": seconds, "peak_rss_gib": usage.ru_maxrss / 2**20,
+                   "user_s": usage.ru_utime, "system_s": usage.ru_stime, "layers": len(report["layers"]),
+                   "pruned_params": report["pruned_params"], "total_params": report["total_params"],
+                   "output_error": report["output_error"], "device": device,
+                   "samples": samples if method != "magnitude" else 0}
+            rows.append(row)
+            log(f"big {method}: {seconds:.0f}s, peak RSS {row['peak_rss_gib']:.2f} GiB, {row['layers']} layers")
+            for path in folder.glob(f"pruned_{method}.onnx*"):
+                path.unlink()
+    finally:
+        for path in folder.glob("dense_mlp.onnx*"):
+            path.unlink()
+    return {"model_bytes": size, "rows": rows}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="rec,cls,det")
@@ -302,7 +446,17 @@ def main() -> int:
     parser.add_argument("--methods", default="magnitude,wanda,sparsegpt,auto",
                         help="methods run on all eligible layers without a budget (comma-separated; may be empty)")
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--big", metavar="FOLDER",
+                        help="instead: prune a generated 2.9 GB model (16 MatMuls 4096x11008 fp32, external data) "
+                             "in FOLDER with --big-methods; print wall time and peak RSS as JSON (files deleted after)")
+    parser.add_argument("--big-methods", default="magnitude,sparsegpt")
+    parser.add_argument("--big-samples", type=int, default=256, help="calibration samples (random) for sparsegpt")
+    parser.add_argument("--device", default="auto", help="prune --device for --big")
     args = parser.parse_args()
+    if args.big:
+        record = big(Path(args.big), [m for m in args.big_methods.split(",") if m], args.big_samples, args.device)
+        print(json.dumps(record, indent=2))
+        return 0
     out = Path(args.out)
     if not out.is_dir():
         raise SystemExit(f"{out}: output folder does not exist")

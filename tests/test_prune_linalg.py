@@ -53,7 +53,7 @@ def test_prune_layer_on_torch_and_numpy_agree():
         outs[device] = prune_layer(layer, weight, stats, options)
     (a, ra), (b, rb) = outs["numpy"], outs["cpu"]
     assert np.array_equal(a != 0, b != 0) and np.allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert ra.layer_error == pytest.approx(rb.layer_error, rel=1e-9) and ra.compliant == rb.compliant == 1.0
+    assert ra.layer_error == pytest.approx(rb.layer_error, rel=1e-4) and ra.compliant == rb.compliant == 1.0
 
 
 def test_device_values():

@@ -6,6 +6,9 @@ so that ``check`` passes them and ``compile`` rewrites them. Calibration data (`
 measures every method's error on a held-out part of it (or ``--holdout``); without it, random inputs
 from the input specs are used, with a warning (magnitude without ``--max-error`` needs no data at
 all). Progress goes to stderr, the report to stdout (``--json`` for machines).
+
+A model with external data is pruned with its weights left in their files (``prune/files.py``):
+one layer's weight in memory at a time, the output's data file written a tensor at a time.
 """
 
 from __future__ import annotations

@@ -205,7 +205,10 @@ def save(model: onnx.ModelProto, out: Path, files: ModelFiles, inputs: list[Path
     protected = {Path(p).resolve() for p in inputs}
     for p in inputs:
         protected |= set(io.external_data_files(p))
-    old_data = set(io.external_data_files(out)) if out.is_file() else set()
+    try:
+        old_data = set(io.external_data_files(out)) if out.is_file() else set()
+    except Exception:  # an unreadable earlier output refers to nothing we know
+        old_data = set()
     data_name = f"{out.name}.data"
     if (folder / data_name).exists() or (folder / data_name).is_symlink():
         data_name = f"{out.name}.{secrets.token_hex(8)}.data"

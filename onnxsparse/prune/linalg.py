@@ -59,18 +59,17 @@ def _inverse_cholesky_upper(hessian, damp: float):
     so U = R^-1 (upper, and unique with a positive diagonal: numpy's inverse-then-Cholesky factor)."""
     import torch
 
-    h = hessian.clone()
-    dead = torch.nonzero(torch.diagonal(h) == 0).flatten()
-    h[dead, dead] = 1.0  # inputs that never fire: no information, keep H invertible
-    mean_diag = float(torch.diagonal(h).mean())
+    diagonal = torch.diagonal(hessian).flip(0)  # the reversed matrix's diagonal
+    dead = diagonal == 0  # inputs that never fire: no information, keep H invertible
+    mean_diag = float(torch.where(dead, 1.0, diagonal).mean())
     for attempt in range(6):
-        reversed_h = h.flip(0, 1)
+        reversed_h = hessian.flip(0, 1)  # a copy: the caller's H is left as it is
+        reversed_h.diagonal()[dead] = 1.0
         reversed_h.diagonal().add_((damp * 10**attempt) * mean_diag)
         lower, info = torch.linalg.cholesky_ex(reversed_h)
         del reversed_h
         if int(info) != 0:
             continue
-        del h
         upper = lower.flip(0, 1)
         del lower
         eye = torch.eye(upper.shape[0], dtype=upper.dtype, device=upper.device)
@@ -130,14 +129,18 @@ def _prune_block(w1, q1, err1, hinv1, diag, n: int, m: int) -> None:
 
 def quadratic_forms(pruned: np.ndarray, dense: np.ndarray, hessian: np.ndarray, device: str) -> tuple[float, float]:
     """(sum((P-D) H (P-D)^T), sum(D H D^T)) over rows: the layer's output error energy and its
-    output energy on the calibration inputs (H = X^T X / rows)."""
+    output energy on the calibration inputs (H = X^T X / rows). A diagnostic: the products run in
+    float32 (sums of non-negative terms; a 4096x11008 layer's two products are 1e12 operations)."""
     if device == "numpy":
-        diff = pruned - dense
-        return float(np.sum((diff @ hessian) * diff)), float(np.sum((dense @ hessian) * dense))
+        h = hessian.astype(np.float32)
+        diff = (pruned - dense).astype(np.float32)
+        d = dense.astype(np.float32)
+        return float(np.sum((diff @ h) * diff, dtype=np.float64)), float(np.sum((d @ h) * d, dtype=np.float64))
     import torch
 
     with torch.no_grad():
-        h = torch.as_tensor(hessian, device=device)
+        h = torch.as_tensor(hessian, device=device).float()
         d = torch.as_tensor(dense, device=device)
-        diff = torch.as_tensor(pruned, device=device) - d
-        return float(((diff @ h) * diff).sum()), float(((d @ h) * d).sum())
+        diff = (torch.as_tensor(pruned, device=device) - d).float()
+        d = d.float()
+        return (float(((diff @ h) * diff).sum(dtype=torch.float64)), float(((d @ h) * d).sum(dtype=torch.float64)))
