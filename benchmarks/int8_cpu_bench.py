@@ -138,7 +138,7 @@ def encoder_models(layers: int, rng) -> tuple[onnx.ModelProto, onnx.ModelProto, 
                         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
         quantized = onnx.load(str(dst))
     compiled = compile_model(quantized)
-    counts = {"rewritten": len(compiled.rewritten), "layers": len(compiled.layers)}
+    counts = {"sparse_layers": len(compiled.rewritten), "candidate_layers": len(compiled.layers)}
     return quantized, compiled.model, counts
 
 
@@ -224,7 +224,8 @@ def bench_gemm(args, clock, rng) -> list[dict]:
 def bench_encoder(args, clock, rng) -> list[dict]:
     rows = []
     quantized, compiled, counts = encoder_models(args.encoder_layers, rng)
-    print(f"encoder: {counts['rewritten']} of {counts['layers']} layers rewritten into int8 sparse ops", flush=True)
+    print(f"encoder: {counts['sparse_layers']} of {counts['candidate_layers']} layers rewritten into int8 sparse ops",
+          flush=True)
     for isa in args.isa:
         sessions = {"sparse": sparse_session(compiled, args.threads, isa),
                     "dense": dense_session(quantized, args.threads)}
@@ -244,6 +245,35 @@ def bench_encoder(args, clock, rng) -> list[dict]:
                   f"{row['speedup_iqr'][0]:.2f}-{row['speedup_iqr'][1]:.2f})  rel.diff {rel:.2e}  n={r['repeats']}",
                   flush=True)
     return rows
+
+
+def markdown(info: dict, command: str, rows: list[dict]) -> str:
+    lines = [f"# int8 2:4 on the CPU: onnxsparse against ONNX Runtime's int8 kernels", "",
+             f"Machine: {info.get('processor')}, {info.get('cores')} cores ({' '.join(info.get('flags', []))}), "
+             f"ONNX Runtime {info['onnxruntime']}, load average {info['load']:.1f} before and "
+             f"{info.get('load_after', float('nan')):.1f} after (a shared machine). Command: `{command}`.", ""]
+    gemm = [r for r in rows if r["part"] == "gemm"]
+    if gemm:
+        lines += ["4096x4096 layers, uint8 A and Y, per-channel int8 weights; times per layer (median), speedup "
+                  "= dense / sparse (quartiles of the per-pair ratio).", "",
+                  "| path | M | sparse us | QLinearMatMul us | speedup | QDQ us | speedup |", "|---|---|---|---|---|---|---|"]
+        for r in gemm:
+            lines.append(f"| {r['isa']} | {r['m']} | {r['sparse_us']} | {r['qlinear_us']} | {r['speedup_vs_qlinear']} "
+                         f"({r['speedup_vs_qlinear_iqr'][0]}-{r['speedup_vs_qlinear_iqr'][1]}) | {r['qdq_us']} | "
+                         f"{r['speedup_vs_qdq']} |")
+        lines.append("")
+    enc = [r for r in rows if r["part"] == "encoder"]
+    if enc:
+        lines += [f"BERT-base-sized encoder ({enc[0]['layers']} layers, hidden 768, FFN 3072), quantize_static QDQ "
+                  f"per-channel; {enc[0]['sparse_layers']} of its {enc[0]['candidate_layers']} MatMul/Gemm layers "
+                  "rewritten into QMatMulCompress (the rest: attention's activation products); whole model, median ms.",
+                  "",
+                  "| path | tokens | sparse ms | dense QDQ ms | speedup | relative difference |", "|---|---|---|---|---|---|"]
+        for r in enc:
+            lines.append(f"| {r['isa']} | {r['tokens']} | {r['sparse_ms']} | {r['dense_ms']} | {r['speedup']} "
+                         f"({r['speedup_iqr'][0]}-{r['speedup_iqr'][1]}) | {r['relative_difference']:.1e} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -275,7 +305,9 @@ def main(argv=None) -> int:
         rows += bench_encoder(args, clock, rng)
     info["load_after"] = os.getloadavg()[0]
     if args.out:
-        args.out.write_text(json.dumps({"machine": info, "command": " ".join(sys.argv), "rows": rows}, indent=1))
+        command = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
+        args.out.write_text(json.dumps({"machine": info, "command": command, "rows": rows}, indent=1) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(info, command, rows))
     return 0
 
 

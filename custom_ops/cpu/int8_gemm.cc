@@ -106,12 +106,12 @@ std::unique_ptr<Int8PackedWeight> PackInt8Weight(const int8_t* values, const uin
         while (kInt8CodeFirst[code] != first || kInt8CodeSecond[code] != second) ++code;  // every (first <= second) has a code
         field = static_cast<uint8_t>(code);
         const int64_t octet = lane / 8;
-        dst = reinterpret_cast<int8_t*>(block_values + pair * 64 + (octet * 2 + half) * 16 + (lane % 8) * 2);
+        dst = reinterpret_cast<int8_t*>(block_values + pair * 64 + octet * 32 + (lane % 8) * 4 + half);
       }
       block_index[pair * kInt8BlockN + lane] |= static_cast<uint8_t>(field << (4 * half));
       dst[0] = v0;
-      dst[1] = v1;
-      sum += dst[0] + dst[1];
+      dst[format == Int8Format::kPositions ? 1 : 2] = v1;
+      sum += v0 + v1;
     }
     w.row_sums[r] = sum;
   }

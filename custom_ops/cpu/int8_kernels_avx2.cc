@@ -61,9 +61,10 @@ void Tile(const Int8PackedWeight& w, const int32_t* tab, int64_t groups, int64_t
           _mm_loadl_epi64(reinterpret_cast<const __m128i*>(index + p * kInt8BlockN + 8 * octet)));
       code0[o] = codes;                         // the first group's code in bits 0-2
       code1[o] = _mm256_srli_epi32(codes, 4);   // the second group's
-      const uint8_t* v = values + p * 64 + octet * 32;
-      w0[o] = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(v)));
-      w1[o] = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(v + 16)));
+      // Words: the first group's value in the low byte, the second's in the high byte.
+      const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(values + p * 64 + octet * 32));
+      w0[o] = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8);
+      w1[o] = _mm256_srai_epi16(v, 8);
     }
     for (int r = 0; r < MR; ++r) {
       const __m256i* t = reinterpret_cast<const __m256i*>(tab + (r * groups + 2 * p) * 8);
@@ -101,8 +102,8 @@ int32_t* TableScratch(int64_t count) {
   };
   thread_local std::unique_ptr<int32_t, Free> buffer;
   thread_local int64_t size = 0;
-  if (size < count) {
-    buffer.reset(static_cast<int32_t*>(std::aligned_alloc(64, static_cast<size_t>((count * 4 + 63) / 64 * 64))));
+  if (size < count || !buffer) {
+    buffer.reset(static_cast<int32_t*>(std::aligned_alloc(64, static_cast<size_t>((count * 4 + 63) / 64 * 64 + 64))));
     if (!buffer) throw std::bad_alloc();
     size = count;
   }
