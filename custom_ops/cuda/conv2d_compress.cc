@@ -128,7 +128,9 @@ bool Conv2dCompressCuda<OrtT>::NchwApplies(const Call& call) const {
     return false;
   } else {
     return form_ != Form::kNhwc && weight_constant_ && attrs_.group == 1 && call.geo.k % 16 == 0 &&
-           call.geo.out_channels % 16 == 0 && call.geo.batch > 0 && call.geo.batch <= (1 << 30);
+           call.geo.out_channels % 16 == 0 && call.geo.batch > 0 &&
+           call.geo.batch * std::max(call.geo.k, call.geo.out_channels) <= 0x7fffffff &&
+           call.geo.height * call.geo.width <= 0x7fffffff;  // the kernels' 32-bit rows and pixels
   }
 }
 

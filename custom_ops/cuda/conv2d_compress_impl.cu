@@ -62,60 +62,69 @@ namespace {
 
 __device__ __forceinline__ bool IsNonFinite(float v) { return !isfinite(v); }
 
-// One thread per element of the per-image im2col matrices [batch, K, cols], p fastest: writes are
-// contiguous, reads contiguous along ow.
+// A block per row (b, krow) of the per-image im2col matrices [batch, K, cols] (its image, channel
+// and kernel tap worked out once), its threads along the row's columns: writes contiguous, reads
+// contiguous along ow, 32-bit index arithmetic per element.
 template <typename T>
-__global__ void Im2colNchwKernel(const T* __restrict__ x, Im2colArgs a, int64_t cols, int64_t krows,
-                                 T* __restrict__ col, unsigned int* flag) {
-  const int64_t total = a.batch * krows * cols;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const int64_t hw = a.out_h * a.out_w;
+__global__ void Im2colNchwKernel(const T* __restrict__ x, Im2colArgs a, int cols, int krows, T* __restrict__ col,
+                                 unsigned int* flag) {
+  const int64_t row = blockIdx.x;  // b * krows + krow
+  const int krow = static_cast<int>(row % krows);
+  const int64_t b = row / krows;
+  const int c = krow % static_cast<int>(a.channels);
+  const int t = krow / static_cast<int>(a.channels);
+  const int kw = t % static_cast<int>(a.kernel_w), kh = t / static_cast<int>(a.kernel_w);
+  const int out_w = static_cast<int>(a.out_w), hw = static_cast<int>(a.out_h * a.out_w);
+  const int height = static_cast<int>(a.height), width = static_cast<int>(a.width);
+  const int stride_h = static_cast<int>(a.stride_h), stride_w = static_cast<int>(a.stride_w);
+  const int ih0 = kh * static_cast<int>(a.dilation_h) - static_cast<int>(a.pad_top);
+  const int iw0 = kw * static_cast<int>(a.dilation_w) - static_cast<int>(a.pad_left);
+  const T* plane = x + (b * a.channels + c) * a.height * a.width;
+  T* out = col + row * cols;
   bool bad = false;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
-    const int64_t p = i % cols;
-    const int64_t r = i / cols;
-    const int64_t krow = r % krows;
-    const int64_t b = r / krows;
+  for (int p = threadIdx.x; p < cols; p += blockDim.x) {
     T v = FromFloat<T>(0.f);
     if (p < hw) {
-      const int64_t c = krow % a.channels;
-      const int64_t t = krow / a.channels;
-      const int64_t kw = t % a.kernel_w, kh = t / a.kernel_w;
-      const int64_t oh = p / a.out_w, ow = p % a.out_w;
-      const int64_t ih = oh * a.stride_h - a.pad_top + kh * a.dilation_h;
-      const int64_t iw = ow * a.stride_w - a.pad_left + kw * a.dilation_w;
-      if (ih >= 0 && ih < a.height && iw >= 0 && iw < a.width) {
-        v = x[((b * a.channels + c) * a.height + ih) * a.width + iw];
+      const int oh = p / out_w, ow = p - oh * out_w;
+      const int ih = oh * stride_h + ih0, iw = ow * stride_w + iw0;
+      if (ih >= 0 && ih < height && iw >= 0 && iw < width) {
+        v = plane[ih * width + iw];
         bad |= flag != nullptr && IsNonFinite(ToFloat(v));
       }
     }
-    col[i] = v;
+    out[p] = v;
   }
   if (flag != nullptr && __syncthreads_or(bad) && threadIdx.x == 0) *flag = 1u;
 }
 
-template <typename T>
+// 16-byte loads where the count and the pointer allow (VEC elements each).
+template <typename T, int VEC>
 __global__ void ScanFlatKernel(const T* __restrict__ x, int64_t count, unsigned int* flag) {
+  struct alignas(sizeof(T) * VEC) Vec {
+    T v[VEC];
+  };
   bool bad = false;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += stride) {
-    bad |= IsNonFinite(ToFloat(x[i]));
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count / VEC; i += stride) {
+    const Vec in = reinterpret_cast<const Vec*>(x)[i];
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) bad |= IsNonFinite(ToFloat(in.v[e]));
   }
   if (__syncthreads_or(bad) && threadIdx.x == 0) *flag = 1u;
 }
 
+// A block per output row (b, o): its bias read once, threads along the row.
 template <typename T>
-__global__ void EpilogueNchwKernel(const T* src, int64_t ld, T* y, int64_t oc, int64_t hw, int64_t total,
-                                   const T* __restrict__ bias, Activation act) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
-    const int64_t p = i % hw;
-    const int64_t row = i / hw;  // b * oc + o
-    float v = ToFloat(src[row * ld + p]);
-    if (bias != nullptr) v += ToFloat(bias[row % oc]);
-    y[i] = FromFloat<T>(Activate(act, v));
-  }
+__global__ void EpilogueNchwKernel(const T* src, int ld, T* y, int oc, int hw, const T* __restrict__ bias,
+                                   Activation act) {
+  const int64_t row = blockIdx.x;  // b * oc + o
+  const float add = bias != nullptr ? ToFloat(bias[row % oc]) : 0.f;
+  const T* in = src + row * ld;
+  T* out = y + row * hw;
+  for (int p = threadIdx.x; p < hw; p += blockDim.x) out[p] = FromFloat<T>(Activate(act, ToFloat(in[p]) + add));
 }
+
+int ThreadsFor(int64_t cols) { return cols >= 256 ? 256 : static_cast<int>((cols + 31) / 32 * 32); }
 
 // The weight W[o, kk] from SPEC's form (0 where pruned).
 template <typename T>
@@ -164,25 +173,34 @@ template <typename T>
 cudaError_t LaunchIm2colNchw(const T* x, const Im2colArgs& a, int64_t cols, T* col, unsigned int* flag,
                              cudaStream_t stream) {
   const int64_t krows = a.kernel_h * a.kernel_w * a.channels;
-  const int64_t total = a.batch * krows * cols;
-  if (total == 0) return cudaSuccess;
-  Im2colNchwKernel<T><<<GridFor(total, 256), 256, 0, stream>>>(x, a, cols, krows, col, flag);
+  const int64_t rows = a.batch * krows;
+  if (rows * cols == 0) return cudaSuccess;
+  if (rows > 0x7fffffff || cols > 0x7fffffff || a.height * a.width > 0x7fffffff) return cudaErrorInvalidValue;
+  Im2colNchwKernel<T><<<static_cast<unsigned int>(rows), ThreadsFor(cols), 0, stream>>>(
+      x, a, static_cast<int>(cols), static_cast<int>(krows), col, flag);
   return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t LaunchScanNonFiniteFlat(const T* x, int64_t count, unsigned int* flag, cudaStream_t stream) {
   if (count <= 0) return cudaSuccess;
-  ScanFlatKernel<T><<<GridFor(count, 256, 2048), 256, 0, stream>>>(x, count, flag);
+  constexpr int kVec = 16 / sizeof(T);
+  if (count % kVec == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
+    ScanFlatKernel<T, kVec><<<GridFor(count / kVec, 256, 2048), 256, 0, stream>>>(x, count, flag);
+  } else {
+    ScanFlatKernel<T, 1><<<GridFor(count, 256, 2048), 256, 0, stream>>>(x, count, flag);
+  }
   return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t LaunchConvEpilogueNchw(const T* src, int64_t ld, T* y, int64_t batch, int64_t oc, int64_t hw, const T* bias,
                                    const Activation& act, cudaStream_t stream) {
-  const int64_t total = batch * oc * hw;
-  if (total == 0) return cudaSuccess;
-  EpilogueNchwKernel<T><<<GridFor(total, 256), 256, 0, stream>>>(src, ld, y, oc, hw, total, bias, act);
+  const int64_t rows = batch * oc;
+  if (rows * hw == 0) return cudaSuccess;
+  if (rows > 0x7fffffff || ld > 0x7fffffff) return cudaErrorInvalidValue;
+  EpilogueNchwKernel<T><<<static_cast<unsigned int>(rows), ThreadsFor(hw), 0, stream>>>(
+      src, static_cast<int>(ld), y, static_cast<int>(oc), static_cast<int>(hw), bias, act);
   return cudaGetLastError();
 }
 
