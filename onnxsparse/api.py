@@ -6,10 +6,10 @@ compile pipeline (``compiler.compile_pipeline``). The compiler never calls back 
 
 Models of any size (issue 16): ``check_model(path)`` and ``compile_model(path, output=...)`` stream.
 The model is opened with its weights left in their files (``io.open_model``); each weight is read
-when a pass needs it (checked, then read again and compressed) and dropped; a compressed pair is
-appended to a spill file as soon as it is made; shape inference and the checker see the graph
-without its weights; ``io.save_model`` copies the weights into the output's data file a chunk at a
-time. Peak memory is about twice the largest weight plus the graph; no step serialises a model's
+when a pass needs it and dropped: the check reads it, and ``io.save_model``, reaching its
+placeholders in the model's order, reads it again, compresses it and writes the pair straight into
+the output's data file (``compiler.DeferredPairs``); the other weights are copied there a chunk at a
+time. Shape inference and the checker see the graph without its weights. Peak memory is about twice the largest weight plus the graph; no step serialises a model's
 weights, so models over protobuf's 2 GB limit work. The output is the same, byte for byte, as an
 in-memory compile saved with the same external-data choice (tests/test_streaming.py).
 """
@@ -37,8 +37,8 @@ from .compiler import (
     LayerPolicy,
     LayerRecord,
     ModelGraph,
+    DeferredPairs,
     RewriteResult,
-    SpillFile,
     compile_pipeline,
 )
 from .compiler.annotate_shapes import weights_stripped
@@ -175,21 +175,17 @@ def _compile_to(model, output, fold: bool, policy, external_data: bool | None) -
     before = weight_bytes(proto)
     input_valid = _passes_checker(proto, path)
     folder = out.parent if str(out.parent) else Path(".")
-    with io.staging_folder(folder) as staging:
-        sink = SpillFile(staging / "pairs.data")
-        try:
-            graph = ModelGraph(proto)
-            rewrite = compile_pipeline(fold=fold, policy=policy, sink=sink)(graph).of(RewriteResult)
-        finally:
-            sink.close()
-        compiled = graph.to_model() if rewrite.modified else proto
-        if not rewrite.modified:
-            logger.info("nothing rewritten; the model is unchanged")
-        elif input_valid:
-            _check_compiled(compiled)
-        after = weight_bytes(compiled)
-        written = io.save_model(compiled, out, external_data=external_data, inputs=inputs)
-    del compiled, graph
+    pairs = DeferredPairs()
+    graph = ModelGraph(proto)
+    rewrite = compile_pipeline(fold=fold, policy=policy, sink=pairs)(graph).of(RewriteResult)
+    compiled = graph.to_model() if rewrite.modified else proto
+    if not rewrite.modified:
+        logger.info("nothing rewritten; the model is unchanged")
+    elif input_valid:
+        _check_compiled(compiled)
+    after = weight_bytes(compiled)
+    written = io.save_model(compiled, out, external_data=external_data, inputs=inputs, sources=pairs)
+    del compiled, graph, pairs
     result = CompileResult(io.open_model(out), rewrite.decisions, before, after, folded=fold,
                            compressed=rewrite.compressed if rewrite.modified else [], path=path)
     result.output, result.written = out, written

@@ -460,15 +460,18 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _externalized(model: onnx.ModelProto, data_path: Path, digest=None):
+def _externalized(model: onnx.ModelProto, data_path: Path, digest=None, sources=None):
     """Write the large tensors to ``data_path``: those with raw data of at least 1 KiB, and those
     ``open_model`` left in their files (copied a chunk at a time); return [(tensor, offset, length)].
-    ``digest``: a hashlib object fed every byte written (to name the file when its name is taken)."""
+    ``digest``: a hashlib object fed every byte written (to name the file when its name is taken).
+    ``sources``: tensors whose bytes are made at this moment (``compiler.DeferredPairs``)."""
     moved = []
     offset = 0
     with open(data_path, "wb") as data:
         for tensor in onnx.external_data_helper._get_initializer_tensors(model):
-            if is_external(tensor):
+            if sources is not None and sources.owns(tensor):
+                chunks = sources.chunks(tensor)
+            elif is_external(tensor):
                 chunks = tensor_chunks(tensor)
             elif tensor.HasField("raw_data") and len(tensor.raw_data) >= _EXTERNAL_MIN_BYTES:
                 chunks = [tensor.raw_data]
@@ -521,11 +524,19 @@ def _restore(moved, saved: list) -> None:
             tensor.raw_data = state
 
 
-def _embedded(model: onnx.ModelProto) -> list:
-    """Read in every tensor ``open_model`` left in a file (to embed it); return what to restore."""
+def _embedded(model: onnx.ModelProto, sources=None) -> list:
+    """Read in every tensor ``open_model`` left in a file or ``sources`` makes (to embed it);
+    return what to restore."""
     moved, saved = [], []
     for tensor in onnx.external_data_helper._get_all_tensors(model):
-        if is_external(tensor):
+        if sources is not None and sources.owns(tensor):
+            moved.append((tensor, 0, None))
+            saved.append(_saved_state(tensor))
+            raw = b"".join(sources.chunks(tensor))
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.raw_data = raw
+        elif is_external(tensor):
             location, offset, length = external_info(tensor)
             moved.append((tensor, offset, length))
             saved.append(_saved_state(tensor))
@@ -534,12 +545,13 @@ def _embedded(model: onnx.ModelProto) -> list:
 
 
 def save_model(model: onnx.ModelProto, out: str | os.PathLike, external_data: bool | None = None,
-               inputs: list[str | os.PathLike] = ()) -> list[Path]:
+               inputs: list[str | os.PathLike] = (), sources=None) -> list[Path]:
     """Write ``model`` to ``out`` atomically; return the files written.
 
     ``external_data``: True keeps tensors in a data file beside it, False embeds them, None decides
     by size. ``inputs``: the input model(s), whose files are never written or removed (see
-    ``check_output_path``). The model's IR version is capped at ``MAX_IR_VERSION``.
+    ``check_output_path``). ``sources``: an object whose ``owns(tensor)`` picks placeholder tensors
+    and ``chunks(tensor)`` makes their bytes as they are written (``compiler.DeferredPairs``). The model's IR version is capped at ``MAX_IR_VERSION``.
 
     The model and its data file are published as a pair: the data file gets a name no existing
     file has (``<out name>.data``, or ``<out name>.<first 16 hex of its sha256>.data`` when that
@@ -571,7 +583,7 @@ def save_model(model: onnx.ModelProto, out: str | os.PathLike, external_data: bo
                 data_name = f"{out.name}.data"
                 taken = (folder / data_name).exists() or (folder / data_name).is_symlink()
                 digest = hashlib.sha256() if taken else None  # the name is free: no need to hash
-                moved = _externalized(model, staged_data, digest)
+                moved = _externalized(model, staged_data, digest, sources)
                 if taken:
                     data_name = f"{out.name}.{digest.hexdigest()[:16]}.data"
                 if len(os.fsencode(data_name)) > _NAME_MAX:
@@ -579,7 +591,7 @@ def save_model(model: onnx.ModelProto, out: str | os.PathLike, external_data: bo
                                           f"data file '<name>.data' (at most {_NAME_MAX} bytes in all)")
                 saved = _point_to(moved, data_name)
             else:
-                moved, saved = _embedded(model)
+                moved, saved = _embedded(model, sources)
             try:
                 serialized = model.SerializeToString()
             except Exception:

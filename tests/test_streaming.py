@@ -1,7 +1,8 @@
 """Streaming check, compile and diff (issue 16) give what the in-memory code gives.
 
-``compile_model(path, output=...)`` reads each weight from its file when a pass needs it, appends
-the compressed pairs to a spill file and copies the weights into the output's data file; the
+``compile_model(path, output=...)`` reads each weight from its file when a pass needs it, leaves
+the large pairs to the save, which compresses them as it writes the output's data file, and copies
+the other weights there; the
 in-memory ``compile_model(path)`` followed by ``io.save_model`` loads everything first. On models
 both can handle, with the same external-data choice, the two write the same bytes: the model file
 and its data file. Models over 2 GB: tests/test_big_model.py.
@@ -22,6 +23,7 @@ from models.external import build_mlp
 from models.transformer import build_transformer
 from onnxsparse import io
 from onnxsparse.api import check_model, compile_model
+from onnxsparse.compiler import DeferredPairs
 from onnxsparse.diff import diff_files
 from onnxsparse.errors import OnnxSparseError
 
@@ -76,9 +78,13 @@ def source(request, tmp_path_factory):
     return path
 
 
+@pytest.mark.parametrize("deferred_from", [DeferredPairs.MIN_BYTES, 32 << 10], ids=["1MiB", "32KiB"])
 @pytest.mark.parametrize("fold", [True, False], ids=["folded", "no-fold"])
 @pytest.mark.parametrize("external_data", [True, False], ids=["external", "embedded"])
-def test_streaming_compile_writes_the_same_bytes(source, tmp_path, fold, external_data):
+def test_streaming_compile_writes_the_same_bytes(source, tmp_path, fold, external_data, deferred_from, monkeypatch):
+    """Weights from ``deferred_from`` bytes are compressed by the save (the test models' are small:
+    32 KiB makes most of them so)."""
+    monkeypatch.setattr(DeferredPairs, "MIN_BYTES", deferred_from)
     memory_dir, stream_dir = tmp_path / "memory", tmp_path / "stream"
     memory_dir.mkdir()
     stream_dir.mkdir()

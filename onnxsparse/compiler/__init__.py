@@ -13,7 +13,7 @@ numpy: never ONNX Runtime, never the front door.
 from ..spec import SUPPORTED_DTYPES, TARGET_OPS
 from .annotate_shapes import AnnotateResult, AnnotateShapes
 from .eligibility import CheckResult, CheckSparsity
-from .fold_compress import FoldCompress, FoldedWeight, FoldResult, SpillFile
+from .fold_compress import DeferredPairs, FoldCompress, FoldedWeight, FoldResult
 from .fuse_activation import FuseActivation, FuseResult
 from .graph import ModelGraph
 from .keep_fp16 import KeepFp16Kernels, KeepFp16Result
@@ -24,9 +24,9 @@ from .rules import RULES, Match, Rule
 
 
 def compile_pipeline(fold: bool = True, policy: LayerPolicy | DensePolicy | None = None,
-                     sink: SpillFile | None = None) -> Pipeline:
+                     sink: DeferredPairs | None = None) -> Pipeline:
     """The compile passes in order; ``policy`` may keep eligible layers dense; ``sink``: where
-    ``FoldCompress`` appends the compressed pairs (a streaming compile)."""
+    ``FoldCompress`` leaves the large pairs for the save to compute (a streaming compile)."""
     policy = as_policy(policy)
     passes = [CheckSparsity(), RewriteSparseOps(policy), FuseActivation()]
     if fold:
@@ -42,6 +42,7 @@ __all__ = [
     "CheckResult",
     "CheckSparsity",
     "CompressedWeight",
+    "DeferredPairs",
     "DensePolicy",
     "FoldCompress",
     "FoldResult",
@@ -63,7 +64,6 @@ __all__ = [
     "RewriteSparseOps",
     "Rule",
     "SUPPORTED_DTYPES",
-    "SpillFile",
     "TARGET_OPS",
     "compile_pipeline",
     "find_layers",

@@ -5,10 +5,12 @@ Rewrite:
   chains of either) -> initializers ``values``, ``index`` = ``onnxsparse.format.compress_weight(W, layout)``
   under the same tensor names, so every consumer keeps reading them.
 
-With a ``SpillFile`` (a streaming compile, ``compile_model(..., output=...)``) each pair is appended
-to that file as soon as it is made and the initializers refer to it there, so no more than one
-weight and its pair are in memory at a time (the dense weight is read from its file by
-``graph.constant_array`` and dropped after compression).
+With ``DeferredPairs`` (a streaming compile, ``compile_model(..., output=...)``) a weight of 1 MiB or
+more is not compressed when it is folded: its pair becomes two placeholder initializers (their
+shapes and types, and where the dense weight is), and the save computes the pair when it reaches
+the placeholders in the model's order, writing it straight into the output's data file. No pair is
+held in memory and none is written twice; the dense weight is read (mapped from its file by
+``graph.constant_array``) once, then, and dropped.
 
 Afterwards ``cleanup`` drops the dense weight when no other node uses it; a weight still read by a
 dense node (not eligible, or kept dense by the policy) stays. A CompressOp whose input is not
@@ -19,7 +21,6 @@ their body (its initializers); local functions are not visited.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -30,7 +31,7 @@ from ..errors import OnnxSparseError
 from ..spec import COMPRESS_OP, DOMAIN
 
 from .pipeline import Pass, PassResult
-from .graph import ModelGraph, constant_array, resolve_constant, set_constant
+from .graph import ModelGraph, constant_array, np_dtype, resolve_constant, set_constant, tensor_array
 
 
 @dataclass
@@ -49,46 +50,71 @@ class FoldResult(PassResult):
     left: list[tuple[str, str]] = field(default_factory=list)  # (CompressOp node, why not folded)
 
 
-class SpillFile:
-    """An append-only data file for the pairs a streaming compile folds: ``tensor(name, array)``
-    writes the array (64-byte aligned) and returns a TensorProto that refers to it by the file's
-    absolute path; an array under 1 KiB stays inline, as ``io.save_model`` would keep it. The save
-    copies these tensors into the output's data file in the model's order."""
+class DeferredPairs:
+    """The pairs a streaming compile leaves to the save (see the module's docstring).
 
-    ALIGN = 64
-    INLINE_BELOW = 1024
+    ``placeholders`` returns the (values, index) TensorProtos of a weight: external data at a
+    location no file has (``owns`` tells them apart); ``chunks(tensor)`` computes the pair on the
+    first request of either half and yields that half's bytes; the other half is kept until it is
+    asked for (the export puts them side by side)."""
 
-    def __init__(self, path) -> None:
-        self.path = Path(path).resolve()
-        self._file = open(self.path, "wb")
-        self.offset = 0
+    PREFIX = "onnxsparse-deferred:"
+    MIN_BYTES = 1 << 20  # smaller weights are compressed at once, as in memory
+    INLINE_BELOW = 1024  # io.save_model keeps tensors under this size in the model file
 
-    def tensor(self, name: str, array: np.ndarray) -> onnx.TensorProto:
-        array = np.ascontiguousarray(array)
-        if array.nbytes < self.INLINE_BELOW:
-            return onnx.numpy_helper.from_array(array, name)
-        pad = (-self.offset) % self.ALIGN
-        self._file.write(b"\0" * pad)
-        self.offset += pad
-        self._file.write(memoryview(array.reshape(-1).view(np.uint8)))
-        self._file.flush()
-        tensor = onnx.TensorProto(name=name, data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype), dims=array.shape)
-        for key, value in (("location", str(self.path)), ("offset", str(self.offset)), ("length", str(array.nbytes))):
-            entry = tensor.external_data.add()
-            entry.key, entry.value = key, value
-        tensor.data_location = onnx.TensorProto.EXTERNAL
-        self.offset += array.nbytes
-        return tensor
+    def __init__(self) -> None:
+        self._sources: dict[str, tuple] = {}  # placeholder location -> (dense TensorProto, layout)
+        self._kept: dict[str, np.ndarray] = {}  # the half of a computed pair not written yet
 
-    def close(self) -> None:
-        self._file.close()
+    def placeholders(self, source: onnx.TensorProto, layout: str, names: tuple[str, str]):
+        shape = tuple(int(d) for d in source.dims)
+        k = fmt.reduction_length(shape, layout)
+        rows = shape[1] if layout == "kn" else shape[0]
+        itemsize = np_dtype(source.data_type).itemsize
+        halves = ((names[0], source.data_type, (rows, k // 2), rows * (k // 2) * itemsize),
+                  (names[1], onnx.TensorProto.UINT8, (rows, (k + 7) // 8), rows * ((k + 7) // 8)))
+        if any(length < self.INLINE_BELOW for *_, length in halves):
+            return None  # a half the save keeps inline: compress at once
+        pair = []
+        for name, data_type, dims, length in halves:
+            tensor = onnx.TensorProto(name=name, data_type=data_type, dims=dims)
+            for key, value in (("location", f"{self.PREFIX}{name}"), ("offset", "0"), ("length", str(length))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            self._sources[f"{self.PREFIX}{name}"] = (source, layout, names)
+            pair.append(tensor)
+        return pair
+
+    def owns(self, tensor: onnx.TensorProto) -> bool:
+        return tensor.data_location == onnx.TensorProto.EXTERNAL and any(
+            entry.key == "location" and entry.value.startswith(self.PREFIX) for entry in tensor.external_data)
+
+    def chunks(self, tensor: onnx.TensorProto, chunk: int = 16 << 20):
+        location = next(entry.value for entry in tensor.external_data if entry.key == "location")
+        name = location[len(self.PREFIX):]
+        array = self._kept.pop(name, None)
+        if array is None:
+            source, layout, names = self._sources[location]
+            dense = tensor_array(source)
+            try:
+                values, index = fmt.compress_weight(dense, layout)
+            except ValueError as exc:
+                raise OnnxSparseError(f"cannot compress '{source.name}': {exc}") from None
+            del dense
+            pair = dict(zip(names, (values, index)))
+            array = pair.pop(name)
+            self._kept.update(pair)
+        data = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+        for start in range(0, len(data), chunk):
+            yield data[start:start + chunk]
 
 
 class FoldCompress(Pass):
     """Replace each CompressOp with constant input by its (values, index) initializers
-    (appended to ``sink`` when one is given)."""
+    (placeholders of ``sink`` for large weights when one is given)."""
 
-    def __init__(self, sink: SpillFile | None = None) -> None:
+    def __init__(self, sink: DeferredPairs | None = None) -> None:
         self.sink = sink
 
     def call(self, graph: ModelGraph) -> FoldResult:
@@ -103,7 +129,7 @@ class FoldCompress(Pass):
         return result
 
     @staticmethod
-    def _fold(graph, result: FoldResult, sink: SpillFile | None = None) -> None:
+    def _fold(graph, result: FoldResult, sink: DeferredPairs | None = None) -> None:
         for node in graph.nodes():
             if node.op != COMPRESS_OP or node.domain != DOMAIN:
                 continue
@@ -112,22 +138,27 @@ class FoldCompress(Pass):
                 result.left.append((node.name, why_not))
                 continue
             layout = node.attrs["layout"]
-            dense = constant_array(source.tensor)
-            try:
-                values, index = fmt.compress_weight(dense, layout)
-            except ValueError as exc:  # NotTwoFourError included: the weight was not verified
-                raise OnnxSparseError(f"CompressOp '{node.name}': cannot compress '{source.name}': {exc}") from None
-            dense_bytes = dense.nbytes
-            del dense
             out_values, out_index = node.outputs
-            graph.remove_node(node)
-            if sink is not None:
-                set_constant(out_values, sink.tensor(out_values.name, values))
-                set_constant(out_index, sink.tensor(out_index.name, index))
+            proto = source.proto()
+            dense_bytes = int(np.prod(proto.dims, dtype=np.int64)) * np_dtype(proto.data_type).itemsize
+            deferred = None
+            if sink is not None and dense_bytes >= sink.MIN_BYTES:
+                deferred = sink.placeholders(proto, layout, (out_values.name, out_index.name))
+            if deferred is not None:
+                values, index = deferred
+                compressed_bytes = sum(int(np.prod(t.dims)) * np_dtype(t.data_type).itemsize for t in (values, index))
             else:
-                set_constant(out_values, values)
-                set_constant(out_index, index)
-            result.folded.append(FoldedWeight(node.name, source.name, layout, dense_bytes, values.nbytes + index.nbytes,
+                dense = constant_array(source.tensor)
+                try:
+                    values, index = fmt.compress_weight(dense, layout)
+                except ValueError as exc:  # NotTwoFourError included: the weight was not verified
+                    raise OnnxSparseError(f"CompressOp '{node.name}': cannot compress '{source.name}': {exc}") from None
+                del dense
+                compressed_bytes = values.nbytes + index.nbytes
+            graph.remove_node(node)
+            set_constant(out_values, values)
+            set_constant(out_index, index)
+            result.folded.append(FoldedWeight(node.name, source.name, layout, dense_bytes, compressed_bytes,
                                               (out_values.name, out_index.name)))
             del values, index
             result.modified = True
