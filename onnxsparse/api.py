@@ -168,13 +168,12 @@ def compile_model(
 
 
 def _compile_to(model, output, fold: bool, policy, external_data: bool | None) -> CompileResult:
-    """The streaming compile: weights read from their files one at a time, pairs spilled, then saved."""
-    out = io.check_output_path(output, inputs=[model] if not isinstance(model, onnx.ModelProto) else [])
+    """The streaming compile: weights read from their files one at a time, large pairs made by the save."""
     inputs = [] if isinstance(model, onnx.ModelProto) else [model]
+    out = io.check_output_path(output, inputs=inputs)
     proto, path = _load(model, lazy=True)
     before = weight_bytes(proto)
-    input_valid = _passes_checker(proto, path)
-    folder = out.parent if str(out.parent) else Path(".")
+    input_valid = _passes_checker(proto)
     pairs = DeferredPairs()
     graph = ModelGraph(proto)
     rewrite = compile_pipeline(fold=fold, policy=policy, sink=pairs)(graph).of(RewriteResult)
@@ -217,7 +216,7 @@ def _load(model: str | os.PathLike | onnx.ModelProto, lazy: bool = False) -> tup
     return (io.open_model(model) if lazy else io.load_model(model)), os.fspath(model)
 
 
-def _passes_checker(model: onnx.ModelProto, path: str | None = None) -> bool:
+def _passes_checker(model: onnx.ModelProto) -> bool:
     """Whether the input passes onnx.checker; if it does not, its compiled form is not expected to."""
     try:
         with weights_stripped(model) as stripped, _checkable(stripped) as checkable:

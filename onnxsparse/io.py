@@ -14,7 +14,6 @@ failure or a kill leaves the previous output whole and never touches the input.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -408,17 +407,6 @@ def clean_stale_staging(folder: str | os.PathLike) -> list[Path]:
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed
-
-
-@contextlib.contextmanager
-def staging_folder(folder: str | os.PathLike) -> Iterator[Path]:
-    """A private folder inside ``folder`` (same file system as the output) removed on exit, named
-    so that ``clean_stale_staging`` removes it if this process dies first."""
-    path = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=folder))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _data_names(out: Path) -> re.Pattern:

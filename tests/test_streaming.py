@@ -100,7 +100,7 @@ def test_streaming_compile_writes_the_same_bytes(source, tmp_path, fold, externa
     assert streamed.to_dict() == in_memory.to_dict()
     assert sorted(streamed.written) == sorted(stream_dir / name for name in expected)
     assert diff_files(memory_dir / "out.onnx", stream_dir / "out.onnx").equal
-    # Nothing of the spill is left behind.
+    # Nothing of the save's staging is left behind.
     assert sorted(p.name for p in stream_dir.iterdir()) == sorted(expected)
 
 
