@@ -3,8 +3,10 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
 
 #include "cuda/nonfinite_impl.cuh"
+#include "cuda/sparse_gemm/launchers.h"
 
 namespace onnxsparse::cuda {
 
@@ -37,19 +39,10 @@ __device__ __forceinline__ uint16_t QuietNaN<__half>() { return 0x7E00u; }
 template <>
 __device__ __forceinline__ uint16_t QuietNaN<__nv_bfloat16>() { return 0x7FC0u; }
 
-constexpr int kScanThreads = 256;
-constexpr int kFixThreads = 128;
+constexpr int kThreads = 256;
 constexpr int kMaxBad = 512;  // positions of one row kept in shared memory; more: the row is rescanned
-
-template <typename T>
-__global__ void ScanKernel(const typename Bits<T>::type* __restrict__ x, int64_t count, unsigned int* flag) {
-  bool found = false;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    found |= NonFinite<T>(x[i]);
-  }
-  if (__syncthreads_or(found) && threadIdx.x == 0) *flag = 1u;
-}
+constexpr int kRowsPerBlock = 64;  // a block's rows: one bit each in a shared mask
+constexpr int64_t kMinBlocks = 1024;
 
 // Whether row j of the index keeps position kk (its group's nibble selects it).
 __device__ __forceinline__ bool Kept(const uint8_t* __restrict__ index, int64_t index_row, int64_t j, int64_t kk) {
@@ -59,18 +52,38 @@ __device__ __forceinline__ bool Kept(const uint8_t* __restrict__ index, int64_t 
   return e == static_cast<int>(nibble & 3u) || e == 1 + static_cast<int>((nibble >> 2) & 3u);
 }
 
-// Blocks (rows i = blockIdx.x, + gridDim.x, ..., tile of output columns blockIdx.y): row i of x is
-// scanned for its non-finite positions, then each thread checks one output column.
+// One kernel, after the product: block b takes rows b, b + gridDim.x, ... (at most kRowsPerBlock).
+// It first scans its rows of x, which the product only read, so that with PDL this part runs while
+// the product still computes; then it waits for the product (griddepcontrol.wait: the grid before
+// it complete, its writes visible) and, only for a row that holds a NaN/Inf, sets to NaN each
+// output Y[i, j] whose weight row j does not keep one of the row's non-finite positions. With
+// nothing non-finite (the usual case) it costs one launch and one read of x.
 template <typename T>
-__global__ void FixKernel(const typename Bits<T>::type* __restrict__ x, int64_t m, int64_t k,
-                          const uint8_t* __restrict__ index, int64_t n, typename Bits<T>::type* y, int64_t ldy,
-                          const unsigned int* flag) {
-  if (*flag == 0u) return;  // the usual case: nothing non-finite anywhere
+__global__ void __launch_bounds__(kThreads) ScanFixKernel(const typename Bits<T>::type* __restrict__ x, int64_t m,
+                                                          int64_t k, const uint8_t* __restrict__ index, int64_t n,
+                                                          typename Bits<T>::type* y, int64_t ldy) {
+  __shared__ unsigned long long bad_rows;
   __shared__ int64_t bad[kMaxBad];
   __shared__ int count;
-  const int64_t j = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (threadIdx.x == 0) bad_rows = 0ull;
+  __syncthreads();
+  int r = 0;
+  for (int64_t i = blockIdx.x; i < m; i += gridDim.x, ++r) {
+    const typename Bits<T>::type* row = x + i * k;
+    bool found = false;
+    for (int64_t kk = threadIdx.x; kk < k; kk += blockDim.x) found |= NonFinite<T>(row[kk]);
+    if (__syncthreads_or(found) && threadIdx.x == 0) bad_rows |= 1ull << r;
+  }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+  __syncthreads();
+  const unsigned long long mask = bad_rows;
+  if (mask == 0ull) return;
   const int64_t index_row = (k + 7) / 8;
-  for (int64_t i = blockIdx.x; i < m; i += gridDim.x) {
+  r = 0;
+  for (int64_t i = blockIdx.x; i < m; i += gridDim.x, ++r) {
+    if (((mask >> r) & 1ull) == 0ull) continue;
     const typename Bits<T>::type* row = x + i * k;
     __syncthreads();  // the previous row's readers are done with bad and count
     if (threadIdx.x == 0) count = 0;
@@ -83,14 +96,15 @@ __global__ void FixKernel(const typename Bits<T>::type* __restrict__ x, int64_t 
     }
     __syncthreads();
     const int found = count;
-    if (found == 0 || j >= n) continue;
-    bool nan = false;
-    if (found <= kMaxBad) {
-      for (int b = 0; b < found && !nan; ++b) nan = !Kept(index, index_row, j, bad[b]);
-    } else {
-      for (int64_t kk = 0; kk < k && !nan; ++kk) nan = NonFinite<T>(row[kk]) && !Kept(index, index_row, j, kk);
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+      bool nan = false;
+      if (found <= kMaxBad) {
+        for (int b = 0; b < found && !nan; ++b) nan = !Kept(index, index_row, j, bad[b]);
+      } else {
+        for (int64_t kk = 0; kk < k && !nan; ++kk) nan = NonFinite<T>(row[kk]) && !Kept(index, index_row, j, kk);
+      }
+      if (nan) y[i * ldy + j] = QuietNaN<T>();
     }
-    if (nan) y[i * ldy + j] = QuietNaN<T>();
   }
 }
 
@@ -98,31 +112,45 @@ __global__ void FixKernel(const typename Bits<T>::type* __restrict__ x, int64_t 
 
 template <typename T>
 cudaError_t LaunchPropagateNonFinite(const T* x, int64_t m, int64_t k, const uint8_t* index, int64_t n, T* y,
-                                     int64_t ldy, unsigned int* flag, cudaStream_t stream) {
+                                     int64_t ldy, bool pdl, cudaStream_t stream) {
   if (m <= 0 || n <= 0 || k <= 0) return cudaSuccess;
   using B = typename Bits<T>::type;
-  cudaError_t err = cudaMemsetAsync(flag, 0, sizeof(unsigned int), stream);
+  const auto kernel = ScanFixKernel<T>;
+  // PDL where the device has it and this kernel's code was compiled for sm_90 or newer (it then
+  // holds griddepcontrol.wait; code the driver compiled from older PTX must launch without it).
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
-  const int64_t count = m * k;
-  const int64_t blocks = std::min<int64_t>((count + kScanThreads - 1) / kScanThreads, 1024);
-  ScanKernel<T><<<static_cast<unsigned>(blocks), kScanThreads, 0, stream>>>(reinterpret_cast<const B*>(x), count, flag);
-  err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
-  // Blocks over rows (each takes every gridDim.x-th row) and tiles of output columns; few enough
-  // that the launch costs little when they all exit at once (the flag clear).
-  const int64_t row_blocks = std::min<int64_t>(m, std::max<int64_t>(1, 4096 / ((n + kFixThreads - 1) / kFixThreads)));
-  const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>((n + kFixThreads - 1) / kFixThreads));
-  FixKernel<T><<<grid, kFixThreads, 0, stream>>>(reinterpret_cast<const B*>(x), m, k, index, n,
-                                                 reinterpret_cast<B*>(y), ldy, flag);
-  return cudaGetLastError();
+  const uint64_t bit = device >= 0 && device < 64 ? uint64_t{1} << device : 0;
+  static std::atomic<uint64_t> known{0}, code{0};
+  if (pdl && bit != 0 && (known.load(std::memory_order_acquire) & bit) == 0) {
+    cudaFuncAttributes attributes;
+    err = cudaFuncGetAttributes(&attributes, kernel);
+    if (err != cudaSuccess) return err;
+    if (attributes.ptxVersion >= 90) code.fetch_or(bit, std::memory_order_acq_rel);
+    known.fetch_or(bit, std::memory_order_acq_rel);
+  }
+  const bool use_pdl = pdl && (code.load(std::memory_order_acquire) & bit) != 0 && detail::DeviceHasPdl(device);
+  const int64_t blocks = std::min(m, std::max(kMinBlocks, (m + kRowsPerBlock - 1) / kRowsPerBlock));
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(blocks));
+  config.blockDim = dim3(kThreads);
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = use_pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, reinterpret_cast<const B*>(x), m, k, index, n, reinterpret_cast<B*>(y),
+                            ldy);
 }
 
 template cudaError_t LaunchPropagateNonFinite<float>(const float*, int64_t, int64_t, const uint8_t*, int64_t, float*,
-                                                     int64_t, unsigned int*, cudaStream_t);
+                                                     int64_t, bool, cudaStream_t);
 template cudaError_t LaunchPropagateNonFinite<__half>(const __half*, int64_t, int64_t, const uint8_t*, int64_t, __half*,
-                                                      int64_t, unsigned int*, cudaStream_t);
+                                                      int64_t, bool, cudaStream_t);
 template cudaError_t LaunchPropagateNonFinite<__nv_bfloat16>(const __nv_bfloat16*, int64_t, int64_t, const uint8_t*,
-                                                             int64_t, __nv_bfloat16*, int64_t, unsigned int*,
+                                                             int64_t, __nv_bfloat16*, int64_t, bool,
                                                              cudaStream_t);
 
 }  // namespace onnxsparse::cuda

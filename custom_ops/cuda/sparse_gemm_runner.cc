@@ -33,12 +33,6 @@ void SparseGemmRunner::Init(const OrtKernelInfo* info, size_t values_input, size
   const KernelContext context = CurrentKernelContext();
   options_ = *context.options;
   device_ = KernelDevice(info);
-  if (device_ >= 0) {  // the NaN/Inf flag, allocated now so that no call allocates (CUDA graphs)
-    ScopedDevice on(device_);
-    if (on.error() != cudaSuccess || nonfinite_flag_.Allocate(sizeof(unsigned int)) != cudaSuccess) {
-      cudaGetLastError();  // retried at the first call
-    }
-  }
   logger_ = KernelLogger(info);
 }
 
@@ -218,15 +212,8 @@ Ort::Status SparseGemmRunner::Run(const char* op, cudaStream_t stream, int slot,
 template <typename T>
 Ort::Status SparseGemmRunner::PropagateNonFinite(const char* op, cudaStream_t stream, const T* x, int64_t m, int64_t k,
                                                  const uint8_t* index, int64_t n, T* y, int64_t ldy) {
-  if (!options_.cuda_nonfinite) return Ort::Status{nullptr};  // measured off: finite inputs only
-  if (nonfinite_flag_.get() == nullptr) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (nonfinite_flag_.get() == nullptr) {
-      ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, nonfinite_flag_.Allocate(sizeof(unsigned int)));
-    }
-  }
-  ONNXSPARSE_RETURN_IF_CUDA_ERROR(
-      op, LaunchPropagateNonFinite<T>(x, m, k, index, n, y, ldy, nonfinite_flag_.as<unsigned int>(), stream));
+  if (!options_.cuda_nonfinite) return Ort::Status{nullptr};  // off: finite inputs only
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchPropagateNonFinite<T>(x, m, k, index, n, y, ldy, options_.cuda_pdl, stream));
   return Ort::Status{nullptr};
 }
 

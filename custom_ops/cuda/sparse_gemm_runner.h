@@ -77,7 +77,6 @@ class SparseGemmRunner {
                             SparseGemmArgs* own);
 
   int device_ = -1;  // the execution provider's device (KernelInfo)
-  DeviceBuffer nonfinite_flag_;  // on device_: set by the NaN/Inf scan
   bool weight_constant_ = false;
   bool bias_constant_ = false;
   RuntimeOptions options_;
