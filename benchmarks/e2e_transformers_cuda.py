@@ -230,8 +230,17 @@ def tune_and_compile(model: Model, pruned: Path, shape, cache: Path, budget: flo
     tag = "x".join(str(d) for d in shape)
     out = pruned.with_name(pruned.stem.replace(".pruned", "") + f".cuda.{tag}.onnx")
     whole = ["--whole-budget", str(whole_budget)] if whole_budget > 0 else ["--no-whole-model"]
-    cli("tune", str(pruned), "--provider", "cuda", "--input-shapes", shape_arg(model, shape), "--cache", str(cache),
-        "--budget", str(budget), *whole, "--quiet")
+    tuned = cli("tune", str(pruned), "--provider", "cuda", "--input-shapes", shape_arg(model, shape), "--cache",
+                str(cache), "--budget", str(budget), *whole, "--quiet", "--json")
+    out.with_suffix(".tune.json").write_text(tuned)
+    try:  # one line per timed problem: what tune measured (the reasons compile keeps layers dense)
+        for p in json.loads(tuned).get("problems", []):
+            if "ratio" in p:
+                count = len(p["layers"]) if isinstance(p["layers"], list) else p["layers"]
+                log(f"  tune {p['problem']}: dense {p['dense_us']:.1f} us, sparse {p['sparse_us']:.1f} us, "
+                    f"x{p['ratio']:.2f} ({count} layers)")
+    except (ValueError, KeyError, TypeError) as e:
+        log(f"  (tune's JSON not summarised: {e})")
     report = json.loads(cli("compile", str(pruned), "-o", str(out), "--target", "cuda", "--cache", str(cache),
                             "--input-shapes", shape_arg(model, shape), "--json", "-q"))
     return out, report
