@@ -7,7 +7,7 @@ For each weight shape K x N and M: Y[M, N] from X[M, K] by
   - int8 sparse: QMatMulCompress in ONNX Runtime's CUDA EP, uint8 activations -> uint8 output
     (requantized, ORT's default static quantization) and int8 -> float output; weights 2:4 int8,
     per-channel scales, int32 bias;
-  - ORT fp16 dense: MatMul with an fp16 weight in the same CUDA EP (models.bench_nets.gemm_models);
+  - ORT fp16 dense: MatMul with an fp16 weight in the same CUDA EP;
   - torch._int_mm: dense int8 x int8 -> int32 (cuBLAS), the dense int8 reference outside ONNX
     Runtime; and torch._cslt_sparse_mm int8 -> int32 with its best algorithm (cuSPARSELt alone,
     no epilogue) to show what our epilogue and activation pass cost.
@@ -15,7 +15,8 @@ ONNX Runtime models hold LAYERS independent layers reading one input and run und
 replay (io-binding, one graph per M), so the time per layer is kernel time; torch times a CUDA
 graph of LAYERS products the same way. torch runs in a child process (it loads its own copies of
 the CUDA libraries). The int8 sessions search cuSPARSELt's configurations (tune=search) for
-M >= --search-min-m, else take its default algorithm, with the own kernel timed against it
+M >= --search-min-m (default: every M; about 0.1-0.4 s per shape and M for int8 on the H200), else take
+its default algorithm, with the own kernel timed against it
 (docs: DEVELOPERS.md, onnxsparse.cusparselt.tune).
 """
 
@@ -76,37 +77,40 @@ def torch_child(shapes, ms) -> dict:
         pass
     gen = torch.Generator(device="cuda").manual_seed(0)
     for k, n in shapes:
-        ws = [torch.randint(-127, 128, (k, n), device="cuda", dtype=torch.int8, generator=gen) for _ in range(LAYERS)]
+        # W [N, K] contiguous: _int_mm takes B = W.t() ([K, N] column-major), its fast cuBLAS layout.
+        ws = [torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8, generator=gen) for _ in range(LAYERS)]
         mask = torch.tensor([1, 1, 0, 0], device="cuda", dtype=torch.bool).repeat(n, k // 4)
         sparse = []
         try:
             for w in ws:
-                sparse.append(torch._cslt_compress((w.t().contiguous() * mask).contiguous()))
+                sparse.append(torch._cslt_compress((w * mask).contiguous()))
         except Exception as e:  # noqa: BLE001
             out[f"cslt_error_{k}x{n}"] = str(e).splitlines()[0][:200]
             sparse = []
         for m in ms:
             key = f"{k}x{n}x{m}"
             mm = max(m, 17)  # _int_mm wants M > 16
-            x = torch.randint(-127, 128, (mm, k), device="cuda", dtype=torch.int8, generator=gen)
+            x = torch.randint(-127, 128, (max(mm, 32), k), device="cuda", dtype=torch.int8, generator=gen)
             try:
                 ys = [None] * LAYERS
+                xm = x[:mm]
 
                 def dense():
                     for i, w in enumerate(ws):
-                        ys[i] = torch._int_mm(x, w)
+                        ys[i] = torch._int_mm(xm, w.t())
                 out[f"int_mm_{key}"] = (graph_us(dense), mm)
             except Exception as e:  # noqa: BLE001
                 out[f"int_mm_{key}"] = (None, str(e).splitlines()[0][:200])
             if sparse:
+                mc = max(32, (m + 31) // 32 * 32)  # cuSPARSELt wants M a multiple of 16 (32 for int8 here)
                 try:
-                    xt = x.t()  # [K, M] view, as torch's semi-structured linear passes it
+                    xt = x[:mc].t()  # [K, M] view, as torch's semi-structured linear passes it
                     alg = torch._cslt_sparse_mm_search(sparse[0], xt, out_dtype=torch.int32)
 
                     def cslt():
                         for i, c in enumerate(sparse):
                             ys[i] = torch._cslt_sparse_mm(c, xt, out_dtype=torch.int32, alg_id=alg)
-                    out[f"cslt_{key}"] = (graph_us(cslt), mm)
+                    out[f"cslt_{key}"] = (graph_us(cslt), mc)
                 except Exception as e:  # noqa: BLE001
                     out[f"cslt_{key}"] = (None, str(e).splitlines()[0][:200])
             del x
@@ -117,18 +121,40 @@ def torch_child(shapes, ms) -> dict:
 
 # --- ONNX Runtime ---------------------------------------------------------------------------------
 
-def int8_model(k: int, n: int, adtype, ydtype, rng) -> bytes:
+def random_compressed(n: int, k: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """A random 2:4 int8 weight directly in SPEC's form (values [n, k/2], index [n, k/8]): two
+    distinct ascending positions per group of 4, so no dense matrix is built (fast at 8192 x 8192)."""
+    pairs = np.array([(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)], np.uint8)  # (index0, index1), p0 < 1 + index1
+    nibbles = (pairs[:, 0] | (pairs[:, 1] << 2))[rng.integers(0, len(pairs), (n, k // 4))]
+    if nibbles.shape[1] % 2:
+        nibbles = np.concatenate([nibbles, np.zeros((n, 1), np.uint8)], axis=1)
+    index = (nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)).astype(np.uint8)
+    values = rng.integers(-127, 128, (n, k // 2), dtype=np.int8)
+    return values, index
+
+
+def fp16_dense_model(k: int, n: int, rng) -> bytes:
+    """LAYERS dense fp16 MatMuls on one input X [M, K] (the weights need not be 2:4: dense time does
+    not depend on them). Distinct weights, so that none stays in L2 between layers, up to 64 MiB; a
+    larger weight cannot stay in L2 anyway and is shared (the model stays far below protobuf's 2 GiB)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = ((rng.random((k, n), dtype=np.float32) - 0.5) * 0.1).astype(np.float16)
+    distinct = LAYERS if w.nbytes <= 64 << 20 else 1
+    inits = [numpy_helper.from_array(np.roll(w, i * 7, axis=1), f"W{i}") for i in range(distinct)]
+    nodes = [helper.make_node("MatMul", ["X", f"W{i % distinct}"], [f"Y{i}"]) for i in range(LAYERS)]
+    graph = helper.make_graph(nodes, "fp16", [helper.make_tensor_value_info("X", TensorProto.FLOAT16, ["M", k])],
+                              [helper.make_tensor_value_info(f"Y{i}", TensorProto.FLOAT16, ["M", n])
+                               for i in range(LAYERS)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    return model.SerializeToString()
+
+
+def int8_model(values: np.ndarray, index: np.ndarray, k: int, n: int, adtype, ydtype, rng) -> bytes:
     import onnx
     from onnx import helper, numpy_helper
 
-    from onnxsparse import format as fmt
-
-    base = rng.integers(-127, 128, (n, k // 4, 4)).astype(np.int8)
-    keep = np.argsort(rng.random((n, k // 4, 4)), axis=-1)[..., :2]
-    mask = np.zeros(base.shape, bool)
-    np.put_along_axis(mask, keep, True, axis=-1)
-    rows = np.where(mask, base, 0).reshape(n, k).astype(np.int8)
-    values, index = fmt.compress(rows)
     tdt = {np.uint8: onnx.TensorProto.UINT8, np.int8: onnx.TensorProto.INT8, np.float32: onnx.TensorProto.FLOAT}
     inits = [numpy_helper.from_array(np.array(0.02, np.float32), "as"),
              numpy_helper.from_array(np.array(128 if adtype == np.uint8 else 0, adtype), "azp")]
@@ -136,12 +162,17 @@ def int8_model(k: int, n: int, adtype, ydtype, rng) -> bytes:
         inits += [numpy_helper.from_array(np.array(0.5, np.float32), "ys"),
                   numpy_helper.from_array(np.array(128 if ydtype == np.uint8 else 0, ydtype), "yzp")]
     nodes = []
-    for i in range(LAYERS):
+    # Distinct weights, so that a layer never finds its weight in L2 (50-60 MiB): all 8 when small,
+    # else enough to exceed 128 MiB together (a smaller model builds and loads faster).
+    distinct = LAYERS if (values.nbytes + index.nbytes) * LAYERS <= 256 << 20 else \
+        max(2, -(-(128 << 20) // (values.nbytes + index.nbytes)))
+    for i in range(distinct):
         inits += [numpy_helper.from_array(np.roll(values, i * 7, axis=0), f"V{i}"),
-                  numpy_helper.from_array(np.roll(index, i * 7, axis=0), f"I{i}"),
-                  numpy_helper.from_array((rng.random(n) * 0.001 + 0.0005).astype(np.float32), f"WS{i}"),
+                  numpy_helper.from_array(np.roll(index, i * 7, axis=0), f"I{i}")]
+    for i in range(LAYERS):
+        inits += [numpy_helper.from_array((rng.random(n) * 0.001 + 0.0005).astype(np.float32), f"WS{i}"),
                   numpy_helper.from_array(rng.integers(-1000, 1000, n).astype(np.int32), f"B{i}")]
-        ins = ["X", "as", "azp", f"V{i}", f"I{i}", f"WS{i}", f"B{i}"]
+        ins = ["X", "as", "azp", f"V{i % distinct}", f"I{i % distinct}", f"WS{i}", f"B{i}"]
         if ydtype != np.float32:
             ins += ["ys", "yzp"]
         nodes.append(helper.make_node("QMatMulCompress", ins, [f"Y{i}"], domain="onnxsparse"))
@@ -196,7 +227,6 @@ def ort_child(k: int, n: int, ms, search_min_m: int, cache: str) -> None:
     process after its time limit keeps what was measured."""
     import onnxruntime as ort
 
-    from models.bench_nets import gemm_models
     from onnxsparse.session import session_options
 
     provider = [("CUDAExecutionProvider", {"enable_cuda_graph": "1"})]
@@ -207,8 +237,7 @@ def ort_child(k: int, n: int, ms, search_min_m: int, cache: str) -> None:
         rec = {"k": k, "n": n, "m": m, "name": name, "us": us, "error": error, "t": round(time.time() - t0, 1)}
         print(json.dumps(rec), flush=True)
 
-    dense, _ = gemm_models("float16", k, n, rng)
-    sess = ort.InferenceSession(dense, session_options(), providers=provider)
+    sess = ort.InferenceSession(fp16_dense_model(k, n, rng), session_options(), providers=provider)
     for gid, m in enumerate(ms, start=1):
         try:
             emit("fp16", m, graph_us(sess, np.float16, k, n, m, np.float16, gid))
@@ -216,7 +245,8 @@ def ort_child(k: int, n: int, ms, search_min_m: int, cache: str) -> None:
             emit("fp16", m, error=str(e).splitlines()[0][:200])
     del sess
     variants = (("u8->u8", np.uint8, np.uint8), ("s8->f32", np.int8, np.float32))
-    blobs = {name: int8_model(k, n, adtype, ydtype, rng) for name, adtype, ydtype in variants}
+    values, index = random_compressed(n, k, rng)
+    blobs = {name: int8_model(values, index, k, n, adtype, ydtype, rng) for name, adtype, ydtype in variants}
     for searching in (False, True):
         group = [m for m in ms if (m >= search_min_m > 0) == searching]
         for name, adtype, ydtype in variants:
@@ -286,7 +316,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ms", type=int, nargs="+", default=MS)
     ap.add_argument("--shapes", nargs="+", default=[f"{k}x{n}" for k, n in SHAPES], help="KxN")
-    ap.add_argument("--search-min-m", type=int, default=2048,
+    ap.add_argument("--search-min-m", type=int, default=1,
                     help="search cuSPARSELt's configurations from this M (about 5 s per shape and M; 0: never)")
     ap.add_argument("--shape-timeout", type=float, default=40, help="seconds per weight shape in ONNX Runtime")
     ap.add_argument("--out", default="")

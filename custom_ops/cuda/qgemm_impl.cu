@@ -54,20 +54,32 @@ __device__ __forceinline__ float OutputZeroPoint(const QEpilogue& e) {
 // value, or the quantized one (an integer in TY's range, as a float).
 // acc = raw - zp' * wsum[col] + bias[col], in int32 with wrap-around: the exact value fits in int32
 // (docs/ops.md), so the modular sum is exact.
-__device__ __forceinline__ float QValue(const QEpilogue& e, int32_t zp, float zp_y, int64_t col, int32_t raw) {
-  uint32_t acc = static_cast<uint32_t>(raw) - static_cast<uint32_t>(zp) * static_cast<uint32_t>(e.wsum[col]);
-  if (e.bias != nullptr) acc += static_cast<uint32_t>(e.bias[col]);
-  const float value = static_cast<float>(static_cast<int32_t>(acc));
+// The column's offset (bias - zp' * wsum) and multiplier: a_scale * w_scale (float output) or
+// that / y_scale (quantized).
+__device__ __forceinline__ int32_t ColumnOffset(const QEpilogue& e, int32_t zp, int64_t col) {
+  uint32_t offset = 0u - static_cast<uint32_t>(zp) * static_cast<uint32_t>(e.wsum[col]);
+  if (e.bias != nullptr) offset += static_cast<uint32_t>(e.bias[col]);
+  return static_cast<int32_t>(offset);
+}
+__device__ __forceinline__ float ColumnScale(const QEpilogue& e, int64_t col) {
   const float scale = __fmul_rn(*e.a_scale, e.w_per_channel ? e.w_scale[col] : e.w_scale[0]);
-  if (e.out_type == QOutType::kFloat) {
-    const float f = __fmul_rn(value, scale);
-    return e.relu ? fmaxf(f, 0.f) : f;
-  }
-  const float multiplier = __fdiv_rn(scale, *e.y_scale);
-  float v = __fmul_rn(value, multiplier);
+  return e.out_type == QOutType::kFloat ? scale : __fdiv_rn(scale, *e.y_scale);
+}
+
+// The output value from the accumulator's raw sum and the column's terms.
+__device__ __forceinline__ float QValueFromTerms(const QEpilogue& e, float zp_y, int32_t raw, int32_t offset,
+                                                 float multiplier) {
+  const int32_t acc = static_cast<int32_t>(static_cast<uint32_t>(raw) + static_cast<uint32_t>(offset));
+  float v = __fmul_rn(static_cast<float>(acc), multiplier);
   if (e.relu) v = fmaxf(v, 0.f);
+  if (e.out_type == QOutType::kFloat) return v;
   const float q = rintf(v) + zp_y;  // round half to even, then the zero point
   return e.out_type == QOutType::kUint8 ? fminf(fmaxf(q, 0.f), 255.f) : fminf(fmaxf(q, -128.f), 127.f);
+}
+
+__device__ __forceinline__ float QValue(const QEpilogue& e, int32_t zp, float zp_y, int64_t col, int32_t raw) {
+  if (e.col_scale != nullptr) return QValueFromTerms(e, zp_y, raw, e.col_offset[col], e.col_scale[col]);
+  return QValueFromTerms(e, zp_y, raw, ColumnOffset(e, zp, col), ColumnScale(e, col));
 }
 
 __device__ __forceinline__ void StoreQ(const QEpilogue& e, int32_t zp, float zp_y, int64_t m, int64_t n, int32_t raw) {
@@ -84,8 +96,16 @@ __device__ __forceinline__ void StoreQ(const QEpilogue& e, int32_t zp, float zp_
 __device__ __forceinline__ void StoreQ4(const QEpilogue& e, int32_t zp, float zp_y, int64_t m, int64_t n,
                                         const int4& raw) {
   const int64_t col = e.n_offset + n;
-  const float v0 = QValue(e, zp, zp_y, col, raw.x), v1 = QValue(e, zp, zp_y, col + 1, raw.y);
-  const float v2 = QValue(e, zp, zp_y, col + 2, raw.z), v3 = QValue(e, zp, zp_y, col + 3, raw.w);
+  float v0, v1, v2, v3;
+  if (e.col_scale != nullptr) {  // 16-byte aligned: col is a multiple of 4
+    const int4 o = *reinterpret_cast<const int4*>(e.col_offset + col);
+    const float4 s = *reinterpret_cast<const float4*>(e.col_scale + col);
+    v0 = QValueFromTerms(e, zp_y, raw.x, o.x, s.x), v1 = QValueFromTerms(e, zp_y, raw.y, o.y, s.y);
+    v2 = QValueFromTerms(e, zp_y, raw.z, o.z, s.z), v3 = QValueFromTerms(e, zp_y, raw.w, o.w, s.w);
+  } else {
+    v0 = QValue(e, zp, zp_y, col, raw.x), v1 = QValue(e, zp, zp_y, col + 1, raw.y);
+    v2 = QValue(e, zp, zp_y, col + 2, raw.z), v3 = QValue(e, zp, zp_y, col + 3, raw.w);
+  }
   const int64_t at = (m + e.m_offset) * e.ldy + col;
   if (e.out_type == QOutType::kFloat) {
     *reinterpret_cast<float4*>(static_cast<float*>(e.y) + at) = make_float4(v0, v1, v2, v3);
@@ -201,8 +221,8 @@ __global__ void __launch_bounds__(kWarps * 32) QGemmOwnKernel(QGemmArgs p) {
 #pragma unroll
   for (int i = 0; i < kMTiles; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0;
 
-  // A chunk's weight (rows g and g+8) and activations, loaded before any of it is used, so that two
-  // chunks' loads are in flight at once.
+  // A chunk's weight (rows g and g+8) and activations, loaded before any of it is used, so that
+  // several chunks' loads are in flight at once.
   struct Stage {
     uint32_t wa[4], wb[4], na, nb;
     uint32_t xw[kMTiles][8];
@@ -236,14 +256,20 @@ __global__ void __launch_bounds__(kWarps * 32) QGemmOwnKernel(QGemmArgs p) {
       }
     }
   };
-  Stage s0, s1;
+  // Small M is bound by the weight's latency: up to 4 chunks' loads in flight per warp (2 for 4 tiles,
+  // whose activations take the registers).
+  constexpr int kStages = kMTiles <= 2 ? 4 : 2;
+  Stage stages[kStages];
 #pragma unroll 1
-  for (int64_t c = warp; c < nchunks; c += 2 * kWarps) {
-    load_any(c, s0);
-    const bool second = c + kWarps < nchunks;
-    if (second) load_any(c + kWarps, s1);
-    compute(s0);
-    if (second) compute(s1);
+  for (int64_t c = warp; c < nchunks; c += kStages * kWarps) {
+#pragma unroll
+    for (int s = 0; s < kStages; ++s) {
+      if (c + s * kWarps < nchunks) load_any(c + s * kWarps, stages[s]);
+    }
+#pragma unroll
+    for (int s = 0; s < kStages; ++s) {
+      if (c + s * kWarps < nchunks) compute(stages[s]);
+    }
   }
 
   __shared__ int32_t partial[kWarps * kMTiles * 4 * 32];
@@ -307,6 +333,14 @@ __global__ void QEpilogueKernel4(const int32_t* __restrict__ acc32, int64_t ldc,
   for (int64_t mi = blockIdx.y; mi < m; mi += gridDim.y) {
     StoreQ4(e, zp, zp_y, mi, n4, *reinterpret_cast<const int4*>(acc32 + mi * ldc + n4));
   }
+}
+
+__global__ void ColumnTermsKernel(QEpilogue e, int64_t n, int32_t* __restrict__ offset, float* __restrict__ scale) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int64_t col = e.n_offset + i;
+  offset[col] = ColumnOffset(e, EffectiveZeroPoint(e), col);
+  scale[col] = ColumnScale(e, col);
 }
 
 __global__ void ShiftKernel16(const uint4* __restrict__ x, int64_t count, uint32_t flip, uint4* __restrict__ out) {
@@ -421,6 +455,12 @@ cudaError_t LaunchQEpilogue(const int32_t* acc32, int64_t ldc, int64_t m, int64_
     const dim3 grid(CeilDiv(m, kThreads), GridY(n));
     QEpilogueKernel<true><<<grid, kThreads, 0, stream>>>(acc32, ldc, m, n, epi);
   }
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchQColumnTerms(const QEpilogue& epi, int64_t n, int32_t* offset, float* scale, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  ColumnTermsKernel<<<CeilDiv(n, 256), 256, 0, stream>>>(epi, n, offset, scale);
   return cudaGetLastError();
 }
 

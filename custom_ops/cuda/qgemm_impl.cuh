@@ -41,6 +41,11 @@ struct QEpilogue {
   int64_t n_offset = 0;                 // this GEMM's first output column (Conv's group): scales, bias
                                         // and wsum are indexed from it
   int64_t m_offset = 0;                 // this GEMM's first output row
+  // Per-column terms computed beforehand by LaunchQColumnTerms (or null: computed per element):
+  // col_offset[col] = bias[col] - zp' * wsum[col] (int32, wrap-around), col_scale[col] = a_scale *
+  // w_scale[col] (float output) or that / y_scale (quantized), each rounded to fp32 as the contract says.
+  const int32_t* col_offset = nullptr;
+  const float* col_scale = nullptr;
 };
 
 // One int8 GEMM: x [m, k] (row stride k; uint8 or int8 as epi.a_unsigned says), the weight rows
@@ -62,6 +67,11 @@ cudaError_t LaunchQGemmOwn(const QGemmArgs& args, cudaStream_t stream);
 // ldc holds sum_k A'[m, k] W[k, n].
 cudaError_t LaunchQEpilogue(const int32_t* acc32, int64_t ldc, int64_t m, int64_t n, const QEpilogue& epi,
                             cudaStream_t stream);
+
+// The per-column terms of columns [epi.n_offset, epi.n_offset + n) into offset[] and scale[]
+// (indexed by column, n_offset included): one small pass, so that the epilogue after cuSPARSELt
+// does an add, a multiply, the rounding and the store per element.
+cudaError_t LaunchQColumnTerms(const QEpilogue& epi, int64_t n, int32_t* offset, float* scale, cudaStream_t stream);
 
 // out [m, k] int8 = x [m, k] (row stride ldx) read as A' (uint8: XOR 0x80; int8: copied).
 cudaError_t LaunchShiftActivations(const void* x, int64_t ldx, int64_t m, int64_t k, bool a_unsigned, int8_t* out,

@@ -63,6 +63,11 @@ Ort::Status QGemmRunner::Prepare(const char* op, cudaStream_t stream, const int8
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, wsum_.Allocate(bytes));
     wsum_ready_ = false;
   }
+  const size_t terms_scale_at = AlignUp(bytes);
+  if (terms_.bytes() < 2 * terms_scale_at) {
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, terms_.Allocate(2 * terms_scale_at));
+    terms_scale_at_ = terms_scale_at;
+  }
   if (!wsum_ready_) {
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchWeightRowSums(values, index, rows, k, wsum_.as<int32_t>(), stream));
     wsum_ready_ = weight_constant_;  // a weight fed at run time: every call
@@ -192,7 +197,13 @@ Ort::Status QGemmRunner::Run(const char* op, cudaStream_t stream, int slot, cons
     bool used = false;
     ONNXSPARSE_RETURN_IF_ERROR(weight->Run(op, lt_input(), m_main, product, ldc, 1.0f, stream, &used));
     if (used) {
-      ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchQEpilogue(product, ldc, m_main, n, args.epi, stream));
+      // The per-column terms (one small pass: the scales may change per call), then the epilogue.
+      QEpilogue epi = args.epi;
+      epi.col_offset = terms_.as<int32_t>();
+      epi.col_scale = reinterpret_cast<const float*>(static_cast<const char*>(terms_.get()) + terms_scale_at_);
+      ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchQColumnTerms(args.epi, n, terms_.as<int32_t>(),
+                                                             const_cast<float*>(epi.col_scale), stream));
+      ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchQEpilogue(product, ldc, m_main, n, epi, stream));
       rest.m = m - m_main;
       rest.x = static_cast<const uint8_t*>(args.x) + m_main * k;
       rest.epi.m_offset = args.epi.m_offset + m_main;

@@ -64,6 +64,8 @@ class QGemmRunner {
   bool validated_ = false;
   bool wsum_ready_ = false;
   DeviceBuffer wsum_;
+  DeviceBuffer terms_;  // per column: int32 offsets, then (at terms_scale_at_) fp32 multipliers
+  size_t terms_scale_at_ = 0;
   std::map<std::pair<int, int64_t>, bool> own_is_faster_;  // by (slot, M)
   std::vector<std::unique_ptr<SparseLtWeight>> sparselt_;  // by slot
   std::vector<std::string> sparselt_error_;                // by slot: why it could not be built
