@@ -126,8 +126,21 @@ def test_cli_writes_and_refuses_an_existing_model_folder(compiled, tmp_path):
     assert Path(report["op_library_filename"]).is_file()
     assert [(g.kind, list(g.gpus)) for g in _config(Path(report["model_dir"])).instance_group] == [(1, [0, 1])]
     assert_one_line_error(cli(*args), "exists")
-    assert_one_line_error(cli("triton", tmp_path / "missing.onnx", "-o", tmp_path / "r2"), "no such file")
-    assert_one_line_error(cli("triton", compiled, "-o", tmp_path / "r3", "--gpu-instances", "1", "--gpus", "x"), "--gpus 'x'")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["missing.onnx", "-o", "r"], "no such file"),
+    (["COMPILED", "-o", "r", "--gpu-instances", "1", "--gpus", "x"], "--gpus 'x'"),
+    (["COMPILED", "-o", "r", "--gpus", "0"], "--gpus needs --gpu-instances"),
+    (["COMPILED", "-o", "r", "--mount", "models"], "must be an absolute path"),
+])
+def test_cli_refuses_bad_input_in_one_line(compiled, tmp_path, capsys, args, fragment):
+    from onnxsparse import cli as onnxsparse_cli
+
+    args = [str(compiled) if a == "COMPILED" else str(tmp_path / a) if a in ("missing.onnx", "r") else a for a in args]
+    assert onnxsparse_cli.main(["triton", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0] and not (tmp_path / "r").exists(), err
 
 
 # --- the strict config.pbtxt reader ------------------------------------------------------------------
