@@ -142,6 +142,29 @@ def test_qmatmul_odd_shapes(k, n, m):
         _check(model, {"A": _activation((m, k), adtype, seed=n)})
 
 
+@pytest.mark.parametrize("path", ["own", "cusparselt"])
+def test_qmatmul_odd_encodings(path):
+    """Encodings SPEC allows but the compressor rarely writes: the two values in descending position
+    order, and both on one element (which then holds their sum; values kept within +-63, so that the
+    sum needs no int8 wrap-around, on which readings of SPEC could differ)."""
+    k, n, m = 256, 64, 48
+    model, _, _ = _qmatmul(np.int8, np.float32, k, n, True, True, seed=21)
+    inits = {t.name: t for t in model.graph.initializer}
+    values = numpy_helper.to_array(inits["v"]).copy()
+    index = numpy_helper.to_array(inits["i"]).copy()
+    rng = np.random.default_rng(22)
+    # nibble (index0 | index1 << 2): 0x1 = both on element 1, 0x6 = both on element 2, 0x2 = positions 2, 1
+    for r in range(n):
+        for g in rng.choice(k // 4, size=k // 16, replace=False):
+            nibble = int(rng.choice([0x1, 0x6, 0x2]))
+            values[r, 2 * g], values[r, 2 * g + 1] = rng.integers(-63, 64, 2)
+            shift = 4 * (g % 2)
+            index[r, g // 2] = (index[r, g // 2] & ~(0xF << shift) & 0xFF) | (nibble << shift)
+    inits["v"].CopyFrom(numpy_helper.from_array(values, "v"))
+    inits["i"].CopyFrom(numpy_helper.from_array(index, "i"))
+    _check(model, {"A": _activation((m, k), np.int8, seed=23)}, path)
+
+
 @pytest.mark.parametrize("shape", [(64,), (2, 3, 64), (2, 2, 5, 64)])
 def test_qmatmul_ranks(shape):
     model, _, _ = _qmatmul(np.int8, np.int8, 64, 24, True, True, seed=1)

@@ -133,6 +133,20 @@ __device__ __forceinline__ uint32_t DecodeGroupS8(uint32_t pair, uint32_t nibble
   return (v0 << (8u * p0)) | (v1 << (8u * p1));
 }
 
+// The same decoding in two instructions for the kernel's inner loop: a byte permutation of the
+// pair (bytes 0, 1: the values; bytes 2, 3: zero) and of the pair's sum (byte 4: v0 + v1, for a
+// nibble that puts both values on one element), by the nibble's selector (SelectorOf).
+__host__ __device__ constexpr uint32_t SelectorOf(uint32_t nibble) {
+  const uint32_t p0 = nibble & 3u;
+  const uint32_t p1 = 1u + ((nibble >> 2) & 3u) > 3u ? 3u : 1u + ((nibble >> 2) & 3u);
+  const uint32_t zeros = 0x2222u;  // every output byte from byte 2 of the pair: 0
+  if (p0 == p1) return (zeros & ~(0xFu << (4u * p0))) | (4u << (4u * p0));
+  return (zeros & ~(0xFu << (4u * p0)) & ~(0xFu << (4u * p1))) | (1u << (4u * p1));
+}
+__device__ __forceinline__ uint32_t DecodeGroupPermute(uint32_t pair, uint32_t selector) {
+  return __byte_perm(pair, pair + (pair >> 8), selector);
+}
+
 __device__ __forceinline__ void MmaS8(int32_t (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                       uint32_t b0, uint32_t b1) {
   asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
@@ -216,6 +230,9 @@ __global__ void __launch_bounds__(kWarps * 32) QGemmOwnKernel(QGemmArgs p) {
   const int64_t ngroups = p.k / 4;
   const int64_t nchunks = (ngroups + 31) / 32;
   constexpr uint32_t kFlip = kUnsigned ? 0x80808080u : 0u;  // uint8 -> A - 128 as int8
+  __shared__ uint32_t selectors[16];  // by nibble (DecodeGroupPermute)
+  if (threadIdx.x < 16) selectors[threadIdx.x] = SelectorOf(threadIdx.x);
+  __syncthreads();
 
   int32_t acc[kMTiles][4];
 #pragma unroll
@@ -246,10 +263,10 @@ __global__ void __launch_bounds__(kWarps * 32) QGemmOwnKernel(QGemmArgs p) {
 #pragma unroll
     for (int s = 0; s < 4; ++s) {
       // Groups 2s (K slots 4t..4t+3) and 2s+1 (slots 16+4t..16+4t+3) of the thread's 8.
-      const uint32_t a0 = DecodeGroupS8(wa[s] & 0xFFFFu, (na >> (8 * s)) & 0xFu);
-      const uint32_t a2 = DecodeGroupS8(wa[s] >> 16, (na >> (8 * s + 4)) & 0xFu);
-      const uint32_t a1 = DecodeGroupS8(wb[s] & 0xFFFFu, (nb >> (8 * s)) & 0xFu);
-      const uint32_t a3 = DecodeGroupS8(wb[s] >> 16, (nb >> (8 * s + 4)) & 0xFu);
+      const uint32_t a0 = DecodeGroupPermute(wa[s] & 0xFFFFu, selectors[(na >> (8 * s)) & 0xFu]);
+      const uint32_t a2 = DecodeGroupPermute(wa[s] >> 16, selectors[(na >> (8 * s + 4)) & 0xFu]);
+      const uint32_t a1 = DecodeGroupPermute(wb[s] & 0xFFFFu, selectors[(nb >> (8 * s)) & 0xFu]);
+      const uint32_t a3 = DecodeGroupPermute(wb[s] >> 16, selectors[(nb >> (8 * s + 4)) & 0xFu]);
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt) {
         MmaS8(acc[mt], a0, a1, a2, a3, xw[mt][2 * s] ^ kFlip, xw[mt][2 * s + 1] ^ kFlip);
