@@ -22,8 +22,8 @@ import logging
 import math
 import os
 import tempfile
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import onnx
 from onnx.external_data_helper import _get_all_tensors

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-import onnx.numpy_helper
 
 from .. import format as fmt
 from ..errors import OnnxSparseError
