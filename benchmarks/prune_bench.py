@@ -326,8 +326,8 @@ def markdown(record: dict) -> str:
     lines = ["# One-shot 2:4 pruning on third-party models", "",
              f"Command: `{record['command']}`; {record['seconds'] / 60:.1f} min in all on "
              f"{record['environment']['cpus']} shared CPU cores (AMD EPYC, Zen 4 class), onnxruntime "
-             f"{record['environment']['onnxruntime']}. Models from `{PACKAGE}=={VERSION}`; evaluation data rendered "
-             "(disjoint from calibration); calibration split by the pruner into fit (3/4) and held-out (1/4) batches; "
+             f"{record['environment']['onnxruntime']}. Models from `{PACKAGE}=={VERSION}` (magika: `magika==1.0.3`); "
+             "evaluation data rendered (magika: files of this machine), disjoint from calibration; calibration split by the pruner into fit (3/4) and held-out (1/4) batches; "
              "when held-out data chooses (auto, --max-error) it is split again: half chooses (selection rel. L2, "
              "bounded by E), half verifies (held-out rel. L2, seen by no choice). "
              "All eligible layers, head kept dense except in the `--max-error` rows (`--prune-head`: the greedy may take it), no fine-tuning.", ""]
