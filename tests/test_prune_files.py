@@ -111,3 +111,23 @@ def test_output_never_overwrites_the_input_data(tmp_path):
     result = cli("prune", path, "-o", tmp_path / "m2.onnx", "--prune-head", "-q")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "m.onnx.data").read_bytes() == before
+
+
+def test_streamed_auto_with_a_budget_equals_in_memory(tmp_path):
+    """--method auto --max-error: candidates fed to one session, the kept weights written to the
+    scratch file and the final model's errors measured through mapped initializers."""
+    path = chain(tmp_path)
+    out = tmp_path / "a.onnx"
+    result = cli("prune", path, "-o", out, "--method", "auto", "--max-error", "0.3", "--prune-head",
+                 "--calib", tmp_path / "calib.npz", "--device", "numpy", "--json", "-q")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    model = io.load_model(path)
+    expected, expected_report = prune_model(model, PruneOptions(method="auto", max_error=0.3, prune_head=True,
+                                                                device="numpy"),
+                                            Calibration(model, tmp_path / "calib.npz"))
+    assert report["output_error"]["relative_l2"] == pytest.approx(expected_report.output_error.rel_l2, rel=1e-5)
+    assert report["output_error_selection"]["relative_l2"] <= 0.3
+    found = {t.name: numpy_helper.to_array(t) for t in onnx.load(out).graph.initializer}
+    for tensor in expected.graph.initializer:
+        assert np.array_equal(found[tensor.name], numpy_helper.to_array(tensor)), tensor.name
