@@ -27,8 +27,8 @@
 // (p0, p1) as one of 8 values, c = (0,1) (0,2) (0,3) (1,2) (1,3) (2,3) (1,1) (2,2) (a group with
 // p0 > p1 is stored swapped, values too; p0 == p1, both values added at one element, has codes of
 // its own: every SPEC encoding has a code), in index bytes c | c' << 4, and orders the values of a
-// pair by group:
-//   values[pair][octet 0..1][group 0..1][8 features][2]
+// pair so that the two groups' values of a slot share a 16-bit word (first group low byte):
+//   values[pair][octet 0..1][8 features][slot 0..1][group 0..1]
 // The kernel builds, per row of A and group, the 8 possible (a[p0], a[p1]) as a table of 8 dwords
 // and picks each feature's with vpermd (the code as the dword index), see int8_kernels_avx2.cc.
 #pragma once

@@ -1,4 +1,5 @@
-// CPU kernels of MatMulCompress, Conv2dCompress and CompressOp (fp32 and fp16), for
+// CPU kernels of MatMulCompress, Conv2dCompress and CompressOp (fp32, fp16, bf16; CompressOp also
+// int8) and of the int8 ops QMatMulCompress and QConv2dCompress (cpu/int8_op.h), for
 // CPUExecutionProvider.
 #pragma once
 #include <memory>
