@@ -65,6 +65,11 @@ __global__ void __launch_bounds__(kThreads) ScanFixKernel(const typename Bits<T>
   __shared__ unsigned long long bad_rows;
   __shared__ int64_t bad[kMaxBad];
   __shared__ int count;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // The next kernel (the next layer's product) may start its prologue now: its own
+  // griddepcontrol.wait still waits for this grid, which ends only after the product before it.
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
   if (threadIdx.x == 0) bad_rows = 0ull;
   __syncthreads();
   int r = 0;
