@@ -257,17 +257,22 @@ class Magika:
 TASKS = {"rec": (Rec, 120, 96), "cls": (Cls, 200, 160), "det": (Det, 16, 24), "magika": (Magika, 600, 192)}
 
 
-def bench(name: str, max_errors: list[float], methods: list[str]) -> dict:
+def bench(name: str, max_errors: list[float], methods: list[str], holdout: bool = False) -> dict:
+    """``holdout``: twice the calibration data, every other batch given to the pruner as ``--holdout``
+    (so that choosing and verifying each see as many samples as fitting), instead of one batch in four."""
     started = time.time()
     path = model_path(name)
     model = onnx.load(path)
     task_type, eval_count, calib_count = TASKS[name]
-    task = task_type(model, eval_count, calib_count)
+    task = task_type(model, eval_count, calib_count * (2 if holdout else 1))
     folder = Path(tempfile.mkdtemp(prefix=f"prune-bench-{name}-"))
     input_name = model.graph.input[0].name
+    held = folder / "holdout"
+    held.mkdir()
     for index, x in enumerate(task.calib):
-        np.savez(folder / f"{index:03d}.npz", **{input_name: x})
+        np.savez((held if holdout and index % 2 else folder) / f"{index:03d}.npz", **{input_name: x})
     calibration = Calibration(model, folder)
+    held_out = Calibration(model, held) if holdout else None
     dense = task.metric(model)
     log(f"{name}: dense {METRIC[name]} {dense:.2f}")
     rows = []
@@ -277,7 +282,7 @@ def bench(name: str, max_errors: list[float], methods: list[str]) -> dict:
         try:
             # Under a budget the head is a candidate like any layer (the greedy leaves it dense if it costs too much).
             options = PruneOptions(method=method, max_error=budget, prune_head=budget is not None)
-            pruned, report = prune_model(model, options, calibration)
+            pruned, report = prune_model(model, options, calibration, holdout=held_out)
         except OnnxSparseError as exc:
             rows.append({"method": method, "max_error": budget, "error": str(exc)})
             log(f"{name} {method} E={budget}: {exc}")
@@ -299,7 +304,7 @@ def bench(name: str, max_errors: list[float], methods: list[str]) -> dict:
         log(f"{name} {method} E={budget}: {row['layers']} layers, {row['share']:.1%} in 2:4, {value:.2f} "
             f"({row['delta']:+.2f}), held-out {row['held_out']:.4f}, fit {row['fit']:.4f}, {seconds:.0f}s")
     return {"model": FILES[name], "metric": METRIC[name], "dense": dense, "eval": eval_count,
-            "calib": calib_count, "rows": rows, "seconds": time.time() - started, "left_dense": left_dense(model)}
+            "calib": calib_count, "holdout": calib_count if holdout else None, "rows": rows, "seconds": time.time() - started, "left_dense": left_dense(model)}
 
 
 def left_dense(model: onnx.ModelProto) -> dict:
@@ -462,6 +467,8 @@ def main() -> int:
     parser.add_argument("--methods", default="magnitude,wanda,sparsegpt,auto",
                         help="methods run on all eligible layers without a budget (comma-separated; may be empty)")
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--holdout", action="store_true",
+                        help="render as many held-out samples as calibration samples and pass them as --holdout")
     parser.add_argument("--big", metavar="FOLDER",
                         help="instead: prune a generated 2.9 GB model (16 MatMuls 4096x11008 fp32, external data) "
                              "in FOLDER with --big-methods; print wall time and peak RSS as JSON (files deleted after)")
@@ -481,10 +488,11 @@ def main() -> int:
     started = time.time()
     budgets = [float(v) for v in args.max_errors.split(",") if v]
     methods = [m for m in args.methods.split(",") if m]
-    models = [bench(name, budgets, methods) for name in args.models.split(",") if name]
+    models = [bench(name, budgets, methods, args.holdout) for name in args.models.split(",") if name]
     record = {"models": models, "seconds": time.time() - started,
               "command": f"python benchmarks/prune_bench.py --models {args.models} --max-errors {args.max_errors}"
-                         + (f" --methods '{args.methods}'" if args.methods != parser.get_default("methods") else ""),
+                         + (f" --methods '{args.methods}'" if args.methods != parser.get_default("methods") else "")
+                         + (" --holdout" if args.holdout else ""),
               "correlation": {"held_out": correlation(models, "held_out"), "fit": correlation(models, "fit"),
                               "n": sum(1 for m in models for r in m["rows"] if "error" not in r)},
               "environment": {"onnxruntime": ort.__version__, "numpy": np.__version__,
