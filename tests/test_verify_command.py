@@ -200,8 +200,9 @@ def on_terminal(*args) -> bytes:
 
 def test_verify_shows_progress_with_eta_on_a_terminal_only(compiled):
     shown = on_terminal("verify", BUNDLED_SAMPLE, compiled, "--samples", 6)
-    assert b"verify:" in shown and b"/6 [" in shown and b"<" in shown, shown[:300]  # [elapsed<remaining]
-    assert b"/6 [" not in on_terminal("verify", BUNDLED_SAMPLE, compiled, "--samples", 6, "--quiet")
+    # 12 runs: the original's 6 batches, then the compiled model's (one session at a time)
+    assert b"verify:" in shown and b"/12 [" in shown and b"<" in shown, shown[:300]  # [elapsed<remaining]
+    assert b"/12 [" not in on_terminal("verify", BUNDLED_SAMPLE, compiled, "--samples", 6, "--quiet")
     piped = _cli("verify", BUNDLED_SAMPLE, compiled, "--samples", 6)
     assert piped.returncode == 0 and piped.stderr == ""
 
