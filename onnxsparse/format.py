@@ -204,8 +204,9 @@ def _compress_rows(block_of, rows: int, k: int, dtype: np.dtype) -> tuple[np.nda
             continue
         groups = block.view(bits).reshape(count, groups_per_row, GROUP)
         slots = out[start:stop].reshape(count, groups_per_row, 2)
-        _slots([groups[..., j] for j in range(GROUP)], codes, slots[..., 0], slots[..., 1],
-               not patterns[_COUNT != 2].sum())
+        floats = block.reshape(count, groups_per_row, GROUP)
+        nonzero = [_nonzero(floats[..., j]) for j in range(GROUP)]
+        _slots([groups[..., j] for j in range(GROUP)], nonzero, slots[..., 0], slots[..., 1])
         nibbles = _NIBBLE[codes]
         index[start:stop] |= nibbles[:, 0::2]
         index[start:stop, : groups_per_row // 2] |= nibbles[:, 1::2] << 4
@@ -214,20 +215,20 @@ def _compress_rows(block_of, rows: int, k: int, dtype: np.dtype) -> tuple[np.nda
     return values, index
 
 
-def _slots(elements, codes: np.ndarray, out0: np.ndarray, out1: np.ndarray, all_full: bool) -> None:
-    """The two slots of each group from its four elements (arrays of one shape, as unsigned ints):
-    slot 0 takes element 0, or 1 (pattern x10 in bits 0-1), or 2 (pattern 100 in bits 0-2); slot 1
-    takes element 1, or 2 (element 2 non-zero, 3 zero, 0 or 1 non-zero), or 3; an empty slot +0."""
-    low2, low3, high2 = codes & np.uint8(3), codes & np.uint8(7), codes & np.uint8(12)
-    np.copyto(out0, elements[0])
-    np.copyto(out0, elements[1], where=low2 == 2)
-    np.copyto(out0, elements[2], where=low3 == 4)
-    np.copyto(out1, elements[1])
-    np.copyto(out1, elements[2], where=(high2 == 4) & (low2 != 0))
-    np.copyto(out1, elements[3], where=high2 >= 8)
-    if not all_full:
-        np.copyto(out0, 0, where=~_HAS0[codes])
-        np.copyto(out1, 0, where=~_HAS1[codes])
+def _slots(elements, nonzero, out0: np.ndarray, out1: np.ndarray) -> None:
+    """The two slots of each 2:4-compliant group from its four elements (arrays of one shape, as
+    unsigned ints) and whether each is non-zero: slot 0 takes the first non-zero of elements 0-2,
+    slot 1 element 3 if non-zero, else element 2 if non-zero after a non-zero 0 or 1, else element
+    1 if 0 and 1 are both non-zero; an empty slot is +0. Bitwise on all-ones masks: the terms are
+    disjoint for a group of at most two non-zeros, so an OR selects (no masked copies)."""
+    ones = elements[0].dtype.type(-1 & ((1 << 8 * elements[0].dtype.itemsize) - 1))
+    masks = [np.multiply(flag, ones, dtype=elements[0].dtype) for flag in nonzero]
+    kept = [np.bitwise_and(element, mask) for element, mask in zip(elements, masks)]  # -0.0 becomes +0
+    either01 = masks[0] | masks[1]
+    np.bitwise_or(kept[0], kept[1] & ~masks[0], out=out0)
+    out0 |= kept[2] & ~either01
+    np.bitwise_or(kept[3], kept[2] & either01, out=out1)
+    out1 |= kept[1] & masks[0]
 
 
 def _compress_kn(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -248,16 +249,17 @@ def _compress_kn(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         stop = min(groups, start + step)
         count = stop - start
         block = weight[GROUP * start:GROUP * stop].reshape(count, GROUP, n)
+        nonzero = [_nonzero(block[:, element]) for element in range(GROUP)]
         codes = np.zeros((count, n), np.uint8)
         for element in range(GROUP):
-            codes |= _nonzero(block[:, element]).view(np.uint8) << np.uint8(element)
+            codes |= nonzero[element].view(np.uint8) << np.uint8(element)
         patterns = np.bincount(codes.reshape(-1), minlength=16)
         bad += int(patterns[_COUNT > 2].sum())
         if bad:
             continue
         elements = block.view(bits)
         slot0, slot1 = np.empty((count, n), bits), np.empty((count, n), bits)
-        _slots([elements[:, j] for j in range(GROUP)], codes, slot0, slot1, not patterns[_COUNT != 2].sum())
+        _slots([elements[:, j] for j in range(GROUP)], nonzero, slot0, slot1)
         target = out[:, 2 * start:2 * stop].reshape(n, count, 2)
         target[:, :, 0] = slot0.T
         target[:, :, 1] = slot1.T
