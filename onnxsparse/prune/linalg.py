@@ -1,10 +1,11 @@
 """Where SparseGPT's dense linear algebra runs: torch (CPU or CUDA) when installed, numpy otherwise.
 
-A 4096x11008 layer needs the inverse Cholesky factor of an 11008x11008 Hessian and 11008 column
-updates of a [4096, block] slice; numpy does both on one thread's worth of LAPACK calls and a
-Python loop of large temporaries, torch in place on every core (or the GPU). Both compute in
-float64 in the same order, so they give the same masks and values up to float rounding
-(``tests/test_prune_linalg.py``).
+A 4096x11008 layer needs a Cholesky factor of an 11008x11008 Hessian and 11008 column updates of
+a [4096, block] slice; numpy forms the inverse factor explicitly (float64, a Python loop of large
+temporaries), torch works from the Cholesky factor alone (block forward substitution, one GEMM per
+block of 128 columns) in float32 like SparseGPT's reference, on every core (or the GPU). In float64
+the torch path gives numpy's masks and values up to rounding; in float32 the same masks on the tests'
+layers and values within 1e-3 of the largest (``tests/test_prune_linalg.py``).
 
 ``--device``: ``auto`` (default: CUDA when torch sees a GPU, else torch on the CPU, else numpy),
 ``cpu`` (torch on the CPU when installed, else numpy), ``cuda`` (refused in one line without a
@@ -42,100 +43,108 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def _keep_top(scores, n: int, m: int):
-    """torch twin of ``format.keep_top``: the n highest of each group of m (ties: the earlier)."""
+def _reversed_cholesky(hessian, damp: float, dtype):
+    """Upper R with R R^T = H + λI (dead inputs' diagonal set to 1), λ = damp * mean(diag H), raised
+    tenfold until the factorisation succeeds: the lower Cholesky factor of H with rows and columns
+    reversed, reversed back. (H + λI)^-1 = U^T U with U = R^-1, the upper factor SparseGPT visits."""
     import torch
 
-    rows, k = scores.shape
-    order = torch.argsort(-scores.reshape(rows, k // m, m), dim=-1, stable=True)
-    keep = torch.zeros((rows, k // m, m), dtype=torch.bool, device=scores.device)
-    keep.scatter_(-1, order[..., :n], True)
-    return keep.reshape(rows, k)
-
-
-def _inverse_cholesky_upper(hessian, damp: float):
-    """Upper U with U^T U = (H + λI)^-1, from one Cholesky factorisation and one triangular solve:
-    the lower factor L' of H with rows and columns reversed gives H = R R^T with R = rev(L') upper,
-    so U = R^-1 (upper, and unique with a positive diagonal: numpy's inverse-then-Cholesky factor)."""
-    import torch
-
-    diagonal = torch.diagonal(hessian).flip(0)  # the reversed matrix's diagonal
+    diagonal = torch.diagonal(hessian)
     dead = diagonal == 0  # inputs that never fire: no information, keep H invertible
-    mean_diag = float(torch.where(dead, 1.0, diagonal).mean())
+    mean_diag = float(torch.where(dead, 1.0, diagonal).to(torch.float64).mean())
     for attempt in range(6):
-        reversed_h = hessian.flip(0, 1)  # a copy: the caller's H is left as it is
-        reversed_h.diagonal()[dead] = 1.0
+        reversed_h = hessian.to(dtype).flip(0, 1)  # a copy: the caller's H is left as it is
+        reversed_h.diagonal()[dead.flip(0)] = 1.0
         reversed_h.diagonal().add_((damp * 10**attempt) * mean_diag)
-        lower, info = torch.linalg.cholesky_ex(reversed_h)
-        del reversed_h
+        lower, info = torch.linalg.cholesky_ex(reversed_h, out=(reversed_h, torch.empty((), dtype=torch.int32)))
         if int(info) != 0:
+            del reversed_h, lower
             continue
-        upper = lower.flip(0, 1)
-        del lower
-        eye = torch.eye(upper.shape[0], dtype=upper.dtype, device=upper.device)
-        return torch.linalg.solve_triangular(upper, eye, upper=True)
+        return lower.flip(0, 1)
     raise OnnxSparseError("SparseGPT: the layer's input Hessian is not positive definite even with damping")
 
 
 def sparsegpt_torch(weight: np.ndarray, hessian: np.ndarray, n: int, m: int, block_size: int, damp: float,
-                    device: str) -> np.ndarray:
-    """``methods.sparsegpt`` on torch (same steps, float64): the pruned ``[rows, K]`` float64 matrix."""
+                    device: str, dtype: str = "float32") -> np.ndarray:
+    """``methods.sparsegpt`` on torch: the pruned ``[rows, K]`` matrix (float64 numpy).
+
+    Same columns, masks and updates as numpy's, computed without U = R^-1 ever being formed (the
+    inverse of an 11008x11008 factor costs as much as three Cholesky factorisations): with E the
+    errors e_j and Y = D - P the change of the weights, SparseGPT's updates say P = D - E U, i.e.
+    Y R = E. So when a block [s, t) starts, the updates from earlier blocks are
+    W[:, s:t] = D[:, s:t] + Y[:, :s] R[:s, s:t] R[s:t, s:t]^-1, one GEMM of the rows already done
+    (the lazy batch update, as a block forward substitution); inside the block the columns use
+    U's diagonal block R[s:t, s:t]^-1 exactly as numpy does. ``dtype``: ``float32`` (default, as
+    SparseGPT's reference; the damping keeps it well conditioned) or ``float64`` (numpy's values
+    up to rounding)."""
     import torch
 
+    dt = getattr(torch, dtype)
     with torch.no_grad():
-        w = torch.as_tensor(weight, device=device).to(torch.float64).clone()
-        hinv = _inverse_cholesky_upper(torch.as_tensor(hessian, device=device).to(torch.float64), damp)
-        rows, k = w.shape
+        dense = torch.as_tensor(weight, device=device).to(dt)
+        r = _reversed_cholesky(torch.as_tensor(hessian, device=device), damp, dt)
+        rows, k = dense.shape
+        pruned = torch.empty((rows, k), dtype=dt, device=device)
+        change = torch.empty((rows, k), dtype=dt, device=device)  # Y = D - P, the columns done
         block_size = max(m, block_size - block_size % m)
         for start in range(0, k, block_size):
             stop = min(start + block_size, k)
-            w1 = w[:, start:stop].clone()
-            q1 = torch.zeros_like(w1)
-            err1 = torch.zeros_like(w1)
-            hinv1 = hinv[start:stop, start:stop]
-            diag = torch.diagonal(hinv1)
+            eye = torch.eye(stop - start, dtype=dt, device=device)
+            hinv1 = torch.linalg.solve_triangular(r[start:stop, start:stop], eye, upper=True)
+            w1 = dense[:, start:stop].clone()
+            if start > 0:
+                w1.addmm_(change[:, :start] @ r[:start, start:stop], hinv1)
+            columns = w1.T.contiguous()  # [block, rows]: each column's weights contiguous
             threads = torch.get_num_threads()
-            if w.device.type == "cpu":  # small steps: one thread (a second one only waits at barriers)
+            if dense.device.type == "cpu":  # small steps: one thread (a second one only waits at barriers)
                 torch.set_num_threads(1)
             try:
-                _prune_block(w1, q1, err1, hinv1, diag, n, m)
+                _prune_block(columns, hinv1, n, m)
             finally:
                 torch.set_num_threads(threads)
-            w[:, start:stop] = q1
-            if stop < k:
-                w[:, stop:].addmm_(err1, hinv[start:stop, stop:], alpha=-1.0)
-        return w.cpu().numpy()
+            pruned[:, start:stop] = columns.T
+            torch.sub(dense[:, start:stop], columns.T, out=change[:, start:stop])
+        return pruned.cpu().numpy().astype(np.float64)
 
 
-def _prune_block(w1, q1, err1, hinv1, diag, n: int, m: int) -> None:
-    """One block's columns, a group of M at a time: masks, quantised values, spread errors."""
-    width = w1.shape[1]
-    for g0 in range(0, width, m):  # one group of M columns at a time
+def _prune_block(columns, hinv1, n: int, m: int) -> None:
+    """One block's columns ([block, rows], in place: they end as the pruned values), a group of M
+    at a time: the group's masks from w^2 / U_jj^2, then column by column the error
+    e = (w_j - q_j) / U_jj (zero where kept) spread over the group's later columns, and the group's
+    errors over the block's later columns in one rank-M product. A column's own update would leave
+    exactly q_j, so the group is masked at the end instead."""
+    import torch
+
+    width, rows = columns.shape
+    diag = torch.diagonal(hinv1)
+    diag2 = (diag * diag)[:, None]
+    err = torch.empty((m, rows), dtype=columns.dtype, device=columns.device)
+    for g0 in range(0, width, m):
         g1 = g0 + m
-        scores = w1[:, g0:g1] ** 2 / diag[g0:g1][None, :] ** 2
-        pruned = ~_keep_top(scores, n, m)
-        for i in range(g0, g1):
-            column = w1[:, i]
-            quantised = column.masked_fill(pruned[:, i - g0], 0.0)
-            q1[:, i] = quantised
-            err = (column - quantised) / hinv1[i, i]
-            w1[:, i:g1].addr_(err, hinv1[i, i:g1], alpha=-1.0)
-            err1[:, i] = err
-        # The group's error reaches the block's later columns in one rank-M product (the same
-        # sums as numpy's column-by-column update, in another order).
+        group = columns[g0:g1]
+        order = torch.argsort(-(group * group / diag2[g0:g1]), dim=0, stable=True)  # ties: the earlier
+        keep = torch.zeros((m, rows), dtype=torch.bool, device=columns.device)
+        keep.scatter_(0, order[:n], True)
+        scale = (~keep).to(columns.dtype) / diag[g0:g1, None]
+        for i in range(m):
+            torch.mul(group[i], scale[i], out=err[i])
+            if i + 1 < m:
+                group[i + 1:].addr_(hinv1[g0 + i, g0 + i + 1:g1], err[i], alpha=-1.0)
+        group.mul_(keep)
         if g1 < width:
-            w1[:, g1:].addmm_(err1[:, g0:g1], hinv1[g0:g1, g1:], alpha=-1.0)
+            columns[g1:].addmm_(hinv1[g0:g1, g1:].T, err, alpha=-1.0)
 
 
 def quadratic_forms(pruned: np.ndarray, dense: np.ndarray, hessian: np.ndarray, device: str) -> tuple[float, float]:
     """(sum((P-D) H (P-D)^T), sum(D H D^T)) over rows: the layer's output error energy and its
     output energy on the calibration inputs (H = X^T X / rows). A diagnostic: the products run in
-    float32 (sums of non-negative terms; a 4096x11008 layer's two products are 1e12 operations)."""
+    float32 (sums of non-negative terms), over H's upper block triangle only (H is symmetric:
+    sum(A H A^T) = sum_j A_j H_jj A_j^T + 2 sum_{i<j} A_i H_ij A_j^T), half a full product's work."""
     if device == "numpy":
         h = hessian.astype(np.float32)
         diff = (pruned - dense).astype(np.float32)
         d = dense.astype(np.float32)
-        return float(np.sum((diff @ h) * diff, dtype=np.float64)), float(np.sum((d @ h) * d, dtype=np.float64))
+        return _symmetric_form(diff, h, np.sum), _symmetric_form(d, h, np.sum)
     import torch
 
     with torch.no_grad():
@@ -143,4 +152,18 @@ def quadratic_forms(pruned: np.ndarray, dense: np.ndarray, hessian: np.ndarray, 
         d = torch.as_tensor(dense, device=device)
         diff = (torch.as_tensor(pruned, device=device) - d).float()
         d = d.float()
-        return (float(((diff @ h) * diff).sum(dtype=torch.float64)), float(((d @ h) * d).sum(dtype=torch.float64)))
+        total = lambda a: a.sum(dtype=torch.float64)  # noqa: E731
+        return _symmetric_form(diff, h, total), _symmetric_form(d, h, total)
+
+
+def _symmetric_form(a, h, total, block: int = 1024) -> float:
+    """sum(A H A^T) for symmetric H, from H's diagonal blocks and the blocks above them."""
+    k = h.shape[0]
+    out = 0.0
+    for start in range(0, k, block):
+        stop = min(start + block, k)
+        a_j = a[:, start:stop]
+        out += float(total((a_j @ h[start:stop, start:stop]) * a_j))
+        if start > 0:
+            out += 2.0 * float(total((a[:, :start] @ h[:start, start:stop]) * a_j))
+    return out
