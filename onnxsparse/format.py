@@ -250,20 +250,20 @@ def _compress_kn(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         count = stop - start
         block = weight[GROUP * start:GROUP * stop].reshape(count, GROUP, n)
         nonzero = [_nonzero(block[:, element]) for element in range(GROUP)]
-        codes = np.zeros((count, n), np.uint8)
-        for element in range(GROUP):
-            codes |= nonzero[element].view(np.uint8) << np.uint8(element)
-        patterns = np.bincount(codes.reshape(-1), minlength=16)
-        bad += int(patterns[_COUNT > 2].sum())
+        n0, n1, n2, n3 = (flag.view(np.uint8) for flag in nonzero)
+        bad += int(np.count_nonzero((n0 + n1 + n2 + n3) > 2))
         if bad:
             continue
+        pair = np.empty((count, n, 2), bits)
         elements = block.view(bits)
-        slot0, slot1 = np.empty((count, n), bits), np.empty((count, n), bits)
-        _slots([elements[:, j] for j in range(GROUP)], nonzero, slot0, slot1)
-        target = out[:, 2 * start:2 * stop].reshape(n, count, 2)
-        target[:, :, 0] = slot0.T
-        target[:, :, 1] = slot1.T
-        nibbles = _NIBBLE[codes]
+        _slots([elements[:, j] for j in range(GROUP)], nonzero, pair[..., 0], pair[..., 1])
+        # a group's two slots as one item: one transposed copy
+        wide = np.dtype(f"<u{2 * bits.itemsize}" if bits.itemsize <= 4 else f"V{2 * bits.itemsize}")
+        out[:, 2 * start:2 * stop].view(wide)[...] = pair.view(wide)[..., 0].T
+        # SPEC's nibble from the four flags (0/1 bytes) of a group of at most two non-zeros:
+        # index0 = first non-zero among 0-2 (else 0), index1 = the other's position - 1 (else 0).
+        n01 = n0 | n1
+        nibbles = (n1 & ~n0 & 1) | (n2 & ~n01 & 1) << 1 | (n2 & n01) << 2 | n3 << 3
         if count % 2:
             nibbles = np.concatenate([nibbles, np.zeros((1, n), np.uint8)])
         index[:, start // 2:start // 2 + len(nibbles) // 2] = (nibbles[0::2] | nibbles[1::2] << 4).T
