@@ -159,11 +159,10 @@ def weight_group_stats(weight: np.ndarray, layout: str, n: int = 2) -> GroupStat
     compliant = 0
     for start, stop in _row_blocks(k // GROUP, GROUP * cols):
         block = weight[GROUP * start:GROUP * stop].reshape(stop - start, GROUP, cols)
-        codes = np.zeros((stop - start, cols), np.uint8)
-        for element in range(GROUP):  # the pattern of each group, element by element (no reordering)
-            nonzero = _nonzero(block[:, element])
-            codes |= nonzero.view(np.uint8) << np.uint8(element)
-        compliant += int(np.bincount(codes.reshape(-1), minlength=16)[_COUNT <= n].sum())
+        count = np.zeros((stop - start, cols), np.uint8)
+        for element in range(GROUP):  # each group's count of non-zeros, element by element (no reordering)
+            count += _nonzero(block[:, element]).view(np.uint8)
+        compliant += int(np.count_nonzero(count <= n))
     return GroupStats(groups=(k // GROUP) * cols, compliant=compliant)
 
 
@@ -262,11 +261,13 @@ def _compress_kn(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out[:, 2 * start:2 * stop].view(wide)[...] = pair.view(wide)[..., 0].T
         # SPEC's nibble from the four flags (0/1 bytes) of a group of at most two non-zeros:
         # index0 = first non-zero among 0-2 (else 0), index1 = the other's position - 1 (else 0).
-        n01 = n0 | n1
-        nibbles = (n1 & ~n0 & 1) | (n2 & ~n01 & 1) << 1 | (n2 & n01) << 2 | n3 << 3
+        # (0/1 flags made 0x00/0xFF masks: AVX2 has no byte shift, numpy shifts bytes one by one)
+        m0, m1, m2, m3 = (np.negative(flag) for flag in (n0, n1, n2, n3))
+        m01 = m0 | m1
+        nibbles = (m1 & ~m0 & 1) | (m2 & ~m01 & 2) | (m2 & m01 & 4) | (m3 & 8)
         if count % 2:
             nibbles = np.concatenate([nibbles, np.zeros((1, n), np.uint8)])
-        index[:, start // 2:start // 2 + len(nibbles) // 2] = (nibbles[0::2] | nibbles[1::2] << 4).T
+        index[:, start // 2:start // 2 + len(nibbles) // 2] = (nibbles[0::2] | nibbles[1::2] * np.uint8(16)).T
     if bad:
         raise NotTwoFourError(f"{bad} of {n * groups} groups have more than 2 non-zeros")
     return values, index
