@@ -21,19 +21,6 @@ namespace onnxsparse::cuda {
 namespace {
 constexpr const char* kOp = "Conv2dCompress";
 
-bool InputIsConstant(const OrtKernelInfo* info, size_t input) {
-  size_t count = 0;
-  if (Ort::GetApi().KernelInfo_GetInputCount(info, &count) != nullptr || input >= count) return false;
-  int is_constant = 0;
-  const OrtValue* value = nullptr;
-  OrtStatus* status = Ort::GetApi().KernelInfoGetConstantInput_tensor(info, input, &is_constant, &value);
-  if (status != nullptr) {
-    Ort::GetApi().ReleaseStatus(status);
-    return false;
-  }
-  return is_constant != 0 && value != nullptr;
-}
-
 // cuSPARSELt's dense operands need their columns a multiple of 8 elements (16 bytes).
 constexpr int64_t kColumnAlign = 8;
 int64_t PaddedColumns(int64_t hw) { return (hw + kColumnAlign - 1) / kColumnAlign * kColumnAlign; }

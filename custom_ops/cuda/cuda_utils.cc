@@ -18,6 +18,19 @@ struct StreamPool {
 
 }  // namespace
 
+bool InputIsConstant(const OrtKernelInfo* info, size_t input) {
+  size_t count = 0;
+  if (Ort::GetApi().KernelInfo_GetInputCount(info, &count) != nullptr || input >= count) return false;
+  int is_constant = 0;
+  const OrtValue* value = nullptr;
+  OrtStatus* status = Ort::GetApi().KernelInfoGetConstantInput_tensor(info, input, &is_constant, &value);
+  if (status != nullptr) {
+    Ort::GetApi().ReleaseStatus(status);
+    return false;
+  }
+  return is_constant != 0 && value != nullptr;
+}
+
 int KernelDevice(const OrtKernelInfo* info) {
   if (info == nullptr) return -1;
   const OrtApi& api = Ort::GetApi();

@@ -48,6 +48,10 @@ inline cudaStream_t ComputeStream(OrtKernelContext* context) {
 // the session's device_id), -1 when it cannot be told (e.g. a kernel not placed on CUDA).
 int KernelDevice(const OrtKernelInfo* info);
 
+// Whether a kernel's input `input` is a constant (an initializer) that ONNX Runtime hands over at
+// kernel creation; false when the input is absent or fed at run time.
+bool InputIsConstant(const OrtKernelInfo* info, size_t input);
+
 // The device of `stream` (cudaStreamGetDevice), else `fallback`; the legacy default stream (null)
 // belongs to the current device, so `fallback` answers for it.
 int StreamDevice(cudaStream_t stream, int fallback);

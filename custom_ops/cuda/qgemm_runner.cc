@@ -10,19 +10,6 @@ namespace onnxsparse::cuda {
 
 namespace {
 
-bool InputIsConstant(const OrtKernelInfo* info, size_t input) {
-  size_t count = 0;
-  if (Ort::GetApi().KernelInfo_GetInputCount(info, &count) != nullptr || input >= count) return false;
-  int is_constant = 0;
-  const OrtValue* value = nullptr;
-  OrtStatus* status = Ort::GetApi().KernelInfoGetConstantInput_tensor(info, input, &is_constant, &value);
-  if (status != nullptr) {
-    Ort::GetApi().ReleaseStatus(status);
-    return false;
-  }
-  return is_constant != 0 && value != nullptr;
-}
-
 // Where cuSPARSELt's operands go in the scratch memory: A' (uint8 shifted, or a misaligned int8 A
 // copied) [m, k], then the int32 product [m, ldc].
 int64_t ProductStride(int64_t n) { return (n + 15) / 16 * 16; }

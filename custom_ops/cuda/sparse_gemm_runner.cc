@@ -10,23 +10,6 @@
 
 namespace onnxsparse::cuda {
 
-namespace {
-
-bool InputIsConstant(const OrtKernelInfo* info, size_t input) {
-  size_t count = 0;
-  if (Ort::GetApi().KernelInfo_GetInputCount(info, &count) != nullptr || input >= count) return false;
-  int is_constant = 0;
-  const OrtValue* value = nullptr;
-  OrtStatus* status = Ort::GetApi().KernelInfoGetConstantInput_tensor(info, input, &is_constant, &value);
-  if (status != nullptr) {
-    Ort::GetApi().ReleaseStatus(status);
-    return false;
-  }
-  return is_constant != 0 && value != nullptr;
-}
-
-}  // namespace
-
 void SparseGemmRunner::Init(const OrtKernelInfo* info, size_t values_input, size_t index_input, size_t bias_input) {
   weight_constant_ = InputIsConstant(info, values_input) && InputIsConstant(info, index_input);
   bias_constant_ = InputIsConstant(info, bias_input);
