@@ -228,11 +228,14 @@ class Q:
 
 def qdq_model(op="MatMul", m=3, k=16, n=5, per_channel=True, adtype=np.uint8, out_q=True, relu=False, bias=True,
               trans_b=1, a_rank=2, conv=None, weight=None, w_zp=None, axis=None, weight_dtype=np.int8,
-              weight_from_input=False, float_activation=False, seed=0) -> tuple[onnx.ModelProto, dict]:
+              weight_from_input=False, float_activation=False, bias_identity=False, bias_scale=None,
+              seed=0) -> tuple[onnx.ModelProto, dict]:
     """``x -> Q -> DQ -> op(., DQ(W)) [+ bias] [-> Relu] [-> Q]``, as quantize_static(QDQ) writes it.
 
     ``conv``: dict(c=, hw=, kernel=, group=, attrs) for a Conv; ``weight``/``w_zp``/``axis``/
-    ``weight_dtype`` override the weight side for the negative cases."""
+    ``weight_dtype`` override the weight side for the negative cases. ``bias_identity``: the bias read
+    through an Identity (a torch.onnx export sharing equal constants); ``bias_scale``: the bias's
+    DequantizeLinear scale when it is not the accumulator's."""
     b = Q()
     rng = np.random.default_rng(seed)
     if op == "Conv":
@@ -260,9 +263,15 @@ def qdq_model(op="MatMul", m=3, k=16, n=5, per_channel=True, adtype=np.uint8, ou
     else:
         a = b.node("DequantizeLinear", [b.quantize_input(x_shape, adtype), "x_scale", "x_zp"], ["x_dq"])
     bias_q = rng.integers(-2000, 2000, rows).astype(np.int32)
-    bias_dq = ["DequantizeLinear", [b.init("bias_q", bias_q), b.init("bias_scale", (X_SCALE * ws).astype(np.float32)),
-                                    b.init("bias_zp", np.zeros(ws.shape, np.int32))], ["bias"]]
-    bias_attrs = {"axis": 0} if per_channel else {}
+    bias_s = (X_SCALE * ws).astype(np.float32) if bias_scale is None else np.asarray(bias_scale, np.float32)
+    bias_dq = ["DequantizeLinear", [b.init("bias_q", bias_q), b.init("bias_scale", bias_s),
+                                    b.init("bias_zp", np.zeros(bias_s.shape, np.int32))], ["bias"]]
+    bias_attrs = {"axis": 0} if bias_s.size > 1 else {}
+    if bias_identity:
+        dq_node = b.node
+        b.node = lambda op, inputs, outputs, **attrs: (  # noqa: E731 - the DequantizeLinear, then an Identity
+            dq_node("Identity", [dq_node(op, inputs, outputs, **attrs)], [outputs[0] + "_shared"])
+            if op == "DequantizeLinear" and outputs == ["bias"] else dq_node(op, inputs, outputs, **attrs))
     if op == "Conv":
         inputs = [a, w_dq] + ([b.node(*bias_dq, **bias_attrs)] if bias else [])
         y = b.node("Conv", inputs, ["y_f"], kernel_shape=[kh, kw], group=group, **conv.get("attrs", {}))
@@ -339,6 +348,35 @@ def test_qdq_linear(op, per_channel, adtype, out_q):
         assert result.layers[0].fused_bias.startswith("add")
     assert {"QuantizeLinear", "DequantizeLinear"} & {n.op_type for n in result.model.graph.node} == {"QuantizeLinear"}
     assert_matches_ort(model, result.model, feeds, exact=False)
+
+
+@pytest.mark.parametrize("bias_scale", [None, 0.03], ids=["accumulator-scale", "other-scale"])
+@pytest.mark.parametrize("op", ["MatMul", "Gemm"])
+def test_qdq_bias_through_identity(op, bias_scale):
+    """A bias read through an Identity after its DequantizeLinear (torch.onnx shares equal constants so,
+    and the quantizer dequantizes before the Identity): folded as the op's bias, at the accumulator's
+    scale as it is, at another scale requantized (half a step of the accumulator scale at most)."""
+    model, feeds = qdq_model(op, m=3, k=20, n=7, bias_identity=True, bias_scale=bias_scale)
+    assert "Identity" in {n.op_type for n in model.graph.node}
+    result = compile_all(model, "QMatMulCompress")
+    node = next(n for n in result.model.graph.node if n.op_type == "QMatMulCompress")
+    if bias_scale is None:
+        assert node.input[6] == "bias_q"
+    else:
+        assert node.input[6] and node.input[6] != "bias_q"  # a requantized int32 row
+    assert "Add" not in {n.op_type for n in result.model.graph.node}
+    if bias_scale is None:
+        assert_matches_ort(model, result.model, feeds, exact=False)
+        return
+    # At another scale, ONNX Runtime's optimized run (1.32, CPU) fuses the bias as if it were at the
+    # accumulator's scale; its unoptimized run computes what ONNX defines: compared with that one.
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    expected = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    got = reference_run(result.model, feeds)[0]
+    steps = np.abs(expected.astype(np.int64) - got.astype(np.int64))
+    assert steps.max() <= 1 and (steps > 0).mean() <= 0.1, steps
+    assert len(np.unique(expected)) > 3
 
 
 @pytest.mark.parametrize("m,k,n,a_rank", [(1, 4, 1, 2), (5, 12, 3, 2), (7, 36, 9, 3), (1, 8, 6, 1), (33, 64, 17, 2)])

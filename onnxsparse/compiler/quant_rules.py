@@ -397,8 +397,20 @@ def _requantize(values: np.ndarray, acc_scale: np.ndarray, what: str) -> np.ndar
     return q.astype(np.int32)
 
 
+def _through_identity(tensor: gs.Tensor) -> gs.Tensor:
+    """The tensor an Identity chain passes on (the tensor itself when no Identity computes it). A
+    torch.onnx export shares equal constants through Identity nodes (the zero biases of a randomly
+    initialised model), and ONNX Runtime's quantizer then puts its DequantizeLinear before the Identity."""
+    node, seen = producer(tensor), 0
+    while _is_onnx(node, "Identity") and node.inputs and seen < 64:
+        tensor, node, seen = node.inputs[0], producer(node.inputs[0]), seen + 1
+    return tensor
+
+
 def _bias(graph, match: QuantMatch, tensor: gs.Tensor, rows: int, acc_scale, what: str, beta: float = 1.0) -> str | None:
-    """Fill the int32 bias from a bias input (DequantizeLinear of int32, or any constant) or say why not."""
+    """Fill the int32 bias from a bias input (DequantizeLinear of int32, or any constant, through
+    Identity nodes) or say why not."""
+    tensor = _through_identity(tensor)
     node = producer(tensor)
     if _is_onnx(node, "DequantizeLinear"):
         q = _constant(graph, node.inputs[0], f"the quantized {what}")
@@ -441,7 +453,9 @@ def _bias(graph, match: QuantMatch, tensor: gs.Tensor, rows: int, acc_scale, wha
 
 
 def _constant_dims(graph, tensor: gs.Tensor) -> tuple[int, ...] | None:
-    """The shape of a constant, or of the constant a DequantizeLinear dequantizes (None: neither)."""
+    """The shape of a constant, or of the constant a DequantizeLinear dequantizes (None: neither),
+    through Identity nodes."""
+    tensor = _through_identity(tensor)
     node = producer(tensor)
     if _is_onnx(node, "DequantizeLinear"):
         tensor = node.inputs[0]
