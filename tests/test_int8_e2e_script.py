@@ -1,0 +1,90 @@
+"""benchmarks/int8_e2e.py on a tiny transformers BERT: ``--cpu --tiny`` (export, prune, quantize_static,
+compile, ONNX Runtime's QDQ run against the compiled model on the library's kernels, the JSON rows)
+and ``--cuda --tiny --cpu-ep`` (the CUDA flow's models and outputs on the CPU EP: the fp16 baseline,
+the compiled int8 model and the dense QDQ model). The timing in the CUDA EP needs a GPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import onnxruntime as ort
+import pytest
+from conftest import REPO, library_available
+
+pytest.importorskip("torch", reason="the script exports from PyTorch (pip install torch)")
+pytest.importorskip("transformers", reason="the script builds BERT with transformers")
+pytestmark = [pytest.mark.kernels,
+              pytest.mark.skipif(not library_available(), reason="the onnxsparse custom-op library is not built")]
+
+SCRIPT = REPO / "benchmarks" / "int8_e2e.py"
+TOKENS = [1, 4, 16]
+
+
+def _run(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, cwd=REPO,
+                          timeout=timeout)
+
+
+def _rows(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("int8_e2e")
+
+
+@pytest.fixture(scope="module")
+def cpu_run(work):
+    out = work / "cpu.json"
+    done = _run("--cpu", "--tiny", "--work", work, "--out", out, "--budget", "0.2", "--repeats", "3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return _rows(done.stdout), json.loads(out.read_text())
+
+
+def test_cpu_rows(cpu_run):
+    rows, record = cpu_run
+    assert [r["tokens"] for r in rows] == TOKENS
+    assert record["rows"] == rows  # --out holds what stdout printed
+    assert record["command"].startswith("python3 benchmarks/int8_e2e.py --cpu --tiny")
+    for r in rows:
+        assert r["mode"] == "cpu" and r["model"] == "bert-tiny" and r["batch"] == 1 and r["threads"] == 2
+        assert r["ort_qdq_ms"] > 0 and r["onnxsparse_int8_ms"] > 0 and r["repeats"] >= 3
+        assert r["speedup"] == pytest.approx(r["ort_qdq_ms"] / r["onnxsparse_int8_ms"], rel=0.02)
+        # every linear layer of the 2 encoder layers; the 4 attention products stay, with their reason
+        assert r["layers_int8_sparse"] == "12/16"
+        assert list(r["left_dense"].values()) == [4] and "not a constant weight" in next(iter(r["left_dense"]))
+        # the compiled model computes what ONNX Runtime's run of the QDQ model computes
+        assert r["rel_l2_vs_ort_qdq"] < 1e-3
+        assert 0 < r["rel_l2_vs_fp32"] < 0.2 and r["ort_qdq_rel_l2_vs_fp32"] < 0.2
+        assert set(r["machine"]["isa_flags"]) == {"avx2", "avx512", "vnni"}
+        assert r["versions"]["onnxruntime"] == ort.__version__
+
+
+def test_cuda_flow_on_the_cpu_ep(work, cpu_run):
+    """Reuses the CPU run's export, pruned and quantized models (same tiny configuration)."""
+    done = _run("--cuda", "--tiny", "--cpu-ep", "--work", work)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _rows(done.stdout)
+    assert [(r["mode"], r["candidate"]) for r in rows] == [
+        ("cuda-logic-on-cpu-ep", "onnxsparse int8 (compiled QDQ)"), ("cuda-logic-on-cpu-ep", "ONNX Runtime dense QDQ")]
+    for r in rows:
+        assert "error" not in r, r
+        assert r["input"] == "2x16" and r["layers_int8_sparse"] == "12/16" and r["finite"]
+        assert r["shape_out"] == [2, 16, 64]
+        assert 0 < r["rel_l2_vs_fp16"] < 0.2  # int8 against the fp16 baseline: the quantization's loss
+    assert list(work.glob("*fp16*.onnx")), "no fp16 baseline written"
+
+
+def test_bad_arguments_give_one_line(work):
+    for args, fragment in [(["--cpu", "--isa", "sse"], "unknown --isa sse"),
+                           (["--cpu", "--tokens", "a"], "comma-separated integers"),
+                           (["--cpu", "--cpu-ep"], "--cpu-ep goes with --cuda")]:
+        done = _run(*args, "--work", work)
+        assert done.returncode == 2 and fragment in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        done = _run("--cuda", "--work", work)
+        assert done.returncode == 2 and "no CUDAExecutionProvider" in done.stderr
