@@ -9,7 +9,8 @@ CPU (the default without CUDA; BERT-base-sized, 4 layers):
     python3 benchmarks/int8_e2e.py --cpu [--layers 4] [--tokens 1,4,16] [--threads 2] [--isa auto,avx2]
 
 Quick checks: ``--cpu --tiny``; ``--cuda --tiny --cpu-ep`` (the CUDA flow's logic on the CPU EP,
-one run of each model instead of timing; what tests/test_int8_e2e_script.py runs).
+one run of each model instead of timing; what tests/test_int8_e2e_script.py runs); ``--cuda --cpu-ep
+--layers 2 --batches 1`` (BERT-large's width at seq 384, 2 layers: 45 s on 2 cores).
 
 The flow, as a user runs it: transformers' ``BertModel`` (random init, seed 0, no pooler) exported in
 fp32 with torch.onnx (benchmarks/e2e_transformers_cuda.py's exporter: dynamo, TorchScript where it
@@ -24,7 +25,7 @@ uint8 activations, MinMax calibration on ``--calib`` random token batches); ``on
   option), same ``--threads``, runs interleaved, medians (benchmarks/int8_cpu_bench.py's timing).
   Relative errors (relative L2, as ``onnxsparse verify`` reports it) against the pruned fp32 model
   and against ONNX Runtime's run of the QDQ model.
---cuda: BERT-large (hidden 1024, 24 layers, 16 heads, FFN 4096), seq 384, ``--batches`` (32).
+--cuda: BERT-large (hidden 1024, 24 layers or ``--layers``, 16 heads, FFN 4096), seq 384, ``--batches`` (32).
   Baseline: the pruned model in fp16 (converted from the pruned fp32 model with onnxconverter-common;
   where that is absent, exported in fp16 and pruned, as benchmarks/e2e_transformers_cuda.py does) in
   ONNX Runtime's CUDA EP. Candidates: the compiled int8 model, and the dense QDQ model as ONNX
@@ -197,6 +198,7 @@ def run_cpu(args, rows: list[dict]) -> None:
 
     from benchmarks.int8_cpu_bench import dense_session, sparse_session, time_interleaved
 
+    args.layers = args.layers or 4
     config = dict(TINY_BERT) if args.tiny else dict(CPU_BERT, num_hidden_layers=args.layers)
     name = "bert_tiny_fp32" if args.tiny else f"bert_base_{args.layers}L_fp32"
     label = "bert-tiny" if args.tiny else f"bert-base-sized-{args.layers}L"
@@ -267,10 +269,12 @@ def fp16_baseline(args, pruned32: Path, config: dict, seq: int) -> tuple[Path, s
 
 
 def run_cuda(args, rows: list[dict]) -> None:
-    config = TINY_BERT if args.tiny else CUDA_BERT
+    layers = args.layers or CUDA_BERT["num_hidden_layers"]
+    config = TINY_BERT if args.tiny else dict(CUDA_BERT, num_hidden_layers=layers)
     seq = TINY_SEQ if args.tiny else CUDA_SEQ
-    label = "bert-tiny" if args.tiny else "bert-large"
-    name = "bert_tiny_fp32" if args.tiny else "bert_large_fp32"
+    full = layers == CUDA_BERT["num_hidden_layers"]
+    label = "bert-tiny" if args.tiny else ("bert-large" if full else f"bert-large-{layers}L")
+    name = "bert_tiny_fp32" if args.tiny else ("bert_large_fp32" if full else f"bert_large_{layers}L_fp32")
     vocab = config["vocab_size"]
     fp32 = export_fp32(args.work, name, config, seq)
     pruned32 = prune(fp32)
@@ -340,7 +344,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, default=REPO / "build" / "int8_e2e",
                         help="folder for the exported, pruned, quantized and compiled models (reused)")
     parser.add_argument("--out", type=Path, help="write the rows and the environment as JSON")
-    parser.add_argument("--layers", type=int, default=4, help="--cpu: encoder layers (default 4)")
+    parser.add_argument("--layers", type=int, help="encoder layers (default: --cpu 4, --cuda 24)")
     parser.add_argument("--tokens", default="1,4,16", help="--cpu: tokens per run, batch 1")
     parser.add_argument("--threads", type=int, default=2, help="--cpu: intra-op threads of both sessions")
     parser.add_argument("--isa", default="auto", help="--cpu: the library's cpu_isa, comma-separated "

@@ -12,7 +12,8 @@ ONNX Runtime's quantizer (``quantize_static`` QDQ per-channel with a small calib
 - on the library's int8 kernels, the compiled model's output is as close to ONNX Runtime's own
   (optimized) run of the quantized model as ONNX Runtime's unoptimized run of it is (the rule of
   tests/test_int8_flow.py: two exact int8 executions drift apart by no more than that);
-- ``onnxsparse verify quantized compiled`` passes.
+- ``onnxsparse verify quantized compiled`` passes;
+- the TorchScript export's pooler (``Gemm``, transB=1, its zero bias shared through an Identity) compiles.
 
 Skipped only without torch or transformers (CI installs both, see .ci/run).
 """
@@ -152,3 +153,51 @@ def test_verify_passes(compiled_bert):
                "--input-shapes", f"input_ids:[2,{SEQ}]")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "verified: outputs match" in proc.stdout
+
+
+def test_pooler_gemm_with_a_shared_zero_bias(tmp_path):
+    """The TorchScript exporter writes the pooler as ``Gemm(transB=1)`` and shares equal constants: a
+    random-init model's zero pooler bias is read through an Identity of a LayerNorm's zero bias, which
+    the quantizer dequantizes (int32, at that LayerNorm's scale) before the Identity. Pruned with the
+    head (``--prune-head``), the QDQ Gemm compiles with that bias requantized, and matches ONNX Runtime."""
+    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                     intermediate_size=128, max_position_embeddings=64)
+    torch.manual_seed(0)
+    net = transformers.BertModel(config).eval()
+
+    class Both(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, input_ids):
+            out = self.net(input_ids=input_ids)
+            return out.last_hidden_state, out.pooler_output
+
+    dense, pruned, quantized = tmp_path / "bert.onnx", tmp_path / "bert.pruned.onnx", tmp_path / "bert.qdq.onnx"
+    with torch.no_grad():
+        torch.onnx.export(Both(), (torch.zeros((2, SEQ), dtype=torch.int64),), str(dense), input_names=["input_ids"],
+                          output_names=["Y", "P"], dynamic_axes={"input_ids": {0: "B"}}, opset_version=17, dynamo=False)
+    gemm = next(node for node in onnx.load(str(dense)).graph.node if node.op_type == "Gemm")
+    proc = cli("prune", dense, "-o", pruned, "--method", "magnitude", "--prune-head", "-q")
+    assert proc.returncode == 0, proc.stderr
+    QUANTIZERS["qdq-per-channel"](str(pruned), str(quantized))
+    nodes = onnx.load(str(quantized)).graph.node
+    producers = {out: node for node in nodes for out in node.output}
+    bias = next(node for node in nodes if node.name == gemm.name).input[2]
+    assert producers[bias].op_type == "Identity"  # the case this test is for: the exporter shared the bias
+    proc = cli("compile", quantized, "-o", tmp_path / "bert.sparse.onnx", "--json", "-q")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    pooler = next(layer for layer in report["layers"] if layer["node"] == gemm.name)
+    assert pooler["rewritten"], pooler["reason"]
+    assert sum(layer["rewritten"] for layer in report["layers"]) == LINEAR_PER_LAYER + 1
+    if library_available():
+        import onnxsparse
+
+        session = onnxsparse.InferenceSession(str(tmp_path / "bert.sparse.onnx"), providers=["CPUExecutionProvider"])
+        for feeds in token_batches(2, seed=5):
+            theirs, unfused = _ort_run(quantized, feeds, optimized=True), _ort_run(quantized, feeds, optimized=False)
+            for o, f, u in zip(session.run(None, feeds), theirs, unfused):
+                scale = np.abs(f).max()
+                assert np.abs(o - f).max() <= max(np.abs(u - f).max(), 1e-5 * scale) + 1e-6 * scale
