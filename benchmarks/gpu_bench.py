@@ -32,6 +32,7 @@ import onnxruntime as ort
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 from models.bench_nets import (  # noqa: E402
     LAYERS,
     NP,
@@ -41,6 +42,7 @@ from models.bench_nets import (  # noqa: E402
     gemm_models,
     resnet_model,
 )
+from graph_timing import replay_seconds  # noqa: E402
 from onnxsparse.session import session_options  # noqa: E402
 
 MS = [1, 8, 16, 64, 256, 1024, 4096, 16384]
@@ -73,29 +75,7 @@ def time_graph(sess, dtype, k, n, m, graph_id, min_time=0.15, x_shape=None, y_sh
     rng = np.random.default_rng(int(np.prod(x_shape)) % 2**32)
     x = device_value(x_shape, dtype, rng.standard_normal(x_shape).astype(np.float32) * 0.5)
     ys = [device_value(y_shape, dtype) for _ in range(LAYERS)]
-    b = sess.io_binding()
-    b.bind_ortvalue_input("X", x)
-    for i, y in enumerate(ys):
-        b.bind_ortvalue_output(f"Y{i}", y)
-    ro = ort.RunOptions()
-    ro.add_run_config_entry("gpu_graph_id", str(graph_id))
-    for _ in range(3):  # warm-up runs, then capture, then replay
-        sess.run_with_iobinding(b, ro)
-    ro_async = ort.RunOptions()
-    ro_async.add_run_config_entry("gpu_graph_id", str(graph_id))
-    ro_async.add_run_config_entry("disable_synchronize_execution_providers", "1")
-    reps = 5
-    while True:
-        b.synchronize_outputs()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            sess.run_with_iobinding(b, ro_async)
-        sess.run_with_iobinding(b, ro)  # one synchronised run closes the batch
-        dt = (time.perf_counter() - t0) / (reps + 1)
-        if dt * (reps + 1) >= min_time or reps >= 2000:
-            break
-        reps = int(min(2000, max(reps * 2, min_time / max(dt, 1e-6))))
-    return dt
+    return replay_seconds(sess, x, ys, graph_id, min_time, max_reps=2000)
 
 
 def time_pair(dense: bytes, sparse: bytes, points, run, what: str):

@@ -36,6 +36,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 LAYERS = 8
 MS = [1, 16, 128, 2048, 8192]
@@ -187,6 +188,7 @@ def int8_model(values: np.ndarray, index: np.ndarray, k: int, n: int, adtype, yd
 def graph_us(sess, x_dtype, k: int, n: int, m: int, y_dtype, graph_id: int, min_time: float = 0.1) -> float:
     """Microseconds per layer under CUDA-graph replay (runs queued without a host sync)."""
     import onnxruntime as ort
+    from graph_timing import replay_seconds
 
     rng = np.random.default_rng(m)
     if np.dtype(x_dtype).kind == "f":
@@ -196,28 +198,7 @@ def graph_us(sess, x_dtype, k: int, n: int, m: int, y_dtype, graph_id: int, min_
         host = rng.integers(info.min, int(info.max) + 1, (m, k)).astype(x_dtype)
     x = ort.OrtValue.ortvalue_from_numpy(host, "cuda", 0)
     ys = [ort.OrtValue.ortvalue_from_shape_and_type([m, n], y_dtype, "cuda", 0) for _ in range(LAYERS)]
-    b = sess.io_binding()
-    b.bind_ortvalue_input("X", x)
-    for i, y in enumerate(ys):
-        b.bind_ortvalue_output(f"Y{i}", y)
-    ro = ort.RunOptions()
-    ro.add_run_config_entry("gpu_graph_id", str(graph_id))
-    for _ in range(3):  # warm-up (first calls tune and allocate), capture, replay
-        sess.run_with_iobinding(b, ro)
-    ro_async = ort.RunOptions()
-    ro_async.add_run_config_entry("gpu_graph_id", str(graph_id))
-    ro_async.add_run_config_entry("disable_synchronize_execution_providers", "1")
-    reps = 5
-    while True:
-        b.synchronize_outputs()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            sess.run_with_iobinding(b, ro_async)
-        sess.run_with_iobinding(b, ro)
-        dt = (time.perf_counter() - t0) / (reps + 1)
-        if dt * (reps + 1) >= min_time or reps >= 1000:
-            break
-        reps = int(min(1000, max(reps * 2, min_time / max(dt, 1e-6))))
+    dt = replay_seconds(sess, x, ys, graph_id, min_time, max_reps=1000)
     return dt / LAYERS * 1e6
 
 
