@@ -195,6 +195,35 @@ def test_a_bias_that_onnx_runtime_fuses_downstream_is_free_on_both_sides():
     assert layers[1].fused_bias
 
 
+def test_problems_of_a_model_with_external_data_read_bias_and_norms_from_the_file(tmp_path):
+    """BERT-style exports keep every tensor (biases, LayerNorm parameters) in the data file; the
+    front door makes their locations absolute, which onnx's own reader refuses. Found on a
+    transformers BERT-large: `compile --target cuda --input-shapes` stopped with an internal error."""
+    model = make_model(
+        f"""{HEAD} g (float[4,512] x) => (float[4,512] z) {{
+            h = MatMul(x, W)
+            kb = Add(h, B)
+            r = Relu(kb)
+            z = LayerNormalization(r, S, B)
+        }}""",
+        W=sparse_weight((512, 512), "kn"), B=np.full(512, 0.5, np.float32), S=np.ones(512, np.float32),
+    )
+    path = tmp_path / "ext.onnx"
+    onnx.save_model(onnx.ModelProto.FromString(model.SerializeToString()), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="ext.onnx.data", size_threshold=0)
+    done = cli("compile", str(path), "-o", str(tmp_path / "out.onnx"), "--target", "cuda", "--input-shapes",
+               "x:[4,512]", "--json", "-q")
+    assert done.returncode == 0, done.stderr
+    assert "internal error" not in done.stderr
+    from onnxsparse.io import open_model
+
+    opened = open_model(path)
+    from_file = find_problems(opened, check_model(opened).layers, inferred_shapes(opened))
+    in_memory = find_problems(model, check_model(model).layers, inferred_shapes(model))
+    assert [layer.problem for layer in from_file] == [layer.problem for layer in in_memory]
+    assert from_file[0].problem.bias
+
+
 def test_unbound_dimensions_are_one_clear_error():
     with pytest.raises(OnnxSparseError, match=r"'x' dimension 0 \('batch'\).*--dim"):
         bind_inputs(mlp(), {})

@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..compiler.graph import tensor_array
 from ..errors import OnnxSparseError
 from ..format import prune_weight_magnitude
 
@@ -270,14 +271,14 @@ def _layer_problem(record, node, readers, outputs, constants, shapes) -> LayerPr
         add = found[0] if len(found) == 1 and found[0].op_type == "Add" and len(found[0].input) == 2 else None
         if add is not None and not bias_taken:
             other = add.input[1] if add.input[0] == tail else add.input[0]
-            if other in constants and other != tail and _is_bias(numpy_helper.to_array(constants[other]).shape, node.op_type):
+            if other in constants and other != tail and _is_bias(tensor_array(constants[other]).shape, node.op_type):
                 bias_taken = True
                 result.bias_node = add.name or add.output[0]
                 if node.op_type == "MatMul" and _bias_fused_downstream(add.output[0], readers, outputs):
                     result.fused_bias = True  # free on both sides: not timed
                     break
                 steps.append(add)
-                texts.append("Add[" + "x".join(map(str, numpy_helper.to_array(constants[other]).shape)) + "]")
+                texts.append("Add[" + "x".join(map(str, tensor_array(constants[other]).shape)) + "]")
                 tail = add.output[0]
                 continue
         if len(found) == 1 and found[0].op_type in ACTIVATIONS and found[0].domain in ("", "ai.onnx", "com.microsoft"):
@@ -292,7 +293,7 @@ def _layer_problem(record, node, readers, outputs, constants, shapes) -> LayerPr
         break
     result.epilogue = steps
     result.constants = {
-        name: numpy_helper.to_array(constants[name]) for step in steps for name in step.input if name in constants
+        name: tensor_array(constants[name]) for step in steps for name in step.input if name in constants
     }
     if node.op_type == "MatMul" and result.bias_node and not result.fused_bias:
         bias = True  # the compiler folds this Add into MatMulCompress
@@ -318,7 +319,7 @@ def _int8_layer_problem(record, node, readers, producers, outputs, constants, sh
     x_shape = tuple(d if isinstance(d, int) and d > 0 else (d or "?") for d in (x_shape or ("?",)))
 
     def type_of(name: str | None, default: str = "uint8") -> str:
-        return str(numpy_helper.to_array(constants[name]).dtype) if name and name in constants else default
+        return str(tensor_array(constants[name]).dtype) if name and name in constants else default
 
     def size_of(name: str | None) -> int:
         return int(np.prod(constants[name].dims)) if name and name in constants else 1
@@ -502,7 +503,7 @@ def _activation_text(node: onnx.NodeProto, constants) -> str:
     parts = [f"{a.name}={_text(_plain(helper.get_attribute_value(a)))}" for a in sorted(node.attribute, key=lambda a: a.name)]
     for name in node.input[1:]:
         if name and name in constants:
-            parts.append(_text(numpy_helper.to_array(constants[name]).reshape(-1).tolist()))
+            parts.append(_text(tensor_array(constants[name]).reshape(-1).tolist()))
         elif name:
             parts.append("?")
     return node.op_type + (f"({','.join(parts)})" if parts else "")
