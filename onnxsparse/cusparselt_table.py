@@ -108,10 +108,11 @@ def default_cache_path(configured: str | None = None) -> Path | None:
     return Path(home) / ".cache" / "onnxsparse" / "cusparselt_tuning.txt" if home else None
 
 
-def seed_cache(path: Path, tables: list[dict] | None = None) -> int:
+def seed_cache(path: str | os.PathLike, tables: list[dict] | None = None) -> int:
     """Writes the shipped entries into the cache file `path` when it does not exist (atomically: a
     temporary file renamed; another writer first wins). Returns the entries written, 0 when the file
     existed, there is nothing to ship, or it could not be written (never raises for IO)."""
+    path = Path(path)
     tables = shipped_tables() if tables is None else tables
     lines = [line for table in tables for line in cache_lines(table)]
     if not lines or path.exists():
