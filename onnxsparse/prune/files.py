@@ -98,10 +98,28 @@ class ModelFiles:
         return np.memmap(self.path_of(location), dtype=dtype, mode="r", offset=offset, shape=tuple(tensor.dims))
 
     def read(self, tensor: onnx.TensorProto) -> np.ndarray:
-        """The tensor's values: mapped at their offset in their file and copied out."""
+        """The tensor's values, read from their file into a new array (not mapped: the pages of a map
+        would count in the process's memory beside the copy)."""
         if not is_external(tensor):
             return numpy_helper.to_array(tensor)
-        return np.array(self._mapped(tensor))
+        location, offset, length = _info(tensor)
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        values = np.empty(tuple(tensor.dims), dtype)
+        if length is not None and length != values.nbytes:
+            raise OnnxSparseError(f"tensor '{tensor.name}': external data holds {length} bytes, its dims need "
+                                  f"{values.nbytes}")
+        if location == SCRATCH:
+            self.scratch.flush()
+        buffer = memoryview(values.reshape(-1).view(np.uint8))
+        with open(self.path_of(location), "rb") as f:
+            f.seek(offset)
+            done = 0
+            while done < values.nbytes:
+                got = f.readinto(buffer[done:])
+                if not got:
+                    raise OnnxSparseError(f"tensor '{tensor.name}': its external data file ends early")
+                done += got
+        return values
 
     def write(self, tensor: onnx.TensorProto, values: np.ndarray) -> None:
         """Append ``values`` to the scratch file and point the tensor at them (name and dtype kept)."""
@@ -147,7 +165,8 @@ class ModelFiles:
         location, offset, length = _info(tensor)
         if length is None:
             length = max(0, self.path_of(location).stat().st_size - offset)
-        self.scratch.flush()
+        if not self.scratch.closed:
+            self.scratch.flush()
         with open(self.path_of(location), "rb") as f:
             f.seek(offset)
             left = length
@@ -157,6 +176,17 @@ class ModelFiles:
                     raise OnnxSparseError(f"tensor '{tensor.name}': its external data file ends early")
                 left -= len(block)
                 yield block
+
+    def holds_only(self, tensors: list[onnx.TensorProto]) -> bool:
+        """Whether the scratch file holds exactly the data of these tensors' scratch parts (each
+        written once, in order, no other weight's data in between or after)."""
+        spans = sorted(_info(t)[1:] for t in tensors if _info(t)[0] == SCRATCH)
+        end = 0
+        for offset, length in spans:
+            if length is None or offset != end + (-end) % ALIGN:
+                return False
+            end = offset + length
+        return bool(spans) and end == self.offset
 
     def close(self) -> None:
         self.scratch.close()
@@ -212,12 +242,21 @@ def save(model: onnx.ModelProto, out: Path, files: ModelFiles, inputs: list[Path
     data_name = f"{out.name}.data"
     if (folder / data_name).exists() or (folder / data_name).is_symlink():
         data_name = f"{out.name}.{secrets.token_hex(8)}.data"
-    staged_data, staged_model = files.work / "out.data", files.work / "out.onnx"
-    offset = 0
+    staged_model = files.work / "out.onnx"
+    tensors = [t for t in onnx.external_data_helper._get_all_tensors(model) if is_external(t)]
     try:
-        with open(staged_data, "wb") as data:
-            for tensor in onnx.external_data_helper._get_initializer_tensors(model):
-                if not is_external(tensor):
+        if files.holds_only(tensors):
+            # The scratch file holds the pruned weights and nothing else: it becomes the data file, the
+            # other weights appended to it (no copy of the pruned ones).
+            staged_data, data, offset = files.scratch_path, files.scratch, files.offset
+            data.seek(offset)
+        else:
+            staged_data = files.work / "out.data"
+            data, offset = open(staged_data, "wb"), 0
+        with data:
+            for tensor in tensors:
+                if staged_data == files.scratch_path and _info(tensor)[0] == SCRATCH:
+                    _point(tensor, data_name, *_info(tensor)[1:])
                     continue
                 pad = (-offset) % ALIGN
                 data.write(b"\0" * pad)

@@ -140,20 +140,33 @@ def quadratic_forms(pruned: np.ndarray, dense: np.ndarray, hessian: np.ndarray, 
     output energy on the calibration inputs (H = X^T X / rows). A diagnostic: the products run in
     float32 (sums of non-negative terms), over H's upper block triangle only (H is symmetric:
     sum(A H A^T) = sum_j A_j H_jj A_j^T + 2 sum_{i<j} A_i H_ij A_j^T), half a full product's work."""
+    return quadratic_forms_blocks([(pruned, dense)], hessian, device)
+
+
+def quadratic_forms_blocks(blocks, hessian: np.ndarray, device: str) -> tuple[float, float]:
+    """``quadratic_forms`` summed over (pruned rows, dense rows) blocks of one matrix: H converted once,
+    each block's temporaries only as large as the block."""
+    energy = total = 0.0
     if device == "numpy":
         h = hessian.astype(np.float32)
-        diff = (pruned - dense).astype(np.float32)
-        d = dense.astype(np.float32)
-        return _symmetric_form(diff, h, np.sum), _symmetric_form(d, h, np.sum)
+        for pruned, dense in blocks:
+            diff = (pruned - dense).astype(np.float32)
+            d = dense.astype(np.float32)
+            energy += _symmetric_form(diff, h, np.sum)
+            total += _symmetric_form(d, h, np.sum)
+        return energy, total
     import torch
 
     with torch.no_grad():
         h = torch.as_tensor(hessian, device=device).float()
-        d = torch.as_tensor(dense, device=device)
-        diff = (torch.as_tensor(pruned, device=device) - d).float()
-        d = d.float()
-        total = lambda a: a.sum(dtype=torch.float64)  # noqa: E731
-        return _symmetric_form(diff, h, total), _symmetric_form(d, h, total)
+        sum64 = lambda a: a.sum(dtype=torch.float64)  # noqa: E731
+        for pruned, dense in blocks:
+            d = torch.as_tensor(dense, device=device)
+            diff = (torch.as_tensor(pruned, device=device) - d).float()
+            d = d.float()
+            energy += _symmetric_form(diff, h, sum64)
+            total += _symmetric_form(d, h, sum64)
+        return energy, total
 
 
 def _symmetric_form(a, h, total, block: int = 1024) -> float:

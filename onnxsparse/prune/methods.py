@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import OnnxSparseError
-from ..format import from_rows_k, group_stats, keep_top, prune_magnitude, to_rows_k
+from ..format import NotTwoFourError, from_rows_k, keep_top, prune_magnitude, reduction_length, to_rows_k
 from .capture import Statistics
 from .layers import Layer
-from .linalg import quadratic_forms, resolve_device, sparsegpt_torch
+from .linalg import quadratic_forms, quadratic_forms_blocks, resolve_device, sparsegpt_torch
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 TORCH_MIN_ELEMENTS = 1 << 20
@@ -124,7 +124,9 @@ class LayerResult:
 
 def prune_layer(layer: Layer, weight: np.ndarray, stats: Statistics | None, options) -> tuple[np.ndarray, LayerResult]:
     """The pruned weight (ONNX layout, the weight's dtype) and what it cost."""
-    dense = to_rows_k(weight.astype(np.float64), layout=layer.layout)
+    if options.method in ("magnitude", "wanda"):
+        return _prune_layer_blocks(layer, weight, stats, options)
+    dense = to_rows_k(weight, layout=layer.layout).astype(np.float64)
     pruned = np.empty_like(dense)
     per_group = dense.shape[0] // layer.groups
     hessians = stats.mean() if stats is not None else None
@@ -139,16 +141,169 @@ def prune_layer(layer: Layer, weight: np.ndarray, stats: Statistics | None, opti
             energy, total = quadratic_forms(pruned[rows], dense[rows], hessian, backend)
             num += energy
             den += total
+    del hessians
     out = from_rows_k(pruned, layer.layout, layer.shape).astype(weight.dtype)
     total = float(np.abs(dense).sum())
+    del dense, pruned
+    kept = float(sum(np.abs(block.astype(np.float64)).sum() for block, _ in _row_blocks(out, layer)))
     result = LayerResult(
         name=layer.name, op_type=layer.op_type, weight=layer.weight, shape=layer.shape, params=layer.params,
-        method=options.method,
-        retained=float(np.abs(to_rows_k(out.astype(np.float64), layer.layout)).sum()) / total if total else 1.0,
+        method=options.method, retained=kept / total if total else 1.0,
         layer_error=(float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0) if stats is not None else None,
-        compliant=group_stats(to_rows_k(out, layer.layout), options.n, options.m).share,
+        compliant=_compliant_share(out, layer, options.n, options.m),
     )
     return out, result
+
+
+# Magnitude and Wanda score each element on its own: a weight is pruned a block of groups at a time,
+# its temporaries (scores, ranks, mask) bounded by this many elements whatever the weight's size.
+BLOCK_ELEMENTS = 1 << 20
+
+
+def _group_blocks(weight: np.ndarray, layer: Layer, m: int):
+    """(group of a Conv, block of ``weight`` viewed as [a, M, b] or [a, b, M], its group axis, K positions
+    of its elements broadcastable to it, writer of the pruned block): every group of M along K once.
+
+    A ``kn`` weight's groups are M consecutive rows of W: blocks of whole rows, in place. ``nk``: rows of
+    W (groups along them). ``oihw``: rows of the ``[OC, KH*KW*C]`` matrix, reordered a block at a time."""
+    shape = weight.shape
+    if layer.layout == "kn":
+        k, cols = shape
+        step = max(1, BLOCK_ELEMENTS // (m * cols))
+        positions = np.arange(k).reshape(k // m, m, 1)
+        for start in range(0, k // m, step):
+            stop = min(start + step, k // m)
+            block = weight[start * m:stop * m].reshape(stop - start, m, cols)
+
+            def put(out, values, start=start, stop=stop):
+                out[start * m:stop * m] = values.reshape((stop - start) * m, cols)
+
+            yield 0, block, 1, positions[start:stop], put
+        return
+    rows = shape[0]
+    k = int(np.prod(shape[1:]))
+    per_group = rows // layer.groups
+    step = max(1, BLOCK_ELEMENTS // k)
+    positions = np.arange(k).reshape(1, k // m, m)
+    for g in range(layer.groups):
+        for start in range(g * per_group, (g + 1) * per_group, step):
+            stop = min(start + step, (g + 1) * per_group)
+            if layer.layout == "nk":
+                block = weight[start:stop].reshape(stop - start, k // m, m)
+
+                def put(out, values, start=start, stop=stop):
+                    out[start:stop] = values.reshape(stop - start, k)
+            else:  # oihw: [b, C, KH, KW] -> [b, KH, KW, C] -> [b, K]
+                block = np.ascontiguousarray(weight[start:stop].transpose(0, 2, 3, 1)).reshape(stop - start, k // m, m)
+
+                def put(out, values, start=start, stop=stop):
+                    b, c, kh, kw = stop - start, shape[1], shape[2], shape[3]
+                    out[start:stop] = values.reshape(b, kh, kw, c).transpose(0, 3, 1, 2)
+
+            yield g, block, 2, positions, put
+
+
+def _row_blocks(weight: np.ndarray, layer: Layer, rows_per_block: int | None = None):
+    """(rows of ``to_rows_k(weight)``, their slice): the ``[rows, K]`` matrix a block of rows at a time."""
+    rows = weight.shape[1] if layer.layout == "kn" else weight.shape[0]
+    k = reduction_length(weight.shape, layer.layout)
+    step = rows_per_block or max(1, BLOCK_ELEMENTS // max(k, 1))
+    for start in range(0, rows, step):
+        stop = min(start + step, rows)
+        if layer.layout == "kn":
+            yield np.ascontiguousarray(weight[:, start:stop].T), slice(start, stop)
+        elif layer.layout == "nk":
+            yield weight[start:stop], slice(start, stop)
+        else:
+            yield np.ascontiguousarray(weight[start:stop].transpose(0, 2, 3, 1)).reshape(stop - start, k), \
+                slice(start, stop)
+
+
+def keep_mask(scores: np.ndarray, n: int, axis: int) -> np.ndarray:
+    """``format.keep_top`` along ``axis`` (the M elements of each group) without sorting: an element is
+    kept when fewer than n of its group rank above it (a higher score, or an equal one earlier in the
+    group). For scores that are >= 0 or NaN (|w|, |w| * ||X_k||): NaN ranks below every number, earlier
+    NaNs above later ones, as ``argsort`` of the negated scores orders them."""
+    if np.isnan(scores).any():
+        scores = np.where(np.isnan(scores), -np.inf, scores)  # -inf is free: no score is negative
+    s = np.moveaxis(scores, axis, 0)
+    m = s.shape[0]
+    above = np.zeros(s.shape, dtype=np.uint8 if m < 256 else np.int32)
+    for i in range(m):
+        for j in range(i + 1, m):
+            later_higher = s[j] > s[i]
+            above[i] += later_higher
+            above[j] += ~later_higher
+    return np.moveaxis(above < n, 0, axis)
+
+
+def _prune_layer_blocks(layer: Layer, weight: np.ndarray, stats: Statistics | None, options):
+    """Magnitude or Wanda, a block of groups at a time: the weights ``prune_matrix`` gives (the same
+    masks, the kept values' bytes) with temporaries of ``BLOCK_ELEMENTS`` and no float64 copy of the
+    weight; the layer error over blocks of rows. |w| is compared in float32 for weights of 32 bits or
+    fewer (exact, so the order is float64's); Wanda's |w| * ||X_k|| in float64 as ``wanda``."""
+    n, m = options.n, options.m
+    if reduction_length(layer.shape, layer.layout) % m:
+        raise NotTwoFourError(f"K={reduction_length(layer.shape, layer.layout)} is not a multiple of {m}")
+    wanted = options.method == "wanda"
+    if wanted and stats is None:
+        raise ValueError("wanda needs the layer's input statistics")
+    hessians = stats.mean() if stats is not None else None
+    norms = [np.sqrt(np.maximum(np.diag(h), 0.0)) for h in hessians] if hessians is not None else None
+    exact = np.float32 if weight.dtype.itemsize <= 4 else np.float64
+    zero = np.zeros((), weight.dtype)
+    out = np.empty(weight.shape, weight.dtype)
+    kept = total = 0.0
+    groups = compliant = 0
+    for g, block, axis, positions, put in _group_blocks(weight, layer, m):
+        magnitudes = np.abs(block.astype(exact))
+        total += float(magnitudes.sum(dtype=np.float64))
+        with np.errstate(invalid="ignore"):  # inf * 0 (an input that never fires) is NaN, as in ``wanda``
+            scores = magnitudes.astype(np.float64) * norms[g][positions] if wanted else magnitudes
+        keep = keep_mask(scores, n, axis)
+        put(out, np.where(keep, block, zero))
+        kept += float(np.where(keep, magnitudes, 0).sum(dtype=np.float64))
+        counts = np.count_nonzero(keep & (magnitudes != 0), axis=axis)  # the output's non-zeros per group
+        groups += counts.size
+        compliant += int(np.count_nonzero(counts <= n))
+    num = den = 0.0
+    if hessians is not None:
+        backend = layer_backend(getattr(options, "device", "auto"), out.size // layer.groups)
+        per_group = (out.shape[1] if layer.layout == "kn" else out.shape[0]) // layer.groups
+        for g in range(layer.groups):
+            def pairs(g=g):
+                rows = slice(g * per_group, (g + 1) * per_group)
+                for (p, _), (d, _) in zip(_row_blocks(_rows_of(out, layer, rows), layer),
+                                          _row_blocks(_rows_of(weight, layer, rows), layer)):
+                    yield p.astype(np.float64), d.astype(np.float64)
+            with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf weights give a NaN error
+                energy, energy_total = quadratic_forms_blocks(pairs(), hessians[g], backend)
+            num += energy
+            den += energy_total
+    result = LayerResult(
+        name=layer.name, op_type=layer.op_type, weight=layer.weight, shape=layer.shape, params=layer.params,
+        method=options.method, retained=kept / total if total else 1.0,
+        layer_error=(float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0) if stats is not None else None,
+        compliant=compliant / groups if groups else 1.0,
+    )
+    return out, result
+
+
+def _rows_of(weight: np.ndarray, layer: Layer, rows: slice) -> np.ndarray:
+    """The weight restricted to some rows of its ``[rows, K]`` matrix (a view, same layout)."""
+    return weight[:, rows] if layer.layout == "kn" else weight[rows]
+
+
+def _compliant_share(weight: np.ndarray, layer: Layer, n: int, m: int) -> float:
+    """Share of groups of M along K with at most N non-zeros (-0.0 is zero), counted a block at a time."""
+    groups = compliant = 0
+    for _, block, axis, _, _ in _group_blocks(weight, layer, m):
+        if block.dtype.itemsize == 2:  # float16, bfloat16: by their bits, without a float conversion
+            block = block.view(np.uint16) & np.uint16(0x7FFF)
+        counts = np.count_nonzero(block != 0, axis=axis)
+        groups += counts.size
+        compliant += int(np.count_nonzero(counts <= n))
+    return compliant / groups if groups else 1.0
 
 
 def layer_backend(device: str, elements: int) -> str:
