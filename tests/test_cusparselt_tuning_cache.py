@@ -190,3 +190,37 @@ def test_concurrent_writers_lose_no_entry_and_corrupt_none(tmp_path):
     assert len([line for line in lines if line in shared_key]) == 1  # one value for the shared key
     assert len(lines) == len(expected) + 1
     assert not list(tmp_path.glob("*.tmp.*"))
+
+
+def _line(m, n, k, config, *, dtype="float16", bias=1, ldy=None, max_id=35, gpu="NVIDIA H200", version="0.8.0"):
+    return f"{version}\t{gpu}\t9.0\t{dtype}\t{m}\t{n}\t{k}\t{n if ldy is None else ldy}\t{bias}\t{max_id}\t{config}\t10.0"
+
+
+def test_a_problem_the_file_lacks_borrows_the_nearest_tuned_configuration(tmp_path):
+    """Instead of cuSPARSELt's default algorithm (0.24-0.64x of dense at M >= 128 on an H200), an
+    untuned problem takes the configuration of the most similar tuned one: another M of the same
+    weight first, then the nearest weight shape; never the own kernel's entry, another GPU,
+    version, element type, bias, searched range or output kind."""
+    cache = tmp_path / "c.txt"
+    lines = [
+        _line(128, 13824, 5120, 31), _line(2048, 13824, 5120, 6), _line(256, 13824, 5120, -1, max_id=-1),
+        _line(128, 4096, 4096, 18), _line(512, 4096, 4096, 5, gpu="NVIDIA H100"),
+        _line(512, 4096, 4096, 7, version="0.7.1"), _line(512, 4096, 4096, 9, dtype="bfloat16"),
+        _line(512, 4096, 4096, 11, bias=0), _line(512, 4096, 4096, 12, max_id=20),
+        _line(512, 4096, 4096, 13, ldy=-3136),
+    ]
+    cache.write_text("\n".join([HEADER, *lines]) + "\n")
+
+    def nearest(line):
+        found = _run("nearest", str(cache), line).stdout.strip()
+        return found if found == "none" else found.split("\t")[10]
+
+    assert nearest(_line(160, 13824, 5120, 0)) == "31"    # the same weight, M 160 nearest 128
+    assert nearest(_line(1024, 13824, 5120, 0)) == "6"    # M 1024 nearer 2048 than 128 in log
+    assert nearest(_line(300, 13824, 5120, 0)) == "31"    # 256's entry is the own kernel's: skipped
+    assert nearest(_line(512, 4096, 4096, 0)) == "18"     # only the matching GPU/version/dtype/bias/range
+    assert nearest(_line(512, 4096, 4096, 0, ldy=-784)) == "13"  # a conv's per-image form: its own kind
+    assert nearest(_line(512, 4096, 4096, 0, gpu="NVIDIA A100")) == "none"
+    assert nearest(_line(512, 8192, 8192, 0)) == "31"     # no 8192 weight: 13824x5120 (M 128) is nearer in log than 4096x4096
+    assert nearest(_line(512, 2048, 2048, 0)) == "18"     # and for a small one, 4096x4096
+    assert cache.read_text().count("\n") == len(lines) + 1  # a lookup never writes

@@ -176,6 +176,31 @@ bool TuningCacheFile::Find(const CacheKey& key, CacheEntry* entry) {
   return true;
 }
 
+bool TuningCacheFile::FindNearest(const CacheKey& key, CacheKey* found_key, CacheEntry* entry) {
+  CacheEntry ignored;
+  Find(key, &ignored);  // loads the file at the first lookup
+  auto log_ratio = [](int64_t a, int64_t b) {
+    return std::fabs(std::log(static_cast<double>(a > 0 ? a : 1) / static_cast<double>(b > 0 ? b : 1)));
+  };
+  double best = std::numeric_limits<double>::infinity();
+  for (const CacheEntries* entries : {&tuned_here_, &entries_}) {
+    for (const auto& [k, e] : *entries) {
+      if (e.config_id < 0 || k.max_id != key.max_id || k.version != key.version || k.gpu != key.gpu ||
+          k.sm_major != key.sm_major || k.sm_minor != key.sm_minor || k.type != key.type || k.bias != key.bias ||
+          (k.ldy < 0) != (key.ldy < 0)) {
+        continue;
+      }
+      const double distance = log_ratio(k.m, key.m) + 3.0 * (log_ratio(k.n, key.n) + log_ratio(k.k, key.k));
+      if (distance < best) {
+        best = distance;
+        *found_key = k;
+        *entry = e;
+      }
+    }
+  }
+  return best < std::numeric_limits<double>::infinity();
+}
+
 bool TuningCacheFile::Store(const CacheKey& key, const CacheEntry& entry, std::string* why) {
   tuned_here_[key] = entry;
   if (path_.empty()) return true;

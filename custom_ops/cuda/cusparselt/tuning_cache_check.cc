@@ -3,6 +3,7 @@
 //   onnxsparse_tuning_cache_check parse LINE        prints the entry as written back, or "bad"
 //   onnxsparse_tuning_cache_check read FILE         prints the entries the file holds
 //   onnxsparse_tuning_cache_check store FILE LINE.. stores each entry in turn (one rewrite each)
+//   onnxsparse_tuning_cache_check nearest FILE LINE the entry FindNearest borrows for LINE's problem, or "none"
 // Exit status: 0, 1 when a store could not write the file, 2 for a bad command or entry.
 #include <cstdio>
 #include <cstring>
@@ -24,6 +25,17 @@ int main(int argc, char** argv) {
     for (const auto& [key, entry] : cache::ReadCacheFile(argv[2])) std::puts(cache::FormatEntry(key, entry).c_str());
     return 0;
   }
+  if (command == "nearest" && argc == 4) {
+    cache::CacheKey key, found;
+    cache::CacheEntry entry;
+    if (!cache::ParseEntry(argv[3], &key, &entry)) {
+      std::fprintf(stderr, "onnxsparse_tuning_cache_check: not an entry: %s\n", argv[3]);
+      return 2;
+    }
+    cache::TuningCacheFile file(argv[2]);
+    std::puts(file.FindNearest(key, &found, &entry) ? cache::FormatEntry(found, entry).c_str() : "none");
+    return 0;
+  }
   if (command == "store" && argc >= 4) {
     cache::TuningCacheFile& file = cache::TuningCacheFor(argv[2]);
     for (int i = 3; i < argc; ++i) {
@@ -41,6 +53,6 @@ int main(int argc, char** argv) {
     }
     return 0;
   }
-  std::fprintf(stderr, "usage: onnxsparse_tuning_cache_check parse LINE | read FILE | store FILE LINE...\n");
+  std::fprintf(stderr, "usage: onnxsparse_tuning_cache_check parse LINE | read FILE | store FILE LINE... | nearest FILE LINE\n");
   return 2;
 }
