@@ -1,7 +1,5 @@
 #include "cuda/qgemm_runner.h"
 
-#include <cstdio>
-
 #include "common/log.h"
 #include "common/status.h"
 #include "cuda/sparse_gemm_impl.cuh"
@@ -26,6 +24,7 @@ void QGemmRunner::Init(const OrtKernelInfo* info, size_t values_input, size_t in
   options_ = *context.options;
   device_ = KernelDevice(info);
   logger_ = KernelLogger(info);
+  choice_.Init(&options_, logger_, &mutex_);
 }
 
 Ort::Status QGemmRunner::Prepare(const char* op, cudaStream_t stream, const int8_t* values, const uint8_t* index,
@@ -106,77 +105,30 @@ Ort::Status QGemmRunner::Run(const char* op, cudaStream_t stream, int slot, cons
     return LaunchShiftActivations(args.x, k, m_main, k, args.epi.a_unsigned, shifted, stream);
   };
 
-  bool use_own = true, decided = false, wants_lt = false;
-  float own_cached_us = -1.f;
-  if (m_main > 0) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto it = own_is_faster_.find(std::make_pair(slot, m));
-    if (it != own_is_faster_.end()) {
-      decided = true;
-      use_own = it->second;
-      wants_lt = !use_own;
-    }
-  }
-  std::string why;
-  const bool lt_usable = m_main > 0 && CusparseLtAvailable(options_.cusparselt_library, &why);
-  if (!decided && lt_usable) {
-    own_cached_us = CachedOwnKernelUs(options_, ElementType::kInt8, m, n, k, n, false);
-    wants_lt = own_cached_us > 0.f || options_.cusparselt_tune == RuntimeOptions::kTuneSearch ||
-               m > options_.cuda_small_m_max;
-  } else if (!decided && m_main > 0 && m > options_.cuda_small_m_max && !options_.cuda_allow_no_cusparselt) {
-    return RuntimeError(op, StrCat("M=", m, " needs cuSPARSELt, which is not usable: ", why,
-                                   " (onnxsparse.cuda.allow_no_cusparselt=1 runs the slower own kernel)"));
-  }
-  SparseLtWeight* weight = nullptr;
-  if (wants_lt) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    weight = WeightLocked(op, stream, slot, args);
-  }
-  if (!decided && weight != nullptr) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaStreamIsCapturing(stream, &capture));
-    const bool capturing = capture != cudaStreamCaptureStatusNone;
-    const bool searching = options_.cusparselt_tune == RuntimeOptions::kTuneSearch;
-    float lt_us = -1.f, own_us = own_cached_us;
-    const char* source = "default rule";
-    if (capturing) {
-      use_own = m <= options_.cuda_small_m_max;  // nothing may be timed now; not remembered
-    } else if (own_cached_us > 0.f || m <= options_.cuda_own_timed_m_max) {
-      ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, shift());
-      ONNXSPARSE_RETURN_IF_ERROR(weight->Time(op, lt_input(), m_main, product, ldc, 1.0f, stream, &lt_us));
-      if (own_us <= 0.f) {
-        own_us = TimeOnStream(stream, 10, [&] { return LaunchQGemmOwn(args, stream) == cudaSuccess; });
-        ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaGetLastError());
-        StoreOwnKernelUs(options_, logger_, ElementType::kInt8, m, n, k, n, false, own_us);
-        source = searching ? "measured now (search)" : "measured now (default algorithm)";
-      } else {
-        source = "tuning cache";
-      }
-      use_own = lt_us < 0.f || (own_us > 0.f && own_us <= lt_us);
-    } else {
-      use_own = m <= options_.cuda_small_m_max;  // not timed (above own_timed_m_max): the default rule
-    }
-    if (!capturing) own_is_faster_[std::make_pair(slot, m)] = use_own;
-    const OrtLoggingLevel level = options_.log_verbose ? ORT_LOGGING_LEVEL_WARNING : ORT_LOGGING_LEVEL_VERBOSE;
-    if (LogEnabled(logger_, level)) {
-      char text[320];
-      std::snprintf(text, sizeof(text),
-                    "onnxsparse: %s M=%lld K=%lld N=%lld int8: cuSPARSELt %.2f us, own kernel %.2f us (%s) -> %s", op,
-                    static_cast<long long>(m), static_cast<long long>(k), static_cast<long long>(n), lt_us, own_us,
-                    source, use_own ? "own" : "cuSPARSELt");
-      ONNXSPARSE_LOG(logger_, level, text);
-    }
-  } else if (!decided) {
-    use_own = true;  // no cuSPARSELt weight (small M untuned, absent, or a shape it refuses)
-    if (lt_usable) {
-      if (!wants_lt && options_.cusparselt_tune == RuntimeOptions::kTuneCache) {
-        NoteUntunedOnce(logger_, StrCat(op, " M=", m, " N=", n, " K=", k));
-      }
-      std::lock_guard<std::mutex> lock(mutex_);
-      own_is_faster_[std::make_pair(slot, m)] = true;
-    }
-  }
+  GemmCall call;
+  call.op = op;
+  call.slot = slot;
+  call.type = ElementType::kInt8;
+  call.m = m;
+  call.n = n;
+  call.k = k;
+  call.ldy = n;
+  call.lt_candidate = m_main > 0;
+  call.log_tag = " int8";
+  GemmChoice::Result choice;
+  ONNXSPARSE_RETURN_IF_ERROR(choice_.Choose(
+      stream, call, [&] { return WeightLocked(op, stream, slot, args); },
+      [&](SparseLtWeight* weight, float* lt_us) -> Ort::Status {
+        ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, shift());
+        return weight->Time(op, lt_input(), m_main, product, ldc, 1.0f, stream, lt_us);
+      },
+      [&](float* own_us) {
+        *own_us = TimeOnStream(stream, 10, [&] { return LaunchQGemmOwn(args, stream) == cudaSuccess; });
+        return Ort::Status{nullptr};
+      },
+      [](bool) {}, &choice));
+  SparseLtWeight* weight = choice.weight;
+  const bool use_own = choice.use_own;
 
   QGemmArgs rest = args;
   if (weight != nullptr && !use_own) {

@@ -2,7 +2,7 @@
 // rule and from the same tuning cache as the fp16 ops (SparseGemmRunner, DEVELOPERS.md): for a
 // constant weight and M >= 32 the own kernel (qgemm_impl.cu) and cuSPARSELt (int8 x int8 -> int32
 // on the rows that are a multiple of 32, then the epilogue pass; the own kernel on the rest) are
-// both candidates. The choice per (slot, M), made at its first call: the tuning cache's
+// both candidates. The choice per (slot, M), made at its first call (GemmChoice): the tuning cache's
 // measurements of both (dtype "int8"); else, searching (onnxsparse.cusparselt.tune=search), both
 // measured and cached; else the default rule: M <= onnxsparse.cuda.small_m_max the own kernel,
 // above it cuSPARSELt timed against the own kernel up to onnxsparse.cuda.own_timed_m_max. Smaller
@@ -12,7 +12,6 @@
 #pragma once
 #include <cuda_runtime_api.h>
 
-#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -23,6 +22,7 @@
 #include "common/runtime_options.h"
 #include "cuda/cuda_utils.h"
 #include "cuda/cusparselt_gemm.h"
+#include "cuda/gemm_choice.h"
 #include "cuda/qgemm_impl.cuh"
 
 namespace onnxsparse::cuda {
@@ -66,7 +66,7 @@ class QGemmRunner {
   DeviceBuffer wsum_;
   DeviceBuffer terms_;  // per column: int32 offsets, then (at terms_scale_at_) fp32 multipliers
   size_t terms_scale_at_ = 0;
-  std::map<std::pair<int, int64_t>, bool> own_is_faster_;  // by (slot, M)
+  GemmChoice choice_;  // own kernel or cuSPARSELt, by (slot, M); guarded by mutex_
   std::vector<std::unique_ptr<SparseLtWeight>> sparselt_;  // by slot
   std::vector<std::string> sparselt_error_;                // by slot: why it could not be built
 };

@@ -1,7 +1,7 @@
 // Chooses and runs the sparse GEMM of one MatMulCompress / Conv2dCompress node:
 //   fp16/bf16, constant weight, M >= 16: the own kernel and cuSPARSELt (on the rows that are a
 //     multiple of 16; the own kernel on the rest) are both candidates. The choice per M, at its
-//     first call: the tuning cache's measurements of both; else, searching
+//     first call (GemmChoice, gemm_choice.h): the tuning cache's measurements of both; else, searching
 //     (onnxsparse.cusparselt.tune=search, set by `onnxsparse tune`), both measured and cached; else
 //     the default rule: M <= onnxsparse.cuda.small_m_max (32) the own kernel, above it cuSPARSELt
 //     (cached configuration or its default algorithm, never a search) timed against the own kernel
@@ -19,7 +19,6 @@
 #pragma once
 #include <cuda_runtime_api.h>
 
-#include <map>
 #include <memory>
 #include <mutex>
 #include <utility>
@@ -30,6 +29,7 @@
 #include "common/runtime_options.h"
 #include "cuda/cuda_utils.h"
 #include "cuda/cusparselt_gemm.h"
+#include "cuda/gemm_choice.h"
 #include "cuda/sparse_gemm_impl.cuh"
 
 namespace onnxsparse::cuda {
@@ -75,13 +75,16 @@ class SparseGemmRunner {
   template <typename T>
   Ort::Status OwnArgsLocked(const char* op, cudaStream_t stream, int slot, const SparseGemmArgs& args,
                             SparseGemmArgs* own);
+  // The cuSPARSELt weight of a slot, built at its first use (null when cuSPARSELt rejects it). mutex_ held.
+  SparseLtWeight* WeightLocked(const char* op, cudaStream_t stream, int slot, const SparseGemmArgs& args,
+                               ElementType type, bool lt_bias);
 
   int device_ = -1;  // the execution provider's device (KernelInfo)
   bool weight_constant_ = false;
   bool bias_constant_ = false;
   RuntimeOptions options_;
   const OrtLogger* logger_ = nullptr;
-  std::map<std::pair<int, int64_t>, bool> own_is_faster_;  // by (slot, M): measured at its first call
+  GemmChoice choice_;  // own kernel or cuSPARSELt, by (slot, M); guarded by mutex_
   bool validated_ = false;
   std::mutex mutex_;
   std::vector<std::unique_ptr<SparseLtWeight>> sparselt_;  // by slot
