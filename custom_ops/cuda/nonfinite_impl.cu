@@ -3,10 +3,9 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
-#include <atomic>
 
 #include "cuda/nonfinite_impl.cuh"
-#include "cuda/sparse_gemm/launchers.h"
+#include "cuda/dependent_launch.h"
 
 namespace onnxsparse::cuda {
 
@@ -121,31 +120,20 @@ cudaError_t LaunchPropagateNonFinite(const T* x, int64_t m, int64_t k, const uin
   if (m <= 0 || n <= 0 || k <= 0) return cudaSuccess;
   using B = typename Bits<T>::type;
   const auto kernel = ScanFixKernel<T>;
-  // PDL where the device has it and this kernel's code was compiled for sm_90 or newer (it then
-  // holds griddepcontrol.wait; code the driver compiled from older PTX must launch without it).
   int device = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
-  const uint64_t bit = device >= 0 && device < 64 ? uint64_t{1} << device : 0;
-  static std::atomic<uint64_t> known{0}, code{0};
-  if (pdl && bit != 0 && (known.load(std::memory_order_acquire) & bit) == 0) {
-    cudaFuncAttributes attributes;
-    err = cudaFuncGetAttributes(&attributes, kernel);
-    if (err != cudaSuccess) return err;
-    if (attributes.ptxVersion >= 90) code.fetch_or(bit, std::memory_order_acq_rel);
-    known.fetch_or(bit, std::memory_order_acq_rel);
-  }
-  const bool use_pdl = pdl && (code.load(std::memory_order_acquire) & bit) != 0 && detail::DeviceHasPdl(device);
+  static DependentLaunch dependent;
+  bool use_pdl = false;
+  err = dependent.Allowed(kernel, device, pdl, &use_pdl);
+  if (err != cudaSuccess) return err;
   const int64_t blocks = std::min(m, std::max(kMinBlocks, (m + kRowsPerBlock - 1) / kRowsPerBlock));
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(static_cast<unsigned>(blocks));
   config.blockDim = dim3(kThreads);
   config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attribute;
-  config.numAttrs = use_pdl ? 1 : 0;
+  cudaLaunchAttribute attribute;
+  SetDependentLaunch(use_pdl, &attribute, &config);
   return cudaLaunchKernelEx(&config, kernel, reinterpret_cast<const B*>(x), m, k, index, n, reinterpret_cast<B*>(y),
                             ldy);
 }

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 
+#include "cuda/dependent_launch.h"
 #include "cuda/sparse_gemm/launchers.h"
 #include "cuda/sparse_gemm/mma_common.cuh"
 
@@ -251,28 +252,17 @@ cudaError_t LaunchAsync(const SparseGemmArgs& args, int x_rows, cudaStream_t str
     if (e != cudaSuccess) return e;
     raised.fetch_or(bit, std::memory_order_acq_rel);
   }
-  // PDL only where the device has it and this kernel's code was compiled for sm_90 or newer (so
-  // it holds griddepcontrol.wait): code the driver compiled from older PTX launches without it.
-  // Asked once per device (GPUs of different architectures run different code): a bit per id.
-  static std::atomic<uint64_t> pdl_known{0}, pdl_code{0};
-  if (bit != 0 && (pdl_known.load(std::memory_order_acquire) & bit) == 0) {
-    cudaFuncAttributes attributes;
-    e = cudaFuncGetAttributes(&attributes, kernel);
-    if (e != cudaSuccess) return e;
-    if (attributes.ptxVersion >= 90) pdl_code.fetch_or(bit, std::memory_order_acq_rel);
-    pdl_known.fetch_or(bit, std::memory_order_acq_rel);
-  }
-  const bool has_pdl_code = (pdl_code.load(std::memory_order_acquire) & bit) != 0;
+  static DependentLaunch dependent;
+  bool pdl = false;
+  e = dependent.Allowed(kernel, device, args.pdl, &pdl);
+  if (e != cudaSuccess) return e;
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(CeilDiv(args.n, 16), CeilDiv(args.m, 8 * kMTiles));
   config.blockDim = dim3(kGemmWarps * 32);
   config.dynamicSmemBytes = bytes;
   config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attribute;
-  config.numAttrs = args.pdl && has_pdl_code && DeviceHasPdl(device) ? 1 : 0;
+  cudaLaunchAttribute attribute;
+  SetDependentLaunch(pdl, &attribute, &config);
   return cudaLaunchKernelEx(&config, kernel, args, x_rows);
 }
 
