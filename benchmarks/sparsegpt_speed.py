@@ -4,8 +4,10 @@
 The layer's weight is standard normal, its calibration inputs X (``samples`` x K) a low-rank signal plus
 noise, H = X^T X / samples in float64 (as the pruner's statistics give it). Prints, for the pruning
 (``prune_matrix``) and for the layer-error diagnostic (``quadratic_forms``) separately, the process's CPU
-time (every thread) and wall time, then the reconstruction error ||W X^T - W' X^T|| / ||W X^T|| computed
-from X itself, and whether every group of 4 keeps at most 2 weights.
+time (every thread) and wall time; then, on torch, both as ``prune_layer`` runs them
+(``sparsegpt_layer_torch``: H made from the captured sum, the layer error from the factor); then the
+reconstruction error ||W X^T - W' X^T|| / ||W X^T|| computed from X itself, and whether every group of 4
+keeps at most 2 weights. ``--layer-only`` times just the ``prune_layer`` path (and the peak RSS it adds).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu (torch) or numpy")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layer-only", action="store_true", help="only the prune_layer path (torch)")
     args = parser.parse_args()
     try:
         import torch
@@ -35,7 +38,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     except ImportError:
         pass
-    from onnxsparse.prune.linalg import quadratic_forms
+    import resource
+
+    from onnxsparse.prune.linalg import quadratic_forms, sparsegpt_layer_torch
     from onnxsparse.prune.methods import prune_matrix
 
     rng = np.random.default_rng(args.seed)
@@ -50,8 +55,16 @@ def main() -> None:
         print(f"{label}: {time.process_time() - cpu:.1f} s CPU, {time.perf_counter() - wall:.1f} s wall", flush=True)
         return out
 
-    pruned = timed("sparsegpt", lambda: prune_matrix("sparsegpt", weight, hessian, 2, 4, backend=args.device))
-    energy, total = timed("layer error", lambda: quadratic_forms(pruned, weight, hessian, args.device))
+    if not args.layer_only:
+        pruned = timed("sparsegpt", lambda: prune_matrix("sparsegpt", weight, hessian, 2, 4, backend=args.device))
+        energy, total = timed("layer error", lambda: quadratic_forms(pruned, weight, hessian, args.device))
+    if args.device != "numpy":
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        sums = hessian * args.samples  # the captured sum X^T X, as Statistics holds it
+        pruned, (energy, total) = timed("sparsegpt and layer error as prune_layer runs them", lambda: sparsegpt_layer_torch(
+            weight.astype(np.float32), sums, args.samples, 2, 4, 128, 0.01, args.device))
+        print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB "
+              f"(before that step {before / 2**20:.2f} GiB)")
     xt = x.T.astype(np.float32)
     dense_out = weight.astype(np.float32) @ xt
     error = float(np.linalg.norm((pruned.astype(np.float32) @ xt) - dense_out) / np.linalg.norm(dense_out))

@@ -43,30 +43,60 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def _reversed_cholesky(hessian, damp: float, dtype):
-    """Upper R with R R^T = H + λI (dead inputs' diagonal set to 1), λ = damp * mean(diag H), raised
-    tenfold until the factorisation succeeds: the lower Cholesky factor of H with rows and columns
-    reversed, reversed back. (H + λI)^-1 = U^T U with U = R^-1, the upper factor SparseGPT visits."""
+def _hessian_into(buffer, hessian_sum: np.ndarray, samples: int, flipped: bool) -> None:
+    """``buffer`` (a K x K torch tensor) <- H = ``hessian_sum`` / ``samples`` (``Statistics.mean``'s
+    values, rounded to the buffer's dtype), with rows and columns reversed when ``flipped``; converted a
+    block of rows at a time, so no second float64 K x K matrix is made."""
     import torch
 
-    diagonal = torch.diagonal(hessian)
+    k = hessian_sum.shape[0]
+    step = max(1, (4 << 20) // max(k, 1))
+    for i in range(0, k, step):
+        j = min(i + step, k)
+        part = hessian_sum[k - j:k - i][::-1, ::-1] if flipped else hessian_sum[i:j]
+        buffer[i:j].copy_(torch.from_numpy(np.ascontiguousarray(part) / samples))
+
+
+def _reversed_factor(hessian_sum: np.ndarray, samples: int, damp: float, dtype, device):
+    """(L, λ, the dead inputs' mask): the lower Cholesky factor of H + λI with rows and columns reversed
+    (dead inputs' diagonal set to 1 first), λ = damp * mean(diag H), raised tenfold until the
+    factorisation succeeds. R = flip(L) is upper with R R^T = H + λI, and (H + λI)^-1 = U^T U with
+    U = R^-1, the upper factor SparseGPT visits; R's blocks are read from L (``_r_block``), never copied whole."""
+    import torch
+
+    diagonal = torch.from_numpy(np.diagonal(hessian_sum) / samples)
     dead = diagonal == 0  # inputs that never fire: no information, keep H invertible
     mean_diag = float(torch.where(dead, 1.0, diagonal).to(torch.float64).mean())
+    k = hessian_sum.shape[0]
+    buffer = torch.empty((k, k), dtype=dtype, device=device)
     for attempt in range(6):
-        reversed_h = hessian.to(dtype).flip(0, 1)  # a copy: the caller's H is left as it is
-        reversed_h.diagonal()[dead.flip(0)] = 1.0
-        reversed_h.diagonal().add_((damp * 10**attempt) * mean_diag)
-        lower, info = torch.linalg.cholesky_ex(reversed_h, out=(reversed_h, torch.empty((), dtype=torch.int32)))
-        if int(info) != 0:
-            del reversed_h, lower
-            continue
-        return lower.flip(0, 1)
+        _hessian_into(buffer, hessian_sum, samples, flipped=True)  # again after a failed attempt
+        buffer.diagonal()[dead.flip(0).to(device)] = 1.0
+        buffer.diagonal().add_((damp * 10**attempt) * mean_diag)
+        _, info = torch.linalg.cholesky_ex(buffer, out=(buffer, torch.empty((), dtype=torch.int32, device=device)))
+        if int(info) == 0:
+            return buffer, (damp * 10**attempt) * mean_diag, dead
     raise OnnxSparseError("SparseGPT: the layer's input Hessian is not positive definite even with damping")
+
+
+def _r_block(lower, rows: slice, cols: slice):
+    """R[rows, cols] for R = flip(L) (a copy of that block only)."""
+    k = lower.shape[0]
+    return lower[k - rows.stop:k - rows.start, k - cols.stop:k - cols.start].flip(0, 1)
 
 
 def sparsegpt_torch(weight: np.ndarray, hessian: np.ndarray, n: int, m: int, block_size: int, damp: float,
                     device: str, dtype: str = "float32") -> np.ndarray:
-    """``methods.sparsegpt`` on torch: the pruned ``[rows, K]`` matrix (float64 numpy).
+    """``methods.sparsegpt`` on torch: the pruned ``[rows, K]`` matrix (float64 numpy) for H = ``hessian``."""
+    pruned, _ = sparsegpt_layer_torch(weight, hessian, 1, n, m, block_size, damp, device, dtype, error=False)
+    return pruned.astype(np.float64)
+
+
+def sparsegpt_layer_torch(weight: np.ndarray, hessian_sum: np.ndarray, samples: int, n: int, m: int, block_size: int,
+                          damp: float, device: str, dtype: str = "float32", error: bool = True):
+    """SparseGPT of a ``[rows, K]`` matrix (any float dtype) for H = ``hessian_sum`` / ``samples``:
+    (the pruned matrix as float32 numpy, or float64 for ``dtype="float64"``; the layer error's
+    ``(energy, total)`` of ``quadratic_forms``, or None without ``error``).
 
     Same columns, masks and updates as numpy's, computed without U = R^-1 ever being formed (the
     inverse of an 11008x11008 factor costs as much as three Cholesky factorisations): with E the
@@ -76,43 +106,63 @@ def sparsegpt_torch(weight: np.ndarray, hessian: np.ndarray, n: int, m: int, blo
     (the lazy batch update, as a block forward substitution); inside the block the columns use
     U's diagonal block R[s:t, s:t]^-1 exactly as numpy does. ``dtype``: ``float32`` (default, as
     SparseGPT's reference; the damping keeps it well conditioned) or ``float64`` (numpy's values
-    up to rounding)."""
+    up to rounding). One K x K matrix in ``dtype`` is held: the factor. The layer error comes from the
+    factor too: the errors E the columns spread and one more GEMM per block, D R (see below)."""
     import torch
 
     dt = getattr(torch, dtype)
+    native = weight.dtype in (np.float16, np.float32, np.float64)
+    source = weight if native else weight.astype(np.float32)  # bfloat16 (ml_dtypes): torch cannot take it
     with torch.no_grad():
-        dense = torch.as_tensor(weight, device=device).to(dt)
-        r = _reversed_cholesky(torch.as_tensor(hessian, device=device), damp, dt)
+        dense = torch.as_tensor(source, device=device).to(dt)
+        lower, damping, dead = _reversed_factor(hessian_sum, max(samples, 1), damp, dt, device)
         rows, k = dense.shape
         pruned = torch.empty((rows, k), dtype=dt, device=device)
         change = torch.empty((rows, k), dtype=dt, device=device)  # Y = D - P, the columns done
+        squares = torch.zeros((), dtype=torch.float64, device=device) if error else None  # sum(E^2) = Y H_d Y^T
+        outputs = torch.zeros((), dtype=torch.float64, device=device)  # sum((D R)^2) = D H_d D^T
         block_size = max(m, block_size - block_size % m)
         for start in range(0, k, block_size):
             stop = min(start + block_size, k)
             eye = torch.eye(stop - start, dtype=dt, device=device)
-            hinv1 = torch.linalg.solve_triangular(r[start:stop, start:stop], eye, upper=True)
+            r_upto = _r_block(lower, slice(0, stop), slice(start, stop))  # R[:stop, s:t]
+            hinv1 = torch.linalg.solve_triangular(r_upto[start:], eye, upper=True)
             w1 = dense[:, start:stop].clone()
             if start > 0:
-                w1.addmm_(change[:, :start] @ r[:start, start:stop], hinv1)
+                w1.addmm_(change[:, :start] @ r_upto[:start], hinv1)
+            if error:
+                outputs.add_(torch.sum(torch.square(dense[:, :stop] @ r_upto), dtype=torch.float64))
             columns = w1.T.contiguous()  # [block, rows]: each column's weights contiguous
             threads = torch.get_num_threads()
             if dense.device.type == "cpu":  # small steps: one thread (a second one only waits at barriers)
                 torch.set_num_threads(1)
             try:
-                _prune_block(columns, hinv1, n, m)
+                _prune_block(columns, hinv1, n, m, squares)
             finally:
                 torch.set_num_threads(threads)
             pruned[:, start:stop] = columns.T
             torch.sub(dense[:, start:stop], columns.T, out=change[:, start:stop])
-        return pruned.cpu().numpy().astype(np.float64)
+        del lower
+        forms = None
+        if error:
+            # With H_d = H + λI + (1 on dead inputs' diagonal) = R R^T and Y R = E: Y H Y^T = sum(E^2)
+            # - λ|Y|^2 - |Y_dead|^2, D H D^T = |D R|^2 - λ|D|^2 - |D_dead|^2 (float64 sums of float32 products).
+            def correction(a):
+                whole = torch.sum(torch.square(a), dtype=torch.float64)
+                gone = torch.sum(torch.square(a[:, dead.to(a.device)]), dtype=torch.float64) if bool(dead.any()) else 0.0
+                return damping * float(whole) + float(gone)
+
+            forms = (float(squares) - correction(change), float(outputs) - correction(dense))
+        return pruned.cpu().numpy(), forms
 
 
-def _prune_block(columns, hinv1, n: int, m: int) -> None:
+def _prune_block(columns, hinv1, n: int, m: int, squares=None) -> None:
     """One block's columns ([block, rows], in place: they end as the pruned values), a group of M
     at a time: the group's masks from w^2 / U_jj^2, then column by column the error
     e = (w_j - q_j) / U_jj (zero where kept) spread over the group's later columns, and the group's
     errors over the block's later columns in one rank-M product. A column's own update would leave
-    exactly q_j, so the group is masked at the end instead."""
+    exactly q_j, so the group is masked at the end instead. ``squares`` (a float64 scalar tensor),
+    when given, accumulates sum(e^2)."""
     import torch
 
     width, rows = columns.shape
@@ -131,6 +181,8 @@ def _prune_block(columns, hinv1, n: int, m: int) -> None:
             if i + 1 < m:
                 group[i + 1:].addr_(hinv1[g0 + i, g0 + i + 1:g1], err[i], alpha=-1.0)
         group.mul_(keep)
+        if squares is not None:
+            squares.add_(torch.sum(err * err, dtype=torch.float64))
         if g1 < width:
             columns[g1:].addmm_(hinv1[g0:g1, g1:].T, err, alpha=-1.0)
 
@@ -158,7 +210,7 @@ def quadratic_forms_blocks(blocks, hessian: np.ndarray, device: str) -> tuple[fl
     import torch
 
     with torch.no_grad():
-        h = torch.as_tensor(hessian, device=device).float()
+        h = hessian if torch.is_tensor(hessian) else torch.as_tensor(hessian, device=device).float()
         sum64 = lambda a: a.sum(dtype=torch.float64)  # noqa: E731
         for pruned, dense in blocks:
             d = torch.as_tensor(dense, device=device)

@@ -26,7 +26,7 @@ from ..errors import OnnxSparseError
 from ..format import NotTwoFourError, from_rows_k, keep_top, prune_magnitude, reduction_length, to_rows_k
 from .capture import Statistics
 from .layers import Layer
-from .linalg import quadratic_forms, quadratic_forms_blocks, resolve_device, sparsegpt_torch
+from .linalg import quadratic_forms, quadratic_forms_blocks, resolve_device, sparsegpt_layer_torch, sparsegpt_torch
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 TORCH_MIN_ELEMENTS = 1 << 20
@@ -126,26 +126,42 @@ def prune_layer(layer: Layer, weight: np.ndarray, stats: Statistics | None, opti
     """The pruned weight (ONNX layout, the weight's dtype) and what it cost."""
     if options.method in ("magnitude", "wanda"):
         return _prune_layer_blocks(layer, weight, stats, options)
-    dense = to_rows_k(weight, layout=layer.layout).astype(np.float64)
-    pruned = np.empty_like(dense)
-    per_group = dense.shape[0] // layer.groups
-    hessians = stats.mean() if stats is not None else None
-    backend = layer_backend(getattr(options, "device", "auto"), per_group * dense.shape[1])
-    num = den = 0.0
-    for g in range(layer.groups):
-        rows = slice(g * per_group, (g + 1) * per_group)
-        hessian = hessians[g] if hessians is not None else None
-        pruned[rows] = prune_matrix(options.method, dense[rows], hessian, options.n, options.m, options.block_size,
-                                    options.damp, backend)
-        if hessian is not None:
-            energy, total = quadratic_forms(pruned[rows], dense[rows], hessian, backend)
+    rows_k = to_rows_k(weight, layout=layer.layout)
+    per_group = rows_k.shape[0] // layer.groups
+    backend = layer_backend(getattr(options, "device", "auto"), per_group * rows_k.shape[1])
+    if options.method == "sparsegpt" and backend != "numpy" and stats is not None:
+        # torch: float32 throughout, H made from the captured sum a block at a time (no float64 copies)
+        pruned = np.empty(rows_k.shape, np.float32)
+        num = den = 0.0
+        for g in range(layer.groups):
+            rows = slice(g * per_group, (g + 1) * per_group)
+            pruned[rows], (energy, total) = sparsegpt_layer_torch(
+                rows_k[rows], stats.hessian[g], stats.rows, options.n, options.m, options.block_size, options.damp,
+                backend)
             num += energy
             den += total
-    del hessians
-    out = from_rows_k(pruned, layer.layout, layer.shape).astype(weight.dtype)
-    total = float(np.abs(dense).sum())
-    del dense, pruned
-    kept = float(sum(np.abs(block.astype(np.float64)).sum() for block, _ in _row_blocks(out, layer)))
+    else:
+        dense = rows_k.astype(np.float64)
+        pruned = np.empty_like(dense)
+        hessians = stats.mean() if stats is not None else None
+        num = den = 0.0
+        for g in range(layer.groups):
+            rows = slice(g * per_group, (g + 1) * per_group)
+            hessian = hessians[g] if hessians is not None else None
+            pruned[rows] = prune_matrix(options.method, dense[rows], hessian, options.n, options.m,
+                                        options.block_size, options.damp, backend)
+            if hessian is not None:
+                energy, total = quadratic_forms(pruned[rows], dense[rows], hessian, backend)
+                num += energy
+                den += total
+        del dense, hessians
+    del rows_k
+    out = from_rows_k(pruned, layer.layout, layer.shape).astype(weight.dtype, copy=False)
+    del pruned
+    kept = total = 0.0
+    for (block, _), (source, _) in zip(_row_blocks(out, layer), _row_blocks(weight, layer)):
+        kept += float(np.abs(block.astype(np.float64)).sum())
+        total += float(np.abs(source.astype(np.float64)).sum())
     result = LayerResult(
         name=layer.name, op_type=layer.op_type, weight=layer.weight, shape=layer.shape, params=layer.params,
         method=options.method, retained=kept / total if total else 1.0,
