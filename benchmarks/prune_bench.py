@@ -257,7 +257,7 @@ class Magika:
 TASKS = {"rec": (Rec, 120, 96), "cls": (Cls, 200, 160), "det": (Det, 16, 24), "magika": (Magika, 600, 192)}
 
 
-def bench(name: str, max_errors: list[float], methods: list[str], holdout: bool = False) -> dict:
+def bench(name: str, max_errors: list[float], methods: list[str], holdout: bool = False, order: str = "size") -> dict:
     """``holdout``: twice the calibration data, every other batch given to the pruner as ``--holdout``
     (so that choosing and verifying each see as many samples as fitting), instead of one batch in four."""
     started = time.time()
@@ -281,7 +281,7 @@ def bench(name: str, max_errors: list[float], methods: list[str], holdout: bool 
         t0 = time.time()
         try:
             # Under a budget the head is a candidate like any layer (the greedy leaves it dense if it costs too much).
-            options = PruneOptions(method=method, max_error=budget, prune_head=budget is not None)
+            options = PruneOptions(method=method, max_error=budget, prune_head=budget is not None, order=order)
             pruned, report = prune_model(model, options, calibration, holdout=held_out)
         except OnnxSparseError as exc:
             rows.append({"method": method, "max_error": budget, "error": str(exc)})
@@ -469,6 +469,8 @@ def main() -> int:
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--holdout", action="store_true",
                         help="render as many held-out samples as calibration samples and pass them as --holdout")
+    parser.add_argument("--order", default="size", choices=("size", "ratio"),
+                        help="the greedy's order under --max-error (prune --order)")
     parser.add_argument("--big", metavar="FOLDER",
                         help="instead: prune a generated 2.9 GB model (16 MatMuls 4096x11008 fp32, external data) "
                              "in FOLDER with --big-methods; print wall time and peak RSS as JSON (files deleted after)")
@@ -488,11 +490,11 @@ def main() -> int:
     started = time.time()
     budgets = [float(v) for v in args.max_errors.split(",") if v]
     methods = [m for m in args.methods.split(",") if m]
-    models = [bench(name, budgets, methods, args.holdout) for name in args.models.split(",") if name]
+    models = [bench(name, budgets, methods, args.holdout, args.order) for name in args.models.split(",") if name]
     record = {"models": models, "seconds": time.time() - started,
               "command": f"python benchmarks/prune_bench.py --models {args.models} --max-errors {args.max_errors}"
                          + (f" --methods '{args.methods}'" if args.methods != parser.get_default("methods") else "")
-                         + (" --holdout" if args.holdout else ""),
+                         + (" --holdout" if args.holdout else "") + (f" --order {args.order}" if args.order != "size" else ""),
               "correlation": {"held_out": correlation(models, "held_out"), "fit": correlation(models, "fit"),
                               "n": sum(1 for m in models for r in m["rows"] if "error" not in r)},
               "environment": {"onnxruntime": ort.__version__, "numpy": np.__version__,

@@ -73,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-error", type=float, metavar="E",
                         help="prune only the layers (largest first, each re-measured with those kept) that keep "
                              "the model output's relative L2 error on held-out data <= E")
+    parser.add_argument("--order", choices=("size", "ratio"), default="size",
+                        help="--max-error/auto: visit layers largest first (size, default) or by weights per "
+                             "squared held-out error when pruned alone (ratio: a sensitivity pass first)")
     parser.add_argument("--no-sequential", action="store_true",
                         help="wanda/sparsegpt: take every layer's inputs from the dense model in one pass")
 
@@ -82,7 +85,7 @@ def options_from(args: argparse.Namespace) -> PruneOptions:
         method=args.method, n=args.n, m=args.m, include=args.include, exclude=args.exclude,
         prune_head=args.prune_head, block_size=args.block_size, damp=args.damp,
         sequential=not getattr(args, "no_sequential", False), max_error=getattr(args, "max_error", None),
-        device=args.device,
+        device=args.device, order=getattr(args, "order", "size"),
     )
     options.validate()
     if args.batch_size < 1 or args.calib_samples < 1:

@@ -34,7 +34,7 @@ from .holdout import selection_parts, split_calibration
 from .linalg import resolve_device
 from .layers import Layer, Skipped, node_names, read_weight, scan_layers, weight_params, write_weight
 from .methods import METHODS, LayerResult, prune_layer
-from .sensitivity import choose_layers, label, nothing_fits
+from .sensitivity import ORDERS, choose_layers, label, nothing_fits
 
 Progress = Callable[[str], None]
 
@@ -52,6 +52,7 @@ class PruneOptions:
     sequential: bool = True
     max_error: float | None = None
     device: str = "auto"  # where SparseGPT's linear algebra runs (linalg.DEVICES)
+    order: str = "size"  # the greedy's visiting order under max_error / auto (sensitivity.ORDERS)
 
     def validate(self) -> None:
         if self.method not in (*METHODS, "auto"):
@@ -62,6 +63,8 @@ class PruneOptions:
             raise OnnxSparseError(f"--block-size {self.block_size} must be at least M={self.m}")
         if self.damp < 0:
             raise OnnxSparseError("--damp must be >= 0")
+        if self.order not in ORDERS:
+            raise OnnxSparseError(f"unknown --order {self.order!r} (choose from {', '.join(ORDERS)})")
         if self.max_error is not None and self.max_error < 0:
             raise OnnxSparseError("--max-error must be >= 0")
         if self.method != "magnitude" or self.max_error is not None:

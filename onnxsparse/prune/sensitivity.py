@@ -13,10 +13,17 @@ Candidates: the chosen method, or with ``--method auto`` magnitude, Wanda, Spars
 prunes every layer (``sequential`` below, supplied by the pruner).
 
 ``choose_layers`` (``prune --max-error E`` and ``--method auto``): greedy with re-measurement.
-Visit layers largest weight first; for each, measure the held-out output error of the model with
-every layer kept so far plus this layer under each candidate; keep the best candidate when that
-error is at most E. The kept weights are exactly the ones measured, so the model they make is at
-most E on the held-out data.
+Visit layers in ``order``; for each, measure the held-out output error of the model with every
+layer kept so far plus this layer under each candidate; keep the best candidate when that error is
+at most E. The kept weights are exactly the ones measured, so the model they make is at most E on
+the held-out data. Orders (``ORDERS``):
+
+- ``size``: largest weight first, every candidate tried in the context of the layers kept so far;
+- ``ratio``: a knapsack-style order: first each candidate of each layer alone (the sensitivity
+  pass), then layers by weights saved per unit of squared error alone (``params / error**2``:
+  independent errors add roughly in squares), most first, each under its best candidate alone.
+  A large layer that costs much of the budget no longer shuts out several cheaper ones worth
+  more weights; one trial per layer in the greedy pass instead of one per candidate.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from .layers import Layer, read_weight
 from .methods import LayerResult, prune_layer
 
 AUTO_DAMPS = (0.01, 0.1)
+ORDERS = ("size", "ratio")
 
 
 @dataclass(frozen=True)
@@ -137,7 +145,18 @@ def choose_layers(model: onnx.ModelProto, layers: list[Layer], fit: Iterable[dic
     chosen: dict[str, np.ndarray] = {}
     results: dict[str, LayerResult] = {}
     trace, error_now, closest = [], None, None
-    order = sorted(layers, key=lambda layer: -layer.params)
+    alone: dict[str, float] = {}
+    if getattr(options, "order", "size") == "ratio":
+        say(f"ratio order: each candidate of {len(layers)} layer(s) alone on the held-out data")
+        for layer in layers:
+            tries = [(reference.error(lambda batch: feeds.run(batch, {layer.weight: w})), w, r)
+                     for w, r in pruned[layer.weight]]
+            best_alone = min(tries, key=lambda t: _key(t[0]))
+            alone[layer.weight] = _key(best_alone[0])
+            pruned[layer.weight] = [best_alone[1:]]
+        order = ratio_order(layers, alone)
+    else:
+        order = sorted(layers, key=lambda layer: -layer.params)
     for index, layer in enumerate(order, 1):
         best = None
         for weight, result in pruned[layer.weight]:
@@ -154,10 +173,23 @@ def choose_layers(model: onnx.ModelProto, layers: list[Layer], fit: Iterable[dic
             results[layer.weight] = result
             error_now = error
         trace.append({"name": layer.name, "params": layer.params, "kept": keep, "method": result.method,
-                      **error.to_json()})
+                      **error.to_json(), **({"alone_relative_l2": alone[layer.weight]} if alone else {})})
         say(f"[{index}/{len(order)}] {layer.name}: held-out output relative L2 with the layers kept so far "
             f"{error.rel_l2:.4f} ({result.method}) -> {'kept' if keep else 'left dense'}")
     return Choice(chosen, results, error_now, trace, closest)
+
+
+def ratio_order(layers: list[Layer], alone: dict[str, float]) -> list[Layer]:
+    """Layers by weights per squared held-out error when pruned alone, most first (an error of 0
+    first, larger layers first among them; NaN or inf last)."""
+    def key(layer: Layer):
+        error = alone[layer.weight]
+        if not math.isfinite(error):
+            return (2, 0.0, -layer.params)
+        if error == 0:
+            return (0, 0.0, -layer.params)
+        return (1, -layer.params / error**2, -layer.params)
+    return sorted(layers, key=key)
 
 
 def nothing_fits(options, choice: Choice) -> OnnxSparseError:
