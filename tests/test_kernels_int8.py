@@ -234,6 +234,31 @@ def test_qmatmul_extreme_sums_exact(a_dtype):
         check_against_reference(spec.matmul(a), {"A": a}, spec.y_dtype)
 
 
+@pytest.mark.parametrize("a_dtype", [np.uint8, np.int8], ids=["a_u8", "a_s8"])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 23])
+def test_qmatmul_row_tiles_extreme_products(m, a_dtype):
+    """Every row-tile size and remainder (the AVX2 kernel splits M into tiles of at most 8 rows, as
+    even as possible; AVX-512 into 8s and a rest) with products at their extremes: A_u 255 or 0
+    times -128 or 127, so that the two products of a group sum to -65280 or 64770, beyond int16
+    (where vpmaddubsw would saturate). K = 44: an odd number of groups (the last pair half empty);
+    N = 37: a partial last block. Exact on every path."""
+    rng = np.random.default_rng(100 + m)
+    k, n = 44, 37
+    w = int8_24(rng, n, k)
+    w = np.where(w != 0, rng.choice(np.array([-128, 127], np.int8), w.shape), 0).astype(np.int8)
+    w[0] = np.where(np.arange(k) % 4 < 2, -128, 0)  # feature 0: every group's pair at -128, -128
+    info = np.iinfo(a_dtype)
+    a = rng.choice(np.array([info.min, info.max], a_dtype), (m, k))
+    a[0] = info.max
+    spec = Case(rng, w, a_dtype, None, bias=False, per_channel=m % 2 == 0, a_zp=False)
+    spec.init["a_zp"] = np.array(0 if a_dtype == np.uint8 else info.min, a_dtype)
+    spec.inputs = spec.inputs.replace('""', "a_zp", 1)
+    check_against_reference(spec.matmul(a), {"A": a}, spec.y_dtype, threads=1 + m % 2)
+    a_u = a.astype(np.int64) - int(spec.init["a_zp"])
+    pair_sums = a_u[:, None, :].reshape(m, 1, k // 4, 4) * w.astype(np.int64).reshape(1, n, k // 4, 4)
+    assert (pair_sums.sum(axis=3) < -32768).any()  # the test reaches past int16
+
+
 def test_qmatmul_unfolded_weight():
     """values/index fed at run time (an unfolded CompressOp): the weight is packed per call."""
     rng = np.random.default_rng(3)

@@ -1,14 +1,20 @@
 // AVX2 int8 kernel (int8_kernels.h, format kCodes). Compiled with -mavx2 and only called when cpuid
 // reports it.
 //
-// No VNNI, and vpmaddubsw's int16 pair sums of u8 x s8 products can saturate, so the products are
-// formed in int16: for each row of A and group of 4 activations a[0..3], a table of 8 dwords holds
-// the (a[p0], a[p1]) pair of each code as two zero-extended words (one vpshufb of the broadcast
-// group, built once per row tile for the whole K); vpermd picks each of 8 features' dword by its
-// code (the index byte, or its high nibble: vpermd reads the low 3 bits of each lane), and
-// vpmaddwd multiplies it by the feature's two sign-extended values and sums them exactly into the
-// feature's int32 lane. Per 8 features, pair and row: 2 vpermd, 2 vpmaddwd, 2 vpaddd; the codes
-// and values are loaded once per pair and reused over up to 4 rows.
+// No VNNI, and vpmaddubsw's int16 pair sums of u8 x s8 products can saturate (255 * -128 twice is
+// -65280), so the products are formed in int16 and summed in pairs by vpmaddwd, exactly, into
+// int32: zero-extended activations times sign-extended weights. Two ways to select each feature's
+// activations, the same sums:
+// - 1-2 rows (the table kernel, Tile): for each row and group of 4 activations a[0..3], a table
+//   of 8 dwords holds the (a[p0], a[p1]) pair of each code as two words (one vpshufb of the
+//   broadcast group, built once per task for the whole K); vpermd picks each of 8 features' dword by
+//   its code (the index byte, or its high nibble: vpermd reads the low 3 bits of each lane).
+// - 3 rows or more (the shuffle kernel, ShuffleTile): per pair and 8 features, the codes become two
+//   vpshufb controls and the values two vectors of words, once, reused over a tile of up to 8 rows,
+//   each of which selects straight from its 8 broadcast activations of the pair (no table).
+// Per 8 features, pair and row either way: 2 selecting shuffles, 2 vpmaddwd, 2 vpaddd. Blocks are
+// the outer loop, so that a block's bytes come from memory once (prefetched ahead) and every row
+// tile reuses them from cache.
 #include <immintrin.h>
 
 #include <cstdlib>
@@ -43,6 +49,20 @@ void BuildTables(const uint8_t* a, int64_t lda, int64_t rows, int64_t groups, in
   }
 }
 
+// The weight is read once from memory (the row tiles of a block reuse it from cache); software
+// prefetches keep the next kPrefetchPairs pairs of the block's two streams on their way, ahead of
+// the hardware prefetchers, which lag behind at M = 1. (Prefetches cannot fault: past the block's
+// end they touch the next block or nothing.)
+#ifndef ONNXSPARSE_INT8_AVX2_PREFETCH
+#define ONNXSPARSE_INT8_AVX2_PREFETCH 64
+#endif
+constexpr int64_t kPrefetchPairs = ONNXSPARSE_INT8_AVX2_PREFETCH;
+
+inline void Prefetch(const uint8_t* values, const uint8_t* index, int64_t p) {
+  _mm_prefetch(reinterpret_cast<const char*>(values + (p + kPrefetchPairs) * 64), _MM_HINT_T0);
+  if ((p & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(index + (p + kPrefetchPairs) * kInt8BlockN), _MM_HINT_T0);
+}
+
 // Rows r < MR (their tables at tab) times NO octets of 8 features from octet `octet0` of `block`.
 template <int MR, int NO>
 void Tile(const Int8PackedWeight& w, const int32_t* tab, int64_t groups, int64_t block, int octet0, int32_t* c,
@@ -54,6 +74,7 @@ void Tile(const Int8PackedWeight& w, const int32_t* tab, int64_t groups, int64_t
   const uint8_t* values = ONNXSPARSE_INT8_VALUES(w, block);
   const uint8_t* index = ONNXSPARSE_INT8_INDEX(w, block);
   for (int64_t p = 0; p < w.pairs; ++p) {
+    Prefetch(values, index, p);
     __m256i code0[NO], code1[NO], w0[NO], w1[NO];
     for (int o = 0; o < NO; ++o) {
       const int octet = octet0 + o;
@@ -83,16 +104,65 @@ void Tile(const Int8PackedWeight& w, const int32_t* tab, int64_t groups, int64_t
   }
 }
 
-template <int MR>
-void RowTile(const Int8PackedWeight& w, const Int8Task& task, const int32_t* tab, int64_t groups, int32_t* c) {
-  for (int64_t b = task.block_begin; b < task.block_end; ++b) {
-    int32_t* cb = c + (b - task.block_begin) * kInt8BlockN;
-    if constexpr (MR == 1) {
-      Tile<1, 2>(w, tab, groups, b, 0, cb, task.ldc);
-    } else {
-      Tile<MR, 1>(w, tab, groups, b, 0, cb, task.ldc);
-      Tile<MR, 1>(w, tab, groups, b, 1, cb, task.ldc);
+// Rows r < MR of A_u (row r at a + r * lda) times octet `octet` (8 features) of `block`, by byte
+// shuffles instead of tables: per pair, each feature's code (c, c') becomes two vpshufb controls
+// [p0, Z, p1, Z] and [4 + p0', Z, 4 + p1', Z] (Z: a zero byte) through a 16-byte lookup of the
+// codes' positions, and its values two words each, sign-extended; both are decoded once per pair
+// and reused over the MR rows, whose 8 activations of the pair are broadcast straight from A_u
+// (no table). Per row: 2 vpshufb, 2 vpmaddwd, 2 vpaddd per pair and 8 features.
+template <int MR, bool kPrefetch>
+void ShuffleTile(const Int8PackedWeight& w, const uint8_t* a, int64_t lda, int64_t block, int octet, int32_t* c,
+                 int64_t ldc) {
+  // Lookup: entries 0-7 the first position of each code, 8-15 the second (the second group: + 4).
+  const __m256i lut0 = _mm256_setr_epi8(0, 0, 0, 1, 1, 2, 1, 2, 1, 2, 3, 2, 3, 3, 1, 2,  //
+                                        0, 0, 0, 1, 1, 2, 1, 2, 1, 2, 3, 2, 3, 3, 1, 2);
+  const __m256i lut1 = _mm256_add_epi8(lut0, _mm256_set1_epi8(4));
+  // Each index byte s = c | c' << 4 of the 8 features, twice per dword: [s, 0, s, 0].
+  const __m256i spread = _mm256_setr_epi8(0, -1, 0, -1, 1, -1, 1, -1, 2, -1, 2, -1, 3, -1, 3, -1,  //
+                                          4, -1, 4, -1, 5, -1, 5, -1, 6, -1, 6, -1, 7, -1, 7, -1);
+  // Lookup indexes [c, Z, c + 8, Z]: vpshufb reads bits 0-3 (c, c' < 8: bit 7 of s is clear) and 7.
+  const __m256i code_bits = _mm256_set1_epi32(static_cast<int32_t>(0x80088000u));
+  const __m256i zero_high = _mm256_set1_epi32(static_cast<int32_t>(0x80008000u));
+  __m256i acc[MR];
+  for (int r = 0; r < MR; ++r) acc[r] = _mm256_setzero_si256();
+  const uint8_t* values = ONNXSPARSE_INT8_VALUES(w, block) + octet * 32;
+  const uint8_t* index = ONNXSPARSE_INT8_INDEX(w, block) + octet * 8;
+  for (int64_t p = 0; p < w.pairs; ++p) {
+    if constexpr (kPrefetch) Prefetch(values, index, p);
+    int64_t codes;
+    std::memcpy(&codes, index + p * kInt8BlockN, 8);
+    const __m256i twice = _mm256_shuffle_epi8(_mm256_set1_epi64x(codes), spread);
+    const __m256i k0 = _mm256_or_si256(twice, code_bits);
+    const __m256i k1 = _mm256_or_si256(_mm256_srli_epi16(twice, 4), code_bits);
+    const __m256i control0 = _mm256_or_si256(_mm256_shuffle_epi8(lut0, k0), zero_high);
+    const __m256i control1 = _mm256_or_si256(_mm256_shuffle_epi8(lut1, k1), zero_high);
+    const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(values + p * 64));
+    const __m256i w0 = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8);
+    const __m256i w1 = _mm256_srai_epi16(v, 8);
+    for (int r = 0; r < MR; ++r) {
+      int64_t eight;
+      std::memcpy(&eight, a + r * lda + 8 * p, 8);
+      const __m256i act = _mm256_set1_epi64x(eight);
+      acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(_mm256_shuffle_epi8(act, control0), w0));
+      acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(_mm256_shuffle_epi8(act, control1), w1));
     }
+  }
+  for (int r = 0; r < MR; ++r) _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * ldc + 8 * octet), acc[r]);
+}
+
+// The first tile over a block prefetches its bytes.
+template <bool kPrefetch>
+void ShuffleRows(const Int8PackedWeight& w, const uint8_t* a, int64_t lda, int64_t rows, int64_t block, int octet,
+                 int32_t* c, int64_t ldc) {
+  switch (rows) {
+    case 8: ShuffleTile<8, kPrefetch>(w, a, lda, block, octet, c, ldc); break;
+    case 7: ShuffleTile<7, kPrefetch>(w, a, lda, block, octet, c, ldc); break;
+    case 6: ShuffleTile<6, kPrefetch>(w, a, lda, block, octet, c, ldc); break;
+    case 5: ShuffleTile<5, kPrefetch>(w, a, lda, block, octet, c, ldc); break;
+    case 4: ShuffleTile<4, kPrefetch>(w, a, lda, block, octet, c, ldc); break;
+    case 3: ShuffleTile<3, kPrefetch>(w, a, lda, block, octet, c, ldc); break;
+    case 2: ShuffleTile<2, kPrefetch>(w, a, lda, block, octet, c, ldc); break;
+    default: ShuffleTile<1, kPrefetch>(w, a, lda, block, octet, c, ldc); break;
   }
 }
 
@@ -111,18 +181,37 @@ int32_t* TableScratch(int64_t count) {
 }
 
 void GemmAvx2(const Int8PackedWeight& w, const Int8Task& task) {
-  constexpr int kMr = 4;
-  const int64_t groups = 2 * w.pairs;
-  int32_t* tab = TableScratch(kMr * groups * 8);
-  for (int64_t i = 0; i < task.m; i += kMr) {
-    const int64_t rows = task.m - i < kMr ? task.m - i : kMr;
-    BuildTables(task.a + i * task.lda, task.lda, rows, groups, tab);
-    int32_t* c = task.c + i * task.ldc;
-    switch (rows) {
-      case 4: RowTile<4>(w, task, tab, groups, c); break;
-      case 3: RowTile<3>(w, task, tab, groups, c); break;
-      case 2: RowTile<2>(w, task, tab, groups, c); break;
-      default: RowTile<1>(w, task, tab, groups, c); break;
+  if (task.m <= 2) {  // the table kernel: cheaper per pair than decoding shuffle controls for 1-2 rows
+    const int64_t groups = 2 * w.pairs;
+    int32_t* tab = TableScratch(task.m * groups * 8);
+    BuildTables(task.a, task.lda, task.m, groups, tab);
+    for (int64_t b = task.block_begin; b < task.block_end; ++b) {
+      int32_t* cb = task.c + (b - task.block_begin) * kInt8BlockN;
+      if (task.m == 2) {
+        Tile<2, 2>(w, tab, groups, b, 0, cb, task.ldc);
+      } else {
+        Tile<1, 2>(w, tab, groups, b, 0, cb, task.ldc);
+      }
+    }
+    return;
+  }
+  // Row tiles of at most 8, as even as possible; per block, both octets over every tile while the
+  // block's bytes are in cache.
+  constexpr int64_t kMr = 8;
+  const int64_t tiles = (task.m + kMr - 1) / kMr;
+  for (int64_t b = task.block_begin; b < task.block_end; ++b) {
+    int32_t* cb = task.c + (b - task.block_begin) * kInt8BlockN;
+    for (int octet = 0; octet < 2; ++octet) {
+      int64_t i = 0;
+      for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t rows = (task.m - i) / (tiles - t);
+        if (octet == 0 && t == 0) {
+          ShuffleRows<true>(w, task.a + i * task.lda, task.lda, rows, b, octet, cb + i * task.ldc, task.ldc);
+        } else {
+          ShuffleRows<false>(w, task.a + i * task.lda, task.lda, rows, b, octet, cb + i * task.ldc, task.ldc);
+        }
+        i += rows;
+      }
     }
   }
 }
