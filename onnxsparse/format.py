@@ -230,44 +230,133 @@ def _slots(elements, nonzero, out0: np.ndarray, out1: np.ndarray) -> None:
     out1 |= kept[1] & masks[0]
 
 
-def _compress_kn(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``compress_weight(W, "kn")`` where W lies: a block of 4-row groups of ``W[K, N]`` at a time,
-    the slots and nibbles worked out on whole rows of W and written transposed into ``values[N,
-    K/2]`` and ``index[N, ceil(K/8)]`` (half and an eighth of the data, not the dense weight)."""
+def empty_pair(rows: int, k: int, dtype, align: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Uninitialised ``values [rows, K/2]`` and ``index [rows, ceil(K/8)]`` arrays for ``compress_weight(...,
+    out=...)``, each starting on a 64-byte boundary."""
+    return _aligned_empty((rows, k // 2), np.dtype(dtype), align), _aligned_empty((rows, (k + 7) // 8), np.dtype(np.uint8), align)
+
+
+def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype, align: int = 64) -> np.ndarray:
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + align, np.uint8)
+    skip = (-raw.ctypes.data) % align
+    return raw[skip:skip + nbytes].view(dtype).reshape(shape)
+
+
+_KN_STEP = 16  # groups of 4 rows of W per block: a block's temporaries of [16, N] stay near the core's cache
+
+
+def _compress_kn(weight: np.ndarray, values: np.ndarray | None = None,
+                 index: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``compress_weight(W, "kn")`` where W lies: a block of 4-row groups of ``W[K, N]`` at a time, the
+    slots and nibbles worked out on whole rows of W (each group's four elements are four rows of
+    the block) and written transposed into ``values[N, K/2]`` and ``index[N, ceil(K/8)]`` (half and
+    an eighth of the data, not the dense weight). Every temporary is allocated once per call and
+    written with ``out=``; given ``values``/``index`` are filled in place (no fresh pages per weight).
+
+    For a group of at most two non-zeros (each element masked to +0 where it counts as zero, so -0.0
+    becomes +0): slot 1 = d | c if a or b | b if a (the terms are disjoint), and slot 0 is the XOR of
+    the four elements with slot 1 (each non-zero lands in exactly one slot). The two slots are
+    joined arithmetically into one item of twice the width (slot 1 in the high half) so the
+    transposed copy moves whole groups; the nibble comes from the 0/1 non-zero flags as
+    ``(f1 & ~f0) + 2 (f2 + (f2 & (f0 | f1))) + 8 f3``."""
     k, n = weight.shape
     if k % GROUP:
         raise NotTwoFourError(f"K={k} is not a multiple of 4")
     groups = k // GROUP
-    values = np.empty((n, k // 2), dtype=weight.dtype)
-    index = np.zeros((n, (k + 7) // 8), dtype=np.uint8)
-    bits = np.dtype(f"<u{weight.dtype.itemsize}")
+    dtype = weight.dtype
+    size = dtype.itemsize
+    bits = np.dtype(f"<u{size}")
+    if values is None or index is None:
+        values, index = empty_pair(n, k, dtype)
+    elif (values.shape != (n, k // 2) or values.dtype != dtype or index.shape != (n, (k + 7) // 8)
+          or index.dtype != np.uint8 or not (values.flags.c_contiguous and index.flags.c_contiguous)):
+        raise ValueError(f"out arrays do not fit a {weight.shape} {dtype} weight")
     out = values.view(bits)
-    step = max(2, (_BLOCK_ELEMENTS // (GROUP * max(n, 1))) // 2 * 2)  # an even number of groups
+    by_bits = size == 2 and dtype.kind not in "iu"  # float16/bfloat16: -0.0 told apart by its bits
+    magnitude = bits.type((1 << (8 * size - 1)) - 1)
+    ones = bits.type((1 << (8 * size)) - 1)
+    step = max(2, min(_KN_STEP, groups + groups % 2))
+    shape = (step, n)
+    kept = [np.empty(shape, bits) for _ in range(GROUP)]
+    mask0, mask1, mask = (np.empty(shape, bits) for _ in range(3))
+    either, other = np.empty(shape, bits), np.empty(shape, bits)
+    flags = [np.empty(shape, np.bool_) for _ in range(GROUP)]
+    count, nibbles, scratch = np.empty(shape, np.uint8), np.zeros((step + 1, n), np.uint8), np.empty(shape, np.uint8)
+    wide = np.dtype(f"<u{2 * size}") if size <= 4 else None  # a group's two slots as one item
+    if wide is not None:
+        joined, low = np.empty(shape, wide), np.empty(shape, wide)
+        shift = wide.type(8 * size)
+        out_wide = out.view(wide)
+    else:
+        pair = np.empty((step, n, 2), bits)
     bad = 0
     for start in range(0, groups, step):
         stop = min(groups, start + step)
-        count = stop - start
-        block = weight[GROUP * start:GROUP * stop].reshape(count, GROUP, n)
-        nonzero = [_nonzero(block[:, element]) for element in range(GROUP)]
-        n0, n1, n2, n3 = (flag.view(np.uint8) for flag in nonzero)
-        bad += int(np.count_nonzero((n0 + n1 + n2 + n3) > 2))
+        c = stop - start
+        block = weight[GROUP * start:GROUP * stop].reshape(c, GROUP, n)
+        elements = block.view(bits)
+        kept_c = [array[:c] for array in kept]
+        flags_c = [array[:c] for array in flags]
+        for j in range(GROUP):
+            if by_bits:
+                np.bitwise_and(elements[:, j], magnitude, out=kept_c[j])
+                np.not_equal(kept_c[j], 0, out=flags_c[j])
+            else:
+                np.not_equal(block[:, j], 0, out=flags_c[j])
+        f0, f1, f2, f3 = (flag.view(np.uint8) for flag in flags_c)
+        total = count[:c]
+        np.add(f0, f1, out=total)
+        total += f2
+        total += f3
+        bad += int(np.count_nonzero(total > 2))
         if bad:
             continue
-        pair = np.empty((count, n, 2), bits)
-        elements = block.view(bits)
-        _slots([elements[:, j] for j in range(GROUP)], nonzero, pair[..., 0], pair[..., 1])
-        # a group's two slots as one item: one transposed copy
-        wide = np.dtype(f"<u{2 * bits.itemsize}" if bits.itemsize <= 4 else f"V{2 * bits.itemsize}")
-        out[:, 2 * start:2 * stop].view(wide)[...] = pair.view(wide)[..., 0].T
-        # SPEC's nibble from the four flags (0/1 bytes) of a group of at most two non-zeros:
-        # index0 = first non-zero among 0-2 (else 0), index1 = the other's position - 1 (else 0).
-        # (0/1 flags made 0x00/0xFF masks: AVX2 has no byte shift, numpy shifts bytes one by one)
-        m0, m1, m2, m3 = (np.negative(flag) for flag in (n0, n1, n2, n3))
-        m01 = m0 | m1
-        nibbles = (m1 & ~m0 & 1) | (m2 & ~m01 & 2) | (m2 & m01 & 4) | (m3 & 8)
-        if count % 2:
-            nibbles = np.concatenate([nibbles, np.zeros((1, n), np.uint8)])
-        index[:, start // 2:start // 2 + len(nibbles) // 2] = (nibbles[0::2] | nibbles[1::2] * np.uint8(16)).T
+        m0, m1, m = mask0[:c], mask1[:c], mask[:c]
+        for j, target in ((0, m0), (1, m1), (2, m), (3, m)):
+            np.multiply(flags_c[j], ones, out=target)
+            np.bitwise_and(elements[:, j], target, out=kept_c[j])
+        k0, k1, k2, k3 = kept_c
+        slot0, slot1 = either[:c], other[:c]
+        np.bitwise_xor(k0, k1, out=slot0)
+        slot0 ^= k2
+        slot0 ^= k3
+        np.bitwise_or(m0, m1, out=slot1)
+        slot1 &= k2
+        np.bitwise_and(k1, m0, out=k1)
+        slot1 |= k1
+        slot1 |= k3
+        slot0 ^= slot1
+        if wide is not None:
+            item = joined[:c]
+            np.copyto(item, slot1)
+            np.left_shift(item, shift, out=item)
+            np.copyto(low[:c], slot0)
+            item |= low[:c]
+            out_wide[:, start:stop] = item.T
+        else:
+            np.copyto(pair[:c, :, 0], slot0)
+            np.copyto(pair[:c, :, 1], slot1)
+            out.reshape(n, groups, 2)[:, start:stop] = pair[:c].transpose(1, 0, 2)
+        # the nibbles, then two groups to a byte (even group low); an odd last group gets a 0 high nibble
+        even = c + c % 2
+        nib, extra = nibbles[:c], scratch[:c]
+        nibbles[c:even] = 0
+        np.greater(f1, f0, out=nib.view(np.bool_))
+        np.bitwise_or(f0, f1, out=extra)
+        extra &= f2
+        extra += f2
+        extra += extra
+        nib += extra
+        np.add(f3, f3, out=extra)
+        extra += extra
+        extra += extra
+        nib += extra
+        pairs = nibbles[:even].reshape(even // 2, 2, n)
+        high = pairs[:, 1]
+        np.multiply(high, np.uint8(16), out=high)
+        pairs[:, 0] |= high
+        index[:, start // 2:start // 2 + even // 2] = pairs[:, 0].T
     if bad:
         raise NotTwoFourError(f"{bad} of {n * groups} groups have more than 2 non-zeros")
     return values, index
@@ -297,9 +386,12 @@ def decompress(values: np.ndarray, index: np.ndarray, k: int | None = None) -> n
     return dense.reshape(rows, k)
 
 
-def compress_weight(weight: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
+def compress_weight(weight: np.ndarray, layout: str,
+                    out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Compress a weight in its ONNX layout: ``compress(to_rows_k(weight, layout))``, reordering a
-    block of rows at a time instead of the whole weight (temporaries stay small)."""
+    block of rows at a time instead of the whole weight (temporaries stay small). ``out``: the
+    ``(values, index)`` arrays to fill (from ``empty_pair``, reused from weight to weight: no fresh
+    pages to fault in and zero); a ``"kn"`` weight is compressed straight into them."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}")
     rank = 4 if layout == "oihw" else 2
@@ -307,8 +399,15 @@ def compress_weight(weight: np.ndarray, layout: str) -> tuple[np.ndarray, np.nda
         raise ValueError(f"{'an' if layout == 'oihw' else 'a'} '{layout}' weight must have rank {rank}, got shape {weight.shape}")
     k = reduction_length(weight.shape, layout)
     if layout == "kn":
-        return _compress_kn(weight)
-    return _compress_rows(lambda start, stop: to_rows_k(weight[start:stop], layout), weight.shape[0], k, weight.dtype)
+        return _compress_kn(weight, *(out or (None, None)))
+    values, index = _compress_rows(lambda start, stop: to_rows_k(weight[start:stop], layout), weight.shape[0], k, weight.dtype)
+    if out is None:
+        return values, index
+    if out[0].shape != values.shape or out[0].dtype != values.dtype or out[1].shape != index.shape:
+        raise ValueError(f"out arrays do not fit a {weight.shape} {weight.dtype} weight")
+    np.copyto(out[0], values)
+    np.copyto(out[1], index)
+    return out
 
 
 def decompress_weight(values: np.ndarray, index: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarray:

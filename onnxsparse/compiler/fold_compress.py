@@ -61,9 +61,12 @@ class DeferredPairs:
     MIN_BYTES = 1 << 20  # smaller weights are compressed at once, as in memory
     INLINE_BELOW = 1024  # io.save_model keeps tensors under this size in the model file
 
+    POOL = 2  # output buffers kept for the next weights (the last pairs written)
+
     def __init__(self) -> None:
         self._sources: dict[str, tuple] = {}  # placeholder location -> (dense TensorProto, layout)
-        self._kept: dict[str, np.ndarray] = {}  # the half of a computed pair not written yet
+        self._kept: dict[str, tuple] = {}  # the half of a computed pair not written yet, and its buffer
+        self._free: list[np.ndarray] = []  # byte buffers of written pairs, reused for the next ones
 
     def placeholders(self, source: onnx.TensorProto, layout: str, names: tuple[str, str]):
         shape = tuple(int(d) for d in source.dims)
@@ -92,21 +95,46 @@ class DeferredPairs:
     def chunks(self, tensor: onnx.TensorProto, chunk: int = 16 << 20):
         location = next(entry.value for entry in tensor.external_data if entry.key == "location")
         name = location[len(self.PREFIX):]
-        array = self._kept.pop(name, None)
-        if array is None:
+        kept = self._kept.pop(name, None)
+        if kept is None:
             source, layout, names = self._sources[location]
             dense = tensor_array(source)
+            buffer, out = self._buffers(dense.shape, layout, dense.dtype)
             try:
-                values, index = fmt.compress_weight(dense, layout)
+                values, index = fmt.compress_weight(dense, layout, out=out)
             except ValueError as exc:
                 raise OnnxSparseError(f"cannot compress '{source.name}': {exc}") from None
             del dense
-            pair = dict(zip(names, (values, index)))
-            array = pair.pop(name)
+            holder = [buffer, 2]  # the pair's buffer and how many halves are still to be written
+            pair = dict(zip(names, ((values, holder), (index, holder))))
+            array, holder = pair.pop(name)
             self._kept.update(pair)
+        else:
+            array, holder = kept
         data = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
         for start in range(0, len(data), chunk):
             yield data[start:start + chunk]
+        del data, array
+        holder[1] -= 1
+        if holder[1] == 0:  # both halves are in the file: the buffer serves the next weight
+            self._free = [holder[0], *self._free][:self.POOL]
+
+    def _buffers(self, shape: tuple[int, ...], layout: str, dtype: np.dtype):
+        """A byte buffer (a free one when big enough) and the (values, index) arrays in it."""
+        k = fmt.reduction_length(shape, layout)
+        rows = shape[1] if layout == "kn" else shape[0]
+        value_bytes = rows * (k // 2) * dtype.itemsize
+        aligned = -(-value_bytes // 64) * 64
+        need = aligned + rows * ((k + 7) // 8) + 64
+        buffer = next((b for b in self._free if b.nbytes >= need), None)
+        if buffer is None:
+            buffer = np.empty(need, np.uint8)
+        else:
+            self._free.remove(buffer)
+        base = (-buffer.ctypes.data) % 64
+        values = buffer[base:base + value_bytes].view(dtype).reshape(rows, k // 2)
+        index = buffer[base + aligned:base + aligned + rows * ((k + 7) // 8)].reshape(rows, (k + 7) // 8)
+        return buffer, (values, index)
 
 
 class FoldCompress(Pass):
