@@ -5,8 +5,9 @@
 Two parts, each on every kernel path asked for (``--isa``: the library's ``cpu_isa`` session
 option; ONNX Runtime's own kernels always take the best path the processor has):
 
-- GEMM: ``--layers`` independent 4096x4096 layers on one uint8 input A [M, 4096] (their weights
-  together well past the L3 cache, as a model's are), uint8 output, per-channel weight scales.
+- GEMM: ``--layers`` independent 4096x4096 layers (``--shapes``: KxN ones instead, as many as
+  hold the same bytes) on one uint8 input A [M, K] (their weights together well past the L3
+  cache, as a model's are), uint8 output, per-channel weight scales.
   Dense: ONNX Runtime's ``QLinearMatMul`` and the QDQ form ``DequantizeLinear -> MatMul ->
   QuantizeLinear`` (what ``quantize_static`` writes; ONNX Runtime fuses it), on the same integers.
   Sparse: ``QMatMulCompress`` with the compressed weight. Times are per layer.
@@ -197,24 +198,33 @@ def check_outputs(sparse, dense, feeds, steps: int) -> int:
 
 def bench_gemm(args, clock, rng) -> list[dict]:
     rows = []
-    models = gemm_models(4096, 4096, args.layers, rng)
+    for k, n in args.shapes:
+        # As many layers as --layers 4096x4096 ones hold bytes: weights well past the L3 cache.
+        layers = max(args.layers, round(args.layers * 4096 * 4096 / (k * n)))
+        rows += bench_gemm_shape(args, clock, rng, k, n, layers)
+    return rows
+
+
+def bench_gemm_shape(args, clock, rng, k: int, n: int, layers: int) -> list[dict]:
+    rows = []
+    models = gemm_models(k, n, layers, rng)
     for isa in args.isa:
         sessions = {"sparse": sparse_session(models["sparse"], args.threads, isa),
                     "qlinear": dense_session(models["qlinear"], args.threads),
                     "qdq": dense_session(models["qdq"], args.threads)}
         for m in args.m:
-            feeds = {"A": rng.integers(0, 256, (m, 4096)).astype(np.uint8)}
+            feeds = {"A": rng.integers(0, 256, (m, k)).astype(np.uint8)}
             steps = check_outputs(sessions["sparse"], sessions["qlinear"], feeds, 1)
             r = time_interleaved(sessions, feeds, clock, args.repeats, args.budget)
-            row = {"part": "gemm", "isa": isa, "m": m, "k": 4096, "n": 4096, "threads": args.threads,
-                   "layers": args.layers, "repeats": r["repeats"], "max_step_difference": steps,
-                   "sparse_us": round(r["sparse"] / args.layers * 1e6, 1)}
+            row = {"part": "gemm", "isa": isa, "m": m, "k": k, "n": n, "threads": args.threads,
+                   "layers": layers, "repeats": r["repeats"], "max_step_difference": steps,
+                   "sparse_us": round(r["sparse"] / layers * 1e6, 1)}
             for form in ("qlinear", "qdq"):
-                row[f"{form}_us"] = round(r[form] / args.layers * 1e6, 1)
+                row[f"{form}_us"] = round(r[form] / layers * 1e6, 1)
                 row[f"speedup_vs_{form}"] = round(r[form] / r["sparse"], 3)
                 row[f"speedup_vs_{form}_iqr"] = [round(x, 3) for x in r[f"{form}_iqr"]]
             rows.append(row)
-            print(f"gemm    isa={isa:6s} M={m:<3d} 4096x4096  sparse {row['sparse_us']:8.1f} us  "
+            print(f"gemm    isa={isa:6s} M={m:<3d} {k}x{n}  sparse {row['sparse_us']:8.1f} us  "
                   f"QLinearMatMul {row['qlinear_us']:8.1f} us (x{row['speedup_vs_qlinear']:.2f}, iqr "
                   f"{row['speedup_vs_qlinear_iqr'][0]:.2f}-{row['speedup_vs_qlinear_iqr'][1]:.2f})  "
                   f"QDQ {row['qdq_us']:8.1f} us (x{row['speedup_vs_qdq']:.2f})  n={r['repeats']}", flush=True)
@@ -254,11 +264,12 @@ def markdown(info: dict, command: str, rows: list[dict]) -> str:
              f"{info.get('load_after', float('nan')):.1f} after (a shared machine). Command: `{command}`.", ""]
     gemm = [r for r in rows if r["part"] == "gemm"]
     if gemm:
-        lines += ["4096x4096 layers, uint8 A and Y, per-channel int8 weights; times per layer (median), speedup "
+        lines += ["KxN layers, uint8 A and Y, per-channel int8 weights; times per layer (median), speedup "
                   "= dense / sparse (quartiles of the per-pair ratio).", "",
-                  "| path | M | sparse us | QLinearMatMul us | speedup | QDQ us | speedup |", "|---|---|---|---|---|---|---|"]
+                  "| path | KxN | M | sparse us | QLinearMatMul us | speedup | QDQ us | speedup |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in gemm:
-            lines.append(f"| {r['isa']} | {r['m']} | {r['sparse_us']} | {r['qlinear_us']} | {r['speedup_vs_qlinear']} "
+            lines.append(f"| {r['isa']} | {r['k']}x{r['n']} | {r['m']} | {r['sparse_us']} | {r['qlinear_us']} | {r['speedup_vs_qlinear']} "
                          f"({r['speedup_vs_qlinear_iqr'][0]}-{r['speedup_vs_qlinear_iqr'][1]}) | {r['qdq_us']} | "
                          f"{r['speedup_vs_qdq']} |")
         lines.append("")
@@ -276,11 +287,24 @@ def markdown(info: dict, command: str, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def shape_arg(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape {text!r} is not KxN (e.g. 768x3072)") from None
+    if k <= 0 or n <= 0 or k % 4:
+        raise argparse.ArgumentTypeError(f"shape {text!r}: K and N must be positive and K a multiple of 4")
+    return k, n
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--isa", nargs="+", default=["avx2", "avx512"], choices=["portable", "avx2", "avx512"])
     parser.add_argument("--m", nargs="+", type=int, default=[1, 4, 16, 64])
-    parser.add_argument("--layers", type=int, default=8, help="4096x4096 layers per GEMM model (default 8: 128 MB)")
+    parser.add_argument("--layers", type=int, default=8, help="4096x4096 layers per GEMM model (default 8: 128 MB); "
+                        "smaller shapes get as many layers as hold the same bytes")
+    parser.add_argument("--shapes", nargs="+", type=shape_arg, default=[(4096, 4096)], metavar="KxN",
+                        help="GEMM shapes (default 4096x4096; BERT-base: 768x768 768x3072 3072x768)")
     parser.add_argument("--tokens", nargs="+", type=int, default=[1, 4, 16])
     parser.add_argument("--encoder-layers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)

@@ -49,18 +49,20 @@ void BuildTables(const uint8_t* a, int64_t lda, int64_t rows, int64_t groups, in
   }
 }
 
-// The weight is read once from memory (the row tiles of a block reuse it from cache); software
-// prefetches keep the next kPrefetchPairs pairs of the block's two streams on their way, ahead of
-// the hardware prefetchers, which lag behind at M = 1. (Prefetches cannot fault: past the block's
-// end they touch the next block or nothing.)
+// The weight is read once from memory (the row tiles of a block reuse it from cache). A block's
+// values and index are one contiguous range of 80 bytes per pair, and blocks follow each other, so
+// the pass that reads a block first prefetches kPrefetchBytes ahead of pair p's share of that range,
+// running on into the next block: the hardware prefetchers lag behind where a block's two streams
+// start over. (Prefetches cannot fault.)
 #ifndef ONNXSPARSE_INT8_AVX2_PREFETCH
-#define ONNXSPARSE_INT8_AVX2_PREFETCH 64
+#define ONNXSPARSE_INT8_AVX2_PREFETCH 8192
 #endif
-constexpr int64_t kPrefetchPairs = ONNXSPARSE_INT8_AVX2_PREFETCH;
+constexpr int64_t kPrefetchBytes = ONNXSPARSE_INT8_AVX2_PREFETCH;
 
-inline void Prefetch(const uint8_t* values, const uint8_t* index, int64_t p) {
-  _mm_prefetch(reinterpret_cast<const char*>(values + (p + kPrefetchPairs) * 64), _MM_HINT_T0);
-  if ((p & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(index + (p + kPrefetchPairs) * kInt8BlockN), _MM_HINT_T0);
+inline void Prefetch(const uint8_t* block_base, int64_t p) {
+  const char* at = reinterpret_cast<const char*>(block_base + p * kInt8PairBytes + kPrefetchBytes);
+  _mm_prefetch(at, _MM_HINT_T0);
+  if ((p & 3) == 3) _mm_prefetch(at + 64, _MM_HINT_T0);  // 5 lines per 4 pairs
 }
 
 // Rows r < MR (their tables at tab) times NO octets of 8 features from octet `octet0` of `block`.
@@ -74,7 +76,7 @@ void Tile(const Int8PackedWeight& w, const int32_t* tab, int64_t groups, int64_t
   const uint8_t* values = ONNXSPARSE_INT8_VALUES(w, block);
   const uint8_t* index = ONNXSPARSE_INT8_INDEX(w, block);
   for (int64_t p = 0; p < w.pairs; ++p) {
-    Prefetch(values, index, p);
+    Prefetch(values, p);
     __m256i code0[NO], code1[NO], w0[NO], w1[NO];
     for (int o = 0; o < NO; ++o) {
       const int octet = octet0 + o;
@@ -125,10 +127,11 @@ void ShuffleTile(const Int8PackedWeight& w, const uint8_t* a, int64_t lda, int64
   const __m256i zero_high = _mm256_set1_epi32(static_cast<int32_t>(0x80008000u));
   __m256i acc[MR];
   for (int r = 0; r < MR; ++r) acc[r] = _mm256_setzero_si256();
-  const uint8_t* values = ONNXSPARSE_INT8_VALUES(w, block) + octet * 32;
+  const uint8_t* block_base = ONNXSPARSE_INT8_VALUES(w, block);
+  const uint8_t* values = block_base + octet * 32;
   const uint8_t* index = ONNXSPARSE_INT8_INDEX(w, block) + octet * 8;
   for (int64_t p = 0; p < w.pairs; ++p) {
-    if constexpr (kPrefetch) Prefetch(values, index, p);
+    if constexpr (kPrefetch) Prefetch(block_base, p);
     int64_t codes;
     std::memcpy(&codes, index + p * kInt8BlockN, 8);
     const __m256i twice = _mm256_shuffle_epi8(_mm256_set1_epi64x(codes), spread);
