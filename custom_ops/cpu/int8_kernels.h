@@ -29,8 +29,10 @@
 // its own: every SPEC encoding has a code), in index bytes c | c' << 4, and orders the values of a
 // pair so that the two groups' values of a slot share a 16-bit word (first group low byte):
 //   values[pair][octet 0..1][8 features][slot 0..1][group 0..1]
-// The kernel builds, per row of A and group, the 8 possible (a[p0], a[p1]) as a table of 8 dwords
-// and picks each feature's with vpermd (the code as the dword index), see int8_kernels_avx2.cc.
+// For 1-2 rows of A the kernel builds, per row and group, the 8 possible (a[p0], a[p1]) as a table
+// of 8 dwords and picks each feature's with vpermd (the code as the dword index); for more rows it
+// turns the codes into vpshufb controls once per pair and selects from each row's activations
+// directly, see int8_kernels_avx2.cc.
 #pragma once
 #include <cstdint>
 #include <cstdlib>
