@@ -185,3 +185,20 @@ def test_head_left_dense_is_appended_to_the_renamed_scratch_file(tmp_path):
     for name in ("w0", "w1"):
         assert not np.array_equal(saved[name], source[name])
         assert (np.count_nonzero(saved[name].reshape(-1, 4, saved[name].shape[1]), axis=1) <= 2).all()
+
+
+def test_sessions_get_every_pruned_weight_as_a_mapped_initializer(tmp_path):
+    """The graph handed to ONNX Runtime never embeds a pruned weight of the main graph (a 2.9 GB model's
+    would pass protobuf's 2 GB limit): each is fed mapped from the scratch file, every time."""
+    from test_prune_files import chain
+
+    path = chain(tmp_path)
+    with files.open_model(path, tmp_path / "o.onnx") as (model, store):
+        for tensor in model.graph.initializer:
+            if files.is_external(tensor):
+                store.write(tensor, store.read(tensor) * 0.5)
+        for _ in range(20):
+            serialized, _, keep = store.session_source(model)
+            graph = onnx.load_from_string(serialized).graph
+            assert all(files.is_external(t) and not t.raw_data for t in graph.initializer if t.name.startswith("w"))
+            assert len(keep) == 2 * 3  # three weights, each a map and its OrtValue

@@ -147,18 +147,19 @@ class ModelFiles:
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self.folder))
         options.add_session_config_entry("session.disable_prepacking", "1")
         keep = []
-        main = {id(t) for t in copy.graph.initializer}
-        for tensor in onnx.external_data_helper._get_all_tensors(copy):
-            if not is_external(tensor) or _info(tensor)[0] != SCRATCH:
-                continue
-            mapped = self._mapped(tensor)
-            if id(tensor) in main and tensor.name in self.original:
+        # The main graph's pruned initializers first, by walking that graph itself: Python ids of protobuf
+        # messages are not stable across iterations (upb makes a new wrapper each time), so they cannot
+        # tell the main graph's tensors from the others.
+        for tensor in copy.graph.initializer:
+            if is_external(tensor) and _info(tensor)[0] == SCRATCH and tensor.name in self.original:
+                mapped = self._mapped(tensor)
                 value = ort.OrtValue.ortvalue_from_numpy(mapped)
                 options.add_initializer(tensor.name, value)
                 keep += [mapped, value]
                 _point(tensor, *self.original[tensor.name])
-            else:  # inside a subgraph or a Constant: embedded in the copy
-                tensor.CopyFrom(numpy_helper.from_array(np.array(mapped), tensor.name))
+        for tensor in onnx.external_data_helper._get_all_tensors(copy):
+            if is_external(tensor) and _info(tensor)[0] == SCRATCH:  # in a subgraph or a Constant: embedded
+                tensor.CopyFrom(numpy_helper.from_array(np.array(self._mapped(tensor)), tensor.name))
         return copy.SerializeToString(), options, keep
 
     def chunks(self, tensor: onnx.TensorProto) -> Iterator[bytes]:
