@@ -9,7 +9,8 @@ With ``DeferredPairs`` (a streaming compile, ``compile_model(..., output=...)``)
 more is not compressed when it is folded: its pair becomes two placeholder initializers (their
 shapes and types, and where the dense weight is), and the save computes the pair when it reaches
 the placeholders in the model's order, writing it straight into the output's data file. No pair is
-held in memory and none is written twice; the dense weight is read (mapped from its file by
+held longer than its write (its buffer then serves the next weights: up to ``POOL`` of them are
+kept) and none is written twice; the dense weight is read (mapped from its file by
 ``graph.constant_array``) once, then, and dropped.
 
 Afterwards ``cleanup`` drops the dense weight when no other node uses it; a weight still read by a
