@@ -343,16 +343,23 @@ def check_cpu(dense: Path, compiled: Path, model: Model, shape) -> dict:
 
 # ---------------------------------------------------------------------------------------- report
 
+def package_versions(names) -> dict:
+    """Each importable package's version; "absent" for one that does not import."""
+    found = {}
+    for pkg in names:
+        try:
+            found[pkg] = __import__(pkg).__version__
+        except Exception:  # noqa: BLE001 - absent is reported as absent
+            found[pkg] = "absent"
+    return found
+
+
 def environment() -> dict:
     import onnxruntime as ort
 
     info = {"python": platform.python_version(), "onnxruntime": ort.__version__,
             "providers": ",".join(p for p in ort.get_available_providers() if p != "CPUExecutionProvider")}
-    for pkg in ("torch", "transformers", "torchvision", "onnx"):
-        try:
-            info[pkg] = __import__(pkg).__version__
-        except Exception:  # noqa: BLE001 - absent is reported as absent
-            info[pkg] = "absent"
+    info.update(package_versions(("torch", "transformers", "torchvision", "onnx")))
     try:
         q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
                            capture_output=True, text=True, timeout=30)

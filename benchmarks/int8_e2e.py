@@ -180,11 +180,7 @@ def versions() -> dict:
     import onnxruntime as ort
 
     out = {"python": platform.python_version(), "onnxruntime": ort.__version__}
-    for pkg in ("onnx", "torch", "transformers", "onnxconverter_common"):
-        try:
-            out[pkg] = __import__(pkg).__version__
-        except Exception:  # noqa: BLE001 - absent is reported as absent
-            out[pkg] = "absent"
+    out.update(e2e.package_versions(("onnx", "torch", "transformers", "onnxconverter_common")))
     try:
         out["onnxsparse_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
                                                   capture_output=True, timeout=10).stdout.strip() or "unknown"
