@@ -7,7 +7,7 @@ resident memory (``resource.getrusage``) when it exits: check and compile stream
 stay under twice the largest tensor plus 1 GB, whatever the model's size; so must a magnitude
 ``prune``, which reads, prunes and writes one layer at a time.
 
-CI runs it (about 1 to 2 minutes on 2 cores, 3.4 GB of disk). Locally, ``ONNXSPARSE_SKIP_BIG=1``
+CI runs it (about 2 minutes on 2 cores; up to 5.6 GB of disk: the model, its compiled and its pruned forms). Locally, ``ONNXSPARSE_SKIP_BIG=1``
 skips it (DEVELOPERS.md).
 """
 
