@@ -165,11 +165,15 @@ std::string CachePath(const std::string& option) {
 
 TuningCacheFile::TuningCacheFile(std::string path) : path_(std::move(path)) {}
 
-bool TuningCacheFile::Find(const CacheKey& key, CacheEntry* entry) {
+void TuningCacheFile::Load() {
   if (!loaded_) {
     if (!path_.empty()) entries_ = ReadCacheFile(path_);
     loaded_ = true;
   }
+}
+
+bool TuningCacheFile::Find(const CacheKey& key, CacheEntry* entry) {
+  Load();
   auto it = entries_.find(key);
   if (it == entries_.end()) return false;
   *entry = it->second;
@@ -177,8 +181,7 @@ bool TuningCacheFile::Find(const CacheKey& key, CacheEntry* entry) {
 }
 
 bool TuningCacheFile::FindNearest(const CacheKey& key, CacheKey* found_key, CacheEntry* entry) {
-  CacheEntry ignored;
-  Find(key, &ignored);  // loads the file at the first lookup
+  Load();
   auto log_ratio = [](int64_t a, int64_t b) {
     return std::fabs(std::log(static_cast<double>(a > 0 ? a : 1) / static_cast<double>(b > 0 ? b : 1)));
   };

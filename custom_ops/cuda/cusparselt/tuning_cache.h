@@ -82,6 +82,7 @@ class TuningCacheFile {
   bool Store(const CacheKey& key, const CacheEntry& entry, std::string* why);
 
  private:
+  void Load();  // reads the file at the first lookup
   std::string path_;  // "" when disabled
   bool loaded_ = false;
   CacheEntries entries_;
