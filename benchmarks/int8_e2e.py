@@ -33,7 +33,11 @@ uint8 activations, MinMax calibration on ``--calib`` random token batches); ``on
   Runtime's CUDA EP runs it (reported, flagged where it is slower than fp16: not a baseline anyone
   deploys). benchmarks/e2e_transformers_cuda.py's timing: io-binding on the GPU, without and with
   CUDA graphs, interleaved rounds, medians; the relative L2 of each candidate's output against
-  fp16's on the same input is the accuracy loss. ``--tune``: ``onnxsparse tune --provider cuda`` and
+  fp16's on the same input is the accuracy loss. ``--int8-graph fp16`` (the default): only the products
+  with a constant weight are quantized (``nodes_to_quantize``) and the int8 models' float parts are
+  converted to fp16 like the baseline, the quantization nodes and sparse int8 ops kept in float32 with
+  Casts around them; ``fp32``: every MatMul quantized and the graph left in float32 (the quantized
+  attention products then run on CPU kernels with copies around them). ``--tune``: ``onnxsparse tune --provider cuda`` and
   ``compile --target cuda`` for the shape (layers the table times slower stay dense) instead of
   rewriting every layer. ``ONNXSPARSE_CUSPARSELT_TUNE`` defaults to ``search`` here: each distinct
   int8 GEMM is searched at its first call (the probe and warm-up runs), not run on cuSPARSELt's
@@ -68,6 +72,11 @@ CPU_BERT = dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072,
                 max_position_embeddings=512)
 CUDA_BERT = e2e.CONFIGS["bert"]  # BERT-large, as the fp16 e2e script measures it
 TINY_BERT = e2e.TINY["bert"]
+INT8_GRAPHS = {  # --cuda: how the int8 models are made from the pruned fp32 export
+    "fp16": "weight products quantized (QDQ), everything else converted to fp16 as the baseline is; "
+            "Casts around the quantization nodes and the sparse int8 ops, which stay float32",
+    "fp32": "every MatMul quantized (QDQ, the attention products too), the graph in float32",
+}
 CUDA_SEQ, TINY_SEQ = e2e.BERT_SEQ, e2e.TINY_SEQ
 
 
@@ -115,9 +124,30 @@ def token_feed(vocab: int, shape, seed: int) -> dict:
     return {"input_ids": np.random.default_rng(seed).integers(0, vocab, size=shape, dtype=np.int64)}
 
 
-def quantize(pruned: Path, vocab: int, calib_shape, calib: int) -> Path:
-    """quantize_static: QDQ, per-channel int8 weights, uint8 activations, MinMax on random tokens."""
-    out = pruned.with_name(pruned.stem + ".qdq.onnx")
+def weight_products(path: Path) -> list[str]:
+    """The MatMul/Gemm nodes whose second input is a constant (an initializer, a Constant's output or
+    an Identity of either): the products a sparse int8 op can take. The attention's two products
+    (both inputs activations) are not among them."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    constant = {init.name for init in graph.initializer}
+    constant |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
+    changed = True
+    while changed:
+        changed = False
+        for node in graph.node:
+            if node.op_type == "Identity" and node.input[0] in constant and node.output[0] not in constant:
+                constant.add(node.output[0])
+                changed = True
+    return [node.name for node in graph.node if node.op_type in ("MatMul", "Gemm") and node.input[1] in constant]
+
+
+def quantize(pruned: Path, vocab: int, calib_shape, calib: int, weights_only: bool = False) -> Path:
+    """quantize_static: QDQ, per-channel int8 weights, uint8 activations, MinMax on random tokens.
+    ``weights_only``: only the products with a constant weight (``nodes_to_quantize``), so that no
+    quantized activation-by-activation product lands on a CPU kernel of ONNX Runtime's CUDA EP."""
+    out = pruned.with_name(pruned.stem + (".qdqw.onnx" if weights_only else ".qdq.onnx"))
     if out.is_file():
         return out
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -132,8 +162,38 @@ def quantize(pruned: Path, vocab: int, calib_shape, calib: int) -> Path:
     t0 = time.time()
     with contextlib.redirect_stdout(sys.stderr):
         quantize_static(str(pruned), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
-    log(f"quantize_static (QDQ, per-channel, {calib} batches {list(calib_shape)}): {time.time() - t0:.0f} s")
+                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        nodes_to_quantize=weight_products(pruned) if weights_only else None)
+    log(f"quantize_static (QDQ, per-channel, {calib} batches {list(calib_shape)}"
+        f"{', weight products only' if weights_only else ''}): {time.time() - t0:.0f} s")
+    return out
+
+
+def to_fp16(path: Path) -> Path:
+    """The model with its float parts in fp16 (onnxconverter-common, keep_io_types=False), as the fp16
+    baseline; the quantization nodes and the sparse int8 ops stay float32 (their scales are float32),
+    with Casts inserted around them by the converter."""
+    out = path.with_name(path.stem + ".fp16.onnx")
+    if out.is_file():
+        return out
+    import onnx
+    try:
+        from onnxconverter_common import float16
+    except ImportError:
+        raise RuntimeError("--int8-graph fp16 converts with onnxconverter-common, which is not installed "
+                           "(pip install onnxconverter-common, or --int8-graph fp32)") from None
+
+    t0 = time.time()
+    model = onnx.load(str(path))
+    known = {vi.name for vi in model.graph.value_info}
+    for node in model.graph.node:  # shape inference knows no custom op: say which outputs are float
+        float_out = node.op_type == "QMatMulCompress" and (len(node.input) < 8 or not node.input[7])
+        if float_out and node.output[0] not in known:
+            model.graph.value_info.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None))
+    blocked = [*float16.DEFAULT_OP_BLOCK_LIST, "QMatMulCompress", "QuantizeLinear", "DequantizeLinear"]
+    converted = float16.convert_float_to_float16(model, keep_io_types=False, op_block_list=blocked)
+    onnx.save(converted, str(out))
+    log(f"{out.name}: float parts in fp16, quantization nodes and sparse int8 ops in float32: {time.time() - t0:.0f} s")
     return out
 
 
@@ -277,7 +337,8 @@ def run_cuda(args, rows: list[dict]) -> None:
     vocab = config["vocab_size"]
     fp32 = export_fp32(args.work, name, config, seq)
     pruned32 = prune(fp32)
-    qdq = quantize(pruned32, vocab, (1, seq), args.calib)
+    fp16_graph = args.int8_graph == "fp16"
+    qdq = quantize(pruned32, vocab, (1, seq), args.calib, weights_only=fp16_graph)
     fp16, how = fp16_baseline(args, pruned32, config, seq)
     env = versions()
     env_gpu = e2e.environment()
@@ -297,13 +358,16 @@ def run_cuda(args, rows: list[dict]) -> None:
         else:
             compiled, report = compile_all(qdq)
             placement = "compile (every eligible layer)"
+        if fp16_graph:  # the float parts in fp16, as the baseline; compile and tune read the fp32 QDQ model
+            compiled = to_fp16(compiled)
         summary = layer_summary(report)
         log(f"{label} {shape}: {summary['layers_int8_sparse']} layers int8 sparse ({placement})")
         base = {"mode": "cuda" if not args.cpu_ep else "cuda-logic-on-cpu-ep", "model": label,
                 "input": "x".join(map(str, shape)), "baseline": "fp16 dense (pruned), ONNX Runtime CUDA EP",
-                "fp16_baseline_made": how, "placement": placement,
+                "fp16_baseline_made": how, "placement": placement, "int8_graph": INT8_GRAPHS[args.int8_graph],
                 "cusparselt_tune": os.environ.get("ONNXSPARSE_CUSPARSELT_TUNE", "cache (default)"), **summary}
-        candidates = [("onnxsparse int8 (compiled QDQ)", compiled), ("ONNX Runtime dense QDQ", qdq)]
+        candidates = [("onnxsparse int8 (compiled QDQ)", compiled),
+                      ("ONNX Runtime dense QDQ", to_fp16(qdq) if fp16_graph else qdq)]
         if args.cpu_ep:  # one run of each on the CPU EP: the outputs, not the times
             for what, path in candidates:
                 row = {**base, "candidate": what}
@@ -367,6 +431,8 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds of timing per row (default: cpu 8, cuda 3, --tiny 1)")
     parser.add_argument("--calib", type=int, default=None, help="calibration batches (default 4; --cuda 2)")
+    parser.add_argument("--int8-graph", default="fp16", choices=sorted(INT8_GRAPHS),
+                        help="--cuda: the int8 models' graph (fp16: weight products only, the rest in fp16)")
     parser.add_argument("--tune", action="store_true", help="--cuda: tune + compile --target cuda")
     parser.add_argument("--stop-after", type=float, default=0,
                         help="--cuda: seconds after which the remaining timed rows are skipped (0: never)")

@@ -65,11 +65,27 @@ def test_cpu_rows(cpu_run):
 
 def test_cuda_flow_on_the_cpu_ep(work, cpu_run):
     """Reuses the CPU run's export, pruned and quantized models (same tiny configuration)."""
-    done = _run("--cuda", "--tiny", "--cpu-ep", "--work", work)
+    pytest.importorskip("onnxconverter_common", reason="--int8-graph fp16 converts with onnxconverter-common")
+    import onnx
+
+    done = _run("--cuda", "--tiny", "--cpu-ep", "--work", work, "--int8-graph", "fp32")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = _rows(done.stdout)
+    done = _run("--cuda", "--tiny", "--cpu-ep", "--work", work)  # the default: --int8-graph fp16
+    assert done.returncode == 0, done.stderr[-3000:]
+    fp16_rows = _rows(done.stdout)
+    assert [r["int8_graph"].split(" ")[0] for r in rows + fp16_rows] == ["every"] * 2 + ["weight"] * 2
+    rows += fp16_rows
     assert [(r["mode"], r["candidate"]) for r in rows] == [
-        ("cuda-logic-on-cpu-ep", "onnxsparse int8 (compiled QDQ)"), ("cuda-logic-on-cpu-ep", "ONNX Runtime dense QDQ")]
+        ("cuda-logic-on-cpu-ep", "onnxsparse int8 (compiled QDQ)"), ("cuda-logic-on-cpu-ep", "ONNX Runtime dense QDQ")] * 2
+    # fp16 graph: 12 sparse int8 ops reading QuantizeLinear's output, no quantized attention product,
+    # and no float32 MatMul left (the attention products run in fp16)
+    graph = onnx.load(str(next(work.glob("*.qdqw.sparse.fp16.onnx")))).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("QMatMulCompress") == 12 and ops.count("QuantizeLinear") == 8 and "Cast" in ops
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in graph.value_info}
+    products = [n for n in graph.node if n.op_type == "MatMul"]
+    assert len(products) == 4 and all(types.get(n.output[0]) == onnx.TensorProto.FLOAT16 for n in products)
     for r in rows:
         assert "error" not in r, r
         assert r["input"] == "2x16" and r["layers_int8_sparse"] == "12/16" and r["finite"]
