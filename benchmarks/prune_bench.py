@@ -174,8 +174,8 @@ def det_input(image: np.ndarray) -> np.ndarray:
 
 class Det:
     def __init__(self, model, eval_count, calib_count):
-        _, lines = make_lines(eval_count * 6, seed=6)
-        _, calib_lines = make_lines(calib_count * 6, seed=7)
+        texts, lines = make_lines(eval_count * 6, seed=6)
+        _, calib_lines = make_lines(calib_count * 6, seed=7, exclude=set(texts))
         rng = np.random.default_rng(8)
         pages = [page(rng, lines[i * 6:(i + 1) * 6]) for i in range(eval_count)]
         self.x = np.stack([det_input(p) for p, _ in pages])
@@ -257,13 +257,16 @@ class Magika:
 TASKS = {"rec": (Rec, 120, 96), "cls": (Cls, 200, 160), "det": (Det, 16, 24), "magika": (Magika, 600, 192)}
 
 
-def bench(name: str, max_errors: list[float], methods: list[str], holdout: bool = False, order: str = "size") -> dict:
+def bench(name: str, max_errors: list[float], methods: list[str], holdout: bool = False, order: str = "size",
+          eval_count: int | None = None, calib_count: int | None = None) -> dict:
     """``holdout``: twice the calibration data, every other batch given to the pruner as ``--holdout``
-    (so that choosing and verifying each see as many samples as fitting), instead of one batch in four."""
+    (so that choosing and verifying each see as many samples as fitting), instead of one batch in four.
+    ``eval_count`` / ``calib_count``: evaluation / calibration samples instead of ``TASKS``' numbers."""
     started = time.time()
     path = model_path(name)
     model = onnx.load(path)
-    task_type, eval_count, calib_count = TASKS[name]
+    task_type, default_eval, default_calib = TASKS[name]
+    eval_count, calib_count = eval_count or default_eval, calib_count or default_calib
     task = task_type(model, eval_count, calib_count * (2 if holdout else 1))
     folder = Path(tempfile.mkdtemp(prefix=f"prune-bench-{name}-"))
     input_name = model.graph.input[0].name
@@ -471,6 +474,11 @@ def main() -> int:
                         help="render as many held-out samples as calibration samples and pass them as --holdout")
     parser.add_argument("--order", default="size", choices=("size", "ratio"),
                         help="the greedy's order under --max-error (prune --order)")
+    parser.add_argument("--eval-count", type=int, metavar="N",
+                        help="evaluation samples per model instead of the task's default (rec 120, cls 200, det 16, magika 600)")
+    parser.add_argument("--calib-count", type=int, metavar="N",
+                        help="calibration samples per model instead of the task's default (rec 96, cls 160, det 24, "
+                             "magika 192; doubled by --holdout)")
     parser.add_argument("--big", metavar="FOLDER",
                         help="instead: prune a generated 2.9 GB model (16 MatMuls 4096x11008 fp32, external data) "
                              "in FOLDER with --big-methods; print wall time and peak RSS as JSON (files deleted after)")
@@ -479,6 +487,9 @@ def main() -> int:
     parser.add_argument("--device", default="auto", help="prune --device for --big")
     parser.add_argument("--big-include", default="", help="--big: prune only these layers (comma-separated)")
     args = parser.parse_args()
+    for option, value in (("--eval-count", args.eval_count), ("--calib-count", args.calib_count)):
+        if value is not None and value < 1:
+            raise SystemExit(f"{option} must be a positive number of samples, got {value}")
     if args.big:
         record = big(Path(args.big), [m for m in args.big_methods.split(",") if m], args.big_samples, args.device,
                      [p for p in args.big_include.split(",") if p])
@@ -490,11 +501,14 @@ def main() -> int:
     started = time.time()
     budgets = [float(v) for v in args.max_errors.split(",") if v]
     methods = [m for m in args.methods.split(",") if m]
-    models = [bench(name, budgets, methods, args.holdout, args.order) for name in args.models.split(",") if name]
+    models = [bench(name, budgets, methods, args.holdout, args.order, args.eval_count, args.calib_count)
+              for name in args.models.split(",") if name]
     record = {"models": models, "seconds": time.time() - started,
               "command": f"python benchmarks/prune_bench.py --models {args.models} --max-errors {args.max_errors}"
                          + (f" --methods '{args.methods}'" if args.methods != parser.get_default("methods") else "")
-                         + (" --holdout" if args.holdout else "") + (f" --order {args.order}" if args.order != "size" else ""),
+                         + (" --holdout" if args.holdout else "") + (f" --order {args.order}" if args.order != "size" else "")
+                         + (f" --eval-count {args.eval_count}" if args.eval_count else "")
+                         + (f" --calib-count {args.calib_count}" if args.calib_count else ""),
               "correlation": {"held_out": correlation(models, "held_out"), "fit": correlation(models, "fit"),
                               "n": sum(1 for m in models for r in m["rows"] if "error" not in r)},
               "environment": {"onnxruntime": ort.__version__, "numpy": np.__version__,

@@ -1,0 +1,57 @@
+"""``benchmarks/prune_bench.py --eval-count/--calib-count``: the counts reach each task, bad counts are
+one line, and rec's rendered evaluation lines stay disjoint from its calibration lines at 600."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+SCRIPT = REPO / "benchmarks" / "prune_bench.py"
+sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "benchmarks" / "ppocr"))
+
+
+@pytest.mark.parametrize("option", ["--eval-count", "--calib-count"])
+def test_a_count_below_one_is_one_line(option, tmp_path):
+    result = subprocess.run([sys.executable, str(SCRIPT), "--models", "rec", "--out", str(tmp_path), option, "0"],
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [f"{option} must be a positive number of samples, got 0"]
+
+
+def test_counts_reach_bench(monkeypatch, tmp_path):
+    import prune_bench
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_bench(name, budgets, methods, holdout, order, eval_count, calib_count):
+        seen.append((name, eval_count, calib_count))
+        raise Stop
+
+    monkeypatch.setattr(prune_bench, "bench", fake_bench)
+    for argv, expected in ((["--eval-count", "600"], ("rec", 600, None)),
+                           (["--calib-count", "48", "--eval-count", "30"], ("rec", 30, 48)),
+                           ([], ("rec", None, None))):
+        monkeypatch.setattr(sys, "argv", ["prune_bench.py", "--models", "rec", "--out", str(tmp_path), *argv])
+        with pytest.raises(Stop):
+            prune_bench.main()
+        assert seen[-1] == expected
+
+
+def test_rec_eval_lines_disjoint_from_calibration_at_600():
+    from render import make_lines
+
+    # As Rec renders them with --eval-count 600 --holdout (96 calibration lines, doubled).
+    texts, _ = make_lines(600, seed=1)
+    calib, _ = make_lines(192, seed=2, exclude=set(texts))
+    assert len(set(texts)) == 600 and len(set(calib)) == 192
+    assert not set(texts) & set(calib)
+    # The first 120 lines are the default run's: a larger count extends the evaluation set.
+    assert texts[:120] == make_lines(120, seed=1)[0]
