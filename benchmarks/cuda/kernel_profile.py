@@ -75,17 +75,18 @@ def session(model, graph: bool) -> ort.InferenceSession:
     return ort.InferenceSession(model, session_options(), providers=[provider])
 
 
-def bound(sess: ort.InferenceSession, feeds: dict, fixed_outputs: bool):
+def bound(sess: ort.InferenceSession, feeds: dict, outputs: list | None = None):
+    """io-binding of the feeds on the GPU; outputs allocated by ONNX Runtime, or (a CUDA graph replays
+    into fixed memory) the given arrays' shapes and types on the GPU."""
     b = sess.io_binding()
     for name, array in feeds.items():
         b.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
-    if fixed_outputs:  # a graph replays into fixed memory: outputs of the shapes one run gives
-        outs = sess.run(None, feeds)
-        for meta, value in zip(sess.get_outputs(), outs):
-            b.bind_ortvalue_output(meta.name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
-    else:
-        for meta in sess.get_outputs():
+    for index, meta in enumerate(sess.get_outputs()):
+        if outputs is None:
             b.bind_output(meta.name, "cuda")
+        else:
+            value = outputs[index]
+            b.bind_ortvalue_output(meta.name, ort.OrtValue.ortvalue_from_shape_and_type(value.shape, value.dtype, "cuda", 0))
     return b
 
 
@@ -101,23 +102,28 @@ def wall_us(sess, b, seconds: float) -> float:
     return float(np.median(times)) * 1e6
 
 
-def replay_us(model, feeds: dict, seconds: float) -> float | str:
+def replay_us(model, feeds: dict, outputs: list, seconds: float) -> float | str:
+    """Time per run under CUDA-graph replay: runs queued without a host sync, closed by one synchronised
+    run (benchmarks/graph_timing.py's loop, for any input and output names)."""
     try:
         sess = session(model, True)
-        b = bound(sess, feeds, True)
-        for _ in range(3):
-            sess.run_with_iobinding(b)
-        reps = 10
-        b.synchronize_outputs()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            sess.run_with_iobinding(b)
-        dt = (time.perf_counter() - t0) / reps
-        reps = max(10, int(seconds / max(dt, 1e-6)))
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            sess.run_with_iobinding(b)
-        return (time.perf_counter() - t0) / reps * 1e6
+        b = bound(sess, feeds, outputs)
+        sync, queued = ort.RunOptions(), ort.RunOptions()
+        for options in (sync, queued):
+            options.add_run_config_entry("gpu_graph_id", "1")
+        queued.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        for _ in range(3):  # warm-up, capture, replay
+            sess.run_with_iobinding(b, sync)
+        reps = 5
+        while True:
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                sess.run_with_iobinding(b, queued)
+            sess.run_with_iobinding(b, sync)
+            dt = (time.perf_counter() - t0) / (reps + 1)
+            if dt * (reps + 1) >= seconds or reps >= 5000:
+                return dt * 1e6
+            reps = int(min(5000, max(2 * reps, seconds / max(dt, 1e-6))))
     except Exception as exc:  # noqa: BLE001 - reported
         return f"no CUDA graph: {str(exc).splitlines()[0][:200]}"
 
@@ -148,15 +154,17 @@ def kernels(sess, b, runs: int, top: int) -> dict:
 
 def profile_model(label: str, model, feeds: dict, args) -> dict:
     row = {"model": label}
+    outputs = None
     try:
         sess = session(model, False)
-        b = bound(sess, feeds, False)
+        outputs = sess.run(None, feeds)
+        b = bound(sess, feeds)
         row["wall_us"] = round(wall_us(sess, b, args.seconds), 1)
         row.update(kernels(sess, b, args.runs, args.top))
         del sess
     except Exception as exc:  # noqa: BLE001 - one failing model is reported, the rest still run
         row["error"] = str(exc).splitlines()[0][:300]
-    replay = replay_us(model, feeds, args.seconds) if args.graph else "not asked"
+    replay = replay_us(model, feeds, outputs, args.seconds) if args.graph and outputs is not None else "not run"
     row["replay_us"] = round(replay, 1) if isinstance(replay, float) else replay
     print(json.dumps(row), flush=True)
     return row

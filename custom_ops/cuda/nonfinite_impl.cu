@@ -3,6 +3,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cstdint>
 
 #include "cuda/nonfinite_impl.cuh"
 #include "cuda/dependent_launch.h"
@@ -28,6 +29,20 @@ template <>
 __device__ __forceinline__ bool NonFinite<__half>(uint16_t bits) { return (bits & 0x7C00u) == 0x7C00u; }
 template <>
 __device__ __forceinline__ bool NonFinite<__nv_bfloat16>(uint16_t bits) { return (bits & 0x7F80u) == 0x7F80u; }
+
+// Whether one of the values packed in a 32-bit word is NaN or +-Inf (two 16-bit values or one float).
+template <typename T>
+__device__ __forceinline__ bool AnyNonFinite(uint32_t word);
+template <>
+__device__ __forceinline__ bool AnyNonFinite<float>(uint32_t word) { return NonFinite<float>(word); }
+template <>
+__device__ __forceinline__ bool AnyNonFinite<__half>(uint32_t word) {
+  return (word & 0x7C00u) == 0x7C00u || (word & 0x7C000000u) == 0x7C000000u;
+}
+template <>
+__device__ __forceinline__ bool AnyNonFinite<__nv_bfloat16>(uint32_t word) {
+  return (word & 0x7F80u) == 0x7F80u || (word & 0x7F800000u) == 0x7F800000u;
+}
 
 template <typename T>
 __device__ __forceinline__ typename Bits<T>::type QuietNaN();
@@ -71,12 +86,25 @@ __global__ void __launch_bounds__(kThreads) ScanFixKernel(const typename Bits<T>
 #endif
   if (threadIdx.x == 0) bad_rows = 0ull;
   __syncthreads();
+  // The scan: no barrier per row (a thread marks its row's bit), so that the loads of successive rows
+  // stay in flight; 16-byte loads where every row starts 16-byte aligned (x aligned, k * sizeof(T)
+  // a multiple of 16), else one element per load.
+  constexpr int kPerVector = 16 / sizeof(typename Bits<T>::type);
+  const bool vector = reinterpret_cast<uintptr_t>(x) % 16 == 0 && k % kPerVector == 0;
   int r = 0;
   for (int64_t i = blockIdx.x; i < m; i += gridDim.x, ++r) {
     const typename Bits<T>::type* row = x + i * k;
     bool found = false;
-    for (int64_t kk = threadIdx.x; kk < k; kk += blockDim.x) found |= NonFinite<T>(row[kk]);
-    if (__syncthreads_or(found) && threadIdx.x == 0) bad_rows |= 1ull << r;
+    if (vector) {
+      const uint4* row4 = reinterpret_cast<const uint4*>(row);
+      for (int64_t v = threadIdx.x; v < k / kPerVector; v += blockDim.x) {
+        const uint4 q = __ldg(row4 + v);
+        found |= AnyNonFinite<T>(q.x) || AnyNonFinite<T>(q.y) || AnyNonFinite<T>(q.z) || AnyNonFinite<T>(q.w);
+      }
+    } else {
+      for (int64_t kk = threadIdx.x; kk < k; kk += blockDim.x) found |= NonFinite<T>(row[kk]);
+    }
+    if (found) atomicOr(&bad_rows, 1ull << r);
   }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
