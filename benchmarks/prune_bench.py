@@ -258,7 +258,7 @@ TASKS = {"rec": (Rec, 120, 96), "cls": (Cls, 200, 160), "det": (Det, 16, 24), "m
 
 
 def bench(name: str, max_errors: list[float], methods: list[str], holdout: bool = False, order: str = "size",
-          eval_count: int | None = None, calib_count: int | None = None) -> dict:
+          eval_count: int | None = None, calib_count: int | None = None, pad_channels: bool = False) -> dict:
     """``holdout``: twice the calibration data, every other batch given to the pruner as ``--holdout``
     (so that choosing and verifying each see as many samples as fitting), instead of one batch in four.
     ``eval_count`` / ``calib_count``: evaluation / calibration samples instead of ``TASKS``' numbers."""
@@ -284,7 +284,8 @@ def bench(name: str, max_errors: list[float], methods: list[str], holdout: bool 
         t0 = time.time()
         try:
             # Under a budget the head is a candidate like any layer (the greedy leaves it dense if it costs too much).
-            options = PruneOptions(method=method, max_error=budget, prune_head=budget is not None, order=order)
+            options = PruneOptions(method=method, max_error=budget, prune_head=budget is not None, order=order,
+                                   pad_channels=pad_channels)
             pruned, report = prune_model(model, options, calibration, holdout=held_out)
         except OnnxSparseError as exc:
             rows.append({"method": method, "max_error": budget, "error": str(exc)})
@@ -307,15 +308,16 @@ def bench(name: str, max_errors: list[float], methods: list[str], holdout: bool 
         log(f"{name} {method} E={budget}: {row['layers']} layers, {row['share']:.1%} in 2:4, {value:.2f} "
             f"({row['delta']:+.2f}), held-out {row['held_out']:.4f}, fit {row['fit']:.4f}, {seconds:.0f}s")
     return {"model": FILES[name], "metric": METRIC[name], "dense": dense, "eval": eval_count,
-            "calib": calib_count, "holdout": calib_count if holdout else None, "rows": rows, "seconds": time.time() - started, "left_dense": left_dense(model)}
+            "calib": calib_count, "holdout": calib_count if holdout else None, "rows": rows, "seconds": time.time() - started, "left_dense": left_dense(model, pad_channels),
+            "pad_channels": pad_channels}
 
 
-def left_dense(model: onnx.ModelProto) -> dict:
+def left_dense(model: onnx.ModelProto, pad_channels: bool = False) -> dict:
     """Why the ineligible Conv/MatMul/Gemm weights are ineligible: parameters and layers per reason
     (head excluded: with --prune-head it is a candidate)."""
     from onnxsparse.prune.layers import scan_layers, weight_params
 
-    scan = scan_layers(model, prune_head=True)
+    scan = scan_layers(model, prune_head=True, pad_channels=pad_channels)
     sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
     sizes.update({node.output[0]: int(np.prod(attr.t.dims)) for node in model.graph.node if node.op_type == "Constant"
                   for attr in node.attribute if attr.name == "value"})
@@ -479,6 +481,8 @@ def main() -> int:
     parser.add_argument("--calib-count", type=int, metavar="N",
                         help="calibration samples per model instead of the task's default (rec 96, cls 160, det 24, "
                              "magika 192; doubled by --holdout)")
+    parser.add_argument("--pad-channels", action="store_true",
+                        help="prune --pad-channels: group-1 Convs with C not a multiple of 4 pruned as if zero-padded")
     parser.add_argument("--big", metavar="FOLDER",
                         help="instead: prune a generated 2.9 GB model (16 MatMuls 4096x11008 fp32, external data) "
                              "in FOLDER with --big-methods; print wall time and peak RSS as JSON (files deleted after)")
@@ -501,14 +505,16 @@ def main() -> int:
     started = time.time()
     budgets = [float(v) for v in args.max_errors.split(",") if v]
     methods = [m for m in args.methods.split(",") if m]
-    models = [bench(name, budgets, methods, args.holdout, args.order, args.eval_count, args.calib_count)
+    models = [bench(name, budgets, methods, args.holdout, args.order, args.eval_count, args.calib_count,
+                    args.pad_channels)
               for name in args.models.split(",") if name]
     record = {"models": models, "seconds": time.time() - started,
               "command": f"python benchmarks/prune_bench.py --models {args.models} --max-errors {args.max_errors}"
                          + (f" --methods '{args.methods}'" if args.methods != parser.get_default("methods") else "")
                          + (" --holdout" if args.holdout else "") + (f" --order {args.order}" if args.order != "size" else "")
                          + (f" --eval-count {args.eval_count}" if args.eval_count else "")
-                         + (f" --calib-count {args.calib_count}" if args.calib_count else ""),
+                         + (f" --calib-count {args.calib_count}" if args.calib_count else "")
+                         + (" --pad-channels" if args.pad_channels else ""),
               "correlation": {"held_out": correlation(models, "held_out"), "fit": correlation(models, "fit"),
                               "n": sum(1 for m in models for r in m["rows"] if "error" not in r)},
               "environment": {"onnxruntime": ort.__version__, "numpy": np.__version__,

@@ -121,11 +121,13 @@ class CompileResult:
         }
 
 
-def check_model(model: str | os.PathLike | onnx.ModelProto) -> CheckReport:
+def check_model(model: str | os.PathLike | onnx.ModelProto, pad_channels: bool = False) -> CheckReport:
     """Per-layer 2:4 report: which Conv/MatMul/Gemm weights comply, how much, and why not.
-    A path is streamed: each weight is read from its file when it is checked, then dropped."""
+    A path is streamed: each weight is read from its file when it is checked, then dropped.
+    ``pad_channels``: judge a 2-D group-1 Conv whose C is not a multiple of 4 on its weight with zero
+    input channels appended up to one (an exact extension of SPEC; ``compiler.channel_padding``)."""
     proto, path = _load(model, lazy=True)
-    result = CheckSparsity()(ModelGraph(proto))
+    result = CheckSparsity(pad_channels)(ModelGraph(proto))
     return CheckReport(layers=result.layers, path=path, compiled=compiled_layers(proto))
 
 
@@ -135,6 +137,7 @@ def compile_model(
     policy: LayerPolicy | DensePolicy | None = None,
     output: str | os.PathLike | None = None,
     external_data: bool | None = None,
+    pad_channels: bool = False,
 ) -> CompileResult:
     """Rewrite every eligible layer into onnxsparse's ops.
 
@@ -148,14 +151,16 @@ def compile_model(
     ``result.model`` is the written model with its weights left in the output's data file
     (``io.open_model``), ``result.output`` its path. Without ``output`` the model is compiled in
     memory. With nothing rewritten, ``result.model`` is the input model unchanged.
+    ``pad_channels``: also rewrite a 2-D group-1 Conv whose C is not a multiple of 4, as
+    ``Conv2dCompress`` on its input zero-padded by a ``Pad`` (exact; ``compiler.channel_padding``).
     """
     if output is not None:
-        return _compile_to(model, output, fold, policy, external_data)
+        return _compile_to(model, output, fold, policy, external_data, pad_channels)
     proto, path = _load(model)
     before = weight_bytes(proto)
     input_valid = _passes_checker(proto)
     graph = ModelGraph(proto)
-    rewrite = compile_pipeline(fold=fold, policy=policy)(graph).of(RewriteResult)
+    rewrite = compile_pipeline(fold=fold, policy=policy, pad_channels=pad_channels)(graph).of(RewriteResult)
     if not rewrite.modified:
         logger.info("nothing rewritten; the model is unchanged")
         return CompileResult(proto, rewrite.decisions, before, before, folded=fold, path=path)
@@ -167,7 +172,8 @@ def compile_model(
     )
 
 
-def _compile_to(model, output, fold: bool, policy, external_data: bool | None) -> CompileResult:
+def _compile_to(model, output, fold: bool, policy, external_data: bool | None, pad_channels: bool = False
+                ) -> CompileResult:
     """The streaming compile: weights read from their files one at a time, large pairs made by the save."""
     inputs = [] if isinstance(model, onnx.ModelProto) else [model]
     out = io.check_output_path(output, inputs=inputs)
@@ -176,7 +182,7 @@ def _compile_to(model, output, fold: bool, policy, external_data: bool | None) -
     input_valid = _passes_checker(proto)
     pairs = DeferredPairs()
     graph = ModelGraph(proto)
-    rewrite = compile_pipeline(fold=fold, policy=policy, sink=pairs)(graph).of(RewriteResult)
+    rewrite = compile_pipeline(fold=fold, policy=policy, sink=pairs, pad_channels=pad_channels)(graph).of(RewriteResult)
     compiled = graph.to_model() if rewrite.modified else proto
     if not rewrite.modified:
         logger.info("nothing rewritten; the model is unchanged")

@@ -31,7 +31,7 @@ def test_counts_reach_bench(monkeypatch, tmp_path):
     class Stop(Exception):
         pass
 
-    def fake_bench(name, budgets, methods, holdout, order, eval_count, calib_count):
+    def fake_bench(name, budgets, methods, holdout, order, eval_count, calib_count, pad_channels=False):
         seen.append((name, eval_count, calib_count))
         raise Stop
 

@@ -6,9 +6,14 @@ import argparse
 import json
 
 from ..api import check_model
+from ..compiler import channel_padding
 from ..compiler.eligibility import percent
 
 NAME = "check"
+# Shared by check, compile and prune: an extension of SPEC, off by default.
+PAD_CHANNELS_HELP = ("treat a 2-D Conv with group 1 whose input channels C are not a multiple of 4 (M for "
+                     "prune) as the same Conv on C zero-padded up to one (exact: the added channels are zero); "
+                     "compile inserts the Pad. Default: such a layer is not eligible (SPEC)")
 HELP = "report which Conv/MatMul/Gemm weights are 2:4-sparse and why any layer is not eligible"
 ORDER = 10
 
@@ -16,10 +21,11 @@ ORDER = 10
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="the ONNX model to inspect")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--pad-channels", action="store_true", help=PAD_CHANNELS_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = check_model(args.model)
+    report = check_model(args.model, pad_channels=args.pad_channels)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
@@ -35,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
             format_shape(layer.shape),
             layer.dtype or "-",
             percent(layer.share) if layer.share is not None else "-",
-            "eligible" if layer.eligible else f"no: {layer.reason}",
+            eligibility(layer),
         )
         for layer in report.layers
     ]
@@ -44,6 +50,15 @@ def run(args: argparse.Namespace) -> int:
     if compiled:
         print(compiled)
     return 0
+
+
+def eligibility(layer) -> str:
+    """"eligible", "eligible after zero-padding C from 50 to 52", or "no: <reason>"."""
+    if not layer.eligible:
+        return f"no: {layer.reason}"
+    if layer.padded_channels:
+        return f"eligible {channel_padding.describe(layer.shape[1], layer.padded_channels)}"
+    return "eligible"
 
 
 def format_shape(shape: tuple[int, ...] | None) -> str:

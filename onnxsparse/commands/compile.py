@@ -18,10 +18,11 @@ import json
 from pathlib import Path
 
 from .. import io, progress
+from ..compiler import channel_padding
 from ..api import compile_model
 from ..errors import OnnxSparseError
 from ..targets import make_policy, parse_dims
-from .check import format_shape
+from .check import PAD_CHANNELS_HELP, format_shape
 
 NAME = "compile"
 HELP = "rewrite 2:4-sparse Conv/MatMul/Gemm layers into onnxsparse's custom ops"
@@ -76,6 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "model will run with, for the per-layer choice only (the output keeps it symbolic); "
         "without it a layer must be faster at every measured M. Repeatable.",
     )
+    parser.add_argument("--pad-channels", action="store_true", help=PAD_CHANNELS_HELP)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr (none when it is not a terminal)")
 
@@ -113,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     with progress.working(f"onnxsparse compile {source.name}", quiet=args.quiet):
         # Streams: one weight in memory at a time, whatever the model's size (api.compile_model).
         result = compile_model(source, fold=not args.no_fold, policy=policy, output=out,
-                               external_data=io.uses_external_data(source))
+                               external_data=io.uses_external_data(source), pad_channels=args.pad_channels)
     written = result.written
 
     report = result.to_dict()
@@ -173,6 +175,8 @@ def print_summary(result, source: Path, out: Path, policy=None) -> None:
                 f"(weight {record.weight} {format_shape(record.shape)} {record.dtype}"
                 + (f"; bias from Add {layer.fused_bias}" if layer.fused_bias else "")
                 + (f"; BatchNormalization {layer.folded_batchnorm} folded" if layer.folded_batchnorm else "")
+                + (f"; {channel_padding.describe(record.shape[1], record.padded_channels)}"
+                   if record.padded_channels else "")
                 + ")"
             )
             if layer.batchnorm_not_folded:

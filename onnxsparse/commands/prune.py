@@ -23,6 +23,7 @@ from ..errors import OnnxSparseError
 from ..prune import Calibration, PruneOptions, files, prune_model, scan_layers
 from ..prune.pruner import no_layers_error
 from ..prune.report import prune_text
+from .check import PAD_CHANNELS_HELP
 
 NAME = "prune"
 HELP = "prune a dense model's Conv/MatMul/Gemm weights to 2:4 (magnitude, wanda or sparsegpt)"
@@ -63,6 +64,8 @@ def add_selection_arguments(parser: argparse.ArgumentParser, default_method: str
                         help="where SparseGPT's linear algebra runs: torch on the CPU or a CUDA GPU (pip install "
                              "'onnxsparse[torch]'), or numpy; auto (default): CUDA when torch sees a GPU, else "
                              "torch on the CPU for large layers, else numpy")
+    parser.add_argument("--pad-channels", action="store_true", help=PAD_CHANNELS_HELP + "; prune writes the "
+                        "weight in its own shape, its trailing group of real channels within N non-zeros")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
@@ -85,7 +88,7 @@ def options_from(args: argparse.Namespace) -> PruneOptions:
         method=args.method, n=args.n, m=args.m, include=args.include, exclude=args.exclude,
         prune_head=args.prune_head, block_size=args.block_size, damp=args.damp,
         sequential=not getattr(args, "no_sequential", False), max_error=getattr(args, "max_error", None),
-        device=args.device, order=getattr(args, "order", "size"),
+        device=args.device, order=getattr(args, "order", "size"), pad_channels=args.pad_channels,
     )
     options.validate()
     if args.batch_size < 1 or args.calib_samples < 1:
@@ -156,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace, options: PruneOptions, model):
-    scan = scan_layers(model, options.m, options.include, options.exclude, options.prune_head)
+    scan = scan_layers(model, options.m, options.include, options.exclude, options.prune_head, options.pad_channels)
     if not scan.layers:  # before the calibration warning: this is the one thing to say
         raise no_layers_error(scan.skipped)
     calibration = load_calibration(args, model)

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         plot = Path(args.plot)
         if not (plot.parent if str(plot.parent) else Path(".")).is_dir():
             raise OnnxSparseError(f"{plot}: output folder '{plot.parent}' does not exist")
-    scan = scan_layers(model, options.m, options.include, options.exclude, options.prune_head)
+    scan = scan_layers(model, options.m, options.include, options.exclude, options.prune_head, options.pad_channels)
     if not scan.layers:
         raise no_layers_error(scan.skipped)
     calibration = load_calibration(args, model)

@@ -24,11 +24,12 @@ from .rules import RULES, Match, Rule
 
 
 def compile_pipeline(fold: bool = True, policy: LayerPolicy | DensePolicy | None = None,
-                     sink: DeferredPairs | None = None) -> Pipeline:
+                     sink: DeferredPairs | None = None, pad_channels: bool = False) -> Pipeline:
     """The compile passes in order; ``policy`` may keep eligible layers dense; ``sink``: where
-    ``FoldCompress`` leaves the large pairs for the save to compute (a streaming compile)."""
+    ``FoldCompress`` leaves the large pairs for the save to compute (a streaming compile);
+    ``pad_channels``: zero-pad a group-1 Conv's input channels to a multiple of 4 (``channel_padding``)."""
     policy = as_policy(policy)
-    passes = [CheckSparsity(), RewriteSparseOps(policy), FuseActivation()]
+    passes = [CheckSparsity(pad_channels), RewriteSparseOps(policy), FuseActivation()]
     if fold:
         passes.append(FoldCompress(sink))
     passes.append(AnnotateShapes())

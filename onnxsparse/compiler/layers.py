@@ -14,8 +14,10 @@ analysis and the per-target choice all start from ``find_layers``:
 
 A record that fails gets the reason of the first failure; one that passes has its layout, and the
 caller checks what it needs beyond (the compiler: K a multiple of 4 and 2:4 sparsity; the pruner:
-K a multiple of M). Records carry plain values only (names, shapes, attributes), never graph
-objects; ``index`` is the node's position among the nodes of its graph (``scope``).
+K a multiple of M). With ``pad_channels`` (opt-in, ``channel_padding``) a 2-D group-1 Conv whose C is
+not a multiple also carries ``padded_channels``, the C its callers use instead.
+Records carry plain values only (names, shapes, attributes), never graph objects; ``index`` is the
+node's position among the nodes of its graph (``scope``).
 
 Subgraphs: with ``find_layers(..., subgraphs=True)`` (the compiler) the layers inside If/Loop/Scan
 bodies are described like the top-level ones, with ``scope`` naming the body ("the then_branch of
@@ -36,6 +38,7 @@ import onnx_graphsurgeon as gs
 import onnx
 
 from ..spec import DOMAIN, ONNX_DOMAINS, QUANT_SPARSE_OPS, SPARSE_OPS, SUPPORTED_DTYPES, TARGET_OPS, weight_layout
+from .channel_padding import pad_target
 from .graph import ModelGraph, dtype_name, nested_nodes, resolve_constant
 
 Shape = tuple  # of int, str (a symbolic dimension) or None (unknown)
@@ -55,6 +58,9 @@ class LayerRecord:
     dtype: str | None = None
     layout: str | None = None  # "kn", "nk" or "oihw" (onnxsparse.format)
     share: float | None = None  # share of 2:4-compliant groups along SPEC's axis, 0..1
+    # C after zero-padding the input channels (``find_layers(pad_channels=True)``, channel_padding);
+    # None: not padded. ``shape`` stays the weight's own.
+    padded_channels: int | None = None
     visited: bool = True  # False for nodes the caller's discovery does not describe (subgraphs, functions)
     scope: str = ""  # where the node is: "" (main graph) or "the then_branch of If 'c'" (find_layers)
     quant: str | None = None  # a quantized layer (quant_rules): "QDQ" or its QOperator op; None: float
@@ -80,6 +86,7 @@ class LayerRecord:
             "dtype": self.dtype,
             "layout": self.layout,
             "share": self.share,
+            "padded_channels": self.padded_channels,
             "eligible": self.eligible,
             "reason": self.reason,
             "visited": self.visited,
@@ -105,7 +112,7 @@ def is_layer(op: str, domain: str | None) -> bool:
 
 
 def find_layers(graph: ModelGraph, dtypes: tuple[str, ...] = SUPPORTED_DTYPES, conv1d: bool = False,
-                subgraphs: bool = False) -> list[LayerRecord]:
+                subgraphs: bool = False, pad_channels: bool = False, multiple: int = 4) -> list[LayerRecord]:
     """A record per Conv/MatMul/Gemm: the top-level ones in graph order, then the nested ones.
 
     ``conv1d``: give a 1-D Conv (weight ``[OC, C/group, KW]``) the layout ``"oihw"`` with its
@@ -120,10 +127,14 @@ def find_layers(graph: ModelGraph, dtypes: tuple[str, ...] = SUPPORTED_DTYPES, c
     body input is not constant. Off by default (callers that index the top-level nodes only):
     then those layers have ``visited=False`` and the reason "subgraphs and functions are not
     visited". Layers inside local functions are never described: ``visited=False`` and a reason
-    saying to inline the functions first."""
+    saying to inline the functions first.
+
+    ``pad_channels``: a 2-D Conv with group 1 whose C is not a multiple of ``multiple`` (4 for the
+    compiler, M for the pruner) gets ``padded_channels``, C rounded up (``channel_padding``): its
+    callers treat it as the Conv on zero-padded input channels. Off by default (SPEC's rule)."""
     scopes = graph.scopes() if subgraphs else {"": graph}
     layers = [
-        _in_scope(describe_layer(scope, node, index, dtypes, conv1d), where)
+        _in_scope(describe_layer(scope, node, index, dtypes, conv1d, pad_channels, multiple), where)
         for where, scope in scopes.items()
         for index, node in enumerate(scope.nodes())
         if is_layer(node.op, node.domain)
@@ -166,7 +177,7 @@ def compiled_layers(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def describe_layer(graph: ModelGraph, node: gs.Node, index: int, dtypes: tuple[str, ...] = SUPPORTED_DTYPES,
-                   conv1d: bool = False) -> LayerRecord:
+                   conv1d: bool = False, pad_channels: bool = False, multiple: int = 4) -> LayerRecord:
     """The facts of one top-level layer node, up to its layout or the first reason it fails."""
     outputs = [tensor.name for tensor in node.outputs]
     record = LayerRecord(node=node_label(node.name, node.op, outputs), op=node.op, index=index,
@@ -209,6 +220,8 @@ def describe_layer(graph: ModelGraph, node: gs.Node, index: int, dtypes: tuple[s
         record.reason = f"Conv is {rank - 2}-D (weight rank {rank}); only 1-D and 2-D Conv are supported"
     else:
         record.layout = weight_layout(node.op, bool(record.attrs.get("transB", 0)))
+        if pad_channels:
+            record.padded_channels = pad_target(node.op, record.shape, record.attrs, multiple)
     return record
 
 

@@ -26,6 +26,7 @@ import onnx_graphsurgeon as gs
 
 from .. import format as fmt
 from ..spec import COMPRESS_OP, DOMAIN
+from . import channel_padding
 from . import fold_batchnorm as batchnorm
 from .graph import ModelGraph, as_2d_weight, constant_array, is_omitted, make_constant, resolve_constant, walk_subgraphs
 from .layers import LayerRecord
@@ -119,7 +120,8 @@ class RewriteSparseOps(Pass):
             # constant is compressed once in the main graph, and the bodies read the pair from there.
             # A weight with a BN folded in is this layer's own, beside it.
             owner = "" if record.source in main_constants and bn_fold is None else record.scope
-            key = (record.source if bn_fold is None else match.weight.name, record.layout, len(record.shape), owner)
+            key = (record.source if bn_fold is None else match.weight.name, record.layout, len(record.shape), owner,
+                   match.padded_channels)
             if key not in pairs:
                 before = match.node if owner == record.scope else _holder(graph, record.scope)
                 pairs[key] = _insert_compress(scopes[owner], record, match, before)
@@ -216,14 +218,20 @@ def _holder(graph: ModelGraph, where: str) -> gs.Node | None:
 
 def _insert_compress(graph, record: LayerRecord, match: Match, before: gs.Node | None) -> CompressedWeight:
     """A CompressOp for the layer's weight in ``graph``, before ``before`` (else first)."""
-    k = fmt.reduction_length(record.shape, record.layout)
-    rows = record.shape[1] if record.layout == "kn" else record.shape[0]
+    shape = record.shape
+    if match.padded_channels:  # C zero-padded to C4 (channel_padding): compress the padded weight
+        shape = (shape[0], match.padded_channels, *shape[2:])
+    k = fmt.reduction_length(shape, record.layout)
+    rows = shape[1] if record.layout == "kn" else shape[0]
     values = gs.Variable(graph.unique_name(f"{record.source}_values"), dtype=match.data_type, shape=[rows, k // 2])
     index = gs.Variable(graph.unique_name(f"{record.source}_index"), dtype=np.uint8, shape=[rows, (k + 7) // 8])
     weight = match.weight
     if len(record.shape) == 3:  # a 1-D Conv: compress the weight as [OC, C/group, 1, KW]
         weight = make_constant(graph.unique_name(f"{record.source}_h1"),
                                as_2d_weight(constant_array(match.weight), record.layout))
+    elif match.padded_channels:
+        weight = make_constant(graph.unique_name(f"{record.source}_c{match.padded_channels}"),
+                               channel_padding.pad_weight(constant_array(match.weight), match.padded_channels))
     node = gs.Node(
         COMPRESS_OP,
         name=graph.unique_name(f"{record.source}_compress"),

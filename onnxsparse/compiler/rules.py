@@ -29,6 +29,9 @@ Rewrites (domain ``onnxsparse``, opset 1; the new node is named ``<original name
   ``Conv(X, W) -> Squeeze(Conv2dCompress(Unsqueeze(X, 2), values, index, B?), 2)`` with
   ``kernel_shape=[1, KW]``, ``strides=[1, s]``, ``dilations=[1, d]``, ``pads=[0, b, 0, e]``, the
   same ``group`` and ``auto_pad``, and the weight compressed as ``W[:, :, None, :]``.
+  A Conv whose record carries ``padded_channels`` C4 (``--pad-channels``; ``channel_padding``):
+  ``Conv(X, W) -> Conv2dCompress(Pad(X, C4 - C zero channels), values, index, B?)`` with the weight
+  compressed with C4 - C zero input channels appended (exact: the added channels are zero on both sides).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..spec import CONV2D_COMPRESS, DOMAIN, MATMUL_COMPRESS, ONNX_DOMAINS
+from . import channel_padding
 from .graph import ModelGraph, constant_array, constant_proto, is_omitted, make_constant, np_dtype, resolve_constant
 from .layers import LayerRecord
 
@@ -57,6 +61,7 @@ class Match:
     bias: gs.Tensor | None = None  # the bias row as it is, when it is already [N]
     bias_row: np.ndarray | None = field(default=None, repr=False)  # else its values, broadcast to [N]
     not_folded: str | None = None  # why no bias is folded into the sparse op (a rule's reason)
+    padded_channels: int | None = None  # Conv: C4 when X and W are zero-padded to it (channel_padding)
 
 
 class Rule:
@@ -222,13 +227,22 @@ class Conv(Rule):
             x_shape = node.inputs[0].shape
             if x_shape is not None and len(x_shape) != 3:
                 return f"1-D Conv input X has rank {len(x_shape)}, not 3"
+        if isinstance(match, Match) and record.padded_channels:
+            opset = graph.onnx_opset()
+            if record.dtype == "bfloat16" and opset < channel_padding.BFLOAT16_PAD_OPSET:
+                return (f"zero-padding C needs a Pad of bfloat16, which ONNX Runtime runs from opset "
+                        f"{channel_padding.BFLOAT16_PAD_OPSET} (the model has {opset})")
+            match.padded_channels = record.padded_channels
         return match
 
     def rewrite(self, graph: ModelGraph, match: Match, sparse: tuple[gs.Tensor, gs.Tensor]) -> gs.Node:
         node = match.node
         attrs = dict(node.attrs)
         attrs.setdefault("kernel_shape", list(match.shape[2:]))
-        inputs = [node.inputs[0], *sparse]
+        x = node.inputs[0]
+        if match.padded_channels:
+            x = channel_padding.pad_input(graph, node, x, match.shape[1], match.padded_channels)
+        inputs = [x, *sparse]
         if len(node.inputs) > 2 and not is_omitted(node.inputs[2]):
             inputs.append(node.inputs[2])
         if len(match.shape) == 3:

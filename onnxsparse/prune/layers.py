@@ -4,6 +4,9 @@
 weight, dtype and SPEC layout, or the reason it has none (the same resolver and reasons as the
 compiler's check; any float dtype is accepted here). On top of it this module adds what pruning
 needs: K (for Conv: C/group) must be a multiple of M, and a Conv's OC a multiple of its group.
+With ``pad_channels`` (opt-in) a 2-D group-1 Conv whose C is not a multiple of M is pruned as the Conv
+on C zero-padded to one (``compiler.channel_padding``; ``Layer.padded_channels``): the weight written
+back keeps its shape, no graph change.
 
 A weight used by several nodes is one ``Layer`` with several ``uses``: it is pruned once. When one
 of its other consumers is not a prunable use with the same sparse axis (an ``Add``, a layer that is
@@ -31,6 +34,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..compiler import channel_padding
 from ..compiler.graph import ModelGraph, nested_nodes, resolve_constant, subgraph_reads, walk_subgraphs
 from ..compiler.layers import LayerRecord, find_layers, matches
 from ..format import reduction_length
@@ -73,6 +77,9 @@ class Layer:
     dtype: np.dtype
     layout: str
     uses: list[Use] = field(default_factory=list)
+    # C4 when the Conv is pruned as if its input channels were zero-padded to it (``--pad-channels``,
+    # ``compiler.channel_padding``); ``shape`` stays the weight's own.
+    padded_channels: int | None = None
 
     @property
     def name(self) -> str:
@@ -144,15 +151,17 @@ def _conv_geometry(attrs: dict, shape: tuple[int, ...]) -> ConvGeometry:
     )
 
 
-def _use(record: LayerRecord, name: str, m: int) -> Use | str:
-    """How a layer discovery found with a layout uses its weight, or why it cannot be pruned to N:M."""
+def _use(record: LayerRecord, name: str, m: int, pad_channels: bool = False) -> Use | str:
+    """How a layer discovery found with a layout uses its weight, or why it cannot be pruned to N:M
+    (a C that discovery padded, ``record.padded_channels``, is a multiple of M)."""
     shape, conv = record.shape, None
     if record.layout == "oihw":
         conv = _conv_geometry(record.attrs, shape)
         if shape[0] % conv.group:
             return f"OC={shape[0]} is not a multiple of group={conv.group}"
-        if shape[1] % m:
-            return f"C/group={shape[1]} is not a multiple of {m}"
+        if shape[1] % m and not record.padded_channels:
+            refused = f"; {channel_padding.refusal(record.op, shape, record.attrs)}" if pad_channels else ""
+            return f"C/group={shape[1]} is not a multiple of {m}{refused}"
     else:
         k = reduction_length(shape, record.layout)
         if k % m:
@@ -235,10 +244,13 @@ def scan_layers(
     include: list[str] | None = None,
     exclude: list[str] | None = None,
     prune_head: bool = False,
+    pad_channels: bool = False,
 ) -> LayerScan:
     """Every Conv/MatMul/Gemm of the main graph: the layers to prune, and the rest with reasons.
 
     ``include``/``exclude``: fnmatch patterns on node names and op types (include all when empty).
+    ``pad_channels``: a 2-D Conv with group 1 whose C is not a multiple of M is a candidate too,
+    pruned as the Conv on C zero-padded to a multiple of M (``Layer.padded_channels``).
     """
     graph = model.graph
     names = node_names(graph)
@@ -249,15 +261,15 @@ def scan_layers(
         source, _ = resolve_constant(mg, tensor)
         return None if source is None else source.name
 
-    candidates: dict[str, list] = {}  # source -> [(use, shape, dtype)]
+    candidates: dict[str, list] = {}  # source -> [(use, shape, dtype, padded channels)]
     skipped: list[Skipped] = []
     weighted: set[str] = set()
-    for record in find_layers(mg, dtypes=PRUNABLE_DTYPES, subgraphs=True):
+    for record in find_layers(mg, dtypes=PRUNABLE_DTYPES, subgraphs=True, pad_channels=pad_channels, multiple=m):
         name = names[record.index] if not record.scope else f"{record.node} ({record.scope})"
         if not record.visited:  # local functions: the compiler's reason
             skipped.append(Skipped(name, record.op, record.weight or "", record.reason or "not visited"))
             continue
-        found = _use(record, name, m) if record.reason is None else record.reason
+        found = _use(record, name, m, pad_channels) if record.reason is None else record.reason
         if isinstance(found, str):
             skipped.append(Skipped(name, record.op, record.weight or "", found))
             if not record.scope:
@@ -268,7 +280,7 @@ def scan_layers(
         if not record.scope:
             weighted.add(name)
         dtype = onnx.helper.tensor_dtype_to_np_dtype(WEIGHT_DTYPES[record.dtype][0])
-        candidates.setdefault(record.source, []).append((found, record.shape, dtype))
+        candidates.setdefault(record.source, []).append((found, record.shape, dtype, record.padded_channels))
 
     heads = _find_heads(graph, names, weighted)
     # Every consumer of each source (through Identity), to spot weights shared with other nodes.
@@ -292,7 +304,8 @@ def scan_layers(
 
     layers: list[Layer] = []
     for source, uses in candidates.items():
-        first_use, shape, dtype = uses[0]
+        first_use, shape, dtype, padded = uses[0]
+        uses = [entry[:3] for entry in uses]
         use_names = {use.node for use, _, _ in uses}
         weight_label = source
 
@@ -327,7 +340,8 @@ def scan_layers(
                 reason = reasons.get(use.node) or f"weight shared with {excluded[0][0].node}, which is not selected"
                 skipped.append(Skipped(use.node, use.op_type, weight_label, reason))
             continue
-        layers.append(Layer(weight=source, shape=shape, dtype=np.dtype(dtype), layout=first_use.layout, uses=[u for u, _, _ in uses]))
+        layers.append(Layer(weight=source, shape=shape, dtype=np.dtype(dtype), layout=first_use.layout,
+                            uses=[u for u, _, _ in uses], padded_channels=padded))
     order = {name: index for index, name in enumerate(names)}
     layers.sort(key=lambda layer: order.get(layer.uses[0].node, len(order)))
     skipped.sort(key=lambda s: order.get(s.node, len(order)))

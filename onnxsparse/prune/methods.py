@@ -10,7 +10,8 @@
   mask the error e = (w_j - q_j) / U_jj is spread over the remaining columns: W[:, j:] -= e U[j, j:].
 
 ``H`` is always float64; weights are computed in float64 and cast back by the caller.
-``prune_layer`` prunes one layer's weight (per Conv group) with a method and reports what it cost.
+``prune_layer`` prunes one layer's weight (per Conv group) with a method and reports what it cost;
+a Conv with ``padded_channels`` (``--pad-channels``) is pruned on its zero-padded weight and statistics.
 SparseGPT and the layer error's quadratic forms run on torch when installed (``linalg``; CPU or
 CUDA by ``device``), in numpy otherwise; under ``auto`` a small layer (fewer than
 ``TORCH_MIN_ELEMENTS`` weights) stays in numpy, where a column step costs less overhead.
@@ -18,10 +19,11 @@ CUDA by ``device``), in numpy otherwise; under ``auto`` a small layer (fewer tha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..compiler import channel_padding
 from ..errors import OnnxSparseError
 from ..format import NotTwoFourError, from_rows_k, keep_top, prune_magnitude, reduction_length, to_rows_k
 from .capture import Statistics
@@ -124,6 +126,8 @@ class LayerResult:
 
 def prune_layer(layer: Layer, weight: np.ndarray, stats: Statistics | None, options) -> tuple[np.ndarray, LayerResult]:
     """The pruned weight (ONNX layout, the weight's dtype) and what it cost."""
+    if layer.padded_channels:
+        return _prune_padded(layer, weight, stats, options)
     if options.method in ("magnitude", "wanda"):
         return _prune_layer_blocks(layer, weight, stats, options)
     rows_k = to_rows_k(weight, layout=layer.layout)
@@ -169,6 +173,22 @@ def prune_layer(layer: Layer, weight: np.ndarray, stats: Statistics | None, opti
         compliant=_compliant_share(out, layer, options.n, options.m),
     )
     return out, result
+
+
+def _prune_padded(layer: Layer, weight: np.ndarray, stats: Statistics | None, options):
+    """A Conv pruned as the Conv on its input channels zero-padded to ``layer.padded_channels``
+    (``channel_padding``): the padded weight and input statistics through the method, then the padding
+    stripped. The padded zeros count among each trailing group's pruned elements, so its real
+    channels keep at most N non-zeros; the result reports the weight's own shape."""
+    channels, padded = layer.shape[1], layer.padded_channels
+    wide = replace(layer, shape=(layer.shape[0], padded, *layer.shape[2:]), padded_channels=None)
+    wide_stats = None
+    if stats is not None:
+        positions = int(np.prod(layer.shape[2:]))
+        wide_stats = Statistics(channel_padding.pad_hessian(stats.hessian, positions, channels, padded), stats.rows)
+    out, result = prune_layer(wide, channel_padding.pad_weight(weight, padded), wide_stats, options)
+    result.shape, result.params = layer.shape, layer.params
+    return channel_padding.strip_weight(out, channels), result
 
 
 # Magnitude and Wanda score each element on its own: a weight is pruned a block of groups at a time,

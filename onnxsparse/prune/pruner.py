@@ -53,6 +53,7 @@ class PruneOptions:
     max_error: float | None = None
     device: str = "auto"  # where SparseGPT's linear algebra runs (linalg.DEVICES)
     order: str = "size"  # the greedy's visiting order under max_error / auto (sensitivity.ORDERS)
+    pad_channels: bool = False  # prune group-1 Convs with C not a multiple of M as if zero-padded (channel_padding)
 
     def validate(self) -> None:
         if self.method not in (*METHODS, "auto"):
@@ -183,7 +184,7 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, calibration: Cali
     Errors are measured on held-out data (``holdout``, or a part of ``calibration``)."""
     options.validate()
     say = progress or (lambda message: None)
-    scan = scan_layers(model, options.m, options.include, options.exclude, options.prune_head)
+    scan = scan_layers(model, options.m, options.include, options.exclude, options.prune_head, options.pad_channels)
     if not scan.layers:
         raise no_layers_error(scan.skipped)
     layers, skipped = scan.layers, list(scan.skipped)

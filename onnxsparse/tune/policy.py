@@ -166,6 +166,9 @@ class MeasuredPolicy(_PolicyBase):
 
     def decide(self, record) -> choices.LayerChoice:
         layer = self.problems.get(record.node)
+        if layer is None and getattr(record, "padded_channels", None):
+            return choices.LayerChoice(record.node, False, "tune does not measure Convs on zero-padded channels "
+                                       "(--pad-channels) yet; --force-sparse rewrites it", "none")
         if layer is None:
             return choices.LayerChoice(record.node, False, "not a top-level layer the tuner can describe", "none")
         if self.cache is not None:
