@@ -48,7 +48,7 @@ def refusal(op: str, shape: tuple[int, ...], attrs: dict) -> str:
     """Why ``--pad-channels`` does not pad a Conv whose C/group is not a multiple: a sentence."""
     group = int(attrs.get("group", 1))
     if group != 1:
-        return f"--pad-channels pads only Convs with group = 1 (this one has group = {group})"
+        return "--pad-channels pads only Convs with group = 1"
     if op != "Conv" or len(shape) != 4:
         return "--pad-channels pads only 2-D Convs"
     return "--pad-channels does not apply"
