@@ -72,6 +72,9 @@ CPU_BERT = dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072,
                 max_position_embeddings=512)
 CUDA_BERT = e2e.CONFIGS["bert"]  # BERT-large, as the fp16 e2e script measures it
 TINY_BERT = e2e.TINY["bert"]
+# --int8-graph fp16: no QuantizeLinear on the products' outputs (the quantizer adds one by default,
+# which the compiled op then writes and a DequantizeLinear reads back for the bias Add).
+WEIGHTS_ONLY_OPTIONS = {"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]}
 INT8_GRAPHS = {  # --cuda: how the int8 models are made from the pruned fp32 export
     "fp16": "weight products quantized (QDQ), everything else converted to fp16 as the baseline is; "
             "Casts around the quantization nodes and the sparse int8 ops, which stay float32",
@@ -163,7 +166,8 @@ def quantize(pruned: Path, vocab: int, calib_shape, calib: int, weights_only: bo
     with contextlib.redirect_stdout(sys.stderr):
         quantize_static(str(pruned), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                        nodes_to_quantize=weight_products(pruned) if weights_only else None)
+                        nodes_to_quantize=weight_products(pruned) if weights_only else None,
+                        extra_options=WEIGHTS_ONLY_OPTIONS if weights_only else None)
     log(f"quantize_static (QDQ, per-channel, {calib} batches {list(calib_shape)}"
         f"{', weight products only' if weights_only else ''}): {time.time() - t0:.0f} s")
     return out

@@ -195,6 +195,84 @@ def test_a_bias_that_onnx_runtime_fuses_downstream_is_free_on_both_sides():
     assert layers[1].fused_bias
 
 
+def encoder_block() -> onnx.ModelProto:
+    """A transformer block's two bias Adds as torch.onnx's dynamo exporter writes them: the output
+    projection's bias, then a residual Add and LayerNormalization (ONNX Runtime fuses the two Adds
+    into SkipLayerNormalization), and the FFN's bias before an erf-decomposed GELU (0.5 * (1 + erf(x /
+    sqrt 2)) * x, which ONNX Runtime 1.3x does not fuse, so the bias stays a pass of its own)."""
+    model = make_model(
+        f"""{HEAD} g (float[batch,8,64] x) => (float[batch,8,64] y) {{
+            o = MatMul(x, W1)
+            ob = Add(o, B1)
+            res = Add(ob, x)
+            ln = LayerNormalization(res, S, B1)
+            u = MatMul(ln, W2)
+            ub = Add(u, B2)
+            d = Div(ub, R2)
+            e = Erf(d)
+            e1 = Add(e, ONE)
+            h = Mul(HALF, e1)
+            g = Mul(ub, h)
+            y = MatMul(g, W3)
+        }}""",
+        W1=sparse_weight((64, 64), "kn"), B1=np.full(64, 0.1, np.float32), S=np.ones(64, np.float32),
+        W2=sparse_weight((64, 128), "kn", seed=1), B2=np.full(128, 0.1, np.float32),
+        R2=np.array(1.4142135, np.float32), ONE=np.array(1.0, np.float32), HALF=np.array(0.5, np.float32),
+        W3=sparse_weight((128, 64), "kn", seed=2),
+    )
+    names = {'o': 'o_proj', 'ob': 'o_bias', 'res': 'residual', 'ln': 'norm', 'u': 'up_proj', 'ub': 'up_bias', 'd': 'gelu_div', 'e': 'gelu_erf', 'e1': 'gelu_add', 'h': 'gelu_half', 'g': 'gelu', 'y': 'down_proj'}
+    for node in model.graph.node:
+        node.name = names[node.output[0]]
+    return model
+
+
+def test_tune_learns_which_bias_adds_onnx_runtime_fuses():
+    """The heuristic takes any Add reader but a plain one as a fusion (both biases free); ONNX Runtime
+    itself fuses only the residual one, so the FFN's bias is timed with its layer."""
+    from onnxsparse.session import timing_options
+    from onnxsparse.tune.problems import ort_fused_adds
+
+    model = encoder_block()
+    fused = ort_fused_adds(model, "cpu", lambda: timing_options(1))
+    assert fused is not None and "o_bias" in fused and "up_bias" not in fused
+    shapes = inferred_shapes(bind_inputs(model, {"batch": 2}))
+    guessed = find_problems(model, check_model(model).layers, shapes)
+    learnt = find_problems(model, check_model(model).layers, shapes, fused)
+    assert [(p.node, p.fused_bias, p.problem.bias) for p in guessed][:2] == [("o_proj", True, False), ("up_proj", True, False)]
+    assert [(p.node, p.fused_bias, p.problem.bias) for p in learnt][:2] == [("o_proj", True, False), ("up_proj", False, True)]
+    assert [step.name for step in learnt[1].epilogue] == ["up_bias"]
+    # An unnamed or repeated Add name: nothing is learnt (the readers decide, as before).
+    unnamed = onnx.ModelProto()
+    unnamed.CopyFrom(model)
+    unnamed.graph.node[1].name = ""
+    assert ort_fused_adds(unnamed, "cpu", lambda: timing_options(1)) is None
+
+
+def test_tune_records_the_fused_adds_for_compile_target(tmp_path, monkeypatch):
+    """compile --target finds the problems tune timed (the same keys), through the cache's model record."""
+    model = encoder_block()
+    timed = {}
+
+    def fake_measure(layer, provider, options, budget_s, clock="wall"):
+        p = layer.problem
+        timed[layer.node] = p.key
+        return {"problem": p.to_dict(), "base": p.base, "key": p.key, "clock": clock, **fake(1.3)}
+
+    monkeypatch.setattr(tuner, "measure_problem", fake_measure)
+    monkeypatch.setattr(tuner, "host_key", lambda provider, threads, isa=None, spinning=True:
+                        HardwareKey(**{**KEY.to_dict(), "threads": threads, "spinning": spinning}))
+    cache = TuneCache(tmp_path / "tune.json")
+    tuner.tune_model(model, "cpu", 1, {"batch": 2}, cache=cache, whole_model=False)
+    assert "Add[128]" in timed["up_proj"] and "Add" not in timed["o_proj"]
+    record = TuneCache.load(tmp_path / "tune.json").model(KEY, model_fingerprint(model))
+    assert "o_bias" in record["fused_adds"] and "up_bias" not in record["fused_adds"]
+    policy = MeasuredPolicy("cpu", KEY, TuneCache.load(tmp_path / "tune.json"), {"batch": 2})
+    policy.prepare(model)
+    assert {node: layer.problem.key for node, layer in policy.problems.items()} == timed
+    result = compile_model(model, policy=policy)
+    assert sorted(d.record.node for d in result.rewritten) == ["down_proj", "o_proj", "up_proj"]
+
+
 def test_problems_of_a_model_with_external_data_read_bias_and_norms_from_the_file(tmp_path):
     """BERT-style exports keep every tensor (biases, LayerNorm parameters) in the data file; the
     front door makes their locations absolute, which onnx's own reader refuses. Found on a

@@ -123,9 +123,11 @@ class MeasuredPolicy(_PolicyBase):
 
         bound = bind_inputs(model, self.dims, self.input_shapes, require_static=False)
         self.shapes = shapes_text(bound)
-        layers = find_problems(model, check_model(model).layers, inferred_shapes(bound))
-        self.problems = {layer.node: layer for layer in layers}
         self.fingerprint = model_fingerprint(model)
+        entry = self.cache.model(self.key, self.fingerprint) if self.cache is not None else None
+        fused = set(entry["fused_adds"]) if entry and "fused_adds" in entry else None  # what tune saw ONNX Runtime fuse
+        layers = find_problems(model, check_model(model).layers, inferred_shapes(bound), fused)
+        self.problems = {layer.node: layer for layer in layers}
         if self.cache is not None:
             run = self._model_run()
             if run and not self.layer_shapes:

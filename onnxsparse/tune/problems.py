@@ -8,8 +8,11 @@ Layers with equal problems are timed once.
 The single-layer models time what the model really pays. The dense side is the layer as ONNX
 Runtime runs it in the model: a Conv or Gemm with the activation after it (Relu, Clip, Sigmoid,
 LeakyRelu, HardSigmoid, HardSwish, Tanh, Gelu), which ONNX Runtime fuses into its own kernel; a
-MatMul with its bias Add, unless the Add's result feeds an op ONNX Runtime fuses a bias into
-(SkipLayerNormalization, BiasGelu, ...), where the bias is free on both sides. The sparse side is
+MatMul with its bias Add, unless ONNX Runtime fuses that Add into what reads it
+(SkipLayerNormalization, BiasGelu, ...), where the bias is free on both sides: ``tune`` learns which
+Adds ONNX Runtime's optimizer removes from the model itself (``ort_fused_adds``; an erf-decomposed
+GELU, as torch.onnx's dynamo exporter writes it, is not fused and leaves its bias Add a separate
+pass), and records them for ``compile --target``; without that record the Add's readers decide. The sparse side is
 what ``compile_model`` writes for that same model, so that whatever the compiler folds or fuses
 into the sparse op is timed too. Weights are random 2:4 (the kernels' speed does not depend on
 the values).
@@ -209,8 +212,14 @@ def inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
 # --- the model's problems --------------------------------------------------------------------
 
 
-def find_problems(model: onnx.ModelProto, records, shapes: dict[str, tuple]) -> list[LayerProblem]:
-    """A ``LayerProblem`` for each eligible record (the compiler's report) whose node is top-level."""
+def find_problems(model: onnx.ModelProto, records, shapes: dict[str, tuple],
+                  fused_adds: set[str] | None = None) -> list[LayerProblem]:
+    """A ``LayerProblem`` for each eligible record (the compiler's report) whose node is top-level.
+
+    ``fused_adds``: the Add nodes ONNX Runtime's optimizer removed from this model (``ort_fused_adds``:
+    fused into SkipLayerNormalization, BiasGelu, a Gemm, ...); a MatMul's bias Add among them is free
+    on both sides and not timed, any other is timed with the layer. None: guessed from the Add's
+    readers (``_bias_fused_downstream``)."""
     nodes = {}
     for node in model.graph.node:
         label = node.name or (f"<{node.op_type} -> {node.output[0]}>" if node.output else f"<{node.op_type}>")
@@ -230,8 +239,36 @@ def find_problems(model: onnx.ModelProto, records, shapes: dict[str, tuple]) -> 
         if getattr(record, "quant", None):
             found.append(_int8_layer_problem(record, node, readers, producers, outputs, constants, shapes))
             continue
-        found.append(_layer_problem(record, node, readers, outputs, constants, shapes))
+        found.append(_layer_problem(record, node, readers, outputs, constants, shapes, fused_adds))
     return found
+
+
+def ort_fused_adds(model: onnx.ModelProto, provider: str, options) -> set[str] | None:
+    """The named Add nodes of ``model`` that ONNX Runtime's optimizer removes (at ``options``' level,
+    for ``provider``): the graph it writes after its fusions (``optimized_model_filepath``, weights to
+    a side file), compared by node name. None when that cannot be learnt (the session fails, names
+    repeat or are missing)."""
+    import os
+    import tempfile
+
+    from ..session import open_session
+
+    adds = [node.name for node in model.graph.node if node.op_type == "Add"]
+    if not adds or any(not name for name in adds) or len(set(adds)) != len(adds):
+        return None
+    with tempfile.TemporaryDirectory(prefix="onnxsparse-fusions-") as folder:
+        path = os.path.join(folder, "optimized.onnx")
+        opts = options()
+        opts.optimized_model_filepath = path
+        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.bin")
+        opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        try:
+            session = open_session(model, sparse=False, provider=provider, options=opts, quiet=True)
+            del session
+            kept = {node.name for node in onnx.load(path, load_external_data=False).graph.node}
+        except Exception:  # noqa: BLE001 - then the readers decide, as without this
+            return None
+    return {name for name in adds if name not in kept}
 
 
 def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
@@ -248,7 +285,7 @@ def _readers(name: str, readers, outputs) -> list:
     return [] if name in outputs else readers.get(name, [])
 
 
-def _layer_problem(record, node, readers, outputs, constants, shapes) -> LayerProblem:
+def _layer_problem(record, node, readers, outputs, constants, shapes, fused_adds=None) -> LayerProblem:
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     kept = tuple((name, _plain(attrs[name])) for name in _ATTRS.get(node.op_type, ()) if name in attrs)
     x_shape = shapes.get(node.input[0])
@@ -274,7 +311,9 @@ def _layer_problem(record, node, readers, outputs, constants, shapes) -> LayerPr
             if other in constants and other != tail and _is_bias(tensor_array(constants[other]).shape, node.op_type):
                 bias_taken = True
                 result.bias_node = add.name or add.output[0]
-                if node.op_type == "MatMul" and _bias_fused_downstream(add.output[0], readers, outputs):
+                fused = (add.name in fused_adds if fused_adds is not None
+                         else _bias_fused_downstream(add.output[0], readers, outputs))
+                if node.op_type == "MatMul" and fused:
                     result.fused_bias = True  # free on both sides: not timed
                     break
                 steps.append(add)

@@ -41,6 +41,7 @@ from .problems import (
     layer_feeds,
     layer_model,
     observe_shapes,
+    ort_fused_adds,
 )
 from ..session import timing_options
 from .timing import Timing, open_pair, time_pair
@@ -130,7 +131,11 @@ def tune_model(
     from ..api import check_model
 
     bound = bind_inputs(model, dims or {}, input_shapes, require_static=True)
-    layers = find_problems(model, check_model(model).layers, inferred_shapes(bound))
+    fused_adds = ort_fused_adds(model, provider, options)
+    if fused_adds is not None:  # recorded first: the whole-model check and compile --target find the same problems
+        previous = cache.model(key, model_fingerprint(model)) or {}
+        cache.put_model(key, model_fingerprint(model), {**previous, "name": name, "fused_adds": sorted(fused_adds)})
+    layers = find_problems(model, check_model(model).layers, inferred_shapes(bound), fused_adds)
     observed = {}
     if any(not layer.problem.static for layer in layers):
         observed = observe_shapes(bound, layers, model_feeds(bound), model)
@@ -168,10 +173,10 @@ def tune_model(
         result.whole_model = check_whole_model(model, bound, policy, provider, options, whole_budget_s, progress,
                                                clock)
         run.update(result.whole_model)
-    if run:
+    if run or fused_adds is not None:
         previous = cache.model(key, model_fingerprint(model)) or {}
-        runs = {**previous.get("runs", {}), shapes_text(bound): run}
-        cache.put_model(key, model_fingerprint(model), {"name": name, "runs": runs})
+        runs = {**previous.get("runs", {}), **({shapes_text(bound): run} if run else {})}
+        cache.put_model(key, model_fingerprint(model), {**previous, "name": name, "runs": runs})
         cache.save()
     final = MeasuredPolicy(provider, key, cache, dims, input_shapes)
     _compile(model, final)
