@@ -21,6 +21,11 @@ def replay_seconds(sess, x, ys, graph_id: int, min_time: float, max_reps: int) -
     b.bind_ortvalue_input("X", x)
     for i, y in enumerate(ys):
         b.bind_ortvalue_output(f"Y{i}", y)
+    return binding_replay_seconds(sess, b, graph_id, min_time, max_reps)
+
+
+def binding_replay_seconds(sess, b, graph_id: int, min_time: float, max_reps: int) -> float:
+    """replay_seconds' loop for any io-binding `b` whose inputs and outputs are fixed GPU memory."""
     ro = ort.RunOptions()
     ro.add_run_config_entry("gpu_graph_id", str(graph_id))
     for _ in range(3):  # warm-up runs, then capture, then replay

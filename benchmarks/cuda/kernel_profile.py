@@ -29,6 +29,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from graph_timing import binding_replay_seconds  # noqa: E402
 from onnxsparse.format import prune_weight_magnitude  # noqa: E402
 from onnxsparse.session import session_options  # noqa: E402
 
@@ -103,27 +105,10 @@ def wall_us(sess, b, seconds: float) -> float:
 
 
 def replay_us(model, feeds: dict, outputs: list, seconds: float) -> float | str:
-    """Time per run under CUDA-graph replay: runs queued without a host sync, closed by one synchronised
-    run (benchmarks/graph_timing.py's loop, for any input and output names)."""
+    """Time per run under CUDA-graph replay (benchmarks/graph_timing.py's loop)."""
     try:
         sess = session(model, True)
-        b = bound(sess, feeds, outputs)
-        sync, queued = ort.RunOptions(), ort.RunOptions()
-        for options in (sync, queued):
-            options.add_run_config_entry("gpu_graph_id", "1")
-        queued.add_run_config_entry("disable_synchronize_execution_providers", "1")
-        for _ in range(3):  # warm-up, capture, replay
-            sess.run_with_iobinding(b, sync)
-        reps = 5
-        while True:
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                sess.run_with_iobinding(b, queued)
-            sess.run_with_iobinding(b, sync)
-            dt = (time.perf_counter() - t0) / (reps + 1)
-            if dt * (reps + 1) >= seconds or reps >= 5000:
-                return dt * 1e6
-            reps = int(min(5000, max(2 * reps, seconds / max(dt, 1e-6))))
+        return binding_replay_seconds(sess, bound(sess, feeds, outputs), 1, seconds, 5000) * 1e6
     except Exception as exc:  # noqa: BLE001 - reported
         return f"no CUDA graph: {str(exc).splitlines()[0][:200]}"
 
