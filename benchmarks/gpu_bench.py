@@ -42,7 +42,7 @@ from models.bench_nets import (  # noqa: E402
     gemm_models,
     resnet_model,
 )
-from graph_timing import replay_seconds  # noqa: E402
+from graph_timing import binding_median_seconds, kernel_times, replay_seconds  # noqa: E402
 from onnxsparse.session import session_options  # noqa: E402
 
 MS = [1, 8, 16, 64, 256, 1024, 4096, 16384]
@@ -169,50 +169,19 @@ def _e2e_session(blob: bytes, x_shape, graph: bool):
 def time_e2e(blob: bytes, x_shape, reps_time=1.0, graph=False):
     """Median ms per run (io-binding; with graph, CUDA-graph replay) and the output."""
     sess, b, _x = _e2e_session(blob, x_shape, graph)
-    times = []
-    t_end = time.perf_counter() + reps_time
-    while time.perf_counter() < t_end or len(times) < 5:
-        t0 = time.perf_counter()
-        sess.run_with_iobinding(b)
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 200:
-            break
+    seconds = binding_median_seconds(sess, b, reps_time, most=200)
     out = b.copy_outputs_to_cpu()[0]
     del sess
-    return float(np.median(times)) * 1e3, out
+    return seconds * 1e3, out
 
 
 def kernel_breakdown(blob: bytes, x_shape, runs=5, top=12) -> dict:
-    """GPU kernel time per run, by kernel, from CUDA's activity trace (torch.profiler records every
-    kernel of the process, ONNX Runtime's too). Empty where torch or the trace is not available."""
-    try:
-        import torch
-        from torch.profiler import ProfilerActivity, profile
-    except ImportError:
-        return {}
+    """GPU kernel time per run, by kernel (graph_timing.kernel_times)."""
     sess, b, _x = _e2e_session(blob, x_shape, False)
-    kernels: dict[str, list[float]] = {}
     try:
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(runs):
-                sess.run_with_iobinding(b)
-            torch.cuda.synchronize()
-        for ev in prof.events():
-            if ev.device_type.name != "CUDA":
-                continue
-            name = ev.name
-            short = name.split("<")[0].split("(")[0][:60] if len(name) > 60 else name
-            kernels.setdefault(short, [0.0, 0])
-            kernels[short][0] += getattr(ev, "device_time_total", None) or ev.cuda_time_total
-            kernels[short][1] += 1
-    except Exception as e:  # noqa: BLE001 - a diagnostic only
-        return {"error": str(e).splitlines()[0][:200] if str(e) else type(e).__name__}
+        return kernel_times(sess, b, runs, top, name_chars=60)
     finally:
         del sess
-    total = sum(v[0] for v in kernels.values()) / runs
-    rows = sorted(((k, v[0] / runs, v[1] // runs) for k, v in kernels.items()), key=lambda r: -r[1])
-    return {"gpu_us_per_run": round(total, 1), "kernels": [{"kernel": k, "us": round(us, 1), "calls": c} for k, us, c in rows[:top]]}
 
 
 def bench_e2e(quick: bool, models=("bert_large_like", "resnet50_like"), batches=None, graph=False, breakdown=False):

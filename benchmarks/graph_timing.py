@@ -7,6 +7,7 @@ time per run is kernel time, not per-run overhead.
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import onnxruntime as ort
@@ -45,3 +46,46 @@ def binding_replay_seconds(sess, b, graph_id: int, min_time: float, max_reps: in
             break
         reps = int(min(max_reps, max(reps * 2, min_time / max(dt, 1e-6))))
     return dt
+
+
+def kernel_times(sess, b, runs: int = 5, top: int = 12, name_chars: int = 90) -> dict:
+    """GPU kernel time per run of `sess` on io-binding `b`, by kernel (names cut to `name_chars`),
+    the largest `top`, from CUDA's activity trace: torch.profiler records every kernel of the
+    process, ONNX Runtime's too. {"error": ...} where torch or the trace is not available."""
+    try:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+    except ImportError:
+        return {"error": "torch is not installed: no kernel trace"}
+    totals: dict[str, list] = {}
+    try:
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(runs):
+                sess.run_with_iobinding(b)
+            torch.cuda.synchronize()
+        for ev in prof.events():
+            if ev.device_type.name != "CUDA":
+                continue
+            entry = totals.setdefault(ev.name[:name_chars], [0.0, 0])
+            entry[0] += getattr(ev, "device_time_total", None) or ev.cuda_time_total
+            entry[1] += 1
+    except Exception as exc:  # noqa: BLE001 - a diagnostic only
+        return {"error": str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}
+    rows = sorted(((k, v[0] / runs, v[1] / runs) for k, v in totals.items()), key=lambda r: -r[1])
+    return {"gpu_us_per_run": round(sum(r[1] for r in rows), 1),
+            "kernels": [{"kernel": k, "us": round(us, 1), "calls": round(c, 1)} for k, us, c in rows[:top]]}
+
+
+def binding_median_seconds(sess, b, seconds: float, at_least: int = 5, most: int | None = None) -> float:
+    """Median seconds of synchronised runs of `sess` on io-binding `b` (each run waits for the GPU):
+    runs for `seconds`, at least `at_least` of them, at most `most`."""
+    times = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < at_least:
+        t0 = time.perf_counter()
+        sess.run_with_iobinding(b)
+        times.append(time.perf_counter() - t0)
+        if most is not None and len(times) >= most:
+            break
+    return statistics.median(times)

@@ -30,7 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from graph_timing import binding_replay_seconds  # noqa: E402
+from graph_timing import binding_median_seconds, binding_replay_seconds, kernel_times  # noqa: E402
 from onnxsparse.format import prune_weight_magnitude  # noqa: E402
 from onnxsparse.session import session_options  # noqa: E402
 
@@ -95,13 +95,7 @@ def bound(sess: ort.InferenceSession, feeds: dict, outputs: list | None = None):
 def wall_us(sess, b, seconds: float) -> float:
     for _ in range(3):
         sess.run_with_iobinding(b)
-    times = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < 5:
-        t0 = time.perf_counter()
-        sess.run_with_iobinding(b)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e6
+    return binding_median_seconds(sess, b, seconds) * 1e6
 
 
 def replay_us(model, feeds: dict, outputs: list, seconds: float) -> float | str:
@@ -113,30 +107,6 @@ def replay_us(model, feeds: dict, outputs: list, seconds: float) -> float | str:
         return f"no CUDA graph: {str(exc).splitlines()[0][:200]}"
 
 
-def kernels(sess, b, runs: int, top: int) -> dict:
-    try:
-        import torch
-        from torch.profiler import ProfilerActivity, profile
-    except ImportError:
-        return {"error": "torch is not installed: no kernel trace"}
-    totals: dict[str, list] = {}
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(runs):
-            sess.run_with_iobinding(b)
-        torch.cuda.synchronize()
-    for ev in prof.events():
-        if ev.device_type.name != "CUDA":
-            continue
-        name = ev.name if len(ev.name) <= 90 else ev.name[:90]
-        entry = totals.setdefault(name, [0.0, 0])
-        entry[0] += getattr(ev, "device_time_total", None) or ev.cuda_time_total
-        entry[1] += 1
-    rows = sorted(((k, v[0] / runs, v[1] / runs) for k, v in totals.items()), key=lambda r: -r[1])
-    return {"gpu_us_per_run": round(sum(r[1] for r in rows), 1),
-            "kernels": [{"kernel": k, "us": round(us, 1), "calls": round(c, 1)} for k, us, c in rows[:top]]}
-
-
 def profile_model(label: str, model, feeds: dict, args) -> dict:
     row = {"model": label}
     outputs = None
@@ -145,7 +115,7 @@ def profile_model(label: str, model, feeds: dict, args) -> dict:
         outputs = sess.run(None, feeds)
         b = bound(sess, feeds)
         row["wall_us"] = round(wall_us(sess, b, args.seconds), 1)
-        row.update(kernels(sess, b, args.runs, args.top))
+        row.update(kernel_times(sess, b, args.runs, args.top))
         del sess
     except Exception as exc:  # noqa: BLE001 - one failing model is reported, the rest still run
         row["error"] = str(exc).splitlines()[0][:300]
