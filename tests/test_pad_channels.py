@@ -325,19 +325,56 @@ def test_compile_cli_and_verify(pruned_model, tmp_path, capsys):
     assert main(["verify", str(source), str(out)]) == 0
 
 
-def test_compile_target_keeps_padded_layers_dense_with_the_reason(pruned_model, tmp_path, capsys):
+def test_tune_times_padded_convs_and_compile_target_follows(pruned_model, tmp_path, monkeypatch, capsys):
+    """tune --pad-channels times the padded Convs as their own problems (key ``padC=``); compile
+    --target --pad-channels then rewrites those measured faster and keeps the others dense."""
+    from onnxsparse.hardware import host_key
+    from onnxsparse.tune import TuneCache, tuner
+    from onnxsparse.tune.timing import summarize
+
+    timed = {}
+
+    def fake_measure(layer, provider, options, budget_s, clock="wall"):
+        p = layer.problem
+        timed[layer.node] = p.key
+        ratio = 1.3 if p.padded else 0.8  # padded layers faster, the others slower: the choice shows
+        return {"problem": p.to_dict(), "base": p.base, "key": p.key, "clock": clock, "dense_us": 100.0,
+                "sparse_us": 100.0 / ratio, "ratio": ratio, "ratio_low": ratio - 0.01, "ratio_high": ratio + 0.01,
+                "pairs": 20, "copies": 1}
+
+    monkeypatch.setattr(tuner, "measure_problem", fake_measure)
+    monkeypatch.setattr(tuner, "_time_models", lambda *a, **k: summarize([1.1e-3] * 8, [1e-3] * 8))
+    cache = TuneCache(tmp_path / "tune.json")
+    tuner.tune_model(pruned_model, "cpu", 1, {"N": 2}, cache=cache, whole_model=False, pad_channels=True)
+    assert {name for name, key in timed.items() if "padC=" in key} == set(PADDED)
+    assert timed["reduce"].endswith("padC=52 x=2x50x12x12")
     source = tmp_path / "pruned.onnx"
     onnx.save(pruned_model, source)
-    cache = tmp_path / "tune.json"
-    args = ["compile", str(source), "--pad-channels", "--target", "cpu", "--cache", str(cache), "--json", "-q"]
-    assert main([*args, "-o", str(tmp_path / "a.onnx")]) == 0
+    args = ["compile", str(source), "--target", "cpu", "--threads", "1", "--cache", str(tmp_path / "tune.json"),
+            "--dim", "N=2", "--json", "-q"]
+    assert main([*args, "--pad-channels", "-o", str(tmp_path / "a.onnx")]) == 0
     layers = {layer["node"]: layer for layer in json.loads(capsys.readouterr().out)["layers"]}
-    for name in PADDED:
-        assert not layers[name]["rewritten"]
-        assert "tune does not measure Convs on zero-padded channels" in layers[name]["reason"]
-    assert main([*args, "-o", str(tmp_path / "b.onnx"), "--force-sparse", "*"]) == 0
+    assert all(layers[name]["rewritten"] for name in PADDED), {n: layers[n]["reason"] for n in PADDED}
+    assert not layers["head"]["rewritten"] and "slower" in layers["head"]["reason"]
+    assert len(_pad_nodes(onnx.load(tmp_path / "a.onnx"))) == len(PADDED)
+    # Without --pad-channels the same Convs are SPEC's ineligible layers, whatever the cache holds.
+    assert main([*args, "-o", str(tmp_path / "b.onnx")]) == 0
     layers = {layer["node"]: layer for layer in json.loads(capsys.readouterr().out)["layers"]}
-    assert all(layers[name]["rewritten"] for name in PADDED)
+    assert not any(layers[name]["rewritten"] for name in PADDED)
+    assert "not a multiple of 4" in layers["reduce"]["reason"]
+
+
+def test_tune_measures_a_padded_conv_for_real(pruned_model):
+    """The single-layer pair of a padded Conv: a dense Conv on C = 50 against Pad + Conv2dCompress."""
+    from onnxsparse.session import timing_options
+    from onnxsparse.tune import tuner
+    from onnxsparse.tune.problems import bind_inputs, find_problems, inferred_shapes
+
+    bound = bind_inputs(pruned_model, {"N": 1})
+    layers = {p.node: p for p in find_problems(pruned_model, check_model(pruned_model, pad_channels=True).layers,
+                                                inferred_shapes(bound))}
+    record = tuner.measure_problem(layers["reduce"], "cpu", lambda: timing_options(1), 0.05, "cpu")
+    assert record["problem"]["padded"] == 52 and record["ratio"] > 0 and record["pairs"] >= 5
 
 
 # --- the real model: PP-LCNet's orientation classifier (rapidocr) ----------------------------------

@@ -149,7 +149,8 @@ def _measured_policy(args, dims, shapes, force_sparse):
         raise OnnxSparseError("--threads must be 0 (ONNX Runtime's choice) or more")
     cache = TuneCache.load(args.cache)
     provider, key = resolve_target(args.target, args.threads, args.cpu_isa, args.hardware, cache)
-    return MeasuredPolicy(provider, key, cache, dims, shapes, force_sparse=force_sparse, force_dense=args.force_dense)
+    return MeasuredPolicy(provider, key, cache, dims, shapes, force_sparse=force_sparse, force_dense=args.force_dense,
+                          pad_channels=args.pad_channels)
 
 
 def _decided(choice) -> str:

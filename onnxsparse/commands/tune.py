@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-whole-model", action="store_true",
                         help="skip timing the whole model dense against compiled")
     parser.add_argument("--retune", action="store_true", help="time again the problems the cache already holds")
+    parser.add_argument("--pad-channels", action="store_true", help="also time the Convs that `compile --pad-channels` "
+                        "rewrites on zero-padded input channels (2-D, group 1, C not a multiple of 4)")
     parser.add_argument("--cpu-isa", choices=("avx512", "avx2", "portable"),
                         help="force the library's CPU kernel path (the sessions' onnxsparse.cpu_isa)")
     parser.add_argument("--no-spinning", action="store_true",
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     result = tune_model(model, provider, args.threads, dims, shapes, cache, budget_s=args.budget,
                         whole_model=not args.no_whole_model, whole_budget_s=args.whole_budget, retune=args.retune,
                         cpu_isa=args.cpu_isa, progress=Progress(args.quiet), name=Path(args.model).name,
-                        spinning=not args.no_spinning)
+                        spinning=not args.no_spinning, pad_channels=args.pad_channels)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0

@@ -101,12 +101,14 @@ class MeasuredPolicy(_PolicyBase):
     def __init__(self, provider: str, key: HardwareKey, cache: TuneCache | None = None,
                  dims: dict[str, int] | None = None, input_shapes: dict[str, list[int]] | None = None,
                  force_sparse: list[str] | None = None, force_dense: list[str] | None = None,
-                 use_model_verdict: bool = True, table: dict | None = None, layer_shapes: dict | None = None):
+                 use_model_verdict: bool = True, table: dict | None = None, layer_shapes: dict | None = None,
+                 pad_channels: bool = False):
         self.provider, self.key = provider, key
         self.cache = cache
         self.dims, self.input_shapes = dict(dims or {}), dict(input_shapes or {})
         self.force_sparse, self.force_dense = list(force_sparse or []), list(force_dense or [])
         self.use_model_verdict = use_model_verdict
+        self.pad_channels = pad_channels  # --pad-channels: the zero-padded Convs are problems too
         # node -> activation shape observed by tune where shape inference gives none
         self.layer_shapes = dict(layer_shapes or {})
         self.table = load_shipped_table(provider) if table is None else table
@@ -126,7 +128,8 @@ class MeasuredPolicy(_PolicyBase):
         self.fingerprint = model_fingerprint(model)
         entry = self.cache.model(self.key, self.fingerprint) if self.cache is not None else None
         fused = set(entry["fused_adds"]) if entry and "fused_adds" in entry else None  # what tune saw ONNX Runtime fuse
-        layers = find_problems(model, check_model(model).layers, inferred_shapes(bound), fused)
+        layers = find_problems(model, check_model(model, pad_channels=self.pad_channels).layers,
+                               inferred_shapes(bound), fused)
         self.problems = {layer.node: layer for layer in layers}
         if self.cache is not None:
             run = self._model_run()
@@ -169,8 +172,8 @@ class MeasuredPolicy(_PolicyBase):
     def decide(self, record) -> choices.LayerChoice:
         layer = self.problems.get(record.node)
         if layer is None and getattr(record, "padded_channels", None):
-            return choices.LayerChoice(record.node, False, "tune does not measure Convs on zero-padded channels "
-                                       "(--pad-channels) yet; --force-sparse rewrites it", "none")
+            return choices.LayerChoice(record.node, False, "a Conv on zero-padded channels: its measurement "
+                                       "needs `onnxsparse tune --pad-channels`", "none")
         if layer is None:
             return choices.LayerChoice(record.node, False, "not a top-level layer the tuner can describe", "none")
         if self.cache is not None:

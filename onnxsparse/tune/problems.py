@@ -37,6 +37,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..compiler.channel_padding import pad_weight, strip_weight
 from ..compiler.graph import tensor_array
 from ..errors import OnnxSparseError
 from ..format import prune_weight_magnitude
@@ -70,6 +71,7 @@ class Problem:
     attrs: tuple = ()  # ((name, value), ...) for the attributes that change the computation
     bias: bool = False  # a bias is added (Conv's B, Gemm's C, a MatMul's folded Add)
     activation: str = ""  # e.g. "Relu", "Clip(0,6)", "LeakyRelu(alpha=0.1)"
+    padded: int = 0  # a Conv rewritten on its input channels zero-padded to this many (--pad-channels)
 
     @property
     def static(self) -> bool:
@@ -84,6 +86,8 @@ class Problem:
             parts.append("bias")
         if self.activation:
             parts.append("+" + self.activation)
+        if self.padded:
+            parts.append(f"padC={self.padded}")
         return " ".join(parts)
 
     @property
@@ -107,7 +111,7 @@ class Problem:
     def to_dict(self) -> dict:
         return {"op": self.op, "weight": list(self.weight), "x": list(self.x), "dtype": self.dtype,
                 "attrs": {name: value for name, value in self.attrs}, "bias": self.bias,
-                "activation": self.activation}
+                "activation": self.activation, **({"padded": self.padded} if self.padded else {})}
 
 
 def _text(value) -> str:
@@ -337,7 +341,7 @@ def _layer_problem(record, node, readers, outputs, constants, shapes, fused_adds
     if node.op_type == "MatMul" and result.bias_node and not result.fused_bias:
         bias = True  # the compiler folds this Add into MatMulCompress
     result.problem = Problem(op=node.op_type, weight=tuple(record.shape), x=x_shape, dtype=dtype, attrs=kept,
-                             bias=bias, activation="+".join(texts))
+                             bias=bias, activation="+".join(texts), padded=getattr(record, "padded_channels", None) or 0)
     return result
 
 
@@ -610,8 +614,12 @@ def layer_model(layer: LayerProblem, copies: int = 1, seed: int = 0) -> onnx.Mod
     for index in range(copies):
         p = f"l{index}"
         layout = "oihw" if problem.op == "Conv" else ("nk" if problem.op == "Gemm" and attrs.get("transB", 0) else "kn")
-        weight = rng.standard_normal(problem.weight).astype(np.float32)
-        weight = prune_weight_magnitude(weight.astype(np_dtype), layout)
+        weight = rng.standard_normal(problem.weight).astype(np.float32).astype(np_dtype)
+        if problem.padded:  # 2:4 on the zero-padded channels, written in the layer's own shape
+            padded = prune_weight_magnitude(pad_weight(weight, problem.padded), layout)
+            weight = strip_weight(padded, problem.weight[1])
+        else:
+            weight = prune_weight_magnitude(weight, layout)
         inits.append(numpy_helper.from_array(weight, f"{p}.w"))
         inputs = ["x", f"{p}.w"]
         n = problem.weight[0] if layout in ("oihw", "nk") else problem.weight[1]
@@ -673,11 +681,12 @@ def copies_for(problem: Problem, target_macs: float = 2e7, most: int = 8) -> int
     return int(max(1, min(most, math.ceil(target_macs / macs))))
 
 
-def compiled_layer_model(dense: onnx.ModelProto) -> onnx.ModelProto:
-    """What ``onnxsparse compile`` writes for the single-layer model (every eligible layer)."""
+def compiled_layer_model(dense: onnx.ModelProto, pad_channels: bool = False) -> onnx.ModelProto:
+    """What ``onnxsparse compile`` writes for the single-layer model (every eligible layer;
+    ``pad_channels``: as ``compile --pad-channels``)."""
     from ..api import compile_model
 
-    result = compile_model(copy.deepcopy(dense))
+    result = compile_model(copy.deepcopy(dense), pad_channels=pad_channels)
     if not result.rewritten:
         reasons = "; ".join(sorted({str(layer.reason) for layer in result.left}))
         raise OnnxSparseError(f"the compiler rewrote nothing in the single-layer model: {reasons}")

@@ -114,6 +114,7 @@ def tune_model(
     progress: Callable[..., None] | None = None,
     name: str = "",
     spinning: bool = True,
+    pad_channels: bool = False,
 ) -> TuneResult:
     start = time.perf_counter()
     progress = progress or (lambda *a, **k: None)
@@ -135,7 +136,8 @@ def tune_model(
     if fused_adds is not None:  # recorded first: the whole-model check and compile --target find the same problems
         previous = cache.model(key, model_fingerprint(model)) or {}
         cache.put_model(key, model_fingerprint(model), {**previous, "name": name, "fused_adds": sorted(fused_adds)})
-    layers = find_problems(model, check_model(model).layers, inferred_shapes(bound), fused_adds)
+    layers = find_problems(model, check_model(model, pad_channels=pad_channels).layers, inferred_shapes(bound),
+                           fused_adds)
     observed = {}
     if any(not layer.problem.static for layer in layers):
         observed = observe_shapes(bound, layers, model_feeds(bound), model)
@@ -167,7 +169,7 @@ def tune_model(
                  f"{record['pairs']} pairs)", done=True)
 
     policy = MeasuredPolicy(provider, key, cache, dims, input_shapes, use_model_verdict=False,
-                            layer_shapes=observed)
+                            layer_shapes=observed, pad_channels=pad_channels)
     run = {"layer_shapes": observed} if observed else {}
     if whole_model:
         result.whole_model = check_whole_model(model, bound, policy, provider, options, whole_budget_s, progress,
@@ -178,7 +180,7 @@ def tune_model(
         runs = {**previous.get("runs", {}), **({shapes_text(bound): run} if run else {})}
         cache.put_model(key, model_fingerprint(model), {**previous, "name": name, "runs": runs})
         cache.save()
-    final = MeasuredPolicy(provider, key, cache, dims, input_shapes)
+    final = MeasuredPolicy(provider, key, cache, dims, input_shapes, pad_channels=pad_channels)
     _compile(model, final)
     result.choices = final.choices
     result.seconds = time.perf_counter() - start
@@ -196,7 +198,7 @@ def measure_problem(layer, provider: str, options, budget_s: float, clock: str =
     problem = layer.problem
     copies = copies_for(problem)
     dense = layer_model(layer, copies)
-    sparse = compiled_layer_model(dense)
+    sparse = compiled_layer_model(dense, pad_channels=bool(problem.padded))
     dense_s, sparse_s = open_pair(dense, sparse, provider, options)
     timing = time_pair(dense_s, sparse_s, layer_feeds(problem), budget_s=budget_s, per=copies, clock=clock,
                        provider=provider)
@@ -225,7 +227,7 @@ def model_feeds(bound: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
 def _compile(model: onnx.ModelProto, policy) -> onnx.ModelProto:
     from ..api import compile_model
 
-    return compile_model(model, policy=policy).model
+    return compile_model(model, policy=policy, pad_channels=policy.pad_channels).model
 
 
 def check_whole_model(model, bound, policy: MeasuredPolicy, provider: str, options, budget_s: float,
