@@ -381,10 +381,15 @@ def test_tune_measures_a_padded_conv_for_real(pruned_model):
 
 
 def cls_model_path():
-    rapidocr = pytest.importorskip("rapidocr", reason="rapidocr (the PP-LCNet cls model's package) is not installed")
+    """The model file in the installed rapidocr package, found without importing it (CI installs the
+    wheel with --no-deps, for its model files only, as benchmarks/prune_bench.py does)."""
+    import importlib.util
     from pathlib import Path
 
-    path = Path(rapidocr.__file__).parent / "models" / "ch_ppocr_mobile_v2.0_cls_mobile.onnx"
+    spec = importlib.util.find_spec("rapidocr")
+    if spec is None or not spec.origin:
+        pytest.skip("rapidocr (the PP-LCNet cls model's package) is not installed")
+    path = Path(spec.origin).parent / "models" / "ch_ppocr_mobile_v2.0_cls_mobile.onnx"
     if not path.is_file():
         pytest.skip(f"{path.name} is not in the installed rapidocr")
     return path
