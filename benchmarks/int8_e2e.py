@@ -128,22 +128,16 @@ def token_feed(vocab: int, shape, seed: int) -> dict:
 
 
 def weight_products(path: Path) -> list[str]:
-    """The MatMul/Gemm nodes whose second input is a constant (an initializer, a Constant's output or
-    an Identity of either): the products a sparse int8 op can take. The attention's two products
-    (both inputs activations) are not among them."""
+    """The MatMul/Gemm nodes whose second input is a constant, as the compiler's layer discovery
+    resolves it (an initializer, a Constant's output or an Identity of either): the products a sparse
+    int8 op can take. The attention's two products (both inputs activations) are not among them."""
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
-    constant = {init.name for init in graph.initializer}
-    constant |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
-    changed = True
-    while changed:
-        changed = False
-        for node in graph.node:
-            if node.op_type == "Identity" and node.input[0] in constant and node.output[0] not in constant:
-                constant.add(node.output[0])
-                changed = True
-    return [node.name for node in graph.node if node.op_type in ("MatMul", "Gemm") and node.input[1] in constant]
+    from onnxsparse.compiler.graph import ModelGraph
+    from onnxsparse.compiler.layers import find_layers
+
+    records = find_layers(ModelGraph(onnx.load(str(path), load_external_data=False)))
+    return [record.node for record in records if record.layout is not None and record.op in ("MatMul", "Gemm")]
 
 
 def quantize(pruned: Path, vocab: int, calib_shape, calib: int, weights_only: bool = False) -> Path:
