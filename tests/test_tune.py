@@ -271,6 +271,11 @@ def test_tune_records_the_fused_adds_for_compile_target(tmp_path, monkeypatch):
     assert {node: layer.problem.key for node, layer in policy.problems.items()} == timed
     result = compile_model(model, policy=policy)
     assert sorted(d.record.node for d in result.rewritten) == ["down_proj", "o_proj", "up_proj"]
+    # A later tune of the model reads the recorded set instead of opening ONNX Runtime again.
+    monkeypatch.setattr(tuner, "ort_fused_adds", lambda *a: pytest.fail("fused adds learnt twice"))
+    again = tuner.tune_model(model, "cpu", 1, {"batch": 2}, cache=TuneCache.load(tmp_path / "tune.json"),
+                             whole_model=False)
+    assert all(p.cached for p in again.problems) and again.choices["up_proj"].sparse
 
 
 def test_problems_of_a_model_with_external_data_read_bias_and_norms_from_the_file(tmp_path):

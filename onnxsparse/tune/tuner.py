@@ -132,10 +132,15 @@ def tune_model(
     from ..api import check_model
 
     bound = bind_inputs(model, dims or {}, input_shapes, require_static=True)
-    fused_adds = ort_fused_adds(model, provider, options)
+    fingerprint = model_fingerprint(model)
+    recorded = (cache.model(key, fingerprint) or {}).get("fused_adds")
+    if recorded is not None and not retune:  # learnt by an earlier tune of this model on this machine key
+        fused_adds = set(recorded)
+    else:
+        fused_adds = ort_fused_adds(model, provider, options)
     if fused_adds is not None:  # recorded first: the whole-model check and compile --target find the same problems
-        previous = cache.model(key, model_fingerprint(model)) or {}
-        cache.put_model(key, model_fingerprint(model), {**previous, "name": name, "fused_adds": sorted(fused_adds)})
+        previous = cache.model(key, fingerprint) or {}
+        cache.put_model(key, fingerprint, {**previous, "name": name, "fused_adds": sorted(fused_adds)})
     layers = find_problems(model, check_model(model, pad_channels=pad_channels).layers, inferred_shapes(bound),
                            fused_adds)
     observed = {}
@@ -176,9 +181,9 @@ def tune_model(
                                                clock)
         run.update(result.whole_model)
     if run or fused_adds is not None:
-        previous = cache.model(key, model_fingerprint(model)) or {}
+        previous = cache.model(key, fingerprint) or {}
         runs = {**previous.get("runs", {}), **({shapes_text(bound): run} if run else {})}
-        cache.put_model(key, model_fingerprint(model), {**previous, "name": name, "runs": runs})
+        cache.put_model(key, fingerprint, {**previous, "name": name, "runs": runs})
         cache.save()
     final = MeasuredPolicy(provider, key, cache, dims, input_shapes, pad_channels=pad_channels)
     _compile(model, final)
