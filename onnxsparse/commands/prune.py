@@ -75,7 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", help="output model (default: <stem>.pruned.onnx beside the input)")
     parser.add_argument("--max-error", type=float, metavar="E",
                         help="prune only the layers (largest first, each re-measured with those kept) that keep "
-                             "the model output's relative L2 error on held-out data <= E")
+                             "the model output's relative L2 error on held-out data <= E: chosen on one half of the held-out "
+                             "data; if the other half measures above E, the last chosen go back to dense until both "
+                             "halves are within E")
     parser.add_argument("--order", choices=("size", "ratio"), default="size",
                         help="--max-error/auto: visit layers largest first (size, default) or by weights per "
                              "squared held-out error when pruned alone (ratio: a sensitivity pass first)")

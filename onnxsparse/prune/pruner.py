@@ -14,8 +14,10 @@
   kept only if it also is, otherwise the weights measured during the choice are.
 - every reported error is measured on held-out data (``holdout``); the fit-data error beside it.
   When held-out data chose (``max_error``, ``auto``), the held-out part is split again
-  (``holdout.selection_parts``): the error reported first is the verification part's, which no
-  choice saw; the selection part's (the one E bounds) is reported beside it.
+  (``holdout.selection_parts``): the error reported first is the verification part's, which the
+  greedy did not see; the selection part's is reported beside it. E bounds both: when the
+  verification part measures above E, the chosen layers go back to dense, the last kept first,
+  until both parts are within E (``_back_off``; none left: nothing fits, nothing written).
 """
 
 from __future__ import annotations
@@ -245,15 +247,20 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, calibration: Cali
     error = error_fit = error_selection = None
     if split is not None:
         error = final_error or held.error_of_model(pruned)
-        if choosing:  # the selection data's error is bounded by E; the verification data's is not chosen for
+        if choosing:  # the selection data chose within E; the verification data must hold it too
             error_selection = error
-            error = ReferenceOutputs(model, parts.verify).error_of_model(pruned) if parts.disjoint else error
+            verify = ReferenceOutputs(model, parts.verify) if parts.disjoint else None
+            error = verify.error_of_model(pruned) if verify is not None else error
             if options.max_error is not None and _key(error) > options.max_error:
-                warning = (f"on the verification data (held out, not used for choosing) the output error is "
-                           f"{error.rel_l2:.4f} > --max-error {options.max_error:g}: the held-out data is too small "
-                           "or unlike the verification data; give more with --holdout")
-                note = f"{note}; {warning}" if note else warning
-                say(warning)
+                backed = _back_off(model, pruned, layers, selection, options.max_error, held, verify, say)
+                pruned, error_selection, error = backed.model, backed.error_selection, backed.error_verify
+                layers = [layer for layer in layers if layer.weight not in backed.dropped]
+                skipped += [Skipped(layer.uses[0].node, layer.op_type, layer.weight,
+                                    f"dropped after the choice: with it the verification data's output error was "
+                                    f"above --max-error {options.max_error:g}")
+                            for layer in backed.order if layer.weight in backed.dropped]
+                note = f"{note}; {backed.note}" if note else backed.note
+                say(backed.note)
         error_fit = ReferenceOutputs(model, split.fit).error_of_model(pruned) if split.disjoint else error
     report = PruneReport(
         method=options.method, n=options.n, m=options.m,
@@ -265,6 +272,55 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, calibration: Cali
         output_error_fit=error_fit, holdout=description, note=note, output_error_selection=error_selection,
     )
     return pruned, report
+
+
+@dataclass
+class _BackOff:
+    model: onnx.ModelProto
+    dropped: set[str]  # weights restored to dense
+    order: list[Layer]  # the kept layers in the order the greedy kept them
+    error_selection: OutputError
+    error_verify: OutputError
+    note: str
+
+
+def _back_off(model: onnx.ModelProto, pruned: onnx.ModelProto, layers: list[Layer], trace: list[dict], budget: float,
+              select: ReferenceOutputs, verify: ReferenceOutputs, say: Progress) -> _BackOff:
+    """``--max-error`` on every held-out part: the chosen model measured above E on the verification
+    data, so the chosen layers go back to dense, the last one the greedy kept first, until both the
+    selection and the verification data measure at most E. None left: nothing fits (an error)."""
+    by_name = {layer.name: layer for layer in layers}
+    order = [by_name[step["name"]] for step in trace if step["kept"] and step["name"] in by_name]
+    order += [layer for layer in layers if layer not in order]  # (every kept layer is in the trace)
+    first = verify.error_of_model(pruned)
+    current = onnx.ModelProto()
+    current.CopyFrom(pruned)
+    dropped: set[str] = set()
+    on_verify = first
+    for layer in reversed(order):
+        if len(dropped) == len(order) - 1:
+            break  # `on_verify` is the first layer's alone
+        write_weight(current, layer, read_weight(model, layer))
+        dropped.add(layer.weight)
+        on_verify = verify.error_of_model(current)
+        say(f"verification error {first.rel_l2:.4f} > --max-error {budget:g}: {layer.name} back to dense -> "
+            f"{on_verify.rel_l2:.4f}")
+        if _key(on_verify) > budget:
+            continue
+        on_select = select.error_of_model(current)
+        if _key(on_select) <= budget:
+            kept = len(order) - len(dropped)
+            return _BackOff(current, dropped, order, on_select, on_verify,
+                            f"on the verification data (held out, not used for choosing) the chosen {len(order)} "
+                            f"layer(s) measured output relative L2 {first.rel_l2:.4f} > --max-error {budget:g}; "
+                            f"the last {len(dropped)} chosen went back to dense, the {kept} kept measure "
+                            f"{on_verify.rel_l2:.4f} there and {on_select.rel_l2:.4f} on the selection data "
+                            "(more held-out data, --holdout, makes the two agree)")
+    raise OnnxSparseError(f"no layer can be pruned within --max-error {budget:g} on every held-out part: the "
+                          f"{len(order)} layer(s) chosen on the selection data measured output relative L2 "
+                          f"{first.rel_l2:.4f} on the verification data; dropping the last chosen one by one, the "
+                          f"closest is {order[0].name} (verification output relative L2 {on_verify.rel_l2:.4f} "
+                          "alone); nothing written (give more held-out data with --holdout, or a larger --max-error)")
 
 
 def _key(error: OutputError) -> float:
