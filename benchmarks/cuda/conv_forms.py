@@ -10,6 +10,13 @@ Kernel time per layer under CUDA-graph replay (8 layers per model, as gpu_bench.
 configurations searched at the first call (onnxsparse.cusparselt.tune=search, one cache file for the
 run). A form that does not apply runs NHWC (the op's log says which ran). Prints one line per conv
 as it goes and stops starting convs after --minutes.
+
+With --gemm, the same product as a plain GEMM beside each conv: X [M = B*OH*OW, K = KH*KW*C] times
+the weight, ONNX Runtime's dense MatMul (cuBLAS) and MatMulCompress (cuSPARSELt, searched). The
+sparse GEMM is what any implicit-GEMM sparse conv on the same tensor-core path costs at best: its
+operand already in place, no im2col and no layout change. The summary weights each distinct conv
+by how often the net holds it and, against the dense net's whole time at this batch (CUDA graph),
+gives the end-to-end ceiling of each: the best form measured, and that implicit-GEMM bound.
 """
 
 from __future__ import annotations
@@ -61,11 +68,13 @@ def main() -> int:
     ap.add_argument("--relu", action="store_true", help="a Relu after each conv (fused by both sides)")
     ap.add_argument("--forms", default="nhwc,nchw,nchw_padded,auto")
     ap.add_argument("--minutes", type=float, default=2.5)
+    ap.add_argument("--gemm", action="store_true",
+                    help="also the product as a plain GEMM (dense MatMul, MatMulCompress) and the net-level summary")
     args = ap.parse_args()
     import onnxruntime as ort
 
-    from gpu_bench import LAYERS, time_graph
-    from models.bench_nets import conv_specs, resnet_model
+    from gpu_bench import LAYERS, time_e2e, time_graph
+    from models.bench_nets import conv_specs, gemm_models, resnet_model
     from onnxsparse.session import session_options
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -76,11 +85,16 @@ def main() -> int:
     forms = [f for f in args.forms.split(",") if f]
     b = args.batch
     print(f"batch {b}, {'bias + Relu' if args.relu else 'bias'}, us per layer (CUDA-graph replay, {LAYERS} layers)")
-    print("| conv | M=B*OH*OW | K | N | dense | " + " | ".join(forms) + " | best x |")
-    print("|---|---|---|---|---|" + "---|" * len(forms) + "---|")
+    gemm_cols = ["gemm dense", "gemm sparse"] if args.gemm else []
+    print("| conv | count | M=B*OH*OW | K | N | dense | " + " | ".join(forms + gemm_cols) + " | best x |"
+          + (" gemm x |" if args.gemm else ""))
+    print("|---|---|---|---|---|---|" + "---|" * (len(forms) + len(gemm_cols)) + "---|" + ("---|" if args.gemm else ""))
     deadline = time.time() + args.minutes * 60
     rng = np.random.default_rng(3)
-    for spec in conv_specs(resnet_model()):
+    net = resnet_model()
+    counts = spec_counts(net)
+    rows = []
+    for spec in conv_specs(net):
         if time.time() > deadline:
             print("(stopped: --minutes reached)")
             break
@@ -97,13 +111,74 @@ def main() -> int:
                 del sess
             except Exception as e:  # noqa: BLE001 - one failing form is reported, the rest still run
                 print(f"  {form}: {str(e).splitlines()[0][:200]}", flush=True)
+        m, k = b * ohw * ohw, spec["kernel"] ** 2 * c
+        if args.gemm:
+            times.update(gemm_times(gemm_models("float16", k, oc, rng), m, time_graph, LAYERS))
         name = f"{spec['kernel']}x{spec['kernel']} s{spec['stride']} C={c} OC={oc} HW={hw}"
-        cells = " | ".join(f"{times[f]:.1f}" if f in times else "-" for f in forms)
+        count = counts.get(key(spec), 1)
+        cells = " | ".join(f"{times[f]:.1f}" if f in times else "-" for f in forms + gemm_cols)
         best = min((times[f] for f in forms if f in times), default=float("nan"))
-        ratio = times.get("dense", float("nan")) / best
-        print(f"| {name} | {b * ohw * ohw} | {spec['kernel'] ** 2 * c} | {oc} | {times.get('dense', float('nan')):.1f} | "
-              f"{cells} | {ratio:.2f} |", flush=True)
+        dense_us = times.get("dense", float("nan"))
+        gemm_ratio = f" {dense_us / times['gemm sparse']:.2f} |" if "gemm sparse" in times else (" - |" if args.gemm else "")
+        print(f"| {name} | {count} | {m} | {k} | {oc} | {dense_us:.1f} | {cells} | {dense_us / best:.2f} |{gemm_ratio}",
+              flush=True)
+        rows.append((count, dense_us, best, times.get("gemm sparse", float("nan"))))
+    if args.gemm and rows:
+        summary(rows, time_e2e(resnet_model().SerializeToString(), [b, 3, 224, 224], graph=True)[0] * 1e3)
     return 0
+
+
+def key(spec: dict) -> tuple:
+    return spec["c"], spec["oc"], spec["kernel"], spec["stride"], spec["pad"], spec["hw"]
+
+
+def spec_counts(model: onnx.ModelProto) -> dict:
+    """How many convs of `model` have each distinct spec (conv_specs' fields)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
+              for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+    inits = {t.name: t for t in model.graph.initializer}
+    counts: dict = {}
+    for node in model.graph.node:
+        if node.op_type != "Conv" or node.input[0] not in shapes:
+            continue
+        oc, c, kh, _ = inits[node.input[1]].dims
+        attrs = {a.name: list(a.ints) for a in node.attribute}
+        spec = {"c": c, "oc": oc, "kernel": kh, "stride": attrs.get("strides", [1])[0],
+                "pad": attrs.get("pads", [0])[0], "hw": shapes[node.input[0]][2]}
+        counts[key(spec)] = counts.get(key(spec), 0) + 1
+    return counts
+
+
+def gemm_times(pair: tuple[bytes, bytes], m: int, time_graph, layers: int) -> dict:
+    """us per layer of the dense MatMul and of MatMulCompress at this M (CUDA-graph replay)."""
+    import onnxruntime as ort
+
+    from onnxsparse.session import session_options
+
+    found = {}
+    for label, blob in zip(("gemm dense", "gemm sparse"), pair):
+        try:
+            sess = ort.InferenceSession(blob, session_options(),
+                                        providers=[("CUDAExecutionProvider", {"enable_cuda_graph": "1"})])
+            k = sess.get_inputs()[0].shape[1]
+            n = sess.get_outputs()[0].shape[1]
+            found[label] = time_graph(sess, "float16", k, n, m, 1) / layers * 1e6
+            del sess
+        except Exception as e:  # noqa: BLE001 - reported, the conv's other columns stand
+            print(f"  {label}: {str(e).splitlines()[0][:200]}", flush=True)
+    return found
+
+
+def summary(rows: list[tuple[int, float, float, float]], net_us: float) -> None:
+    """The eligible convs' dense time, what the best measured form and the implicit-GEMM bound save
+    on them (a conv kept dense where it does not gain), and the end-to-end ceilings they give."""
+    dense = sum(n * d for n, d, _, _ in rows)
+    saved_best = sum(n * max(0.0, d - b) for n, d, b, _ in rows if b == b)
+    saved_gemm = sum(n * max(0.0, d - g) for n, d, _, g in rows if g == g)
+    print(f"\ndense net (CUDA graph): {net_us:.1f} us; its eligible convs (each timed alone, x count): {dense:.1f} us")
+    for what, saved in (("best measured form", saved_best), ("implicit-GEMM bound (the sparse GEMM alone)", saved_gemm)):
+        print(f"{what}: saves {saved:.1f} us of the convs -> end to end at most {net_us / max(net_us - saved, 1e-9):.3f}x")
 
 
 if __name__ == "__main__":
