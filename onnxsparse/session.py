@@ -30,6 +30,7 @@ RUNTIME_OPTIONS = {
     "cuda_pdl": "onnxsparse.cuda.pdl",
     "cuda_allow_no_cusparselt": "onnxsparse.cuda.allow_no_cusparselt",
     "cuda_nonfinite": "onnxsparse.cuda.nonfinite",
+    "cuda_int8_scaled_output": "onnxsparse.cuda.int8_scaled_output",
     "cusparselt_tune": "onnxsparse.cusparselt.tune",
     "cusparselt_cache": "onnxsparse.cusparselt.cache",  # a file, or "off"
     "cusparselt_max_config_id": "onnxsparse.cusparselt.max_config_id",

@@ -5,8 +5,10 @@
 
 For each weight shape K x N and M: Y[M, N] from X[M, K] by
   - int8 sparse: QMatMulCompress in ONNX Runtime's CUDA EP, uint8 activations -> uint8 output
-    (requantized, ORT's default static quantization) and int8 -> float output; weights 2:4 int8,
-    per-channel scales, int32 bias;
+    (requantized, ORT's default static quantization; at M >= 32 scaled in cuSPARSELt's epilogue, and
+    "exact": onnxsparse.cuda.int8_scaled_output=0, the int32 product and the library's epilogue
+    pass), int8 -> int8 (symmetric activations: no shift pass) and int8 -> float output; weights 2:4
+    int8, per-channel scales, int32 bias;
   - ORT fp16 dense: MatMul with an fp16 weight in the same CUDA EP;
   - torch._int_mm: dense int8 x int8 -> int32 (cuBLAS), the dense int8 reference outside ONNX
     Runtime; and torch._cslt_sparse_mm int8 -> int32 with its best algorithm (cuSPARSELt alone,
@@ -225,7 +227,8 @@ def ort_child(k: int, n: int, ms, search_min_m: int, cache: str) -> None:
         except Exception as e:  # noqa: BLE001
             emit("fp16", m, error=str(e).splitlines()[0][:200])
     del sess
-    variants = (("u8->u8", np.uint8, np.uint8), ("s8->f32", np.int8, np.float32))
+    variants = (("u8->u8", np.uint8, np.uint8), ("u8->u8 exact", np.uint8, np.uint8), ("s8->s8", np.int8, np.int8),
+                ("s8->f32", np.int8, np.float32))
     values, index = random_compressed(n, k, rng)
     blobs = {name: int8_model(values, index, k, n, adtype, ydtype, rng) for name, adtype, ydtype in variants}
     for searching in (False, True):
@@ -234,7 +237,8 @@ def ort_child(k: int, n: int, ms, search_min_m: int, cache: str) -> None:
             if not group:
                 continue
             opts = session_options(cusparselt_tune="search" if searching else "cache", cusparselt_cache=cache,
-                                   trace=searching, log_verbose=True)
+                                   trace=searching, log_verbose=True,
+                                   cuda_int8_scaled_output=not name.endswith("exact"))
             sess = ort.InferenceSession(blobs[name], opts, providers=provider)
             for gid, m in enumerate(group, start=1):
                 try:
@@ -271,13 +275,16 @@ def ort_part(shapes, ms, search_min_m: int, cache: str, timeout: float) -> list[
                 log("   ", line.strip()[-220:])
         for m in ms:
             row = {"k": k, "n": n, "m": m}
-            for name in ("fp16", "u8->u8", "s8->f32"):
+            for name in NAMES:
                 rec = got.get((name, m))
                 if rec and rec["us"] is not None:
                     row[f"{name}_us"] = round(rec["us"], 2)
             rows.append(row)
         log(f"  ORT K={k} N={n}: {time.time() - t0:.0f} s{note}")
     return rows
+
+
+NAMES = ("fp16", "u8->u8", "u8->u8 exact", "s8->s8", "s8->f32")
 
 
 def versions() -> dict:
@@ -341,19 +348,20 @@ def main():
     log(f"int8 2:4 QMatMulCompress vs dense, us per layer (kernel time, CUDA-graph replay, {LAYERS} layers per model)")
     log(f"device: {meta.get('gpu') or meta.get('torch_device')}; onnxruntime {meta['onnxruntime']}, torch {meta['torch']}, "
         f"cuSPARSELt (torch's) {meta['torch_cusparselt']}")
-    log("| K x N | M | sparse u8->u8 | sparse s8->f32 | cuSPARSELt alone | torch _int_mm | ORT fp16 | vs int8 dense "
-        "| vs fp16 | vs cuSPARSELt alone |")
-    log("|---|---|---|---|---|---|---|---|---|---|")
+    log("| K x N | M | sparse u8->u8 | u8->u8 exact | s8->s8 | s8->f32 | cuSPARSELt alone | torch _int_mm | ORT fp16 "
+        "| u8->u8 vs int8 dense | vs fp16 | s8->s8 vs int8 dense | vs fp16 | u8->u8 vs cuSPARSELt alone |")
+    log("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    nan = float("nan")
     for r in rows:
-        best = min([r[key] for key in ("u8->u8_us", "s8->f32_us") if key in r] or [float("nan")])
-        u8 = r.get("u8->u8_us", float("nan"))
-        mm = r.get("int_mm_us", float("nan"))
+        best = min([r[f"{name}_us"] for name in NAMES[1:] if f"{name}_us" in r] or [nan])
+        u8, s8 = r.get("u8->u8_us", nan), r.get("s8->s8_us", nan)
+        mm, fp16 = r.get("int_mm_us", nan), r.get("fp16_us", nan)
         pad = f" (M={r['int_mm_m']})" if "int_mm_m" in r else ""
-        log(f"| {r['k']}x{r['n']} | {r['m']} | {u8:.2f} | {r.get('s8->f32_us', float('nan')):.2f} | "
-            f"{r.get('cslt_us', float('nan')):.2f} | {mm:.2f}{pad} | {r.get('fp16_us', float('nan')):.2f} | "
-            f"x{mm / u8:.2f} | x{r.get('fp16_us', float('nan')) / u8:.2f} | x{r.get('cslt_us', float('nan')) / u8:.2f} |")
+        log(f"| {r['k']}x{r['n']} | {r['m']} | {u8:.2f} | {r.get('u8->u8 exact_us', nan):.2f} | {s8:.2f} | "
+            f"{r.get('s8->f32_us', nan):.2f} | {r.get('cslt_us', nan):.2f} | {mm:.2f}{pad} | {fp16:.2f} | "
+            f"x{mm / u8:.2f} | x{fp16 / u8:.2f} | x{mm / s8:.2f} | x{fp16 / s8:.2f} | x{r.get('cslt_us', nan) / u8:.2f} |")
         r["best_sparse_us"] = best
-    log(f"(speedups use sparse u8->u8; total {time.time() - t_start:.0f} s)")
+    log(f"(total {time.time() - t_start:.0f} s)")
     if args.out:
         Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
 

@@ -81,6 +81,8 @@ const std::vector<RuntimeOptionSpec>& RuntimeOptionSpecs() {
        BoolField(&RuntimeOptions::cuda_allow_no_cusparselt)},
       {"onnxsparse.cuda.nonfinite", "ONNXSPARSE_CUDA_NONFINITE", "a boolean",
        BoolField(&RuntimeOptions::cuda_nonfinite)},
+      {"onnxsparse.cuda.int8_scaled_output", "ONNXSPARSE_CUDA_INT8_SCALED_OUTPUT", "a boolean",
+       BoolField(&RuntimeOptions::cuda_int8_scaled_output)},
       {"onnxsparse.cusparselt.tune", "ONNXSPARSE_CUSPARSELT_TUNE", "search, cache or off",
        [](const std::string& text, RuntimeOptions* o) -> std::string {
          if (strcasecmp(text.c_str(), "search") == 0) return o->cusparselt_tune = RuntimeOptions::kTuneSearch, "";
@@ -118,7 +120,7 @@ const std::vector<RuntimeOptionSpec>& RuntimeOptionSpecs() {
 
 std::string RuntimeOptions::Fingerprint() const {
   return StrCat(CpuIsaText(cpu_isa), '|', cuda_small_m_max, '|', cuda_own_timed_m_max, '|', cuda_pack, '|', cuda_pdl,
-                '|', cuda_allow_no_cusparselt, '|', cuda_nonfinite, '|', cusparselt_tune, '|', cusparselt_cache, '|',
+                '|', cuda_allow_no_cusparselt, '|', cuda_nonfinite, '|', cuda_int8_scaled_output, '|', cusparselt_tune, '|', cusparselt_cache, '|',
                 cusparselt_max_config_id, '|', cusparselt_library, '|', log_verbose, '|', trace);
 }
 

@@ -28,7 +28,10 @@ namespace onnxsparse::cuda {
 
 // kInt8 (QMatMulCompress, QConv2dCompress): int8 weight and activations, an int32 product (compute
 // 32I, alpha 1, no bias), which the int8 epilogue turns into the output.
-enum class ElementType { kFloat16, kBFloat16, kInt8 };
+// kInt8Scaled (QMatMulCompress with a quantized output): int8 in, int8 out, scaled in cuSPARSELt's
+// epilogue: D = saturate(round(alpha[row] * acc + bias[row])), alpha a device vector
+// (SetAlphaVector) and bias float; its tuning cache entries are int8's with bias 1.
+enum class ElementType { kFloat16, kBFloat16, kInt8, kInt8Scaled };
 
 // Whether cuSPARSELt could be loaded; when not, *why says so (built without it, library missing).
 // `library` (onnxsparse.cusparselt.library) is tried first by the process's first call.
@@ -61,6 +64,9 @@ class SparseLtWeight {
   Ort::Status Build(const char* op, ElementType type, const void* values, const uint8_t* index, int64_t n, int64_t k,
                     const void* bias, cudaStream_t stream);
   bool ready() const { return ready_; }
+  // A device vector of n floats that every product multiplies row r of D by (cuSPARSELt's alpha
+  // vector scaling), read at each call (so it may change between calls); set before the first Run.
+  void SetAlphaVector(const float* alpha) { alpha_vector_ = alpha; }
 
   // Y[m, n] (row stride ldy) = alpha * X[m, k] @ W (+ bias). Returns false in *used (and OK) when
   // cuSPARSELt does not take this shape (the caller then runs its own kernel).
@@ -110,6 +116,11 @@ class SparseLtWeight {
   int64_t n_ = 0;
   int64_t k_ = 0;
   const void* bias_ = nullptr;
+  const float* alpha_vector_ = nullptr;
+  // What cusparseLtMatmul's alpha points at: the alpha vector when set, else the scalar.
+  const void* AlphaArg(const float& alpha) const {
+    return alpha_vector_ != nullptr ? static_cast<const void*>(alpha_vector_) : static_cast<const void*>(&alpha);
+  }
   bool relu_ = false;  // the batched plans' fused ReLU (RunBatched's fuse_relu; one value per weight)
   struct Impl;
   std::unique_ptr<Impl> impl_;

@@ -360,6 +360,16 @@ __global__ void ColumnTermsKernel(QEpilogue e, int64_t n, int32_t* __restrict__ 
   scale[col] = ColumnScale(e, col);
 }
 
+__global__ void ScaledTermsKernel(QEpilogue e, int64_t n, float* __restrict__ alpha, float* __restrict__ bias) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int64_t col = e.n_offset + i;
+  const float multiplier = ColumnScale(e, col);
+  const float zp_y = OutputZeroPoint(e) - (e.out_type == QOutType::kUint8 ? 128.f : 0.f);
+  alpha[col] = multiplier;
+  bias[col] = __fadd_rn(__fmul_rn(static_cast<float>(ColumnOffset(e, EffectiveZeroPoint(e), col)), multiplier), zp_y);
+}
+
 __global__ void ShiftKernel16(const uint4* __restrict__ x, int64_t count, uint32_t flip, uint4* __restrict__ out) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -478,6 +488,12 @@ cudaError_t LaunchQEpilogue(const int32_t* acc32, int64_t ldc, int64_t m, int64_
 cudaError_t LaunchQColumnTerms(const QEpilogue& epi, int64_t n, int32_t* offset, float* scale, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   ColumnTermsKernel<<<CeilDiv(n, 256), 256, 0, stream>>>(epi, n, offset, scale);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchQScaledTerms(const QEpilogue& epi, int64_t n, float* alpha, float* bias, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  ScaledTermsKernel<<<CeilDiv(n, 256), 256, 0, stream>>>(epi, n, alpha, bias);
   return cudaGetLastError();
 }
 

@@ -16,6 +16,15 @@ bool NeedsShift(const QGemmArgs& args) {
   return args.epi.a_unsigned || reinterpret_cast<uintptr_t>(args.x) % 16 != 0;
 }
 
+// Whether cuSPARSELt's scaled int8 output (ElementType::kInt8Scaled) can write this GEMM's Y: a
+// quantized, row-major Y of whole rows without Relu (a Relu on the float value is not one on the
+// shifted int8 sum), rows of 16 bytes.
+bool ScaledOutputApplies(const RuntimeOptions& options, const QGemmArgs& args) {
+  const QEpilogue& e = args.epi;
+  return options.cuda_int8_scaled_output && e.out_type != QOutType::kFloat && !e.relu && e.hw == 0 &&
+         e.n_offset == 0 && e.ldy == args.n && args.n % 16 == 0;
+}
+
 }  // namespace
 
 void QGemmRunner::Init(const OrtKernelInfo* info, size_t values_input, size_t index_input) {
@@ -68,15 +77,18 @@ size_t QGemmRunner::ScratchBytes(int64_t m, int64_t n, int64_t k) const {
   return AlignUp(static_cast<size_t>(m_main * k)) + AlignUp(sizeof(int32_t) * m_main * ProductStride(n));
 }
 
-SparseLtWeight* QGemmRunner::WeightLocked(const char* op, cudaStream_t stream, int slot, const QGemmArgs& args) {
+SparseLtWeight* QGemmRunner::WeightLocked(const char* op, cudaStream_t stream, int slot, const QGemmArgs& args,
+                                          bool scaled) {
   if (static_cast<int>(sparselt_.size()) <= slot) {
     sparselt_.resize(slot + 1);
     sparselt_error_.resize(slot + 1);
   }
   if (!sparselt_[slot] && sparselt_error_[slot].empty()) {
     auto built = std::make_unique<SparseLtWeight>(options_, logger_);
-    Ort::Status status =
-        built->Build(op, ElementType::kInt8, args.values, args.index, args.n, args.k, nullptr, stream);
+    // The scaled form reads its per-column alpha and bias where Run writes them before each product.
+    if (scaled) built->SetAlphaVector(ScaledAlpha());
+    Ort::Status status = built->Build(op, scaled ? ElementType::kInt8Scaled : ElementType::kInt8, args.values,
+                                      args.index, args.n, args.k, scaled ? ScaledBias() : nullptr, stream);
     if (status.IsOK()) sparselt_[slot] = std::move(built);
     else sparselt_error_[slot] = status.GetErrorMessage();  // a shape it refuses: the own kernel
     if (!status.IsOK() && LogEnabled(logger_, ORT_LOGGING_LEVEL_VERBOSE)) {
@@ -104,6 +116,13 @@ Ort::Status QGemmRunner::Run(const char* op, cudaStream_t stream, int slot, cons
     if (!NeedsShift(args)) return cudaSuccess;
     return LaunchShiftActivations(args.x, k, m_main, k, args.epi.a_unsigned, shifted, stream);
   };
+  // The scaled form: cuSPARSELt writes Y's first m_main rows as int8 (a uint8 Y as Y - 128, flipped
+  // after), from per-column terms written before each product (the scales may change per call).
+  const bool scaled = m_main > 0 && ScaledOutputApplies(options_, args);
+  void* y_rows = static_cast<char*>(args.epi.y) + args.epi.m_offset * args.epi.ldy;
+  auto scaled_terms = [&]() -> cudaError_t {
+    return LaunchQScaledTerms(args.epi, n, ScaledAlpha(), ScaledBias(), stream);
+  };
 
   GemmCall call;
   call.op = op;
@@ -113,14 +132,17 @@ Ort::Status QGemmRunner::Run(const char* op, cudaStream_t stream, int slot, cons
   call.n = n;
   call.k = k;
   call.ldy = n;
+  call.lt_bias = scaled;  // the scaled form's cache entries: int8 with bias
   call.lt_candidate = m_main > 0;
-  call.log_tag = " int8";
+  call.log_tag = scaled ? " int8 (scaled output)" : " int8";
   GemmChoice::Result choice;
   ONNXSPARSE_RETURN_IF_ERROR(choice_.Choose(
-      stream, call, [&] { return WeightLocked(op, stream, slot, args); },
+      stream, call, [&] { return WeightLocked(op, stream, slot, args, scaled); },
       [&](SparseLtWeight* weight, float* lt_us) -> Ort::Status {
         ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, shift());
-        return weight->Time(op, lt_input(), m_main, product, ldc, 1.0f, stream, lt_us);
+        if (!scaled) return weight->Time(op, lt_input(), m_main, product, ldc, 1.0f, stream, lt_us);
+        ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, scaled_terms());
+        return weight->Time(op, lt_input(), m_main, y_rows, n, 1.0f, stream, lt_us);
       },
       [&](float* own_us) {
         *own_us = TimeOnStream(stream, 10, [&] { return LaunchQGemmOwn(args, stream) == cudaSuccess; });
@@ -131,7 +153,21 @@ Ort::Status QGemmRunner::Run(const char* op, cudaStream_t stream, int slot, cons
   const bool use_own = choice.use_own;
 
   QGemmArgs rest = args;
-  if (weight != nullptr && !use_own) {
+  if (weight != nullptr && !use_own && scaled) {
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, shift());
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, scaled_terms());
+    bool used = false;
+    ONNXSPARSE_RETURN_IF_ERROR(weight->Run(op, lt_input(), m_main, y_rows, n, 1.0f, stream, &used));
+    if (used) {
+      if (args.epi.out_type == QOutType::kUint8) {  // Y - 128 as int8 -> Y (XOR 0x80, in place)
+        ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchShiftActivations(y_rows, n, m_main, n, true,
+                                                                   static_cast<int8_t*>(y_rows), stream));
+      }
+      rest.m = m - m_main;
+      rest.x = static_cast<const uint8_t*>(args.x) + m_main * k;
+      rest.epi.m_offset = args.epi.m_offset + m_main;
+    }
+  } else if (weight != nullptr && !use_own) {
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, shift());
     bool used = false;
     ONNXSPARSE_RETURN_IF_ERROR(weight->Run(op, lt_input(), m_main, product, ldc, 1.0f, stream, &used));

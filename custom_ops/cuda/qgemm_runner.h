@@ -8,7 +8,10 @@
 // above it cuSPARSELt timed against the own kernel up to onnxsparse.cuda.own_timed_m_max. Smaller
 // M, a weight fed at run time, or a shape cuSPARSELt refuses (K % 16 != 0, ...): the own kernel.
 // A uint8 A goes to cuSPARSELt as A - 128 (a pass into scratch memory); the epilogue corrects the
-// zero point with the weight's row sums, computed once for a constant weight.
+// zero point with the weight's row sums, computed once for a constant weight. A quantized output
+// (QMatMulCompress, no Relu, N a multiple of 16) is scaled, rounded and saturated in cuSPARSELt's
+// own epilogue (int8 out, alpha vector, float bias) unless onnxsparse.cuda.int8_scaled_output=0:
+// no int32 product and no epilogue pass; within one step of the exact form at rounding ties.
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -54,7 +57,11 @@ class QGemmRunner {
 
  private:
   // The cuSPARSELt weight of a slot, built at its first use (null when cuSPARSELt refuses it). mutex_ held.
-  SparseLtWeight* WeightLocked(const char* op, cudaStream_t stream, int slot, const QGemmArgs& args);
+  // scaled: ElementType::kInt8Scaled (quantized output in cuSPARSELt's epilogue), else kInt8.
+  SparseLtWeight* WeightLocked(const char* op, cudaStream_t stream, int slot, const QGemmArgs& args, bool scaled);
+  // The scaled form's per-column alpha and bias (floats), in terms_ (whose int32 offsets it does not use).
+  float* ScaledAlpha() const { return reinterpret_cast<float*>(static_cast<char*>(terms_.get()) + terms_scale_at_); }
+  float* ScaledBias() const { return static_cast<float*>(terms_.get()); }
 
   int device_ = -1;
   bool weight_constant_ = false;

@@ -34,7 +34,7 @@ namespace cusparselt {
 // Microseconds per cusparseLtMatmul call of `plan` (the fastest of two passes of 5 calls; one
 // pass when it takes over 5 ms), -1 on any error.
 float TimeMatmul(const cusparseLtHandle_t* h, const cusparseLtMatmulPlan_t* plan, const void* a, const void* x,
-                 void* y, void* workspace, float alpha, cudaStream_t stream);
+                 void* y, void* workspace, const void* alpha, cudaStream_t stream);
 
 // The highest configuration id to time for `matmul`: cuSPARSELt's own highest, capped at the range
 // known to be safe for this version and GPU (-1: none), or at options.cusparselt_max_config_id.

@@ -104,7 +104,7 @@ Ort::Status OwnKey(const char* op, ElementType type, int64_t m, int64_t n, int64
   ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaGetDevice(&device));
   ONNXSPARSE_RETURN_IF_ERROR(GpuModel(op, device, key));
   key->version = CusparseLtVersion();
-  key->type = static_cast<int>(type);
+  key->type = cusparselt::CacheType(type);
   std::tie(key->m, key->n, key->k, key->ldy) = std::make_tuple(m, n, k, ldy);
   key->bias = bias;
   key->max_id = cusparselt::kOwnKernel;
@@ -176,7 +176,7 @@ Ort::Status SparseLtWeight::Build(const char* op, ElementType type, const void* 
   ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, dense.Allocate(static_cast<size_t>(n * k * 2)));
   ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, buffer.Allocate(buffer_bytes));
   ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, compressed_.Allocate(compressed_bytes));
-  if (type == ElementType::kInt8) {
+  if (cusparselt::IsInt8(type)) {
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchDecompressInt8(static_cast<const int8_t*>(values), index, n, k,
                                                              dense.as<int8_t>(), stream));
   } else if (type == ElementType::kFloat16) {
@@ -229,6 +229,18 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
       return Ort::Status{nullptr};
     }
   }
+  if (alpha_vector_ != nullptr) {
+    const int on = 1;
+    if (a.MatmulDescSetAttribute(h, &p.matmul, CUSPARSELT_MATMUL_ALPHA_VECTOR_SCALING, &on, sizeof(on)) !=
+        CUSPARSE_STATUS_SUCCESS) {
+      // This cuSPARSELt does not scale this problem per row: the caller runs its other path.
+      if (ldy >= 0) {
+        a.MatDescriptorDestroy(&p.mat_b);
+        a.MatDescriptorDestroy(&p.mat_c);
+      }
+      return Ort::Status{nullptr};
+    }
+  }
   if (bias_ != nullptr) {
     const void* bias = bias_;
     LT_RETURN_IF_ERROR(op, a.MatmulDescSetAttribute(h, &p.matmul, CUSPARSELT_MATMUL_BIAS_POINTER, &bias, sizeof(bias)));
@@ -263,7 +275,7 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
   bool borrowed = false;  // untuned, running the nearest tuned problem's configuration
   if (!known && !capturing && options_.cusparselt_tune != RuntimeOptions::kTuneOff) {
     cache_key.version = a.version;
-    cache_key.type = static_cast<int>(type_);
+    cache_key.type = cusparselt::CacheType(type_);
     std::tie(cache_key.m, cache_key.n, cache_key.k, cache_key.ldy) = std::make_tuple(m, n_, k_, ldy);
     cache_key.bias = bias_ != nullptr;
     ONNXSPARSE_RETURN_IF_ERROR(GpuModel(op, device, &cache_key));
@@ -330,7 +342,7 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
   LT_RETURN_IF_ERROR(op, a.MatmulGetWorkspace(h, &p.plan, &workspace_bytes));
   ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, GrowWorkspace(workspace_bytes));  // only at the first call of an M
   if (!capturing && p.best_us < 0.f) {
-    p.best_us = cusparselt::TimeMatmul(h, &p.plan, compressed_.get(), x, y, Workspace(), alpha, stream);
+    p.best_us = cusparselt::TimeMatmul(h, &p.plan, compressed_.get(), x, y, Workspace(), AlphaArg(alpha), stream);
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaGetLastError());
   }
   if (!known && !capturing) {
@@ -384,8 +396,10 @@ cudaError_t SparseLtWeight::GrowWorkspace(size_t bytes) {
 void* SparseLtWeight::Workspace() const { return workspaces_.empty() ? nullptr : workspaces_.back()->get(); }
 
 bool SparseLtWeight::Takes(const void* x, int64_t m, const void* y, int64_t ldy) const {
+  // 16-byte rows of Y: 8 elements of fp16/bf16 (int32: 32 bytes), 16 of an int8 output.
+  const int64_t row_align = type_ == ElementType::kInt8Scaled ? 16 : 8;
   return ready_ && m > 0 && m % kMAlign == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
-         reinterpret_cast<uintptr_t>(y) % 16 == 0 && ldy % 8 == 0;
+         reinterpret_cast<uintptr_t>(y) % 16 == 0 && ldy % row_align == 0;
 }
 
 
@@ -399,8 +413,8 @@ Ort::Status SparseLtWeight::Run(const char* op, const void* x, int64_t m, void* 
   if (!plan->supported) return Ort::Status{nullptr};
   const float beta = 0.f;
   cudaStream_t streams[1] = {stream};
-  LT_RETURN_IF_ERROR(op, Library().api.Matmul(impl_->handle, &plan->plan, &alpha, compressed_.get(), x, &beta, y, y,
-                                              Workspace(), streams, 1));
+  LT_RETURN_IF_ERROR(op, Library().api.Matmul(impl_->handle, &plan->plan, AlphaArg(alpha), compressed_.get(), x, &beta,
+                                              y, y, Workspace(), streams, 1));
   *used = true;
   return Ort::Status{nullptr};
 }

@@ -33,13 +33,13 @@ int SafeMaxConfigId(const RuntimeOptions& options, int version, int sm_major) {
 }  // namespace
 
 float TimeMatmul(const cusparseLtHandle_t* h, const cusparseLtMatmulPlan_t* plan, const void* a, const void* x,
-                 void* y, void* workspace, float alpha, cudaStream_t stream) {
+                 void* y, void* workspace, const void* alpha, cudaStream_t stream) {
   const Api& api = Library().api;
   const float beta = 0.f;
   cudaStream_t streams[1] = {stream};
   return TimeOnStream(
       stream, 5,
-      [&] { return api.Matmul(h, plan, &alpha, a, x, &beta, y, y, workspace, streams, 1) == CUSPARSE_STATUS_SUCCESS; },
+      [&] { return api.Matmul(h, plan, alpha, a, x, &beta, y, y, workspace, streams, 1) == CUSPARSE_STATUS_SUCCESS; },
       2, 5.f);
 }
 
@@ -99,7 +99,7 @@ Ort::Status SparseLtWeight::TimeConfigs(const char* op, int max_id, int64_t m, c
       size_t bytes = 0;
       if (a.MatmulGetWorkspace(h, &candidate, &bytes) == CUSPARSE_STATUS_SUCCESS && GrowWorkspace(bytes) == cudaSuccess) {
         t0 = std::chrono::steady_clock::now();
-        const float us = cusparselt::TimeMatmul(h, &candidate, compressed_.get(), x, y, Workspace(), alpha, stream);
+        const float us = cusparselt::TimeMatmul(h, &candidate, compressed_.get(), x, y, Workspace(), AlphaArg(alpha), stream);
         time_ms += ms_since(t0);
         if (us > 0.f && (plan->best_us < 0.f || us < plan->best_us)) {
           plan->best_us = us;
