@@ -7,9 +7,10 @@ CPU execution of the equivalent dense quantized model (QLinearMatMul, QLinearCon
 which tests/test_int8_compile.py shows equal to the reference. Both GEMM paths are forced in turn
 through the session options (the own kernel: cuda_small_m_max above M and nothing timed;
 cuSPARSELt: cuda_small_m_max 0, with the exact int32 product and the library's epilogue), and the
-default choice runs too. cuSPARSELt's scaled int8 output (path "scaled", and "auto", where a
-quantized Y without Relu has N a multiple of 16) rounds one float sum instead of the contract's two
-steps: equal to the reference but at rounding ties, which may move an element by one step.
+default choice runs too. cuSPARSELt's scaled output (path "scaled", and "auto": a row-major Y, a
+quantized one without Relu with N a multiple of 16, a float one with N a multiple of 4) adds two
+float terms where the contract adds two integers first: a quantized element may move by one step
+next to a rounding boundary, a float one by the fp32 rounding of the larger term.
 Skipped, with the reason, where ONNX Runtime has no CUDA EP or the library is not built.
 """
 
@@ -111,12 +112,24 @@ def _within_one_step(got: np.ndarray, expected: np.ndarray) -> None:
     assert np.count_nonzero(diff) <= max(2, diff.size // 250), f"{np.count_nonzero(diff)} of {diff.size} off"
 
 
+def _within_fp32_rounding(got: np.ndarray, expected: np.ndarray, model: onnx.ModelProto) -> None:
+    """A float output of the scaled form: m * float(raw) + m * offset against float(raw + offset) * m,
+    each term below K/2 * 255 * 128 (+ the bias) accumulator steps, rounded to fp32 (2^-24 relative)."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    k = int(inits["v"].shape[1]) * 2
+    step = float(np.max(inits["as"] * inits["ws"]))
+    terms = k / 2 * 255 * 128 + float(np.max(np.abs(inits.get("b", np.zeros(1)))))
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=step * (1 + 4 * terms / 2**24))
+
+
 def _check(model: onnx.ModelProto, feeds: dict, path: str = "auto") -> np.ndarray:
     got = _session(model, path).run(None, feeds)[0]
     expected = run_reference(model, feeds)[0]
     assert got.dtype == expected.dtype and got.shape == expected.shape
     if path in ONE_STEP and got.dtype != np.float32:
         _within_one_step(got, expected)
+    elif path in ONE_STEP:
+        _within_fp32_rounding(got, expected, model)
     else:
         np.testing.assert_array_equal(got, expected)
     return got
@@ -139,7 +152,7 @@ def test_qmatmul_matches_reference(path, adtype, ydtype, per_channel):
             assert len(np.unique(got)) > 8  # not saturated flat: the test could fail
 
 
-@pytest.mark.parametrize("path", ["own", "cusparselt"])
+@pytest.mark.parametrize("path", ["own", "cusparselt", "scaled"])
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 31, 32, 33, 512, 4096])
 def test_qmatmul_m_sweep(path, m):
     """M = 1..4096 on a layer-sized weight (K=1024, N=256), quantized uint8 output with Relu."""
@@ -162,17 +175,27 @@ def test_qmatmul_scaled_output_m_sweep(ydtype, m):
     np.testing.assert_array_equal(got[m // 32 * 32:], exact[m // 32 * 32:])
 
 
-def test_qmatmul_scaled_output_runs(capfd):
-    """The scaled form is what cuSPARSELt runs for a quantized output (its log line says so), and the
-    choice still times it against the own kernel."""
+@pytest.mark.parametrize("m", [32, 96, 512])
+def test_qmatmul_scaled_float_output_with_relu(m):
+    """A float Y: cuSPARSELt's epilogue scales, adds the float bias and applies the Relu."""
+    model, _, _ = _qmatmul(np.uint8, np.float32, 1024, 256, True, True, relu=True, seed=6)
+    got = _check(model, {"A": _activation((m, 1024), np.uint8, seed=m)}, "scaled")
+    assert got.min() == 0 and got.max() > 0
+
+
+@pytest.mark.parametrize("ydtype", [np.int8, np.float32])
+def test_qmatmul_scaled_output_runs(capfd, ydtype):
+    """The scaled form is what cuSPARSELt runs for a quantized or float output (its log line says
+    so), and the choice still times it against the own kernel."""
     from onnxsparse.session import session_options
 
-    model, _, _ = _qmatmul(np.int8, np.int8, 1024, 1024, True, True, seed=8)
+    model, _, _ = _qmatmul(np.int8, ydtype, 1024, 1024, True, True, seed=8)
     opts = session_options(log_verbose=True, cuda_own_timed_m_max=4096)
     opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CUDAExecutionProvider"])
     a = _activation((256, 1024), np.int8, seed=4)
-    _within_one_step(sess.run(None, {"A": a})[0], run_reference(model, {"A": a})[0])
+    got, expected = sess.run(None, {"A": a})[0], run_reference(model, {"A": a})[0]
+    _within_one_step(got, expected) if ydtype == np.int8 else _within_fp32_rounding(got, expected, model)
     err = capfd.readouterr().err
     line = re.search(r"QMatMulCompress M=256 K=1024 N=1024 int8 \(scaled output\): cuSPARSELt (-?[0-9.]+) us", err)
     assert line is not None, err[-2000:]
@@ -258,6 +281,7 @@ def test_qmatmul_float_form_equals_ort_matmulinteger():
     expected = acc.astype(np.float32) * (np.float32(0.02) * inits["ws"]).astype(np.float32)
     for path in ("own", "cusparselt"):
         np.testing.assert_array_equal(_session(model, path).run(None, {"A": a})[0], expected)
+    _within_fp32_rounding(_session(model, "scaled").run(None, {"A": a})[0], expected, model)
 
 
 def test_qmatmul_rounds_half_to_even_and_saturates():
@@ -343,7 +367,7 @@ def test_qmatmul_cusparselt_int8_runs(capfd):
     from onnxsparse.session import session_options
 
     model, _, _ = _qmatmul(np.int8, np.float32, 1024, 1024, True, False, seed=7)
-    opts = session_options(log_verbose=True)
+    opts = session_options(log_verbose=True, cuda_int8_scaled_output=False)  # the exact int32 product
     opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CUDAExecutionProvider"])
     a = _activation((128, 1024), np.int8, seed=3)

@@ -65,12 +65,20 @@ def test_an_entry_round_trips():
     assert _parse(OTHER) == OTHER
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8", "int8s", "int8f"])
+def test_every_element_type_round_trips(dtype):
+    """int8: the int32 product; int8s / int8f: the int8 / float output scaled in cuSPARSELt's epilogue."""
+    line = ENTRY.replace("float16", dtype)
+    assert _parse(line) == line
+
+
 @pytest.mark.parametrize("line", [
     "",
     "# a comment",
     ENTRY.replace("\t", " "),                      # not tab-separated
     ENTRY + "\textra",                             # 13 fields
     ENTRY.replace("float16", "float32"),           # no such dtype
+    ENTRY.replace("float16", "int8x"),             # nor this one
     ENTRY.replace("\t256\t", "\t25x\t", 1),        # m not a number
     ENTRY.replace("0.8.1", "0.8"),                 # version needs three parts
     ENTRY.replace("0.8.1", "0.10.1"),              # minor above 9 cannot be encoded

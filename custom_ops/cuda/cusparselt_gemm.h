@@ -30,8 +30,9 @@ namespace onnxsparse::cuda {
 // 32I, alpha 1, no bias), which the int8 epilogue turns into the output.
 // kInt8Scaled (QMatMulCompress with a quantized output): int8 in, int8 out, scaled in cuSPARSELt's
 // epilogue: D = saturate(round(alpha[row] * acc + bias[row])), alpha a device vector
-// (SetAlphaVector) and bias float; its tuning cache entries are int8's with bias 1.
-enum class ElementType { kFloat16, kBFloat16, kInt8, kInt8Scaled };
+// (SetAlphaVector) and bias float. kInt8ScaledFloat: the same with a float D (and a fused ReLU,
+// SetRelu). Their values are the tuning cache's CacheDtype.
+enum class ElementType { kFloat16, kBFloat16, kInt8, kInt8Scaled, kInt8ScaledFloat };
 
 // Whether cuSPARSELt could be loaded; when not, *why says so (built without it, library missing).
 // `library` (onnxsparse.cusparselt.library) is tried first by the process's first call.
@@ -67,6 +68,8 @@ class SparseLtWeight {
   // A device vector of n floats that every product multiplies row r of D by (cuSPARSELt's alpha
   // vector scaling), read at each call (so it may change between calls); set before the first Run.
   void SetAlphaVector(const float* alpha) { alpha_vector_ = alpha; }
+  // A ReLU in the epilogue of Run's plans (RunBatched has its own); set before the first Run.
+  void SetRelu(bool on) { plain_relu_ = on; }
 
   // Y[m, n] (row stride ldy) = alpha * X[m, k] @ W (+ bias). Returns false in *used (and OK) when
   // cuSPARSELt does not take this shape (the caller then runs its own kernel).
@@ -117,6 +120,7 @@ class SparseLtWeight {
   int64_t k_ = 0;
   const void* bias_ = nullptr;
   const float* alpha_vector_ = nullptr;
+  bool plain_relu_ = false;
   // What cusparseLtMatmul's alpha points at: the alpha vector when set, else the scalar.
   const void* AlphaArg(const float& alpha) const {
     return alpha_vector_ != nullptr ? static_cast<const void*>(alpha_vector_) : static_cast<const void*>(&alpha);

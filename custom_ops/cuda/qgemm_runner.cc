@@ -12,17 +12,22 @@ namespace {
 // copied) [m, k], then the int32 product [m, ldc].
 int64_t ProductStride(int64_t n) { return (n + 15) / 16 * 16; }
 
+ElementType ScaledType(const QGemmArgs& args) {
+  return args.epi.out_type == QOutType::kFloat ? ElementType::kInt8ScaledFloat : ElementType::kInt8Scaled;
+}
+
 bool NeedsShift(const QGemmArgs& args) {
   return args.epi.a_unsigned || reinterpret_cast<uintptr_t>(args.x) % 16 != 0;
 }
 
-// Whether cuSPARSELt's scaled int8 output (ElementType::kInt8Scaled) can write this GEMM's Y: a
-// quantized, row-major Y of whole rows without Relu (a Relu on the float value is not one on the
-// shifted int8 sum), rows of 16 bytes.
+// Whether cuSPARSELt's scaled output (ElementType::kInt8Scaled / kInt8ScaledFloat) can write this
+// GEMM's Y: a row-major Y of whole rows (not Conv's NCHW), rows of 16 bytes; a quantized Y without
+// Relu (a Relu on the float value is not one on the shifted int8 sum; a float Y fuses it).
 bool ScaledOutputApplies(const RuntimeOptions& options, const QGemmArgs& args) {
   const QEpilogue& e = args.epi;
-  return options.cuda_int8_scaled_output && e.out_type != QOutType::kFloat && !e.relu && e.hw == 0 &&
-         e.n_offset == 0 && e.ldy == args.n && args.n % 16 == 0;
+  const bool quantized = e.out_type != QOutType::kFloat;
+  return options.cuda_int8_scaled_output && e.hw == 0 && e.n_offset == 0 && e.ldy == args.n &&
+         (quantized ? !e.relu && args.n % 16 == 0 : args.n % 4 == 0);
 }
 
 }  // namespace
@@ -78,26 +83,56 @@ size_t QGemmRunner::ScratchBytes(int64_t m, int64_t n, int64_t k) const {
 }
 
 SparseLtWeight* QGemmRunner::WeightLocked(const char* op, cudaStream_t stream, int slot, const QGemmArgs& args,
-                                          bool scaled) {
-  if (static_cast<int>(sparselt_.size()) <= slot) {
-    sparselt_.resize(slot + 1);
-    sparselt_error_.resize(slot + 1);
+                                          ElementType type) {
+  const int form = type == ElementType::kInt8 ? 0 : 1;
+  auto& weights = sparselt_[form];
+  auto& errors = sparselt_error_[form];
+  if (static_cast<int>(weights.size()) <= slot) {
+    weights.resize(slot + 1);
+    errors.resize(slot + 1);
   }
-  if (!sparselt_[slot] && sparselt_error_[slot].empty()) {
+  if (!weights[slot] && errors[slot].empty()) {
     auto built = std::make_unique<SparseLtWeight>(options_, logger_);
-    // The scaled form reads its per-column alpha and bias where Run writes them before each product.
-    if (scaled) built->SetAlphaVector(ScaledAlpha());
-    Ort::Status status = built->Build(op, scaled ? ElementType::kInt8Scaled : ElementType::kInt8, args.values,
-                                      args.index, args.n, args.k, scaled ? ScaledBias() : nullptr, stream);
-    if (status.IsOK()) sparselt_[slot] = std::move(built);
-    else sparselt_error_[slot] = status.GetErrorMessage();  // a shape it refuses: the own kernel
+    if (form == 1) {  // it reads its per-column alpha and bias where Run writes them before each product
+      built->SetAlphaVector(ScaledAlpha());
+      built->SetRelu(args.epi.relu);  // a float Y only (ScaledOutputApplies)
+    }
+    Ort::Status status = built->Build(op, type, args.values, args.index, args.n, args.k,
+                                      form == 1 ? ScaledBias() : nullptr, stream);
+    if (status.IsOK()) weights[slot] = std::move(built);
+    else errors[slot] = status.GetErrorMessage();  // a shape it refuses: the own kernel
     if (!status.IsOK() && LogEnabled(logger_, ORT_LOGGING_LEVEL_VERBOSE)) {
       ONNXSPARSE_LOG(logger_, ORT_LOGGING_LEVEL_VERBOSE,
                      StrCat("onnxsparse: ", op, " N=", args.n, " K=", args.k, ": no cuSPARSELt weight (",
-                            sparselt_error_[slot], "); the own kernel serves every M"));
+                            errors[slot], "); the own kernel serves every M"));
     }
   }
-  return sparselt_[slot].get();
+  return weights[slot].get();
+}
+
+bool QGemmRunner::ScaledServes(const char* op, cudaStream_t stream, int slot, const QGemmArgs& args,
+                               const std::function<Ort::Status(SparseLtWeight*, float*)>& probe,
+                               Ort::Status* status) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (scaled_ != Scaled::kUnknown) return scaled_ == Scaled::kYes;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess || capture != cudaStreamCaptureStatusNone) {
+    return false;  // decided at a call outside a capture; the exact form meanwhile
+  }
+  SparseLtWeight* weight = WeightLocked(op, stream, slot, args, ScaledType(args));
+  float us = -1.f;
+  if (weight != nullptr) {
+    *status = probe(weight, &us);  // makes (and times) the plan of this M
+    if (!status->IsOK()) return false;
+  }
+  scaled_ = us > 0.f ? Scaled::kYes : Scaled::kRefused;
+  if (scaled_ == Scaled::kRefused) {
+    ONNXSPARSE_LOG(logger_, options_.trace ? ORT_LOGGING_LEVEL_WARNING : ORT_LOGGING_LEVEL_VERBOSE,
+                   StrCat("onnxsparse: ", op, " N=", args.n, " K=", args.k,
+                          ": cuSPARSELt does not scale this output in its epilogue; the int32 product and the "
+                          "epilogue pass serve it"));
+  }
+  return scaled_ == Scaled::kYes;
 }
 
 Ort::Status QGemmRunner::Run(const char* op, cudaStream_t stream, int slot, const QGemmArgs& args, void* scratch) {
@@ -116,33 +151,42 @@ Ort::Status QGemmRunner::Run(const char* op, cudaStream_t stream, int slot, cons
     if (!NeedsShift(args)) return cudaSuccess;
     return LaunchShiftActivations(args.x, k, m_main, k, args.epi.a_unsigned, shifted, stream);
   };
-  // The scaled form: cuSPARSELt writes Y's first m_main rows as int8 (a uint8 Y as Y - 128, flipped
+  // The scaled form: cuSPARSELt writes Y's first m_main rows itself (a uint8 Y as Y - 128, flipped
   // after), from per-column terms written before each product (the scales may change per call).
-  const bool scaled = m_main > 0 && ScaledOutputApplies(options_, args);
-  void* y_rows = static_cast<char*>(args.epi.y) + args.epi.m_offset * args.epi.ldy;
+  void* y_rows = static_cast<char*>(args.epi.y) +
+                 args.epi.m_offset * args.epi.ldy * (args.epi.out_type == QOutType::kFloat ? 4 : 1);
   auto scaled_terms = [&]() -> cudaError_t {
     return LaunchQScaledTerms(args.epi, n, ScaledAlpha(), ScaledBias(), stream);
   };
+  auto time_scaled = [&](SparseLtWeight* weight, float* us) -> Ort::Status {
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, shift());
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, scaled_terms());
+    return weight->Time(op, lt_input(), m_main, y_rows, n, 1.0f, stream, us);
+  };
+  Ort::Status probed{nullptr};
+  const bool scaled = m_main > 0 && ScaledOutputApplies(options_, args) &&
+                      ScaledServes(op, stream, slot, args, time_scaled, &probed);
+  if (!probed.IsOK()) return probed;
+  const ElementType type = scaled ? ScaledType(args) : ElementType::kInt8;
 
   GemmCall call;
   call.op = op;
   call.slot = slot;
-  call.type = ElementType::kInt8;
+  call.type = type;
   call.m = m;
   call.n = n;
   call.k = k;
   call.ldy = n;
-  call.lt_bias = scaled;  // the scaled form's cache entries: int8 with bias
+  call.lt_bias = scaled;  // cuSPARSELt adds the scaled form's bias
   call.lt_candidate = m_main > 0;
   call.log_tag = scaled ? " int8 (scaled output)" : " int8";
   GemmChoice::Result choice;
   ONNXSPARSE_RETURN_IF_ERROR(choice_.Choose(
-      stream, call, [&] { return WeightLocked(op, stream, slot, args, scaled); },
+      stream, call, [&] { return WeightLocked(op, stream, slot, args, type); },
       [&](SparseLtWeight* weight, float* lt_us) -> Ort::Status {
+        if (scaled) return time_scaled(weight, lt_us);
         ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, shift());
-        if (!scaled) return weight->Time(op, lt_input(), m_main, product, ldc, 1.0f, stream, lt_us);
-        ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, scaled_terms());
-        return weight->Time(op, lt_input(), m_main, y_rows, n, 1.0f, stream, lt_us);
+        return weight->Time(op, lt_input(), m_main, product, ldc, 1.0f, stream, lt_us);
       },
       [&](float* own_us) {
         *own_us = TimeOnStream(stream, 10, [&] { return LaunchQGemmOwn(args, stream) == cudaSuccess; });

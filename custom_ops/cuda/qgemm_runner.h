@@ -15,6 +15,7 @@
 #pragma once
 #include <cuda_runtime_api.h>
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -57,8 +58,14 @@ class QGemmRunner {
 
  private:
   // The cuSPARSELt weight of a slot, built at its first use (null when cuSPARSELt refuses it). mutex_ held.
-  // scaled: ElementType::kInt8Scaled (quantized output in cuSPARSELt's epilogue), else kInt8.
-  SparseLtWeight* WeightLocked(const char* op, cudaStream_t stream, int slot, const QGemmArgs& args, bool scaled);
+  // type kInt8 (the int32 product), or kInt8Scaled / kInt8ScaledFloat (the output scaled in
+  // cuSPARSELt's epilogue; a weight of its own).
+  SparseLtWeight* WeightLocked(const char* op, cudaStream_t stream, int slot, const QGemmArgs& args, ElementType type);
+  // Whether the scaled form serves this node: decided once, at its first call outside a CUDA-graph
+  // capture, by `probe` making and timing its plan (a cuSPARSELt that refuses the alpha vector or the
+  // output type: no, and the int32 product serves). mutex_ not held.
+  bool ScaledServes(const char* op, cudaStream_t stream, int slot, const QGemmArgs& args,
+                    const std::function<Ort::Status(SparseLtWeight*, float*)>& probe, Ort::Status* status);
   // The scaled form's per-column alpha and bias (floats), in terms_ (whose int32 offsets it does not use).
   float* ScaledAlpha() const { return reinterpret_cast<float*>(static_cast<char*>(terms_.get()) + terms_scale_at_); }
   float* ScaledBias() const { return static_cast<float*>(terms_.get()); }
@@ -74,8 +81,11 @@ class QGemmRunner {
   DeviceBuffer terms_;  // per column: int32 offsets, then (at terms_scale_at_) fp32 multipliers
   size_t terms_scale_at_ = 0;
   GemmChoice choice_;  // own kernel or cuSPARSELt, by (slot, M); guarded by mutex_
-  std::vector<std::unique_ptr<SparseLtWeight>> sparselt_;  // by slot
-  std::vector<std::string> sparselt_error_;                // by slot: why it could not be built
+  // [0]: the int32-product weights, [1]: the scaled form's; by slot.
+  std::vector<std::unique_ptr<SparseLtWeight>> sparselt_[2];
+  std::vector<std::string> sparselt_error_[2];  // by slot: why it could not be built
+  enum class Scaled { kUnknown, kYes, kRefused };
+  Scaled scaled_ = Scaled::kUnknown;  // guarded by mutex_
 };
 
 }  // namespace onnxsparse::cuda

@@ -60,21 +60,22 @@ std::string LtError(cusparseStatus_t status);
 // The process's cuSPARSELt handle for the current device (created on first use).
 Ort::Status DeviceHandle(const char* op, const cusparseLtHandle_t** out);
 
-inline bool IsInt8(ElementType type) { return type == ElementType::kInt8 || type == ElementType::kInt8Scaled; }
+inline bool IsInt8(ElementType type) {
+  return type == ElementType::kInt8 || type == ElementType::kInt8Scaled || type == ElementType::kInt8ScaledFloat;
+}
 inline cudaDataType DataType(ElementType type) {
   return type == ElementType::kFloat16 ? CUDA_R_16F : IsInt8(type) ? CUDA_R_8I : CUDA_R_16BF;
 }
-// The product's type and the compute type: int8 gives int32 (compute 32I), or int8 scaled in the
-// epilogue (kInt8Scaled); fp16/bf16 their own (32F).
-inline cudaDataType OutputDataType(ElementType type) { return type == ElementType::kInt8 ? CUDA_R_32I : DataType(type); }
+// The product's type and the compute type: int8 gives int32 (compute 32I), or int8 / float scaled in
+// the epilogue (kInt8Scaled, kInt8ScaledFloat); fp16/bf16 their own (32F).
+inline cudaDataType OutputDataType(ElementType type) {
+  return type == ElementType::kInt8 ? CUDA_R_32I : type == ElementType::kInt8ScaledFloat ? CUDA_R_32F : DataType(type);
+}
 inline cusparseComputeType ComputeType(ElementType type) {
   return IsInt8(type) ? CUSPARSE_COMPUTE_32I : CUSPARSE_COMPUTE_32F;
 }
-// The element type's name in the tuning cache file: the scaled int8 form is "int8" with a bias
-// (the int32 form never has one), so the file's format does not change.
-inline int CacheType(ElementType type) {
-  return static_cast<int>(type == ElementType::kInt8Scaled ? ElementType::kInt8 : type);
-}
+// The element type in the tuning cache file (CacheDtype: the same values).
+inline int CacheType(ElementType type) { return static_cast<int>(type); }
 
 }  // namespace onnxsparse::cuda::cusparselt
 

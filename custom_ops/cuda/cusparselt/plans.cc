@@ -241,6 +241,10 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
       return Ort::Status{nullptr};
     }
   }
+  if (plain_relu_ && ldy >= 0) {
+    const int on = 1;
+    LT_RETURN_IF_ERROR(op, a.MatmulDescSetAttribute(h, &p.matmul, CUSPARSELT_MATMUL_ACTIVATION_RELU, &on, sizeof(on)));
+  }
   if (bias_ != nullptr) {
     const void* bias = bias_;
     LT_RETURN_IF_ERROR(op, a.MatmulDescSetAttribute(h, &p.matmul, CUSPARSELT_MATMUL_BIAS_POINTER, &bias, sizeof(bias)));
@@ -397,7 +401,7 @@ void* SparseLtWeight::Workspace() const { return workspaces_.empty() ? nullptr :
 
 bool SparseLtWeight::Takes(const void* x, int64_t m, const void* y, int64_t ldy) const {
   // 16-byte rows of Y: 8 elements of fp16/bf16 (int32: 32 bytes), 16 of an int8 output.
-  const int64_t row_align = type_ == ElementType::kInt8Scaled ? 16 : 8;
+  const int64_t row_align = type_ == ElementType::kInt8Scaled ? 16 : type_ == ElementType::kInt8ScaledFloat ? 4 : 8;
   return ready_ && m > 0 && m % kMAlign == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(y) % 16 == 0 && ldy % row_align == 0;
 }

@@ -11,8 +11,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <memory>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -23,8 +25,18 @@ const char kCacheColumns[] = "# cusparselt\tgpu\tsm\tdtype\tm\tn\tk\tldy\tbias\t
 
 namespace {
 
+constexpr const char* kTypeNames[] = {"float16", "bfloat16", "int8", "int8s", "int8f"};
+
 const char* TypeName(int type) {
-  return type == kCacheFloat16 ? "float16" : type == kCacheInt8 ? "int8" : "bfloat16";
+  return type >= 0 && type < static_cast<int>(std::size(kTypeNames)) ? kTypeNames[type] : "?";
+}
+
+// The type of a name (-1: none).
+int TypeOfName(const std::string& name) {
+  for (int type = 0; type < static_cast<int>(std::size(kTypeNames)); ++type) {
+    if (name == kTypeNames[type]) return type;
+  }
+  return -1;
 }
 
 // A whole field as a number; false when it holds anything else.
@@ -89,7 +101,7 @@ bool ParseEntry(const std::string& line, CacheKey* key, CacheEntry* entry) {
   }
   int64_t version[3], sm[2], m, n, k, ldy, bias, max_id, config;
   if (f.size() != 12 || f[1].empty() || !ParseDotted(f[0], 3, version) || !ParseDotted(f[2], 2, sm) ||
-      (f[3] != "float16" && f[3] != "bfloat16" && f[3] != "int8") || !ParseInt(f[4], &m) || !ParseInt(f[5], &n) ||
+      TypeOfName(f[3]) < 0 || !ParseInt(f[4], &m) || !ParseInt(f[5], &n) ||
       !ParseInt(f[6], &k) || !ParseInt(f[7], &ldy) || !ParseInt(f[8], &bias) || !ParseInt(f[9], &max_id) ||
       !ParseInt(f[10], &config)) {
     return false;
@@ -107,7 +119,7 @@ bool ParseEntry(const std::string& line, CacheKey* key, CacheEntry* entry) {
   key->gpu = f[1];
   key->sm_major = static_cast<int>(sm[0]);
   key->sm_minor = static_cast<int>(sm[1]);
-  key->type = f[3] == "float16" ? kCacheFloat16 : f[3] == "int8" ? kCacheInt8 : kCacheBFloat16;
+  key->type = TypeOfName(f[3]);
   key->m = m;
   key->n = n;
   key->k = k;
