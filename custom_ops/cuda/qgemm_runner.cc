@@ -121,16 +121,19 @@ bool QGemmRunner::ScaledServes(const char* op, cudaStream_t stream, int slot, co
   }
   SparseLtWeight* weight = WeightLocked(op, stream, slot, args, ScaledType(args));
   float us = -1.f;
+  std::string why = weight != nullptr ? "" : "no weight";
   if (weight != nullptr) {
-    *status = probe(weight, &us);  // makes (and times) the plan of this M
-    if (!status->IsOK()) return false;
+    // Makes (and times) the plan of this M; a plan cuSPARSELt refuses is an answer, not an error.
+    Ort::Status probed = probe(weight, &us);
+    if (!probed.IsOK()) why = probed.GetErrorMessage(), us = -1.f;
   }
+  *status = Ort::Status{nullptr};
   scaled_ = us > 0.f ? Scaled::kYes : Scaled::kRefused;
   if (scaled_ == Scaled::kRefused) {
     ONNXSPARSE_LOG(logger_, options_.trace ? ORT_LOGGING_LEVEL_WARNING : ORT_LOGGING_LEVEL_VERBOSE,
                    StrCat("onnxsparse: ", op, " N=", args.n, " K=", args.k,
-                          ": cuSPARSELt does not scale this output in its epilogue; the int32 product and the "
-                          "epilogue pass serve it"));
+                          ": cuSPARSELt does not scale this output in its epilogue (", why.empty() ? "no plan" : why,
+                          "); the int32 product and the epilogue pass serve it"));
   }
   return scaled_ == Scaled::kYes;
 }
