@@ -190,16 +190,45 @@ def test_qmatmul_scaled_output_runs(capfd, ydtype):
     from onnxsparse.session import session_options
 
     model, _, _ = _qmatmul(np.int8, ydtype, 1024, 1024, True, True, seed=8)
-    opts = session_options(log_verbose=True, cuda_own_timed_m_max=4096)
+    opts = session_options(log_verbose=True, trace=True, cuda_own_timed_m_max=4096)
     opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CUDAExecutionProvider"])
     a = _activation((256, 1024), np.int8, seed=4)
     got, expected = sess.run(None, {"A": a})[0], run_reference(model, {"A": a})[0]
-    _within_one_step(got, expected) if ydtype == np.int8 else _within_fp32_rounding(got, expected, model)
     err = capfd.readouterr().err
     line = re.search(r"QMatMulCompress M=256 K=1024 N=1024 int8 \(scaled output\): cuSPARSELt (-?[0-9.]+) us", err)
-    assert line is not None, err[-2000:]
-    assert float(line.group(1)) > 0, line.group(0)
+    if ydtype == np.int8 or line is not None:
+        assert line is not None, err[-2000:]
+        assert float(line.group(1)) > 0, line.group(0)
+        _within_one_step(got, expected) if ydtype == np.int8 else _within_fp32_rounding(got, expected, model)
+    else:  # cuSPARSELt 0.8.0 makes no plan for int8 x int8 -> float: refused, said once, and exact
+        assert "does not scale this output" in err, err[-2000:]
+        assert re.search(r"QMatMulCompress M=256 K=1024 N=1024 int8: cuSPARSELt [0-9.]+ us", err), err[-2000:]
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_a_lone_int8_model_loads_cusparselt_from_the_session_path(tmp_path):
+    """In a fresh process whose only sparse op is an int8 one (no torch, nothing that loaded NVIDIA's
+    wheels), cuSPARSELt comes from the path the session options name (the pip wheel onnxsparse.session
+    finds), not only from the loader's search path: M=256 on the forced cuSPARSELt path runs."""
+    import subprocess
+    import sys
+
+    model, _, _ = _qmatmul(np.uint8, np.uint8, 256, 64, True, True, seed=12)
+    onnx.save(model, tmp_path / "m.onnx")
+    a = _activation((256, 256), np.uint8, seed=12)
+    np.save(tmp_path / "a.npy", a)
+    code = (
+        "import sys, numpy as np, onnxruntime as ort\n"
+        "from onnxsparse.session import session_options\n"
+        "opts = session_options(cuda_small_m_max=0, cuda_own_timed_m_max=0, cuda_int8_scaled_output=False)\n"
+        "opts.add_session_config_entry('session.disable_cpu_ep_fallback', '1')\n"
+        "s = ort.InferenceSession(sys.argv[1], opts, providers=['CUDAExecutionProvider'])\n"
+        "np.save(sys.argv[3], s.run(None, {'A': np.load(sys.argv[2])})[0])\n")
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.onnx"), str(tmp_path / "a.npy"),
+                          str(tmp_path / "y.npy")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), run_reference(model, {"A": a})[0])
 
 
 @pytest.mark.parametrize("k,n", [(4, 1), (12, 5), (20, 7), (36, 17), (100, 33)])

@@ -39,6 +39,10 @@ void QGemmRunner::Init(const OrtKernelInfo* info, size_t values_input, size_t in
   device_ = KernelDevice(info);
   logger_ = KernelLogger(info);
   choice_.Init(&options_, logger_, &mutex_);
+  // Loads cuSPARSELt from the session's path (onnxsparse.cusparselt.library) before any other use
+  // can load it from elsewhere or fail; a missing library is said where a product needs it.
+  std::string why;
+  CusparseLtAvailable(options_.cusparselt_library, &why);
 }
 
 Ort::Status QGemmRunner::Prepare(const char* op, cudaStream_t stream, const int8_t* values, const uint8_t* index,

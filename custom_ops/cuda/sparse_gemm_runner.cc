@@ -17,6 +17,10 @@ void SparseGemmRunner::Init(const OrtKernelInfo* info, size_t values_input, size
   device_ = KernelDevice(info);
   logger_ = KernelLogger(info);
   choice_.Init(&options_, logger_, &mutex_);
+  // Loads cuSPARSELt from the session's path (onnxsparse.cusparselt.library) before any other use
+  // can load it from elsewhere or fail; a missing library is said where a product needs it.
+  std::string why;
+  CusparseLtAvailable(options_.cusparselt_library, &why);
 }
 
 template <typename T>

@@ -3,6 +3,9 @@
 #include <dlfcn.h>
 #include <link.h>
 
+#include <algorithm>
+#include <atomic>
+#include <mutex>
 #include <type_traits>
 #include <vector>
 
@@ -53,10 +56,9 @@ void* OpenLibrary(const std::string& preferred, std::string* tried) {
   return nullptr;
 }
 
-}  // namespace
-
-Loaded& Library(const std::string& preferred) {
-  static Loaded* loaded = [&] {
+// One attempt at loading the library and its entry points.
+Loaded* Load(const std::string& preferred) {
+  {
     auto* l = new Loaded();  // lives as long as the process, like the dlopen'ed library
     std::string tried;
     void* lib = OpenLibrary(preferred, &tried);
@@ -96,8 +98,30 @@ Loaded& Library(const std::string& preferred) {
     sym(a.Compress2, "cusparseLtSpMMACompress2");
     if (!ok) l->error += " (library too old?)";
     return l;
-  }();
-  return *loaded;
+  }
+}
+
+}  // namespace
+
+Loaded& Library(const std::string& preferred) {
+  static std::atomic<Loaded*> current{nullptr};
+  auto settled = [&](const Loaded* l) {
+    return l != nullptr && (l->error.empty() || preferred.empty() ||
+                            std::find(l->preferred_tried.begin(), l->preferred_tried.end(), preferred) !=
+                                l->preferred_tried.end());
+  };
+  Loaded* now = current.load(std::memory_order_acquire);
+  if (settled(now)) return *now;
+  static std::mutex mutex;
+  std::lock_guard<std::mutex> lock(mutex);
+  now = current.load(std::memory_order_acquire);
+  if (settled(now)) return *now;
+  // A failed attempt holds no handle; it stays allocated (a caller may still read its error).
+  Loaded* next = Load(preferred);
+  if (now != nullptr) next->preferred_tried = now->preferred_tried;
+  if (!preferred.empty()) next->preferred_tried.push_back(preferred);
+  current.store(next, std::memory_order_release);
+  return *next;
 }
 
 std::string LtError(cusparseStatus_t status) {

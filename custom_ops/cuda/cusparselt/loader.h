@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "common/ort_api.h"
 #include "cuda/cusparselt_gemm.h"
@@ -42,11 +43,13 @@ struct Loaded {
   std::string error;  // empty when loaded
   std::mutex mutex;
   std::map<int, std::unique_ptr<cusparseLtHandle_t>> handles;  // one per device
+  std::vector<std::string> preferred_tried;  // the `preferred` paths this attempt and earlier ones tried
 };
 
-// The library, loaded at the first call (later calls return it whatever `preferred` says): the
-// path `preferred` (onnxsparse.cusparselt.library) first, then the loader's search path, then the
-// NVIDIA wheel layout next to any NVIDIA library already loaded.
+// The library: the path `preferred` (onnxsparse.cusparselt.library) first, then the loader's search
+// path, then the NVIDIA wheel layout next to any NVIDIA library already loaded. Loaded once; an
+// attempt that failed is made again when a caller names a path not tried yet (the process's first
+// caller may name none: a cache lookup before any kernel passed its session's path).
 Loaded& Library(const std::string& preferred = std::string());
 
 std::string LtError(cusparseStatus_t status);
