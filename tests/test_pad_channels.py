@@ -423,3 +423,32 @@ def test_real_cls_model_prune_compile_verify(tmp_path, capsys):
     expected = ort.InferenceSession(pruned.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {name: x})[0]
     got = onnxsparse.InferenceSession(result.model, providers=["CPUExecutionProvider"]).run(None, {name: x})[0]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("opset", [17, 10])
+def test_convs_reading_one_input_share_one_pad(opset):
+    """Two group-1 Convs with C = 6 on the same X: one Pad serves both, placed before its first
+    reader, and the model runs like the original."""
+    rng = np.random.default_rng(5)
+    text = f"""<ir_version: 8, opset_import: ["" : {opset}]> g (float[N,6,8,8] x) => (float[N,8,8,8] y) {{
+        a = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, wa)
+        b = Conv <kernel_shape = [1, 1]> (x, wb)
+        s = Add (a, b)
+        y = Relu (s)
+    }}"""
+    model = make_model(text, wa=rng.standard_normal((8, 6, 3, 3)).astype(np.float32),
+                       wb=rng.standard_normal((8, 6, 1, 1)).astype(np.float32))
+    pruned, _ = prune_model(model, PruneOptions(method="magnitude", prune_head=True, pad_channels=True))
+    result = compile_model(pruned, pad_channels=True)
+    assert len(result.rewritten) == 2
+    pads = _pad_nodes(result.model)
+    assert len(pads) == 1
+    readers = [node for node in result.model.graph.node if pads[0].output[0] in node.input]
+    assert [node.op_type for node in readers] == ["Conv2dCompress", "Conv2dCompress"]
+    order = [node.name for node in result.model.graph.node]
+    assert order.index(pads[0].name) < min(order.index(node.name) for node in readers)
+    x = random_input((2, 6, 8, 8))
+    expected = ort.InferenceSession(pruned.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = onnxsparse.InferenceSession(result.model, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

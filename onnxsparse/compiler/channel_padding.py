@@ -95,6 +95,13 @@ def pad_input(graph, node: gs.Node, x: gs.Tensor, channels: int, padded: int) ->
     input from opset 11, attributes before (``paddings`` in opset 1)."""
     base = node.name or node.outputs[0].name
     pads = [0, 0, 0, 0, 0, padded - channels, 0, 0]
+    shared = _existing_pad(x, pads)
+    if shared is not None:  # another padded Conv reads the same X: one Pad serves both
+        nodes = graph.graph.nodes
+        at, here = _index(nodes, shared), _index(nodes, node)
+        if at > here:  # it must come before this reader too (X is defined before both)
+            nodes.insert(here, nodes.pop(at))
+        return shared.outputs[0]
     shape = None
     if x.shape is not None and len(x.shape) == 4:
         shape = [x.shape[0], padded, x.shape[2], x.shape[3]]
@@ -111,3 +118,23 @@ def pad_input(graph, node: gs.Node, x: gs.Tensor, channels: int, padded: int) ->
                       outputs=[y])
     graph.add_node(pad, before=node)
     return y
+
+
+def _pad_amounts(pad: gs.Node) -> list[int] | None:
+    """The pads of a Pad node this module wrote (an input from opset 11, attributes before)."""
+    if len(pad.inputs) >= 2 and isinstance(pad.inputs[1], gs.Constant):
+        return [int(v) for v in np.asarray(pad.inputs[1].values).ravel()]
+    return pad.attrs.get("pads", pad.attrs.get("paddings"))
+
+
+def _existing_pad(x: gs.Tensor, pads: list[int]) -> gs.Node | None:
+    """The channel Pad of ``x`` that an earlier rewrite added with the same ``pads``, if any."""
+    for reader in x.outputs:
+        if (reader.op == "Pad" and (reader.name or "").endswith("_pad_channels")
+                and reader.attrs.get("mode", "constant") == "constant" and _pad_amounts(reader) == list(pads)):
+            return reader
+    return None
+
+
+def _index(nodes: list, node: gs.Node) -> int:
+    return next(i for i, other in enumerate(nodes) if other is node)
