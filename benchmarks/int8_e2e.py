@@ -167,19 +167,25 @@ def quantize(pruned: Path, vocab: int, calib_shape, calib: int, weights_only: bo
     return out
 
 
+def convert_fp16(model, blocked: tuple[str, ...] = ()):
+    """``model`` with its float parts in fp16 (onnxconverter-common, keep_io_types=False; the op types
+    in ``blocked`` stay float32 behind Casts), or None when onnxconverter-common is not installed."""
+    try:
+        from onnxconverter_common import float16
+    except ImportError:
+        return None
+    return float16.convert_float_to_float16(model, keep_io_types=False,
+                                            op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *blocked])
+
+
 def to_fp16(path: Path) -> Path:
-    """The model with its float parts in fp16 (onnxconverter-common, keep_io_types=False), as the fp16
-    baseline; the quantization nodes and the sparse int8 ops stay float32 (their scales are float32),
-    with Casts inserted around them by the converter."""
+    """The model with its float parts in fp16, as the fp16 baseline; the quantization nodes and the
+    sparse int8 ops stay float32 (their scales are float32), with Casts inserted around them by the
+    converter."""
     out = path.with_name(path.stem + ".fp16.onnx")
     if out.is_file():
         return out
     import onnx
-    try:
-        from onnxconverter_common import float16
-    except ImportError:
-        raise RuntimeError("--int8-graph fp16 converts with onnxconverter-common, which is not installed "
-                           "(pip install onnxconverter-common, or --int8-graph fp32)") from None
 
     t0 = time.time()
     model = onnx.load(str(path))
@@ -188,8 +194,10 @@ def to_fp16(path: Path) -> Path:
         float_out = node.op_type == "QMatMulCompress" and (len(node.input) < 8 or not node.input[7])
         if float_out and node.output[0] not in known:
             model.graph.value_info.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None))
-    blocked = [*float16.DEFAULT_OP_BLOCK_LIST, "QMatMulCompress", "QuantizeLinear", "DequantizeLinear"]
-    converted = float16.convert_float_to_float16(model, keep_io_types=False, op_block_list=blocked)
+    converted = convert_fp16(model, ("QMatMulCompress", "QuantizeLinear", "DequantizeLinear"))
+    if converted is None:
+        raise RuntimeError("--int8-graph fp16 converts with onnxconverter-common, which is not installed "
+                           "(pip install onnxconverter-common, or --int8-graph fp32)")
     onnx.save(converted, str(out))
     log(f"{out.name}: float parts in fp16, quantization nodes and sparse int8 ops in float32: {time.time() - t0:.0f} s")
     return out
@@ -305,18 +313,17 @@ def fp16_baseline(args, pruned32: Path, config: dict, seq: int) -> tuple[Path, s
     if out.is_file() and how_path.is_file():
         return out, how_path.read_text()
     t0 = time.time()
-    try:
-        import onnx
-        from onnxconverter_common import float16
+    import onnx
 
-        converted = float16.convert_float_to_float16(onnx.load(str(pruned32)), keep_io_types=False)
+    converted = convert_fp16(onnx.load(str(pruned32)))
+    if converted is not None:
         onnx.save(converted, str(out))
         how = "pruned fp32 model converted to fp16 (onnxconverter-common, keep_io_types=False)"
-    except ImportError:
+    else:
         exported = e2e.export_bert(args.work, args.tiny, args.batches) if config in (CUDA_BERT, TINY_BERT) else None
         if exported is None:
             raise RuntimeError("no fp16 baseline: onnxconverter-common is absent and the configuration is not "
-                               "e2e_transformers_cuda.py's") from None
+                               "e2e_transformers_cuda.py's")
         out = e2e.prune(exported)
         how = "exported in fp16 (e2e_transformers_cuda.py) and pruned separately (onnxconverter-common absent)"
     how_path = out.with_suffix(".how")
