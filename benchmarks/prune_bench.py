@@ -39,6 +39,7 @@ import importlib.util
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -509,12 +510,7 @@ def main() -> int:
                     args.pad_channels)
               for name in args.models.split(",") if name]
     record = {"models": models, "seconds": time.time() - started,
-              "command": f"python benchmarks/prune_bench.py --models {args.models} --max-errors {args.max_errors}"
-                         + (f" --methods '{args.methods}'" if args.methods != parser.get_default("methods") else "")
-                         + (" --holdout" if args.holdout else "") + (f" --order {args.order}" if args.order != "size" else "")
-                         + (f" --eval-count {args.eval_count}" if args.eval_count else "")
-                         + (f" --calib-count {args.calib_count}" if args.calib_count else "")
-                         + (" --pad-channels" if args.pad_channels else ""),
+              "command": shlex.join(["python", "benchmarks/prune_bench.py", *sys.argv[1:]]),  # as given
               "correlation": {"held_out": correlation(models, "held_out"), "fit": correlation(models, "fit"),
                               "n": sum(1 for m in models for r in m["rows"] if "error" not in r)},
               "environment": {"onnxruntime": ort.__version__, "numpy": np.__version__,
