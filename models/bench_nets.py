@@ -58,6 +58,16 @@ def gemm_models(dtype: str, k: int, n: int, rng):
 def conv_specs(model: onnx.ModelProto) -> list[dict]:
     """The distinct 2:4-eligible convs of `model` (input channels a multiple of 4): channels, kernel,
     stride, pads and input size, from shape inference with the batch left symbolic."""
+    specs = []
+    for spec in every_conv_spec(model):
+        if spec["c"] % 4 == 0 and spec not in specs:
+            specs.append(spec)
+    return specs
+
+
+def every_conv_spec(model: onnx.ModelProto) -> list[dict]:
+    """conv_specs' fields for every square-kernel Conv of `model` whose input shape is known, in graph
+    order, repeats and ineligible ones included."""
     inferred = onnx.shape_inference.infer_shapes(model)
     shapes = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
               for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
@@ -70,7 +80,7 @@ def conv_specs(model: onnx.ModelProto) -> list[dict]:
         attrs = {a.name: list(a.ints) for a in node.attribute}
         spec = {"c": c, "oc": oc, "kernel": kh, "stride": attrs.get("strides", [1])[0],
                 "pad": attrs.get("pads", [0])[0], "hw": shapes[node.input[0]][2]}
-        if c % 4 == 0 and kh == kw and spec not in specs:
+        if kh == kw:
             specs.append(spec)
     return specs
 

@@ -134,18 +134,10 @@ def key(spec: dict) -> tuple:
 
 def spec_counts(model: onnx.ModelProto) -> dict:
     """How many convs of `model` have each distinct spec (conv_specs' fields)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
-              for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
-    inits = {t.name: t for t in model.graph.initializer}
+    from models.bench_nets import every_conv_spec
+
     counts: dict = {}
-    for node in model.graph.node:
-        if node.op_type != "Conv" or node.input[0] not in shapes:
-            continue
-        oc, c, kh, _ = inits[node.input[1]].dims
-        attrs = {a.name: list(a.ints) for a in node.attribute}
-        spec = {"c": c, "oc": oc, "kernel": kh, "stride": attrs.get("strides", [1])[0],
-                "pad": attrs.get("pads", [0])[0], "hw": shapes[node.input[0]][2]}
+    for spec in every_conv_spec(model):
         counts[key(spec)] = counts.get(key(spec), 0) + 1
     return counts
 
