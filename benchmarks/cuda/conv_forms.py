@@ -73,7 +73,7 @@ def main() -> int:
     args = ap.parse_args()
     import onnxruntime as ort
 
-    from gpu_bench import LAYERS, time_e2e, time_graph
+    from gpu_bench import LAYERS, time_e2e, time_graph, time_pair
     from models.bench_nets import conv_specs, gemm_models, resnet_model
     from onnxsparse.session import session_options
 
@@ -112,8 +112,11 @@ def main() -> int:
             except Exception as e:  # noqa: BLE001 - one failing form is reported, the rest still run
                 print(f"  {form}: {str(e).splitlines()[0][:200]}", flush=True)
         m, k = b * ohw * ohw, spec["kernel"] ** 2 * c
-        if args.gemm:
-            times.update(gemm_times(gemm_models("float16", k, oc, rng), m, time_graph, LAYERS))
+        if args.gemm:  # the dense MatMul and MatMulCompress at this M, us per layer
+            for _, dense_us, sparse_us in time_pair(
+                    *gemm_models("float16", k, oc, rng), [m],
+                    lambda sess, rows, gid: time_graph(sess, "float16", k, oc, rows, gid), f"gemm K={k} N={oc} M="):
+                times.update({"gemm dense": dense_us, "gemm sparse": sparse_us})
         name = f"{spec['kernel']}x{spec['kernel']} s{spec['stride']} C={c} OC={oc} HW={hw}"
         count = counts.get(key(spec), 1)
         cells = " | ".join(f"{times[f]:.1f}" if f in times else "-" for f in forms + gemm_cols)
@@ -140,26 +143,6 @@ def spec_counts(model: onnx.ModelProto) -> dict:
     for spec in every_conv_spec(model):
         counts[key(spec)] = counts.get(key(spec), 0) + 1
     return counts
-
-
-def gemm_times(pair: tuple[bytes, bytes], m: int, time_graph, layers: int) -> dict:
-    """us per layer of the dense MatMul and of MatMulCompress at this M (CUDA-graph replay)."""
-    import onnxruntime as ort
-
-    from onnxsparse.session import session_options
-
-    found = {}
-    for label, blob in zip(("gemm dense", "gemm sparse"), pair):
-        try:
-            sess = ort.InferenceSession(blob, session_options(),
-                                        providers=[("CUDAExecutionProvider", {"enable_cuda_graph": "1"})])
-            k = sess.get_inputs()[0].shape[1]
-            n = sess.get_outputs()[0].shape[1]
-            found[label] = time_graph(sess, "float16", k, n, m, 1) / layers * 1e6
-            del sess
-        except Exception as e:  # noqa: BLE001 - reported, the conv's other columns stand
-            print(f"  {label}: {str(e).splitlines()[0][:200]}", flush=True)
-    return found
 
 
 def summary(rows: list[tuple[int, float, float, float]], net_us: float) -> None:

@@ -97,10 +97,7 @@ def pad_input(graph, node: gs.Node, x: gs.Tensor, channels: int, padded: int) ->
     pads = [0, 0, 0, 0, 0, padded - channels, 0, 0]
     shared = _existing_pad(x, pads)
     if shared is not None:  # another padded Conv reads the same X: one Pad serves both
-        nodes = graph.graph.nodes
-        at, here = _index(nodes, shared), _index(nodes, node)
-        if at > here:  # it must come before this reader too (X is defined before both)
-            nodes.insert(here, nodes.pop(at))
+        graph.move_before(shared, node)  # it must come before this reader too (X is defined before both)
         return shared.outputs[0]
     shape = None
     if x.shape is not None and len(x.shape) == 4:
@@ -134,7 +131,3 @@ def _existing_pad(x: gs.Tensor, pads: list[int]) -> gs.Node | None:
                 and reader.attrs.get("mode", "constant") == "constant" and _pad_amounts(reader) == list(pads)):
             return reader
     return None
-
-
-def _index(nodes: list, node: gs.Node) -> int:
-    return next(i for i, other in enumerate(nodes) if other is node)

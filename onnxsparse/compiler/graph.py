@@ -101,12 +101,23 @@ class ModelGraph:
         """Add a node, next to another one when given (keeps the graph's order recognisable)."""
         anchor = before if before is not None else after
         nodes = self.graph.nodes
-        position = next((i for i, other in enumerate(nodes) if other is anchor), None) if anchor is not None else None
+        position = self.position(anchor) if anchor is not None else None
         if position is None:
             nodes.append(node)
         else:
             nodes.insert(position if before is not None else position + 1, node)
         return node
+
+    def position(self, node: gs.Node) -> int | None:
+        """Where ``node`` is in the graph's node list (None: not there)."""
+        return next((i for i, other in enumerate(self.graph.nodes) if other is node), None)
+
+    def move_before(self, node: gs.Node, anchor: gs.Node) -> None:
+        """Move ``node`` to just before ``anchor`` if it comes after it (both in the graph)."""
+        at, here = self.position(node), self.position(anchor)
+        if at > here:
+            nodes = self.graph.nodes
+            nodes.insert(here, nodes.pop(at))
 
     @staticmethod
     def remove_node(node: gs.Node) -> None:

@@ -252,7 +252,7 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, calibration: Cali
             verify = ReferenceOutputs(model, parts.verify) if parts.disjoint else None
             error = verify.error_of_model(pruned) if verify is not None else error
             if options.max_error is not None and _key(error) > options.max_error:
-                backed = _back_off(model, pruned, layers, selection, options.max_error, held, verify, say)
+                backed = _back_off(model, pruned, error, layers, selection, options.max_error, held, verify, say)
                 pruned, error_selection, error = backed.model, backed.error_selection, backed.error_verify
                 layers = [layer for layer in layers if layer.weight not in backed.dropped]
                 skipped += [Skipped(layer.uses[0].node, layer.op_type, layer.weight,
@@ -284,15 +284,16 @@ class _BackOff:
     note: str
 
 
-def _back_off(model: onnx.ModelProto, pruned: onnx.ModelProto, layers: list[Layer], trace: list[dict], budget: float,
-              select: ReferenceOutputs, verify: ReferenceOutputs, say: Progress) -> _BackOff:
-    """``--max-error`` on every held-out part: the chosen model measured above E on the verification
-    data, so the chosen layers go back to dense, the last one the greedy kept first, until both the
-    selection and the verification data measure at most E. None left: nothing fits (an error)."""
+def _back_off(model: onnx.ModelProto, pruned: onnx.ModelProto, first: OutputError, layers: list[Layer],
+              trace: list[dict], budget: float, select: ReferenceOutputs, verify: ReferenceOutputs,
+              say: Progress) -> _BackOff:
+    """``--max-error`` on every held-out part: the chosen model measured ``first`` (above E) on the
+    verification data, so the chosen layers go back to dense, the last one the greedy kept first,
+    until both the selection and the verification data measure at most E. None left: nothing fits
+    (an error)."""
     by_name = {layer.name: layer for layer in layers}
     order = [by_name[step["name"]] for step in trace if step["kept"] and step["name"] in by_name]
     order += [layer for layer in layers if layer not in order]  # (every kept layer is in the trace)
-    first = verify.error_of_model(pruned)
     current = onnx.ModelProto()
     current.CopyFrom(pruned)
     dropped: set[str] = set()
