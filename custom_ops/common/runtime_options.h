@@ -29,9 +29,9 @@ struct RuntimeOptions {
   bool cuda_pdl = true;                    // onnxsparse.cuda.pdl: programmatic dependent launch
   bool cuda_allow_no_cusparselt = false;   // onnxsparse.cuda.allow_no_cusparselt: own kernel when it is missing
   bool cuda_nonfinite = true;              // onnxsparse.cuda.nonfinite: NaN/Inf scan and fix-up (like dense)
-  // onnxsparse.cuda.int8_scaled_output: a quantized int8 output at M >= 32 scaled and rounded in
-  // cuSPARSELt's epilogue (one pass less; within one step of the contract at rounding ties), else
-  // the exact int32 product and the library's epilogue pass.
+  // onnxsparse.cuda.int8_scaled_output: an int8 product's output at M >= 32 scaled (and rounded
+  // when quantized) in cuSPARSELt's epilogue where it makes a plan (one pass less; within one step
+  // of the contract at rounding ties), else the exact int32 product and the library's epilogue pass.
   bool cuda_int8_scaled_output = true;
   // onnxsparse.cusparselt.tune: kSearch times the configuration ids (and the own kernel) of a problem
   // the tuning cache lacks (onnxsparse tune sets it); kCache (default) takes the cache's choice, else

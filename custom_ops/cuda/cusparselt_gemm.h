@@ -35,7 +35,8 @@ namespace onnxsparse::cuda {
 enum class ElementType { kFloat16, kBFloat16, kInt8, kInt8Scaled, kInt8ScaledFloat };
 
 // Whether cuSPARSELt could be loaded; when not, *why says so (built without it, library missing).
-// `library` (onnxsparse.cusparselt.library) is tried first by the process's first call.
+// `library` (onnxsparse.cusparselt.library) is tried first; a load that failed is tried again with
+// a library not tried yet (cusparselt/loader.h).
 bool CusparseLtAvailable(const std::string& library, std::string* why);
 // The loaded library's version (major*1000 + minor*100 + patch), 0 when not loaded.
 int CusparseLtVersion();

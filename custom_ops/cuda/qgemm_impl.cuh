@@ -73,11 +73,12 @@ cudaError_t LaunchQEpilogue(const int32_t* acc32, int64_t ldc, int64_t m, int64_
 // does an add, a multiply, the rounding and the store per element.
 cudaError_t LaunchQColumnTerms(const QEpilogue& epi, int64_t n, int32_t* offset, float* scale, cudaStream_t stream);
 
-// The terms of cuSPARSELt's scaled int8 output (a quantized Y, no Relu), per column c of
-// [epi.n_offset, epi.n_offset + n): alpha[c] = the multiplier m[c] and bias[c] = m[c] * offset[c] +
-// y_zero_point (uint8 Y: y_zero_point - 128, the output then read back as Y - 128 flipped by XOR 0x80),
-// so that saturate_int8(round(alpha * raw + bias)) is the output: one rounding of a float sum that
-// the contract computes as float(raw + offset) * m (docs/ops.md: within one step at rounding ties).
+// The terms of cuSPARSELt's scaled output, per column c of [epi.n_offset, epi.n_offset + n):
+// alpha[c] = the multiplier m[c] and bias[c] = m[c] * offset[c] + y_zero_point (uint8 Y:
+// y_zero_point - 128, the output then read back as Y - 128 flipped by XOR 0x80; float Y: no zero
+// point), so that alpha * raw + bias, saturated to int8 and rounded when quantized, is the output:
+// one rounding of a float sum that the contract computes as float(raw + offset) * m (docs/ops.md:
+// within one step at rounding ties).
 cudaError_t LaunchQScaledTerms(const QEpilogue& epi, int64_t n, float* alpha, float* bias, cudaStream_t stream);
 
 // out [m, k] int8 = x [m, k] (row stride ldx) read as A' (uint8: XOR 0x80; int8: copied).

@@ -115,10 +115,12 @@ SparseLtWeight* QGemmRunner::WeightLocked(const char* op, cudaStream_t stream, i
 }
 
 bool QGemmRunner::ScaledServes(const char* op, cudaStream_t stream, int slot, const QGemmArgs& args,
-                               const std::function<Ort::Status(SparseLtWeight*, float*)>& probe,
-                               Ort::Status* status) {
+                               const std::function<Ort::Status(SparseLtWeight*, float*)>& probe) {
+  Scaled decided = scaled_.load(std::memory_order_acquire);
+  if (decided != Scaled::kUnknown) return decided == Scaled::kYes;  // every call after the first
   std::lock_guard<std::mutex> lock(mutex_);
-  if (scaled_ != Scaled::kUnknown) return scaled_ == Scaled::kYes;
+  decided = scaled_.load(std::memory_order_relaxed);
+  if (decided != Scaled::kUnknown) return decided == Scaled::kYes;
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess || capture != cudaStreamCaptureStatusNone) {
     return false;  // decided at a call outside a capture; the exact form meanwhile
@@ -131,15 +133,15 @@ bool QGemmRunner::ScaledServes(const char* op, cudaStream_t stream, int slot, co
     Ort::Status probed = probe(weight, &us);
     if (!probed.IsOK()) why = probed.GetErrorMessage(), us = -1.f;
   }
-  *status = Ort::Status{nullptr};
-  scaled_ = us > 0.f ? Scaled::kYes : Scaled::kRefused;
-  if (scaled_ == Scaled::kRefused) {
+  decided = us > 0.f ? Scaled::kYes : Scaled::kRefused;
+  scaled_.store(decided, std::memory_order_release);
+  if (decided == Scaled::kRefused) {
     ONNXSPARSE_LOG(logger_, options_.trace ? ORT_LOGGING_LEVEL_WARNING : ORT_LOGGING_LEVEL_VERBOSE,
                    StrCat("onnxsparse: ", op, " N=", args.n, " K=", args.k,
                           ": cuSPARSELt does not scale this output in its epilogue (", why.empty() ? "no plan" : why,
                           "); the int32 product and the epilogue pass serve it"));
   }
-  return scaled_ == Scaled::kYes;
+  return decided == Scaled::kYes;
 }
 
 Ort::Status QGemmRunner::Run(const char* op, cudaStream_t stream, int slot, const QGemmArgs& args, void* scratch) {
@@ -170,10 +172,7 @@ Ort::Status QGemmRunner::Run(const char* op, cudaStream_t stream, int slot, cons
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, scaled_terms());
     return weight->Time(op, lt_input(), m_main, y_rows, n, 1.0f, stream, us);
   };
-  Ort::Status probed{nullptr};
-  const bool scaled = m_main > 0 && ScaledOutputApplies(options_, args) &&
-                      ScaledServes(op, stream, slot, args, time_scaled, &probed);
-  if (!probed.IsOK()) return probed;
+  const bool scaled = m_main > 0 && ScaledOutputApplies(options_, args) && ScaledServes(op, stream, slot, args, time_scaled);
   const ElementType type = scaled ? ScaledType(args) : ElementType::kInt8;
 
   GemmCall call;
@@ -204,32 +203,29 @@ Ort::Status QGemmRunner::Run(const char* op, cudaStream_t stream, int slot, cons
   const bool use_own = choice.use_own;
 
   QGemmArgs rest = args;
-  if (weight != nullptr && !use_own && scaled) {
+  if (weight != nullptr && !use_own) {
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, shift());
-    ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, scaled_terms());
     bool used = false;
-    ONNXSPARSE_RETURN_IF_ERROR(weight->Run(op, lt_input(), m_main, y_rows, n, 1.0f, stream, &used));
-    if (used) {
-      if (args.epi.out_type == QOutType::kUint8) {  // Y - 128 as int8 -> Y (XOR 0x80, in place)
+    if (scaled) {
+      ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, scaled_terms());
+      ONNXSPARSE_RETURN_IF_ERROR(weight->Run(op, lt_input(), m_main, y_rows, n, 1.0f, stream, &used));
+      if (used && args.epi.out_type == QOutType::kUint8) {  // Y - 128 as int8 -> Y (XOR 0x80, in place)
         ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchShiftActivations(y_rows, n, m_main, n, true,
                                                                    static_cast<int8_t*>(y_rows), stream));
       }
-      rest.m = m - m_main;
-      rest.x = static_cast<const uint8_t*>(args.x) + m_main * k;
-      rest.epi.m_offset = args.epi.m_offset + m_main;
+    } else {
+      ONNXSPARSE_RETURN_IF_ERROR(weight->Run(op, lt_input(), m_main, product, ldc, 1.0f, stream, &used));
+      if (used) {
+        // The per-column terms (one small pass: the scales may change per call), then the epilogue.
+        QEpilogue epi = args.epi;
+        epi.col_offset = terms_.as<int32_t>();
+        epi.col_scale = reinterpret_cast<const float*>(static_cast<const char*>(terms_.get()) + terms_scale_at_);
+        ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchQColumnTerms(args.epi, n, terms_.as<int32_t>(),
+                                                               const_cast<float*>(epi.col_scale), stream));
+        ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchQEpilogue(product, ldc, m_main, n, epi, stream));
+      }
     }
-  } else if (weight != nullptr && !use_own) {
-    ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, shift());
-    bool used = false;
-    ONNXSPARSE_RETURN_IF_ERROR(weight->Run(op, lt_input(), m_main, product, ldc, 1.0f, stream, &used));
-    if (used) {
-      // The per-column terms (one small pass: the scales may change per call), then the epilogue.
-      QEpilogue epi = args.epi;
-      epi.col_offset = terms_.as<int32_t>();
-      epi.col_scale = reinterpret_cast<const float*>(static_cast<const char*>(terms_.get()) + terms_scale_at_);
-      ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchQColumnTerms(args.epi, n, terms_.as<int32_t>(),
-                                                             const_cast<float*>(epi.col_scale), stream));
-      ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchQEpilogue(product, ldc, m_main, n, epi, stream));
+    if (used) {  // the own kernel computes the rows cuSPARSELt did not
       rest.m = m - m_main;
       rest.x = static_cast<const uint8_t*>(args.x) + m_main * k;
       rest.epi.m_offset = args.epi.m_offset + m_main;

@@ -8,13 +8,15 @@
 // above it cuSPARSELt timed against the own kernel up to onnxsparse.cuda.own_timed_m_max. Smaller
 // M, a weight fed at run time, or a shape cuSPARSELt refuses (K % 16 != 0, ...): the own kernel.
 // A uint8 A goes to cuSPARSELt as A - 128 (a pass into scratch memory); the epilogue corrects the
-// zero point with the weight's row sums, computed once for a constant weight. A quantized output
-// (QMatMulCompress, no Relu, N a multiple of 16) is scaled, rounded and saturated in cuSPARSELt's
-// own epilogue (int8 out, alpha vector, float bias) unless onnxsparse.cuda.int8_scaled_output=0:
-// no int32 product and no epilogue pass; within one step of the exact form at rounding ties.
+// zero point with the weight's row sums, computed once for a constant weight. A QMatMulCompress
+// output is scaled (rounded and saturated when quantized) in cuSPARSELt's own epilogue (alpha
+// vector, float bias; a quantized Y without Relu and N a multiple of 16, or a float Y) unless
+// onnxsparse.cuda.int8_scaled_output=0 or cuSPARSELt makes no plan for it: no int32 product and no
+// epilogue pass; within one step of the exact form at rounding ties (docs/ops.md).
 #pragma once
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -63,9 +65,10 @@ class QGemmRunner {
   SparseLtWeight* WeightLocked(const char* op, cudaStream_t stream, int slot, const QGemmArgs& args, ElementType type);
   // Whether the scaled form serves this node: decided once, at its first call outside a CUDA-graph
   // capture, by `probe` making and timing its plan (a cuSPARSELt that refuses the alpha vector or the
-  // output type: no, and the int32 product serves). mutex_ not held.
+  // output type, or a probe that fails: no, said in the log, and the int32 product serves). mutex_
+  // not held; no lock once decided.
   bool ScaledServes(const char* op, cudaStream_t stream, int slot, const QGemmArgs& args,
-                    const std::function<Ort::Status(SparseLtWeight*, float*)>& probe, Ort::Status* status);
+                    const std::function<Ort::Status(SparseLtWeight*, float*)>& probe);
   // The scaled form's per-column alpha and bias (floats), in terms_ (whose int32 offsets it does not use).
   float* ScaledAlpha() const { return reinterpret_cast<float*>(static_cast<char*>(terms_.get()) + terms_scale_at_); }
   float* ScaledBias() const { return static_cast<float*>(terms_.get()); }
@@ -85,7 +88,7 @@ class QGemmRunner {
   std::vector<std::unique_ptr<SparseLtWeight>> sparselt_[2];
   std::vector<std::string> sparselt_error_[2];  // by slot: why it could not be built
   enum class Scaled { kUnknown, kYes, kRefused };
-  Scaled scaled_ = Scaled::kUnknown;  // guarded by mutex_
+  std::atomic<Scaled> scaled_{Scaled::kUnknown};  // written once, under mutex_
 };
 
 }  // namespace onnxsparse::cuda

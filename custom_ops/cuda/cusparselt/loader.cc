@@ -58,47 +58,45 @@ void* OpenLibrary(const std::string& preferred, std::string* tried) {
 
 // One attempt at loading the library and its entry points.
 Loaded* Load(const std::string& preferred) {
-  {
-    auto* l = new Loaded();  // lives as long as the process, like the dlopen'ed library
-    std::string tried;
-    void* lib = OpenLibrary(preferred, &tried);
-    if (lib == nullptr) {
-      l->error = "cuSPARSELt (libcusparseLt.so.0) could not be loaded (tried " + tried +
-                 "); install nvidia-cusparselt-cu13 or set onnxsparse.cusparselt.library "
-                 "(ONNXSPARSE_CUSPARSELT_LIBRARY)";
-      return l;
-    }
-    bool ok = true;
-    auto sym = [&](auto& fn, const char* name) {
-      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, name));
-      if (fn == nullptr) {
-        ok = false;
-        l->error += std::string(l->error.empty() ? "cuSPARSELt lacks " : ", ") + name;
-      }
-    };
-    Api& a = l->api;
-    sym(a.Init, "cusparseLtInit");
-    sym(a.GetErrorString, "cusparseLtGetErrorString");
-    sym(a.GetVersion, "cusparseLtGetVersion");
-    sym(a.DenseDescriptorInit, "cusparseLtDenseDescriptorInit");
-    sym(a.StructuredDescriptorInit, "cusparseLtStructuredDescriptorInit");
-    sym(a.MatDescriptorDestroy, "cusparseLtMatDescriptorDestroy");
-    sym(a.MatDescSetAttribute, "cusparseLtMatDescSetAttribute");
-    sym(a.MatmulDescriptorInit, "cusparseLtMatmulDescriptorInit");
-    sym(a.MatmulDescSetAttribute, "cusparseLtMatmulDescSetAttribute");
-    sym(a.MatmulAlgSelectionInit, "cusparseLtMatmulAlgSelectionInit");
-    sym(a.MatmulAlgSelectionDestroy, "cusparseLtMatmulAlgSelectionDestroy");
-    sym(a.MatmulAlgSetAttribute, "cusparseLtMatmulAlgSetAttribute");
-    sym(a.MatmulAlgGetAttribute, "cusparseLtMatmulAlgGetAttribute");
-    sym(a.MatmulPlanInit, "cusparseLtMatmulPlanInit");
-    sym(a.MatmulPlanDestroy, "cusparseLtMatmulPlanDestroy");
-    sym(a.MatmulGetWorkspace, "cusparseLtMatmulGetWorkspace");
-    sym(a.Matmul, "cusparseLtMatmul");
-    sym(a.CompressedSize2, "cusparseLtSpMMACompressedSize2");
-    sym(a.Compress2, "cusparseLtSpMMACompress2");
-    if (!ok) l->error += " (library too old?)";
+  auto* l = new Loaded();  // lives as long as the process, like the dlopen'ed library
+  std::string tried;
+  void* lib = OpenLibrary(preferred, &tried);
+  if (lib == nullptr) {
+    l->error = "cuSPARSELt (libcusparseLt.so.0) could not be loaded (tried " + tried +
+               "); install nvidia-cusparselt-cu13 or set onnxsparse.cusparselt.library "
+               "(ONNXSPARSE_CUSPARSELT_LIBRARY)";
     return l;
   }
+  bool ok = true;
+  auto sym = [&](auto& fn, const char* name) {
+    fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, name));
+    if (fn == nullptr) {
+      ok = false;
+      l->error += std::string(l->error.empty() ? "cuSPARSELt lacks " : ", ") + name;
+    }
+  };
+  Api& a = l->api;
+  sym(a.Init, "cusparseLtInit");
+  sym(a.GetErrorString, "cusparseLtGetErrorString");
+  sym(a.GetVersion, "cusparseLtGetVersion");
+  sym(a.DenseDescriptorInit, "cusparseLtDenseDescriptorInit");
+  sym(a.StructuredDescriptorInit, "cusparseLtStructuredDescriptorInit");
+  sym(a.MatDescriptorDestroy, "cusparseLtMatDescriptorDestroy");
+  sym(a.MatDescSetAttribute, "cusparseLtMatDescSetAttribute");
+  sym(a.MatmulDescriptorInit, "cusparseLtMatmulDescriptorInit");
+  sym(a.MatmulDescSetAttribute, "cusparseLtMatmulDescSetAttribute");
+  sym(a.MatmulAlgSelectionInit, "cusparseLtMatmulAlgSelectionInit");
+  sym(a.MatmulAlgSelectionDestroy, "cusparseLtMatmulAlgSelectionDestroy");
+  sym(a.MatmulAlgSetAttribute, "cusparseLtMatmulAlgSetAttribute");
+  sym(a.MatmulAlgGetAttribute, "cusparseLtMatmulAlgGetAttribute");
+  sym(a.MatmulPlanInit, "cusparseLtMatmulPlanInit");
+  sym(a.MatmulPlanDestroy, "cusparseLtMatmulPlanDestroy");
+  sym(a.MatmulGetWorkspace, "cusparseLtMatmulGetWorkspace");
+  sym(a.Matmul, "cusparseLtMatmul");
+  sym(a.CompressedSize2, "cusparseLtSpMMACompressedSize2");
+  sym(a.Compress2, "cusparseLtSpMMACompress2");
+  if (!ok) l->error += " (library too old?)";
+  return l;
 }
 
 }  // namespace

@@ -26,9 +26,8 @@ extern const char kCacheColumns[];
 // two from the file (readers of the first format skip such lines).
 constexpr int kOwnKernel = -1;
 
-// Element types as the file spells them (the order of ElementType).
-// The element types (ElementType's values): int8 is the int32 product, int8s the int8 output scaled
-// in cuSPARSELt's epilogue, int8f the float output scaled there.
+// Element types as the file spells them (ElementType's values): int8 is the int32 product, int8s
+// the int8 output scaled in cuSPARSELt's epilogue, int8f the float output scaled there.
 enum CacheDtype : int { kCacheFloat16 = 0, kCacheBFloat16 = 1, kCacheInt8 = 2, kCacheInt8Scaled = 3, kCacheInt8Float = 4 };
 
 struct CacheKey {
