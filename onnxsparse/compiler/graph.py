@@ -178,6 +178,8 @@ class Scope:
         return self.model.onnx_opset()
 
     add_node = ModelGraph.add_node
+    position = ModelGraph.position
+    move_before = ModelGraph.move_before
     remove_node = staticmethod(ModelGraph.remove_node)
 
 
