@@ -15,11 +15,22 @@ in a different order than dense ones, and fp16/bf16 round differently between op
 model (int8 weights) computes in int8: where ONNX Runtime runs a layer's QDQ float op and the
 compiled model its integer op, a value on a rounding boundary lands one quantization step apart,
 and the step carries through the layers after it, so its rtol allows a few steps of the output's range.
+
+The reference of a quantized model must be exact where the compiled model is. On x86 CPUs without
+VNNI, ONNX Runtime's uint8 x int8 kernels add each pair of neighbouring products in saturating
+16-bit arithmetic (``vpmaddubsw``): 255 * 127 * 2 > 32767, so a layer with full-range int8
+weights comes out slightly wrong there. On CPU, both sessions of an int8 model therefore run with
+ONNX Runtime's ``session.x64quantprecision`` entry, under which it moves int8 weights to uint8 and
+runs its exact uint8 x uint8 kernels. Where ONNX Runtime refuses a model with that entry (1.32
+does for some QDQ transformers), both run without it, and on a CPU without VNNI a warning says that
+the reference may be off (weights quantized with ``reduce_range=True``, 7 bits, cannot saturate).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import platform
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -29,7 +40,12 @@ from . import progress
 from .errors import OnnxSparseError
 from .metrics import ErrorSums
 from .prune.calibration import Calibration
-from .session import open_session, ort_message, quiet_run_options
+from .session import open_session, ort_message, quiet_run_options, session_options
+
+logger = logging.getLogger(__name__)
+
+# ONNX Runtime's session entry for exact x86 int8 kernels (kOrtSessionOptionsAvx2PrecisionMode).
+EXACT_INT8_ENTRY = "session.x64quantprecision"
 
 # (rtol, atol floor) per compute dtype.
 TOLERANCES = {
@@ -76,6 +92,26 @@ def _dtype_name(elem_type: int) -> str:
         return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
     except (KeyError, TypeError, ValueError):
         return ""
+
+
+def int8_pairs_saturate(flags: frozenset | None = None, machine: str | None = None) -> bool:
+    """Whether ONNX Runtime's uint8 x int8 kernels saturate pair sums on this CPU: x86 without VNNI."""
+    from .hardware import cpu_info
+
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False
+    flags = cpu_info()["flags"] if flags is None else flags
+    return not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def _options(sparse: bool, exact_int8: bool):
+    import onnxruntime as ort
+
+    options = session_options() if sparse else ort.SessionOptions()
+    if exact_int8:
+        options.add_session_config_entry(EXACT_INT8_ENTRY, "1")
+    return options
 
 
 def tolerances(compute: str | None, expected: np.ndarray, rtol: float | None, atol: float | None) -> tuple[float, float]:
@@ -135,40 +171,77 @@ def verify(
     compute = compute_dtype(graph)
     batches = Calibration(graph, inputs, batch_size=batch_size, samples=samples, seed=seed, shapes=shapes,
                           int_range=int_range)
+    run = quiet_run_options()
+    total = -(-samples // batch_size) if inputs is None else None
+    exact_int8 = compute == "int8" and provider == "cpu"
+    with progress.steps(None if total is None else 2 * total, "verify", quiet=quiet, unit="run") as bar:
+        while True:
+            try:
+                worst = _run_pair(original, compiled, batches, provider, exact_int8, compute, rtol, atol, run, bar)
+                break
+            except _ExactRefused:
+                exact_int8 = False  # again without the entry, both sides
+                bar.reset()
+    if compute == "int8" and provider == "cpu":
+        if exact_int8:
+            logger.info("both models ran with %s=1: ONNX Runtime's exact int8 kernels", EXACT_INT8_ENTRY)
+        elif int8_pairs_saturate():
+            logger.warning(
+                "ONNX Runtime refused %s=1 on these models, and this CPU has no VNNI: its uint8 x int8 kernels "
+                "saturate pair sums in 16 bits, so the original's run can be off where weights use the full int8 "
+                "range (the compiled model's int8 ops are exact); weights quantized with reduce_range=True "
+                "cannot saturate", EXACT_INT8_ENTRY)
+    if not worst:
+        raise OnnxSparseError("no input batches to compare")
+    return list(worst.values())
+
+
+class _ExactRefused(Exception):
+    """ONNX Runtime refused a model with ``EXACT_INT8_ENTRY``."""
+
+
+def _run_pair(original, compiled, batches, provider, exact_int8, compute, rtol, atol, run, bar) -> dict:
+    """Both models on every batch; the worst check per output. Raises ``_ExactRefused`` when a session
+    does not load with the exact-int8 entry (the caller runs both again without it)."""
+
+    def opened(model, sparse):
+        try:
+            return open_session(model, sparse=sparse, provider=provider, quiet=True,
+                                options=_options(sparse, exact_int8))
+        except OnnxSparseError:
+            if exact_int8:
+                raise _ExactRefused from None
+            raise
+
     # One session at a time: the original runs every batch, then goes before the compiled model's
     # session opens, so that the two models' weights are never in memory together (a 5.8 GB model:
     # 14.2 GiB peak with both sessions open). The inputs and the original's outputs are kept.
-    run = quiet_run_options()
-    total = -(-samples // batch_size) if inputs is None else None
-    with progress.steps(None if total is None else 2 * total, "verify", quiet=quiet, unit="run") as bar:
-        dense = open_session(original, sparse=False, provider=provider, quiet=True)
-        names = [o.name for o in dense.get_outputs()]
-        fed, expected = [], []
-        for batch in batches:
-            try:
-                expected.append(dense.run(None, batch, run))
-            except Exception as exc:
-                raise OnnxSparseError(f"inference failed: {ort_message(exc)}") from None
-            fed.append(batch)
-            bar.update()
-        del dense
-        sparse = open_session(compiled, sparse=True, provider=provider, quiet=True)
-        if names != [o.name for o in sparse.get_outputs()]:
-            raise OnnxSparseError("the two models have different outputs; is the second compiled from the first?")
-        worst: dict[str, OutputCheck] = {}
-        for batch, outputs in zip(fed, expected):
-            try:
-                actual = sparse.run(None, batch, run)
-            except Exception as exc:
-                raise OnnxSparseError(f"inference failed: {ort_message(exc)}") from None
-            for name, exp, act in zip(names, outputs, actual):
-                check = _compare(name, np.asarray(exp), np.asarray(act), compute, rtol, atol)
-                if name not in worst or check.worst > worst[name].worst or (worst[name].passed and not check.passed):
-                    worst[name] = check
-            bar.update()
-    if not worst:
-        raise OnnxSparseError("no input batches to compare")
-    return [worst[name] for name in names]
+    dense = opened(original, False)
+    names = [o.name for o in dense.get_outputs()]
+    fed, expected = [], []
+    for batch in batches:
+        try:
+            expected.append(dense.run(None, batch, run))
+        except Exception as exc:
+            raise OnnxSparseError(f"inference failed: {ort_message(exc)}") from None
+        fed.append(batch)
+        bar.update()
+    del dense
+    sparse = opened(compiled, True)
+    if names != [o.name for o in sparse.get_outputs()]:
+        raise OnnxSparseError("the two models have different outputs; is the second compiled from the first?")
+    worst: dict[str, OutputCheck] = {}
+    for batch, outputs in zip(fed, expected):
+        try:
+            actual = sparse.run(None, batch, run)
+        except Exception as exc:
+            raise OnnxSparseError(f"inference failed: {ort_message(exc)}") from None
+        for name, exp, act in zip(names, outputs, actual):
+            check = _compare(name, np.asarray(exp), np.asarray(act), compute, rtol, atol)
+            if name not in worst or check.worst > worst[name].worst or (worst[name].passed and not check.passed):
+                worst[name] = check
+        bar.update()
+    return {name: worst[name] for name in names if name in worst}
 
 
 def _graph(model) -> onnx.ModelProto:

@@ -238,3 +238,56 @@ def test_readme_example_verifies(tmp_path):
     proc = subprocess.run([sys.executable, "-c", _readme_example()], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "verified: outputs match" in proc.stdout
+    # 7-bit weights (reduce_range): no pair of uint8 x int8 products can leave int16, so ONNX
+    # Runtime's reference is exact on x86 CPUs without VNNI too (where its kernels saturate pair sums).
+    quantized = onnx.load(str(tmp_path / "pruned.qdq.onnx"))
+    weights = [numpy_helper.to_array(t) for t in quantized.graph.initializer
+               if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+    assert len(weights) >= 10
+    assert 2 * 255 * max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 32767
+
+
+def _exact_entry_loads(path) -> bool:
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.add_session_config_entry("session.x64quantprecision", "1")
+    try:
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - ONNX Runtime refuses some QDQ models with the entry
+        return False
+    return True
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("name", list(SAMPLES))
+def test_verify_asks_for_exact_int8_kernels(tmp_path, pruned_models, name, caplog, monkeypatch):
+    """verify runs both sides with ONNX Runtime's exact int8 kernels where it accepts them, and
+    otherwise runs both without and warns on a CPU whose uint8 x int8 kernels saturate."""
+    import logging
+
+    from onnxsparse import verify as verify_module
+
+    missing = _kernel_ops_missing()
+    if missing:
+        pytest.skip(missing)
+    quantized, compiled, _ = prune_quantize_compile(tmp_path, pruned_models[name], name, "qdq-per-channel")
+    monkeypatch.setattr(verify_module, "int8_pairs_saturate", lambda *a, **k: True)
+    with caplog.at_level(logging.INFO, logger="onnxsparse.verify"):
+        checks = verify_module.verify(str(quantized), str(compiled))
+    assert all(c.passed for c in checks), checks
+    assert checks[0].compute_dtype == "int8"
+    messages = [r.getMessage() for r in caplog.records]
+    if _exact_entry_loads(quantized):
+        assert any("both models ran with session.x64quantprecision=1" in m for m in messages), messages
+    else:
+        assert any("refused session.x64quantprecision=1" in m and "no VNNI" in m for m in messages), messages
+
+
+def test_int8_pairs_saturate_on_x86_without_vnni():
+    from onnxsparse.verify import int8_pairs_saturate
+
+    assert int8_pairs_saturate(frozenset({"avx2", "fma"}), "x86_64")
+    assert int8_pairs_saturate(frozenset({"avx512f", "avx512bw"}), "x86_64")  # AVX-512 without VNNI
+    assert not int8_pairs_saturate(frozenset({"avx512f", "avx512_vnni"}), "x86_64")
+    assert not int8_pairs_saturate(frozenset({"avx2", "avx_vnni"}), "x86_64")
+    assert not int8_pairs_saturate(frozenset(), "aarch64")
