@@ -140,11 +140,13 @@ def weight_products(path: Path) -> list[str]:
     return [record.node for record in records if record.layout is not None and record.op in ("MatMul", "Gemm")]
 
 
-def quantize(pruned: Path, vocab: int, calib_shape, calib: int, weights_only: bool = False) -> Path:
+def quantize(pruned: Path, vocab: int, calib_shape, calib: int, weights_only: bool = False,
+             reduce_range: bool = False) -> Path:
     """quantize_static: QDQ, per-channel int8 weights, uint8 activations, MinMax on random tokens.
     ``weights_only``: only the products with a constant weight (``nodes_to_quantize``), so that no
-    quantized activation-by-activation product lands on a CPU kernel of ONNX Runtime's CUDA EP."""
-    out = pruned.with_name(pruned.stem + (".qdqw.onnx" if weights_only else ".qdq.onnx"))
+    quantized activation-by-activation product lands on a CPU kernel of ONNX Runtime's CUDA EP.
+    ``reduce_range``: 7-bit weights (what ONNX Runtime advises for x86 CPUs without VNNI)."""
+    out = pruned.with_name(pruned.stem + (".qdqw" if weights_only else ".qdq") + ("7" if reduce_range else "") + ".onnx")
     if out.is_file():
         return out
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -159,11 +161,12 @@ def quantize(pruned: Path, vocab: int, calib_shape, calib: int, weights_only: bo
     t0 = time.time()
     with contextlib.redirect_stdout(sys.stderr):
         quantize_static(str(pruned), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, reduce_range=reduce_range,
                         nodes_to_quantize=weight_products(pruned) if weights_only else None,
                         extra_options=WEIGHTS_ONLY_OPTIONS if weights_only else None)
     log(f"quantize_static (QDQ, per-channel, {calib} batches {list(calib_shape)}"
-        f"{', weight products only' if weights_only else ''}): {time.time() - t0:.0f} s")
+        f"{', weight products only' if weights_only else ''}{', reduce_range' if reduce_range else ''}): "
+        f"{time.time() - t0:.0f} s")
     return out
 
 
@@ -270,7 +273,7 @@ def run_cpu(args, rows: list[dict]) -> None:
     vocab = config["vocab_size"]
     fp32 = export_fp32(args.work, name, config, TINY_SEQ)
     pruned = prune(fp32)
-    qdq = quantize(pruned, vocab, (1, TINY_SEQ), args.calib)
+    qdq = quantize(pruned, vocab, (1, TINY_SEQ), args.calib, reduce_range=args.reduce_range)
     compiled, report = compile_all(qdq)
     summary = layer_summary(report)
     log(f"compiled: {summary['layers_int8_sparse']} layers into int8 sparse ops; left dense: {summary['left_dense']}")
@@ -343,7 +346,7 @@ def run_cuda(args, rows: list[dict]) -> None:
     fp32 = export_fp32(args.work, name, config, seq)
     pruned32 = prune(fp32)
     fp16_graph = args.int8_graph == "fp16"
-    qdq = quantize(pruned32, vocab, (1, seq), args.calib, weights_only=fp16_graph)
+    qdq = quantize(pruned32, vocab, (1, seq), args.calib, weights_only=fp16_graph, reduce_range=args.reduce_range)
     fp16, how = fp16_baseline(args, pruned32, config, seq)
     env = versions()
     env_gpu = e2e.environment()
@@ -424,6 +427,9 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, default=REPO / "build" / "int8_e2e",
                         help="folder for the exported, pruned, quantized and compiled models (reused)")
     parser.add_argument("--out", type=Path, help="write the rows and the environment as JSON")
+    parser.add_argument("--reduce-range", action="store_true",
+                        help="quantize with reduce_range=True: 7-bit weights (exact in ONNX Runtime's uint8 x int8 "
+                             "kernels on x86 CPUs without VNNI; the library's AVX2 kernel sums byte pairs)")
     parser.add_argument("--layers", type=int, help="encoder layers (default: --cpu 4, --cuda 24)")
     parser.add_argument("--tokens", default="1,4,16", help="--cpu: tokens per run, batch 1")
     parser.add_argument("--threads", type=int, default=2, help="--cpu: intra-op threads of both sessions")

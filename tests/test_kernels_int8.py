@@ -259,6 +259,39 @@ def test_qmatmul_row_tiles_extreme_products(m, a_dtype):
     assert (pair_sums.sum(axis=3) < -32768).any()  # the test reaches past int16
 
 
+@pytest.mark.parametrize("a_dtype", [np.uint8, np.int8], ids=["a_u8", "a_s8"])
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 9, 17])
+@pytest.mark.parametrize("weights", ["7bit_extreme", "7bit_random", "one_past_7bit"])
+def test_qmatmul_7bit_weights_exact(m, a_dtype, weights):
+    """Weights within 7 bits (|v| <= 64, as ONNX Runtime's quantizer writes them with reduce_range):
+    every two values the AVX2 kernel sums in one vpmaddubsw word have |v| + |v'| <= 128, so it takes
+    its byte-pair path; at the extremes (every value +-64, A_u 255) a word reaches 255 * 128 = 32640,
+    the most int16 holds of it. One value of -65 (one_past_7bit) sends the whole weight back to the
+    widening path. Exact on every path and row-tile size, against the reference."""
+    rng = np.random.default_rng(200 + m)
+    k, n = 76, 41  # 19 groups: the last pair half empty; a partial last block
+    w = int8_24(rng, n, k)
+    if weights == "7bit_random":
+        w = np.where(w != 0, rng.integers(-64, 65, w.shape), 0).astype(np.int8)
+    else:
+        w = np.where(w != 0, rng.choice(np.array([-64, 64], np.int8), w.shape), 0).astype(np.int8)
+        w[0] = np.where(np.arange(k) % 4 < 2, -64, 0)  # feature 0: every word at -64, -64
+    if weights == "one_past_7bit":
+        row, col = np.argwhere(w != 0)[len(np.argwhere(w != 0)) // 2]
+        w[row, col] = -65
+    info = np.iinfo(a_dtype)
+    a = rng.choice(np.array([info.min, info.max], a_dtype), (m, k)) if weights != "7bit_random" else \
+        random_activations(rng, (m, k), a_dtype)
+    a[0] = info.max
+    spec = Case(rng, w, a_dtype, None, bias=m % 2 == 1, per_channel=m % 3 != 0, a_zp=False)
+    spec.init["a_zp"] = np.array(0 if a_dtype == np.uint8 else info.min, a_dtype)
+    spec.inputs = spec.inputs.replace('""', "a_zp", 1)
+    check_against_reference(spec.matmul(a), {"A": a}, spec.y_dtype, threads=1 + m % 2)
+    if weights == "7bit_extreme":  # the words reach the bound (A_u = 255 times two values of -64)
+        a_u = a.astype(np.int64) - int(spec.init["a_zp"])
+        assert a_u.max() == 255 and np.abs(w).max() == 64
+
+
 def test_qmatmul_unfolded_weight():
     """values/index fed at run time (an unfolded CompressOp): the weight is packed per call."""
     rng = np.random.default_rng(3)

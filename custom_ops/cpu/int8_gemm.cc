@@ -1,6 +1,7 @@
 #include "cpu/int8_gemm.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <utility>
@@ -114,6 +115,21 @@ std::unique_ptr<Int8PackedWeight> PackInt8Weight(const int8_t* values, const uin
       sum += v0 + v1;
     }
     w.row_sums[r] = sum;
+  }
+  if (format == Int8Format::kCodes) {
+    // Words of a slot's two values (int8_kernels.h): bytes 2j and 2j + 1 of the values.
+    const int8_t* v = reinterpret_cast<const int8_t*>(w.base);
+    bool fit = true;
+    for (int64_t b = 0; b < w.blocks && fit; ++b) {
+      const int8_t* block = v + b * w.block_stride;
+      for (int64_t j = 0; j < w.pairs * 64; j += 2) {
+        if (std::abs(int{block[j]}) + std::abs(int{block[j + 1]}) > 128) {
+          fit = false;
+          break;
+        }
+      }
+    }
+    w.byte_pairs_fit = fit;
   }
   return packed;
 }

@@ -32,7 +32,8 @@
 // For 1-2 rows of A the kernel builds, per row and group, the 8 possible (a[p0], a[p1]) as a table
 // of 8 dwords and picks each feature's with vpermd (the code as the dword index); for more rows it
 // turns the codes into vpshufb controls once per pair and selects from each row's activations
-// directly, see int8_kernels_avx2.cc.
+// directly, see int8_kernels_avx2.cc. Where the weight's byte pairs fit (byte_pairs_fit), both
+// sum a word's two products with vpmaddubsw instead of widening each to int16.
 #pragma once
 #include <cstdint>
 #include <cstdlib>
@@ -70,6 +71,10 @@ struct Int8PackedWeight {
   std::unique_ptr<uint8_t, Free> data;
   const uint8_t* base = nullptr;  // data.get(), a plain field for the ISA files
   std::unique_ptr<int32_t[]> row_sums;  // sum of each row's values (rows entries)
+  // kCodes: every two values that share a 16-bit word (a slot's values of a pair's two groups) have
+  // |v| + |v'| <= 128, so that 255 * (|v| + |v'|) <= 32640 fits int16 and vpmaddubsw sums their
+  // products exactly. True of every weight quantized to 7 bits (|v| <= 64: reduce_range).
+  bool byte_pairs_fit = false;
 };
 
 // The block's values and index. Macros, not inline functions, for the ISA files (see
