@@ -157,6 +157,7 @@ MATMUL_SHAPES = [
     ([70, 100], 100),
     ([1, 1028], 65),
     ([13, 1024], 130),
+    ([11, 2084], 40),  # the AVX2 shuffle kernel's K chunks (128 pairs): two whole and a partial one
 ]
 
 
@@ -269,7 +270,7 @@ def test_qmatmul_7bit_weights_exact(m, a_dtype, weights):
     the most int16 holds of it. One value of -65 (one_past_7bit) sends the whole weight back to the
     widening path. Exact on every path and row-tile size, against the reference."""
     rng = np.random.default_rng(200 + m)
-    k, n = 76, 41  # 19 groups: the last pair half empty; a partial last block
+    k, n = 1100, 41  # 275 groups: the last pair half empty, past one K chunk of the AVX2 kernel; a partial last block
     w = int8_24(rng, n, k)
     if weights == "7bit_random":
         w = np.where(w != 0, rng.integers(-64, 65, w.shape), 0).astype(np.int8)

@@ -29,7 +29,7 @@ bool RunInt8Gemm(OrtKernelContext* context, const Int8KernelSet& kernels, const 
                  int64_t stride_n);
 
 // The row stride of A_u for this weight: pairs * 8 bytes.
-inline int64_t Int8RowBytes(const Int8PackedWeight& w) { return w.pairs * 8; }
+inline int64_t Int8RowBytes(const Int8PackedWeight& w) { return w.pairs * 8 + 64; }
 
 // Copies rows [m, k] of A (uint8, or int8 when `flip` : shifted by +128) into A_u rows of lda bytes,
 // zero-padded past k.
