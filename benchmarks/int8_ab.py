@@ -1,0 +1,95 @@
+"""Two builds of the custom-op library on the same int8 2:4 GEMMs, side by side in one process.
+
+Each build is registered on its own session (ONNX Runtime loads each library file once, for the
+sessions that name it), both sessions run the same model (``QMatMulCompress`` layers with the
+weights of ``int8_cpu_bench``) on the same inputs, interleaved, one thread, timed by the thread's
+CPU time; the outputs must be equal. Prints per shape and M the median time per layer of each build
+and the median of the per-pair ratio B/A (below 1: B is faster).
+
+    python benchmarks/int8_ab.py OLD.so NEW.so --isa avx2 --weight-limit 64 --shapes 4096x4096 768x3072 --m 1 4 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import int8_cpu_bench  # noqa: E402  (the benchmarks folder is not a package)
+
+
+def session(model: bytes, library: str, isa: str) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.add_session_config_entry("onnxsparse.cpu_isa", isa)
+    options.register_custom_ops_library(library)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def compare(libraries: list[str], k: int, n: int, ms: list[int], args, rng) -> list[dict]:
+    layers = max(1, round(args.layers * 4096 * 4096 / (k * n)))
+    model = int8_cpu_bench.gemm_models(k, n, layers, rng, args.weight_limit)["sparse"]
+    sessions = [session(model, library, args.isa) for library in libraries]
+    rows = []
+    for m in ms:
+        feeds = {"A": rng.integers(0, 256, (m, k)).astype(np.uint8)}
+        first, second = (s.run(None, feeds) for s in sessions)
+        if not all(np.array_equal(x, y) for x, y in zip(first, second)):
+            raise SystemExit(f"int8_ab: the two builds give different outputs at {k}x{n} M={m}")
+        times: list[list[float]] = [[], []]
+        for _ in range(args.repeats):
+            for i, s in enumerate(sessions):
+                t0 = time.thread_time()
+                s.run(None, feeds)
+                times[i].append((time.thread_time() - t0) / layers)
+        a, b = (np.array(t) for t in times)
+        row = {"k": k, "n": n, "m": m, "a_us": float(np.median(a) * 1e6), "b_us": float(np.median(b) * 1e6),
+               "b_over_a": float(np.median(b / a))}
+        print(f"{k}x{n} M={m:<3d} A {row['a_us']:9.1f} us  B {row['b_us']:9.1f} us  B/A {row['b_over_a']:.3f}",
+              flush=True)
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("a", help="library A (e.g. the build before a change)")
+    parser.add_argument("b", help="library B")
+    parser.add_argument("--isa", default="avx2", choices=["portable", "avx2", "avx512"])
+    parser.add_argument("--weight-limit", type=int, default=127,
+                        help="weights in [-limit, limit]: 127 full range, 64 as reduce_range writes them")
+    parser.add_argument("--shapes", nargs="+", type=int_shape, default=[(4096, 4096)], metavar="KxN")
+    parser.add_argument("--m", nargs="+", type=int, default=[1, 4, 16])
+    parser.add_argument("--layers", type=float, default=2, help="4096x4096 layers' worth of weights per model")
+    parser.add_argument("--repeats", type=int, default=25)
+    args = parser.parse_args(argv)
+    for library in (args.a, args.b):
+        if not Path(library).is_file():
+            parser.error(f"no library file {library}")
+    if not 1 <= args.weight_limit <= 127:
+        parser.error("--weight-limit must be within 1..127")
+    rng = np.random.default_rng(0)
+    for k, n in args.shapes:
+        compare([args.a, args.b], k, n, args.m, args, rng)
+    return 0
+
+
+def int_shape(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not KxN") from None
+    if k % 4 or k <= 0 or n <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}': K must be a positive multiple of 4, N positive")
+    return k, n
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
