@@ -334,7 +334,7 @@ def test_tune_times_padded_convs_and_compile_target_follows(pruned_model, tmp_pa
 
     timed = {}
 
-    def fake_measure(layer, provider, options, budget_s, clock="wall"):
+    def fake_measure(layer, provider, options, budget_s, clock="wall", weight_bytes=0):
         p = layer.problem
         timed[layer.node] = p.key
         ratio = 1.3 if p.padded else 0.8  # padded layers faster, the others slower: the choice shows

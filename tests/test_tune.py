@@ -25,7 +25,10 @@ from onnxsparse.tune.problems import (
     find_problems,
     inferred_shapes,
     layer_model,
+    layer_weight_bytes,
+    model_weight_bytes,
     parse_input_shapes,
+    working_set_copies,
 )
 from onnxsparse.tune.timing import Timing, summarize
 
@@ -178,6 +181,49 @@ def test_problems_carry_shape_bias_and_activation_and_dedupe():
     onnx.checker.check_model(dense, full_check=True)
 
 
+def test_a_layer_is_timed_among_as_many_weight_bytes_as_its_model_holds(monkeypatch):
+    """On CPU a layer is timed in a model of copies holding about the model's weight bytes, so that
+    its weights come from the cache level they would in the model; capped; CUDA keeps copies_for's."""
+    model = make_model(
+        f"""{HEAD} g (float[4,64] x) => (float[4,32] y) {{
+            h = MatMul(x, W)
+            y = MatMul(h, W2)
+        }}""",
+        W=sparse_weight((64, 64), "kn"), W2=sparse_weight((64, 32), "kn", seed=1),
+    )
+    assert model_weight_bytes(model) == (64 * 64 + 64 * 32) * 4
+    layers = find_problems(model, check_model(model).layers, inferred_shapes(model))
+    problem = layers[0].problem
+    assert layer_weight_bytes(problem) == 64 * 64 * 4
+    assert working_set_copies(problem, 0) == 1
+    assert working_set_copies(problem, 64 * 64 * 4) == 1
+    assert working_set_copies(problem, 28 * 64 * 64 * 4 + 1) == 29
+    assert working_set_copies(problem, 10**12) == 64  # WORKING_SET_COPIES
+    big = layers[0].problem.__class__(**{**problem.__dict__, "weight": (8192, 16384)})  # 512 MiB fp32
+    assert working_set_copies(big, 10**12) == 2  # WORKING_SET_BYTES
+
+
+@pytest.mark.kernels
+def test_measure_problem_times_the_working_set_on_cpu():
+    from conftest import library_available
+    from onnxsparse.session import timing_options
+
+    if not library_available():
+        pytest.skip("the onnxsparse custom-op library is not built")
+    model = make_model(
+        f"""{HEAD} g (float[4,64] x) => (float[4,64] y) {{
+            y = MatMul(x, W)
+        }}""",
+        W=sparse_weight((64, 64), "kn"),
+    )
+    layer = find_problems(model, check_model(model).layers, inferred_shapes(model))[0]
+    plain = tuner.measure_problem(layer, "cpu", lambda: timing_options(1), 0.02, "cpu")
+    assert plain["copies"] == 8  # copies_for: a tiny layer, as many as it allows
+    record = tuner.measure_problem(layer, "cpu", lambda: timing_options(1), 0.02, "cpu", weight_bytes=20 * 64 * 64 * 4)
+    assert record["copies"] == 20 and record["weight_bytes"] == 20 * 64 * 64 * 4
+    assert record["dense_us"] > 0 and record["sparse_us"] > 0
+
+
 def test_a_bias_that_onnx_runtime_fuses_downstream_is_free_on_both_sides():
     model = make_model(
         f"""{HEAD} g (float[4,64] x) => (float[4,64] y, float[4,64] z) {{
@@ -253,7 +299,7 @@ def test_tune_records_the_fused_adds_for_compile_target(tmp_path, monkeypatch):
     model = encoder_block()
     timed = {}
 
-    def fake_measure(layer, provider, options, budget_s, clock="wall"):
+    def fake_measure(layer, provider, options, budget_s, clock="wall", weight_bytes=0):
         p = layer.problem
         timed[layer.node] = p.key
         return {"problem": p.to_dict(), "base": p.base, "key": p.key, "clock": clock, **fake(1.3)}
@@ -434,7 +480,7 @@ def test_tune_model_times_each_distinct_problem_once_and_reuses_the_cache(tmp_pa
     )
     calls = []
 
-    def fake_measure(layer, provider, options, budget_s, clock="wall"):
+    def fake_measure(layer, provider, options, budget_s, clock="wall", weight_bytes=0):
         calls.append(layer.problem.key)
         p = layer.problem
         return {"problem": p.to_dict(), "base": p.base, "key": p.key, "clock": clock, **fake(1.3)}

@@ -40,8 +40,11 @@ from .problems import (
     inferred_shapes,
     layer_feeds,
     layer_model,
+    layer_weight_bytes,
+    model_weight_bytes,
     observe_shapes,
     ort_fused_adds,
+    working_set_copies,
 )
 from ..session import timing_options
 from .timing import Timing, open_pair, time_pair
@@ -147,6 +150,7 @@ def tune_model(
     if any(not layer.problem.static for layer in layers):
         observed = observe_shapes(bound, layers, model_feeds(bound), model)
     groups = distinct(layers)
+    weight_bytes = model_weight_bytes(model)
     result = TuneResult(machine=key, cache_path=str(cache.path))
     for index, (problem, members) in enumerate(groups.items(), 1):
         names = [m.node for m in members]
@@ -162,7 +166,7 @@ def tune_model(
             continue
         progress(f"{label}: timing ...")
         try:
-            record = measure_problem(members[0], provider, options, budget_s, clock)
+            record = measure_problem(members[0], provider, options, budget_s, clock, weight_bytes=weight_bytes)
         except OnnxSparseError as exc:
             result.problems.append(TunedProblem(problem.key, names, None, error=str(exc)))
             progress(f"{label}: not timed: {exc}", done=True)
@@ -198,17 +202,22 @@ def timing_clock(provider: str, threads: int) -> str:
     return "cpu" if provider == "cpu" and threads == 1 else "wall"
 
 
-def measure_problem(layer, provider: str, options, budget_s: float, clock: str = "wall") -> dict:
-    """Time one problem: dense single-layer model against what the compiler makes of it."""
+def measure_problem(layer, provider: str, options, budget_s: float, clock: str = "wall",
+                    weight_bytes: int = 0) -> dict:
+    """Time one problem: a dense model of copies of the layer against what the compiler makes of it.
+    On CPU the copies hold about the ``weight_bytes`` of the model the layer comes from
+    (``working_set_copies``), so that the weights come from the cache level they would in it."""
     problem = layer.problem
     copies = copies_for(problem)
+    if provider == "cpu" and weight_bytes:
+        copies = max(copies, working_set_copies(problem, weight_bytes))
     dense = layer_model(layer, copies)
     sparse = compiled_layer_model(dense, pad_channels=bool(problem.padded))
     dense_s, sparse_s = open_pair(dense, sparse, provider, options)
     timing = time_pair(dense_s, sparse_s, layer_feeds(problem), budget_s=budget_s, per=copies, clock=clock,
                        provider=provider)
     return {"problem": problem.to_dict(), "base": problem.base, "key": problem.key, "copies": copies,
-            "clock": clock, **timing.to_dict()}
+            "weight_bytes": copies * layer_weight_bytes(problem), "clock": clock, **timing.to_dict()}
 
 
 def model_feeds(bound: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
