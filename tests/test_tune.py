@@ -199,8 +199,8 @@ def test_a_layer_is_timed_among_as_many_weight_bytes_as_its_model_holds(monkeypa
     assert working_set_copies(problem, 64 * 64 * 4) == 1
     assert working_set_copies(problem, 28 * 64 * 64 * 4 + 1) == 29
     assert working_set_copies(problem, 10**12) == 64  # WORKING_SET_COPIES
-    big = layers[0].problem.__class__(**{**problem.__dict__, "weight": (8192, 16384)})  # 512 MiB fp32
-    assert working_set_copies(big, 10**12) == 2  # WORKING_SET_BYTES
+    big = layers[0].problem.__class__(**{**problem.__dict__, "weight": (4096, 8192)})  # 128 MiB fp32
+    assert working_set_copies(big, 10**12) == 2  # WORKING_SET_BYTES: 256 MiB
 
 
 @pytest.mark.kernels
