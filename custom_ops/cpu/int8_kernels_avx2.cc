@@ -64,8 +64,8 @@ void BuildTables(const uint8_t* a, int64_t lda, int64_t rows, int64_t groups, in
 // the pass that reads a block first prefetches kPrefetchBytes ahead of pair p's share of that range,
 // running on into the next block: the hardware prefetchers lag behind where a block's two streams
 // start over. (Prefetches cannot fault.)
-constexpr int64_t kPrefetchBytes = 8192;
-constexpr int64_t kChunkPairs = 128;  // the shuffle kernel's K chunk: 1 KiB of each row of A, 10 KiB of a block  // 4096 and 8192 about alike at K = 3072-4096, 8192 ahead at K = 768
+constexpr int64_t kPrefetchBytes = 8192;  // 4096 and 8192 about alike at K = 3072-4096, 8192 ahead at K = 768; 16384 slower
+constexpr int64_t kChunkPairs = 128;       // the shuffle kernel's K chunk: 1 KiB of each row of A, 10 KiB of a block
 
 inline void Prefetch(const uint8_t* block_base, int64_t p) {
   const char* at = reinterpret_cast<const char*>(block_base + p * kInt8PairBytes + kPrefetchBytes);
