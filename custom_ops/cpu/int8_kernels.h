@@ -32,8 +32,8 @@
 // For 1-2 rows of A the kernel builds, per row and group, the 8 possible (a[p0], a[p1]) as a table
 // of 8 dwords and picks each feature's with vpermd (the code as the dword index); for more rows it
 // turns the codes into vpshufb controls once per pair and selects from each row's activations
-// directly, see int8_kernels_avx2.cc. Where the weight's byte pairs fit (byte_pairs_fit), both
-// sum a word's two products with vpmaddubsw instead of widening each to int16.
+// directly, see int8_kernels_avx2.cc. Where the weight's byte pairs fit (byte_pairs_fit), the
+// latter sums a word's two products with vpmaddubsw instead of widening each to int16.
 #pragma once
 #include <cstdint>
 #include <cstdlib>

@@ -14,10 +14,10 @@
 //   each of which selects straight from its 8 broadcast activations of the pair (no table).
 // Per 8 features, pair and row either way: 2 selecting shuffles, 2 vpmaddwd, 2 vpaddd.
 // Where every word of the weight's values fits (byte_pairs_fit: |v| + |v'| <= 128, e.g. 7-bit
-// weights), both kernels select the four activations of a feature's word pair as bytes in one
-// dword instead and sum the word's two products with vpmaddubsw (at most 255 * 128 = 32640, exact),
-// then the two words with vpmaddwd by ones: per 8 features, pair and row 1 selection (the table
-// kernel: 2 vpermd and an or), 1 vpmaddubsw, 1 vpmaddwd, 1 vpaddd, and no sign extension. Blocks are
+// weights), the shuffle kernel selects the four activations of a feature's word pair as bytes in
+// one dword instead and sums the word's two products with vpmaddubsw (at most 255 * 128 = 32640,
+// exact), then the two words with vpmaddwd by ones: per 8 features, pair and row 1 vpshufb,
+// 1 vpmaddubsw, 1 vpmaddwd, 1 vpaddd, and no sign extension. Blocks are
 // the outer loop, so that a block's bytes come from memory once (prefetched ahead) and every row
 // tile reuses them from cache.
 #include <immintrin.h>
@@ -40,21 +40,17 @@ inline __m256i TableControl() {
                           1, -128, 3, -128, 2, -128, 3, -128, 1, -128, 1, -128, 2, -128, 2, -128);
 }
 
-// The tables of `rows` rows of A_u: row r, group g at tab + (r * groups + g) * 8. kBytes: a pair's
-// second group's (odd g) pairs in the high bytes of the words ([0, a[p0], 0, a[p1]]), so that an or
-// of both groups' dwords gives the four bytes vpmaddubsw multiplies by the word pair.
-template <bool kBytes>
+// The tables of `rows` rows of A_u: row r, group g at tab + (r * groups + g) * 8.
 void BuildTables(const uint8_t* a, int64_t lda, int64_t rows, int64_t groups, int32_t* tab) {
   const __m256i control = TableControl();
-  const __m256i control_high = _mm256_or_si256(_mm256_slli_epi16(control, 8), _mm256_set1_epi16(0x80));
   for (int64_t r = 0; r < rows; ++r) {
     const uint8_t* row = a + r * lda;
     int32_t* out = tab + r * groups * 8;
     for (int64_t g = 0; g < groups; ++g) {
       int32_t four;
       std::memcpy(&four, row + 4 * g, 4);
-      const __m256i c = kBytes && (g & 1) ? control_high : control;
-      _mm256_store_si256(reinterpret_cast<__m256i*>(out + 8 * g), _mm256_shuffle_epi8(_mm256_set1_epi32(four), c));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(out + 8 * g),
+                         _mm256_shuffle_epi8(_mm256_set1_epi32(four), control));
     }
   }
 }
@@ -74,7 +70,7 @@ inline void Prefetch(const uint8_t* block_base, int64_t p) {
 }
 
 // Rows r < MR (their tables at tab) times NO octets of 8 features from octet `octet0` of `block`.
-template <int MR, int NO, bool kBytes>
+template <int MR, int NO>
 void Tile(const Int8PackedWeight& w, const int32_t* tab, int64_t groups, int64_t block, int octet0, int32_t* c,
           int64_t ldc) {
   __m256i acc[MR][NO];
@@ -94,27 +90,16 @@ void Tile(const Int8PackedWeight& w, const int32_t* tab, int64_t groups, int64_t
       code1[o] = _mm256_srli_epi32(codes, 4);   // the second group's
       // Words: the first group's value in the low byte, the second's in the high byte.
       const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(values + p * 64 + octet * 32));
-      if constexpr (kBytes) {
-        w0[o] = v;  // as bytes, for vpmaddubsw
-      } else {
-        w0[o] = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8);
-        w1[o] = _mm256_srai_epi16(v, 8);
-      }
+      w0[o] = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8);
+      w1[o] = _mm256_srai_epi16(v, 8);
     }
     for (int r = 0; r < MR; ++r) {
       const __m256i* t = reinterpret_cast<const __m256i*>(tab + (r * groups + 2 * p) * 8);
       const __m256i t0 = _mm256_load_si256(t), t1 = _mm256_load_si256(t + 1);
       for (int o = 0; o < NO; ++o) {
-        if constexpr (kBytes) {
-          const __m256i four = _mm256_or_si256(_mm256_permutevar8x32_epi32(t0, code0[o]),
-                                               _mm256_permutevar8x32_epi32(t1, code1[o]));
-          const __m256i words = _mm256_maddubs_epi16(four, w0[o]);
-          acc[r][o] = _mm256_add_epi32(acc[r][o], _mm256_madd_epi16(words, _mm256_set1_epi16(1)));
-        } else {
-          const __m256i s0 = _mm256_madd_epi16(_mm256_permutevar8x32_epi32(t0, code0[o]), w0[o]);
-          const __m256i s1 = _mm256_madd_epi16(_mm256_permutevar8x32_epi32(t1, code1[o]), w1[o]);
-          acc[r][o] = _mm256_add_epi32(acc[r][o], _mm256_add_epi32(s0, s1));
-        }
+        const __m256i s0 = _mm256_madd_epi16(_mm256_permutevar8x32_epi32(t0, code0[o]), w0[o]);
+        const __m256i s1 = _mm256_madd_epi16(_mm256_permutevar8x32_epi32(t1, code1[o]), w1[o]);
+        acc[r][o] = _mm256_add_epi32(acc[r][o], _mm256_add_epi32(s0, s1));
       }
     }
   }
@@ -217,22 +202,26 @@ int32_t* TableScratch(int64_t count) {
   return buffer.get();
 }
 
-template <bool kBytes>
-void Gemm(const Int8PackedWeight& w, const Int8Task& task) {
-  if (task.m <= 2) {  // the table kernel: cheaper per pair than decoding shuffle controls for 1-2 rows
-    const int64_t groups = 2 * w.pairs;
-    int32_t* tab = TableScratch(task.m * groups * 8);
-    BuildTables<kBytes>(task.a, task.lda, task.m, groups, tab);
-    for (int64_t b = task.block_begin; b < task.block_end; ++b) {
-      int32_t* cb = task.c + (b - task.block_begin) * kInt8BlockN;
-      if (task.m == 2) {
-        Tile<2, 2, kBytes>(w, tab, groups, b, 0, cb, task.ldc);
-      } else {
-        Tile<1, 2, kBytes>(w, tab, groups, b, 0, cb, task.ldc);
-      }
+// 1-2 rows: the table kernel, cheaper per pair than decoding shuffle controls (and, measured here,
+// no slower than a byte-pair variant of it: the or that joins two tables' picks costs what the sign
+// extensions save).
+void TableGemm(const Int8PackedWeight& w, const Int8Task& task) {
+  const int64_t groups = 2 * w.pairs;
+  int32_t* tab = TableScratch(task.m * groups * 8);
+  BuildTables(task.a, task.lda, task.m, groups, tab);
+  for (int64_t b = task.block_begin; b < task.block_end; ++b) {
+    int32_t* cb = task.c + (b - task.block_begin) * kInt8BlockN;
+    if (task.m == 2) {
+      Tile<2, 2>(w, tab, groups, b, 0, cb, task.ldc);
+    } else {
+      Tile<1, 2>(w, tab, groups, b, 0, cb, task.ldc);
     }
-    return;
   }
+}
+
+// 3 rows or more: the shuffle kernel, in byte pairs where the weight allows.
+template <bool kBytes>
+void ShuffleGemm(const Int8PackedWeight& w, const Int8Task& task) {
   // Row tiles of at most 8, as even as possible; per block, both octets over every tile while the
   // block's bytes are in cache.
   constexpr int64_t kMr = 8;
@@ -261,10 +250,12 @@ void Gemm(const Int8PackedWeight& w, const Int8Task& task) {
 }
 
 void GemmAvx2(const Int8PackedWeight& w, const Int8Task& task) {
-  if (w.byte_pairs_fit) {
-    Gemm<true>(w, task);
+  if (task.m <= 2) {
+    TableGemm(w, task);
+  } else if (w.byte_pairs_fit) {
+    ShuffleGemm<true>(w, task);
   } else {
-    Gemm<false>(w, task);
+    ShuffleGemm<false>(w, task);
   }
 }
 
