@@ -697,7 +697,7 @@ def working_set_copies(problem: Problem, model_weight_bytes: int) -> int:
     its weights sit in the caches where they would in that model: one layer timed alone stays in
     the processor's cache from run to run, which flatters the dense layer (its run is bounded by how
     fast its weights come in) when the model's weights do not fit there (measured here: a BERT-base
-    int8 layer at 4 tokens 0.49x alone and 1.06x among 28 MB of weights, the model itself 1.04x).
+    int8 layer at 4 tokens 0.50x alone and 1.08x among the model's 52 MB of weights, the model 1.03x).
     Capped at WORKING_SET_COPIES and WORKING_SET_BYTES."""
     layer = layer_weight_bytes(problem)
     if layer <= 0 or model_weight_bytes <= layer:
