@@ -5,7 +5,8 @@ the activation it multiplies (the graph inputs' dimensions bound to the values t
 the dtype, the attributes, whether a bias is added, and the activation that follows it in the model.
 Layers with equal problems are timed once.
 
-The single-layer models time what the model really pays. The dense side is the layer as ONNX
+The layer models (copies of one layer: ``copies_for``, and on CPU ``working_set_copies`` so that
+they hold about the model's weight bytes) time what the model really pays. The dense side is the layer as ONNX
 Runtime runs it in the model: a Conv or Gemm with the activation after it (Relu, Clip, Sigmoid,
 LeakyRelu, HardSigmoid, HardSwish, Tanh, Gelu), which ONNX Runtime fuses into its own kernel; a
 MatMul with its bias Add, unless ONNX Runtime fuses that Add into what reads it
