@@ -72,6 +72,9 @@ class OutputCheck:
     atol: float
     worst: float  # largest |diff| / (atol + rtol * |expected|): the output passes at <= 1
     passed: bool
+    # An int8 model's reference on CPU: "exact int8 kernels" (session.x64quantprecision=1) or
+    # "default int8 kernels" (ONNX Runtime refused the entry); "" otherwise.
+    reference: str = ""
 
 
 def compute_dtype(model: onnx.ModelProto) -> str | None:
@@ -182,6 +185,9 @@ def verify(
             bar.reset()
             worst = _run_pair(original, compiled, batches, provider, exact_int8, compute, rtol, atol, run, bar)
     if compute == "int8" and provider == "cpu":
+        reference = "exact int8 kernels" if exact_int8 else "default int8 kernels"
+        for check in worst.values():
+            check.reference = reference
         if exact_int8:
             logger.info("both models ran with %s=1: ONNX Runtime's exact int8 kernels", EXACT_INT8_ENTRY)
         elif int8_pairs_saturate():

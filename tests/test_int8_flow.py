@@ -238,6 +238,7 @@ def test_readme_example_verifies(tmp_path):
     proc = subprocess.run([sys.executable, "-c", _readme_example()], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "verified: outputs match" in proc.stdout
+    assert "reference: ONNX Runtime's" in proc.stdout  # which int8 kernels the reference ran on
     # 7-bit weights (reduce_range): no pair of uint8 x int8 products can leave int16, so ONNX
     # Runtime's reference is exact on x86 CPUs without VNNI too (where its kernels saturate pair sums).
     quantized = onnx.load(str(tmp_path / "pruned.qdq.onnx"))
@@ -279,8 +280,10 @@ def test_verify_asks_for_exact_int8_kernels(tmp_path, pruned_models, name, caplo
     messages = [r.getMessage() for r in caplog.records]
     if _exact_entry_loads(quantized):
         assert any("both models ran with session.x64quantprecision=1" in m for m in messages), messages
+        assert {c.reference for c in checks} == {"exact int8 kernels"}
     else:
         assert any("refused session.x64quantprecision=1" in m and "no VNNI" in m for m in messages), messages
+        assert {c.reference for c in checks} == {"default int8 kernels"}
 
 
 def test_int8_pairs_saturate_on_x86_without_vnni():

@@ -51,5 +51,7 @@ def run(args: argparse.Namespace) -> int:
             f"{c.name:24} {c.dtype:9} {c.max_abs:11.3g} {c.rel_l2:10.3g} {c.cosine:10.7f} {c.rtol:8.2g} {c.atol:9.3g} "
             f"{c.worst:7.3g}  {'ok' if c.passed else 'MISMATCH'}"
         )
+    if checks and checks[0].reference:
+        print(f"reference: ONNX Runtime's {checks[0].reference} on the original")
     print("verified: outputs match" if passed else "verify FAILED: outputs differ beyond tolerance")
     return 0 if passed else 1
