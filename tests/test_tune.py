@@ -192,6 +192,23 @@ def test_a_layer_is_timed_among_as_many_weight_bytes_as_its_model_holds(monkeypa
         W=sparse_weight((64, 64), "kn"), W2=sparse_weight((64, 32), "kn", seed=1),
     )
     assert model_weight_bytes(model) == (64 * 64 + 64 * 32) * 4
+    embedded = make_model(
+        f"""{HEAD} g (int64[4] ids) => (float[4,64] y) {{
+            e = Gather(E, ids)
+            y = MatMul(e, W)
+        }}""",
+        E=np.zeros((1000, 64), np.float32), W=sparse_weight((64, 64), "kn"),
+    )
+    assert model_weight_bytes(embedded) == 64 * 64 * 4  # the embedding table gives a few rows a run
+    quantized_table = make_model(
+        f"""{HEAD} g (int64[4] ids) => (float[4,64] y) {{
+            t = DequantizeLinear(Q, S)
+            e = Gather(t, ids)
+            y = MatMul(e, W)
+        }}""",
+        Q=np.zeros((1000, 64), np.int8), S=np.float32(0.1), W=sparse_weight((64, 64), "kn"),
+    )
+    assert model_weight_bytes(quantized_table) == 64 * 64 * 4 + 4  # a QDQ table too (its scale counts)
     layers = find_problems(model, check_model(model).layers, inferred_shapes(model))
     problem = layers[0].problem
     assert layer_weight_bytes(problem) == 64 * 64 * 4
