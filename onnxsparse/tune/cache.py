@@ -6,7 +6,8 @@
          "key": {...HardwareKey fields...},
          "layers": {"<problem key>": {"problem": {...}, "base": "...", "dense_us": 812.0,
                                        "sparse_us": 540.1, "ratio": 1.503, "ratio_low": 1.47,
-                                       "ratio_high": 1.52, "pairs": 31, "copies": 1, "measured": "..."}},
+                                       "ratio_high": 1.52, "pairs": 31, "copies": 1, "weight_bytes": 8388608,
+                                       "measured": "..."}},
          "models": {"<model fingerprint>": {"name": "...", "shapes": {...}, "dense_layers": [...],
                                              "dense_ms": ..., "compiled_ms": ..., "ratio": ..., ...}}}}}
 
