@@ -25,9 +25,10 @@ def _run(*args) -> subprocess.CompletedProcess:
 def test_same_build_twice():
     library = get_library_path()
     done = _run(library, library, "--isa", "portable", "--weight-limit", "64", "--shapes", "72x40", "--m", "1", "3",
-                "--layers", "0.01", "--repeats", "3")
+                "--layers", "0.01", "--repeats", "3", "--rounds", "2")
     assert done.returncode == 0, done.stderr
-    rows = re.findall(r"^72x40 M=(\d+)\s+A\s+([\d.]+) us\s+B\s+([\d.]+) us\s+B/A ([\d.]+)$", done.stdout, re.M)
+    rows = re.findall(r"^72x40 M=(\d+)\s+A\s+([\d.]+) us\s+B\s+([\d.]+) us\s+B/A ([\d.]+)\s+\(rounds [\d.]+-[\d.]+\)$",
+                      done.stdout, re.M)
     assert [r[0] for r in rows] == ["1", "3"], done.stdout
     assert all(float(a) > 0 and float(b) > 0 and float(ratio) > 0 for _, a, b, ratio in rows)
 
@@ -37,3 +38,5 @@ def test_bad_arguments_give_one_line(tmp_path):
     assert done.returncode == 2 and "no library file" in done.stderr and "Traceback" not in done.stderr
     done = _run(__file__, __file__, "--shapes", "10x3")
     assert done.returncode == 2 and "multiple of 4" in done.stderr and "Traceback" not in done.stderr
+    done = _run(__file__, __file__, "--rounds", "0")
+    assert done.returncode == 2 and "--rounds" in done.stderr and "Traceback" not in done.stderr
