@@ -63,6 +63,30 @@ def test_cpu_rows(cpu_run):
         assert r["versions"]["onnxruntime"] == ort.__version__
 
 
+def test_reduce_range_writes_7_bit_weights(work, cpu_run):
+    """``--reduce-range`` quantizes with reduce_range=True: every int8 weight within [-64, 64] (the
+    library's AVX2 byte-pair path), beside the default model's full-range weights."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import int8_e2e
+
+    pruned = next(p for p in work.glob("*.pruned.onnx") if "fp32" in p.name)
+    seven = int8_e2e.quantize(pruned, int8_e2e.TINY_BERT["vocab_size"], (1, int8_e2e.TINY_SEQ), 2, reduce_range=True)
+    assert seven.name.endswith(".qdq7.onnx")
+
+    def widest(path) -> int:
+        weights = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
+                   if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+        assert len(weights) >= 12
+        return max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+
+    assert widest(seven) <= 64
+    assert widest(pruned.with_name(pruned.stem + ".qdq.onnx")) > 64
+
+
 def test_cuda_flow_on_the_cpu_ep(work, cpu_run):
     """Reuses the CPU run's export, pruned and quantized models (same tiny configuration)."""
     pytest.importorskip("onnxconverter_common", reason="--int8-graph fp16 converts with onnxconverter-common")
