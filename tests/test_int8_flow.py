@@ -286,6 +286,35 @@ def test_verify_asks_for_exact_int8_kernels(tmp_path, pruned_models, name, caplo
         assert {c.reference for c in checks} == {"default int8 kernels"}
 
 
+@pytest.mark.kernels
+def test_verify_holds_int8_models_to_onnx_runtimes_own_spread(tmp_path, pruned_models):
+    """An int8 model's atol is at least how far ONNX Runtime's integer and float runs of the original
+    differ (a rounding-boundary step carries through the layers; the model defines no more), and a
+    compiled model with one layer's weights wrong still fails."""
+    from onnxsparse import verify as verify_module
+
+    missing = _kernel_ops_missing()
+    if missing:
+        pytest.skip(missing)
+    quantized, compiled, _ = prune_quantize_compile(tmp_path, pruned_models["transformer"], "transformer",
+                                                    "qdq-per-channel")
+    checks = verify_module.verify(str(quantized), str(compiled))
+    assert all(c.passed for c in checks)
+    for c in checks:
+        assert c.int8_spread > 0 and c.atol >= c.int8_spread
+    # The spread is what ONNX Runtime's two runs of the original differ by, measured here directly.
+    feeds = next(iter(verify_module.Calibration(onnx.load(str(quantized)), None, batch_size=1, samples=1, seed=0)))
+    fused, unfused = ort_run(quantized, feeds, optimized=True), ort_run(quantized, feeds, optimized=False)
+    assert max(c.int8_spread for c in checks) >= np.abs(fused[0] - unfused[0]).max() > 0
+    broken = onnx.load(str(compiled))
+    node = next(n for n in broken.graph.node if n.op_type == "QMatMulCompress")
+    values = next(t for t in broken.graph.initializer if t.name == node.input[3])
+    array = numpy_helper.to_array(values)
+    values.CopyFrom(numpy_helper.from_array((-array.astype(np.int16)).clip(-127, 127).astype(np.int8), values.name))
+    onnx.save(broken, str(tmp_path / "broken.onnx"))
+    assert not all(c.passed for c in verify_module.verify(str(quantized), str(tmp_path / "broken.onnx")))
+
+
 def test_int8_pairs_saturate_on_x86_without_vnni():
     from onnxsparse.verify import int8_pairs_saturate
 
