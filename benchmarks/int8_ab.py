@@ -23,13 +23,14 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import int8_cpu_bench  # noqa: E402  (the benchmarks folder is not a package)
 
+from onnxsparse.session import RUNTIME_OPTIONS  # noqa: E402
+
 
 def session(model: bytes, library: str, isa: str) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
+    """One thread, like int8_cpu_bench's sessions, with this library file (not the package's own)."""
+    options = int8_cpu_bench.options(1)
     options.log_severity_level = 3
-    options.add_session_config_entry("onnxsparse.cpu_isa", isa)
+    options.add_session_config_entry(RUNTIME_OPTIONS["cpu_isa"], isa)
     options.register_custom_ops_library(library)
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
     parser.add_argument("--isa", default="avx2", choices=["portable", "avx2", "avx512"])
     parser.add_argument("--weight-limit", type=int, default=127,
                         help="weights in [-limit, limit]: 127 full range, 64 as reduce_range writes them")
-    parser.add_argument("--shapes", nargs="+", type=int_shape, default=[(4096, 4096)], metavar="KxN")
+    parser.add_argument("--shapes", nargs="+", type=int8_cpu_bench.shape_arg, default=[(4096, 4096)], metavar="KxN")
     parser.add_argument("--m", nargs="+", type=int, default=[1, 4, 16])
     parser.add_argument("--layers", type=float, default=2, help="4096x4096 layers' worth of weights per model")
     parser.add_argument("--repeats", type=int, default=25, help="timed runs of each build per round")
@@ -98,16 +99,6 @@ def main(argv=None) -> int:
     for k, n in args.shapes:
         compare([args.a, args.b], k, n, args.m, args, rng)
     return 0
-
-
-def int_shape(text: str) -> tuple[int, int]:
-    try:
-        k, n = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not KxN") from None
-    if k % 4 or k <= 0 or n <= 0:
-        raise argparse.ArgumentTypeError(f"'{text}': K must be a positive multiple of 4, N positive")
-    return k, n
 
 
 if __name__ == "__main__":

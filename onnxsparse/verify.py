@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from . import progress
 from .errors import OnnxSparseError
@@ -77,8 +78,9 @@ class OutputCheck:
     # An int8 model's reference on CPU: "exact int8 kernels" (session.x64quantprecision=1) or
     # "default int8 kernels" (ONNX Runtime refused the entry); "" otherwise.
     reference: str = ""
-    # An int8 model: the largest difference between ONNX Runtime's two runs of the original, its
-    # integer kernels (the reference) and the float ops the QDQ model defines (the atol floor).
+    # An int8 model: on the batch this check judges, the largest difference between ONNX Runtime's two
+    # runs of the original, its integer kernels (the reference) and the float ops the QDQ model
+    # defines (the atol floor).
     int8_spread: float = 0.0
 
 
@@ -113,9 +115,7 @@ def int8_pairs_saturate(flags: frozenset | None = None, machine: str | None = No
     return not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
-def _options(sparse: bool, exact_int8: bool):
-    import onnxruntime as ort
-
+def _options(sparse: bool, exact_int8: bool) -> ort.SessionOptions:
     options = session_options() if sparse else ort.SessionOptions()
     if exact_int8:
         options.add_session_config_entry(EXACT_INT8_ENTRY, "1")
@@ -233,10 +233,7 @@ def _run_pair(original, compiled, batches, provider, exact_int8, compute, rtol, 
     names = [o.name for o in dense.get_outputs()]
     fed, expected = [], []
     for batch in batches:
-        try:
-            expected.append(dense.run(None, batch, run))
-        except Exception as exc:
-            raise OnnxSparseError(f"inference failed: {ort_message(exc)}") from None
+        expected.append(_run(dense, batch, run))
         fed.append(batch)
         bar.update()
     del dense
@@ -246,10 +243,7 @@ def _run_pair(original, compiled, batches, provider, exact_int8, compute, rtol, 
         raise OnnxSparseError("the two models have different outputs; is the second compiled from the first?")
     worst: dict[str, OutputCheck] = {}
     for batch, outputs, spread in zip(fed, expected, spreads):
-        try:
-            actual = sparse.run(None, batch, run)
-        except Exception as exc:
-            raise OnnxSparseError(f"inference failed: {ort_message(exc)}") from None
+        actual = _run(sparse, batch, run)
         for i, (name, exp, act) in enumerate(zip(names, outputs, actual)):
             check = _compare(name, np.asarray(exp), np.asarray(act), compute, rtol, atol,
                              spread[i] if spread is not None else 0.0)
@@ -265,19 +259,19 @@ def _int8_spreads(original, fed, expected, provider, run) -> list[list[float]]:
     integer run (the reference). A value on a rounding boundary of one layer comes out a step apart
     between the two, and the step grows through the layers after it: the model does not define its
     outputs more closely than that, so the compiled model is held to it (an atol floor)."""
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     unfused = open_session(original, sparse=False, provider=provider, quiet=True, options=options)
-    spreads = []
-    for batch, outputs in zip(fed, expected):
-        try:
-            floats = unfused.run(None, batch, run)
-        except Exception as exc:
-            raise OnnxSparseError(f"inference failed: {ort_message(exc)}") from None
-        spreads.append([_max_finite_diff(np.asarray(a), np.asarray(b)) for a, b in zip(floats, outputs)])
-    return spreads
+    return [[_max_finite_diff(np.asarray(a), np.asarray(b)) for a, b in zip(_run(unfused, batch, run), outputs)]
+            for batch, outputs in zip(fed, expected)]
+
+
+def _run(session: ort.InferenceSession, batch: dict, run: ort.RunOptions) -> list:
+    """One batch through a session; ONNX Runtime's failure as the one error line."""
+    try:
+        return session.run(None, batch, run)
+    except Exception as exc:
+        raise OnnxSparseError(f"inference failed: {ort_message(exc)}") from None
 
 
 def _max_finite_diff(a: np.ndarray, b: np.ndarray) -> float:

@@ -181,9 +181,9 @@ def test_problems_carry_shape_bias_and_activation_and_dedupe():
     onnx.checker.check_model(dense, full_check=True)
 
 
-def test_a_layer_is_timed_among_as_many_weight_bytes_as_its_model_holds(monkeypatch):
+def test_a_layer_is_timed_among_as_many_weight_bytes_as_its_model_holds():
     """On CPU a layer is timed in a model of copies holding about the model's weight bytes, so that
-    its weights come from the cache level they would in the model; capped; CUDA keeps copies_for's."""
+    its weights come from the cache level they would in the model; capped."""
     model = make_model(
         f"""{HEAD} g (float[4,64] x) => (float[4,32] y) {{
             h = MatMul(x, W)

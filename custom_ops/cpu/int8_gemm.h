@@ -28,7 +28,8 @@ bool RunInt8Gemm(OrtKernelContext* context, const Int8KernelSet& kernels, const 
                  const uint8_t* a, int64_t lda, int64_t m, const Int8Epilogue& epilogue, void* y, int64_t stride_m,
                  int64_t stride_n);
 
-// The row stride of A_u for this weight: pairs * 8 bytes.
+// The row stride of A_u for this weight: pairs * 8 bytes and 64 more (rows 4 KiB apart would share
+// L1 sets).
 inline int64_t Int8RowBytes(const Int8PackedWeight& w) { return w.pairs * 8 + 64; }
 
 // Copies rows [m, k] of A (uint8, or int8 when `flip` : shifted by +128) into A_u rows of lda bytes,

@@ -56,6 +56,6 @@ def run(args: argparse.Namespace) -> int:
     if checks and checks[0].compute_dtype == "int8":
         spread = max(c.int8_spread for c in checks)
         print(f"int8: ONNX Runtime's integer and float runs of the original differ by up to {spread:.3g} "
-              "(the atol floor: the model defines its outputs no more closely)")
+              "on an output's worst batch (its atol floor: the model defines its outputs no more closely)")
     print("verified: outputs match" if passed else "verify FAILED: outputs differ beyond tolerance")
     return 0 if passed else 1

@@ -42,6 +42,7 @@ from ..compiler.channel_padding import pad_weight, strip_weight
 from ..compiler.graph import tensor_array
 from ..errors import OnnxSparseError
 from ..format import prune_weight_magnitude
+from ..io import expected_bytes
 
 # Activations that follow a layer and that ONNX Runtime fuses into a dense Conv or Gemm (one node,
 # elementwise, on the layer's output alone).
@@ -723,16 +724,8 @@ def model_weight_bytes(model: onnx.ModelProto) -> int:
             for node, slot in uses)
 
     gathered = {name for name in readers if only_gathered(name)}
-    total = 0
-    for tensor in onnx.external_data_helper._get_all_tensors(model):
-        if tensor.name in gathered:
-            continue
-        try:
-            itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
-        except (KeyError, TypeError, ValueError):
-            itemsize = 2 if tensor.data_type == onnx.TensorProto.BFLOAT16 else 1
-        total += math.prod(tensor.dims) * itemsize
-    return total
+    return sum(expected_bytes(tensor) or 0 for tensor in onnx.external_data_helper._get_all_tensors(model)
+               if tensor.name not in gathered)
 
 
 def compiled_layer_model(dense: onnx.ModelProto, pad_channels: bool = False) -> onnx.ModelProto:
