@@ -31,6 +31,8 @@ from onnx.external_data_helper import _get_all_tensors
 from . import io
 from .compiler import (
     CheckSparsity,
+    FoldCastResult,
+    FoldedCast,
     CompressedWeight,
     DensePolicy,
     LayerDecision,
@@ -95,6 +97,12 @@ class CompileResult:
     path: str | None = None
     output: Path | None = None  # where compile_model(..., output=...) wrote the model
     written: list[Path] = field(default_factory=list)  # the files it wrote (model, data file)
+    casts_folded: list[FoldedCast] = field(default_factory=list)  # Casts to float16 taken into int8 ops
+
+    @property
+    def changed(self) -> bool:
+        """Whether the compiled model differs from the input (a layer rewritten or a Cast folded)."""
+        return bool(self.rewritten or self.casts_folded)
 
     @property
     def rewritten(self) -> list[LayerDecision]:
@@ -160,15 +168,17 @@ def compile_model(
     before = weight_bytes(proto)
     input_valid = _passes_checker(proto)
     graph = ModelGraph(proto)
-    rewrite = compile_pipeline(fold=fold, policy=policy, pad_channels=pad_channels)(graph).of(RewriteResult)
-    if not rewrite.modified:
+    passes = compile_pipeline(fold=fold, policy=policy, pad_channels=pad_channels)(graph)
+    rewrite, casts = passes.of(RewriteResult), passes.of(FoldCastResult)
+    if not (rewrite.modified or casts.modified):
         logger.info("nothing rewritten; the model is unchanged")
         return CompileResult(proto, rewrite.decisions, before, before, folded=fold, path=path)
     compiled = graph.to_model()
     if input_valid:
         _check_compiled(compiled)
     return CompileResult(
-        compiled, rewrite.decisions, before, weight_bytes(compiled), folded=fold, compressed=rewrite.compressed, path=path
+        compiled, rewrite.decisions, before, weight_bytes(compiled), folded=fold, compressed=rewrite.compressed, path=path,
+        casts_folded=casts.folded,
     )
 
 
@@ -182,9 +192,11 @@ def _compile_to(model, output, fold: bool, policy, external_data: bool | None, p
     input_valid = _passes_checker(proto)
     pairs = DeferredPairs()
     graph = ModelGraph(proto)
-    rewrite = compile_pipeline(fold=fold, policy=policy, sink=pairs, pad_channels=pad_channels)(graph).of(RewriteResult)
-    compiled = graph.to_model() if rewrite.modified else proto
-    if not rewrite.modified:
+    passes = compile_pipeline(fold=fold, policy=policy, sink=pairs, pad_channels=pad_channels)(graph)
+    rewrite, casts = passes.of(RewriteResult), passes.of(FoldCastResult)
+    changed = rewrite.modified or casts.modified
+    compiled = graph.to_model() if changed else proto
+    if not changed:
         logger.info("nothing rewritten; the model is unchanged")
     elif input_valid:
         _check_compiled(compiled)
@@ -192,7 +204,8 @@ def _compile_to(model, output, fold: bool, policy, external_data: bool | None, p
     written = io.save_model(compiled, out, external_data=external_data, inputs=inputs, sources=pairs)
     del compiled, graph, pairs
     result = CompileResult(io.open_model(out), rewrite.decisions, before, after, folded=fold,
-                           compressed=rewrite.compressed if rewrite.modified else [], path=path)
+                           compressed=rewrite.compressed if rewrite.modified else [], path=path,
+                           casts_folded=casts.folded)
     result.output, result.written = out, written
     return result
 

@@ -8,7 +8,8 @@ The int8 ops (``QMatMulCompress``, ``QConv2dCompress``) follow docs/ops.md "int8
 the sum of ``(A - a_zero_point) * W`` plus the int32 bias accumulates in integers (checked to fit
 int32), the float form is ``float32(acc) * fp32(a_scale * w_scale[n])``, the quantized form
 ``saturate(round_half_to_even(float32(acc) * m[n]) + y_zero_point)`` with
-``m[n] = fp32(fp32(a_scale * w_scale[n]) / y_scale)``; Conv pads with ``a_zero_point``.
+``m[n] = fp32(fp32(a_scale * w_scale[n]) / y_scale)``; Conv pads with ``a_zero_point``. The fp16 form
+(``a_scale`` float16) is the float form's value rounded to float16 (to nearest even).
 
     ReferenceEvaluator(model, new_ops=REFERENCE_OPS).run(None, feeds)
 """
@@ -120,7 +121,7 @@ def _quant_epilogue(acc: np.ndarray, channel_axis: int, a_scale, w_scale, y_scal
         y = (f_acc * scale.reshape(bshape)).astype(np.float32)
         if activation == "Relu":
             y = np.maximum(y, np.float32(0))
-        return y
+        return y.astype(np.float16) if np.asarray(a_scale).dtype == np.float16 else y
     multiplier = (scale / np.float32(y_scale)).astype(np.float32)
     y = (f_acc * multiplier.reshape(bshape)).astype(np.float32)
     if activation == "Relu":

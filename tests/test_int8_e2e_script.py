@@ -98,15 +98,23 @@ def test_cuda_flow_on_the_cpu_ep(work, cpu_run):
     done = _run("--cuda", "--tiny", "--cpu-ep", "--work", work)  # the default: --int8-graph fp16
     assert done.returncode == 0, done.stderr[-3000:]
     fp16_rows = _rows(done.stdout)
-    assert [r["int8_graph"].split(" ")[0] for r in rows + fp16_rows] == ["every"] * 2 + ["weight"] * 2
+    assert [r["int8_graph"].split(" ")[0] for r in rows + fp16_rows] == ["every"] * 2 + ["weight"] * 3
     rows += fp16_rows
-    assert [(r["mode"], r["candidate"]) for r in rows] == [
-        ("cuda-logic-on-cpu-ep", "onnxsparse int8 (compiled QDQ)"), ("cuda-logic-on-cpu-ep", "ONNX Runtime dense QDQ")] * 2
+    pair = [("cuda-logic-on-cpu-ep", "onnxsparse int8 (compiled QDQ)"), ("cuda-logic-on-cpu-ep", "ONNX Runtime dense QDQ")]
+    assert [(r["mode"], r["candidate"]) for r in rows] == pair + [
+        ("cuda-logic-on-cpu-ep", "onnxsparse int8 (compiled QDQ, fp16 form)")] + pair
+    # the fp16 form gives the same outputs as the ops with Casts after them
+    assert fp16_rows[0]["rel_l2_vs_fp16"] == pytest.approx(fp16_rows[1]["rel_l2_vs_fp16"], rel=1e-3)
+    folded = onnx.load(str(next(work.glob("*.qdqw.sparse.fp16.folded.onnx")))).graph
+    fp16_ops = [n for n in folded.node if n.op_type == "QMatMulCompress"
+                and any(i.name == n.input[1] and i.data_type == onnx.TensorProto.FLOAT16 for i in folded.initializer)]
+    assert len(fp16_ops) == 12
     # fp16 graph: 12 sparse int8 ops reading QuantizeLinear's output, no quantized attention product,
     # and no float32 MatMul left (the attention products run in fp16)
     graph = onnx.load(str(next(work.glob("*.qdqw.sparse.fp16.onnx")))).graph
     ops = [n.op_type for n in graph.node]
     assert ops.count("QMatMulCompress") == 12 and ops.count("QuantizeLinear") == 8 and "Cast" in ops
+    assert [n.op_type for n in folded.node].count("Cast") == ops.count("Cast") - 12  # one after each op, folded
     types = {vi.name: vi.type.tensor_type.elem_type for vi in graph.value_info}
     products = [n for n in graph.node if n.op_type == "MatMul"]
     assert len(products) == 4 and all(types.get(n.output[0]) == onnx.TensorProto.FLOAT16 for n in products)

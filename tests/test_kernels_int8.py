@@ -91,7 +91,8 @@ class Case:
                  relu=False, y_scale=0.05, layout="kn", shape=None):
         rows = w_rows_k.shape[0]
         values, index = fmt.compress(w_rows_k)
-        self.init = {"values": values, "index": index, "a_scale": np.float32(0.02),
+        half = y_dtype is not None and np.dtype(y_dtype) == np.float16  # the fp16 form: a_scale float16
+        self.init = {"values": values, "index": index, "a_scale": np.float16(0.02) if half else np.float32(0.02),
                      "w_scale": (rng.random(rows).astype(np.float32) * 0.02 + 0.001) if per_channel
                      else np.array([0.004], np.float32)}
         names = ["a_scale", "", "values", "index", "w_scale", "", "", ""]
@@ -101,7 +102,7 @@ class Case:
         if bias:
             self.init["bias"] = rng.integers(-20000, 20000, rows).astype(np.int32)
             names[5] = "bias"
-        if y_dtype is not None:
+        if y_dtype is not None and not half:
             self.init["y_scale"] = np.float32(y_scale)
             self.init["y_zp"] = np.array(rng.integers(np.iinfo(y_dtype).min, int(np.iinfo(y_dtype).max) + 1), y_dtype)
             names[6:8] = ["y_scale", "y_zp"]
@@ -162,7 +163,7 @@ MATMUL_SHAPES = [
 
 
 @pytest.mark.parametrize("a_dtype", [np.uint8, np.int8], ids=["a_u8", "a_s8"])
-@pytest.mark.parametrize("y_dtype", [None, np.uint8, np.int8], ids=["y_float", "y_u8", "y_s8"])
+@pytest.mark.parametrize("y_dtype", [None, np.float16, np.uint8, np.int8], ids=["y_float", "y_f16", "y_u8", "y_s8"])
 @pytest.mark.parametrize("case", range(len(MATMUL_SHAPES)))
 def test_qmatmul_matches_reference(case, a_dtype, y_dtype):
     a_shape, n = MATMUL_SHAPES[case]
@@ -176,10 +177,12 @@ def test_qmatmul_matches_reference(case, a_dtype, y_dtype):
 
 
 def test_qmatmul_output_types_inferred():
-    """ONNX Runtime infers Y's type from y_zero_point (absent: float) for either A type."""
+    """ONNX Runtime infers Y's type from y_zero_point (absent: float, or float16 with a float16
+    a_scale) for either A type."""
     rng = np.random.default_rng(0)
     for a_dtype in (np.uint8, np.int8):
-        for y_dtype, name in ((None, "tensor(float)"), (np.uint8, "tensor(uint8)"), (np.int8, "tensor(int8)")):
+        for y_dtype, name in ((None, "tensor(float)"), (np.float16, "tensor(float16)"), (np.uint8, "tensor(uint8)"),
+                              (np.int8, "tensor(int8)")):
             a = random_activations(rng, (2, 8), a_dtype)
             sess = session(Case(rng, int8_24(rng, 4, 8), a_dtype, y_dtype).matmul(a))
             assert sess.get_outputs()[0].type == name
@@ -341,7 +344,7 @@ def conv_weight(rng, oc, c, kh, kw) -> np.ndarray:
 
 
 @pytest.mark.parametrize("a_dtype", [np.uint8, np.int8], ids=["a_u8", "a_s8"])
-@pytest.mark.parametrize("y_dtype", [None, np.uint8, np.int8], ids=["y_float", "y_u8", "y_s8"])
+@pytest.mark.parametrize("y_dtype", [None, np.float16, np.uint8, np.int8], ids=["y_float", "y_f16", "y_u8", "y_s8"])
 @pytest.mark.parametrize("case", range(len(CONV_CASES)))
 def test_qconv_matches_reference(case, a_dtype, y_dtype):
     n, c, h, w, oc, kh, kw, attrs = CONV_CASES[case]

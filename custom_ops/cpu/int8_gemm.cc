@@ -169,7 +169,7 @@ bool RunInt8Gemm(OrtKernelContext* context, const Int8KernelSet& kernels, const 
   const int64_t block_chunks = (blocks + per_task - 1) / per_task;
   const int64_t first_block = group * blocks;
   const int64_t first_row = group * w.rows_per_group;
-  const size_t out_bytes = epilogue.out == Int8Out::kFloat ? 4 : 1;
+  const size_t out_bytes = static_cast<size_t>(Int8OutBytes(epilogue.out));
 
   return ParallelItems(context, row_chunks * block_chunks, [&](int64_t item) {
     const int64_t rc = item / block_chunks, bc = item % block_chunks;

@@ -101,10 +101,16 @@ struct Int8Task {
   int64_t ldc = 0;
 };
 
-enum class Int8Out { kFloat, kUint8, kInt8 };
+// kHalf: the float value rounded to fp16 (to nearest even), as a Cast to float16 rounds it.
+enum class Int8Out { kFloat, kUint8, kInt8, kHalf };
+
+// Bytes of one output element.
+constexpr int64_t Int8OutBytes(Int8Out out) {
+  return out == Int8Out::kFloat ? 4 : out == Int8Out::kHalf ? 2 : 1;
+}
 
 // The epilogue of int8_gemm.h: acc + corr[n] (int32, wrapping), times scale[n] in fp32, Relu, then
-// float out or round half to even, + y_zero_point, saturate.
+// float (or fp16) out, or round half to even, + y_zero_point, saturate.
 struct Int8Epilogue {
   const int32_t* corr = nullptr;  // [rows]: bias - zp_u * row_sum
   const float* scale = nullptr;   // [rows]

@@ -282,6 +282,11 @@ void EpilogueAvx2(const int32_t* acc, int64_t count, const Int8Epilogue& ep, int
       _mm256_storeu_ps(static_cast<float*>(out) + j, f);
       continue;
     }
+    if (ep.out == Int8Out::kHalf) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(out) + j),
+                       _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      continue;
+    }
     const __m256 clamped = _mm256_min_ps(_mm256_max_ps(f, lo_f), hi_f);
     const __m256i r = _mm256_cvtps_epi32(_mm256_round_ps(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     const __m256i q = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(r, zp), lo), hi);
@@ -298,6 +303,11 @@ void EpilogueAvx2(const int32_t* acc, int64_t count, const Int8Epilogue& ep, int
     if (ep.relu) f = f > 0.0f ? f : 0.0f;
     if (ep.out == Int8Out::kFloat) {
       static_cast<float*>(out)[j] = f;
+      continue;
+    }
+    if (ep.out == Int8Out::kHalf) {
+      static_cast<uint16_t*>(out)[j] = static_cast<uint16_t>(
+          _mm_extract_epi16(_mm_cvtps_ph(_mm_set_ss(f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), 0));
       continue;
     }
     f = f > -4194304.0f ? f : -4194304.0f;

@@ -107,7 +107,7 @@ void GemmAvx512(const Int8PackedWeight& w, const Int8Task& task) {
 void EpilogueAvx512(const int32_t* acc, int64_t count, const Int8Epilogue& ep, int64_t n0, void* out) {
   const int32_t* corr = ep.corr + n0;
   const float* scale = ep.scale + n0;
-  const bool quantized = ep.out != Int8Out::kFloat;
+  const bool quantized = ep.out != Int8Out::kFloat && ep.out != Int8Out::kHalf;
   const __m512 lo_f = _mm512_set1_ps(-4194304.0f), hi_f = _mm512_set1_ps(4194304.0f);
   const __m512i zp = _mm512_set1_epi32(ep.y_zero_point);
   const __m512i lo = _mm512_set1_epi32(ep.out == Int8Out::kUint8 ? 0 : -128);
@@ -118,6 +118,11 @@ void EpilogueAvx512(const int32_t* acc, int64_t count, const Int8Epilogue& ep, i
     const __m512i sum = _mm512_add_epi32(_mm512_maskz_loadu_epi32(mask, acc + j), _mm512_maskz_loadu_epi32(mask, corr + j));
     __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), _mm512_maskz_loadu_ps(mask, scale + j));
     if (ep.relu) f = _mm512_max_ps(f, _mm512_setzero_ps());
+    if (ep.out == Int8Out::kHalf) {
+      _mm256_mask_storeu_epi16(static_cast<uint16_t*>(out) + j, mask,
+                               _mm512_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      continue;
+    }
     if (!quantized) {
       _mm512_mask_storeu_ps(static_cast<float*>(out) + j, mask, f);
       continue;

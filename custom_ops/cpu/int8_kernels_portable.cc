@@ -2,6 +2,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "common/ort_api.h"
 #include "cpu/int8_kernels.h"
 
 namespace onnxsparse::cpu {
@@ -53,6 +54,8 @@ void EpilogueAs(const int32_t* acc, int64_t count, const Int8Epilogue& ep, int64
     if (ep.relu) f = f > 0.0f ? f : 0.0f;
     if constexpr (std::is_same_v<Y, float>) {
       out[j] = f;
+    } else if constexpr (std::is_same_v<Y, uint16_t>) {
+      out[j] = Ort::Float16_t(f).val;  // round to nearest even
     } else {
       constexpr int32_t lo = std::is_same_v<Y, uint8_t> ? 0 : -128;
       constexpr int32_t hi = std::is_same_v<Y, uint8_t> ? 255 : 127;
@@ -68,6 +71,7 @@ void EpiloguePortable(const int32_t* acc, int64_t count, const Int8Epilogue& ep,
     case Int8Out::kFloat: EpilogueAs(acc, count, ep, n0, static_cast<float*>(out)); break;
     case Int8Out::kUint8: EpilogueAs(acc, count, ep, n0, static_cast<uint8_t*>(out)); break;
     case Int8Out::kInt8: EpilogueAs(acc, count, ep, n0, static_cast<int8_t*>(out)); break;
+    case Int8Out::kHalf: EpilogueAs(acc, count, ep, n0, static_cast<uint16_t*>(out)); break;
   }
 }
 

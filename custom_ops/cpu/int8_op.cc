@@ -34,6 +34,7 @@ const char* TypeName(ONNXTensorElementDataType type) {
     case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return "uint8";
     case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8: return "int8";
     case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
     case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32";
     default: return "another type";
   }
@@ -161,7 +162,10 @@ Ort::Status ComputeInt8Terms(const char* op, const Int8InputFn& input, Int8Types
   const TensorView a_scale = View(input(1));
   if (a_scale.value == nullptr) return InvalidArgument(op, "input 1 (a_scale) is missing");
   ONNXSPARSE_RETURN_IF_ERROR(CheckScalar(op, "a_scale", a_scale));
-  const float a_scale_value = *static_cast<const float*>(a_scale.data);
+  // float16 in the fp16 form (Y float16), float otherwise (the registrations declare it so).
+  const float a_scale_value = a_scale.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16
+                                  ? Ort::Float16_t::FromBits(*static_cast<const uint16_t*>(a_scale.data)).ToFloat()
+                                  : *static_cast<const float*>(a_scale.data);
 
   int32_t a_zero_point = 0;
   const TensorView a_zp = View(input(2));
@@ -196,7 +200,7 @@ Ort::Status ComputeInt8Terms(const char* op, const Int8InputFn& input, Int8Types
   }
   const bool quantized = y_scale.value != nullptr;
   if (quantized) {
-    if (types.y == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
+    if (!types.quantized()) {
       return InvalidArgument(op, StrCat("y_zero_point must be uint8 or int8, got ", TypeName(y_zp.type)));
     }
     ONNXSPARSE_RETURN_IF_ERROR(CheckScalar(op, "y_scale", y_scale));
@@ -219,7 +223,7 @@ Ort::Status ComputeInt8Terms(const char* op, const Int8InputFn& input, Int8Types
     terms.epilogue.out = types.y == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 ? Int8Out::kInt8 : Int8Out::kUint8;
     terms.epilogue.y_zero_point = ZeroPointValue(y_zp.type, y_zp.data);
   } else {
-    terms.epilogue.out = Int8Out::kFloat;
+    terms.epilogue.out = types.half() ? Int8Out::kHalf : Int8Out::kFloat;
   }
   return Ort::Status{nullptr};
 }

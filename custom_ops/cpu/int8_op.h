@@ -8,7 +8,8 @@
 // kernels on inputs and outputs. So each op is registered once per (TA, TY): for TY float first,
 // declaring y_zero_point (input 8) as float, which no quantized node has; then uint8 and int8, whose
 // y_zero_point has that type. A node without y_zero_point takes the float form; one with a uint8
-// (int8) y_zero_point the uint8 (int8) form.
+// (int8) y_zero_point the uint8 (int8) form. The fp16 form (Y float16) is told apart by its a_scale:
+// float16 there (as DequantizeLinear's output type is its scale's), float in every other form.
 #pragma once
 #include <functional>
 #include <memory>
@@ -28,7 +29,10 @@ constexpr size_t kInt8Inputs = 9;
 
 struct Int8Types {
   ONNXTensorElementDataType a = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;  // TA: uint8 or int8
-  ONNXTensorElementDataType y = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;  // float, uint8 or int8
+  ONNXTensorElementDataType y = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;  // float, float16, uint8 or int8
+
+  bool half() const { return y == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16; }
+  bool quantized() const { return y == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 || y == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8; }
 };
 
 // Input i of the call, null when absent (beyond the node's inputs or spelled "").
@@ -96,8 +100,9 @@ struct Int8CustomOp : OrtCustomOp {
         case 3: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
         case 4: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
         case 6: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
-        case 8: return t.y;  // float for the float form (see above)
-        default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;  // a_scale, w_scale, y_scale
+        case 8: return t.y;  // float (float16) for the float (fp16) form (see above)
+        case 1: return t.half() ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+        default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;  // w_scale, y_scale
       }
     };
     OrtCustomOp::GetInputTypeCount = [](const OrtCustomOp*) { return kInt8Inputs; };
@@ -133,12 +138,12 @@ struct Int8CustomOp : OrtCustomOp {
   Int8Types types_;
 };
 
-// Appends Kernel's six registrations: TA in {uint8, int8} x TY in {float (first), uint8, int8}.
+// Appends Kernel's eight registrations: TA in {uint8, int8} x TY in {float (first), float16, uint8, int8}.
 template <typename Kernel>
 void AppendInt8Ops(std::vector<std::unique_ptr<OrtCustomOp>>& ops) {
   for (auto a : {ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8}) {
-    for (auto y : {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8,
-                   ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8}) {
+    for (auto y : {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16,
+                   ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8}) {
       ops.emplace_back(new Int8CustomOp<Kernel>(Int8Types{a, y}));
     }
   }

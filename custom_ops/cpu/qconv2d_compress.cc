@@ -85,7 +85,7 @@ Ort::Status QConv2dCompressKernel::ComputeImpl(OrtKernelContext* context) {
 
   const Int8PackedWeight& w = *terms.weight;
   const int64_t lda = Int8RowBytes(w);
-  const int64_t out_bytes = terms.epilogue.out == Int8Out::kFloat ? 4 : 1;
+  const int64_t out_bytes = Int8OutBytes(terms.epilogue.out);
   const uint8_t* x = static_cast<const uint8_t*>(x_value.GetTensorRawData());
   const int64_t plane = geo.height * geo.width;
   std::vector<uint8_t> hwc, a_rows(static_cast<size_t>(pixels * lda));

@@ -10,6 +10,7 @@
 // A and B agree: each 32-bit register of a thread's A fragment holds 4 consecutive K slots (4t..4t+3
 // or 16+4t..16+4t+3), which are mapped to one whole group of 4 of the weight, so a thread decodes
 // whole groups, and the activation register holding the same slots is the group's 4 bytes.
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -45,7 +46,7 @@ __device__ __forceinline__ int32_t EffectiveZeroPoint(const QEpilogue& e) {
 
 // The output zero point as a float (0 for a float output or an absent zero point).
 __device__ __forceinline__ float OutputZeroPoint(const QEpilogue& e) {
-  if (e.y_zero_point == nullptr || e.out_type == QOutType::kFloat) return 0.f;
+  if (e.y_zero_point == nullptr || QOutIsFloat(e.out_type)) return 0.f;
   return e.out_type == QOutType::kUint8 ? static_cast<float>(*static_cast<const uint8_t*>(e.y_zero_point))
                                         : static_cast<float>(*static_cast<const int8_t*>(e.y_zero_point));
 }
@@ -62,8 +63,10 @@ __device__ __forceinline__ int32_t ColumnOffset(const QEpilogue& e, int32_t zp, 
   return static_cast<int32_t>(offset);
 }
 __device__ __forceinline__ float ColumnScale(const QEpilogue& e, int64_t col) {
-  const float scale = __fmul_rn(*e.a_scale, e.w_per_channel ? e.w_scale[col] : e.w_scale[0]);
-  return e.out_type == QOutType::kFloat ? scale : __fdiv_rn(scale, *e.y_scale);
+  const float a_scale = e.out_type == QOutType::kHalf ? __half2float(*static_cast<const __half*>(e.a_scale))
+                                                      : *static_cast<const float*>(e.a_scale);
+  const float scale = __fmul_rn(a_scale, e.w_per_channel ? e.w_scale[col] : e.w_scale[0]);
+  return QOutIsFloat(e.out_type) ? scale : __fdiv_rn(scale, *e.y_scale);
 }
 
 // The output value from the accumulator's raw sum and the column's terms.
@@ -72,7 +75,7 @@ __device__ __forceinline__ float QValueFromTerms(const QEpilogue& e, float zp_y,
   const int32_t acc = static_cast<int32_t>(static_cast<uint32_t>(raw) + static_cast<uint32_t>(offset));
   float v = __fmul_rn(static_cast<float>(acc), multiplier);
   if (e.relu) v = fmaxf(v, 0.f);
-  if (e.out_type == QOutType::kFloat) return v;
+  if (QOutIsFloat(e.out_type)) return v;
   const float q = rintf(v) + zp_y;  // round half to even, then the zero point
   return e.out_type == QOutType::kUint8 ? fminf(fmaxf(q, 0.f), 255.f) : fminf(fmaxf(q, -128.f), 127.f);
 }
@@ -87,6 +90,7 @@ __device__ __forceinline__ void StoreQ(const QEpilogue& e, int32_t zp, float zp_
   const float v = QValue(e, zp, zp_y, col, raw);
   const int64_t at = OutputOffset(e, m, col);
   if (e.out_type == QOutType::kFloat) static_cast<float*>(e.y)[at] = v;
+  else if (e.out_type == QOutType::kHalf) static_cast<__half*>(e.y)[at] = __float2half_rn(v);
   else if (e.out_type == QOutType::kUint8) static_cast<uint8_t*>(e.y)[at] = static_cast<uint8_t>(static_cast<int>(v));
   else static_cast<int8_t*>(e.y)[at] = static_cast<int8_t>(static_cast<int>(v));
 }
@@ -109,6 +113,12 @@ __device__ __forceinline__ void StoreQ4(const QEpilogue& e, int32_t zp, float zp
   const int64_t at = (m + e.m_offset) * e.ldy + col;
   if (e.out_type == QOutType::kFloat) {
     *reinterpret_cast<float4*>(static_cast<float*>(e.y) + at) = make_float4(v0, v1, v2, v3);
+  } else if (e.out_type == QOutType::kHalf) {
+    const __half2 lo = __floats2half2_rn(v0, v1), hi = __floats2half2_rn(v2, v3);
+    uint2 packed;
+    packed.x = *reinterpret_cast<const uint32_t*>(&lo);
+    packed.y = *reinterpret_cast<const uint32_t*>(&hi);
+    *reinterpret_cast<uint2*>(static_cast<__half*>(e.y) + at) = packed;
   } else {
     const uint32_t packed = (static_cast<uint32_t>(static_cast<int>(v0)) & 0xFFu) |
                             ((static_cast<uint32_t>(static_cast<int>(v1)) & 0xFFu) << 8) |
@@ -469,7 +479,7 @@ cudaError_t LaunchQEpilogue(const int32_t* acc32, int64_t ldc, int64_t m, int64_
                             cudaStream_t stream) {
   if (m <= 0 || n <= 0) return cudaSuccess;
   constexpr int kThreads = 256;
-  const size_t align = epi.out_type == QOutType::kFloat ? 16 : 4;
+  const size_t align = static_cast<size_t>(4 * QOutBytes(epi.out_type));
   const bool vec4 = epi.hw == 0 && n % 4 == 0 && ldc % 4 == 0 && epi.ldy % 4 == 0 && epi.n_offset % 4 == 0 &&
                     reinterpret_cast<uintptr_t>(epi.y) % align == 0 && reinterpret_cast<uintptr_t>(acc32) % 16 == 0;
   if (vec4) {

@@ -8,7 +8,7 @@
 //   acc = sum_k A'[m, k] W[k, n] - zp' * wsum[n] + bias[n],  A' = A - 128, zp' = zp - 128 (uint8)
 //                                                            A' = A,       zp' = zp       (int8)
 // The epilogue turns acc into Y exactly as the contract says: float(acc) * (a_scale * w_scale[n])
-// (float output), or saturate(round_half_to_even(float(acc) * m[n]) + y_zero_point) with
+// (float output; the fp16 form rounds it to fp16, a_scale then being float16), or saturate(round_half_to_even(float(acc) * m[n]) + y_zero_point) with
 // m[n] = a_scale * w_scale[n] / y_scale (quantized output), Relu before the quantization. The
 // scales and zero points are read on the device (they may be computed by the model), so nothing
 // is copied to the host per call and CUDA graphs capture the op.
@@ -20,14 +20,20 @@
 
 namespace onnxsparse::cuda {
 
-enum class QOutType : int { kFloat = 0, kUint8 = 1, kInt8 = 2 };
+// kHalf: the float value rounded to fp16 (the fp16 form, whose a_scale is float16).
+enum class QOutType : int { kFloat = 0, kUint8 = 1, kInt8 = 2, kHalf = 3 };
+
+// Bytes of one output element.
+constexpr int QOutBytes(QOutType t) { return t == QOutType::kFloat ? 4 : t == QOutType::kHalf ? 2 : 1; }
+// The output is not quantized (float or fp16).
+constexpr bool QOutIsFloat(QOutType t) { return t == QOutType::kFloat || t == QOutType::kHalf; }
 
 // What turns an int32 accumulator into one output element. Pointers are device pointers.
 struct QEpilogue {
   const int32_t* wsum = nullptr;        // [n]: sum over k of the decoded weight row
   const void* a_zero_point = nullptr;   // scalar of A's type, or null (0)
   bool a_unsigned = false;              // A is uint8 (the GEMM read A - 128)
-  const float* a_scale = nullptr;       // scalar
+  const void* a_scale = nullptr;        // scalar: float, or float16 in the fp16 form (out_type kHalf)
   const float* w_scale = nullptr;       // [n] (w_per_channel) or a scalar
   bool w_per_channel = false;
   const int32_t* bias = nullptr;        // [n] or null

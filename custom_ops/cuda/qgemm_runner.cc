@@ -13,21 +13,26 @@ namespace {
 int64_t ProductStride(int64_t n) { return (n + 15) / 16 * 16; }
 
 ElementType ScaledType(const QGemmArgs& args) {
-  return args.epi.out_type == QOutType::kFloat ? ElementType::kInt8ScaledFloat : ElementType::kInt8Scaled;
+  switch (args.epi.out_type) {
+    case QOutType::kFloat: return ElementType::kInt8ScaledFloat;
+    case QOutType::kHalf: return ElementType::kInt8ScaledHalf;
+    default: return ElementType::kInt8Scaled;
+  }
 }
 
 bool NeedsShift(const QGemmArgs& args) {
   return args.epi.a_unsigned || reinterpret_cast<uintptr_t>(args.x) % 16 != 0;
 }
 
-// Whether cuSPARSELt's scaled output (ElementType::kInt8Scaled / kInt8ScaledFloat) can write this
-// GEMM's Y: a row-major Y of whole rows (not Conv's NCHW), rows of 16 bytes; a quantized Y without
-// Relu (a Relu on the float value is not one on the shifted int8 sum; a float Y fuses it).
+// Whether cuSPARSELt's scaled output (ElementType::kInt8Scaled / kInt8ScaledFloat / kInt8ScaledHalf)
+// can write this GEMM's Y: a row-major Y of whole rows (not Conv's NCHW), rows of 16 bytes; a
+// quantized Y without Relu (a Relu on the float value is not one on the shifted int8 sum; a float or
+// fp16 Y fuses it).
 bool ScaledOutputApplies(const RuntimeOptions& options, const QGemmArgs& args) {
   const QEpilogue& e = args.epi;
-  const bool quantized = e.out_type != QOutType::kFloat;
+  const bool quantized = !QOutIsFloat(e.out_type);
   return options.cuda_int8_scaled_output && e.hw == 0 && e.n_offset == 0 && e.ldy == args.n &&
-         (quantized ? !e.relu && args.n % 16 == 0 : args.n % 4 == 0);
+         !(quantized && e.relu) && args.n % (16 / QOutBytes(e.out_type)) == 0;
 }
 
 }  // namespace
@@ -163,7 +168,7 @@ Ort::Status QGemmRunner::Run(const char* op, cudaStream_t stream, int slot, cons
   // The scaled form: cuSPARSELt writes Y's first m_main rows itself (a uint8 Y as Y - 128, flipped
   // after), from per-column terms written before each product (the scales may change per call).
   void* y_rows = static_cast<char*>(args.epi.y) +
-                 args.epi.m_offset * args.epi.ldy * (args.epi.out_type == QOutType::kFloat ? 4 : 1);
+                 args.epi.m_offset * args.epi.ldy * QOutBytes(args.epi.out_type);
   auto scaled_terms = [&]() -> cudaError_t {
     return LaunchQScaledTerms(args.epi, n, ScaledAlpha(), ScaledBias(), stream);
   };

@@ -82,16 +82,16 @@ Ort::Status ReadQInputs(const char* op, OrtKernelContext* context, bool a_unsign
   e.out_type = out;
   const void* p = nullptr;
   ONNXSPARSE_RETURN_IF_ERROR(ScalarInput(op, context, 1, "a_scale", true, &p));
-  e.a_scale = static_cast<const float*>(p);
+  e.a_scale = p;  // float16 in the fp16 form (the registration declares it so)
   ONNXSPARSE_RETURN_IF_ERROR(ScalarInput(op, context, 2, "a_zero_point", false, &e.a_zero_point));
   ONNXSPARSE_RETURN_IF_ERROR(ScalarInput(op, context, 7, "y_scale", false, &p));
   e.y_scale = static_cast<const float*>(p);
   ONNXSPARSE_RETURN_IF_ERROR(ScalarInput(op, context, 8, "y_zero_point", false, &e.y_zero_point));
-  if (out == QOutType::kFloat && (e.y_scale != nullptr || e.y_zero_point != nullptr)) {
+  if (QOutIsFloat(out) && (e.y_scale != nullptr || e.y_zero_point != nullptr)) {
     return InvalidArgument(op, "y_scale or y_zero_point is given, but the output Y is float (a quantized Y is uint8 "
                                "or int8, the type of y_zero_point)");
   }
-  if (out != QOutType::kFloat && e.y_scale == nullptr) {
+  if (!QOutIsFloat(out) && e.y_scale == nullptr) {
     return InvalidArgument(op, "the output Y is quantized (uint8 or int8) but y_scale (input 7) is missing");
   }
   const OrtValue* bias = InputOrNull(context, 6);

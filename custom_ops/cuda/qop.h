@@ -8,7 +8,8 @@
 // first variant): 0 A (TA), 1 a_scale (float), 2 a_zero_point (TA, optional), 3 values (int8),
 // 4 index (uint8), 5 w_scale (float), 6 bias (int32, optional), 7 y_scale (float, optional),
 // 8 y_zero_point (TY, optional; float in a float-output variant, which no quantized node matches), and
-// output Y (TY or float). The CPU kernels (cpu/int8_op.h) declare the same.
+// output Y (TY or float). The fp16 form (Y float16) declares a_scale float16 (and input 8 float16);
+// that is how ONNX Runtime tells it from the float form. The CPU kernels (cpu/int8_op.h) declare the same.
 #pragma once
 #include <memory>
 #include <string>
@@ -35,9 +36,10 @@ struct QCudaOp : Ort::CustomOpBase<QCudaOp<Kernel>, Kernel> {
     };
   }
   void* CreateKernel(const OrtApi&, const OrtKernelInfo* info) const {
-    const QOutType out = y_type_ == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT   ? QOutType::kFloat
-                         : y_type_ == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 ? QOutType::kUint8
-                                                                          : QOutType::kInt8;
+    const QOutType out = y_type_ == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT     ? QOutType::kFloat
+                         : y_type_ == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ? QOutType::kHalf
+                         : y_type_ == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8   ? QOutType::kUint8
+                                                                            : QOutType::kInt8;
     return new Kernel(info, a_type_ == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, out);
   }
   const char* GetName() const { return Kernel::kOpName; }
@@ -46,7 +48,10 @@ struct QCudaOp : Ort::CustomOpBase<QCudaOp<Kernel>, Kernel> {
   ONNXTensorElementDataType GetInputType(size_t index) const {
     switch (index) {
       case 0: case 2: return a_type_;
-      case 1: case 5: case 7: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+      case 1:
+        return y_type_ == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16
+                                                                : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+      case 5: case 7: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
       case 3: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
       case 4: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
       case 6: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
@@ -65,14 +70,14 @@ struct QCudaOp : Ort::CustomOpBase<QCudaOp<Kernel>, Kernel> {
   ONNXTensorElementDataType a_type_, y_type_;
 };
 
-// Appends the six variants of Kernel, TA in {uint8, int8} x TY in {float (first), uint8, int8}, in
+// Appends the eight variants of Kernel, TA in {uint8, int8} x TY in {float (first), float16, uint8, int8}, in
 // the CPU kernels' order: ONNX Runtime infers a custom op's output type from the first variant whose
 // declared input types match the node's inputs.
 template <typename Kernel>
 void AppendQVariants(std::vector<std::unique_ptr<OrtCustomOp>>& ops) {
   for (auto a : {ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8}) {
-    for (auto y : {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8,
-                   ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8}) {
+    for (auto y : {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16,
+                   ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8}) {
       ops.emplace_back(std::make_unique<QCudaOp<Kernel>>(a, y));
     }
   }

@@ -193,7 +193,11 @@ def print_summary(result, source: Path, out: Path, policy=None) -> None:
             choice = choices.get(layer.record.node)
             reason = _decided(choice) if choice is not None and choice.reason == layer.reason else layer.reason
             print(f"  {layer.record.node}: {layer.record.op}: {reason}")
+    if result.casts_folded:
+        count = len(result.casts_folded)
+        print(f"folded {count} Cast{'s' if count != 1 else ''} to float16 into the int8 op{'s' if count != 1 else ''} "
+              "before (the ops' fp16 form: the same values, one pass less)")
     before, after = result.weight_bytes_before, result.weight_bytes_after
     ratio = f" ({100.0 * after / before:.1f}%)" if before else ""
     print(f"weight bytes: {before:,} before, {after:,} after{ratio}")
-    print(f"wrote {out}" + ("" if rewritten else " (the model unchanged)"))
+    print(f"wrote {out}" + ("" if result.changed else " (the model unchanged)"))

@@ -1,7 +1,7 @@
 """The onnxsparse compiler: passes on onnx-graphsurgeon (see ``graph.ModelGraph``).
 
 ``compile_pipeline`` runs ``CheckSparsity`` (looks only) -> ``RewriteSparseOps`` (rules, trusts the
-check's records; folds a following BatchNormalization) -> ``FuseActivation`` -> ``FoldCompress`` -> ``AnnotateShapes``
+check's records; folds a following BatchNormalization) -> ``FuseActivation`` -> ``FoldOutputCast`` -> ``FoldCompress`` -> ``AnnotateShapes``
 (shapes for what ONNX Runtime cannot infer through the custom ops) -> ``KeepFp16Kernels``. Layer discovery (``layers.find_layers``) is shared with the pruner.
 The passes work in If/Loop/Scan bodies too (``ModelGraph.scopes``; layers there carry their ``scope``);
 layers in local functions are reported, not rewritten (inline the functions first).
@@ -14,6 +14,7 @@ from ..spec import SUPPORTED_DTYPES, TARGET_OPS
 from .annotate_shapes import AnnotateResult, AnnotateShapes
 from .eligibility import CheckResult, CheckSparsity
 from .fold_compress import DeferredPairs, FoldCompress, FoldedWeight, FoldResult
+from .fold_output_cast import FoldCastResult, FoldedCast, FoldOutputCast
 from .fuse_activation import FuseActivation, FuseResult
 from .graph import ModelGraph
 from .keep_fp16 import KeepFp16Kernels, KeepFp16Result
@@ -29,7 +30,7 @@ def compile_pipeline(fold: bool = True, policy: LayerPolicy | DensePolicy | None
     ``FoldCompress`` leaves the large pairs for the save to compute (a streaming compile);
     ``pad_channels``: zero-pad a group-1 Conv's input channels to a multiple of 4 (``channel_padding``)."""
     policy = as_policy(policy)
-    passes = [CheckSparsity(pad_channels), RewriteSparseOps(policy), FuseActivation()]
+    passes = [CheckSparsity(pad_channels), RewriteSparseOps(policy), FuseActivation(), FoldOutputCast()]
     if fold:
         passes.append(FoldCompress(sink))
     passes.append(AnnotateShapes())
@@ -45,7 +46,10 @@ __all__ = [
     "CompressedWeight",
     "DeferredPairs",
     "DensePolicy",
+    "FoldCastResult",
     "FoldCompress",
+    "FoldOutputCast",
+    "FoldedCast",
     "FoldResult",
     "FoldedWeight",
     "KeepFp16Kernels",
