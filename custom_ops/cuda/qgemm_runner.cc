@@ -25,14 +25,13 @@ bool NeedsShift(const QGemmArgs& args) {
 }
 
 // Whether cuSPARSELt's scaled output (ElementType::kInt8Scaled / kInt8ScaledFloat / kInt8ScaledHalf)
-// can write this GEMM's Y: a row-major Y of whole rows (not Conv's NCHW), rows of 16 bytes; a
-// quantized Y without Relu (a Relu on the float value is not one on the shifted int8 sum; a float or
-// fp16 Y fuses it).
+// can write this GEMM's Y: a row-major Y of whole rows (not Conv's NCHW), rows of 16 bytes; Relu
+// only with a float Y (a Relu on the float value is not one on the shifted int8 sum; with an fp16 Y,
+// cuSPARSELt 0.8.0's Relu gave wrong values on an H200, tests/test_cuda_int8.py).
 bool ScaledOutputApplies(const RuntimeOptions& options, const QGemmArgs& args) {
   const QEpilogue& e = args.epi;
-  const bool quantized = !QOutIsFloat(e.out_type);
   return options.cuda_int8_scaled_output && e.hw == 0 && e.n_offset == 0 && e.ldy == args.n &&
-         !(quantized && e.relu) && args.n % (16 / QOutBytes(e.out_type)) == 0;
+         !(e.relu && e.out_type != QOutType::kFloat) && args.n % (16 / QOutBytes(e.out_type)) == 0;
 }
 
 }  // namespace
