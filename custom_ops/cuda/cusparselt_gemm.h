@@ -31,8 +31,8 @@ namespace onnxsparse::cuda {
 // kInt8Scaled (QMatMulCompress with a quantized output): int8 in, int8 out, scaled in cuSPARSELt's
 // epilogue: D = saturate(round(alpha[row] * acc + bias[row])), alpha a device vector
 // (SetAlphaVector) and bias float. kInt8ScaledFloat: the same with a float D (and a fused ReLU,
-// SetRelu); kInt8ScaledHalf with an fp16 D. Their values are the tuning cache's CacheDtype.
-enum class ElementType { kFloat16, kBFloat16, kInt8, kInt8Scaled, kInt8ScaledFloat, kInt8ScaledHalf };
+// SetRelu). Their values are the tuning cache's CacheDtype.
+enum class ElementType { kFloat16, kBFloat16, kInt8, kInt8Scaled, kInt8ScaledFloat };
 
 // Whether cuSPARSELt could be loaded; when not, *why says so (built without it, library missing).
 // `library` (onnxsparse.cusparselt.library) is tried first; a load that failed is tried again with

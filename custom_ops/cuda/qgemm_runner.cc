@@ -13,25 +13,24 @@ namespace {
 int64_t ProductStride(int64_t n) { return (n + 15) / 16 * 16; }
 
 ElementType ScaledType(const QGemmArgs& args) {
-  switch (args.epi.out_type) {
-    case QOutType::kFloat: return ElementType::kInt8ScaledFloat;
-    case QOutType::kHalf: return ElementType::kInt8ScaledHalf;
-    default: return ElementType::kInt8Scaled;
-  }
+  return args.epi.out_type == QOutType::kFloat ? ElementType::kInt8ScaledFloat : ElementType::kInt8Scaled;
 }
 
 bool NeedsShift(const QGemmArgs& args) {
   return args.epi.a_unsigned || reinterpret_cast<uintptr_t>(args.x) % 16 != 0;
 }
 
-// Whether cuSPARSELt's scaled output (ElementType::kInt8Scaled / kInt8ScaledFloat / kInt8ScaledHalf)
-// can write this GEMM's Y: a row-major Y of whole rows (not Conv's NCHW), rows of 16 bytes; Relu
-// only with a float Y (a Relu on the float value is not one on the shifted int8 sum; with an fp16 Y,
-// cuSPARSELt 0.8.0's Relu gave wrong values on an H200, tests/test_cuda_int8.py).
+// Whether cuSPARSELt's scaled output (ElementType::kInt8Scaled / kInt8ScaledFloat) can write this
+// GEMM's Y: a row-major Y of whole rows (not Conv's NCHW), rows of 16 bytes; a quantized Y without
+// Relu (a Relu on the float value is not one on the shifted int8 sum; a float Y fuses it). Never an
+// fp16 Y: cuSPARSELt 0.8.0 on an H200 rounds alpha * product to fp16 before it adds the bias, and
+// with a uint8 activation's shift (the bias then cancels most of that product) it overflowed to
+// infinities (tests/test_cuda_int8.py: test_qmatmul_fp16_output_with_large_zero_point_terms).
 bool ScaledOutputApplies(const RuntimeOptions& options, const QGemmArgs& args) {
   const QEpilogue& e = args.epi;
-  return options.cuda_int8_scaled_output && e.hw == 0 && e.n_offset == 0 && e.ldy == args.n &&
-         !(e.relu && e.out_type != QOutType::kFloat) && args.n % (16 / QOutBytes(e.out_type)) == 0;
+  const bool quantized = !QOutIsFloat(e.out_type);
+  return options.cuda_int8_scaled_output && e.out_type != QOutType::kHalf && e.hw == 0 && e.n_offset == 0 &&
+         e.ldy == args.n && (quantized ? !e.relu && args.n % 16 == 0 : args.n % 4 == 0);
 }
 
 }  // namespace

@@ -64,21 +64,15 @@ std::string LtError(cusparseStatus_t status);
 Ort::Status DeviceHandle(const char* op, const cusparseLtHandle_t** out);
 
 inline bool IsInt8(ElementType type) {
-  return type == ElementType::kInt8 || type == ElementType::kInt8Scaled || type == ElementType::kInt8ScaledFloat ||
-         type == ElementType::kInt8ScaledHalf;
+  return type == ElementType::kInt8 || type == ElementType::kInt8Scaled || type == ElementType::kInt8ScaledFloat;
 }
 inline cudaDataType DataType(ElementType type) {
   return type == ElementType::kFloat16 ? CUDA_R_16F : IsInt8(type) ? CUDA_R_8I : CUDA_R_16BF;
 }
 // The product's type and the compute type: int8 gives int32 (compute 32I), or int8 / float scaled in
-// the epilogue (kInt8Scaled, kInt8ScaledFloat, kInt8ScaledHalf); fp16/bf16 their own (32F).
+// the epilogue (kInt8Scaled, kInt8ScaledFloat); fp16/bf16 their own (32F).
 inline cudaDataType OutputDataType(ElementType type) {
-  switch (type) {
-    case ElementType::kInt8: return CUDA_R_32I;
-    case ElementType::kInt8ScaledFloat: return CUDA_R_32F;
-    case ElementType::kInt8ScaledHalf: return CUDA_R_16F;
-    default: return DataType(type);
-  }
+  return type == ElementType::kInt8 ? CUDA_R_32I : type == ElementType::kInt8ScaledFloat ? CUDA_R_32F : DataType(type);
 }
 inline cusparseComputeType ComputeType(ElementType type) {
   return IsInt8(type) ? CUSPARSE_COMPUTE_32I : CUSPARSE_COMPUTE_32F;

@@ -25,7 +25,7 @@ const char kCacheColumns[] = "# cusparselt\tgpu\tsm\tdtype\tm\tn\tk\tldy\tbias\t
 
 namespace {
 
-constexpr const char* kTypeNames[] = {"float16", "bfloat16", "int8", "int8s", "int8f", "int8h"};
+constexpr const char* kTypeNames[] = {"float16", "bfloat16", "int8", "int8s", "int8f"};
 
 const char* TypeName(int type) {
   return type >= 0 && type < static_cast<int>(std::size(kTypeNames)) ? kTypeNames[type] : "?";

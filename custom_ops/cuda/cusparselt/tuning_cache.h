@@ -27,10 +27,8 @@ extern const char kCacheColumns[];
 constexpr int kOwnKernel = -1;
 
 // Element types as the file spells them (ElementType's values): int8 is the int32 product, int8s
-// the int8 output scaled in cuSPARSELt's epilogue, int8f the float output scaled there, int8h the fp16 one.
-enum CacheDtype : int {
-  kCacheFloat16 = 0, kCacheBFloat16 = 1, kCacheInt8 = 2, kCacheInt8Scaled = 3, kCacheInt8Float = 4, kCacheInt8Half = 5
-};
+// the int8 output scaled in cuSPARSELt's epilogue, int8f the float output scaled there.
+enum CacheDtype : int { kCacheFloat16 = 0, kCacheBFloat16 = 1, kCacheInt8 = 2, kCacheInt8Scaled = 3, kCacheInt8Float = 4 };
 
 struct CacheKey {
   int version = 0;  // cuSPARSELt's, major*1000 + minor*100 + patch
