@@ -435,6 +435,26 @@ def test_qmatmul_cusparselt_int8_runs(capfd):
     assert float(line.group(1)) > 0, line.group(0)
 
 
+@pytest.mark.parametrize("adtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("m", [1, 16, 31])
+def test_qmatmul_small_m_times_cusparselt_on_padded_rows(capfd, m, adtype):
+    """Below 32 rows cuSPARSELt is a candidate too, on M padded to 32 in the scratch memory: the choice
+    times it against the own kernel (both in the log line), and the result is exact either way."""
+    from onnxsparse.session import session_options
+
+    model, _, _ = _qmatmul(adtype, np.float16, 1024, 1024, True, True, seed=9)
+    opts = session_options(log_verbose=True, cuda_small_m_max=0, cuda_own_timed_m_max=64)
+    opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CUDAExecutionProvider"])
+    a = _activation((m, 1024), adtype, seed=m)
+    np.testing.assert_array_equal(sess.run(None, {"A": a})[0], run_reference(model, {"A": a})[0])
+    err = capfd.readouterr().err
+    line = re.search(rf"QMatMulCompress M={m} K=1024 N=1024 int8: cuSPARSELt (-?[0-9.]+) us, own kernel ([0-9.]+) us",
+                     err)
+    assert line is not None, err[-2000:]
+    assert float(line.group(1)) > 0, line.group(0)
+
+
 # --- QConv2dCompress ------------------------------------------------------------------------------
 
 def _qconv(adtype, ydtype, x_shape, oc, kernel, per_channel, bias, relu=False, seed=0, **attrs):

@@ -20,6 +20,11 @@ bool NeedsShift(const QGemmArgs& args) {
   return args.epi.a_unsigned || reinterpret_cast<uintptr_t>(args.x) % 16 != 0;
 }
 
+// The rows cuSPARSELt multiplies: M rounded down to a multiple of kMAlign, or, below kMAlign rows,
+// kMAlign rows of which the first M are A's (the rest zero, their products dropped).
+int64_t LtRows(int64_t m) { return m >= QGemmRunner::kMAlign ? m / QGemmRunner::kMAlign * QGemmRunner::kMAlign
+                                                              : (m > 0 ? QGemmRunner::kMAlign : 0); }
+
 // Whether cuSPARSELt's scaled output (ElementType::kInt8Scaled / kInt8ScaledFloat) can write this
 // GEMM's Y: a row-major Y of whole rows (not Conv's NCHW), rows of 16 bytes; a quantized Y without
 // Relu (a Relu on the float value is not one on the shifted int8 sum; a float Y fuses it). Never an
@@ -84,9 +89,9 @@ Ort::Status QGemmRunner::Prepare(const char* op, cudaStream_t stream, const int8
 }
 
 size_t QGemmRunner::ScratchBytes(int64_t m, int64_t n, int64_t k) const {
-  const int64_t m_main = m / kMAlign * kMAlign;
-  if (!weight_constant_ || m_main == 0 || k % 16 != 0) return 0;
-  return AlignUp(static_cast<size_t>(m_main * k)) + AlignUp(sizeof(int32_t) * m_main * ProductStride(n));
+  const int64_t m_lt = LtRows(m);
+  if (!weight_constant_ || m_lt == 0 || k % 16 != 0) return 0;
+  return AlignUp(static_cast<size_t>(m_lt * k)) + AlignUp(sizeof(int32_t) * m_lt * ProductStride(n));
 }
 
 SparseLtWeight* QGemmRunner::WeightLocked(const char* op, cudaStream_t stream, int slot, const QGemmArgs& args,
@@ -149,19 +154,28 @@ bool QGemmRunner::ScaledServes(const char* op, cudaStream_t stream, int slot, co
 
 Ort::Status QGemmRunner::Run(const char* op, cudaStream_t stream, int slot, const QGemmArgs& args, void* scratch) {
   const int64_t m = args.m, n = args.n, k = args.k;
-  const int64_t m_main = scratch != nullptr ? m / kMAlign * kMAlign : 0;  // ScratchBytes is 0 when it cannot serve
+  // cuSPARSELt multiplies m_lt rows (ScratchBytes is 0 when it cannot serve) and gives m_done of them:
+  // M's whole multiples of kMAlign, or, below kMAlign rows, all of M padded to kMAlign in the scratch
+  // (the exact form only: Y has no room for the padding rows).
+  const int64_t m_lt = scratch != nullptr ? LtRows(m) : 0;
+  const bool padded = m_lt > m;
+  const int64_t m_main = padded ? 0 : m_lt;  // the rows the scaled form may write
+  const int64_t m_done = padded ? m : m_lt;
   const int64_t ldc = ProductStride(n);
   int8_t* shifted = static_cast<int8_t*>(scratch);
   int32_t* product = scratch != nullptr ? reinterpret_cast<int32_t*>(static_cast<char*>(scratch) +
-                                                                      AlignUp(static_cast<size_t>(m_main * k)))
+                                                                      AlignUp(static_cast<size_t>(m_lt * k)))
                                         : nullptr;
-  // cuSPARSELt's B: A' in the scratch memory, or A itself (int8, 16-byte aligned).
-  auto lt_input = [&]() -> const void* {
-    return NeedsShift(args) ? static_cast<const void*>(shifted) : args.x;
-  };
+  const bool copy_a = padded || NeedsShift(args);
+  // cuSPARSELt's B: A' in the scratch memory, or A itself (int8, 16-byte aligned, whole rows).
+  auto lt_input = [&]() -> const void* { return copy_a ? static_cast<const void*>(shifted) : args.x; };
   auto shift = [&]() -> cudaError_t {
-    if (!NeedsShift(args)) return cudaSuccess;
-    return LaunchShiftActivations(args.x, k, m_main, k, args.epi.a_unsigned, shifted, stream);
+    if (!copy_a) return cudaSuccess;
+    if (padded) {
+      const cudaError_t err = cudaMemsetAsync(shifted + m * k, 0, static_cast<size_t>((m_lt - m) * k), stream);
+      if (err != cudaSuccess) return err;
+    }
+    return LaunchShiftActivations(args.x, k, m_done, k, args.epi.a_unsigned, shifted, stream);
   };
   // The scaled form: cuSPARSELt writes Y's first m_main rows itself (a uint8 Y as Y - 128, flipped
   // after), from per-column terms written before each product (the scales may change per call).
@@ -187,7 +201,7 @@ Ort::Status QGemmRunner::Run(const char* op, cudaStream_t stream, int slot, cons
   call.k = k;
   call.ldy = n;
   call.lt_bias = scaled;  // cuSPARSELt adds the scaled form's bias
-  call.lt_candidate = m_main > 0;
+  call.lt_candidate = m_lt > 0;
   call.log_tag = scaled ? " int8 (scaled output)" : " int8";
   GemmChoice::Result choice;
   ONNXSPARSE_RETURN_IF_ERROR(choice_.Choose(
@@ -195,7 +209,7 @@ Ort::Status QGemmRunner::Run(const char* op, cudaStream_t stream, int slot, cons
       [&](SparseLtWeight* weight, float* lt_us) -> Ort::Status {
         if (scaled) return time_scaled(weight, lt_us);
         ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, shift());
-        return weight->Time(op, lt_input(), m_main, product, ldc, 1.0f, stream, lt_us);
+        return weight->Time(op, lt_input(), m_lt, product, ldc, 1.0f, stream, lt_us);
       },
       [&](float* own_us) {
         *own_us = TimeOnStream(stream, 10, [&] { return LaunchQGemmOwn(args, stream) == cudaSuccess; });
@@ -217,7 +231,7 @@ Ort::Status QGemmRunner::Run(const char* op, cudaStream_t stream, int slot, cons
                                                                    static_cast<int8_t*>(y_rows), stream));
       }
     } else {
-      ONNXSPARSE_RETURN_IF_ERROR(weight->Run(op, lt_input(), m_main, product, ldc, 1.0f, stream, &used));
+      ONNXSPARSE_RETURN_IF_ERROR(weight->Run(op, lt_input(), m_lt, product, ldc, 1.0f, stream, &used));
       if (used) {
         // The per-column terms (one small pass: the scales may change per call), then the epilogue.
         QEpilogue epi = args.epi;
@@ -225,13 +239,13 @@ Ort::Status QGemmRunner::Run(const char* op, cudaStream_t stream, int slot, cons
         epi.col_scale = reinterpret_cast<const float*>(static_cast<const char*>(terms_.get()) + terms_scale_at_);
         ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchQColumnTerms(args.epi, n, terms_.as<int32_t>(),
                                                                const_cast<float*>(epi.col_scale), stream));
-        ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchQEpilogue(product, ldc, m_main, n, epi, stream));
+        ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchQEpilogue(product, ldc, m_done, n, epi, stream));
       }
     }
     if (used) {  // the own kernel computes the rows cuSPARSELt did not
-      rest.m = m - m_main;
-      rest.x = static_cast<const uint8_t*>(args.x) + m_main * k;
-      rest.epi.m_offset = args.epi.m_offset + m_main;
+      rest.m = m - m_done;
+      rest.x = static_cast<const uint8_t*>(args.x) + m_done * k;
+      rest.epi.m_offset = args.epi.m_offset + m_done;
     }
   }
   if (rest.m > 0) ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchQGemmOwn(rest, stream));

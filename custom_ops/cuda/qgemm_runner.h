@@ -1,12 +1,13 @@
 // Chooses and runs the int8 sparse GEMM of one QMatMulCompress / QConv2dCompress node, by the same
 // rule and from the same tuning cache as the fp16 ops (SparseGemmRunner, DEVELOPERS.md): for a
-// constant weight and M >= 32 the own kernel (qgemm_impl.cu) and cuSPARSELt (int8 x int8 -> int32
-// on the rows that are a multiple of 32, then the epilogue pass; the own kernel on the rest) are
-// both candidates. The choice per (slot, M), made at its first call (GemmChoice): the tuning cache's
-// measurements of both (dtype "int8"); else, searching (onnxsparse.cusparselt.tune=search), both
-// measured and cached; else the default rule: M <= onnxsparse.cuda.small_m_max the own kernel,
-// above it cuSPARSELt timed against the own kernel up to onnxsparse.cuda.own_timed_m_max. Smaller
-// M, a weight fed at run time, or a shape cuSPARSELt refuses (K % 16 != 0, ...): the own kernel.
+// constant weight the own kernel (qgemm_impl.cu) and cuSPARSELt (int8 x int8 -> int32 on the rows
+// that are a multiple of 32, then the epilogue pass; the own kernel on the rest; below 32 rows, M
+// padded to 32 in the scratch memory and the products of A's rows kept) are both candidates. The
+// choice per (slot, M), made at its first call (GemmChoice): the tuning cache's measurements of both
+// (dtype "int8"); else, searching (onnxsparse.cusparselt.tune=search), both measured and cached;
+// else the default rule: M <= onnxsparse.cuda.small_m_max the own kernel, above it cuSPARSELt timed
+// against the own kernel up to onnxsparse.cuda.own_timed_m_max. A weight fed at run time, or a
+// shape cuSPARSELt refuses (K % 16 != 0, ...): the own kernel.
 // A uint8 A goes to cuSPARSELt as A - 128 (a pass into scratch memory); the epilogue corrects the
 // zero point with the weight's row sums, computed once for a constant weight. A QMatMulCompress
 // output is scaled (rounded and saturated when quantized) in cuSPARSELt's own epilogue (alpha
