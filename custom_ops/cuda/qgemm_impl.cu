@@ -380,21 +380,26 @@ __global__ void ScaledTermsKernel(QEpilogue e, int64_t n, float* __restrict__ al
   bias[col] = __fadd_rn(__fmul_rn(static_cast<float>(ColumnOffset(e, EffectiveZeroPoint(e), col)), multiplier), zp_y);
 }
 
-__global__ void ShiftKernel16(const uint4* __restrict__ x, int64_t count, uint32_t flip, uint4* __restrict__ out) {
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+// out[0, total) from x[0, count) (flipped), zeros after it.
+__global__ void ShiftKernel16(const uint4* __restrict__ x, int64_t count, int64_t total, uint32_t flip,
+                              uint4* __restrict__ out) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    uint4 v = x[i];
-    v.x ^= flip, v.y ^= flip, v.z ^= flip, v.w ^= flip;
+    uint4 v = make_uint4(0u, 0u, 0u, 0u);
+    if (i < count) {
+      v = x[i];
+      v.x ^= flip, v.y ^= flip, v.z ^= flip, v.w ^= flip;
+    }
     out[i] = v;
   }
 }
 
-__global__ void ShiftKernel(const uint8_t* __restrict__ x, int64_t ldx, int64_t m, int64_t k, uint8_t flip,
-                            uint8_t* __restrict__ out) {
+__global__ void ShiftKernel(const uint8_t* __restrict__ x, int64_t ldx, int64_t m, int64_t k, int64_t total,
+                            uint8_t flip, uint8_t* __restrict__ out) {
   const int64_t count = m * k;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    out[i] = x[(i / k) * ldx + i % k] ^ flip;
+    out[i] = i < count ? static_cast<uint8_t>(x[(i / k) * ldx + i % k] ^ flip) : uint8_t{0};
   }
 }
 
@@ -508,19 +513,19 @@ cudaError_t LaunchQScaledTerms(const QEpilogue& epi, int64_t n, float* alpha, fl
 }
 
 cudaError_t LaunchShiftActivations(const void* x, int64_t ldx, int64_t m, int64_t k, bool a_unsigned, int8_t* out,
-                                   cudaStream_t stream) {
-  if (m <= 0 || k <= 0) return cudaSuccess;
+                                   cudaStream_t stream, int64_t zero_rows) {
+  if (m + zero_rows <= 0 || k <= 0) return cudaSuccess;
   constexpr int kThreads = 256;
-  const int64_t bytes = m * k;
-  if (ldx == k && bytes % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+  const int64_t bytes = m * k, total = (m + zero_rows) * k;
+  if (ldx == k && bytes % 16 == 0 && total % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
       reinterpret_cast<uintptr_t>(out) % 16 == 0) {
-    const int64_t count = bytes / 16;
+    const int64_t count = total / 16;
     const unsigned int blocks = static_cast<unsigned int>(count / kThreads + 1 < 4096 ? count / kThreads + 1 : 4096);
-    ShiftKernel16<<<blocks, kThreads, 0, stream>>>(static_cast<const uint4*>(x), count,
+    ShiftKernel16<<<blocks, kThreads, 0, stream>>>(static_cast<const uint4*>(x), bytes / 16, count,
                                                     a_unsigned ? 0x80808080u : 0u, reinterpret_cast<uint4*>(out));
   } else {
-    const unsigned int blocks = static_cast<unsigned int>(bytes / kThreads + 1 < 4096 ? bytes / kThreads + 1 : 4096);
-    ShiftKernel<<<blocks, kThreads, 0, stream>>>(static_cast<const uint8_t*>(x), ldx, m, k,
+    const unsigned int blocks = static_cast<unsigned int>(total / kThreads + 1 < 4096 ? total / kThreads + 1 : 4096);
+    ShiftKernel<<<blocks, kThreads, 0, stream>>>(static_cast<const uint8_t*>(x), ldx, m, k, total,
                                                   a_unsigned ? uint8_t{0x80} : uint8_t{0},
                                                   reinterpret_cast<uint8_t*>(out));
   }

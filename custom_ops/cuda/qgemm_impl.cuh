@@ -87,9 +87,10 @@ cudaError_t LaunchQColumnTerms(const QEpilogue& epi, int64_t n, int32_t* offset,
 // within one step at rounding ties).
 cudaError_t LaunchQScaledTerms(const QEpilogue& epi, int64_t n, float* alpha, float* bias, cudaStream_t stream);
 
-// out [m, k] int8 = x [m, k] (row stride ldx) read as A' (uint8: XOR 0x80; int8: copied).
+// out [m, k] int8 = x [m, k] (row stride ldx) read as A' (uint8: XOR 0x80; int8: copied), then
+// zero_rows rows of zeros (cuSPARSELt's padding rows below 32).
 cudaError_t LaunchShiftActivations(const void* x, int64_t ldx, int64_t m, int64_t k, bool a_unsigned, int8_t* out,
-                                   cudaStream_t stream);
+                                   cudaStream_t stream, int64_t zero_rows = 0);
 
 // wsum[r] = sum of the decoded row r of (values, index), r < rows (int32, exact).
 cudaError_t LaunchWeightRowSums(const int8_t* values, const uint8_t* index, int64_t rows, int64_t k, int32_t* wsum,

@@ -171,11 +171,7 @@ Ort::Status QGemmRunner::Run(const char* op, cudaStream_t stream, int slot, cons
   auto lt_input = [&]() -> const void* { return copy_a ? static_cast<const void*>(shifted) : args.x; };
   auto shift = [&]() -> cudaError_t {
     if (!copy_a) return cudaSuccess;
-    if (padded) {
-      const cudaError_t err = cudaMemsetAsync(shifted + m * k, 0, static_cast<size_t>((m_lt - m) * k), stream);
-      if (err != cudaSuccess) return err;
-    }
-    return LaunchShiftActivations(args.x, k, m_done, k, args.epi.a_unsigned, shifted, stream);
+    return LaunchShiftActivations(args.x, k, m_done, k, args.epi.a_unsigned, shifted, stream, m_lt - m_done);
   };
   // The scaled form: cuSPARSELt writes Y's first m_main rows itself (a uint8 Y as Y - 128, flipped
   // after), from per-column terms written before each product (the scales may change per call).
