@@ -133,3 +133,23 @@ def test_a_scale_fed_at_run_time_is_left_with_the_reason():
     assert not result.modified
     assert result.left and "not constant" in result.left[0][1]
     assert [n.op for n in result.graph.graph.nodes].count("Cast") == 1
+
+
+def test_compile_command_says_what_it_folded(tmp_path):
+    """`onnxsparse compile` of an already compiled model whose int8 op is followed by a Cast to float16
+    (what an fp16 conversion writes): nothing to rewrite, the Cast folded, the model written."""
+    import subprocess
+    import sys
+
+    quantized, feeds = qdq_model("MatMul", m=3, k=16, n=8, out_q=False)
+    source = tmp_path / "model.fp16.onnx"
+    onnx.save(with_fp16_output(compile_model(quantized).model), source)
+    out = tmp_path / "model.folded.onnx"
+    done = subprocess.run([sys.executable, "-m", "onnxsparse", "compile", str(source), "-o", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "folded 1 Cast to float16 into the int8 op it follows" in done.stdout, done.stdout
+    assert "(the model unchanged)" not in done.stdout
+    folded = onnx.load(str(out))
+    assert [n.op_type for n in folded.graph.node] == ["QuantizeLinear", "QMatMulCompress"]
+    np.testing.assert_array_equal(run(folded, feeds), run(onnx.load(str(source)), feeds))

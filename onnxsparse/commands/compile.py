@@ -195,8 +195,9 @@ def print_summary(result, source: Path, out: Path, policy=None) -> None:
             print(f"  {layer.record.node}: {layer.record.op}: {reason}")
     if result.casts_folded:
         count = len(result.casts_folded)
-        print(f"folded {count} Cast{'s' if count != 1 else ''} to float16 into the int8 op{'s' if count != 1 else ''} "
-              "before (the ops' fp16 form: the same values, one pass less)")
+        what = "Cast to float16 into the int8 op it follows" if count == 1 else \
+            "Casts to float16 into the int8 ops they follow"
+        print(f"folded {count} {what} (the fp16 form: the same values, one pass less)")
     before, after = result.weight_bytes_before, result.weight_bytes_after
     ratio = f" ({100.0 * after / before:.1f}%)" if before else ""
     print(f"weight bytes: {before:,} before, {after:,} after{ratio}")
