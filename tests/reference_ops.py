@@ -60,7 +60,11 @@ class Conv2dCompress(OpRun):
     op_domain = "onnxsparse"
 
     def _run(self, x, values, index, b=None, kernel_shape=None, strides=None, pads=None,
-             dilations=None, group=None, auto_pad=None):
+             dilations=None, group=None, auto_pad=None, layout=None):
+        if layout == "NHWC":  # input [N, H, W, C], output [N, OH, OW, OC]: the same Conv around transposes
+            (y,) = self._run(x.transpose(0, 3, 1, 2), values, index, b, kernel_shape, strides, pads, dilations,
+                             group, auto_pad)
+            return (np.ascontiguousarray(y.transpose(0, 2, 3, 1)),)
         kh, kw = kernel_shape
         rows_k = _dense_rows_k(values, index)
         oc, k = rows_k.shape

@@ -30,6 +30,7 @@ import onnxsparse
 from onnxsparse import format as fmt
 
 from conftest import ISA_FLAGS, force_cpu_isa
+from reference_ops import run_reference
 
 pytestmark = pytest.mark.kernels  # every test runs the library's CPU kernels
 
@@ -382,6 +383,40 @@ def test_conv(case, with_bias, dtype):
     (expected,) = run_dense(dense, {"X": x32})
     (y,) = run(sparse, {"X": x})
     assert_close(y, expected.astype(np.float64), k, DTYPES[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [c for c in CONV_CASES if not c.startswith("grouped")])
+def test_conv_nhwc_layout(case, dtype):
+    """layout="NHWC": input [N, H, W, C], output [N, OH, OW, OC], the same values as the NCHW op (the
+    CPU kernel transposes around it); with bias and a fused Relu."""
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    c, oc, h, w, kernel, attrs = CONV_CASES[case]
+    sparse, _, x, _, _ = conv_models(c, oc, h, w, kernel, attrs, dtype, 2, True, rng)
+    conv_attrs = f"kernel_shape = [{kernel[0]}, {kernel[1]}]" + (f", {attrs}" if attrs else "")
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in sparse.graph.initializer}
+    x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    for act in ("", ', activation = "Relu"'):
+        nchw = make_model(f"Y = onnxsparse.Conv2dCompress <{conv_attrs}{act}> (X, values, index, B)", {"X": x},
+                          {"Y": dtype}, inits)
+        nhwc = make_model(f'Y = onnxsparse.Conv2dCompress <{conv_attrs}{act}, layout = "NHWC"> (X, values, index, B)',
+                          {"X": x_nhwc}, {"Y": dtype}, inits)
+        (want,) = run(nchw, {"X": x})
+        (got,) = run(nhwc, {"X": x_nhwc})
+        assert got.shape == (want.shape[0], want.shape[2], want.shape[3], want.shape[1])
+        np.testing.assert_array_equal(got, want.transpose(0, 2, 3, 1))
+        if not act:  # and the Python reference's NHWC reading of the attribute
+            (ref,) = run_reference(nhwc, {"X": x_nhwc})
+            np.testing.assert_allclose(got.astype(np.float32), ref.astype(np.float32), rtol=2e-2, atol=2e-2)
+
+
+def test_conv_bad_layout():
+    rng = np.random.default_rng(3)
+    sparse, _, x, _, _ = conv_models(*CONV_CASES["3x3"], "float", 1, False, rng)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in sparse.graph.initializer}
+    model = make_model('Y = onnxsparse.Conv2dCompress <kernel_shape = [3, 3], layout = "NCWH"> (X, values, index)',
+                       {"X": x}, {"Y": "float"}, inits)
+    raises_op_error("Conv2dCompress", model, {"X": x}, "attribute 'layout' must be")
 
 
 @pytest.mark.parametrize("auto_pad,pads", [("SAME_UPPER", "1, 1, 2, 2"), ("SAME_LOWER", "2, 2, 1, 1")])

@@ -233,6 +233,24 @@ struct ConvAttributes {
   AutoPad auto_pad = AutoPad::kNotSet;
 };
 
+// Conv2dCompress's attribute `layout`: "NCHW" (default, ONNX Conv's) or "NHWC" (input [N, H, W, C],
+// output [N, OH, OW, OC]: what the compiler's NHWC conv chains write, docs/ops.md). *nhwc says which;
+// returns an error message, empty when fine.
+inline std::string ReadConvLayout(const OrtKernelInfo* info, bool* nhwc) {
+  std::string layout = "NCHW";
+  std::string error = ReadOptionalAttr(info, "layout", layout);
+  if (!error.empty()) return error;
+  if (layout != "NCHW" && layout != "NHWC") return "attribute 'layout' must be \"NCHW\" or \"NHWC\", got \"" + layout + "\"";
+  *nhwc = layout == "NHWC";
+  return {};
+}
+
+// [N, H, W, C] -> [N, C, H, W] (any other rank unchanged: the geometry check reports it).
+inline std::vector<int64_t> NchwShapeOfNhwc(const std::vector<int64_t>& shape) {
+  if (shape.size() != 4) return shape;
+  return {shape[0], shape[3], shape[1], shape[2]};
+}
+
 // Reads and checks Conv's attributes; returns an error message, empty when fine.
 inline std::string ReadConvAttributes(const OrtKernelInfo* info, ConvAttributes& attrs) {
   switch (ReadAttr(info, "kernel_shape", attrs.kernel_shape)) {

@@ -91,6 +91,7 @@ Conv2dCompressKernel<T>::Conv2dCompressKernel(const OrtApi* /*api*/, const OrtKe
   init_error_ = CaptureInitError([&] {
     std::string error = ReadConvAttributes(info, attrs_);
     if (error.empty()) error = ReadActivationAttributes(info, act_);
+    if (error.empty()) error = ReadConvLayout(info, &nhwc_);
     isa_ = SelectCpuIsa();
     if (error.empty()) packed_ = PackConstantWeight<T>(info);
     // The fast path reads only packed_ from now on: drop ONNX Runtime's file-mapped copy of the
@@ -118,28 +119,59 @@ Ort::Status Conv2dCompressKernel<T>::ComputeImpl(OrtKernelContext* context, cons
                                                  const Ort::Custom::Tensor<uint8_t>& index,
                                                  const Ort::Custom::Tensor<T>* bias, Ort::Custom::Tensor<T>& y) {
   ConvGeometry geo;
-  ONNXSPARSE_RETURN_IF_ERROR(ResolveConvGeometry(kOpName, attrs_, x.Shape(), values.Shape(), index.Shape(),
+  const std::vector<int64_t> x_shape = nhwc_ ? NchwShapeOfNhwc(x.Shape()) : x.Shape();
+  ONNXSPARSE_RETURN_IF_ERROR(ResolveConvGeometry(kOpName, attrs_, x_shape, values.Shape(), index.Shape(),
                                                  bias != nullptr ? &bias->Shape() : nullptr, geo));
   const T* bias_data = bias != nullptr ? bias->Data() : nullptr;
-  T* y_data = y.Allocate({geo.batch, geo.out_channels, geo.out_height, geo.out_width});
+  T* y_data = nhwc_ ? y.Allocate({geo.batch, geo.out_height, geo.out_width, geo.out_channels})
+                    : y.Allocate({geo.batch, geo.out_channels, geo.out_height, geo.out_width});
   // An empty output (N = 0, OC = 0, or OH or OW = 0 from an empty input) is an empty tensor, as
   // dense Conv gives for N = 0; nothing below may divide by its size.
   if (geo.batch == 0 || geo.out_channels == 0 || geo.out_height == 0 || geo.out_width == 0) return Ort::Status{nullptr};
+  if (!nhwc_) return ComputeNchw(context, x.Data(), values, index, bias_data, geo, y_data);
 
+  // NHWC: [N, HW, C] -> [N, C, HW], the NCHW convolution, [N, OC, OHW] -> [N, OHW, OC].
+  const int64_t plane = geo.height * geo.width, out_plane = geo.out_height * geo.out_width;
+  std::vector<T> x_nchw(static_cast<size_t>(geo.batch * geo.channels * plane));
+  std::vector<T> y_nchw(static_cast<size_t>(geo.batch * geo.out_channels * out_plane));
+  const T* x_data = x.Data();
+  for (int64_t b = 0; b < geo.batch; ++b) {
+    for (int64_t p = 0; p < plane; ++p) {
+      for (int64_t c = 0; c < geo.channels; ++c) {
+        x_nchw[(b * geo.channels + c) * plane + p] = x_data[(b * plane + p) * geo.channels + c];
+      }
+    }
+  }
+  ONNXSPARSE_RETURN_IF_ERROR(ComputeNchw(context, x_nchw.data(), values, index, bias_data, geo, y_nchw.data()));
+  for (int64_t b = 0; b < geo.batch; ++b) {
+    for (int64_t p = 0; p < out_plane; ++p) {
+      for (int64_t c = 0; c < geo.out_channels; ++c) {
+        y_data[(b * out_plane + p) * geo.out_channels + c] = y_nchw[(b * geo.out_channels + c) * out_plane + p];
+      }
+    }
+  }
+  return Ort::Status{nullptr};
+}
+
+template <typename T>
+Ort::Status Conv2dCompressKernel<T>::ComputeNchw(OrtKernelContext* context, const T* x_data,
+                                                 const Ort::Custom::Tensor<T>& values,
+                                                 const Ort::Custom::Tensor<uint8_t>& index, const T* bias_data,
+                                                 const ConvGeometry& geo, T* y_data) {
   // NaN/Inf in X reach the outputs the dense Conv would give them (cpu/nonfinite.h); then the
   // activation runs after that fix-up, as a pass of its own, instead of in the epilogue.
-  const bool non_finite = AnyNonFinite(x.Data(), geo.batch * geo.channels * geo.height * geo.width);
+  const bool non_finite = AnyNonFinite(x_data, geo.batch * geo.channels * geo.height * geo.width);
   ONNXSPARSE_RETURN_IF_ERROR(
-      ComputeProduct(context, x, values, index, bias_data, geo, y_data, non_finite ? nullptr : &act_));
+      ComputeProduct(context, x_data, values, index, bias_data, geo, y_data, non_finite ? nullptr : &act_));
   if (non_finite) {
-    PropagateNonFiniteConv(x.Data(), attrs_, geo, index.Data(), y_data);
+    PropagateNonFiniteConv(x_data, attrs_, geo, index.Data(), y_data);
     ActivateOutput(act_, y_data, geo.batch * geo.out_channels * geo.out_height * geo.out_width);
   }
   return Ort::Status{nullptr};
 }
 
 template <typename T>
-Ort::Status Conv2dCompressKernel<T>::ComputeProduct(OrtKernelContext* context, const Ort::Custom::Tensor<T>& x,
+Ort::Status Conv2dCompressKernel<T>::ComputeProduct(OrtKernelContext* context, const T* x_data,
                                                     const Ort::Custom::Tensor<T>& values,
                                                     const Ort::Custom::Tensor<uint8_t>& index, const T* bias_data,
                                                     const ConvGeometry& geo, T* y_data, const Activation* act) {
@@ -149,7 +181,7 @@ Ort::Status Conv2dCompressKernel<T>::ComputeProduct(OrtKernelContext* context, c
       bias32.resize(static_cast<size_t>(geo.out_channels));
       for (int64_t n = 0; n < geo.out_channels; ++n) bias32[n] = ToFloat(bias_data[n]);
     }
-    if (!FastConv<T>(context, FastKernels(isa_), *packed_, attrs_, geo, x.Data(),
+    if (!FastConv<T>(context, FastKernels(isa_), *packed_, attrs_, geo, x_data,
                      bias_data != nullptr ? bias32.data() : nullptr, y_data, act)) {
       return RuntimeError(kOpName, "the convolution failed (out of memory?)");
     }
@@ -163,7 +195,7 @@ Ort::Status Conv2dCompressKernel<T>::ComputeProduct(OrtKernelContext* context, c
   problem.k = geo.k;
   problem.attrs = &attrs_;
   problem.geo = geo;
-  problem.x = x.Data();
+  problem.x = x_data;
   problem.values = values.Data();
   problem.index = index.Data();
   problem.bias = bias_data;

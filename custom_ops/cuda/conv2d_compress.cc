@@ -31,6 +31,8 @@ Conv2dCompressCuda<OrtT>::Conv2dCompressCuda(const OrtApi*, const OrtKernelInfo*
   init_error_ = CaptureInitError([&] {
     std::string error = ReadConvAttributes(info, attrs_);
     if (error.empty()) error = ReadActivationAttributes(info, act_);
+    if (error.empty()) error = ReadConvLayout(info, &nhwc_);
+    if (error.empty() && nhwc_ && attrs_.group != 1) error = "layout \"NHWC\" needs group 1";
     runner_.Init(info, 1, 2, 3);
     options_ = *CurrentKernelContext().options;
     weight_constant_ = InputIsConstant(info, 1) && InputIsConstant(info, 2);
@@ -106,6 +108,45 @@ Ort::Status Conv2dCompressCuda<OrtT>::RunNhwc(const Call& call) {
   ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchTranspose<T>(out_nhwc, call.y, batch, oh * ow, oc, call.bias, stream));
   // The fused activation: an elementwise pass on the stream, after the bias and the NaN/Inf fix-up.
   ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchActivation<T>(call.y, batch * oc * oh * ow, act_, stream));
+  return Ort::Status{nullptr};
+}
+
+template <typename OrtT>
+Ort::Status Conv2dCompressCuda<OrtT>::RunNhwcLayout(const Call& call) {
+  const ConvGeometry& geo = call.geo;
+  const cudaStream_t stream = call.stream;
+  const int64_t kh = attrs_.kernel_shape[0], kw = attrs_.kernel_shape[1];
+  const int64_t pixels = geo.batch * geo.out_height * geo.out_width, k = geo.k, oc = geo.out_channels;
+  const bool direct = kh == 1 && kw == 1 && attrs_.strides[0] == 1 && attrs_.strides[1] == 1 && geo.pad_top == 0 &&
+                      geo.pad_left == 0 && geo.pad_bottom == 0 && geo.pad_right == 0;  // X is the im2col matrix
+  const T* col = call.x;
+  if (!direct) {
+    cudaError_t err = cudaSuccess;
+    T* scratch = static_cast<T*>(StreamScratch(stream, AlignUp(sizeof(T) * pixels * k), &err));
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, err);
+    Im2colArgs a;
+    a.batch = geo.batch, a.height = geo.height, a.width = geo.width, a.channels = geo.channels;
+    a.channel_offset = 0, a.group_channels = geo.channels;
+    a.kernel_h = kh, a.kernel_w = kw, a.stride_h = attrs_.strides[0], a.stride_w = attrs_.strides[1];
+    a.pad_top = geo.pad_top, a.pad_left = geo.pad_left, a.dilation_h = attrs_.dilations[0];
+    a.dilation_w = attrs_.dilations[1], a.out_h = geo.out_height, a.out_w = geo.out_width;
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchIm2colNhwc<T>(call.x, a, scratch, stream));
+    col = scratch;
+  }
+  SparseGemmArgs args;
+  args.x = col;
+  args.m = pixels;
+  args.k = k;
+  args.n = oc;
+  args.values = call.values;
+  args.index = call.index;
+  args.bias = call.bias;  // the runner fuses a constant one into cuSPARSELt, else adds it
+  args.alpha = 1.0f;
+  args.y = call.y;
+  args.ldy = oc;
+  ONNXSPARSE_RETURN_IF_ERROR(runner_.Run<T>(kOp, stream, 0, args));
+  ONNXSPARSE_RETURN_IF_ERROR(runner_.PropagateNonFinite<T>(kOp, stream, col, pixels, k, call.index, oc, call.y, oc));
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchActivation<T>(call.y, pixels * oc, act_, stream));
   return Ort::Status{nullptr};
 }
 
@@ -286,12 +327,14 @@ Ort::Status Conv2dCompressCuda<OrtT>::Compute(OrtKernelContext* context, const O
     if (!init_error_.empty()) return InvalidArgument(kOp, init_error_);
     const Ort::Custom::Tensor<OrtT>* bias_tensor = bias.has_value() ? *bias : nullptr;
     Call call;
-    ONNXSPARSE_RETURN_IF_ERROR(ResolveConvGeometry(kOp, attrs_, x.Shape(), values.Shape(), index.Shape(),
+    const std::vector<int64_t> x_shape = nhwc_ ? NchwShapeOfNhwc(x.Shape()) : x.Shape();
+    ONNXSPARSE_RETURN_IF_ERROR(ResolveConvGeometry(kOp, attrs_, x_shape, values.Shape(), index.Shape(),
                                                    bias_tensor != nullptr ? &bias_tensor->Shape() : nullptr,
                                                    call.geo));
     const ConvGeometry& geo = call.geo;
     call.bias = bias_tensor != nullptr ? reinterpret_cast<const T*>(bias_tensor->Data()) : nullptr;
-    call.y = reinterpret_cast<T*>(y.Allocate({geo.batch, geo.out_channels, geo.out_height, geo.out_width}));
+    call.y = reinterpret_cast<T*>(nhwc_ ? y.Allocate({geo.batch, geo.out_height, geo.out_width, geo.out_channels})
+                                        : y.Allocate({geo.batch, geo.out_channels, geo.out_height, geo.out_width}));
     const int64_t pixels = geo.batch * geo.out_height * geo.out_width;
     if (pixels == 0 || geo.out_channels == 0) return Ort::Status{nullptr};
     call.x = reinterpret_cast<const T*>(x.Data());
@@ -310,6 +353,7 @@ Ort::Status Conv2dCompressCuda<OrtT>::Compute(OrtKernelContext* context, const O
       ONNXSPARSE_LOG(runner_.logger(), runner_.trace_level(), text);
     }
     ONNXSPARSE_RETURN_IF_ERROR(runner_.ValidateOnce(kOp, call.stream, call.index, geo.out_channels, geo.k));
+    if (nhwc_) return RunNhwcLayout(call);
     int64_t cols = 0;
     ONNXSPARSE_RETURN_IF_ERROR(ChooseNchw(kOp, call, &cols));
     bool used = false;

@@ -12,7 +12,10 @@
 // The form per input shape: timed at its first call (outside a CUDA-graph capture), the fastest
 // kept; ONNXSPARSE_CUDA_CONV_FORM (read at kernel creation) forces one: nhwc, nchw (per image,
 // unpadded where cuSPARSELt takes it) or nchw_padded, the per-image ones where they apply.
-// Attributes as ONNX Conv (see DEVELOPERS.md).
+// Attributes as ONNX Conv (see DEVELOPERS.md). layout="NHWC" (input [N, H, W, C], output
+// [N, OH, OW, OC], group 1; what the compiler's NHWC conv chains write) runs the NHWC form without
+// its two transposes: the input is the im2col source (a 1x1 stride-1 Conv's im2col matrix), the GEMM
+// writes the output with the bias, then the activation pass.
 #pragma once
 #include <array>
 #include <map>
@@ -53,6 +56,8 @@ struct Conv2dCompressCuda {
   enum class Form { kAuto, kNchw, kNchwPadded, kNhwc };
 
   Ort::Status RunNhwc(const Call& call);
+  // layout="NHWC": call.x and call.y are NHWC.
+  Ort::Status RunNhwcLayout(const Call& call);
   // The per-image form with each image's OH*OW columns `cols` apart (OH*OW, or padded to 8).
   // *used false (and OK): cuSPARSELt does not take this shape so.
   Ort::Status RunNchw(const Call& call, int64_t cols, bool* used);
@@ -63,6 +68,7 @@ struct Conv2dCompressCuda {
   Ort::Status ChooseNchw(const char* op, const Call& call, int64_t* cols);
 
   ConvAttributes attrs_;
+  bool nhwc_ = false;  // attribute layout="NHWC"
   Activation act_;  // the fused activation (attributes activation, activation_params)
   std::string init_error_;  // set by the constructor, returned by every Compute
   SparseGemmRunner runner_;
