@@ -146,6 +146,7 @@ def compile_model(
     output: str | os.PathLike | None = None,
     external_data: bool | None = None,
     pad_channels: bool = False,
+    conv_layout: str = "nchw",
 ) -> CompileResult:
     """Rewrite every eligible layer into onnxsparse's ops.
 
@@ -161,14 +162,16 @@ def compile_model(
     memory. With nothing rewritten, ``result.model`` is the input model unchanged.
     ``pad_channels``: also rewrite a 2-D group-1 Conv whose C is not a multiple of 4, as
     ``Conv2dCompress`` on its input zero-padded by a ``Pad`` (exact; ``compiler.channel_padding``).
+    ``conv_layout="nhwc"``: run chains of sparse convs in NHWC, Transposes only at their ends (for
+    CUDA; ``compiler.nhwc_chains``).
     """
     if output is not None:
-        return _compile_to(model, output, fold, policy, external_data, pad_channels)
+        return _compile_to(model, output, fold, policy, external_data, pad_channels, conv_layout)
     proto, path = _load(model)
     before = weight_bytes(proto)
     input_valid = _passes_checker(proto)
     graph = ModelGraph(proto)
-    passes = compile_pipeline(fold=fold, policy=policy, pad_channels=pad_channels)(graph)
+    passes = compile_pipeline(fold=fold, policy=policy, pad_channels=pad_channels, conv_layout=conv_layout)(graph)
     rewrite, casts = passes.of(RewriteResult), passes.of(FoldCastResult)
     if not (rewrite.modified or casts.modified):
         logger.info("nothing rewritten; the model is unchanged")
@@ -182,7 +185,8 @@ def compile_model(
     )
 
 
-def _compile_to(model, output, fold: bool, policy, external_data: bool | None, pad_channels: bool = False
+def _compile_to(model, output, fold: bool, policy, external_data: bool | None, pad_channels: bool = False,
+                conv_layout: str = "nchw"
                 ) -> CompileResult:
     """The streaming compile: weights read from their files one at a time, large pairs made by the save."""
     inputs = [] if isinstance(model, onnx.ModelProto) else [model]
@@ -192,7 +196,8 @@ def _compile_to(model, output, fold: bool, policy, external_data: bool | None, p
     input_valid = _passes_checker(proto)
     pairs = DeferredPairs()
     graph = ModelGraph(proto)
-    passes = compile_pipeline(fold=fold, policy=policy, sink=pairs, pad_channels=pad_channels)(graph)
+    passes = compile_pipeline(fold=fold, policy=policy, sink=pairs, pad_channels=pad_channels,
+                              conv_layout=conv_layout)(graph)
     rewrite, casts = passes.of(RewriteResult), passes.of(FoldCastResult)
     changed = rewrite.modified or casts.modified
     compiled = graph.to_model() if changed else proto

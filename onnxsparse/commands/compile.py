@@ -78,6 +78,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "without it a layer must be faster at every measured M. Repeatable.",
     )
     parser.add_argument("--pad-channels", action="store_true", help=PAD_CHANNELS_HELP)
+    parser.add_argument(
+        "--conv-layout",
+        choices=("nchw", "nhwc"),
+        default="nchw",
+        help="nhwc: run chains of sparse convs (with the Relus and residual Adds between them) in NHWC, "
+        "with Transposes only at the chains' ends; for CUDA, where a sparse conv on NHWC activations is "
+        "one GEMM over all pixels (default nchw: each conv as ONNX's Conv)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr (none when it is not a terminal)")
 
@@ -115,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
     with progress.working(f"onnxsparse compile {source.name}", quiet=args.quiet):
         # Streams: one weight in memory at a time, whatever the model's size (api.compile_model).
         result = compile_model(source, fold=not args.no_fold, policy=policy, output=out,
-                               external_data=io.uses_external_data(source), pad_channels=args.pad_channels)
+                               external_data=io.uses_external_data(source), pad_channels=args.pad_channels,
+                               conv_layout=args.conv_layout)
     written = result.written
 
     report = result.to_dict()

@@ -18,6 +18,7 @@ from .fold_output_cast import FoldCastResult, FoldedCast, FoldOutputCast
 from .fuse_activation import FuseActivation, FuseResult
 from .graph import ModelGraph
 from .keep_fp16 import KeepFp16Kernels, KeepFp16Result
+from .nhwc_chains import NhwcChains, NhwcResult
 from .layers import LayerRecord, find_layers
 from .pipeline import DensePolicy, LayerPolicy, Pass, PassError, PassResult, Pipeline, PipelineResult, as_policy
 from .rewrite_sparse_ops import CompressedWeight, LayerDecision, RewriteResult, RewriteSparseOps
@@ -25,12 +26,18 @@ from .rules import RULES, Match, Rule
 
 
 def compile_pipeline(fold: bool = True, policy: LayerPolicy | DensePolicy | None = None,
-                     sink: DeferredPairs | None = None, pad_channels: bool = False) -> Pipeline:
+                     sink: DeferredPairs | None = None, pad_channels: bool = False,
+                     conv_layout: str = "nchw") -> Pipeline:
     """The compile passes in order; ``policy`` may keep eligible layers dense; ``sink``: where
     ``FoldCompress`` leaves the large pairs for the save to compute (a streaming compile);
-    ``pad_channels``: zero-pad a group-1 Conv's input channels to a multiple of 4 (``channel_padding``)."""
+    ``pad_channels``: zero-pad a group-1 Conv's input channels to a multiple of 4 (``channel_padding``);
+    ``conv_layout="nhwc"``: run chains of sparse convs in NHWC (``nhwc_chains``)."""
     policy = as_policy(policy)
     passes = [CheckSparsity(pad_channels), RewriteSparseOps(policy), FuseActivation(), FoldOutputCast()]
+    if conv_layout == "nhwc":
+        passes.append(NhwcChains())
+    elif conv_layout != "nchw":
+        raise ValueError(f"conv_layout must be 'nchw' or 'nhwc', got {conv_layout!r}")
     if fold:
         passes.append(FoldCompress(sink))
     passes.append(AnnotateShapes())
@@ -59,6 +66,8 @@ __all__ = [
     "LayerRecord",
     "Match",
     "ModelGraph",
+    "NhwcChains",
+    "NhwcResult",
     "Pass",
     "PassError",
     "PassResult",
