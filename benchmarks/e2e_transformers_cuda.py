@@ -246,6 +246,13 @@ def tune_and_compile(model: Model, pruned: Path, shape, cache: Path, budget: flo
     return out, report
 
 
+def compile_layout(pruned: Path, layout: str) -> tuple[Path, dict]:
+    """Every eligible layer rewritten, convs chained in ``layout`` (``compile --conv-layout``), no tune."""
+    out = pruned.with_name(pruned.stem.replace(".pruned", "") + f".{layout}.onnx")
+    report = json.loads(cli("compile", str(pruned), "-o", str(out), "--conv-layout", layout, "--json", "-q"))
+    return out, report
+
+
 def compile_all(pruned: Path) -> tuple[Path, dict]:
     """Every eligible layer rewritten (no target): the CPU check of the pipeline."""
     out = pruned.with_name(pruned.stem.replace(".pruned", "") + ".all.onnx")
@@ -265,14 +272,14 @@ def count_layers(report: dict) -> str:
 
 # ----------------------------------------------------------------------------------------- timing
 
-def _session(path: Path, provider: str, graph: bool):
+def _session(path: Path, provider: str, graph: bool, extra: dict | None = None):
     import onnxruntime as ort
 
     from onnxsparse.session import session_options
 
     opts = session_options()
     if provider == "cuda":
-        providers = [("CUDAExecutionProvider", {"enable_cuda_graph": "1"} if graph else {})]
+        providers = [("CUDAExecutionProvider", {**({"enable_cuda_graph": "1"} if graph else {}), **(extra or {})})]
     else:
         providers = ["CPUExecutionProvider"]
     return ort.InferenceSession(str(path), opts, providers=providers)
@@ -281,16 +288,16 @@ def _session(path: Path, provider: str, graph: bool):
 class Bound:
     """A session with its input and output on the GPU (io-binding); with graph, a fixed output."""
 
-    def __init__(self, path: Path, model: Model, shape, graph: bool):
+    def __init__(self, path: Path, model: Model, shape, graph: bool, extra: dict | None = None):
         import onnxruntime as ort
 
-        self.sess = _session(path, "cuda", graph)
+        self.sess = _session(path, "cuda", graph, extra)
         self.x = ort.OrtValue.ortvalue_from_numpy(model.feed(shape), "cuda", 0)
         self.binding = self.sess.io_binding()
         self.binding.bind_ortvalue_input(model.input, self.x)
         out = self.sess.get_outputs()[0]
         if graph:  # a graph replays into fixed memory: the output shape from one plain run
-            probe = _session(path, "cuda", False)
+            probe = _session(path, "cuda", False, extra)
             y = probe.run(None, {model.input: model.feed(shape)})[0]
             del probe
             self.y = ort.OrtValue.ortvalue_from_shape_and_type(list(y.shape), y.dtype, "cuda", 0)
@@ -312,9 +319,11 @@ class Bound:
         return self.binding.copy_outputs_to_cpu()[0]
 
 
-def time_pair(dense: Path, compiled: Path, model: Model, shape, graph: bool, rounds: int, budget_s: float) -> dict:
-    """Dense and compiled interleaved: each round times a batch of runs of each; medians over all runs."""
-    d, s = Bound(dense, model, shape, graph), Bound(compiled, model, shape, graph)
+def time_pair(dense: Path, compiled: Path, model: Model, shape, graph: bool, rounds: int, budget_s: float,
+              dense_extra: dict | None = None) -> dict:
+    """Dense and compiled interleaved: each round times a batch of runs of each; medians over all runs.
+    ``dense_extra``: CUDA EP options of the dense session only (``prefer_nhwc``)."""
+    d, s = Bound(dense, model, shape, graph, dense_extra), Bound(compiled, model, shape, graph)
     probe = d.run_ms(3) + s.run_ms(3)
     per_run = max(statistics.median(probe), 1e-3)
     runs = int(min(200, max(3, budget_s * 1e3 / per_run / (2 * rounds))))
@@ -408,6 +417,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of dense and compiled runs")
     parser.add_argument("--budget", type=float, default=4.0, help="seconds of timing per model, shape and graph mode")
     parser.add_argument("--tune-budget", type=float, default=0.3, help="tune's --budget (per distinct layer)")
+    parser.add_argument("--conv-layout", choices=("nchw", "nhwc"), default="nchw",
+                        help="nhwc: compile every eligible layer with --conv-layout nhwc (no tune) and time it "
+                        "against the dense model as ONNX Runtime runs it and with its CUDA EP's prefer_nhwc=1")
     parser.add_argument("--tune-whole-budget", type=float, default=2.0,
                         help="tune's --whole-budget (0: --no-whole-model)")
     args = parser.parse_args(argv)
@@ -443,6 +455,21 @@ def main(argv=None) -> int:
                        **check_cpu(pruned, compiled, model, shape)}
                 rows.append(row)
                 log(json.dumps(row))
+            continue
+        if args.conv_layout == "nhwc":
+            compiled, report = compile_layout(pruned, "nhwc")
+            for shape in model.shapes:
+                for graph in graphs:
+                    for baseline, extra in (("dense", None), ("dense prefer_nhwc=1", {"prefer_nhwc": "1"})):
+                        row = {"model": model.name, "input": "x".join(map(str, shape)), "cuda_graph": "on" if graph else "off",
+                               "layers": count_layers(report), "compiled": "compile --conv-layout nhwc (all eligible)",
+                               "baseline": baseline}
+                        try:
+                            row.update(time_pair(pruned, compiled, model, shape, graph, args.rounds, args.budget, extra))
+                        except Exception as e:  # noqa: BLE001 - one failing case is reported, the rest still run
+                            row["error"] = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+                        rows.append(row)
+                        log(json.dumps(row))
             continue
         for shape in model.shapes:
             try:

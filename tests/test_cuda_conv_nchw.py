@@ -231,3 +231,34 @@ def test_bad_form_is_refused(monkeypatch):
     model, _, _ = _conv_model(CASES[0][0], CASES[0][1], CASES[0][2], CASES[0][3], "float16", True, "")
     with pytest.raises(Exception, match="Conv2dCompress.*ONNXSPARSE_CUDA_CONV_FORM"):
         _session(model, monkeypatch, "sideways").run(None, {"X": np.zeros(CASES[0][0], np.float32)})
+
+
+def _nhwc_model(x_shape, oc, kernel, attrs, dtype, bias, act):
+    """The op with layout="NHWC": a Transpose into it and one out of it, so that the model's input and
+    output stay NCHW (the same I/O as _conv_model)."""
+    model, w, b = _conv_model(x_shape, oc, kernel, attrs, dtype, bias, act)
+    graph = model.graph
+    conv = graph.node[1]
+    conv.attribute.append(oh.make_attribute("layout", "NHWC"))
+    conv.input[0], conv.output[0] = "Xn", "Yn"
+    graph.node.insert(1, oh.make_node("Transpose", ["Xc"], ["Xn"], perm=[0, 2, 3, 1]))
+    graph.node.insert(3, oh.make_node("Transpose", ["Yn"], ["Yc"], perm=[0, 3, 1, 2]))
+    return model, w, b
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float"])
+@pytest.mark.parametrize("bias,act", [(True, ""), (False, "Relu"), (True, "Clip")])
+@pytest.mark.parametrize("x_shape,oc,kernel,attrs", CASES, ids=CASE_IDS)
+def test_nhwc_layout_matches_dense(monkeypatch, dtype, bias, act, x_shape, oc, kernel, attrs):
+    """layout="NHWC" (what compile --conv-layout nhwc writes): the float64 reference, and the same
+    values as the NCHW op's NHWC form within the dtype's rounding."""
+    model, w, b = _nhwc_model(x_shape, oc, kernel, attrs, dtype, bias, act)
+    x = np.random.default_rng(5).standard_normal(x_shape).astype(np.float32)
+    x = x.astype(NP[dtype]).astype(np.float32)
+    out = _session(model, monkeypatch, "auto").run(None, {"X": x})[0]
+    ref = _activate(_reference(x.astype(np.float64), w, b, attrs.get("strides", [1, 1]), attrs.get("pads", [0] * 4)),
+                    act, ACTIVATIONS[act])
+    _check(out, ref, dtype)
+    nchw, _, _ = _conv_model(x_shape, oc, kernel, attrs, dtype, bias, act)
+    same = _session(nchw, monkeypatch, "nhwc").run(None, {"X": x})[0]
+    np.testing.assert_allclose(out, same, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype] * np.abs(same).max())
