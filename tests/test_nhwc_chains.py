@@ -126,3 +126,33 @@ def test_cli_option(tmp_path):
 
 if __name__ == "__main__":
     pytest.main([__file__])
+
+
+def test_squeeze_excitation_gate_is_transposed_in():
+    """x -> conv -> Relu -> Mul(., Sigmoid(GlobalAveragePool(.))): the gate [N, C, 1, 1] is computed
+    outside the chain (the pool is NCHW) and joins the Mul through a Transpose; values unchanged."""
+    rng = np.random.default_rng(6)
+    inits: list = []
+    w1, b1 = _conv(rng, "c1", 8, 16, 3, inits)
+    w2, b2 = _conv(rng, "c2", 16, 8, 1, inits)
+    nodes = [
+        helper.make_node("Conv", ["x", w1, b1], ["h"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+        helper.make_node("Sigmoid", ["p"], ["g"]),
+        helper.make_node("Mul", ["r", "g"], ["s"]),
+        helper.make_node("Conv", ["s", w2, b2], ["y"], kernel_shape=[1, 1]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8, 7, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8, 7, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    feeds = {"x": rng.standard_normal((2, 8, 7, 6)).astype(np.float32)}
+    nhwc = compile_model(model, conv_layout="nhwc").model
+    mul = next(n for n in nhwc.graph.node if n.op_type == "Mul")
+    producers = {o: n for n in nhwc.graph.node for o in n.output}
+    assert all(producers[i].op_type in ("Transpose", "Conv2dCompress") for i in mul.input), \
+        [producers[i].op_type for i in mul.input]
+    # in: x and the gate; out: r for the pool, y
+    assert ops(nhwc).count("Transpose") == 4, ops(nhwc)
+    np.testing.assert_allclose(run(nhwc, feeds)[0], run(compile_model(model).model, feeds)[0], rtol=1e-5, atol=1e-5)
