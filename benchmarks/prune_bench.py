@@ -259,7 +259,8 @@ TASKS = {"rec": (Rec, 120, 96), "cls": (Cls, 200, 160), "det": (Det, 16, 24), "m
 
 
 def bench(name: str, max_errors: list[float], methods: list[str], holdout: bool = False, order: str = "size",
-          eval_count: int | None = None, calib_count: int | None = None, pad_channels: bool = False) -> dict:
+          eval_count: int | None = None, calib_count: int | None = None, pad_channels: bool = False,
+          error_metric: str = "l2") -> dict:
     """``holdout``: twice the calibration data, every other batch given to the pruner as ``--holdout``
     (so that choosing and verifying each see as many samples as fitting), instead of one batch in four.
     ``eval_count`` / ``calib_count``: evaluation / calibration samples instead of ``TASKS``' numbers."""
@@ -286,7 +287,7 @@ def bench(name: str, max_errors: list[float], methods: list[str], holdout: bool 
         try:
             # Under a budget the head is a candidate like any layer (the greedy leaves it dense if it costs too much).
             options = PruneOptions(method=method, max_error=budget, prune_head=budget is not None, order=order,
-                                   pad_channels=pad_channels)
+                                   pad_channels=pad_channels, error_metric=error_metric if budget is not None else "l2")
             pruned, report = prune_model(model, options, calibration, holdout=held_out)
         except OnnxSparseError as exc:
             rows.append({"method": method, "max_error": budget, "error": str(exc)})
@@ -304,10 +305,12 @@ def bench(name: str, max_errors: list[float], methods: list[str], holdout: bool 
                "share": report.pruned_params / report.total_params, "metric": value, "delta": value - dense,
                "held_out": report.output_error.rel_l2, "fit": report.output_error_fit.rel_l2,
                "selection": selection.rel_l2 if selection else None,
+               "held_out_flips": report.output_error.flips, "error_metric": options.error_metric,
                "seconds": seconds, "methods": methods, "trace": report.selection}
         rows.append(row)
-        log(f"{name} {method} E={budget}: {row['layers']} layers, {row['share']:.1%} in 2:4, {value:.2f} "
-            f"({row['delta']:+.2f}), held-out {row['held_out']:.4f}, fit {row['fit']:.4f}, {seconds:.0f}s")
+        log(f"{name} {method} E={budget} ({options.error_metric}): {row['layers']} layers, {row['share']:.1%} in 2:4, "
+            f"{value:.2f} ({row['delta']:+.2f}), held-out {row['held_out']:.4f}, flips {row['held_out_flips']:.4f}, "
+            f"fit {row['fit']:.4f}, {seconds:.0f}s")
     return {"model": FILES[name], "metric": METRIC[name], "dense": dense, "eval": eval_count,
             "calib": calib_count, "holdout": calib_count if holdout else None, "rows": rows, "seconds": time.time() - started, "left_dense": left_dense(model, pad_channels),
             "pad_channels": pad_channels}
@@ -372,7 +375,8 @@ def markdown(record: dict) -> str:
 
 
 def correlation(models: list[dict], key: str) -> float:
-    pairs = [(row[key], -row["delta"]) for m in models for row in m["rows"] if "error" not in row]
+    pairs = [(row[key], -row["delta"]) for m in models for row in m["rows"]
+             if "error" not in row and row.get(key) is not None and np.isfinite(row[key])]
     if len(pairs) < 3:
         return float("nan")
     x, y = np.array(pairs).T
@@ -477,6 +481,8 @@ def main() -> int:
                         help="render as many held-out samples as calibration samples and pass them as --holdout")
     parser.add_argument("--order", default="size", choices=("size", "ratio"),
                         help="the greedy's order under --max-error (prune --order)")
+    parser.add_argument("--error-metric", default="l2", choices=("l2", "flips"),
+                        help="what --max-errors bound (prune --error-metric)")
     parser.add_argument("--eval-count", type=int, metavar="N",
                         help="evaluation samples per model instead of the task's default (rec 120, cls 200, det 16, magika 600)")
     parser.add_argument("--calib-count", type=int, metavar="N",
@@ -507,11 +513,12 @@ def main() -> int:
     budgets = [float(v) for v in args.max_errors.split(",") if v]
     methods = [m for m in args.methods.split(",") if m]
     models = [bench(name, budgets, methods, args.holdout, args.order, args.eval_count, args.calib_count,
-                    args.pad_channels)
+                    args.pad_channels, args.error_metric)
               for name in args.models.split(",") if name]
     record = {"models": models, "seconds": time.time() - started,
               "command": shlex.join(["python", "benchmarks/prune_bench.py", *sys.argv[1:]]),  # as given
               "correlation": {"held_out": correlation(models, "held_out"), "fit": correlation(models, "fit"),
+                              "held_out_flips": correlation(models, "held_out_flips"),
                               "n": sum(1 for m in models for r in m["rows"] if "error" not in r)},
               "environment": {"onnxruntime": ort.__version__, "numpy": np.__version__,
                               "python": platform.python_version(), "cpus": os.cpu_count()}}

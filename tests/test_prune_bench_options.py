@@ -26,13 +26,15 @@ def test_a_count_below_one_is_one_line(option, tmp_path):
 def test_counts_reach_bench(monkeypatch, tmp_path):
     import prune_bench
 
-    seen = []
+    seen, metrics = [], []
 
     class Stop(Exception):
         pass
 
-    def fake_bench(name, budgets, methods, holdout, order, eval_count, calib_count, pad_channels=False):
+    def fake_bench(name, budgets, methods, holdout, order, eval_count, calib_count, pad_channels=False,
+                   error_metric="l2"):
         seen.append((name, eval_count, calib_count))
+        metrics.append(error_metric)
         raise Stop
 
     monkeypatch.setattr(prune_bench, "bench", fake_bench)
@@ -43,6 +45,12 @@ def test_counts_reach_bench(monkeypatch, tmp_path):
         with pytest.raises(Stop):
             prune_bench.main()
         assert seen[-1] == expected
+    assert metrics == ["l2"] * 3
+    monkeypatch.setattr(sys, "argv", ["prune_bench.py", "--models", "rec", "--out", str(tmp_path),
+                                      "--error-metric", "flips"])
+    with pytest.raises(Stop):
+        prune_bench.main()
+    assert metrics[-1] == "flips"
 
 
 def test_rec_eval_lines_disjoint_from_calibration_at_600():

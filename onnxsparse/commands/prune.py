@@ -78,6 +78,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the model output's relative L2 error on held-out data <= E: chosen on one half of the held-out "
                              "data; if the other half measures above E, the last chosen go back to dense until both "
                              "halves are within E")
+    parser.add_argument("--error-metric", choices=("l2", "flips"), default="l2",
+                        help="what --max-error bounds: the model output's relative L2 error (l2, default), or the "
+                             "share of held-out samples (positions of the output's last axis) whose argmax changes "
+                             "from the dense model's (flips: for classifiers; E 0.01 = 1%%, at most that much "
+                             "accuracy on data like the held-out data)")
     parser.add_argument("--order", choices=("size", "ratio"), default="size",
                         help="--max-error/auto: visit layers largest first (size, default) or by weights per "
                              "squared held-out error when pruned alone (ratio: a sensitivity pass first)")
@@ -91,6 +96,7 @@ def options_from(args: argparse.Namespace) -> PruneOptions:
         prune_head=args.prune_head, block_size=args.block_size, damp=args.damp,
         sequential=not getattr(args, "no_sequential", False), max_error=getattr(args, "max_error", None),
         device=args.device, order=getattr(args, "order", "size"), pad_channels=args.pad_channels,
+        error_metric=getattr(args, "error_metric", "l2"),
     )
     options.validate()
     if args.batch_size < 1 or args.calib_samples < 1:

@@ -7,7 +7,11 @@ so that trying a pruned weight (sensitivity, greedy selection) is a feed, not a 
 
 The error of all outputs taken together, flattened, by ``onnxsparse.metrics`` (the metric
 ``onnxsparse verify`` uses per output): relative L2 = ||y' - y|| / ||y||, and cosine similarity
-= <y, y'> / (||y|| ||y'||).
+= <y, y'> / (||y|| ||y'||). Beside them, for the outputs whose last axis holds 2 or more classes,
+the argmax flips: the fraction of positions (every index but the last axis's) whose argmax over the
+last axis differs from the dense model's. For a classifier that is the share of samples whose
+predicted class changes, a bound on how much its accuracy can move; no labels needed.
+``--error-metric`` says which one ``--max-error`` bounds (``METRICS``).
 """
 
 from __future__ import annotations
@@ -26,15 +30,34 @@ from .files import dense_session
 from .layers import Layer
 
 CACHE_LIMIT = 1 << 30
+METRICS = ("l2", "flips")  # what --max-error bounds: relative L2, or the argmax flips
 
 
 @dataclass(frozen=True)
 class OutputError:
     rel_l2: float
     cosine: float
+    flips: float = math.nan  # argmax flips (NaN: no output has a class axis)
+
+    def value(self, metric: str = "l2") -> float:
+        """The number ``metric`` compares with --max-error (NaN stays NaN)."""
+        return self.flips if metric == "flips" else self.rel_l2
+
+    def text(self, metric: str = "l2") -> str:
+        if metric == "flips":
+            return f"argmax flips {100.0 * self.flips:.2f}%"
+        return f"output relative L2 {self.rel_l2:.4f}"
 
     def to_json(self) -> dict:
-        return {"relative_l2": self.rel_l2, "cosine": self.cosine}
+        found = {"relative_l2": self.rel_l2, "cosine": self.cosine}
+        if not math.isnan(self.flips):
+            found["argmax_flips"] = self.flips
+        return found
+
+
+def has_class_axis(output: np.ndarray) -> bool:
+    """An output whose last axis can be read as classes (2 or more of them)."""
+    return output.ndim >= 1 and output.shape[-1] >= 2
 
 
 def _session(model: onnx.ModelProto):
@@ -79,12 +102,24 @@ class ReferenceOutputs:
         """Error of ``run(batch) -> outputs`` against the dense outputs over every batch (all
         outputs taken together; NaN when the run gives a NaN where the dense model does not)."""
         sums = ErrorSums()
+        flipped = positions = 0
         for batch, dense in zip(self.batches, self._dense_outputs()):
             for a, b in zip(dense, run(batch)):
                 sums.add(a, b)
+                if has_class_axis(a):
+                    b = np.asarray(b, dtype=np.float32)
+                    flipped += int(np.count_nonzero(np.argmax(a, axis=-1) != np.argmax(b, axis=-1)))
+                    positions += a.size // a.shape[-1]
         if sums.nan_mismatch:
             return OutputError(rel_l2=math.nan, cosine=math.nan)
-        return OutputError(rel_l2=sums.rel_l2, cosine=sums.cosine)
+        return OutputError(rel_l2=sums.rel_l2, cosine=sums.cosine,
+                           flips=flipped / positions if positions else math.nan)
+
+    def has_classes(self) -> bool:
+        """Whether some output has a class axis (so that the argmax flips are defined)."""
+        for outputs in self._dense_outputs():
+            return any(has_class_axis(o) for o in outputs)
+        return False
 
     def error_of_model(self, model: onnx.ModelProto) -> OutputError:
         runner = _session(model)

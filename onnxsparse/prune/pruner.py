@@ -36,7 +36,8 @@ from .holdout import selection_parts, split_calibration
 from .linalg import resolve_device
 from .layers import Layer, Skipped, node_names, read_weight, scan_layers, weight_params, write_weight
 from .methods import METHODS, LayerResult, prune_layer
-from .sensitivity import ORDERS, choose_layers, label, nothing_fits
+from .evaluate import METRICS
+from .sensitivity import ORDERS, choose_layers, label, metric_of, nothing_fits
 
 Progress = Callable[[str], None]
 
@@ -56,6 +57,7 @@ class PruneOptions:
     device: str = "auto"  # where SparseGPT's linear algebra runs (linalg.DEVICES)
     order: str = "size"  # the greedy's visiting order under max_error / auto (sensitivity.ORDERS)
     pad_channels: bool = False  # prune group-1 Convs with C not a multiple of M as if zero-padded (channel_padding)
+    error_metric: str = "l2"  # what --max-error bounds: output relative L2, or argmax flips (evaluate.METRICS)
 
     def validate(self) -> None:
         if self.method not in (*METHODS, "auto"):
@@ -68,6 +70,10 @@ class PruneOptions:
             raise OnnxSparseError("--damp must be >= 0")
         if self.order not in ORDERS:
             raise OnnxSparseError(f"unknown --order {self.order!r} (choose from {', '.join(ORDERS)})")
+        if self.error_metric not in METRICS:
+            raise OnnxSparseError(f"unknown --error-metric {self.error_metric!r} (choose from {', '.join(METRICS)})")
+        if self.error_metric != "l2" and self.max_error is None:
+            raise OnnxSparseError("--error-metric says what --max-error bounds; give --max-error E too")
         if self.max_error is not None and self.max_error < 0:
             raise OnnxSparseError("--max-error must be >= 0")
         if self.method != "magnitude" or self.max_error is not None:
@@ -208,13 +214,17 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, calibration: Cali
     choosing = options.method == "auto" or options.max_error is not None
     parts = selection_parts(split.held) if choosing else None
     held = (ReferenceOutputs(model, parts.select if choosing else split.held) if split is not None else None)
+    metric = metric_of(options)
+    if metric == "flips" and held is not None and not held.has_classes():
+        raise OnnxSparseError("--error-metric flips needs an output whose last axis holds 2 or more classes "
+                              "(the argmax over it is compared); this model has none: use --error-metric l2")
     selection, note, final_error = [], None, None
     description = split.description if split is not None else None
     if choosing:
         description = f"{split.description}; {parts.description}"
         extra = None
         if options.method == "auto":  # the sequential SparseGPT weight of each layer is one more candidate
-            sequential = replace(options, method="sparsegpt", sequential=True, max_error=None)
+            sequential = replace(options, method="sparsegpt", sequential=True, max_error=None, error_metric="l2")
             say("auto: sequential sparsegpt over every layer (one candidate per layer)")
             seq_model, seq_results = _prune_all(model, layers, sequential, split.fit, say)
             extra = {layer.weight: [(read_weight(seq_model, layer), seq_results[layer.weight])] for layer in layers}
@@ -235,10 +245,10 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, calibration: Cali
             # Prune the chosen layers for real (sequentially); keep it only if it also stays within E.
             real, real_results = _prune_all(model, kept, options, split.fit, say)
             real_error = held.error_of_model(real)
-            if _key(real_error) <= options.max_error:
+            if _key(real_error, metric) <= options.max_error:
                 pruned, results, final_error = real, real_results, real_error
             else:
-                note = (f"{label(options)} on the chosen layers gave held-out relative L2 {real_error.rel_l2:.4f} "
+                note = (f"{label(options)} on the chosen layers gave held-out {real_error.text(metric)} "
                         f"> {options.max_error:g}; kept the weights measured during the selection instead")
                 say(note)
         layers = kept
@@ -251,8 +261,9 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, calibration: Cali
             error_selection = error
             verify = ReferenceOutputs(model, parts.verify) if parts.disjoint else None
             error = verify.error_of_model(pruned) if verify is not None else error
-            if options.max_error is not None and _key(error) > options.max_error:
-                backed = _back_off(model, pruned, error, layers, selection, options.max_error, held, verify, say)
+            if options.max_error is not None and _key(error, metric) > options.max_error:
+                backed = _back_off(model, pruned, error, layers, selection, options.max_error, held, verify, say,
+                                   metric)
                 pruned, error_selection, error = backed.model, backed.error_selection, backed.error_verify
                 layers = [layer for layer in layers if layer.weight not in backed.dropped]
                 skipped += [Skipped(layer.uses[0].node, layer.op_type, layer.weight,
@@ -286,7 +297,7 @@ class _BackOff:
 
 def _back_off(model: onnx.ModelProto, pruned: onnx.ModelProto, first: OutputError, layers: list[Layer],
               trace: list[dict], budget: float, select: ReferenceOutputs, verify: ReferenceOutputs,
-              say: Progress) -> _BackOff:
+              say: Progress, metric: str = "l2") -> _BackOff:
     """``--max-error`` on every held-out part: the chosen model measured ``first`` (above E) on the
     verification data, so the chosen layers go back to dense, the last one the greedy kept first,
     until both the selection and the verification data measure at most E. None left: nothing fits
@@ -304,25 +315,26 @@ def _back_off(model: onnx.ModelProto, pruned: onnx.ModelProto, first: OutputErro
         write_weight(current, layer, read_weight(model, layer))
         dropped.add(layer.weight)
         on_verify = verify.error_of_model(current)
-        say(f"verification error {first.rel_l2:.4f} > --max-error {budget:g}: {layer.name} back to dense -> "
-            f"{on_verify.rel_l2:.4f}")
-        if _key(on_verify) > budget:
+        say(f"verification {first.text(metric)} > --max-error {budget:g}: {layer.name} back to dense -> "
+            f"{on_verify.text(metric)}")
+        if _key(on_verify, metric) > budget:
             continue
         on_select = select.error_of_model(current)
-        if _key(on_select) <= budget:
+        if _key(on_select, metric) <= budget:
             kept = len(order) - len(dropped)
             return _BackOff(current, dropped, order, on_select, on_verify,
                             f"on the verification data (held out, not used for choosing) the chosen {len(order)} "
-                            f"layer(s) measured output relative L2 {first.rel_l2:.4f} > --max-error {budget:g}; "
+                            f"layer(s) measured {first.text(metric)} > --max-error {budget:g}; "
                             f"the last {len(dropped)} chosen went back to dense, the {kept} kept measure "
-                            f"{on_verify.rel_l2:.4f} there and {on_select.rel_l2:.4f} on the selection data "
+                            f"{on_verify.text(metric)} there and {on_select.text(metric)} on the selection data "
                             "(more held-out data, --holdout, makes the two agree)")
     raise OnnxSparseError(f"no layer can be pruned within --max-error {budget:g} on every held-out part: the "
-                          f"{len(order)} layer(s) chosen on the selection data measured output relative L2 "
-                          f"{first.rel_l2:.4f} on the verification data; dropping the last chosen one by one, the "
-                          f"closest is {order[0].name} (verification output relative L2 {on_verify.rel_l2:.4f} "
+                          f"{len(order)} layer(s) chosen on the selection data measured {first.text(metric)} "
+                          f"on the verification data; dropping the last chosen one by one, the "
+                          f"closest is {order[0].name} (verification {on_verify.text(metric)} "
                           "alone); nothing written (give more held-out data with --holdout, or a larger --max-error)")
 
 
-def _key(error: OutputError) -> float:
-    return math.inf if math.isnan(error.rel_l2) else error.rel_l2
+def _key(error: OutputError, metric: str = "l2") -> float:
+    value = error.value(metric)
+    return math.inf if math.isnan(value) else value

@@ -113,15 +113,22 @@ def layer_sensitivity(model: onnx.ModelProto, layers: list[Layer], calibration: 
             if best is None or _key(error) < _key(best[0]):
                 best = (error, result)
         error, result = best
+        flips = "" if math.isnan(error.flips) else f", argmax flips {100.0 * error.flips:.2f}%"
         say(f"[{index}/{len(layers)}] {layer.name}: held-out output relative L2 {error.rel_l2:.4f}, "
-            f"cosine {error.cosine:.5f} ({result.method})")
+            f"cosine {error.cosine:.5f}{flips} ({result.method})")
         found.append(LayerSensitivity(layer.name, layer.op_type, layer.shape, layer.params, result.layer_error,
                                       error, result.method))
     return sorted(found, key=lambda s: -_key(s.output))
 
 
-def _key(error: OutputError) -> float:
-    return math.inf if math.isnan(error.rel_l2) else error.rel_l2
+def _key(error: OutputError, metric: str = "l2") -> float:
+    value = error.value(metric)
+    return math.inf if math.isnan(value) else value
+
+
+def metric_of(options) -> str:
+    """The error --max-error bounds (``evaluate.METRICS``)."""
+    return getattr(options, "error_metric", "l2")
 
 
 @dataclass
@@ -140,6 +147,7 @@ def choose_layers(model: onnx.ModelProto, layers: list[Layer], fit: Iterable[dic
     layers kept so far; a layer is kept when the measured held-out error stays <= max_error
     (every layer is kept when max_error is None)."""
     budget = math.inf if options.max_error is None else options.max_error
+    metric = metric_of(options)
     pruned = pruned_candidates(model, layers, fit, options, say, extra)
     feeds = WeightFeeds(model, layers)
     chosen: dict[str, np.ndarray] = {}
@@ -151,8 +159,8 @@ def choose_layers(model: onnx.ModelProto, layers: list[Layer], fit: Iterable[dic
         for layer in layers:
             tries = [(reference.error(lambda batch: feeds.run(batch, {layer.weight: w})), w, r)
                      for w, r in pruned[layer.weight]]
-            best_alone = min(tries, key=lambda t: _key(t[0]))
-            alone[layer.weight] = _key(best_alone[0])
+            best_alone = min(tries, key=lambda t: (_key(t[0], metric), _key(t[0])))
+            alone[layer.weight] = _key(best_alone[0], metric)
             pruned[layer.weight] = [best_alone[1:]]
         order = ratio_order(layers, alone)
     else:
@@ -162,20 +170,20 @@ def choose_layers(model: onnx.ModelProto, layers: list[Layer], fit: Iterable[dic
         for weight, result in pruned[layer.weight]:
             trial = {**chosen, layer.weight: weight}
             error = reference.error(lambda batch: feeds.run(batch, trial))
-            if best is None or _key(error) < _key(best[0]):
+            if best is None or (_key(error, metric), _key(error)) < (_key(best[0], metric), _key(best[0])):
                 best = (error, weight, result)
         error, weight, result = best
-        keep = _key(error) <= budget
-        if closest is None or _key(error) < closest[1]:
-            closest = (layer.name, _key(error))
+        keep = _key(error, metric) <= budget
+        if closest is None or _key(error, metric) < closest[1]:
+            closest = (layer.name, _key(error, metric))
         if keep:
             chosen[layer.weight] = weight
             results[layer.weight] = result
             error_now = error
         trace.append({"name": layer.name, "params": layer.params, "kept": keep, "method": result.method,
                       **error.to_json(), **({"alone_relative_l2": alone[layer.weight]} if alone else {})})
-        say(f"[{index}/{len(order)}] {layer.name}: held-out output relative L2 with the layers kept so far "
-            f"{error.rel_l2:.4f} ({result.method}) -> {'kept' if keep else 'left dense'}")
+        say(f"[{index}/{len(order)}] {layer.name}: held-out {error.text(metric)} with the layers kept so far "
+            f"({result.method}) -> {'kept' if keep else 'left dense'}")
     return Choice(chosen, results, error_now, trace, closest)
 
 
@@ -194,5 +202,7 @@ def ratio_order(layers: list[Layer], alone: dict[str, float]) -> list[Layer]:
 
 def nothing_fits(options, choice: Choice) -> OnnxSparseError:
     name, error = choice.closest if choice.closest else ("-", math.nan)
+    metric = metric_of(options)
+    shown = OutputError(rel_l2=error, cosine=math.nan, flips=error).text(metric)
     return OnnxSparseError(f"no layer can be pruned within --max-error {options.max_error:g}: the closest is "
-                           f"{name} (held-out output relative L2 {error:.4f} when pruned alone); nothing written")
+                           f"{name} (held-out {shown} when pruned alone); nothing written")
