@@ -90,3 +90,13 @@ def test_auto_under_a_flips_budget(tmp_path):
     _, report = prune_model(model, PruneOptions(method="auto", prune_head=True, max_error=0.3, error_metric="flips"),
                             calib)
     assert report.layers and report.output_error_selection.flips <= 0.3 and report.output_error.flips <= 0.3
+
+
+def test_ratio_order_names_the_metric_it_ranked_by(tmp_path):
+    """Under a flips budget the ratio order ranks layers by their flips alone, and the trace says so."""
+    model = mlp(dims=(-1, 32), widths=(32, 64, 64, 10), seed=3)
+    calib = Calibration(model, correlated(tmp_path / "c.npz", rows=128), batch_size=16)
+    _, report = prune_model(model, PruneOptions(prune_head=True, max_error=0.3, error_metric="flips", order="ratio"),
+                            calib)
+    assert report.selection and all("alone_argmax_flips" in t and "alone_relative_l2" not in t
+                                    for t in report.selection)

@@ -84,6 +84,18 @@ struct ConvProblem {
   }
 };
 
+// dst[b, c, r] = src[b, r, c] for b < batch, r < rows, c < cols (NHWC <-> NCHW: rows or cols the pixels).
+template <typename T>
+void TransposeBatched(const T* src, int64_t batch, int64_t rows, int64_t cols, T* dst) {
+  for (int64_t b = 0; b < batch; ++b) {
+    const T* in = src + b * rows * cols;
+    T* out = dst + b * rows * cols;
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c) out[c * rows + r] = in[r * cols + c];
+    }
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -134,22 +146,9 @@ Ort::Status Conv2dCompressKernel<T>::ComputeImpl(OrtKernelContext* context, cons
   const int64_t plane = geo.height * geo.width, out_plane = geo.out_height * geo.out_width;
   std::vector<T> x_nchw(static_cast<size_t>(geo.batch * geo.channels * plane));
   std::vector<T> y_nchw(static_cast<size_t>(geo.batch * geo.out_channels * out_plane));
-  const T* x_data = x.Data();
-  for (int64_t b = 0; b < geo.batch; ++b) {
-    for (int64_t p = 0; p < plane; ++p) {
-      for (int64_t c = 0; c < geo.channels; ++c) {
-        x_nchw[(b * geo.channels + c) * plane + p] = x_data[(b * plane + p) * geo.channels + c];
-      }
-    }
-  }
+  TransposeBatched(x.Data(), geo.batch, plane, geo.channels, x_nchw.data());
   ONNXSPARSE_RETURN_IF_ERROR(ComputeNchw(context, x_nchw.data(), values, index, bias_data, geo, y_nchw.data()));
-  for (int64_t b = 0; b < geo.batch; ++b) {
-    for (int64_t p = 0; p < out_plane; ++p) {
-      for (int64_t c = 0; c < geo.out_channels; ++c) {
-        y_data[(b * out_plane + p) * geo.out_channels + c] = y_nchw[(b * geo.out_channels + c) * out_plane + p];
-      }
-    }
-  }
+  TransposeBatched(y_nchw.data(), geo.batch, geo.out_channels, out_plane, y_data);
   return Ort::Status{nullptr};
 }
 

@@ -107,10 +107,8 @@ class NhwcChains(Pass):
                     source, _ = resolve_constant(graph, t) if not graph.is_graph_input(t) else (None, None)
                     if source is not None:
                         array = np.asarray(constant_array(source.tensor))
-                        if node.op == "Clip" or array.size == 1:
-                            constants[id(t)] = array  # scalars stay as they are
-                        elif array.ndim <= 4:
-                            constants[id(t)] = array
+                        if node.op == "Clip" or array.size == 1 or array.ndim <= 4:
+                            constants[id(t)] = array  # scalars stay as they are, the rest is permuted
                         else:
                             fits = False
                     elif node.op in BINARY and _rank(t, shapes) == 4:
@@ -128,7 +126,7 @@ class NhwcChains(Pass):
         outputs = {id(t) for t in graph.graph.outputs}
         inside = set(members)
         # Outputs of S: a new NHWC tensor; the old name back through a Transpose where read outside.
-        renamed: dict[int, gs.Variable] = {}
+        renamed: set[int] = set()  # ids of the new NHWC tensors
         for node in nodes:
             if id(node) not in inside:
                 continue
@@ -136,7 +134,7 @@ class NhwcChains(Pass):
             new = gs.Variable(graph.unique_name(f"{old.name}.nhwc"), dtype=old.dtype)
             readers = list(old.outputs)
             node.outputs[0] = new
-            renamed[id(old)] = new
+            renamed.add(id(new))
             for reader in readers:
                 if id(reader) in inside:
                     for i, t in enumerate(reader.inputs):
@@ -161,7 +159,7 @@ class NhwcChains(Pass):
                 sources = range(len(node.inputs))
             for i in sources:
                 t = node.inputs[i]
-                if is_omitted(t) or any(t is r for r in renamed.values()):
+                if is_omitted(t) or id(t) in renamed:
                     continue
                 if id(t) in constants:
                     array = constants[id(t)]

@@ -43,16 +43,26 @@ class OutputError:
         """The number ``metric`` compares with --max-error (NaN stays NaN)."""
         return self.flips if metric == "flips" else self.rel_l2
 
+    def key(self, metric: str = "l2") -> float:
+        """``value`` for comparisons and sorting: NaN (a NaN output, or no class axis) as +inf."""
+        value = self.value(metric)
+        return math.inf if math.isnan(value) else value
+
     def text(self, metric: str = "l2") -> str:
-        if metric == "flips":
-            return f"argmax flips {100.0 * self.flips:.2f}%"
-        return f"output relative L2 {self.rel_l2:.4f}"
+        return error_text(self.value(metric), metric)
 
     def to_json(self) -> dict:
         found = {"relative_l2": self.rel_l2, "cosine": self.cosine}
         if not math.isnan(self.flips):
             found["argmax_flips"] = self.flips
         return found
+
+
+def error_text(value: float, metric: str = "l2") -> str:
+    """A value of ``metric`` as the reports say it."""
+    if metric == "flips":
+        return f"argmax flips {100.0 * value:.2f}%"
+    return f"output relative L2 {value:.4f}"
 
 
 def has_class_axis(output: np.ndarray) -> bool:

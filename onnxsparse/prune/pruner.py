@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -31,13 +30,12 @@ import onnx
 from ..errors import OnnxSparseError
 from .calibration import Calibration
 from .capture import Frontier, capture
-from .evaluate import OutputError, ReferenceOutputs
+from .evaluate import METRICS, OutputError, ReferenceOutputs
 from .holdout import selection_parts, split_calibration
 from .linalg import resolve_device
 from .layers import Layer, Skipped, node_names, read_weight, scan_layers, weight_params, write_weight
 from .methods import METHODS, LayerResult, prune_layer
-from .evaluate import METRICS
-from .sensitivity import ORDERS, choose_layers, label, metric_of, nothing_fits
+from .sensitivity import ORDERS, choose_layers, label, nothing_fits
 
 Progress = Callable[[str], None]
 
@@ -214,7 +212,7 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, calibration: Cali
     choosing = options.method == "auto" or options.max_error is not None
     parts = selection_parts(split.held) if choosing else None
     held = (ReferenceOutputs(model, parts.select if choosing else split.held) if split is not None else None)
-    metric = metric_of(options)
+    metric = options.error_metric
     if metric == "flips" and held is not None and not held.has_classes():
         raise OnnxSparseError("--error-metric flips needs an output whose last axis holds 2 or more classes "
                               "(the argmax over it is compared); this model has none: use --error-metric l2")
@@ -245,7 +243,7 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, calibration: Cali
             # Prune the chosen layers for real (sequentially); keep it only if it also stays within E.
             real, real_results = _prune_all(model, kept, options, split.fit, say)
             real_error = held.error_of_model(real)
-            if _key(real_error, metric) <= options.max_error:
+            if real_error.key(metric) <= options.max_error:
                 pruned, results, final_error = real, real_results, real_error
             else:
                 note = (f"{label(options)} on the chosen layers gave held-out {real_error.text(metric)} "
@@ -261,7 +259,7 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, calibration: Cali
             error_selection = error
             verify = ReferenceOutputs(model, parts.verify) if parts.disjoint else None
             error = verify.error_of_model(pruned) if verify is not None else error
-            if options.max_error is not None and _key(error, metric) > options.max_error:
+            if options.max_error is not None and error.key(metric) > options.max_error:
                 backed = _back_off(model, pruned, error, layers, selection, options.max_error, held, verify, say,
                                    metric)
                 pruned, error_selection, error = backed.model, backed.error_selection, backed.error_verify
@@ -317,10 +315,10 @@ def _back_off(model: onnx.ModelProto, pruned: onnx.ModelProto, first: OutputErro
         on_verify = verify.error_of_model(current)
         say(f"verification {first.text(metric)} > --max-error {budget:g}: {layer.name} back to dense -> "
             f"{on_verify.text(metric)}")
-        if _key(on_verify, metric) > budget:
+        if on_verify.key(metric) > budget:
             continue
         on_select = select.error_of_model(current)
-        if _key(on_select, metric) <= budget:
+        if on_select.key(metric) <= budget:
             kept = len(order) - len(dropped)
             return _BackOff(current, dropped, order, on_select, on_verify,
                             f"on the verification data (held out, not used for choosing) the chosen {len(order)} "
@@ -334,7 +332,3 @@ def _back_off(model: onnx.ModelProto, pruned: onnx.ModelProto, first: OutputErro
                           f"closest is {order[0].name} (verification {on_verify.text(metric)} "
                           "alone); nothing written (give more held-out data with --holdout, or a larger --max-error)")
 
-
-def _key(error: OutputError, metric: str = "l2") -> float:
-    value = error.value(metric)
-    return math.inf if math.isnan(value) else value

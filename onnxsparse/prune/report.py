@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from .pruner import PruneReport
 from .sensitivity import LayerSensitivity
 
@@ -32,10 +34,9 @@ def prune_text(report: PruneReport) -> str:
     ]
     if report.output_error is not None:
         what = "held-out data" if report.output_error_selection is None else "verification data"
-        flips = report.output_error.flips
+        flips = "" if math.isnan(report.output_error.flips) else f", {report.output_error.text('flips')}"
         lines.append(f"model output vs dense, {what}: relative L2 {report.output_error.rel_l2:.4f}, "
-                     f"cosine {report.output_error.cosine:.5f}"
-                     + ("" if flips != flips else f", argmax flips {100.0 * flips:.2f}%") + f" ({report.holdout})")
+                     f"cosine {report.output_error.cosine:.5f}{flips} ({report.holdout})")
     if report.output_error_selection is not None:
         lines.append(f"model output vs dense, selection data: relative L2 {report.output_error_selection.rel_l2:.4f}, "
                      f"cosine {report.output_error_selection.cosine:.5f} (held out, chose the layers and methods)")

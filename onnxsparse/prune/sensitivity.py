@@ -37,7 +37,7 @@ import onnx
 
 from ..errors import OnnxSparseError
 from .capture import capture
-from .evaluate import OutputError, ReferenceOutputs, WeightFeeds
+from .evaluate import OutputError, ReferenceOutputs, WeightFeeds, error_text
 from .layers import Layer, read_weight
 from .methods import LayerResult, prune_layer
 
@@ -110,25 +110,15 @@ def layer_sensitivity(model: onnx.ModelProto, layers: list[Layer], calibration: 
         best = None
         for weight, result in pruned[layer.weight]:
             error = reference.error(lambda batch: feeds.run(batch, {layer.weight: weight}))
-            if best is None or _key(error) < _key(best[0]):
+            if best is None or error.key() < best[0].key():
                 best = (error, result)
         error, result = best
-        flips = "" if math.isnan(error.flips) else f", argmax flips {100.0 * error.flips:.2f}%"
+        flips = "" if math.isnan(error.flips) else f", {error.text('flips')}"
         say(f"[{index}/{len(layers)}] {layer.name}: held-out output relative L2 {error.rel_l2:.4f}, "
             f"cosine {error.cosine:.5f}{flips} ({result.method})")
         found.append(LayerSensitivity(layer.name, layer.op_type, layer.shape, layer.params, result.layer_error,
                                       error, result.method))
-    return sorted(found, key=lambda s: -_key(s.output))
-
-
-def _key(error: OutputError, metric: str = "l2") -> float:
-    value = error.value(metric)
-    return math.inf if math.isnan(value) else value
-
-
-def metric_of(options) -> str:
-    """The error --max-error bounds (``evaluate.METRICS``)."""
-    return getattr(options, "error_metric", "l2")
+    return sorted(found, key=lambda s: -s.output.key())
 
 
 @dataclass
@@ -147,20 +137,21 @@ def choose_layers(model: onnx.ModelProto, layers: list[Layer], fit: Iterable[dic
     layers kept so far; a layer is kept when the measured held-out error stays <= max_error
     (every layer is kept when max_error is None)."""
     budget = math.inf if options.max_error is None else options.max_error
-    metric = metric_of(options)
+    metric = options.error_metric
     pruned = pruned_candidates(model, layers, fit, options, say, extra)
     feeds = WeightFeeds(model, layers)
     chosen: dict[str, np.ndarray] = {}
     results: dict[str, LayerResult] = {}
     trace, error_now, closest = [], None, None
-    alone: dict[str, float] = {}
+    alone: dict[str, float] = {}  # ratio order: each layer's error alone, in the metric E bounds
+    alone_label = "alone_relative_l2" if metric == "l2" else "alone_argmax_flips"
     if getattr(options, "order", "size") == "ratio":
         say(f"ratio order: each candidate of {len(layers)} layer(s) alone on the held-out data")
         for layer in layers:
             tries = [(reference.error(lambda batch: feeds.run(batch, {layer.weight: w})), w, r)
                      for w, r in pruned[layer.weight]]
-            best_alone = min(tries, key=lambda t: (_key(t[0], metric), _key(t[0])))
-            alone[layer.weight] = _key(best_alone[0], metric)
+            best_alone = min(tries, key=lambda t: (t[0].key(metric), t[0].key()))
+            alone[layer.weight] = best_alone[0].key(metric)
             pruned[layer.weight] = [best_alone[1:]]
         order = ratio_order(layers, alone)
     else:
@@ -170,18 +161,18 @@ def choose_layers(model: onnx.ModelProto, layers: list[Layer], fit: Iterable[dic
         for weight, result in pruned[layer.weight]:
             trial = {**chosen, layer.weight: weight}
             error = reference.error(lambda batch: feeds.run(batch, trial))
-            if best is None or (_key(error, metric), _key(error)) < (_key(best[0], metric), _key(best[0])):
+            if best is None or (error.key(metric), error.key()) < (best[0].key(metric), best[0].key()):
                 best = (error, weight, result)
         error, weight, result = best
-        keep = _key(error, metric) <= budget
-        if closest is None or _key(error, metric) < closest[1]:
-            closest = (layer.name, _key(error, metric))
+        keep = error.key(metric) <= budget
+        if closest is None or error.key(metric) < closest[1]:
+            closest = (layer.name, error.key(metric))
         if keep:
             chosen[layer.weight] = weight
             results[layer.weight] = result
             error_now = error
         trace.append({"name": layer.name, "params": layer.params, "kept": keep, "method": result.method,
-                      **error.to_json(), **({"alone_relative_l2": alone[layer.weight]} if alone else {})})
+                      **error.to_json(), **({alone_label: alone[layer.weight]} if alone else {})})
         say(f"[{index}/{len(order)}] {layer.name}: held-out {error.text(metric)} with the layers kept so far "
             f"({result.method}) -> {'kept' if keep else 'left dense'}")
     return Choice(chosen, results, error_now, trace, closest)
@@ -202,7 +193,6 @@ def ratio_order(layers: list[Layer], alone: dict[str, float]) -> list[Layer]:
 
 def nothing_fits(options, choice: Choice) -> OnnxSparseError:
     name, error = choice.closest if choice.closest else ("-", math.nan)
-    metric = metric_of(options)
-    shown = OutputError(rel_l2=error, cosine=math.nan, flips=error).text(metric)
+    shown = error_text(error, options.error_metric)
     return OnnxSparseError(f"no layer can be pruned within --max-error {options.max_error:g}: the closest is "
                            f"{name} (held-out {shown} when pruned alone); nothing written")
