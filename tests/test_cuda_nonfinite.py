@@ -16,7 +16,8 @@ import pytest
 
 import onnxsparse
 from conftest import cuda_reason
-from test_nonfinite import CONV_CASES, DTYPES, assert_same_nonfinite, conv_models, matmul_models
+from test_nonfinite import (CONV_CASES, DTYPES, assert_same_nonfinite, conv_models, matmul_models, nhwc_relu,
+                            relu_keeping_nan)
 
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(cuda_reason() is not None, reason=cuda_reason() or "")]
@@ -56,6 +57,17 @@ def test_conv_nonfinite_like_cuda_dense(dtype, case):
     assert np.isnan(expected).any() and np.isinf(expected).any()
     for model, feeds in ((const, {"X": x}), (fed, {"X": x, "values": values, "index": index})):
         assert_same_nonfinite(run(model, feeds, sparse=True), expected, rtol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [c for c in CONV_CASES if "group" not in CONV_CASES[c][6]])
+def test_conv_nhwc_layout_relu_nonfinite_like_cuda_dense(dtype, case):
+    """layout "NHWC" with a ReLU: the ReLU runs in the product's epilogue (cuSPARSELt's, or a pass over
+    the own kernel's rows) before the fix-up; a NaN input still makes every output of its row NaN."""
+    x, _, _, dense, const, _, rtol = conv_models(dtype, case)
+    expected = relu_keeping_nan(run(dense, {"X": x.astype(np.float32)}, sparse=False).astype(np.float64))
+    assert np.isnan(expected).any() and np.isinf(expected).any()
+    assert_same_nonfinite(run(nhwc_relu(const), {"X": x}, sparse=True), expected, rtol)
 
 
 @pytest.mark.parametrize("m", [1, 64])

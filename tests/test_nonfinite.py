@@ -137,6 +137,8 @@ CONV_CASES = {
     "1x1": (1, 16, 33, 5, 5, (1, 1), ""),
     "strided_dilated": (1, 8, 20, 11, 9, (3, 2), "strides = [2, 1], dilations = [2, 2], pads = [2, 0, 1, 1]"),
     "grouped_same": (2, 16, 12, 6, 7, (3, 3), 'group = 2, auto_pad = "SAME_UPPER", strides = [2, 2]'),
+    # 1024 output pixels: on CUDA, cuSPARSELt's product (its ReLU epilogue with layout "NHWC")
+    "3x3_wide": (4, 64, 64, 16, 16, (3, 3), "pads = [1, 1, 1, 1]"),
 }
 
 
@@ -177,6 +179,37 @@ def test_conv_nonfinite_like_dense(isa, dtype, case):
     for model, feeds in ((const, {"X": x}), (fed, {"X": x, "values": values, "index": index})):
         y = run(model, feeds, sparse=True)
         assert_same_nonfinite(y, expected, rtol)
+
+
+def nhwc_relu(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A conv_models model with its Conv2dCompress in layout "NHWC" (what compile --conv-layout nhwc
+    writes) between Transposes, and a fused ReLU: on CUDA the ReLU then runs in the product's epilogue,
+    before the NaN/Inf fix-up. Also used by the CUDA tests."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    at = next(i for i, n in enumerate(graph.node) if n.op_type == "Conv2dCompress")
+    conv = graph.node[at]
+    conv.attribute.extend([onnx.helper.make_attribute("layout", "NHWC"),
+                           onnx.helper.make_attribute("activation", "Relu")])
+    x, y = conv.input[0], conv.output[0]
+    conv.input[0], conv.output[0] = x + "_nhwc", y + "_nhwc"
+    graph.node.insert(at + 1, onnx.helper.make_node("Transpose", [y + "_nhwc"], [y], perm=[0, 3, 1, 2]))
+    graph.node.insert(at, onnx.helper.make_node("Transpose", [x], [x + "_nhwc"], perm=[0, 2, 3, 1]))
+    return model
+
+
+def relu_keeping_nan(y: np.ndarray) -> np.ndarray:
+    """The op's fused ReLU (docs/ops.md: x < 0 ? 0 : x), which keeps a NaN."""
+    return np.where(y < 0, 0.0, y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [c for c in CONV_CASES if "group" not in CONV_CASES[c][6]])
+def test_conv_nhwc_layout_relu_nonfinite_like_dense(isa, dtype, case):
+    x, _, _, dense, const, _, rtol = conv_models(dtype, case)
+    expected = relu_keeping_nan(run(dense, {"X": x.astype(np.float32)}, sparse=False).astype(np.float64))
+    assert np.isnan(expected).any() and np.isinf(expected).any()
+    assert_same_nonfinite(run(nhwc_relu(const), {"X": x}, sparse=True), expected, rtol)
 
 
 def test_fixup_touches_only_rows_with_nonfinite_inputs(isa):

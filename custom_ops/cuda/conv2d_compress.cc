@@ -34,6 +34,8 @@ Conv2dCompressCuda<OrtT>::Conv2dCompressCuda(const OrtApi*, const OrtKernelInfo*
     if (error.empty()) error = ReadConvLayout(info, &nhwc_);
     if (error.empty() && nhwc_ && attrs_.group != 1) error = "layout \"NHWC\" needs group 1";
     runner_.Init(info, 1, 2, 3);
+    // NHWC: Y is the GEMM's own output, so its ReLU goes into the product's epilogue.
+    if (error.empty() && nhwc_ && act_.kind == ActivationKind::kRelu) runner_.SetRelu(true);
     options_ = *CurrentKernelContext().options;
     weight_constant_ = InputIsConstant(info, 1) && InputIsConstant(info, 2);
     bias_constant_ = InputIsConstant(info, 3);
@@ -69,12 +71,18 @@ Ort::Status Conv2dCompressCuda<OrtT>::RunNhwc(const Call& call) {
                       pb == 0 && pr == 0 && group == 1;  // the NHWC input is the im2col matrix
   const size_t col_bytes = direct ? 0 : AlignUp(sizeof(T) * pixels * k);
   const size_t out_bytes = AlignUp(sizeof(T) * pixels * oc);
+  const size_t flag_bytes = direct ? 0 : AlignUp(sizeof(unsigned int));
   cudaError_t err = cudaSuccess;
-  char* scratch = static_cast<char*>(StreamScratch(stream, nhwc_bytes + col_bytes + out_bytes, &err));
+  char* scratch = static_cast<char*>(StreamScratch(stream, nhwc_bytes + col_bytes + out_bytes + flag_bytes, &err));
   ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, err);
   T* nhwc = reinterpret_cast<T*>(scratch);
   T* col = direct ? nhwc : reinterpret_cast<T*>(scratch + nhwc_bytes);
   T* out_nhwc = reinterpret_cast<T*>(scratch + nhwc_bytes + col_bytes);
+  unsigned int* flag = nullptr;  // the im2col pass's NaN/Inf flag (per stream, like the scratch)
+  if (!direct && options_.cuda_nonfinite) {
+    flag = reinterpret_cast<unsigned int*>(scratch + nhwc_bytes + col_bytes + out_bytes);
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, cudaMemsetAsync(flag, 0, sizeof(unsigned int), stream));
+  }
 
   // [N, C, HW] -> [N, HW, C]
   ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchTranspose<T>(call.x, nhwc, batch, channels, height * width, nullptr, stream));
@@ -87,7 +95,7 @@ Ort::Status Conv2dCompressCuda<OrtT>::RunNhwc(const Call& call) {
       a.kernel_h = kh, a.kernel_w = kw, a.stride_h = strides[0], a.stride_w = strides[1];
       a.pad_top = pt, a.pad_left = pl, a.dilation_h = dilations[0], a.dilation_w = dilations[1];
       a.out_h = oh, a.out_w = ow;
-      ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchIm2colNhwc<T>(nhwc, a, col, stream));
+      ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchIm2colNhwc<T>(nhwc, a, col, flag, stream));
     }
     SparseGemmArgs args;
     args.x = col;
@@ -102,7 +110,7 @@ Ort::Status Conv2dCompressCuda<OrtT>::RunNhwc(const Call& call) {
     args.ldy = oc;
     ONNXSPARSE_RETURN_IF_ERROR(runner_.Run<T>(kOp, stream, static_cast<int>(g), args));
     ONNXSPARSE_RETURN_IF_ERROR(runner_.PropagateNonFinite<T>(kOp, stream, col, pixels, k, args.index, ocg,
-                                                             static_cast<T*>(args.y), oc));  // NaN/Inf like dense
+                                                             static_cast<T*>(args.y), oc, flag));  // NaN/Inf like dense
   }
   // [N, OH*OW, OC] -> [N, OC, OH*OW], + bias
   ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchTranspose<T>(out_nhwc, call.y, batch, oh * ow, oc, call.bias, stream));
@@ -120,17 +128,23 @@ Ort::Status Conv2dCompressCuda<OrtT>::RunNhwcLayout(const Call& call) {
   const bool direct = kh == 1 && kw == 1 && attrs_.strides[0] == 1 && attrs_.strides[1] == 1 && geo.pad_top == 0 &&
                       geo.pad_left == 0 && geo.pad_bottom == 0 && geo.pad_right == 0;  // X is the im2col matrix
   const T* col = call.x;
+  unsigned int* flag = nullptr;  // the im2col pass's NaN/Inf flag: the scan after the product reads it, not col
   if (!direct) {
     cudaError_t err = cudaSuccess;
-    T* scratch = static_cast<T*>(StreamScratch(stream, AlignUp(sizeof(T) * pixels * k), &err));
+    const size_t col_bytes = AlignUp(sizeof(T) * pixels * k);
+    T* scratch = static_cast<T*>(StreamScratch(stream, col_bytes + AlignUp(sizeof(unsigned int)), &err));
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, err);
+    if (options_.cuda_nonfinite) {
+      flag = reinterpret_cast<unsigned int*>(reinterpret_cast<char*>(scratch) + col_bytes);
+      ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, cudaMemsetAsync(flag, 0, sizeof(unsigned int), stream));
+    }
     Im2colArgs a;
     a.batch = geo.batch, a.height = geo.height, a.width = geo.width, a.channels = geo.channels;
     a.channel_offset = 0, a.group_channels = geo.channels;
     a.kernel_h = kh, a.kernel_w = kw, a.stride_h = attrs_.strides[0], a.stride_w = attrs_.strides[1];
     a.pad_top = geo.pad_top, a.pad_left = geo.pad_left, a.dilation_h = attrs_.dilations[0];
     a.dilation_w = attrs_.dilations[1], a.out_h = geo.out_height, a.out_w = geo.out_width;
-    ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchIm2colNhwc<T>(call.x, a, scratch, stream));
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchIm2colNhwc<T>(call.x, a, scratch, flag, stream));
     col = scratch;
   }
   SparseGemmArgs args;
@@ -145,8 +159,9 @@ Ort::Status Conv2dCompressCuda<OrtT>::RunNhwcLayout(const Call& call) {
   args.y = call.y;
   args.ldy = oc;
   ONNXSPARSE_RETURN_IF_ERROR(runner_.Run<T>(kOp, stream, 0, args));
-  ONNXSPARSE_RETURN_IF_ERROR(runner_.PropagateNonFinite<T>(kOp, stream, col, pixels, k, call.index, oc, call.y, oc));
-  ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchActivation<T>(call.y, pixels * oc, act_, stream));
+  ONNXSPARSE_RETURN_IF_ERROR(runner_.PropagateNonFinite<T>(kOp, stream, col, pixels, k, call.index, oc, call.y, oc,
+                                                           flag));
+  if (!runner_.relu()) ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchActivation<T>(call.y, pixels * oc, act_, stream));
   return Ort::Status{nullptr};
 }
 

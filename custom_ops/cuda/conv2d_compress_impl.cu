@@ -7,60 +7,77 @@
 namespace onnxsparse::cuda {
 namespace {
 
+__device__ __forceinline__ bool IsNonFinite(float v) { return !isfinite(v); }
+
 // One thread per VEC consecutive channels of one (output pixel, kh, kw): reads and writes are
-// contiguous along the channels (the input is NHWC).
-template <typename T, int VEC>
-__global__ void Im2colNhwcKernel(const T* __restrict__ nhwc, Im2colArgs a, T* __restrict__ col) {
+// contiguous along the channels (the input is NHWC). Index arithmetic in I (int where the counts
+// fit, which is cheaper), offsets in 64 bits. With `flag`, sets *flag when it writes a NaN/Inf.
+template <typename T, int VEC, typename I>
+__global__ void Im2colNhwcKernel(const T* __restrict__ nhwc, Im2colArgs a, I total, T* __restrict__ col,
+                                 unsigned int* flag) {
   struct alignas(sizeof(T) * VEC) Vec {
     T v[VEC];
   };
-  const int64_t cvec = a.group_channels / VEC;
-  const int64_t kcols = a.kernel_h * a.kernel_w * a.group_channels;
-  const int64_t total = a.batch * a.out_h * a.out_w * a.kernel_h * a.kernel_w * cvec;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= total) return;
-  const int64_t cv = i % cvec;
-  int64_t rest = i / cvec;
-  const int64_t kw = rest % a.kernel_w;
-  rest /= a.kernel_w;
-  const int64_t kh = rest % a.kernel_h;
-  const int64_t row = rest / a.kernel_h;  // (b*OH + oh)*OW + ow
-  const int64_t ow = row % a.out_w;
-  const int64_t oh = (row / a.out_w) % a.out_h;
-  const int64_t b = row / (a.out_w * a.out_h);
-  const int64_t ih = oh * a.stride_h - a.pad_top + kh * a.dilation_h;
-  const int64_t iw = ow * a.stride_w - a.pad_left + kw * a.dilation_w;
-  Vec out;
-  if (ih >= 0 && ih < a.height && iw >= 0 && iw < a.width) {
-    out = *reinterpret_cast<const Vec*>(nhwc + ((b * a.height + ih) * a.width + iw) * a.channels + a.channel_offset +
-                                        cv * VEC);
-  } else {
+  const I i = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x;
+  bool bad = false;
+  if (i < total) {
+    const I cvec = static_cast<I>(a.group_channels) / VEC;
+    const I kernel_w = static_cast<I>(a.kernel_w), kernel_h = static_cast<I>(a.kernel_h);
+    const I out_w = static_cast<I>(a.out_w), out_h = static_cast<I>(a.out_h);
+    const I cv = i % cvec;
+    I rest = i / cvec;
+    const I kw = rest % kernel_w;
+    rest /= kernel_w;
+    const I kh = rest % kernel_h;
+    const I row = rest / kernel_h;  // (b*OH + oh)*OW + ow
+    const I ow = row % out_w;
+    const I oh = (row / out_w) % out_h;
+    const I b = row / (out_w * out_h);
+    const I ih = oh * static_cast<I>(a.stride_h) - static_cast<I>(a.pad_top) + kh * static_cast<I>(a.dilation_h);
+    const I iw = ow * static_cast<I>(a.stride_w) - static_cast<I>(a.pad_left) + kw * static_cast<I>(a.dilation_w);
+    Vec out;
+    if (ih >= 0 && ih < a.height && iw >= 0 && iw < a.width) {
+      out = *reinterpret_cast<const Vec*>(nhwc + ((static_cast<int64_t>(b) * a.height + ih) * a.width + iw) * a.channels +
+                                          a.channel_offset + cv * VEC);
+      if (flag != nullptr) {
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) out.v[e] = FromFloat<T>(0.f);
+        for (int e = 0; e < VEC; ++e) bad |= IsNonFinite(ToFloat(out.v[e]));
+      }
+    } else {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) out.v[e] = FromFloat<T>(0.f);
+    }
+    *reinterpret_cast<Vec*>(col + static_cast<int64_t>(row) * (kernel_h * kernel_w * a.group_channels) +
+                            (kh * kernel_w + kw) * a.group_channels + cv * VEC) = out;
   }
-  *reinterpret_cast<Vec*>(col + row * kcols + (kh * a.kernel_w + kw) * a.group_channels + cv * VEC) = out;
+  if (flag != nullptr && __syncthreads_or(bad) && threadIdx.x == 0) *flag = 1u;
+}
+
+template <typename T, int VEC>
+void Im2colNhwc(const T* nhwc, const Im2colArgs& a, int64_t total, T* col, unsigned int* flag, cudaStream_t stream) {
+  const int64_t blocks = CeilDiv(total, 256);
+  if (total <= 0x7fffffff && a.batch * a.out_h * a.out_w <= 0x7fffffff) {
+    Im2colNhwcKernel<T, VEC, int><<<blocks, 256, 0, stream>>>(nhwc, a, static_cast<int>(total), col, flag);
+  } else {
+    Im2colNhwcKernel<T, VEC, int64_t><<<blocks, 256, 0, stream>>>(nhwc, a, total, col, flag);
+  }
 }
 
 }  // namespace
 
 template <typename T>
-cudaError_t LaunchIm2colNhwc(const T* nhwc, const Im2colArgs& a, T* col, cudaStream_t stream) {
+cudaError_t LaunchIm2colNhwc(const T* nhwc, const Im2colArgs& a, T* col, unsigned int* flag, cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(T);
   const bool vec = a.group_channels % kVec == 0 && a.channels % kVec == 0 && a.channel_offset % kVec == 0;
   const int64_t rows = a.batch * a.out_h * a.out_w * a.kernel_h * a.kernel_w;
   if (rows * a.group_channels == 0) return cudaSuccess;
-  if (vec) {
-    Im2colNhwcKernel<T, kVec><<<CeilDiv(rows * (a.group_channels / kVec), 256), 256, 0, stream>>>(nhwc, a, col);
-  } else {
-    Im2colNhwcKernel<T, 1><<<CeilDiv(rows * a.group_channels, 256), 256, 0, stream>>>(nhwc, a, col);
-  }
+  if (vec) Im2colNhwc<T, kVec>(nhwc, a, rows * (a.group_channels / kVec), col, flag, stream);
+  else Im2colNhwc<T, 1>(nhwc, a, rows * a.group_channels, col, flag, stream);
   return cudaGetLastError();
 }
 
 
 namespace {
-
-__device__ __forceinline__ bool IsNonFinite(float v) { return !isfinite(v); }
 
 // A block per row (b, krow) of the per-image im2col matrices [batch, K, cols] (its image, channel
 // and kernel tap worked out once), its threads along the row's columns: writes contiguous, reads
@@ -228,9 +245,9 @@ ONNXSPARSE_CONV_NCHW_INSTANTIATE(__half)
 ONNXSPARSE_CONV_NCHW_INSTANTIATE(__nv_bfloat16)
 #undef ONNXSPARSE_CONV_NCHW_INSTANTIATE
 
-template cudaError_t LaunchIm2colNhwc<float>(const float*, const Im2colArgs&, float*, cudaStream_t);
-template cudaError_t LaunchIm2colNhwc<__half>(const __half*, const Im2colArgs&, __half*, cudaStream_t);
+template cudaError_t LaunchIm2colNhwc<float>(const float*, const Im2colArgs&, float*, unsigned int*, cudaStream_t);
+template cudaError_t LaunchIm2colNhwc<__half>(const __half*, const Im2colArgs&, __half*, unsigned int*, cudaStream_t);
 template cudaError_t LaunchIm2colNhwc<__nv_bfloat16>(const __nv_bfloat16*, const Im2colArgs&, __nv_bfloat16*,
-                                                     cudaStream_t);
+                                                     unsigned int*, cudaStream_t);
 
 }  // namespace onnxsparse::cuda

@@ -17,9 +17,10 @@ struct Im2colArgs {
 };
 
 // col[(b*OH + oh)*OW + ow, (kh*KW + kw)*Cg + c] = nhwc[b, ih, iw, channel_offset + c] (0 outside),
-// the (kh, kw, c) order of SPEC's Conv weight rows.
+// the (kh, kw, c) order of SPEC's Conv weight rows. With flag (device, cleared by the caller) set to
+// 1 when a copied value is NaN or infinite.
 template <typename T>
-cudaError_t LaunchIm2colNhwc(const T* nhwc, const Im2colArgs& args, T* col, cudaStream_t stream);
+cudaError_t LaunchIm2colNhwc(const T* nhwc, const Im2colArgs& args, T* col, unsigned int* flag, cudaStream_t stream);
 
 }  // namespace onnxsparse::cuda
 

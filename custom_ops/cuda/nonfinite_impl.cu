@@ -30,6 +30,16 @@ __device__ __forceinline__ bool NonFinite<__half>(uint16_t bits) { return (bits 
 template <>
 __device__ __forceinline__ bool NonFinite<__nv_bfloat16>(uint16_t bits) { return (bits & 0x7F80u) == 0x7F80u; }
 
+// NaN (not an infinity): above the infinity's bits once the sign is cleared.
+template <typename T>
+__device__ __forceinline__ bool IsNaN(typename Bits<T>::type bits);
+template <>
+__device__ __forceinline__ bool IsNaN<float>(uint32_t bits) { return (bits & 0x7FFFFFFFu) > 0x7F800000u; }
+template <>
+__device__ __forceinline__ bool IsNaN<__half>(uint16_t bits) { return (bits & 0x7FFFu) > 0x7C00u; }
+template <>
+__device__ __forceinline__ bool IsNaN<__nv_bfloat16>(uint16_t bits) { return (bits & 0x7FFFu) > 0x7F80u; }
+
 // Whether one of the values packed in a 32-bit word is NaN or +-Inf (two 16-bit values or one float).
 template <typename T>
 __device__ __forceinline__ bool AnyNonFinite(uint32_t word);
@@ -70,67 +80,96 @@ __device__ __forceinline__ bool Kept(const uint8_t* __restrict__ index, int64_t 
 // It first scans its rows of x, which the product only read, so that with PDL this part runs while
 // the product still computes; then it waits for the product (griddepcontrol.wait: the grid before
 // it complete, its writes visible) and, only for a row that holds a NaN/Inf, sets to NaN each
-// output Y[i, j] whose weight row j does not keep one of the row's non-finite positions. With
-// nothing non-finite (the usual case) it costs one launch and one read of x.
+// output Y[i, j] that the dense product makes NaN and the sparse one may not: every output of a row
+// that holds a NaN (any weight times NaN is NaN), and the outputs whose weight row j does not keep
+// one of the row's infinite positions (0 * Inf). With nothing non-finite (the usual case) it costs
+// one launch and one read of x.
+// `flag` (may be null): set by the kernel that wrote x (an im2col pass) when it wrote a NaN/Inf;
+// then 0 means there is nothing to scan and the kernel returns after the wait.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) ScanFixKernel(const typename Bits<T>::type* __restrict__ x, int64_t m,
                                                           int64_t k, const uint8_t* __restrict__ index, int64_t n,
-                                                          typename Bits<T>::type* y, int64_t ldy) {
+                                                          typename Bits<T>::type* y, int64_t ldy,
+                                                          const unsigned int* flag) {
+  using B = typename Bits<T>::type;
   __shared__ unsigned long long bad_rows;
   __shared__ int64_t bad[kMaxBad];
   __shared__ int count;
+  __shared__ int row_has_nan;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // The next kernel (the next layer's product) may start its prologue now: its own
   // griddepcontrol.wait still waits for this grid, which ends only after the product before it.
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
+  if (flag != nullptr) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+    if (*flag == 0u) return;  // the writer of x saw nothing non-finite
+  }
   if (threadIdx.x == 0) bad_rows = 0ull;
   __syncthreads();
-  // The scan: no barrier per row (a thread marks its row's bit), so that the loads of successive rows
-  // stay in flight; 16-byte loads where every row starts 16-byte aligned (x aligned, k * sizeof(T)
-  // a multiple of 16), else one element per load.
-  constexpr int kPerVector = 16 / sizeof(typename Bits<T>::type);
+  // The scan, without a barrier per row (a thread marks its row's bit), so that the loads of
+  // successive rows stay in flight; 16-byte loads where every row starts 16-byte aligned (x aligned,
+  // k * sizeof(T) a multiple of 16), else one element per load. Rows shorter than the block (a
+  // convolution's few channels) are scanned as one flat range of the block's rows, so that every
+  // thread loads.
+  constexpr int kPerVector = 16 / sizeof(B);
   const bool vector = reinterpret_cast<uintptr_t>(x) % 16 == 0 && k % kPerVector == 0;
-  int r = 0;
-  for (int64_t i = blockIdx.x; i < m; i += gridDim.x, ++r) {
-    const typename Bits<T>::type* row = x + i * k;
-    bool found = false;
+  const int64_t units = vector ? k / kPerVector : k;  // loads per row
+  const int64_t rows = blockIdx.x < m ? (m - 1 - blockIdx.x) / gridDim.x + 1 : 0;  // this block's, <= 64
+  auto unit_bad = [&](int64_t i, int64_t u) {
+    const B* row = x + i * k;
     if (vector) {
-      const uint4* row4 = reinterpret_cast<const uint4*>(row);
-      for (int64_t v = threadIdx.x; v < k / kPerVector; v += blockDim.x) {
-        const uint4 q = __ldg(row4 + v);
-        found |= AnyNonFinite<T>(q.x) || AnyNonFinite<T>(q.y) || AnyNonFinite<T>(q.z) || AnyNonFinite<T>(q.w);
-      }
-    } else {
-      for (int64_t kk = threadIdx.x; kk < k; kk += blockDim.x) found |= NonFinite<T>(row[kk]);
+      const uint4 q = __ldg(reinterpret_cast<const uint4*>(row) + u);
+      return AnyNonFinite<T>(q.x) || AnyNonFinite<T>(q.y) || AnyNonFinite<T>(q.z) || AnyNonFinite<T>(q.w);
     }
-    if (found) atomicOr(&bad_rows, 1ull << r);
+    return NonFinite<T>(row[u]);
+  };
+  if (units < blockDim.x) {
+    const int u32 = static_cast<int>(units);
+    const int total = static_cast<int>(rows) * u32;  // < 64 * 256
+    for (int f = threadIdx.x; f < total; f += blockDim.x) {
+      const int r = f / u32;
+      if (unit_bad(blockIdx.x + static_cast<int64_t>(r) * gridDim.x, f - r * u32)) atomicOr(&bad_rows, 1ull << r);
+    }
+  } else {
+    for (int r = 0; r < rows; ++r) {
+      const int64_t i = blockIdx.x + static_cast<int64_t>(r) * gridDim.x;
+      bool found = false;
+      for (int64_t u = threadIdx.x; u < units; u += blockDim.x) found |= unit_bad(i, u);
+      if (found) atomicOr(&bad_rows, 1ull << r);
+    }
   }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  if (flag == nullptr) asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
   __syncthreads();
   const unsigned long long mask = bad_rows;
   if (mask == 0ull) return;
   const int64_t index_row = (k + 7) / 8;
-  r = 0;
-  for (int64_t i = blockIdx.x; i < m; i += gridDim.x, ++r) {
+  for (int r = 0; r < rows; ++r) {
     if (((mask >> r) & 1ull) == 0ull) continue;
-    const typename Bits<T>::type* row = x + i * k;
+    const int64_t i = blockIdx.x + static_cast<int64_t>(r) * gridDim.x;
+    const B* row = x + i * k;
     __syncthreads();  // the previous row's readers are done with bad and count
-    if (threadIdx.x == 0) count = 0;
+    if (threadIdx.x == 0) count = 0, row_has_nan = 0;
     __syncthreads();
     for (int64_t kk = threadIdx.x; kk < k; kk += blockDim.x) {
       if (NonFinite<T>(row[kk])) {
+        if (IsNaN<T>(row[kk])) row_has_nan = 1;  // every product term carries it, kept weights' too
         const int slot = atomicAdd(&count, 1);
         if (slot < kMaxBad) bad[slot] = kk;
       }
     }
     __syncthreads();
     const int found = count;
+    const bool all = row_has_nan != 0;
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
-      bool nan = false;
-      if (found <= kMaxBad) {
+      bool nan = all;
+      if (all) {
+        // every output of the row
+      } else if (found <= kMaxBad) {
         for (int b = 0; b < found && !nan; ++b) nan = !Kept(index, index_row, j, bad[b]);
       } else {
         for (int64_t kk = 0; kk < k && !nan; ++kk) nan = NonFinite<T>(row[kk]) && !Kept(index, index_row, j, kk);
@@ -144,7 +183,7 @@ __global__ void __launch_bounds__(kThreads) ScanFixKernel(const typename Bits<T>
 
 template <typename T>
 cudaError_t LaunchPropagateNonFinite(const T* x, int64_t m, int64_t k, const uint8_t* index, int64_t n, T* y,
-                                     int64_t ldy, bool pdl, cudaStream_t stream) {
+                                     int64_t ldy, const unsigned int* flag, bool pdl, cudaStream_t stream) {
   if (m <= 0 || n <= 0 || k <= 0) return cudaSuccess;
   using B = typename Bits<T>::type;
   const auto kernel = ScanFixKernel<T>;
@@ -163,15 +202,15 @@ cudaError_t LaunchPropagateNonFinite(const T* x, int64_t m, int64_t k, const uin
   cudaLaunchAttribute attribute;
   SetDependentLaunch(use_pdl, &attribute, &config);
   return cudaLaunchKernelEx(&config, kernel, reinterpret_cast<const B*>(x), m, k, index, n, reinterpret_cast<B*>(y),
-                            ldy);
+                            ldy, flag);
 }
 
 template cudaError_t LaunchPropagateNonFinite<float>(const float*, int64_t, int64_t, const uint8_t*, int64_t, float*,
-                                                     int64_t, bool, cudaStream_t);
+                                                     int64_t, const unsigned int*, bool, cudaStream_t);
 template cudaError_t LaunchPropagateNonFinite<__half>(const __half*, int64_t, int64_t, const uint8_t*, int64_t, __half*,
-                                                      int64_t, bool, cudaStream_t);
+                                                      int64_t, const unsigned int*, bool, cudaStream_t);
 template cudaError_t LaunchPropagateNonFinite<__nv_bfloat16>(const __nv_bfloat16*, int64_t, int64_t, const uint8_t*,
-                                                             int64_t, __nv_bfloat16*, int64_t, bool,
-                                                             cudaStream_t);
+                                                             int64_t, __nv_bfloat16*, int64_t,
+                                                             const unsigned int*, bool, cudaStream_t);
 
 }  // namespace onnxsparse::cuda

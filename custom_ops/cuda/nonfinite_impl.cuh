@@ -13,11 +13,14 @@
 namespace onnxsparse::cuda {
 
 // After the product on `stream`: Y[i, j] (row stride ldy, j < n) = NaN when row i of x [m, k]
-// (row-major, contiguous) holds a NaN/Inf at a position kk that row j of `index` (SPEC's
-// [n, ceil(k/8)]) does not keep. `pdl`: launch as a programmatic dependent where the GPU and the
-// kernel's code allow. T: float, __half, __nv_bfloat16.
+// (row-major, contiguous) holds a NaN, or an infinity at a position kk that row j of `index` (SPEC's
+// [n, ceil(k/8)]) does not keep. So it may follow a product whose epilogue applied an activation
+// (a ReLU may turn a NaN product into 0). `flag` (or null): a device word that the kernel which
+// wrote x set non-zero where it wrote a NaN/Inf (cleared before it); 0 skips the scan. `pdl`:
+// launch as a programmatic dependent where the GPU and the kernel's code allow. T: float, __half,
+// __nv_bfloat16.
 template <typename T>
 cudaError_t LaunchPropagateNonFinite(const T* x, int64_t m, int64_t k, const uint8_t* index, int64_t n, T* y,
-                                     int64_t ldy, bool pdl, cudaStream_t stream);
+                                     int64_t ldy, const unsigned int* flag, bool pdl, cudaStream_t stream);
 
 }  // namespace onnxsparse::cuda

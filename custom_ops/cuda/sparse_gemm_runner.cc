@@ -4,10 +4,21 @@
 
 #include "common/log.h"
 #include "common/status.h"
+#include "cuda/activation_impl.cuh"
 #include "cuda/cuda_utils.h"
 #include "cuda/nonfinite_impl.cuh"
 
 namespace onnxsparse::cuda {
+
+namespace {
+// ReLU over count contiguous elements of Y.
+template <typename T>
+cudaError_t LaunchRelu(void* y, int64_t count, cudaStream_t stream) {
+  Activation relu;
+  relu.kind = ActivationKind::kRelu;
+  return LaunchActivation<T>(static_cast<T*>(y), count, relu, stream);
+}
+}  // namespace
 
 void SparseGemmRunner::Init(const OrtKernelInfo* info, size_t values_input, size_t index_input, size_t bias_input) {
   weight_constant_ = InputIsConstant(info, values_input) && InputIsConstant(info, index_input);
@@ -56,6 +67,7 @@ SparseLtWeight* SparseGemmRunner::WeightLocked(const char* op, cudaStream_t stre
   if (static_cast<int>(own_ran_.size()) <= slot) own_ran_.resize(slot + 1, false);
   if (!sparselt_[slot] && sparselt_error_[slot].empty()) {
     auto built = std::make_unique<SparseLtWeight>(options_, logger_);
+    built->SetRelu(relu_ && (args.bias == nullptr || lt_bias));  // a bias added later must come first
     Ort::Status status =
         built->Build(op, type, args.values, args.index, args.n, args.k, lt_bias ? args.bias : nullptr, stream);
     if (status.IsOK()) sparselt_[slot] = std::move(built);
@@ -126,6 +138,7 @@ Ort::Status SparseGemmRunner::Run(const char* op, cudaStream_t stream, int slot,
         if (args.bias != nullptr && !bias_constant_) {
           ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchAddBias<T>(static_cast<T*>(args.y), m_main, args.n, args.ldy,
                                                                static_cast<const T*>(args.bias), stream));
+          if (relu_) ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchRelu<T>(args.y, m_main * args.n, stream));
         }
         rest.m = args.m - m_main;
         rest.x = static_cast<const T*>(args.x) + m_main * args.k;
@@ -142,26 +155,31 @@ Ort::Status SparseGemmRunner::Run(const char* op, cudaStream_t stream, int slot,
       ONNXSPARSE_RETURN_IF_ERROR(OwnArgsLocked<T>(op, stream, slot, rest, &own));
     }
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchSparseGemm<T>(own, stream));
+    if (relu_) ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchRelu<T>(rest.y, rest.m * args.n, stream));
   }
   return Ort::Status{nullptr};
 }
 
 template <typename T>
 Ort::Status SparseGemmRunner::PropagateNonFinite(const char* op, cudaStream_t stream, const T* x, int64_t m, int64_t k,
-                                                 const uint8_t* index, int64_t n, T* y, int64_t ldy) {
+                                                 const uint8_t* index, int64_t n, T* y, int64_t ldy,
+                                                 const unsigned int* flag) {
   if (!options_.cuda_nonfinite) return Ort::Status{nullptr};  // off: finite inputs only
-  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchPropagateNonFinite<T>(x, m, k, index, n, y, ldy, options_.cuda_pdl, stream));
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchPropagateNonFinite<T>(x, m, k, index, n, y, ldy, flag, options_.cuda_pdl,
+                                                                  stream));
   return Ort::Status{nullptr};
 }
 
 template Ort::Status SparseGemmRunner::PropagateNonFinite<float>(const char*, cudaStream_t, const float*, int64_t,
-                                                                 int64_t, const uint8_t*, int64_t, float*, int64_t);
+                                                                 int64_t, const uint8_t*, int64_t, float*, int64_t,
+                                                                 const unsigned int*);
 template Ort::Status SparseGemmRunner::PropagateNonFinite<__half>(const char*, cudaStream_t, const __half*, int64_t,
-                                                                  int64_t, const uint8_t*, int64_t, __half*, int64_t);
+                                                                  int64_t, const uint8_t*, int64_t, __half*, int64_t,
+                                                                  const unsigned int*);
 template Ort::Status SparseGemmRunner::PropagateNonFinite<__nv_bfloat16>(const char*, cudaStream_t,
                                                                          const __nv_bfloat16*, int64_t, int64_t,
                                                                          const uint8_t*, int64_t, __nv_bfloat16*,
-                                                                         int64_t);
+                                                                         int64_t, const unsigned int*);
 
 template Ort::Status SparseGemmRunner::Run<float>(const char*, cudaStream_t, int, const SparseGemmArgs&);
 template Ort::Status SparseGemmRunner::Run<__half>(const char*, cudaStream_t, int, const SparseGemmArgs&);

@@ -44,6 +44,11 @@ class SparseGemmRunner {
   // __nv_bfloat16.
   template <typename T>
   Ort::Status Run(const char* op, cudaStream_t stream, int slot, const SparseGemmArgs& args);
+  // From now on every Run ends with a ReLU on all of Y (after the bias): in cuSPARSELt's epilogue
+  // where it serves (the bias constant or absent), else an elementwise pass over the rows it did
+  // not. Y's rows must then be contiguous (ldy == n). Set at kernel creation, before any Run.
+  void SetRelu(bool on) { relu_ = on; }
+  bool relu() const { return relu_; }
 
   // The device this kernel computes on: its stream's, else its execution provider's (the session's
   // device_id), -1 when neither can be told. The op makes it current for its Compute (ScopedDevice):
@@ -59,12 +64,14 @@ class SparseGemmRunner {
   }
 
   // NaN/Inf like the dense op (docs/semantics.md): after the product Y [m, n] (row stride ldy) of
-  // x [m, k] (contiguous) with the weight rows of `index`, the outputs whose pruned weight meets a
-  // NaN/Inf of x become NaN. Two kernels and a memset on the stream, every call (no host sync, no
-  // allocation: the flag is allocated at kernel creation), so CUDA graphs capture it.
+  // x [m, k] (contiguous) with the weight rows of `index`, the outputs that the dense product makes
+  // NaN become NaN (LaunchPropagateNonFinite). One kernel on the stream, every call (no host sync,
+  // no allocation), so CUDA graphs capture it. `flag`: the device word the writer of x set where it
+  // wrote a NaN/Inf (an im2col pass), or null (x is scanned).
   template <typename T>
   Ort::Status PropagateNonFinite(const char* op, cudaStream_t stream, const T* x, int64_t m, int64_t k,
-                                 const uint8_t* index, int64_t n, T* y, int64_t ldy);
+                                 const uint8_t* index, int64_t n, T* y, int64_t ldy,
+                                 const unsigned int* flag = nullptr);
 
   // Validates the whole index once for a constant weight (first call; synchronises then).
   Ort::Status ValidateOnce(const char* op, cudaStream_t stream, const uint8_t* index, int64_t rows, int64_t k);
@@ -86,6 +93,7 @@ class SparseGemmRunner {
   const OrtLogger* logger_ = nullptr;
   GemmChoice choice_;  // own kernel or cuSPARSELt, by (slot, M); guarded by mutex_
   bool validated_ = false;
+  bool relu_ = false;  // SetRelu
   std::mutex mutex_;
   std::vector<std::unique_ptr<SparseLtWeight>> sparselt_;  // by slot
   std::vector<std::string> sparselt_error_;                // by slot: why it could not be built

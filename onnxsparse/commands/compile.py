@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="nchw",
         help="nhwc: run chains of sparse convs (with the Relus and residual Adds between them) in NHWC, "
         "with Transposes only at the chains' ends; for CUDA, where a sparse conv on NHWC activations is "
-        "one GEMM over all pixels. Measured slower on ResNet-50 at batch 32 on an H200 (0.65x of the "
+        "one GEMM over all pixels. Measured slower on ResNet-50 at batch 32 on an H200 (0.91x of the "
         "dense model; docs/performance.md), so not the default (nchw: each conv as ONNX's Conv)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
