@@ -23,7 +23,7 @@ nobody here wrote or tuned them), each with a real metric computed on data the p
 Why fair: the metric is the task's (not the pruner's error), the evaluation data is disjoint from
 the calibration data (different texts and seeds), calibration is split again into fit and held-out
 parts by the pruner, and every method gets the same data, layer set (every eligible layer, head
-kept dense) and no fine-tuning. Rendered data is not the models' real-world distribution: accuracy
+kept dense) and no fine-tuning (``--recover N`` adds the prune's recovery to every row). Rendered data is not the models' real-world distribution: accuracy
 here measures how far pruning moves the model from dense, not the models' published accuracy.
 
 Per model: dense; magnitude, Wanda, SparseGPT and ``auto`` on all eligible layers; ``auto
@@ -260,7 +260,7 @@ TASKS = {"rec": (Rec, 120, 96), "cls": (Cls, 200, 160), "det": (Det, 16, 24), "m
 
 def bench(name: str, max_errors: list[float], methods: list[str], holdout: bool = False, order: str = "size",
           eval_count: int | None = None, calib_count: int | None = None, pad_channels: bool = False,
-          error_metric: str = "l2") -> dict:
+          error_metric: str = "l2", recover: int = 0, recover_lr: float = 1e-3) -> dict:
     """``holdout``: twice the calibration data, every other batch given to the pruner as ``--holdout``
     (so that choosing and verifying each see as many samples as fitting), instead of one batch in four.
     ``eval_count`` / ``calib_count``: evaluation / calibration samples instead of ``TASKS``' numbers."""
@@ -287,7 +287,8 @@ def bench(name: str, max_errors: list[float], methods: list[str], holdout: bool 
         try:
             # Under a budget the head is a candidate like any layer (the greedy leaves it dense if it costs too much).
             options = PruneOptions(method=method, max_error=budget, prune_head=budget is not None, order=order,
-                                   pad_channels=pad_channels, error_metric=error_metric if budget is not None else "l2")
+                                   pad_channels=pad_channels, error_metric=error_metric if budget is not None else "l2",
+                                   recover=recover, recover_lr=recover_lr)
             pruned, report = prune_model(model, options, calibration, holdout=held_out)
         except OnnxSparseError as exc:
             rows.append({"method": method, "max_error": budget, "error": str(exc)})
@@ -306,11 +307,11 @@ def bench(name: str, max_errors: list[float], methods: list[str], holdout: bool 
                "held_out": report.output_error.rel_l2, "fit": report.output_error_fit.rel_l2,
                "selection": selection.rel_l2 if selection else None,
                "held_out_flips": report.output_error.flips, "error_metric": options.error_metric,
-               "seconds": seconds, "methods": methods, "trace": report.selection}
+               "seconds": seconds, "methods": methods, "trace": report.selection, "recovery": report.recovery}
         rows.append(row)
         log(f"{name} {method} E={budget} ({options.error_metric}): {row['layers']} layers, {row['share']:.1%} in 2:4, "
             f"{value:.2f} ({row['delta']:+.2f}), held-out {row['held_out']:.4f}, flips {row['held_out_flips']:.4f}, "
-            f"fit {row['fit']:.4f}, {seconds:.0f}s")
+            f"fit {row['fit']:.4f}, {seconds:.0f}s" + (f"; {report.recovery['note']}" if report.recovery else ""))
     return {"model": FILES[name], "metric": METRIC[name], "dense": dense, "eval": eval_count,
             "calib": calib_count, "holdout": calib_count if holdout else None, "rows": rows, "seconds": time.time() - started, "left_dense": left_dense(model, pad_channels),
             "pad_channels": pad_channels}
@@ -336,6 +337,11 @@ def left_dense(model: onnx.ModelProto, pad_channels: bool = False) -> dict:
     return {"total_params": weight_params(model), "eligible_params": eligible, "reasons": reasons}
 
 
+def _recover_steps(record: dict) -> int:
+    """The --recover steps of the record's rows (0: one-shot)."""
+    return max([(r.get("recovery") or {}).get("steps", 0) for m in record["models"] for r in m["rows"]], default=0)
+
+
 def markdown(record: dict) -> str:
     lines = ["# One-shot 2:4 pruning on third-party models", "",
              f"Command: `{record['command']}`; {record['seconds'] / 60:.1f} min in all on "
@@ -344,7 +350,10 @@ def markdown(record: dict) -> str:
              "evaluation data rendered (magika: files of this machine), disjoint from calibration; calibration split by the pruner into fit (3/4) and held-out (1/4) batches; "
              "when held-out data chooses (auto, --max-error) it is split again: half chooses (selection rel. L2, "
              "bounded by E), half verifies (held-out rel. L2, seen by no choice). "
-             "All eligible layers, head kept dense except in the `--max-error` rows (`--prune-head`: the greedy may take it), no fine-tuning.", ""]
+             "All eligible layers, head kept dense except in the `--max-error` rows (`--prune-head`: the greedy may take it), "
+             + (f"then `--recover {recovered}` (the pruned model distilled towards the dense one on the fit data, "
+                "pruned zeros kept; the selection rel. L2 is after it)." if (recovered := _recover_steps(record))
+                else "no fine-tuning."), ""]
     for result in record["models"]:
         lines += [f"## {result['model']} ({result['metric']}; {result['eval']} eval, {result['calib']} calibration samples)",
                   "", f"Dense: **{result['dense']:.2f}**", "",
@@ -490,6 +499,9 @@ def main() -> int:
                              "magika 192; doubled by --holdout)")
     parser.add_argument("--pad-channels", action="store_true",
                         help="prune --pad-channels: group-1 Convs with C not a multiple of 4 pruned as if zero-padded")
+    parser.add_argument("--recover", type=int, default=0, metavar="STEPS",
+                        help="prune --recover: distil each pruned model towards the dense one for STEPS steps")
+    parser.add_argument("--recover-lr", type=float, default=1e-3, help="prune --recover-lr")
     parser.add_argument("--big", metavar="FOLDER",
                         help="instead: prune a generated 2.9 GB model (16 MatMuls 4096x11008 fp32, external data) "
                              "in FOLDER with --big-methods; print wall time and peak RSS as JSON (files deleted after)")
@@ -513,7 +525,7 @@ def main() -> int:
     budgets = [float(v) for v in args.max_errors.split(",") if v]
     methods = [m for m in args.methods.split(",") if m]
     models = [bench(name, budgets, methods, args.holdout, args.order, args.eval_count, args.calib_count,
-                    args.pad_channels, args.error_metric)
+                    args.pad_channels, args.error_metric, args.recover, args.recover_lr)
               for name in args.models.split(",") if name]
     record = {"models": models, "seconds": time.time() - started,
               "command": shlex.join(["python", "benchmarks/prune_bench.py", *sys.argv[1:]]),  # as given

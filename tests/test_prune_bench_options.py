@@ -26,15 +26,16 @@ def test_a_count_below_one_is_one_line(option, tmp_path):
 def test_counts_reach_bench(monkeypatch, tmp_path):
     import prune_bench
 
-    seen, metrics = [], []
+    seen, metrics, recovers = [], [], []
 
     class Stop(Exception):
         pass
 
     def fake_bench(name, budgets, methods, holdout, order, eval_count, calib_count, pad_channels=False,
-                   error_metric="l2"):
+                   error_metric="l2", recover=0, recover_lr=1e-3):
         seen.append((name, eval_count, calib_count))
         metrics.append(error_metric)
+        recovers.append((recover, recover_lr))
         raise Stop
 
     monkeypatch.setattr(prune_bench, "bench", fake_bench)
@@ -50,7 +51,26 @@ def test_counts_reach_bench(monkeypatch, tmp_path):
                                       "--error-metric", "flips"])
     with pytest.raises(Stop):
         prune_bench.main()
-    assert metrics[-1] == "flips"
+    assert metrics[-1] == "flips" and recovers[-1] == (0, 1e-3)
+    monkeypatch.setattr(sys, "argv", ["prune_bench.py", "--models", "rec", "--out", str(tmp_path),
+                                      "--recover", "3000", "--recover-lr", "0.0005"])
+    with pytest.raises(Stop):
+        prune_bench.main()
+    assert recovers[-1] == (3000, 0.0005)
+
+
+def test_markdown_says_whether_the_rows_were_recovered():
+    import prune_bench
+
+    row = {"method": "auto", "max_error": 0.2, "layers": 1, "share": 0.5, "metric": 99.0, "delta": 0.0,
+           "held_out": 0.1, "fit": 0.1, "selection": 0.1, "seconds": 1.0, "methods": {}}
+    record = {"command": "x", "seconds": 60, "environment": {"cpus": 2, "onnxruntime": "1"},
+              "correlation": {"held_out": 0.0, "fit": 0.0, "n": 1},
+              "models": [{"model": "m.onnx", "metric": "acc", "dense": 99.0, "eval": 1, "calib": 1, "rows": [row],
+                          "left_dense": {}}]}
+    assert "no fine-tuning" in prune_bench.markdown(record)
+    row["recovery"] = {"steps": 3000}
+    assert "then `--recover 3000`" in prune_bench.markdown(record)
 
 
 def test_rec_eval_lines_disjoint_from_calibration_at_600():

@@ -88,6 +88,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "squared held-out error when pruned alone (ratio: a sensitivity pass first)")
     parser.add_argument("--no-sequential", action="store_true",
                         help="wanda/sparsegpt: take every layer's inputs from the dense model in one pass")
+    parser.add_argument("--recover", type=int, default=0, metavar="STEPS",
+                        help="after pruning, train the float32 weights (pruned zeros kept) for STEPS Adam steps, one "
+                             "fit batch each, to match the dense model's outputs on the calibration data (no labels; "
+                             "needs torch); kept only if the held-out error falls, before --max-error's "
+                             "verification (default 0: one-shot)")
+    parser.add_argument("--recover-lr", type=float, default=1e-3, metavar="LR",
+                        help="--recover's Adam learning rate, decayed to 0 along a cosine (default 1e-3)")
 
 
 def options_from(args: argparse.Namespace) -> PruneOptions:
@@ -96,7 +103,8 @@ def options_from(args: argparse.Namespace) -> PruneOptions:
         prune_head=args.prune_head, block_size=args.block_size, damp=args.damp,
         sequential=not getattr(args, "no_sequential", False), max_error=getattr(args, "max_error", None),
         device=args.device, order=getattr(args, "order", "size"), pad_channels=args.pad_channels,
-        error_metric=getattr(args, "error_metric", "l2"),
+        error_metric=getattr(args, "error_metric", "l2"), recover=getattr(args, "recover", 0),
+        recover_lr=getattr(args, "recover_lr", 1e-3),
     )
     options.validate()
     if args.batch_size < 1 or args.calib_samples < 1:
@@ -113,7 +121,7 @@ def progress_printer(args: argparse.Namespace):
 def needs_data(args: argparse.Namespace) -> bool:
     """Magnitude pruning needs no data: without --calib/--max-error none is read, generated or warned about."""
     return bool(args.calib) or args.method != "magnitude" or getattr(args, "max_error", None) is not None \
-        or args.command == "sensitivity"
+        or args.command == "sensitivity" or getattr(args, "recover", 0) > 0
 
 
 def load_holdout(args: argparse.Namespace, model) -> Calibration | None:
@@ -151,6 +159,9 @@ def run(args: argparse.Namespace) -> int:
     out = io.check_output_path(args.output if args.output is not None else source.with_name(f"{source.stem}.pruned.onnx"),
                                inputs=[source])
     if io.uses_external_data(source):
+        if options.recover:
+            raise OnnxSparseError("--recover trains every weight in memory; a model with external data is pruned "
+                                  "without it (prune, then fine-tune it with your training code)")
         # Weights stay in their files: read one layer at a time, written to the output's data file.
         with files.open_model(source, out) as (model, store):
             pruned, report = _prune(args, options, model)

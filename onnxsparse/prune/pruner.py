@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -56,6 +57,8 @@ class PruneOptions:
     order: str = "size"  # the greedy's visiting order under max_error / auto (sensitivity.ORDERS)
     pad_channels: bool = False  # prune group-1 Convs with C not a multiple of M as if zero-padded (channel_padding)
     error_metric: str = "l2"  # what --max-error bounds: output relative L2, or argmax flips (evaluate.METRICS)
+    recover: int = 0  # Adam steps of distillation towards the dense model after pruning (recover.py); 0: none
+    recover_lr: float = 1e-3
 
     def validate(self) -> None:
         if self.method not in (*METHODS, "auto"):
@@ -74,6 +77,8 @@ class PruneOptions:
             raise OnnxSparseError("--error-metric says what --max-error bounds; give --max-error E too")
         if self.max_error is not None and self.max_error < 0:
             raise OnnxSparseError("--max-error must be >= 0")
+        if self.recover < 0 or not (self.recover_lr > 0 and math.isfinite(self.recover_lr)):
+            raise OnnxSparseError("--recover must be >= 0 steps and --recover-lr a positive number")
         if self.method != "magnitude" or self.max_error is not None:
             resolve_device(self.device)  # a wrong or unavailable --device is refused before any work
 
@@ -94,6 +99,7 @@ class PruneReport:
     holdout: str | None = None  # where the held-out data came from
     note: str | None = None
     output_error_selection: OutputError | None = None  # on the held-out data that chose (<= max_error)
+    recovery: dict | None = None  # --recover: steps, learning rate, held-out error before and after, kept
 
     @property
     def pruned_params(self) -> int:
@@ -111,7 +117,7 @@ class PruneReport:
             "output_error_selection": (self.output_error_selection.to_json()
                                        if self.output_error_selection else None),
             "holdout": self.holdout, "note": self.note,
-            "selection": self.selection,
+            "selection": self.selection, "recovery": self.recovery,
         }
 
 
@@ -208,6 +214,8 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, calibration: Cali
     if calibration is None and (options.method != "magnitude" or options.max_error is not None):
         raise OnnxSparseError(f"--method {options.method}" + (" with --max-error" if options.method == "magnitude" else "")
                               + " needs calibration data")
+    if calibration is None and options.recover:
+        raise OnnxSparseError("--recover needs calibration data (it fits the pruned model to the dense one's outputs)")
     split = split_calibration(calibration, holdout) if calibration is not None else None
     choosing = options.method == "auto" or options.max_error is not None
     parts = selection_parts(split.held) if choosing else None
@@ -252,6 +260,12 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, calibration: Cali
         layers = kept
     else:
         pruned, results = _prune_all(model, layers, options, split.fit if split else None, say)
+    recovery = None
+    if options.recover:
+        pruned, recovery, recovered_error = _recover(model, pruned, layers, options, split.fit, held, say)
+        final_error = recovered_error or final_error
+        if not recovery["kept"]:
+            note = f"{note}; {recovery['note']}" if note else recovery["note"]
     error = error_fit = error_selection = None
     if split is not None:
         error = final_error or held.error_of_model(pruned)
@@ -279,8 +293,30 @@ def prune_model(model: onnx.ModelProto, options: PruneOptions, calibration: Cali
         layers=[results[layer.weight] for layer in layers], skipped=skipped, heads=sorted(scan.heads),
         total_params=weight_params(model), output_error=error, selection=selection,
         output_error_fit=error_fit, holdout=description, note=note, output_error_selection=error_selection,
+        recovery=recovery,
     )
     return pruned, report
+
+
+def _recover(model: onnx.ModelProto, pruned: onnx.ModelProto, layers: list[Layer], options: PruneOptions, fit,
+             held: ReferenceOutputs, say: Progress) -> tuple[onnx.ModelProto, dict, OutputError | None]:
+    """``--recover``: the pruned model distilled towards the dense one on the fit data (recover.py), kept
+    only if the held-out data (the selection part when choosing) measures it lower; the verification and
+    the back-off after it see the model kept. Returns (model, record, its held-out error or None)."""
+    from .recover import recover
+
+    metric = options.error_metric
+    before = held.error_of_model(pruned)
+    trained = recover(model, pruned, [layer.weight for layer in layers], fit, options.recover, options.recover_lr, say)
+    after = held.error_of_model(trained)
+    kept = (after.key(metric), after.rel_l2) < (before.key(metric), before.rel_l2)
+    record = {"steps": options.recover, "lr": options.recover_lr, "kept": kept,
+              "held_out_before": before.to_json(), "held_out_after": after.to_json(),
+              "note": (f"--recover: held-out {before.text(metric)} -> {after.text(metric)}" if kept else
+                       f"--recover did not lower the held-out error ({before.text(metric)} -> {after.text(metric)}); "
+                       "kept the one-shot weights")}
+    say(record["note"])
+    return (trained, record, after) if kept else (pruned, record, None)
 
 
 @dataclass

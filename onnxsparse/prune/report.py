@@ -43,6 +43,11 @@ def prune_text(report: PruneReport) -> str:
     if report.output_error_fit is not None:
         lines.append(f"model output vs dense, fit data:      relative L2 {report.output_error_fit.rel_l2:.4f}, "
                      f"cosine {report.output_error_fit.cosine:.5f}")
+    if report.recovery is not None:
+        r = report.recovery
+        lines.append(f"recovery: {r['steps']} steps at learning rate {r['lr']:g}, held-out relative L2 "
+                     f"{r['held_out_before']['relative_l2']:.4f} -> {r['held_out_after']['relative_l2']:.4f} "
+                     f"({'kept' if r['kept'] else 'not kept: the one-shot weights are written'})")
     if report.note:
         lines.append(f"note: {report.note}")
     return "\n".join(lines)

@@ -1,0 +1,278 @@
+"""Recovery after one-shot pruning: a short distillation of the pruned model towards the dense one.
+
+``recover(dense, pruned, masked, fit, steps, lr)`` runs the pruned ONNX graph as a differentiable
+torch function (``TorchGraph``: an interpreter of the graph's nodes, so no torch version of the model
+is needed), and trains its float weights (Conv/MatMul/Gemm weights and biases, BatchNormalization
+scale and offset, and any other float initializer of more than one element, except BatchNormalization
+statistics) with Adam to make its outputs match the dense model's on the fit part of the calibration
+data: the loss is the squared relative L2 of the outputs, the quantity ``--max-error`` bounds, the
+learning rate decays to 0 along a cosine. No labels are used. The pruned weights in ``masked`` keep their zeros (the mask is re-applied after
+every step), so every 2:4 layer stays 2:4. The caller measures the result on held-out data and keeps
+it only where it is better (``pruner.prune_model``).
+
+Needs torch (``pip install "onnxsparse[torch]"``). The interpreter covers the operators of
+convolutional and MLP classifiers (the list in ``OPS``); a model with another operator is refused
+with one line naming it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import OnnxSparseError
+
+Progress = Callable[[str], None]
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as e:  # an optional dependency: one line, no traceback
+        raise OnnxSparseError('--recover needs torch: pip install "onnxsparse[torch]"') from e
+    return torch
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _pads(pads: list[int] | None, dims: int) -> list[int]:
+    return list(pads) if pads else [0] * (2 * dims)
+
+
+def _conv(t, x, w, b, a):
+    torch = t
+    dims = w.dim() - 2
+    pads = _pads(a.get("pads"), dims)
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise OnnxSparseError("--recover: Conv with auto_pad is not supported (pads only)")
+    strides = a.get("strides", [1] * dims)
+    dilations = a.get("dilations", [1] * dims)
+    group = a.get("group", 1)
+    if pads[:dims] == pads[dims:]:
+        padding = pads[:dims]
+    else:  # asymmetric: pad explicitly (F.pad takes the last axis first)
+        order = []
+        for i in reversed(range(dims)):
+            order += [pads[i], pads[i + dims]]
+        x = torch.nn.functional.pad(x, order)
+        padding = [0] * dims
+    conv = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d}.get(dims)
+    if conv is None:
+        raise OnnxSparseError(f"--recover: a {dims}-D Conv is not supported")
+    return conv(x, w, b, stride=strides, padding=padding, dilation=dilations, groups=group)
+
+
+def _reshape(x, shape):
+    dims = [int(d) for d in shape.tolist()]
+    dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
+    return x.reshape(dims)
+
+
+def _slice(t, x, starts, ends, axes=None, steps=None):
+    axes = axes.tolist() if axes is not None else list(range(len(starts)))
+    steps = steps.tolist() if steps is not None else [1] * len(starts)
+    index = [slice(None)] * x.dim()
+    for s, e, ax, st in zip(starts.tolist(), ends.tolist(), axes, steps):
+        if st != 1:
+            raise OnnxSparseError("--recover: Slice with a step other than 1 is not supported")
+        size = x.shape[ax]
+        e = max(min(e, size), -size - 1) if e < 0 else min(e, size)
+        index[ax] = slice(s, e)
+    return x[tuple(index)]
+
+
+def _pool(t, x, a, kind):
+    dims = x.dim() - 2
+    pads = _pads(a.get("pads"), dims)
+    if pads[:dims] != pads[dims:]:
+        raise OnnxSparseError(f"--recover: {kind} with asymmetric pads is not supported")
+    f = t.nn.functional
+    kernel, strides = a["kernel_shape"], a.get("strides", [1] * dims)
+    ceil = bool(a.get("ceil_mode", 0))
+    if kind == "MaxPool":
+        return f.max_pool2d(x, kernel, strides, pads[:dims], ceil_mode=ceil)
+    return f.avg_pool2d(x, kernel, strides, pads[:dims], ceil_mode=ceil,
+                        count_include_pad=bool(a.get("count_include_pad", 0)))
+
+
+def _gemm(x, w, b, a):
+    if a.get("transA", 0):
+        x = x.transpose(0, 1)
+    if a.get("transB", 0):
+        w = w.transpose(0, 1)
+    y = a.get("alpha", 1.0) * (x @ w)
+    return y if b is None else y + a.get("beta", 1.0) * b
+
+
+_TYPES = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64"}
+
+
+def _cast(t, x, to):
+    name = _TYPES.get(to)
+    if name is None:
+        raise OnnxSparseError(f"--recover: Cast to ONNX type {to} is not supported")
+    return x.to(getattr(t, name))
+
+
+# op type -> f(torch, inputs, attributes) -> output (one output per node)
+OPS: dict[str, Callable] = {
+    "Conv": lambda t, i, a: _conv(t, i[0], i[1], i[2] if len(i) > 2 else None, a),
+    "BatchNormalization": lambda t, i, a: t.nn.functional.batch_norm(
+        i[0], i[3], i[4], i[1], i[2], training=False, eps=a.get("epsilon", 1e-5)),
+    "Relu": lambda t, i, a: t.relu(i[0]),
+    "Sigmoid": lambda t, i, a: t.sigmoid(i[0]),
+    "Tanh": lambda t, i, a: t.tanh(i[0]),
+    "HardSigmoid": lambda t, i, a: t.clamp(a.get("alpha", 0.2) * i[0] + a.get("beta", 0.5), 0.0, 1.0),
+    "HardSwish": lambda t, i, a: i[0] * t.clamp(i[0] / 6.0 + 0.5, 0.0, 1.0),
+    "LeakyRelu": lambda t, i, a: t.nn.functional.leaky_relu(i[0], a.get("alpha", 0.01)),
+    "Clip": lambda t, i, a: t.clamp(i[0], *(float(v) if v is not None else None for v in
+                                           (i[1] if len(i) > 1 else a.get("min"), i[2] if len(i) > 2 else a.get("max")))),
+    "Add": lambda t, i, a: i[0] + i[1],
+    "Sub": lambda t, i, a: i[0] - i[1],
+    "Mul": lambda t, i, a: i[0] * i[1],
+    "Div": lambda t, i, a: i[0] / i[1],
+    "MatMul": lambda t, i, a: t.matmul(i[0], i[1]),
+    "Gemm": lambda t, i, a: _gemm(i[0], i[1], i[2] if len(i) > 2 else None, a),
+    "GlobalAveragePool": lambda t, i, a: i[0].mean(dim=tuple(range(2, i[0].dim())), keepdim=True),
+    "MaxPool": lambda t, i, a: _pool(t, i[0], a, "MaxPool"),
+    "AveragePool": lambda t, i, a: _pool(t, i[0], a, "AveragePool"),
+    "Reshape": lambda t, i, a: _reshape(i[0], i[1]),
+    "Flatten": lambda t, i, a: i[0].reshape(int(np.prod(i[0].shape[:a.get("axis", 1)])), -1),
+    "Transpose": lambda t, i, a: i[0].permute(*(a.get("perm") or reversed(range(i[0].dim())))),
+    "Concat": lambda t, i, a: t.cat(list(i), dim=a["axis"]),
+    "Slice": lambda t, i, a: _slice(t, i[0], *i[1:]),
+    "Shape": lambda t, i, a: t.tensor(list(i[0].shape), dtype=t.int64),
+    "Cast": lambda t, i, a: _cast(t, i[0], a["to"]),
+    "Identity": lambda t, i, a: i[0],
+    "Softmax": lambda t, i, a: t.softmax(i[0], dim=a.get("axis", -1)),
+    "Squeeze": lambda t, i, a: i[0].squeeze() if len(i) < 2 and "axes" not in a else
+    i[0].reshape([d for k, d in enumerate(i[0].shape)
+                  if k not in {x % i[0].dim() for x in (i[1].tolist() if len(i) > 1 else a["axes"])}]),
+    "Unsqueeze": lambda t, i, a: _unsqueeze(i[0], i[1].tolist() if len(i) > 1 else a["axes"]),
+    "ReduceMean": lambda t, i, a: i[0].mean(dim=tuple(i[1].tolist() if len(i) > 1 else a["axes"]),
+                                            keepdim=bool(a.get("keepdims", 1))),
+}
+
+
+def _unsqueeze(x, axes):
+    rank = x.dim() + len(axes)
+    for ax in sorted(a % rank for a in axes):
+        x = x.unsqueeze(ax)
+    return x
+
+
+# BatchNormalization's statistics are not trained (a variance must stay positive).
+_FROZEN_INPUTS = {"BatchNormalization": (3, 4)}
+
+
+class TorchGraph:
+    """The graph of an ONNX model as a torch function of its inputs; ``params`` are its trainable
+    float initializers (``torch.nn.Parameter``), every other initializer and Constant a tensor."""
+
+    def __init__(self, model: onnx.ModelProto):
+        t = _torch()
+        graph = model.graph
+        if any(a.type == onnx.AttributeProto.GRAPH for n in graph.node for a in n.attribute):
+            raise OnnxSparseError("--recover: models with If/Loop/Scan subgraphs are not supported")
+        unknown = sorted({n.op_type for n in graph.node if n.op_type not in OPS and n.op_type != "Constant"
+                          or n.domain not in ("", "ai.onnx")})
+        if unknown:
+            raise OnnxSparseError(f"--recover: the model has operators the recovery cannot run: {', '.join(unknown)}")
+        frozen = {n.input[k] for n in graph.node for k in _FROZEN_INPUTS.get(n.op_type, ()) if k < len(n.input)}
+        self.torch = t
+        self.nodes = [n for n in graph.node if n.op_type != "Constant"]
+        self.attrs = [_attrs(n) for n in self.nodes]
+        self.values: dict[str, object] = {}
+        self.params: dict[str, object] = {}
+        constants = [(init.name, init) for init in graph.initializer]
+        constants += [(n.output[0], _attrs_tensor(n)) for n in graph.node if n.op_type == "Constant"]
+        for name, tensor in constants:  # weights live in either (exporters differ)
+            array = numpy_helper.to_array(tensor)
+            if array.dtype == np.float32 and array.size > 1 and name not in frozen:
+                self.params[name] = t.nn.Parameter(t.from_numpy(array.copy()))
+            else:
+                self.values[name] = t.from_numpy(np.array(array))
+        if not self.params:
+            raise OnnxSparseError("--recover trains float32 weights; this model has none")
+        self.inputs = [i.name for i in graph.input if i.name not in self.values and i.name not in self.params]
+        self.outputs = [o.name for o in graph.output]
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> list:
+        t = self.torch
+        env = dict(self.values)
+        env.update(self.params)
+        for name in self.inputs:
+            env[name] = t.from_numpy(np.asarray(feeds[name]))
+        for node, a in zip(self.nodes, self.attrs):
+            args = [env[name] if name else None for name in node.input]
+            env[node.output[0]] = OPS[node.op_type](t, args, a)
+        return [env[name] for name in self.outputs]
+
+
+def _attrs_tensor(node: onnx.NodeProto) -> onnx.TensorProto:
+    for a in node.attribute:
+        if a.name == "value":
+            return a.t
+    raise OnnxSparseError(f"--recover: Constant {node.name!r} without a tensor value is not supported")
+
+
+def recover(dense: onnx.ModelProto, pruned: onnx.ModelProto, masked: Iterable[str], fit: Iterable[dict],
+            steps: int, lr: float = 1e-4, say: Progress | None = None) -> onnx.ModelProto:
+    """``pruned`` with its float weights trained ``steps`` Adam steps (one fit batch each, the batches
+    cycled) towards ``dense``'s outputs; the weights named in ``masked`` keep their zeros."""
+    import onnxruntime as ort
+
+    t = _torch()
+    say = say or (lambda message: None)
+    batches = list(fit)
+    if not batches:
+        raise OnnxSparseError("--recover needs calibration data to fit on")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    teacher = ort.InferenceSession(dense.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in teacher.get_outputs()]
+    targets = [[t.from_numpy(np.asarray(y, np.float32)) for y in teacher.run(names, b)] for b in batches]
+    student = TorchGraph(pruned)
+    masks = {name: (p.detach() != 0).to(p.dtype) for name, p in student.params.items() if name in set(masked)}
+    optimizer = t.optim.Adam(list(student.params.values()), lr=lr)
+    # cosine decay to 0: the last steps settle instead of jumping between batches
+    schedule = t.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / steps)))
+    t.manual_seed(0)
+    first = last = math.nan
+    for step in range(steps):
+        k = step % len(batches)
+        outs = student(batches[k])
+        loss = sum(((o.float() - y) ** 2).sum() / (y ** 2).sum().clamp_min(1e-30) for o, y in zip(outs, targets[k]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        with t.no_grad():
+            for name, mask in masks.items():
+                student.params[name].mul_(mask)
+        value = float(loss.detach())
+        if not math.isfinite(value):  # diverged: the caller's held-out check refuses what is left
+            say(f"recover: the fit loss became {value} at step {step + 1} (a smaller --recover-lr may help)")
+            last = value
+            break
+        first = value if step == 0 else first
+        last = value
+        if (step + 1) % max(1, steps // 5) == 0:
+            say(f"recover: step {step + 1}/{steps}, fit loss (squared relative L2) {value:.3g}")
+    out = onnx.ModelProto()
+    out.CopyFrom(pruned)
+    trained = {name: p.detach().numpy().astype(np.float32) for name, p in student.params.items()}
+    for init in out.graph.initializer:
+        if init.name in trained:
+            init.CopyFrom(numpy_helper.from_array(trained[init.name], init.name))
+    for node in out.graph.node:
+        if node.op_type == "Constant" and node.output[0] in trained:
+            _attrs_tensor(node).CopyFrom(numpy_helper.from_array(trained[node.output[0]], _attrs_tensor(node).name))
+    say(f"recover: {steps} steps, fit loss {first:.3g} -> {last:.3g}")
+    return out
