@@ -156,3 +156,63 @@ def test_recover_cli(tmp_path):
         result = cli("prune", tmp_path / "m.onnx", "-o", tmp_path / "x.onnx", "--calib", data, *bad, "-q")
         assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+def _one_node(op: str, inputs: dict[str, np.ndarray], consts: dict[str, np.ndarray] | None = None,
+              opset: int = 17, **attrs) -> tuple[onnx.ModelProto, dict]:
+    consts = consts or {}
+    node = helper.make_node(op, [*inputs, *consts], ["y"], **attrs)
+    graph = helper.make_graph(
+        [node], "one", [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+                        for n, a in inputs.items()],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(a, n) for n, a in consts.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8), inputs
+
+
+_R = np.random.default_rng(3)
+_X = _R.standard_normal((2, 4, 7, 9)).astype(np.float32)
+CASES = {
+    "Erf": lambda: _one_node("Erf", {"x": _X}),
+    "Sqrt": lambda: _one_node("Sqrt", {"x": np.abs(_X)}),
+    "Exp": lambda: _one_node("Exp", {"x": _X}),
+    "Pow": lambda: _one_node("Pow", {"x": np.abs(_X)}, {"e": np.array(2.5, np.float32)}),
+    "Max": lambda: _one_node("Max", {"x": _X}, {"z": np.zeros((9,), np.float32)}),
+    "ReduceSum": lambda: _one_node("ReduceSum", {"x": _X}, {"axes": np.array([1, 3], np.int64)}, keepdims=0),
+    "ReduceMax": lambda: _one_node("ReduceMax", {"x": _X}, opset=13, axes=[2]),
+    "GlobalMaxPool": lambda: _one_node("GlobalMaxPool", {"x": _X}),
+    "LayerNormalization": lambda: _one_node("LayerNormalization", {"x": _X}, {
+        "g": _R.standard_normal(9).astype(np.float32), "b": _R.standard_normal(9).astype(np.float32)}, epsilon=1e-5),
+    "Expand": lambda: _one_node("Expand", {"x": _X[:, :1]}, {"s": np.array([2, 4, 7, 9], np.int64)}),
+    "MaxPool SAME_UPPER": lambda: _one_node("MaxPool", {"x": _X}, kernel_shape=[2, 2], strides=[1, 1],
+                                            auto_pad="SAME_UPPER"),
+    "Conv SAME_UPPER stride 2": lambda: _one_node("Conv", {"x": _X}, {"w": _R.standard_normal((6, 4, 3, 3)).astype(
+        np.float32)}, kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER"),
+    "Conv asymmetric pads": lambda: _one_node("Conv", {"x": _X}, {"w": _R.standard_normal((6, 4, 3, 2)).astype(
+        np.float32)}, kernel_shape=[3, 2], pads=[2, 0, 1, 1]),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_each_operator_as_onnxruntime_computes_it(case):
+    model, feeds = CASES[case]()
+    with torch.no_grad():
+        got = TorchGraph(model)(feeds)[0].numpy()
+    np.testing.assert_allclose(got, run_ort(model, feeds)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ch_ppocr_mobile_v2.0_cls_mobile.onnx", "PP-OCRv6_rec_small.onnx"])
+def test_real_models_run_as_onnxruntime_runs_them(name):
+    """rapidocr's orientation classifier and text recognizer (third-party exports: weights in Constant
+    nodes, SAME_UPPER convs and pools, LayerNormalization from its parts) through the interpreter."""
+    from test_pad_channels import cls_model_path
+
+    path = cls_model_path().with_name(name)
+    if not path.is_file():
+        pytest.skip(f"{name} is not in the installed rapidocr")
+    model = onnx.load(path)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 48, 192 if "cls" in name else 320)).astype(np.float32)
+    feeds = {model.graph.input[0].name: x}
+    with torch.no_grad():
+        got = TorchGraph(model)(feeds)[0].numpy()
+    np.testing.assert_allclose(got, run_ort(model, feeds)[0], rtol=1e-4, atol=1e-4)

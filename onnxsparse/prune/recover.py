@@ -45,22 +45,43 @@ def _pads(pads: list[int] | None, dims: int) -> list[int]:
     return list(pads) if pads else [0] * (2 * dims)
 
 
+def _auto_pads(x, kernel: list[int], strides: list[int], dilations: list[int], a: dict) -> list[int]:
+    """The begin and end pads of each spatial axis: ``pads``, or those ``auto_pad`` implies."""
+    dims = len(kernel)
+    auto = a.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto == "VALID":
+        return [0] * (2 * dims)
+    if auto not in ("SAME_UPPER", "SAME_LOWER"):
+        return _pads(a.get("pads"), dims)
+    pads = [0] * (2 * dims)
+    for d in range(dims):  # the output is ceil(input / stride) along each axis
+        size, extent = x.shape[2 + d], (kernel[d] - 1) * dilations[d] + 1
+        total = max((-(-size // strides[d]) - 1) * strides[d] + extent - size, 0)
+        small, large = total // 2, total - total // 2
+        pads[d], pads[d + dims] = (small, large) if auto == "SAME_UPPER" else (large, small)
+    return pads
+
+
+def _pad_explicitly(t, x, pads: list[int], value: float):
+    dims = len(pads) // 2
+    order = []
+    for i in reversed(range(dims)):  # F.pad takes the last axis first
+        order += [pads[i], pads[i + dims]]
+    return t.nn.functional.pad(x, order, value=value)
+
+
 def _conv(t, x, w, b, a):
     torch = t
     dims = w.dim() - 2
-    pads = _pads(a.get("pads"), dims)
-    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        raise OnnxSparseError("--recover: Conv with auto_pad is not supported (pads only)")
     strides = a.get("strides", [1] * dims)
     dilations = a.get("dilations", [1] * dims)
     group = a.get("group", 1)
+    pads = _auto_pads(x, list(w.shape[2:]), strides, dilations, a)
     if pads[:dims] == pads[dims:]:
         padding = pads[:dims]
-    else:  # asymmetric: pad explicitly (F.pad takes the last axis first)
-        order = []
-        for i in reversed(range(dims)):
-            order += [pads[i], pads[i + dims]]
-        x = torch.nn.functional.pad(x, order)
+    else:  # asymmetric: pad explicitly
+        x = _pad_explicitly(torch, x, pads, 0.0)
         padding = [0] * dims
     conv = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d}.get(dims)
     if conv is None:
@@ -89,16 +110,21 @@ def _slice(t, x, starts, ends, axes=None, steps=None):
 
 def _pool(t, x, a, kind):
     dims = x.dim() - 2
-    pads = _pads(a.get("pads"), dims)
-    if pads[:dims] != pads[dims:]:
-        raise OnnxSparseError(f"--recover: {kind} with asymmetric pads is not supported")
     f = t.nn.functional
     kernel, strides = a["kernel_shape"], a.get("strides", [1] * dims)
+    pads = _auto_pads(x, kernel, strides, a.get("dilations", [1] * dims), a)
     ceil = bool(a.get("ceil_mode", 0))
+    include = bool(a.get("count_include_pad", 0))
+    if pads[:dims] != pads[dims:]:
+        if kind != "MaxPool" and not include:
+            raise OnnxSparseError("--recover: AveragePool with asymmetric pads not counted is not supported")
+        x = _pad_explicitly(t, x, pads, -math.inf if kind == "MaxPool" else 0.0)
+        pads = [0] * (2 * dims)
+    if dims != 2:
+        raise OnnxSparseError(f"--recover: a {dims}-D {kind} is not supported")
     if kind == "MaxPool":
         return f.max_pool2d(x, kernel, strides, pads[:dims], ceil_mode=ceil)
-    return f.avg_pool2d(x, kernel, strides, pads[:dims], ceil_mode=ceil,
-                        count_include_pad=bool(a.get("count_include_pad", 0)))
+    return f.avg_pool2d(x, kernel, strides, pads[:dims], ceil_mode=ceil, count_include_pad=include)
 
 
 def _gemm(x, w, b, a):
@@ -155,9 +181,52 @@ OPS: dict[str, Callable] = {
     i[0].reshape([d for k, d in enumerate(i[0].shape)
                   if k not in {x % i[0].dim() for x in (i[1].tolist() if len(i) > 1 else a["axes"])}]),
     "Unsqueeze": lambda t, i, a: _unsqueeze(i[0], i[1].tolist() if len(i) > 1 else a["axes"]),
-    "ReduceMean": lambda t, i, a: i[0].mean(dim=tuple(i[1].tolist() if len(i) > 1 else a["axes"]),
-                                            keepdim=bool(a.get("keepdims", 1))),
+    "ReduceMean": lambda t, i, a: _reduce(t, i, a, "mean"),
+    "ReduceSum": lambda t, i, a: _reduce(t, i, a, "sum"),
+    "ReduceMax": lambda t, i, a: _reduce(t, i, a, "amax"),
+    "GlobalMaxPool": lambda t, i, a: i[0].amax(dim=tuple(range(2, i[0].dim())), keepdim=True),
+    "Erf": lambda t, i, a: t.erf(i[0]),
+    "Sqrt": lambda t, i, a: t.sqrt(i[0]),
+    "Exp": lambda t, i, a: t.exp(i[0]),
+    "Log": lambda t, i, a: t.log(i[0]),
+    "Neg": lambda t, i, a: -i[0],
+    "Abs": lambda t, i, a: t.abs(i[0]),
+    "Reciprocal": lambda t, i, a: t.reciprocal(i[0]),
+    "Pow": lambda t, i, a: t.pow(i[0], i[1]),
+    "Max": lambda t, i, a: _fold(t.maximum, i),
+    "Min": lambda t, i, a: _fold(t.minimum, i),
+    "Equal": lambda t, i, a: t.eq(i[0], i[1]),
+    "Where": lambda t, i, a: t.where(i[0], i[1], i[2]),
+    "Expand": lambda t, i, a: i[0] * t.ones([int(d) for d in i[1].tolist()], dtype=i[0].dtype),
+    "Gelu": lambda t, i, a: t.nn.functional.gelu(i[0], approximate="tanh" if a.get("approximate", b"none") in
+                                                 (b"tanh", "tanh") else "none"),
+    "LayerNormalization": lambda t, i, a: _layer_norm(t, i, a),
 }
+
+
+def _reduce(t, i, a, how):
+    axes = i[1].tolist() if len(i) > 1 and i[1] is not None else a.get("axes")
+    keep = bool(a.get("keepdims", 1))
+    if not axes:
+        if a.get("noop_with_empty_axes", 0):
+            return i[0]
+        axes = list(range(i[0].dim()))
+    return getattr(i[0], how)(dim=tuple(axes), keepdim=keep)
+
+
+def _fold(f, inputs):
+    out = inputs[0]
+    for x in inputs[1:]:
+        out = f(out, x)
+    return out
+
+
+def _layer_norm(t, i, a):
+    axis = a.get("axis", -1) % i[0].dim()
+    shape = i[0].shape[axis:]
+    return t.nn.functional.layer_norm(i[0], shape, i[1].expand(shape) if i[1].dim() else None,
+                                      i[2].expand(shape) if len(i) > 2 and i[2] is not None else None,
+                                      eps=a.get("epsilon", 1e-5))
 
 
 def _unsqueeze(x, axes):
@@ -198,8 +267,6 @@ class TorchGraph:
                 self.params[name] = t.nn.Parameter(t.from_numpy(array.copy()))
             else:
                 self.values[name] = t.from_numpy(np.array(array))
-        if not self.params:
-            raise OnnxSparseError("--recover trains float32 weights; this model has none")
         self.inputs = [i.name for i in graph.input if i.name not in self.values and i.name not in self.params]
         self.outputs = [o.name for o in graph.output]
 
@@ -239,6 +306,8 @@ def recover(dense: onnx.ModelProto, pruned: onnx.ModelProto, masked: Iterable[st
     names = [o.name for o in teacher.get_outputs()]
     targets = [[t.from_numpy(np.asarray(y, np.float32)) for y in teacher.run(names, b)] for b in batches]
     student = TorchGraph(pruned)
+    if not student.params:
+        raise OnnxSparseError("--recover trains float32 weights; this model has none")
     masks = {name: (p.detach() != 0).to(p.dtype) for name, p in student.params.items() if name in set(masked)}
     optimizer = t.optim.Adam(list(student.params.values()), lr=lr)
     # cosine decay to 0: the last steps settle instead of jumping between batches
