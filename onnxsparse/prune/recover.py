@@ -5,10 +5,10 @@ torch function (``TorchGraph``: an interpreter of the graph's nodes, so no torch
 is needed), and trains its float weights (Conv/MatMul/Gemm weights and biases, BatchNormalization
 scale and offset, and any other float initializer of more than one element, except BatchNormalization
 statistics) with Adam to make its outputs match the dense model's on the fit part of the calibration
-data: the loss is the squared relative L2 of the outputs, the quantity ``--max-error`` bounds, the
-learning rate decays to 0 along a cosine. No labels are used. The pruned weights in ``masked`` keep their zeros (the mask is re-applied after
-every step), so every 2:4 layer stays 2:4. The caller measures the result on held-out data and keeps
-it only where it is better (``pruner.prune_model``).
+data: the loss is the squared relative L2 of the float outputs, the quantity ``--max-error`` bounds;
+the learning rate decays to 0 along a cosine. No labels are used. The pruned weights in ``masked``
+keep their zeros (the mask is re-applied after every step), so every 2:4 layer stays 2:4. The caller
+measures the result on held-out data and keeps it only where it is better (``pruner.prune_model``).
 
 Needs torch (``pip install "onnxsparse[torch]"``). The interpreter covers the operators of
 convolutional and MLP classifiers (the list in ``OPS``); a model with another operator is refused
@@ -290,7 +290,7 @@ def _attrs_tensor(node: onnx.NodeProto) -> onnx.TensorProto:
 
 
 def recover(dense: onnx.ModelProto, pruned: onnx.ModelProto, masked: Iterable[str], fit: Iterable[dict],
-            steps: int, lr: float = 1e-4, say: Progress | None = None) -> onnx.ModelProto:
+            steps: int, lr: float = 1e-3, say: Progress | None = None) -> onnx.ModelProto:
     """``pruned`` with its float weights trained ``steps`` Adam steps (one fit batch each, the batches
     cycled) towards ``dense``'s outputs; the weights named in ``masked`` keep their zeros."""
     import onnxruntime as ort
@@ -304,11 +304,17 @@ def recover(dense: onnx.ModelProto, pruned: onnx.ModelProto, masked: Iterable[st
     options.log_severity_level = 3
     teacher = ort.InferenceSession(dense.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in teacher.get_outputs()]
-    targets = [[t.from_numpy(np.asarray(y, np.float32)) for y in teacher.run(names, b)] for b in batches]
+    fitted = [i for i, o in enumerate(teacher.get_outputs()) if o.type in ("tensor(float)", "tensor(float16)",
+                                                                          "tensor(double)", "tensor(bfloat16)")]
+    if not fitted:
+        raise OnnxSparseError("--recover fits the model's float outputs; this model has none")
+    targets = [[t.from_numpy(np.asarray(ys[i], np.float32)) for i in fitted]
+               for ys in (teacher.run(names, b) for b in batches)]
     student = TorchGraph(pruned)
     if not student.params:
         raise OnnxSparseError("--recover trains float32 weights; this model has none")
-    masks = {name: (p.detach() != 0).to(p.dtype) for name, p in student.params.items() if name in set(masked)}
+    keep_zeros = set(masked)
+    masks = {name: (p.detach() != 0).to(p.dtype) for name, p in student.params.items() if name in keep_zeros}
     optimizer = t.optim.Adam(list(student.params.values()), lr=lr)
     # cosine decay to 0: the last steps settle instead of jumping between batches
     schedule = t.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / steps)))
@@ -317,7 +323,8 @@ def recover(dense: onnx.ModelProto, pruned: onnx.ModelProto, masked: Iterable[st
     for step in range(steps):
         k = step % len(batches)
         outs = student(batches[k])
-        loss = sum(((o.float() - y) ** 2).sum() / (y ** 2).sum().clamp_min(1e-30) for o, y in zip(outs, targets[k]))
+        loss = sum(((outs[i].float() - y) ** 2).sum() / (y ** 2).sum().clamp_min(1e-30)
+                   for i, y in zip(fitted, targets[k]))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
