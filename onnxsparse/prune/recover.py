@@ -1,11 +1,11 @@
 """Recovery after one-shot pruning: a short distillation of the pruned model towards the dense one.
 
 ``recover(dense, pruned, masked, fit, steps, lr)`` runs the pruned ONNX graph as a differentiable
-torch function (``TorchGraph``: an interpreter of the graph's nodes, so no torch version of the model
-is needed), and trains its float weights (Conv/MatMul/Gemm weights and biases, BatchNormalization
-scale and offset, and any other float initializer of more than one element, except BatchNormalization
-statistics) with Adam to make its outputs match the dense model's on the fit part of the calibration
-data: the loss is the squared relative L2 of the float outputs, the quantity ``--max-error`` bounds;
+torch function (``TorchGraph``: an interpreter of the graph's nodes, computing in float32, so no torch
+version of the model is needed), and trains its float weights (Conv/MatMul/Gemm weights and biases,
+BatchNormalization scale and offset, and any other float initializer of more than one element, except
+BatchNormalization statistics; float16 ones are trained in float32 and written back in float16) with
+Adam to make its outputs match the dense model's on the fit part of the calibration data: the loss is the squared relative L2 of the float outputs, the quantity ``--max-error`` bounds;
 the learning rate decays to 0 along a cosine. No labels are used. The pruned weights in ``masked``
 keep their zeros (the mask is re-applied after every step), so every 2:4 layer stays 2:4. The caller
 measures the result on held-out data and keeps it only where it is better (``pruner.prune_model``).
@@ -136,7 +136,9 @@ def _gemm(x, w, b, a):
     return y if b is None else y + a.get("beta", 1.0) * b
 
 
-_TYPES = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64"}
+# Casts to a floating type compute in float32, the interpreter's one floating type (a float16 model
+# is trained in float32 and written back in float16).
+_TYPES = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 10: "float32", 11: "float32", 16: "float32"}
 
 
 def _cast(t, x, to):
@@ -261,10 +263,16 @@ class TorchGraph:
         self.params: dict[str, object] = {}
         constants = [(init.name, init) for init in graph.initializer]
         constants += [(n.output[0], _attrs_tensor(n)) for n in graph.node if n.op_type == "Constant"]
+        self.dtypes: dict[str, np.dtype] = {}  # a trained weight's own type, written back in it
         for name, tensor in constants:  # weights live in either (exporters differ)
             array = numpy_helper.to_array(tensor)
+            if tensor.data_type == onnx.TensorProto.BFLOAT16:
+                raise OnnxSparseError("--recover: bfloat16 weights are not supported (float32 and float16 are)")
+            if array.dtype in (np.float16, np.float64):
+                array = array.astype(np.float32)
             if array.dtype == np.float32 and array.size > 1 and name not in frozen:
                 self.params[name] = t.nn.Parameter(t.from_numpy(array.copy()))
+                self.dtypes[name] = numpy_helper.to_array(tensor).dtype
             else:
                 self.values[name] = t.from_numpy(np.array(array))
         self.inputs = [i.name for i in graph.input if i.name not in self.values and i.name not in self.params]
@@ -275,7 +283,8 @@ class TorchGraph:
         env = dict(self.values)
         env.update(self.params)
         for name in self.inputs:
-            env[name] = t.from_numpy(np.asarray(feeds[name]))
+            x = np.asarray(feeds[name])
+            env[name] = t.from_numpy(x.astype(np.float32) if x.dtype in (np.float16, np.float64) else x)
         for node, a in zip(self.nodes, self.attrs):
             args = [env[name] if name else None for name in node.input]
             env[node.output[0]] = OPS[node.op_type](t, args, a)
@@ -312,7 +321,7 @@ def recover(dense: onnx.ModelProto, pruned: onnx.ModelProto, masked: Iterable[st
                for ys in (teacher.run(names, b) for b in batches)]
     student = TorchGraph(pruned)
     if not student.params:
-        raise OnnxSparseError("--recover trains float32 weights; this model has none")
+        raise OnnxSparseError("--recover trains float weights; this model has none")
     keep_zeros = set(masked)
     masks = {name: (p.detach() != 0).to(p.dtype) for name, p in student.params.items() if name in keep_zeros}
     optimizer = t.optim.Adam(list(student.params.values()), lr=lr)
@@ -343,7 +352,7 @@ def recover(dense: onnx.ModelProto, pruned: onnx.ModelProto, masked: Iterable[st
             say(f"recover: step {step + 1}/{steps}, fit loss (squared relative L2) {value:.3g}")
     out = onnx.ModelProto()
     out.CopyFrom(pruned)
-    trained = {name: p.detach().numpy().astype(np.float32) for name, p in student.params.items()}
+    trained = {name: p.detach().numpy().astype(student.dtypes[name]) for name, p in student.params.items()}
     for init in out.graph.initializer:
         if init.name in trained:
             init.CopyFrom(numpy_helper.from_array(trained[init.name], init.name))
