@@ -184,6 +184,8 @@ CASES = {
     "LayerNormalization": lambda: _one_node("LayerNormalization", {"x": _X}, {
         "g": _R.standard_normal(9).astype(np.float32), "b": _R.standard_normal(9).astype(np.float32)}, epsilon=1e-5),
     "Expand": lambda: _one_node("Expand", {"x": _X[:, :1]}, {"s": np.array([2, 4, 7, 9], np.int64)}),
+    "Squeeze": lambda: _one_node("Squeeze", {"x": _X[:, :1, :, :1]}, {"a": np.array([1, -1], np.int64)}),
+    "Squeeze every 1": lambda: _one_node("Squeeze", {"x": _X[:, :1, :, :1]}),
     "MaxPool SAME_UPPER": lambda: _one_node("MaxPool", {"x": _X}, kernel_shape=[2, 2], strides=[1, 1],
                                             auto_pad="SAME_UPPER"),
     "Conv SAME_UPPER stride 2": lambda: _one_node("Conv", {"x": _X}, {"w": _R.standard_normal((6, 4, 3, 3)).astype(

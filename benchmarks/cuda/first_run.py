@@ -4,6 +4,8 @@ the second run, and the median of the next ten, in one fresh process.
 
     python3 benchmarks/cuda/first_run.py MODEL.onnx X=32x3x224x224:half [--cache FILE]
 
+The feed is kernel_profile.py's (NAME=DxD..:float|half|int[:HIGH]).
+
 --cache: the cuSPARSELt tuning cache to read (ONNXSPARSE_CUSPARSELT_CACHE); a path that does not exist
 gives the no-cache case. Prints one JSON line.
 """
@@ -19,28 +21,24 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-
-TYPES = {"float": np.float32, "half": np.float16, "int": np.int64}
+from kernel_profile import parse_feed  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
-    parser.add_argument("feed", help="NAME=DxD...:float|half|int")
+    parser.add_argument("feed", help="NAME=DxD...:float|half|int[:HIGH]")
     parser.add_argument("--cache", help="the cuSPARSELt tuning cache file (default: the user's)")
     args = parser.parse_args(argv)
     if args.cache:
-        os.environ["ONNXSPARSE_CUSPARSELT_CACHE"] = args.cache
-    import onnxruntime as ort
-
+        os.environ["ONNXSPARSE_CUSPARSELT_CACHE"] = args.cache  # read when the session is made
     from onnxsparse.session import session_options
 
-    name, spec = args.feed.split("=", 1)
-    dims, kind = spec.split(":")[:2]
-    x = np.random.default_rng(0).standard_normal([int(d) for d in dims.split("x")]).astype(TYPES[kind])
+    name, x = parse_feed(args.feed, np.random.default_rng(0))
     t0 = time.perf_counter()
     sess = ort.InferenceSession(args.model, session_options(), providers=["CUDAExecutionProvider"])
     created = time.perf_counter() - t0

@@ -52,6 +52,20 @@ Conv2dCompressCuda<OrtT>::Conv2dCompressCuda(const OrtApi*, const OrtKernelInfo*
 }
 
 template <typename OrtT>
+Im2colArgs Conv2dCompressCuda<OrtT>::Im2colOf(const ConvGeometry& geo, int64_t channel_offset,
+                                               int64_t group_channels) const {
+  Im2colArgs a;
+  a.batch = geo.batch, a.height = geo.height, a.width = geo.width, a.channels = geo.channels;
+  a.channel_offset = channel_offset, a.group_channels = group_channels;
+  a.kernel_h = attrs_.kernel_shape[0], a.kernel_w = attrs_.kernel_shape[1];
+  a.stride_h = attrs_.strides[0], a.stride_w = attrs_.strides[1];
+  a.pad_top = geo.pad_top, a.pad_left = geo.pad_left;
+  a.dilation_h = attrs_.dilations[0], a.dilation_w = attrs_.dilations[1];
+  a.out_h = geo.out_height, a.out_w = geo.out_width;
+  return a;
+}
+
+template <typename OrtT>
 Ort::Status Conv2dCompressCuda<OrtT>::RunNhwc(const Call& call) {
   const ConvGeometry& geo = call.geo;
   const cudaStream_t stream = call.stream;
@@ -61,7 +75,6 @@ Ort::Status Conv2dCompressCuda<OrtT>::RunNhwc(const Call& call) {
   const int64_t kh = attrs_.kernel_shape[0], kw = attrs_.kernel_shape[1];
   const int64_t pt = geo.pad_top, pl = geo.pad_left, pb = geo.pad_bottom, pr = geo.pad_right;
   const std::vector<int64_t>& strides = attrs_.strides;
-  const std::vector<int64_t>& dilations = attrs_.dilations;
   const int64_t group = attrs_.group;
   const int64_t pixels = batch * oh * ow;
 
@@ -89,13 +102,7 @@ Ort::Status Conv2dCompressCuda<OrtT>::RunNhwc(const Call& call) {
   const int64_t half_k = k / 2, index_stride = (k + 7) / 8;
   for (int64_t g = 0; g < group; ++g) {
     if (!direct) {
-      Im2colArgs a;
-      a.batch = batch, a.height = height, a.width = width, a.channels = channels;
-      a.channel_offset = g * cg, a.group_channels = cg;
-      a.kernel_h = kh, a.kernel_w = kw, a.stride_h = strides[0], a.stride_w = strides[1];
-      a.pad_top = pt, a.pad_left = pl, a.dilation_h = dilations[0], a.dilation_w = dilations[1];
-      a.out_h = oh, a.out_w = ow;
-      ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchIm2colNhwc<T>(nhwc, a, col, flag, stream));
+      ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchIm2colNhwc<T>(nhwc, Im2colOf(geo, g * cg, cg), col, flag, stream));
     }
     SparseGemmArgs args;
     args.x = col;
@@ -138,13 +145,8 @@ Ort::Status Conv2dCompressCuda<OrtT>::RunNhwcLayout(const Call& call) {
       flag = reinterpret_cast<unsigned int*>(reinterpret_cast<char*>(scratch) + col_bytes);
       ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, cudaMemsetAsync(flag, 0, sizeof(unsigned int), stream));
     }
-    Im2colArgs a;
-    a.batch = geo.batch, a.height = geo.height, a.width = geo.width, a.channels = geo.channels;
-    a.channel_offset = 0, a.group_channels = geo.channels;
-    a.kernel_h = kh, a.kernel_w = kw, a.stride_h = attrs_.strides[0], a.stride_w = attrs_.strides[1];
-    a.pad_top = geo.pad_top, a.pad_left = geo.pad_left, a.dilation_h = attrs_.dilations[0];
-    a.dilation_w = attrs_.dilations[1], a.out_h = geo.out_height, a.out_w = geo.out_width;
-    ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchIm2colNhwc<T>(call.x, a, scratch, flag, stream));
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(
+        kOp, LaunchIm2colNhwc<T>(call.x, Im2colOf(geo, 0, geo.channels), scratch, flag, stream));
     col = scratch;
   }
   SparseGemmArgs args;
@@ -205,14 +207,8 @@ Ort::Status Conv2dCompressCuda<OrtT>::RunNchw(const Call& call, int64_t cols, bo
     unsigned int* flag = nonfinite ? nonfinite_flag_.as<unsigned int>() : nullptr;
     if (nonfinite) ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, cudaMemsetAsync(flag, 0, sizeof(unsigned int), stream));
     if (!direct) {
-      Im2colArgs a;
-      a.batch = batch, a.height = geo.height, a.width = geo.width, a.channels = geo.channels;
-      a.channel_offset = 0, a.group_channels = geo.channels;
-      a.kernel_h = kh, a.kernel_w = kw, a.stride_h = attrs_.strides[0], a.stride_w = attrs_.strides[1];
-      a.pad_top = geo.pad_top, a.pad_left = geo.pad_left;
-      a.dilation_h = attrs_.dilations[0], a.dilation_w = attrs_.dilations[1];
-      a.out_h = geo.out_height, a.out_w = geo.out_width;
-      ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchIm2colNchw<T>(call.x, a, cols, scratch, flag, stream));
+      ONNXSPARSE_RETURN_IF_CUDA_ERROR(
+          kOp, LaunchIm2colNchw<T>(call.x, Im2colOf(geo, 0, geo.channels), cols, scratch, flag, stream));
     } else if (nonfinite) {
       ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchScanNonFiniteFlat<T>(call.x, batch * k * cols, flag, stream));
     }

@@ -28,6 +28,7 @@
 #include "common/op_shapes.h"
 #include "common/ort_api.h"
 #include "common/runtime_options.h"
+#include "cuda/conv2d_compress_impl.cuh"
 #include "cuda/cuda_utils.h"
 #include "cuda/cusparselt_gemm.h"
 #include "cuda/sparse_gemm_runner.h"
@@ -58,6 +59,8 @@ struct Conv2dCompressCuda {
   Ort::Status RunNhwc(const Call& call);
   // layout="NHWC": call.x and call.y are NHWC.
   Ort::Status RunNhwcLayout(const Call& call);
+  // The im2col of this conv on `geo` for the channels [channel_offset, + group_channels).
+  Im2colArgs Im2colOf(const ConvGeometry& geo, int64_t channel_offset, int64_t group_channels) const;
   // The per-image form with each image's OH*OW columns `cols` apart (OH*OW, or padded to 8).
   // *used false (and OK): cuSPARSELt does not take this shape so.
   Ort::Status RunNchw(const Call& call, int64_t cols, bool* used);

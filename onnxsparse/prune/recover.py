@@ -179,9 +179,7 @@ OPS: dict[str, Callable] = {
     "Cast": lambda t, i, a: _cast(t, i[0], a["to"]),
     "Identity": lambda t, i, a: i[0],
     "Softmax": lambda t, i, a: t.softmax(i[0], dim=a.get("axis", -1)),
-    "Squeeze": lambda t, i, a: i[0].squeeze() if len(i) < 2 and "axes" not in a else
-    i[0].reshape([d for k, d in enumerate(i[0].shape)
-                  if k not in {x % i[0].dim() for x in (i[1].tolist() if len(i) > 1 else a["axes"])}]),
+    "Squeeze": lambda t, i, a: _squeeze(i[0], i[1].tolist() if len(i) > 1 else a.get("axes")),
     "Unsqueeze": lambda t, i, a: _unsqueeze(i[0], i[1].tolist() if len(i) > 1 else a["axes"]),
     "ReduceMean": lambda t, i, a: _reduce(t, i, a, "mean"),
     "ReduceSum": lambda t, i, a: _reduce(t, i, a, "sum"),
@@ -229,6 +227,14 @@ def _layer_norm(t, i, a):
     return t.nn.functional.layer_norm(i[0], shape, i[1].expand(shape) if i[1].dim() else None,
                                       i[2].expand(shape) if len(i) > 2 and i[2] is not None else None,
                                       eps=a.get("epsilon", 1e-5))
+
+
+def _squeeze(x, axes):
+    """ONNX's Squeeze: the given axes, or without them every axis of size 1."""
+    if axes is None:
+        return x.squeeze()
+    drop = {ax % x.dim() for ax in axes}
+    return x.reshape([d for k, d in enumerate(x.shape) if k not in drop])
 
 
 def _unsqueeze(x, axes):
