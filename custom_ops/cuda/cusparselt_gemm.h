@@ -1,6 +1,7 @@
 // cuSPARSELt, loaded at run time (dlopen of libcusparseLt.so.0), for the large-M sparse GEMMs.
 // A SparseLtWeight holds one weight in cuSPARSELt's compressed form (built once, from SPEC's form)
-// and a plan per M: the configuration of the tuning cache file (onnxsparse.cusparselt.cache), else,
+// and a plan per M, shared with every weight of the process with the same problem (making one took
+// 0.2-0.37 s on an H200 with cuSPARSELt 0.8.0, nearly all of it its algorithm selection): the configuration of the tuning cache file (onnxsparse.cusparselt.cache), else,
 // when searching (onnxsparse.cusparselt.tune=search, which `onnxsparse tune` sets), the fastest of
 // every configuration known to be safe, timed at the first call of the M and written to the file;
 // else cuSPARSELt's default algorithm. The choice is shared by every weight of the same problem.
@@ -18,6 +19,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "common/ort_api.h"
@@ -98,6 +100,16 @@ class SparseLtWeight {
 
  private:
   struct Plan;
+  // The plan of a problem, one per process: (device, element type, m, n, k, ldy, fused bias,
+  // fused ReLU, alpha vector). Made (Plan::made) by the first weight that asks, under its mutex.
+  using PlanKey = std::tuple<int, int, int64_t, int64_t, int64_t, int64_t, bool, bool, bool>;
+  static std::shared_ptr<Plan> SharedPlan(const PlanKey& key);
+  // Describes, configures (this process, cache, search or default) and plans *p for this weight's
+  // problem at (m, ldy); the caller holds p->mutex.
+  Ort::Status MakePlan(const char* op, int64_t m, int64_t ldy, const void* x, void* y, float alpha,
+                       cudaStream_t stream, bool capturing, Plan* p);
+  // Calls cuSPARSELt's matmul of `plan` with this weight (its compressed form, bias, workspace).
+  Ort::Status Matmul(const char* op, Plan* plan, const void* alpha, const void* x, void* y, cudaStream_t stream);
   // Whether cuSPARSELt takes this call: M a positive multiple of kMAlign, X and Y 16-byte aligned
   // and every column of Y too (the descriptors promise 8-element alignment).
   bool Takes(const void* x, int64_t m, const void* y, int64_t ldy) const;
@@ -129,7 +141,7 @@ class SparseLtWeight {
   bool relu_ = false;  // the batched plans' fused ReLU (RunBatched's fuse_relu; one value per weight)
   struct Impl;
   std::unique_ptr<Impl> impl_;
-  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Plan>> plans_;  // by (m, ldy)
+  std::map<std::pair<int64_t, int64_t>, std::shared_ptr<Plan>> plans_;  // by (m, ldy)
   DeviceBuffer compressed_;
   std::vector<std::unique_ptr<DeviceBuffer>> workspaces_;  // the last is the current one
   std::mutex mutex_;

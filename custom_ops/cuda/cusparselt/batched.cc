@@ -76,6 +76,7 @@ bool SparseLtWeight::DescribeBatched(int64_t batches, int64_t cols, Plan* p) {
     return false;
   }
   p->has_mat_a = true;
+  p->has_dense = true;
   return true;
 }
 
@@ -98,11 +99,8 @@ Ort::Status SparseLtWeight::RunBatched(const char* op, const void* x, int64_t ba
     *us = plan->best_us;
     return Ort::Status{nullptr};
   }
-  const float alpha = 1.f, beta = 0.f;
-  cudaStream_t streams[1] = {stream};
-  LT_RETURN_IF_ERROR(op, Library().api.Matmul(impl_->handle, &plan->plan, &alpha, compressed_.get(), x, &beta, y, y,
-                                              Workspace(), streams, 1));
-  return Ort::Status{nullptr};
+  const float alpha = 1.f;
+  return Matmul(op, plan, &alpha, x, y, stream);
 }
 
 #endif  // ONNXSPARSE_WITH_CUSPARSELT

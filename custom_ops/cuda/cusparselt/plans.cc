@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <tuple>
 
@@ -85,6 +86,11 @@ std::map<TunedKey, std::pair<int, float>>& Tuned() {
   return *tuned;
 }
 
+// Milliseconds since t (the trace lines' step times).
+double MsSince(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
+}
+
 // The GPU model of `device`, which a tuning result holds for (whatever the ordinal). Tabs and line
 // breaks in the name become spaces: the file separates fields with tabs.
 Ort::Status GpuModel(const char* op, int device, CacheKey* key) {
@@ -144,22 +150,37 @@ SparseLtWeight::SparseLtWeight(const RuntimeOptions& options, const OrtLogger* l
     : options_(options), logger_(logger), impl_(std::make_unique<Impl>()) {}
 
 SparseLtWeight::~SparseLtWeight() {
+  plans_.clear();  // a plan no other weight shares goes with this one
+  Loaded& lib = Library();
+  if (lib.error.empty() && impl_->has_mat_a) lib.api.MatDescriptorDestroy(&impl_->mat_a);
+}
+
+SparseLtWeight::Plan::~Plan() {
   Loaded& lib = Library();
   if (!lib.error.empty()) return;
-  for (auto& entry : plans_) {
-    Plan& p = *entry.second;
-    if (!p.initialised) continue;
-    lib.api.MatmulPlanDestroy(&p.plan);
-    lib.api.MatmulAlgSelectionDestroy(&p.alg);
-    lib.api.MatDescriptorDestroy(&p.mat_b);
-    lib.api.MatDescriptorDestroy(&p.mat_c);
-    if (p.has_mat_a) lib.api.MatDescriptorDestroy(&p.mat_a);
+  if (initialised) lib.api.MatmulPlanDestroy(&plan);
+  if (has_alg) lib.api.MatmulAlgSelectionDestroy(&alg);
+  if (has_dense) {
+    lib.api.MatDescriptorDestroy(&mat_b);
+    lib.api.MatDescriptorDestroy(&mat_c);
   }
-  if (impl_->has_mat_a) lib.api.MatDescriptorDestroy(&impl_->mat_a);
+  if (has_mat_a) lib.api.MatDescriptorDestroy(&mat_a);
+}
+
+std::shared_ptr<SparseLtWeight::Plan> SparseLtWeight::SharedPlan(const PlanKey& key) {
+  // Kept for the process (a later session of the same model finds them made); never destroyed,
+  // since cuSPARSELt may be gone when static objects are.
+  static auto* mutex = new std::mutex();
+  static auto* plans = new std::map<PlanKey, std::shared_ptr<Plan>>();
+  std::lock_guard<std::mutex> lock(*mutex);
+  std::shared_ptr<Plan>& slot = (*plans)[key];
+  if (!slot) slot = std::make_shared<Plan>();
+  return slot;
 }
 
 Ort::Status SparseLtWeight::Build(const char* op, ElementType type, const void* values, const uint8_t* index,
                                   int64_t n, int64_t k, const void* bias, cudaStream_t stream) {
+  const auto start = std::chrono::steady_clock::now();
   ready_ = false;
   ONNXSPARSE_RETURN_IF_ERROR(cusparselt::DeviceHandle(op, &impl_->handle));
   const Api& a = Library().api;
@@ -191,6 +212,13 @@ Ort::Status SparseLtWeight::Build(const char* op, ElementType type, const void* 
                                      compressed_.get(), buffer.get(), stream));
   ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaStreamSynchronize(stream));  // before the temporaries go
   ready_ = true;
+  const OrtLoggingLevel trace = options_.trace ? ORT_LOGGING_LEVEL_WARNING : ORT_LOGGING_LEVEL_VERBOSE;
+  if (LogEnabled(logger_, trace)) {
+    char text[160];
+    std::snprintf(text, sizeof(text), "onnxsparse trace: cuSPARSELt weight n=%lld k=%lld compressed in %.2f ms",
+                  static_cast<long long>(n), static_cast<long long>(k), MsSince(start));
+    ONNXSPARSE_LOG(logger_, trace, text);
+  }
   return Ort::Status{nullptr};
 }
 
@@ -202,17 +230,90 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
     *out = it->second.get();
     return Ort::Status{nullptr};
   }
-  auto owned = std::make_unique<Plan>();
-  Plan& p = *owned;
-  plans_[key] = std::move(owned);
-  *out = &p;
+  const auto start = std::chrono::steady_clock::now();
+  int device = 0;
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaGetDevice(&device));
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaStreamIsCapturing(stream, &capture));
+  const bool capturing = capture != cudaStreamCaptureStatusNone;
+  const bool relu = ldy < 0 ? relu_ : plain_relu_;
+  std::shared_ptr<Plan> plan =
+      SharedPlan(PlanKey{device, static_cast<int>(type_), m, n_, k_, ldy, bias_ != nullptr, relu, alpha_vector_ != nullptr});
+  std::unique_lock<std::mutex> lock(plan->mutex);
+  const bool made_before = plan->made;
+  if (!made_before) {
+    bool known = false;
+    {
+      std::lock_guard<std::mutex> tuned_lock(TunedMutex());
+      known = Tuned().count(TunedKey{device, static_cast<int>(type_), m, n_, k_, ldy, bias_ != nullptr}) != 0;
+    }
+    if (capturing && !known) {
+      // Made during a CUDA-graph capture, without the cache or a timing: this weight's own, so
+      // that a plan made later, outside a capture, serves the other weights.
+      lock.unlock();
+      plan = std::make_shared<Plan>();
+      lock = std::unique_lock<std::mutex>(plan->mutex);
+    }
+    Ort::Status made = MakePlan(op, m, ldy, x, y, alpha, stream, capturing, plan.get());
+    plan->made = true;  // a failed one is not tried again: the own kernel serves the later calls
+    if (!made.IsOK()) {
+      plans_[key] = plan;
+      return made;
+    }
+  }
+  if (plan->supported) {
+    // This weight's workspace (the plan's size), and the plan's time when it has none yet.
+    const Api& a = Library().api;
+    size_t workspace_bytes = 0;
+    LT_RETURN_IF_ERROR(op, a.MatmulGetWorkspace(impl_->handle, &plan->plan, &workspace_bytes));
+    ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, GrowWorkspace(workspace_bytes));  // only at the first call of an M
+    if (!capturing && plan->best_us < 0.f) {
+      if (bias_ != nullptr && plan->bias != bias_) {
+        LT_RETURN_IF_ERROR(op, a.MatmulDescSetAttribute(impl_->handle, &plan->matmul, CUSPARSELT_MATMUL_BIAS_POINTER,
+                                                        &bias_, sizeof(bias_)));
+        plan->bias = bias_;
+      }
+      plan->best_us =
+          cusparselt::TimeMatmul(impl_->handle, &plan->plan, compressed_.get(), x, y, Workspace(), AlphaArg(alpha), stream);
+      ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaGetLastError());
+      if (plan->best_us > 0.f) {
+        std::lock_guard<std::mutex> tuned_lock(TunedMutex());
+        auto& tuned = Tuned()[TunedKey{device, static_cast<int>(type_), m, n_, k_, ldy, bias_ != nullptr}];
+        if (tuned.second < 0.f) tuned = {plan->config_id, plan->best_us};
+      }
+    }
+  }
+  plans_[key] = plan;
+  *out = plan.get();
+  const OrtLoggingLevel trace = options_.trace ? ORT_LOGGING_LEVEL_WARNING : ORT_LOGGING_LEVEL_VERBOSE;
+  if (LogEnabled(logger_, trace)) {
+    char text[200];
+    std::snprintf(text, sizeof(text), "onnxsparse trace: cuSPARSELt m=%lld n=%lld k=%lld: %s plan of config %d in %.2f ms",
+                  static_cast<long long>(m), static_cast<long long>(n_), static_cast<long long>(k_),
+                  !plan->supported ? "no" : made_before ? "shared" : "new", plan->config_id, MsSince(start));
+    ONNXSPARSE_LOG(logger_, trace, text);
+  }
+  return Ort::Status{nullptr};
+}
+
+Ort::Status SparseLtWeight::MakePlan(const char* op, int64_t m, int64_t ldy, const void* x, void* y, float alpha,
+                                     cudaStream_t stream, bool capturing, Plan* plan) {
+  const auto start = std::chrono::steady_clock::now();
+  double max_id_ms = 0.0, plan_ms = 0.0;  // the trace's steps
+  Plan& p = *plan;
   const Api& a = Library().api;
   const cusparseLtHandle_t* h = impl_->handle;
   const cudaDataType dt = DataType(type_);
-  // A shape cuSPARSELt rejects is remembered as unsupported (the own kernel runs it).
+  // A shape cuSPARSELt rejects is remembered as unsupported (the own kernel runs it); what was
+  // described goes with the plan (~Plan).
   if (ldy < 0) {  // Conv's per-image form (RunBatched, cusparselt/batched.cc): m = batches * columns, ldy = -columns
     if (!DescribeBatched(m / -ldy, -ldy, &p)) return Ort::Status{nullptr};
   } else {
+    if (a.StructuredDescriptorInit(h, &p.mat_a, n_, k_, k_, 16, dt, CUSPARSE_ORDER_ROW,
+                                   CUSPARSELT_SPARSITY_50_PERCENT) != CUSPARSE_STATUS_SUCCESS) {
+      return Ort::Status{nullptr};
+    }
+    p.has_mat_a = true;
     if (a.DenseDescriptorInit(h, &p.mat_b, m, k_, k_, 16, dt, CUSPARSE_ORDER_ROW) != CUSPARSE_STATUS_SUCCESS) {
       return Ort::Status{nullptr};
     }
@@ -221,11 +322,10 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
       a.MatDescriptorDestroy(&p.mat_b);
       return Ort::Status{nullptr};
     }
+    p.has_dense = true;
     if (a.MatmulDescriptorInit(h, &p.matmul, CUSPARSE_OPERATION_NON_TRANSPOSE, CUSPARSE_OPERATION_TRANSPOSE,
-                               &impl_->mat_a, &p.mat_b, &p.mat_c, &p.mat_c, cusparselt::ComputeType(type_)) !=
+                               &p.mat_a, &p.mat_b, &p.mat_c, &p.mat_c, cusparselt::ComputeType(type_)) !=
         CUSPARSE_STATUS_SUCCESS) {
-      a.MatDescriptorDestroy(&p.mat_b);
-      a.MatDescriptorDestroy(&p.mat_c);
       return Ort::Status{nullptr};
     }
   }
@@ -233,12 +333,7 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
     const int on = 1;
     if (a.MatmulDescSetAttribute(h, &p.matmul, CUSPARSELT_MATMUL_ALPHA_VECTOR_SCALING, &on, sizeof(on)) !=
         CUSPARSE_STATUS_SUCCESS) {
-      // This cuSPARSELt does not scale this problem per row: the caller runs its other path.
-      if (ldy >= 0) {
-        a.MatDescriptorDestroy(&p.mat_b);
-        a.MatDescriptorDestroy(&p.mat_c);
-      }
-      return Ort::Status{nullptr};
+      return Ort::Status{nullptr};  // this cuSPARSELt does not scale this problem per row: the caller's other path
     }
   }
   if (plain_relu_ && ldy >= 0) {
@@ -248,6 +343,7 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
   if (bias_ != nullptr) {
     const void* bias = bias_;
     LT_RETURN_IF_ERROR(op, a.MatmulDescSetAttribute(h, &p.matmul, CUSPARSELT_MATMUL_BIAS_POINTER, &bias, sizeof(bias)));
+    p.bias = bias_;
   }
   // The algorithm: cuSPARSELt's default (heuristic) one measured 0.48-0.62x of dense on an H200
   // at M >= 256 (it picks configuration 0), its best configuration 1.04-1.46x. So at the first
@@ -257,9 +353,6 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
   int device = 0;
   ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaGetDevice(&device));
   const TunedKey tuned_key{device, static_cast<int>(type_), m, n_, k_, ldy, bias_ != nullptr};
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaStreamIsCapturing(stream, &capture));
-  const bool capturing = capture != cudaStreamCaptureStatusNone;
   bool known = false;
   {
     std::lock_guard<std::mutex> lock(TunedMutex());
@@ -283,8 +376,13 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
     std::tie(cache_key.m, cache_key.n, cache_key.k, cache_key.ldy) = std::make_tuple(m, n_, k_, ldy);
     cache_key.bias = bias_ != nullptr;
     ONNXSPARSE_RETURN_IF_ERROR(GpuModel(op, device, &cache_key));
-    ONNXSPARSE_RETURN_IF_ERROR(cusparselt::SearchedMaxConfigId(op, h, &p.matmul, cache_key.sm_major, options_,
+    // The selection the plan will use tells the highest configuration id (a key of the cache).
+    const auto max_id_start = std::chrono::steady_clock::now();
+    LT_RETURN_IF_ERROR(op, a.MatmulAlgSelectionInit(h, &p.alg, &p.matmul, CUSPARSELT_MATMUL_ALG_DEFAULT));
+    p.has_alg = true;
+    ONNXSPARSE_RETURN_IF_ERROR(cusparselt::SearchedMaxConfigId(op, h, &p.alg, cache_key.sm_major, options_,
                                                                logger_, &cache_key.max_id));
+    max_id_ms = MsSince(max_id_start);
     {
       std::lock_guard<std::mutex> lock(TunedMutex());
       cache_file = &cusparselt::TuningCacheFor(cusparselt::CachePath(options_.cusparselt_cache));
@@ -317,7 +415,9 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
     }
   }
   if (untuned) NoteUntunedOnce(logger_, StrCat("cuSPARSELt M=", m, " N=", n_, " K=", k_));
+  const auto plan_start = std::chrono::steady_clock::now();
   Ort::Status planned = InitPlan(op, &p);
+  plan_ms = MsSince(plan_start);
   if (!planned.IsOK() && (from_cache || borrowed)) {
     // A cached id that this cuSPARSELt build refuses (the file came from another build): searched
     // again when searching, else cuSPARSELt's default algorithm.
@@ -342,14 +442,7 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
                    StrCat("onnxsparse trace: cuSPARSELt m=", m, " n=", n_, " k=", k_, ": config ", p.config_id,
                           " from cache ", cache_file->path(), " (", us, " us when tuned)"));
   }
-  size_t workspace_bytes = 0;
-  LT_RETURN_IF_ERROR(op, a.MatmulGetWorkspace(h, &p.plan, &workspace_bytes));
-  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, GrowWorkspace(workspace_bytes));  // only at the first call of an M
-  if (!capturing && p.best_us < 0.f) {
-    p.best_us = cusparselt::TimeMatmul(h, &p.plan, compressed_.get(), x, y, Workspace(), AlphaArg(alpha), stream);
-    ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaGetLastError());
-  }
-  if (!known && !capturing) {
+  if (!known && !capturing) {  // an unmeasured choice (best_us -1) gets its time from GetPlan
     std::lock_guard<std::mutex> lock(TunedMutex());
     Tuned()[tuned_key] = {p.config_id, p.best_us};
     if (tuned_now && p.config_id >= 0 && cache_file != nullptr) {
@@ -364,15 +457,31 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
     }
   }
   p.supported = true;
+  if (LogEnabled(logger_, trace)) {
+    char steps[128];
+    std::snprintf(steps, sizeof(steps), "made in %.2f ms (max id %.2f, plan %.2f)", MsSince(start), max_id_ms, plan_ms);
+    ONNXSPARSE_LOG(logger_, trace,
+                   StrCat("onnxsparse trace: cuSPARSELt m=", m, " n=", n_, " k=", k_, ": config ", p.config_id, " ",
+                          steps, " (",
+                  known      ? "chosen earlier in this process"
+                  : from_cache ? "tuning cache"
+                  : tuned_now  ? "searched now"
+                  : borrowed   ? "nearest tuned problem"
+                               : "default algorithm",
+                          ")"));
+  }
   return Ort::Status{nullptr};
 }
 
-// The plan of plan->config_id (-1: cuSPARSELt's default algorithm); on failure nothing is left to
-// destroy.
+// The plan of plan->config_id (-1: cuSPARSELt's default algorithm), with the selection made for the
+// configuration range when there is one; on failure the selection is gone too (a retry makes a new one).
 Ort::Status SparseLtWeight::InitPlan(const char* op, Plan* plan) {
   const Api& a = Library().api;
   const cusparseLtHandle_t* h = impl_->handle;
-  LT_RETURN_IF_ERROR(op, a.MatmulAlgSelectionInit(h, &plan->alg, &plan->matmul, CUSPARSELT_MATMUL_ALG_DEFAULT));
+  if (!plan->has_alg) {
+    LT_RETURN_IF_ERROR(op, a.MatmulAlgSelectionInit(h, &plan->alg, &plan->matmul, CUSPARSELT_MATMUL_ALG_DEFAULT));
+    plan->has_alg = true;
+  }
   cusparseStatus_t status = CUSPARSE_STATUS_SUCCESS;
   if (plan->config_id >= 0) {
     status = a.MatmulAlgSetAttribute(h, &plan->alg, CUSPARSELT_MATMUL_ALG_CONFIG_ID, &plan->config_id,
@@ -381,6 +490,7 @@ Ort::Status SparseLtWeight::InitPlan(const char* op, Plan* plan) {
   if (status == CUSPARSE_STATUS_SUCCESS) status = a.MatmulPlanInit(h, &plan->plan, &plan->matmul, &plan->alg);
   if (status != CUSPARSE_STATUS_SUCCESS) {
     a.MatmulAlgSelectionDestroy(&plan->alg);
+    plan->has_alg = false;
     return RuntimeError(op, StrCat("cuSPARSELt plan of configuration ", plan->config_id, ": ", LtError(status)));
   }
   plan->initialised = true;
@@ -415,11 +525,24 @@ Ort::Status SparseLtWeight::Run(const char* op, const void* x, int64_t m, void* 
   Plan* plan = nullptr;
   ONNXSPARSE_RETURN_IF_ERROR(GetPlan(op, m, ldy, x, y, alpha, stream, &plan));
   if (!plan->supported) return Ort::Status{nullptr};
+  ONNXSPARSE_RETURN_IF_ERROR(Matmul(op, plan, AlphaArg(alpha), x, y, stream));
+  *used = true;
+  return Ort::Status{nullptr};
+}
+
+Ort::Status SparseLtWeight::Matmul(const char* op, Plan* plan, const void* alpha, const void* x, void* y,
+                                   cudaStream_t stream) {
+  const Api& a = Library().api;
+  std::lock_guard<std::mutex> lock(plan->mutex);
+  if (bias_ != nullptr && plan->bias != bias_) {
+    LT_RETURN_IF_ERROR(op, a.MatmulDescSetAttribute(impl_->handle, &plan->matmul, CUSPARSELT_MATMUL_BIAS_POINTER, &bias_,
+                                                    sizeof(bias_)));
+    plan->bias = bias_;
+  }
   const float beta = 0.f;
   cudaStream_t streams[1] = {stream};
-  LT_RETURN_IF_ERROR(op, Library().api.Matmul(impl_->handle, &plan->plan, AlphaArg(alpha), compressed_.get(), x, &beta,
-                                              y, y, Workspace(), streams, 1));
-  *used = true;
+  LT_RETURN_IF_ERROR(op, a.Matmul(impl_->handle, &plan->plan, alpha, compressed_.get(), x, &beta, y, y, Workspace(),
+                                  streams, 1));
   return Ort::Status{nullptr};
 }
 

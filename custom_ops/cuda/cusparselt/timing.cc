@@ -43,17 +43,14 @@ float TimeMatmul(const cusparseLtHandle_t* h, const cusparseLtMatmulPlan_t* plan
       2, 5.f);
 }
 
-Ort::Status SearchedMaxConfigId(const char* op, const cusparseLtHandle_t* h, const cusparseLtMatmulDescriptor_t* matmul,
+Ort::Status SearchedMaxConfigId(const char*, const cusparseLtHandle_t* h, const cusparseLtMatmulAlgSelection_t* alg,
                                 int sm_major, const RuntimeOptions& options, const OrtLogger* logger, int* max_id) {
   const Api& a = Library().api;
   *max_id = -1;
-  cusparseLtMatmulAlgSelection_t probe;
-  LT_RETURN_IF_ERROR(op, a.MatmulAlgSelectionInit(h, &probe, matmul, CUSPARSELT_MATMUL_ALG_DEFAULT));
-  if (a.MatmulAlgGetAttribute(h, &probe, CUSPARSELT_MATMUL_ALG_CONFIG_MAX_ID, max_id, sizeof(*max_id)) !=
+  if (a.MatmulAlgGetAttribute(h, alg, CUSPARSELT_MATMUL_ALG_CONFIG_MAX_ID, max_id, sizeof(*max_id)) !=
       CUSPARSE_STATUS_SUCCESS) {
     *max_id = -1;
   }
-  a.MatmulAlgSelectionDestroy(&probe);
   const int safe = SafeMaxConfigId(options, a.version, sm_major);
   static std::atomic<bool> warned{false};
   if (safe < 0 && options.cusparselt_max_config_id == RuntimeOptions::kUnsetConfigId && !warned.exchange(true)) {
