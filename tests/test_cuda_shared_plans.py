@@ -31,7 +31,7 @@ TOL = 4e-3  # fp16 through three layers, each rounded
 
 
 def _plan_lines(log: str, m: int, n: int, k: int) -> list[str]:
-    return re.findall(rf"cuSPARSELt m={m} n={n} k={k}: (new|shared|no) plan", log)
+    return re.findall(rf"cuSPARSELt m={m} n={n} k={k}: (new|shared|prepared|no) plan", log)
 
 
 def _session(model: onnx.ModelProto, **providers) -> ort.InferenceSession:
@@ -154,3 +154,52 @@ def test_per_image_conv_layers_share_a_plan(monkeypatch, capfd):
     lines = _plan_lines(capfd.readouterr().err, x_shape[0] * 64, oc, 9 * x_shape[1])
     assert len(lines) == 4 and "no" not in lines, lines
     assert lines.count("new") <= 1, lines
+
+
+# Plans made ahead from the tuning cache (SparseLtWeight::Prepare): at kernel creation, on threads,
+# for every problem the cache lists for the weight's shape. Each process is new: the plans, the
+# in-process choices and the problems already scheduled are per process.
+_CHILD = """
+import sys, time
+import numpy as np
+import onnxruntime as ort
+from onnxsparse.session import session_options
+
+model, feed, out, cache, tune = sys.argv[1:6]
+opts = session_options(trace=True, cusparselt_cache=cache, cusparselt_tune=tune, cusparselt_max_config_id=2,
+                       cuda_small_m_max=32, cuda_own_timed_m_max=0)
+opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+session = ort.InferenceSession(model, opts, providers=["CUDAExecutionProvider"])
+time.sleep(1.0)  # the plans made ahead are ready (one selection each, under 0.4 s)
+np.save(out, session.run(None, {"A": np.load(feed)})[0])
+"""
+
+
+def _child(tmp_path, model_path, a, cache, tune: str) -> tuple[np.ndarray, str]:
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    np.save(tmp_path / "a.npy", a)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+    done = subprocess.run([sys.executable, "-c", _CHILD, str(model_path), str(tmp_path / "a.npy"),
+                           str(tmp_path / "y.npy"), str(cache), tune], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return np.load(tmp_path / "y.npy"), done.stderr
+
+
+def test_plans_of_tuned_problems_are_made_ahead_in_a_new_process(tmp_path):
+    model, a, ref = _matmul_stack(70, False)
+    path = tmp_path / "stack.onnx"
+    onnx.save(model, str(path))
+    cache = tmp_path / "tuning.txt"
+    out, log = _child(tmp_path, path, a, cache, "search")  # ids 0..2 searched, the choice written
+    assert _rel_err(out.astype(np.float64), ref) < TOL
+    assert "prepared" not in " ".join(_plan_lines(log, M, WIDTH, WIDTH))
+    assert cache.is_file()
+    out, log = _child(tmp_path, path, a, cache, "cache")  # a new process with that cache
+    assert _rel_err(out.astype(np.float64), ref) < TOL
+    assert _plan_lines(log, M, WIDTH, WIDTH) == ["prepared"] * DEPTH, log[-3000:]

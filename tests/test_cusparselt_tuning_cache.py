@@ -232,3 +232,23 @@ def test_a_problem_the_file_lacks_borrows_the_nearest_tuned_configuration(tmp_pa
     assert nearest(_line(512, 8192, 8192, 0)) == "31"     # no 8192 weight: 13824x5120 (M 128) is nearer in log than 4096x4096
     assert nearest(_line(512, 2048, 2048, 0)) == "18"     # and for a small one, 4096x4096
     assert cache.read_text().count("\n") == len(lines) + 1  # a lookup never writes
+
+
+def test_problems_tuned_for_a_weight_are_listed_for_its_plans_made_ahead(tmp_path):
+    """The tuned problems of one weight shape (any M, ldy or searched range), which the library makes
+    plans of at kernel creation: never the own kernel's entry, another GPU, version, element type,
+    N, K or bias."""
+    cache = tmp_path / "c.txt"
+    lines = [
+        _line(128, 4096, 1024, 31), _line(2048, 4096, 1024, 6), _line(2048, 4096, 1024, 7, max_id=20),
+        _line(100352, 4096, 1024, 3, ldy=-3136), _line(256, 4096, 1024, -1, max_id=-1),
+        _line(512, 4096, 1024, 5, gpu="NVIDIA H100"), _line(512, 4096, 1024, 7, version="0.7.1"),
+        _line(512, 4096, 1024, 9, dtype="bfloat16"), _line(512, 4096, 1024, 11, bias=0),
+        _line(512, 1024, 4096, 12), _line(512, 4096, 2048, 13),
+    ]
+    cache.write_text("\n".join([HEADER, *lines]) + "\n")
+    found = _run("problems", str(cache), _line(1, 4096, 1024, 0)).stdout.split("\n")
+    assert sorted(line for line in found if line) == sorted(["128\t4096\t35", "2048\t4096\t35", "2048\t4096\t20",
+                                                            "100352\t-3136\t35"])
+    assert _run("problems", str(cache), _line(1, 4096, 1024, 0, gpu="NVIDIA A100")).stdout == ""
+    assert cache.read_text().count("\n") == len(lines) + 1  # a lookup never writes

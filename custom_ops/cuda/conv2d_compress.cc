@@ -47,6 +47,18 @@ Conv2dCompressCuda<OrtT>::Conv2dCompressCuda(const OrtApi*, const OrtKernelInfo*
       else if (std::strcmp(form, "auto") == 0) form_ = Form::kAuto;
       else if (error.empty()) error = StrCat("ONNXSPARSE_CUDA_CONV_FORM='", form, "' is not auto, nchw, nchw_padded or nhwc");
     }
+    if (error.empty() && !std::is_same_v<OrtT, float>) {
+      // The plans the tuning cache lists for this weight, made ahead: the GEMM's (NHWC rows) and,
+      // for a per-image candidate, the batched ones with the bias and ReLU that form fuses.
+      const ElementType type = std::is_same_v<OrtT, Ort::Float16_t> ? ElementType::kFloat16 : ElementType::kBFloat16;
+      runner_.PrepareCuSparseLt(info, type);
+      int64_t oc = 0, half_k = 0;
+      if (!nhwc_ && attrs_.group == 1 && weight_constant_ && runner_.kernel_device() >= 0 &&
+          SparseGemmRunner::ConstantMatrixShape(info, 1, &oc, &half_k)) {
+        SparseLtWeight::Prepare(options_, runner_.kernel_device(), type, oc, 2 * half_k, bias_constant_,
+                                act_.kind == ActivationKind::kRelu, runner_.preparer());
+      }
+    }
     return error;
   });
 }

@@ -1,8 +1,8 @@
 // cuSPARSELt, loaded at run time (dlopen of libcusparseLt.so.0), for the large-M sparse GEMMs.
 // A SparseLtWeight holds one weight in cuSPARSELt's compressed form (built once, from SPEC's form)
 // and a plan per M, shared with every weight of the process with the same problem (making one took
-// 0.2-0.37 s on an H200 with cuSPARSELt 0.8.0, nearly all of it its algorithm selection): the configuration of the tuning cache file (onnxsparse.cusparselt.cache), else,
-// when searching (onnxsparse.cusparselt.tune=search, which `onnxsparse tune` sets), the fastest of
+// 0.2-0.37 s on an H200 with cuSPARSELt 0.8.0, nearly all of it its algorithm selection): the
+// configuration of the tuning cache file (onnxsparse.cusparselt.cache), else, when searching (onnxsparse.cusparselt.tune=search, which `onnxsparse tune` sets), the fastest of
 // every configuration known to be safe, timed at the first call of the M and written to the file;
 // else cuSPARSELt's default algorithm. The choice is shared by every weight of the same problem.
 // A weight and its plans live on the device current when it was built (its kernel's).
@@ -15,10 +15,12 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -54,8 +56,31 @@ void StoreOwnKernelUs(const RuntimeOptions& options, const OrtLogger* logger, El
 // Says once per process (WARNING, on `logger`) that a GEMM (`what`) runs untuned and what tunes it.
 void NoteUntunedOnce(const OrtLogger* logger, const std::string& what);
 
+// Threads that make cuSPARSELt plans ahead (SparseLtWeight::Prepare), joined when it goes: a
+// kernel's destruction waits for the plans it started (one algorithm selection each, under 0.4 s).
+class PlanPreparer {
+ public:
+  PlanPreparer() = default;
+  ~PlanPreparer();
+  PlanPreparer(const PlanPreparer&) = delete;
+  PlanPreparer& operator=(const PlanPreparer&) = delete;
+  void Add(std::function<void()> job) { threads_.emplace_back(std::move(job)); }
+
+ private:
+  std::vector<std::thread> threads_;
+};
+
 class SparseLtWeight {
  public:
+  // Makes ahead, on threads of `preparer`, the plans of every problem the tuning cache lists for a
+  // weight of this shape on `device` (any M), so that the first call of such an M finds its plan
+  // made: one algorithm selection per problem took 0.2-0.37 s on an H200, and they run in parallel
+  // (8 at once in 0.34 s against 2.69 s one after another). Each problem once per process; nothing
+  // without a tuned entry (a first call then makes its plan itself). relu: the plans' fused ReLU
+  // (Run's SetRelu, RunBatched's fuse_relu) as the kernel expects it to be.
+  static void Prepare(const RuntimeOptions& options, int device, ElementType type, int64_t n, int64_t k, bool bias,
+                      bool relu, PlanPreparer* preparer);
+
   // The options (tuning, cache file, configuration range) and the logger of the kernel that owns it.
   SparseLtWeight(const RuntimeOptions& options, const OrtLogger* logger);
   ~SparseLtWeight();
@@ -105,9 +130,12 @@ class SparseLtWeight {
   using PlanKey = std::tuple<int, int, int64_t, int64_t, int64_t, int64_t, bool, bool, bool>;
   static std::shared_ptr<Plan> SharedPlan(const PlanKey& key);
   // Describes, configures (this process, cache, search or default) and plans *p for this weight's
-  // problem at (m, ldy); the caller holds p->mutex.
+  // problem at (m, ldy); the caller holds p->mutex. prepare (Prepare's thread, no weight, x or y):
+  // only with a configuration from this process or the cache, else *p is left as it was.
   Ort::Status MakePlan(const char* op, int64_t m, int64_t ldy, const void* x, void* y, float alpha,
-                       cudaStream_t stream, bool capturing, Plan* p);
+                       cudaStream_t stream, bool capturing, bool prepare, Plan* p);
+  // Prepare's job: the plan of (m, ldy) for a weight of this shape, made unless made or being made.
+  void PreparePlan(ElementType type, int64_t n, int64_t k, bool bias, bool relu, int64_t m, int64_t ldy);
   // Calls cuSPARSELt's matmul of `plan` with this weight (its compressed form, bias, workspace).
   Ort::Status Matmul(const char* op, Plan* plan, const void* alpha, const void* x, void* y, cudaStream_t stream);
   // Whether cuSPARSELt takes this call: M a positive multiple of kMAlign, X and Y 16-byte aligned

@@ -1,5 +1,6 @@
 #include "cuda/matmul_compress.h"
 
+#include <type_traits>
 #include <vector>
 
 #include "common/attributes.h"
@@ -21,6 +22,9 @@ MatMulCompressCuda<OrtT>::MatMulCompressCuda(const OrtApi*, const OrtKernelInfo*
     std::string error = ReadMatMulAttributes(info, attrs_);
     if (error.empty()) error = ReadActivationAttributes(info, act_);
     runner_.Init(info, 1, 2, 3);
+    if (error.empty() && !std::is_same_v<OrtT, float>) {
+      runner_.PrepareCuSparseLt(info, std::is_same_v<OrtT, Ort::Float16_t> ? ElementType::kFloat16 : ElementType::kBFloat16);
+    }
     return error;
   });
 }

@@ -21,6 +21,7 @@ cudaError_t LaunchRelu(void* y, int64_t count, cudaStream_t stream) {
 }  // namespace
 
 void SparseGemmRunner::Init(const OrtKernelInfo* info, size_t values_input, size_t index_input, size_t bias_input) {
+  values_input_ = values_input;
   weight_constant_ = InputIsConstant(info, values_input) && InputIsConstant(info, index_input);
   bias_constant_ = InputIsConstant(info, bias_input);
   const KernelContext context = CurrentKernelContext();
@@ -32,6 +33,39 @@ void SparseGemmRunner::Init(const OrtKernelInfo* info, size_t values_input, size
   // can load it from elsewhere or fail; a missing library is said where a product needs it.
   std::string why;
   CusparseLtAvailable(options_.cusparselt_library, &why);
+}
+
+bool SparseGemmRunner::ConstantMatrixShape(const OrtKernelInfo* info, size_t input, int64_t* rows, int64_t* columns) {
+  const OrtApi& api = Ort::GetApi();
+  int is_constant = 0;
+  const OrtValue* value = nullptr;
+  OrtStatus* status = api.KernelInfoGetConstantInput_tensor(info, input, &is_constant, &value);
+  if (status != nullptr) {
+    api.ReleaseStatus(status);
+    return false;
+  }
+  if (is_constant == 0 || value == nullptr) return false;
+  OrtTensorTypeAndShapeInfo* shape = nullptr;
+  if ((status = api.GetTensorTypeAndShape(value, &shape)) != nullptr) {
+    api.ReleaseStatus(status);
+    return false;
+  }
+  size_t count = 0;
+  int64_t dims[2] = {0, 0};
+  bool ok = (status = api.GetDimensionsCount(shape, &count)) == nullptr && count == 2 &&
+            (status = api.GetDimensions(shape, dims, 2)) == nullptr;
+  if (status != nullptr) api.ReleaseStatus(status);
+  api.ReleaseTensorTypeAndShapeInfo(shape);
+  *rows = dims[0];
+  *columns = dims[1];
+  return ok;
+}
+
+void SparseGemmRunner::PrepareCuSparseLt(const OrtKernelInfo* info, ElementType type) {
+  int64_t n = 0, half_k = 0;
+  if (!weight_constant_ || device_ < 0 || !ConstantMatrixShape(info, values_input_, &n, &half_k)) return;
+  // values are [N, K/2]; the ReLU of the plans is SetRelu's (WeightLocked: with a constant bias or none).
+  SparseLtWeight::Prepare(options_, device_, type, n, 2 * half_k, bias_constant_, relu_, &preparer_);
 }
 
 template <typename T>

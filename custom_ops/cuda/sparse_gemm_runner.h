@@ -50,6 +50,15 @@ class SparseGemmRunner {
   void SetRelu(bool on) { relu_ = on; }
   bool relu() const { return relu_; }
 
+  // Starts making, on threads, the cuSPARSELt plans that the tuning cache lists for this kernel's
+  // constant weight (SparseLtWeight::Prepare; type: fp16 or bf16), with SetRelu's ReLU: called at
+  // kernel creation, after SetRelu. The kernel's other cuSPARSELt weights may use preparer() too.
+  void PrepareCuSparseLt(const OrtKernelInfo* info, ElementType type);
+  PlanPreparer* preparer() { return &preparer_; }
+  int kernel_device() const { return device_; }  // as told at creation (-1: not told)
+  // The [rows, columns] of a constant 2-D input (the weight's values), false when it is not one.
+  static bool ConstantMatrixShape(const OrtKernelInfo* info, size_t input, int64_t* rows, int64_t* columns);
+
   // The device this kernel computes on: its stream's, else its execution provider's (the session's
   // device_id), -1 when neither can be told. The op makes it current for its Compute (ScopedDevice):
   // the calling thread's current device may be another session's.
@@ -87,6 +96,7 @@ class SparseGemmRunner {
                                ElementType type, bool lt_bias);
 
   int device_ = -1;  // the execution provider's device (KernelInfo)
+  size_t values_input_ = 0;
   bool weight_constant_ = false;
   bool bias_constant_ = false;
   RuntimeOptions options_;
@@ -99,6 +109,7 @@ class SparseGemmRunner {
   std::vector<std::string> sparselt_error_;                // by slot: why it could not be built
   std::vector<std::unique_ptr<DeviceBuffer>> packed_;      // by slot: the packed weight, or null
   std::vector<bool> own_ran_;                              // by slot: the own kernel served a call
+  PlanPreparer preparer_;  // last: joined first when the kernel goes
 };
 
 }  // namespace onnxsparse::cuda

@@ -24,10 +24,12 @@ struct SparseLtWeight::Plan {
   Plan() = default;
   Plan(const Plan&) = delete;
   Plan& operator=(const Plan&) = delete;
-  ~Plan();  // destroys what was made (plans.cc)
+  ~Plan() { Clear(); }
+  void Clear();  // destroys what was made, back to a new plan (plans.cc)
 
   std::mutex mutex;           // held while it is made, and around each bias change and call
   bool made = false;          // described, configured and planned (supported or not)
+  bool prepared = false;      // made ahead (SparseLtWeight::Prepare)
   const void* bias = nullptr; // the bias pointer the matmul descriptor holds now
   cusparseLtMatDescriptor_t mat_b, mat_c;
   cusparseLtMatmulDescriptor_t matmul;

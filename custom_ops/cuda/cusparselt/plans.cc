@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <set>
 #include <tuple>
 
 #include "common/log.h"
@@ -155,16 +156,96 @@ SparseLtWeight::~SparseLtWeight() {
   if (lib.error.empty() && impl_->has_mat_a) lib.api.MatDescriptorDestroy(&impl_->mat_a);
 }
 
-SparseLtWeight::Plan::~Plan() {
+void SparseLtWeight::Plan::Clear() {
   Loaded& lib = Library();
-  if (!lib.error.empty()) return;
-  if (initialised) lib.api.MatmulPlanDestroy(&plan);
-  if (has_alg) lib.api.MatmulAlgSelectionDestroy(&alg);
-  if (has_dense) {
-    lib.api.MatDescriptorDestroy(&mat_b);
-    lib.api.MatDescriptorDestroy(&mat_c);
+  if (lib.error.empty()) {
+    if (initialised) lib.api.MatmulPlanDestroy(&plan);
+    if (has_alg) lib.api.MatmulAlgSelectionDestroy(&alg);
+    if (has_dense) {
+      lib.api.MatDescriptorDestroy(&mat_b);
+      lib.api.MatDescriptorDestroy(&mat_c);
+    }
+    if (has_mat_a) lib.api.MatDescriptorDestroy(&mat_a);
   }
-  if (has_mat_a) lib.api.MatDescriptorDestroy(&mat_a);
+  initialised = has_alg = has_dense = has_mat_a = supported = made = prepared = false;
+  bias = nullptr;
+  config_id = -1;
+  best_us = -1.f;
+}
+
+PlanPreparer::~PlanPreparer() {
+  for (std::thread& thread : threads_) thread.join();
+}
+
+void SparseLtWeight::Prepare(const RuntimeOptions& options, int device, ElementType type, int64_t n, int64_t k,
+                             bool bias, bool relu, PlanPreparer* preparer) {
+  if (options.cusparselt_tune == RuntimeOptions::kTuneOff || !Library().error.empty() || n <= 0 || k <= 0) return;
+  CacheKey like;
+  if (!GpuModel("onnxsparse", device, &like).IsOK()) return;
+  like.version = CusparseLtVersion();
+  like.type = cusparselt::CacheType(type);
+  like.n = n;
+  like.k = k;
+  like.bias = bias;
+  std::vector<CacheKey> problems;
+  {
+    std::lock_guard<std::mutex> lock(TunedMutex());
+    problems = cusparselt::TuningCacheFor(cusparselt::CachePath(options.cusparselt_cache)).Problems(like);
+  }
+  static auto* mutex = new std::mutex();
+  static auto* scheduled = new std::set<PlanKey>();  // each problem's plan is made ahead once per process
+  for (const CacheKey& problem : problems) {
+    if (problem.ldy == 0 || (problem.ldy < 0 && problem.m % -problem.ldy != 0)) continue;
+    {
+      std::lock_guard<std::mutex> lock(*mutex);
+      if (!scheduled->insert(PlanKey{device, static_cast<int>(type), problem.m, n, k, problem.ldy, bias, relu, false})
+               .second) {
+        continue;
+      }
+    }
+    const int64_t m = problem.m, ldy = problem.ldy;
+    preparer->Add([options, device, type, n, k, bias, relu, m, ldy] {
+      try {
+        if (cudaSetDevice(device) != cudaSuccess) return;
+        SparseLtWeight ahead(options, nullptr);  // no logger: the session may be gone before it ends
+        ahead.PreparePlan(type, n, k, bias, relu, m, ldy);
+      } catch (...) {  // out of memory: the first call makes the plan
+      }
+    });
+  }
+}
+
+void SparseLtWeight::PreparePlan(ElementType type, int64_t n, int64_t k, bool bias, bool relu, int64_t m,
+                                 int64_t ldy) {
+  if (!cusparselt::DeviceHandle("onnxsparse", &impl_->handle).IsOK()) return;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return;
+  // A device address of the device stands for the bias until a weight calls (Matmul sets the
+  // caller's before each call that differs); nothing reads it.
+  static auto* mutex = new std::mutex();
+  static auto* stand_ins = new std::map<int, void*>();
+  void* stand_in = nullptr;
+  if (bias) {
+    std::lock_guard<std::mutex> lock(*mutex);
+    void*& slot = (*stand_ins)[device];
+    if (slot == nullptr && cudaMalloc(&slot, 256) != cudaSuccess) slot = nullptr;
+    stand_in = slot;
+    if (stand_in == nullptr) return;
+  }
+  type_ = type;
+  n_ = n;
+  k_ = k;
+  bias_ = stand_in;
+  plain_relu_ = relu_ = relu;
+  std::shared_ptr<Plan> plan = SharedPlan(PlanKey{device, static_cast<int>(type), m, n, k, ldy, bias, relu, false});
+  std::unique_lock<std::mutex> lock(plan->mutex, std::try_to_lock);
+  if (!lock.owns_lock() || plan->made) return;  // a first call is making it, or made it
+  Ort::Status made = MakePlan("onnxsparse", m, ldy, nullptr, nullptr, 1.f, nullptr, false, true, plan.get());
+  if (made.IsOK() && plan->supported) {
+    plan->made = plan->prepared = true;
+  } else {
+    plan->Clear();  // the first call makes it, and says why it cannot
+  }
 }
 
 std::shared_ptr<SparseLtWeight::Plan> SparseLtWeight::SharedPlan(const PlanKey& key) {
@@ -254,7 +335,7 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
       plan = std::make_shared<Plan>();
       lock = std::unique_lock<std::mutex>(plan->mutex);
     }
-    Ort::Status made = MakePlan(op, m, ldy, x, y, alpha, stream, capturing, plan.get());
+    Ort::Status made = MakePlan(op, m, ldy, x, y, alpha, stream, capturing, false, plan.get());
     plan->made = true;  // a failed one is not tried again: the own kernel serves the later calls
     if (!made.IsOK()) {
       plans_[key] = plan;
@@ -290,14 +371,15 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
     char text[200];
     std::snprintf(text, sizeof(text), "onnxsparse trace: cuSPARSELt m=%lld n=%lld k=%lld: %s plan of config %d in %.2f ms",
                   static_cast<long long>(m), static_cast<long long>(n_), static_cast<long long>(k_),
-                  !plan->supported ? "no" : made_before ? "shared" : "new", plan->config_id, MsSince(start));
+                  !plan->supported ? "no" : !made_before ? "new" : plan->prepared ? "prepared" : "shared",
+                  plan->config_id, MsSince(start));
     ONNXSPARSE_LOG(logger_, trace, text);
   }
   return Ort::Status{nullptr};
 }
 
 Ort::Status SparseLtWeight::MakePlan(const char* op, int64_t m, int64_t ldy, const void* x, void* y, float alpha,
-                                     cudaStream_t stream, bool capturing, Plan* plan) {
+                                     cudaStream_t stream, bool capturing, bool prepare, Plan* plan) {
   const auto start = std::chrono::steady_clock::now();
   double max_id_ms = 0.0, plan_ms = 0.0;  // the trace's steps
   Plan& p = *plan;
@@ -393,6 +475,8 @@ Ort::Status SparseLtWeight::MakePlan(const char* op, int64_t m, int64_t ldy, con
     if (from_cache) {
       p.config_id = cached.config_id;
       p.best_us = cached.us;
+    } else if (prepare) {
+      return Ort::Status{nullptr};  // not tuned: the first call chooses
     } else if (options_.cusparselt_tune == RuntimeOptions::kTuneSearch) {
       ONNXSPARSE_RETURN_IF_ERROR(TimeConfigs(op, cache_key.max_id, m, x, y, alpha, stream, &p));
       tuned_now = true;
@@ -414,10 +498,12 @@ Ort::Status SparseLtWeight::MakePlan(const char* op, int64_t m, int64_t ldy, con
       }
     }
   }
+  if (prepare && !known && !from_cache) return Ort::Status{nullptr};  // (tuning off, or capturing)
   if (untuned) NoteUntunedOnce(logger_, StrCat("cuSPARSELt M=", m, " N=", n_, " K=", k_));
   const auto plan_start = std::chrono::steady_clock::now();
   Ort::Status planned = InitPlan(op, &p);
   plan_ms = MsSince(plan_start);
+  if (!planned.IsOK() && prepare) return Ort::Status{nullptr};  // the first call retries, or searches
   if (!planned.IsOK() && (from_cache || borrowed)) {
     // A cached id that this cuSPARSELt build refuses (the file came from another build): searched
     // again when searching, else cuSPARSELt's default algorithm.

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <set>
 #include <fstream>
 #include <iterator>
 #include <limits>
@@ -214,6 +215,22 @@ bool TuningCacheFile::FindNearest(const CacheKey& key, CacheKey* found_key, Cach
     }
   }
   return best < std::numeric_limits<double>::infinity();
+}
+
+std::vector<CacheKey> TuningCacheFile::Problems(const CacheKey& like) {
+  Load();
+  std::set<CacheKey> found;
+  for (const CacheEntries* entries : {&tuned_here_, &entries_}) {
+    for (const auto& [k, e] : *entries) {
+      if (e.config_id < 0 || k.version != like.version || k.gpu != like.gpu || k.sm_major != like.sm_major ||
+          k.sm_minor != like.sm_minor || k.type != like.type || k.n != like.n || k.k != like.k ||
+          k.bias != like.bias) {
+        continue;
+      }
+      found.insert(k);
+    }
+  }
+  return std::vector<CacheKey>(found.begin(), found.end());
 }
 
 bool TuningCacheFile::Store(const CacheKey& key, const CacheEntry& entry, std::string* why) {

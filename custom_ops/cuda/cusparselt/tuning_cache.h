@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 namespace onnxsparse::cuda::cusparselt {
 
@@ -77,6 +78,11 @@ class TuningCacheFile {
   // three times M (another M of the same weight first). Own-kernel entries are not candidates.
   // Measured on an H200: cuSPARSELt's default algorithm ran 0.24-0.64x of dense at M >= 128.
   bool FindNearest(const CacheKey& key, CacheKey* found_key, CacheEntry* entry);
+  // The problems tuned for a weight like `like` (of this file and of this process): the same
+  // cuSPARSELt version, GPU model, element type, N, K and bias, at any M, ldy and searched range;
+  // cuSPARSELt's entries only (not the own kernel's). SparseLtWeight::Prepare makes their plans
+  // ahead of the first call.
+  std::vector<CacheKey> Problems(const CacheKey& like);
   // Records a result tuned by this process and rewrites the file: read again (another process
   // may have added entries since), this process's results merged over it, written atomically.
   // False and *why when the file cannot be written (the result is still kept in memory).
