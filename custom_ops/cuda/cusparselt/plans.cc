@@ -30,6 +30,10 @@ void NoteUntunedOnce(const OrtLogger* logger, const std::string& what) {
                         "`onnxsparse tune --provider cuda` on this model would make it faster (said once)"));
 }
 
+PlanPreparer::~PlanPreparer() {
+  for (std::thread& thread : threads_) thread.join();
+}
+
 #ifndef ONNXSPARSE_WITH_CUSPARSELT
 
 struct SparseLtWeight::Impl {};
@@ -51,6 +55,7 @@ Ort::Status SparseLtWeight::Time(const char*, const void*, int64_t, void*, int64
   *us = -1.f;
   return Ort::Status{nullptr};
 }
+void SparseLtWeight::Prepare(const RuntimeOptions&, int, ElementType, int64_t, int64_t, bool, bool, PlanPreparer*) {}
 float CachedOwnKernelUs(const RuntimeOptions&, ElementType, int64_t, int64_t, int64_t, int64_t, bool) { return -1.f; }
 void StoreOwnKernelUs(const RuntimeOptions&, const OrtLogger*, ElementType, int64_t, int64_t, int64_t, int64_t, bool,
                       float) {}
@@ -171,10 +176,6 @@ void SparseLtWeight::Plan::Clear() {
   bias = nullptr;
   config_id = -1;
   best_us = -1.f;
-}
-
-PlanPreparer::~PlanPreparer() {
-  for (std::thread& thread : threads_) thread.join();
 }
 
 void SparseLtWeight::Prepare(const RuntimeOptions& options, int device, ElementType type, int64_t n, int64_t k,
