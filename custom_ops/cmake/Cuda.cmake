@@ -162,7 +162,13 @@ function(onnxsparse_add_cuda target)
     $<$<COMPILE_LANGUAGE:CUDA>:${gencode} --threads ${ONNXSPARSE_NVCC_THREADS} --Werror default-stream-launch -Werror all-warnings -Xcompiler=-Wall -lineinfo --expt-relaxed-constexpr>)
   target_link_libraries(${target} PRIVATE CUDA::cudart_static)
 
-  onnxsparse_find_cusparselt_header(cusparselt_dir)
+  # ONNXSPARSE_CUSPARSELT=OFF builds without the cuSPARSELt path even where its header could be found
+  # (CI builds that way too, so that the build without the header keeps compiling and linking).
+  set(ONNXSPARSE_CUSPARSELT ON CACHE BOOL "the cuSPARSELt path (its header found or fetched at configure time)")
+  set(cusparselt_dir "")
+  if(ONNXSPARSE_CUSPARSELT)
+    onnxsparse_find_cusparselt_header(cusparselt_dir)
+  endif()
   if(cusparselt_dir)
     target_include_directories(${target} PRIVATE ${cusparselt_dir})
     target_compile_definitions(${target} PRIVATE ONNXSPARSE_WITH_CUSPARSELT=1)
@@ -177,6 +183,8 @@ function(onnxsparse_add_cuda target)
       target_include_directories(${target} PRIVATE ${PROJECT_SOURCE_DIR}/cuda/cusparse_stub)
     endif()
     message(STATUS "onnxsparse: cuSPARSELt header in ${cusparselt_dir} (library loaded at run time)")
+  elseif(NOT ONNXSPARSE_CUSPARSELT)
+    message(STATUS "onnxsparse: building the CUDA kernels without the cuSPARSELt path (ONNXSPARSE_CUSPARSELT=OFF)")
   else()
     message(WARNING "onnxsparse: no cuSPARSELt header found; building the CUDA kernels without the "
                     "cuSPARSELt path (set CUSPARSELT_INCLUDE_DIR)")
