@@ -50,7 +50,7 @@ Conv2dCompressCuda<OrtT>::Conv2dCompressCuda(const OrtApi*, const OrtKernelInfo*
     if (error.empty() && !std::is_same_v<OrtT, float>) {
       // The plans the tuning cache lists for this weight, made ahead: the GEMM's (NHWC rows) and,
       // for a per-image candidate, the batched ones with the bias and ReLU that form fuses.
-      const ElementType type = std::is_same_v<OrtT, Ort::Float16_t> ? ElementType::kFloat16 : ElementType::kBFloat16;
+      const ElementType type = HalfElementType<DeviceType<OrtT>>();
       runner_.PrepareCuSparseLt(info, type);
       int64_t oc = 0, half_k = 0;
       if (!nhwc_ && attrs_.group == 1 && weight_constant_ && runner_.kernel_device() >= 0 &&
@@ -277,7 +277,7 @@ Ort::Status Conv2dCompressCuda<OrtT>::ChooseNchw(const char* op, const Call& cal
   std::vector<int64_t> usable;
   for (int attempt = 0; attempt < 2 && nchw_error_.empty(); ++attempt) {
     if (!nchw_weight_) {
-      const ElementType type = std::is_same_v<T, __half> ? ElementType::kFloat16 : ElementType::kBFloat16;
+      const ElementType type = HalfElementType<T>();
       auto built = std::make_unique<SparseLtWeight>(options_, runner_.logger());
       const bool bias_fused = nchw_fuse_ && bias_constant_ && call.bias != nullptr;
       Ort::Status status = built->Build(op, type, call.values, call.index, call.geo.out_channels, call.geo.k,

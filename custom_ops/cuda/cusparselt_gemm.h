@@ -12,6 +12,7 @@
 // Implemented in cusparselt/: loader.cc (dlopen), tuning_cache.cc (the cache file, plain C++),
 // plans.cc (compressed weight, plans, workspaces) and timing.cc (the configuration search).
 #pragma once
+#include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -22,6 +23,7 @@
 #include <string>
 #include <thread>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "common/ort_api.h"
@@ -37,6 +39,12 @@ namespace onnxsparse::cuda {
 // (SetAlphaVector) and bias float. kInt8ScaledFloat: the same with a float D (and a fused ReLU,
 // SetRelu). Their values are the tuning cache's CacheDtype.
 enum class ElementType { kFloat16, kBFloat16, kInt8, kInt8Scaled, kInt8ScaledFloat };
+
+// The ElementType of a 16-bit float device type: __half, else __nv_bfloat16.
+template <typename T>
+constexpr ElementType HalfElementType() {
+  return std::is_same_v<T, __half> ? ElementType::kFloat16 : ElementType::kBFloat16;
+}
 
 // Whether cuSPARSELt could be loaded; when not, *why says so (built without it, library missing).
 // `library` (onnxsparse.cusparselt.library) is tried first; a load that failed is tried again with
@@ -136,6 +144,16 @@ class SparseLtWeight {
                        cudaStream_t stream, bool capturing, bool prepare, Plan* p);
   // Prepare's job: the plan of (m, ldy) for a weight of this shape, made unless made or being made.
   void PreparePlan(ElementType type, int64_t n, int64_t k, bool bias, bool relu, int64_t m, int64_t ldy);
+  // The key of this weight's plan of (m, ldy) on `device` (its type, shape and epilogue).
+  PlanKey KeyFor(int device, int64_t m, int64_t ldy) const {
+    return PlanKey{device, static_cast<int>(type_), m, n_, k_, ldy, bias_ != nullptr, ldy < 0 ? relu_ : plain_relu_,
+                   alpha_vector_ != nullptr};
+  }
+  // Points the plan's matmul descriptor at this weight's bias where it holds another's; the caller
+  // holds plan->mutex.
+  Ort::Status SetBiasLocked(const char* op, Plan* plan);
+  // The severity of the trace lines (WARNING with onnxsparse.trace, else VERBOSE).
+  OrtLoggingLevel TraceLevel() const { return options_.trace ? ORT_LOGGING_LEVEL_WARNING : ORT_LOGGING_LEVEL_VERBOSE; }
   // Calls cuSPARSELt's matmul of `plan` with this weight (its compressed form, bias, workspace).
   Ort::Status Matmul(const char* op, Plan* plan, const void* alpha, const void* x, void* y, cudaStream_t stream);
   // Whether cuSPARSELt takes this call: M a positive multiple of kMAlign, X and Y 16-byte aligned

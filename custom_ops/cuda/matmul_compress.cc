@@ -23,7 +23,7 @@ MatMulCompressCuda<OrtT>::MatMulCompressCuda(const OrtApi*, const OrtKernelInfo*
     if (error.empty()) error = ReadActivationAttributes(info, act_);
     runner_.Init(info, 1, 2, 3);
     if (error.empty() && !std::is_same_v<OrtT, float>) {
-      runner_.PrepareCuSparseLt(info, std::is_same_v<OrtT, Ort::Float16_t> ? ElementType::kFloat16 : ElementType::kBFloat16);
+      runner_.PrepareCuSparseLt(info, HalfElementType<DeviceType<OrtT>>());
     }
     return error;
   });

@@ -134,7 +134,7 @@ Ort::Status SparseGemmRunner::Run(const char* op, cudaStream_t stream, int slot,
   SparseGemmArgs rest = args;
   if constexpr (!std::is_same_v<T, float>) {
     const int64_t m_main = args.m / SparseLtWeight::kMAlign * SparseLtWeight::kMAlign;
-    const ElementType type = std::is_same_v<T, __half> ? ElementType::kFloat16 : ElementType::kBFloat16;
+    const ElementType type = HalfElementType<T>();
     const bool lt_bias = bias_constant_ && args.bias != nullptr;
     GemmCall call;
     call.op = op;

@@ -238,7 +238,7 @@ void SparseLtWeight::PreparePlan(ElementType type, int64_t n, int64_t k, bool bi
   k_ = k;
   bias_ = stand_in;
   plain_relu_ = relu_ = relu;
-  std::shared_ptr<Plan> plan = SharedPlan(PlanKey{device, static_cast<int>(type), m, n, k, ldy, bias, relu, false});
+  std::shared_ptr<Plan> plan = SharedPlan(KeyFor(device, m, ldy));
   std::unique_lock<std::mutex> lock(plan->mutex, std::try_to_lock);
   if (!lock.owns_lock() || plan->made) return;  // a first call is making it, or made it
   Ort::Status made = MakePlan("onnxsparse", m, ldy, nullptr, nullptr, 1.f, nullptr, false, true, plan.get());
@@ -294,7 +294,7 @@ Ort::Status SparseLtWeight::Build(const char* op, ElementType type, const void* 
                                      compressed_.get(), buffer.get(), stream));
   ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaStreamSynchronize(stream));  // before the temporaries go
   ready_ = true;
-  const OrtLoggingLevel trace = options_.trace ? ORT_LOGGING_LEVEL_WARNING : ORT_LOGGING_LEVEL_VERBOSE;
+  const OrtLoggingLevel trace = TraceLevel();
   if (LogEnabled(logger_, trace)) {
     char text[160];
     std::snprintf(text, sizeof(text), "onnxsparse trace: cuSPARSELt weight n=%lld k=%lld compressed in %.2f ms",
@@ -318,16 +318,15 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaStreamIsCapturing(stream, &capture));
   const bool capturing = capture != cudaStreamCaptureStatusNone;
-  const bool relu = ldy < 0 ? relu_ : plain_relu_;
-  std::shared_ptr<Plan> plan =
-      SharedPlan(PlanKey{device, static_cast<int>(type_), m, n_, k_, ldy, bias_ != nullptr, relu, alpha_vector_ != nullptr});
+  const TunedKey tuned_key{device, static_cast<int>(type_), m, n_, k_, ldy, bias_ != nullptr};
+  std::shared_ptr<Plan> plan = SharedPlan(KeyFor(device, m, ldy));
   std::unique_lock<std::mutex> lock(plan->mutex);
   const bool made_before = plan->made;
   if (!made_before) {
     bool known = false;
     {
       std::lock_guard<std::mutex> tuned_lock(TunedMutex());
-      known = Tuned().count(TunedKey{device, static_cast<int>(type_), m, n_, k_, ldy, bias_ != nullptr}) != 0;
+      known = Tuned().count(tuned_key) != 0;
     }
     if (capturing && !known) {
       // Made during a CUDA-graph capture, without the cache or a timing: this weight's own, so
@@ -350,24 +349,20 @@ Ort::Status SparseLtWeight::GetPlan(const char* op, int64_t m, int64_t ldy, cons
     LT_RETURN_IF_ERROR(op, a.MatmulGetWorkspace(impl_->handle, &plan->plan, &workspace_bytes));
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, GrowWorkspace(workspace_bytes));  // only at the first call of an M
     if (!capturing && plan->best_us < 0.f) {
-      if (bias_ != nullptr && plan->bias != bias_) {
-        LT_RETURN_IF_ERROR(op, a.MatmulDescSetAttribute(impl_->handle, &plan->matmul, CUSPARSELT_MATMUL_BIAS_POINTER,
-                                                        &bias_, sizeof(bias_)));
-        plan->bias = bias_;
-      }
+      ONNXSPARSE_RETURN_IF_ERROR(SetBiasLocked(op, plan.get()));
       plan->best_us =
           cusparselt::TimeMatmul(impl_->handle, &plan->plan, compressed_.get(), x, y, Workspace(), AlphaArg(alpha), stream);
       ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, cudaGetLastError());
       if (plan->best_us > 0.f) {
         std::lock_guard<std::mutex> tuned_lock(TunedMutex());
-        auto& tuned = Tuned()[TunedKey{device, static_cast<int>(type_), m, n_, k_, ldy, bias_ != nullptr}];
+        auto& tuned = Tuned()[tuned_key];
         if (tuned.second < 0.f) tuned = {plan->config_id, plan->best_us};
       }
     }
   }
   plans_[key] = plan;
   *out = plan.get();
-  const OrtLoggingLevel trace = options_.trace ? ORT_LOGGING_LEVEL_WARNING : ORT_LOGGING_LEVEL_VERBOSE;
+  const OrtLoggingLevel trace = TraceLevel();
   if (LogEnabled(logger_, trace)) {
     char text[200];
     std::snprintf(text, sizeof(text), "onnxsparse trace: cuSPARSELt m=%lld n=%lld k=%lld: %s plan of config %d in %.2f ms",
@@ -449,7 +444,7 @@ Ort::Status SparseLtWeight::MakePlan(const char* op, int64_t m, int64_t ldy, con
   CacheKey cache_key;
   CacheEntry cached;
   bool from_cache = false, tuned_now = false;
-  const OrtLoggingLevel trace = options_.trace ? ORT_LOGGING_LEVEL_WARNING : ORT_LOGGING_LEVEL_VERBOSE;
+  const OrtLoggingLevel trace = TraceLevel();
   cusparselt::TuningCacheFile* cache_file = nullptr;
   bool untuned = false;   // no configuration in the cache, none searched (kTuneCache)
   bool borrowed = false;  // untuned, running the nearest tuned problem's configuration
@@ -617,15 +612,19 @@ Ort::Status SparseLtWeight::Run(const char* op, const void* x, int64_t m, void* 
   return Ort::Status{nullptr};
 }
 
+Ort::Status SparseLtWeight::SetBiasLocked(const char* op, Plan* plan) {
+  if (bias_ == nullptr || plan->bias == bias_) return Ort::Status{nullptr};
+  LT_RETURN_IF_ERROR(op, Library().api.MatmulDescSetAttribute(impl_->handle, &plan->matmul,
+                                                              CUSPARSELT_MATMUL_BIAS_POINTER, &bias_, sizeof(bias_)));
+  plan->bias = bias_;
+  return Ort::Status{nullptr};
+}
+
 Ort::Status SparseLtWeight::Matmul(const char* op, Plan* plan, const void* alpha, const void* x, void* y,
                                    cudaStream_t stream) {
   const Api& a = Library().api;
   std::lock_guard<std::mutex> lock(plan->mutex);
-  if (bias_ != nullptr && plan->bias != bias_) {
-    LT_RETURN_IF_ERROR(op, a.MatmulDescSetAttribute(impl_->handle, &plan->matmul, CUSPARSELT_MATMUL_BIAS_POINTER, &bias_,
-                                                    sizeof(bias_)));
-    plan->bias = bias_;
-  }
+  ONNXSPARSE_RETURN_IF_ERROR(SetBiasLocked(op, plan));
   const float beta = 0.f;
   cudaStream_t streams[1] = {stream};
   LT_RETURN_IF_ERROR(op, a.Matmul(impl_->handle, &plan->plan, alpha, compressed_.get(), x, &beta, y, y, Workspace(),

@@ -107,7 +107,7 @@ Ort::Status SparseLtWeight::TimeConfigs(const char* op, int max_id, int64_t m, c
     }
     a.MatmulAlgSelectionDestroy(&alg);
   }
-  const OrtLoggingLevel trace = options_.trace ? ORT_LOGGING_LEVEL_WARNING : ORT_LOGGING_LEVEL_VERBOSE;
+  const OrtLoggingLevel trace = TraceLevel();
   if (LogEnabled(logger_, trace)) {
     char text[256];
     std::snprintf(text, sizeof(text),
