@@ -128,7 +128,8 @@ Ort::Status Conv2dCompressCuda<OrtT>::RunNhwc(const Call& call) {
     args.y = out_nhwc + g * ocg;
     args.ldy = oc;
     ONNXSPARSE_RETURN_IF_ERROR(runner_.Run<T>(kOp, stream, static_cast<int>(g), args));
-    ONNXSPARSE_RETURN_IF_ERROR(runner_.PropagateNonFinite<T>(kOp, stream, col, pixels, k, args.index, ocg,
+    ONNXSPARSE_RETURN_IF_ERROR(runner_.PropagateNonFinite<T>(kOp, stream, col, pixels, k,
+                                                             static_cast<const T*>(args.values), args.index, ocg,
                                                              static_cast<T*>(args.y), oc, flag));  // NaN/Inf like dense
   }
   // [N, OH*OW, OC] -> [N, OC, OH*OW], + bias
@@ -173,8 +174,8 @@ Ort::Status Conv2dCompressCuda<OrtT>::RunNhwcLayout(const Call& call) {
   args.y = call.y;
   args.ldy = oc;
   ONNXSPARSE_RETURN_IF_ERROR(runner_.Run<T>(kOp, stream, 0, args));
-  ONNXSPARSE_RETURN_IF_ERROR(runner_.PropagateNonFinite<T>(kOp, stream, col, pixels, k, call.index, oc, call.y, oc,
-                                                           flag));
+  ONNXSPARSE_RETURN_IF_ERROR(runner_.PropagateNonFinite<T>(kOp, stream, col, pixels, k, call.values, call.index, oc,
+                                                           call.y, oc, flag));
   if (!runner_.relu()) ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchActivation<T>(call.y, pixels * oc, act_, stream));
   return Ort::Status{nullptr};
 }

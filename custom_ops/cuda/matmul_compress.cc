@@ -78,7 +78,8 @@ Ort::Status MatMulCompressCuda<OrtT>::Compute(OrtKernelContext* context, const O
     args.y = out;
     args.ldy = n;
     ONNXSPARSE_RETURN_IF_ERROR(runner_.Run<T>(kOp, stream, 0, args));
-    ONNXSPARSE_RETURN_IF_ERROR(runner_.PropagateNonFinite<T>(kOp, stream, x, m, k, index.Data(), n, out, n));  // NaN/Inf like dense
+    ONNXSPARSE_RETURN_IF_ERROR(runner_.PropagateNonFinite<T>(kOp, stream, x, m, k, static_cast<const T*>(args.values),
+                                                             args.index, n, out, n));  // NaN/Inf like dense
     // The fused activation: an elementwise pass on the stream, after the NaN/Inf fix-up (as on the CPU).
     ONNXSPARSE_RETURN_IF_CUDA_ERROR(kOp, LaunchActivation<T>(out, m * n, act_, stream));
     return Ort::Status{nullptr};

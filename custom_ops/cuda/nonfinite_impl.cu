@@ -54,6 +54,21 @@ __device__ __forceinline__ bool AnyNonFinite<__nv_bfloat16>(uint32_t word) {
   return (word & 0x7F80u) == 0x7F80u || (word & 0x7F800000u) == 0x7F800000u;
 }
 
+// The sign bit of T's bits.
+template <typename T>
+__device__ __forceinline__ typename Bits<T>::type SignBit() {
+  return static_cast<typename Bits<T>::type>(1u << (8 * sizeof(typename Bits<T>::type) - 1));
+}
+
+template <typename T>
+__device__ __forceinline__ typename Bits<T>::type Infinity();  // +Inf; with SignBit<T>(): -Inf
+template <>
+__device__ __forceinline__ uint32_t Infinity<float>() { return 0x7F800000u; }
+template <>
+__device__ __forceinline__ uint16_t Infinity<__half>() { return 0x7C00u; }
+template <>
+__device__ __forceinline__ uint16_t Infinity<__nv_bfloat16>() { return 0x7F80u; }
+
 template <typename T>
 __device__ __forceinline__ typename Bits<T>::type QuietNaN();
 template <>
@@ -68,28 +83,52 @@ constexpr int kMaxBad = 512;  // positions of one row kept in shared memory; mor
 constexpr int kRowsPerBlock = 64;  // a block's rows: one bit each in a shared mask
 constexpr int64_t kMinBlocks = 1024;
 
-// Whether row j of the index keeps position kk (its group's nibble selects it).
-__device__ __forceinline__ bool Kept(const uint8_t* __restrict__ index, int64_t index_row, int64_t j, int64_t kk) {
+// Which of its group's two values row j of the weight keeps at position kk (0 or 1), -1 when it
+// prunes kk (its group's nibble selects the kept positions).
+__device__ __forceinline__ int KeptSlot(const uint8_t* __restrict__ index, int64_t index_row, int64_t j, int64_t kk) {
   const uint32_t byte = index[j * index_row + (kk >> 3)];
   const uint32_t nibble = ((kk >> 2) & 1) ? (byte >> 4) : (byte & 0xFu);
   const int e = static_cast<int>(kk & 3);
-  return e == static_cast<int>(nibble & 3u) || e == 1 + static_cast<int>((nibble >> 2) & 3u);
+  if (e == static_cast<int>(nibble & 3u)) return 0;
+  return e == 1 + static_cast<int>((nibble >> 2) & 3u) ? 1 : -1;
+}
+
+// Whether the dense product's term W[j, kk] * x[kk], x[kk] infinite, makes output j NaN: 0 * Inf
+// (a pruned position, or a kept zero), or an infinity of the sign opposite to an earlier term's
+// (*positive / *negative: the signs of the infinite terms seen so far).
+template <typename T>
+__device__ __forceinline__ bool InfiniteTermMakesNaN(const typename Bits<T>::type* __restrict__ values,
+                                                     const uint8_t* __restrict__ index, int64_t k, int64_t index_row,
+                                                     int64_t j, int64_t kk, typename Bits<T>::type x, bool* positive,
+                                                     bool* negative) {
+  using B = typename Bits<T>::type;
+  const int slot = KeptSlot(index, index_row, j, kk);
+  if (slot < 0) return true;
+  const B w = values[j * (k / 2) + 2 * (kk >> 2) + slot];
+  if ((w & static_cast<B>(~SignBit<T>())) == 0) return true;
+  if (((w ^ x) & SignBit<T>()) != 0) *negative = true;
+  else *positive = true;
+  return *positive && *negative;
 }
 
 // One kernel, after the product: block b takes rows b, b + gridDim.x, ... (at most kRowsPerBlock).
 // It first scans its rows of x, which the product only read, so that with PDL this part runs while
 // the product still computes; then it waits for the product (griddepcontrol.wait: the grid before
-// it complete, its writes visible) and, only for a row that holds a NaN/Inf, sets to NaN each
-// output Y[i, j] that the dense product makes NaN and the sparse one may not: every output of a row
-// that holds a NaN (any weight times NaN is NaN), and the outputs whose weight row j does not keep
-// one of the row's infinite positions (0 * Inf). With nothing non-finite (the usual case) it costs
-// one launch and one read of x.
+// it complete, its writes visible) and, only for a row that holds a NaN/Inf, writes each output
+// Y[i, j] of the row as the dense product makes it: NaN where the row holds a NaN (any weight times
+// NaN is NaN), or where weight row j meets one of the row's infinite positions with a zero (pruned,
+// or a kept zero: 0 * Inf) or meets infinities whose products differ in sign (Inf - Inf); else the
+// infinity of its terms' sign (a finite bias does not change it), 0 for -Inf when `relu` (the
+// product's epilogue applied a ReLU). The sparse product alone gets neither right: it skips the
+// pruned terms, and cuSPARSELt's fused ReLU was seen to turn a -Inf into NaN on the H200.
+// With nothing non-finite (the usual case) it costs one launch and one read of x.
 // `flag` (may be null): set by the kernel that wrote x (an im2col pass) when it wrote a NaN/Inf;
 // then 0 means there is nothing to scan and the kernel returns after the wait.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) ScanFixKernel(const typename Bits<T>::type* __restrict__ x, int64_t m,
-                                                          int64_t k, const uint8_t* __restrict__ index, int64_t n,
-                                                          typename Bits<T>::type* y, int64_t ldy,
+                                                          int64_t k, const typename Bits<T>::type* __restrict__ values,
+                                                          const uint8_t* __restrict__ index, int64_t n,
+                                                          typename Bits<T>::type* y, int64_t ldy, bool relu,
                                                           const unsigned int* flag) {
   using B = typename Bits<T>::type;
   __shared__ unsigned long long bad_rows;
@@ -166,15 +205,23 @@ __global__ void __launch_bounds__(kThreads) ScanFixKernel(const typename Bits<T>
     const int found = count;
     const bool all = row_has_nan != 0;
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
-      bool nan = all;
+      bool nan = all, positive = false, negative = false;
       if (all) {
         // every output of the row
       } else if (found <= kMaxBad) {
-        for (int b = 0; b < found && !nan; ++b) nan = !Kept(index, index_row, j, bad[b]);
+        for (int b = 0; b < found && !nan; ++b) {
+          nan = InfiniteTermMakesNaN<T>(values, index, k, index_row, j, bad[b], row[bad[b]], &positive, &negative);
+        }
       } else {
-        for (int64_t kk = 0; kk < k && !nan; ++kk) nan = NonFinite<T>(row[kk]) && !Kept(index, index_row, j, kk);
+        for (int64_t kk = 0; kk < k && !nan; ++kk) {
+          nan = NonFinite<T>(row[kk]) &&
+                InfiniteTermMakesNaN<T>(values, index, k, index_row, j, kk, row[kk], &positive, &negative);
+        }
       }
-      if (nan) y[i * ldy + j] = QuietNaN<T>();
+      // Not NaN: every infinite position met a non-zero weight, all of one sign.
+      y[i * ldy + j] = nan ? QuietNaN<T>()
+                           : positive ? Infinity<T>()
+                                      : relu ? static_cast<B>(0) : static_cast<B>(Infinity<T>() | SignBit<T>());
     }
   }
 }
@@ -182,8 +229,9 @@ __global__ void __launch_bounds__(kThreads) ScanFixKernel(const typename Bits<T>
 }  // namespace
 
 template <typename T>
-cudaError_t LaunchPropagateNonFinite(const T* x, int64_t m, int64_t k, const uint8_t* index, int64_t n, T* y,
-                                     int64_t ldy, const unsigned int* flag, bool pdl, cudaStream_t stream) {
+cudaError_t LaunchPropagateNonFinite(const T* x, int64_t m, int64_t k, const T* values, const uint8_t* index, int64_t n,
+                                     T* y, int64_t ldy, bool relu, const unsigned int* flag, bool pdl,
+                                     cudaStream_t stream) {
   if (m <= 0 || n <= 0 || k <= 0) return cudaSuccess;
   using B = typename Bits<T>::type;
   const auto kernel = ScanFixKernel<T>;
@@ -201,16 +249,19 @@ cudaError_t LaunchPropagateNonFinite(const T* x, int64_t m, int64_t k, const uin
   config.stream = stream;
   cudaLaunchAttribute attribute;
   SetDependentLaunch(use_pdl, &attribute, &config);
-  return cudaLaunchKernelEx(&config, kernel, reinterpret_cast<const B*>(x), m, k, index, n, reinterpret_cast<B*>(y),
-                            ldy, flag);
+  return cudaLaunchKernelEx(&config, kernel, reinterpret_cast<const B*>(x), m, k, reinterpret_cast<const B*>(values),
+                            index, n, reinterpret_cast<B*>(y), ldy, relu, flag);
 }
 
-template cudaError_t LaunchPropagateNonFinite<float>(const float*, int64_t, int64_t, const uint8_t*, int64_t, float*,
-                                                     int64_t, const unsigned int*, bool, cudaStream_t);
-template cudaError_t LaunchPropagateNonFinite<__half>(const __half*, int64_t, int64_t, const uint8_t*, int64_t, __half*,
-                                                      int64_t, const unsigned int*, bool, cudaStream_t);
-template cudaError_t LaunchPropagateNonFinite<__nv_bfloat16>(const __nv_bfloat16*, int64_t, int64_t, const uint8_t*,
-                                                             int64_t, __nv_bfloat16*, int64_t,
-                                                             const unsigned int*, bool, cudaStream_t);
+template cudaError_t LaunchPropagateNonFinite<float>(const float*, int64_t, int64_t, const float*, const uint8_t*,
+                                                     int64_t, float*, int64_t, bool, const unsigned int*, bool,
+                                                     cudaStream_t);
+template cudaError_t LaunchPropagateNonFinite<__half>(const __half*, int64_t, int64_t, const __half*, const uint8_t*,
+                                                      int64_t, __half*, int64_t, bool, const unsigned int*, bool,
+                                                      cudaStream_t);
+template cudaError_t LaunchPropagateNonFinite<__nv_bfloat16>(const __nv_bfloat16*, int64_t, int64_t,
+                                                             const __nv_bfloat16*, const uint8_t*, int64_t,
+                                                             __nv_bfloat16*, int64_t, bool, const unsigned int*, bool,
+                                                             cudaStream_t);
 
 }  // namespace onnxsparse::cuda

@@ -196,24 +196,24 @@ Ort::Status SparseGemmRunner::Run(const char* op, cudaStream_t stream, int slot,
 
 template <typename T>
 Ort::Status SparseGemmRunner::PropagateNonFinite(const char* op, cudaStream_t stream, const T* x, int64_t m, int64_t k,
-                                                 const uint8_t* index, int64_t n, T* y, int64_t ldy,
+                                                 const T* values, const uint8_t* index, int64_t n, T* y, int64_t ldy,
                                                  const unsigned int* flag) {
   if (!options_.cuda_nonfinite) return Ort::Status{nullptr};  // off: finite inputs only
-  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchPropagateNonFinite<T>(x, m, k, index, n, y, ldy, flag, options_.cuda_pdl,
-                                                                  stream));
+  ONNXSPARSE_RETURN_IF_CUDA_ERROR(op, LaunchPropagateNonFinite<T>(x, m, k, values, index, n, y, ldy, relu_, flag,
+                                                                  options_.cuda_pdl, stream));
   return Ort::Status{nullptr};
 }
 
 template Ort::Status SparseGemmRunner::PropagateNonFinite<float>(const char*, cudaStream_t, const float*, int64_t,
-                                                                 int64_t, const uint8_t*, int64_t, float*, int64_t,
-                                                                 const unsigned int*);
+                                                                 int64_t, const float*, const uint8_t*, int64_t,
+                                                                 float*, int64_t, const unsigned int*);
 template Ort::Status SparseGemmRunner::PropagateNonFinite<__half>(const char*, cudaStream_t, const __half*, int64_t,
-                                                                  int64_t, const uint8_t*, int64_t, __half*, int64_t,
-                                                                  const unsigned int*);
+                                                                  int64_t, const __half*, const uint8_t*, int64_t,
+                                                                  __half*, int64_t, const unsigned int*);
 template Ort::Status SparseGemmRunner::PropagateNonFinite<__nv_bfloat16>(const char*, cudaStream_t,
                                                                          const __nv_bfloat16*, int64_t, int64_t,
-                                                                         const uint8_t*, int64_t, __nv_bfloat16*,
-                                                                         int64_t, const unsigned int*);
+                                                                         const __nv_bfloat16*, const uint8_t*, int64_t,
+                                                                         __nv_bfloat16*, int64_t, const unsigned int*);
 
 template Ort::Status SparseGemmRunner::Run<float>(const char*, cudaStream_t, int, const SparseGemmArgs&);
 template Ort::Status SparseGemmRunner::Run<__half>(const char*, cudaStream_t, int, const SparseGemmArgs&);

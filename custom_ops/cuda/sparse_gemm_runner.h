@@ -73,13 +73,14 @@ class SparseGemmRunner {
   }
 
   // NaN/Inf like the dense op (docs/semantics.md): after the product Y [m, n] (row stride ldy) of
-  // x [m, k] (contiguous) with the weight rows of `index`, the outputs that the dense product makes
-  // NaN become NaN (LaunchPropagateNonFinite). One kernel on the stream, every call (no host sync,
+  // x [m, k] (contiguous) with the weight rows of `values` and `index`, the outputs of the rows of x
+  // that hold a NaN/Inf become what the dense product makes them, after SetRelu's ReLU where it is on
+  // (LaunchPropagateNonFinite). One kernel on the stream, every call (no host sync,
   // no allocation), so CUDA graphs capture it. `flag`: the device word the writer of x set where it
   // wrote a NaN/Inf (an im2col pass), or null (x is scanned).
   template <typename T>
   Ort::Status PropagateNonFinite(const char* op, cudaStream_t stream, const T* x, int64_t m, int64_t k,
-                                 const uint8_t* index, int64_t n, T* y, int64_t ldy,
+                                 const T* values, const uint8_t* index, int64_t n, T* y, int64_t ldy,
                                  const unsigned int* flag = nullptr);
 
   // Validates the whole index once for a constant weight (first call; synchronises then).
