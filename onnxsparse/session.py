@@ -28,6 +28,7 @@ RUNTIME_OPTIONS = {
     "cuda_own_timed_m_max": "onnxsparse.cuda.own_timed_m_max",
     "cuda_pack": "onnxsparse.cuda.pack",
     "cuda_pdl": "onnxsparse.cuda.pdl",
+    "cuda_persistent": "onnxsparse.cuda.persistent",
     "cuda_allow_no_cusparselt": "onnxsparse.cuda.allow_no_cusparselt",
     "cuda_nonfinite": "onnxsparse.cuda.nonfinite",
     "cuda_int8_scaled_output": "onnxsparse.cuda.int8_scaled_output",

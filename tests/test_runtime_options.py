@@ -178,7 +178,7 @@ def test_options_after_registration_are_refused():
 def test_every_keyword_is_accepted():
     """Each keyword maps to an entry the library reads (a valid value for each registers)."""
     values = {"cpu_isa": "portable", "cuda_small_m_max": 16, "cuda_own_timed_m_max": 0, "cuda_pack": False,
-              "cuda_pdl": True, "cuda_allow_no_cusparselt": True, "cuda_nonfinite": True,
+              "cuda_pdl": True, "cuda_persistent": False, "cuda_allow_no_cusparselt": True, "cuda_nonfinite": True,
               "cuda_int8_scaled_output": False, "cusparselt_tune": False,
               "cusparselt_cache": "off", "cusparselt_max_config_id": -1, "cusparselt_library": "/nonexistent.so",
               "log_verbose": True, "trace": False}

@@ -77,6 +77,8 @@ const std::vector<RuntimeOptionSpec>& RuntimeOptionSpecs() {
        IntField(&RuntimeOptions::cuda_own_timed_m_max, 0, kMaxM)},
       {"onnxsparse.cuda.pack", "ONNXSPARSE_CUDA_PACK", "a boolean", BoolField(&RuntimeOptions::cuda_pack)},
       {"onnxsparse.cuda.pdl", "ONNXSPARSE_CUDA_PDL", "a boolean", BoolField(&RuntimeOptions::cuda_pdl)},
+      {"onnxsparse.cuda.persistent", "ONNXSPARSE_CUDA_PERSISTENT", "a boolean",
+       BoolField(&RuntimeOptions::cuda_persistent)},
       {"onnxsparse.cuda.allow_no_cusparselt", "ONNXSPARSE_CUDA_ALLOW_NO_CUSPARSELT", "a boolean",
        BoolField(&RuntimeOptions::cuda_allow_no_cusparselt)},
       {"onnxsparse.cuda.nonfinite", "ONNXSPARSE_CUDA_NONFINITE", "a boolean",
@@ -120,7 +122,7 @@ const std::vector<RuntimeOptionSpec>& RuntimeOptionSpecs() {
 
 std::string RuntimeOptions::Fingerprint() const {
   return StrCat(CpuIsaText(cpu_isa), '|', cuda_small_m_max, '|', cuda_own_timed_m_max, '|', cuda_pack, '|', cuda_pdl,
-                '|', cuda_allow_no_cusparselt, '|', cuda_nonfinite, '|', cuda_int8_scaled_output, '|', cusparselt_tune, '|', cusparselt_cache, '|',
+                '|', cuda_persistent, '|', cuda_allow_no_cusparselt, '|', cuda_nonfinite, '|', cuda_int8_scaled_output, '|', cusparselt_tune, '|', cusparselt_cache, '|',
                 cusparselt_max_config_id, '|', cusparselt_library, '|', log_verbose, '|', trace);
 }
 

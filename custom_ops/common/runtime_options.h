@@ -27,6 +27,7 @@ struct RuntimeOptions {
   int64_t cuda_own_timed_m_max = 1024;     // onnxsparse.cuda.own_timed_m_max: own vs cuSPARSELt timed up to this M
   bool cuda_pack = true;                   // onnxsparse.cuda.pack: packed weight for the sparse tensor cores
   bool cuda_pdl = true;                    // onnxsparse.cuda.pdl: programmatic dependent launch
+  bool cuda_persistent = true;             // onnxsparse.cuda.persistent: own kernel's blocks stream several tiles
   bool cuda_allow_no_cusparselt = false;   // onnxsparse.cuda.allow_no_cusparselt: own kernel when it is missing
   bool cuda_nonfinite = true;              // onnxsparse.cuda.nonfinite: NaN/Inf scan and fix-up (like dense)
   // onnxsparse.cuda.int8_scaled_output: an int8 product's output at M >= 32 scaled (and rounded

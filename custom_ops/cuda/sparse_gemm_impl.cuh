@@ -43,6 +43,10 @@ struct SparseGemmArgs {
   // they start while the previous kernel on the stream finishes, and wait for it before reading X
   // (and, unless weight_constant, the weight) or writing Y.
   bool pdl = true;
+  // kAsyncRing and kAsyncRingPacked: a grid of the blocks the GPU holds at once, each streaming
+  // several tiles of 16 weight rows (a warp's cp.async ring runs on from one tile into the next),
+  // rather than one block per tile.
+  bool persistent = true;
   // The weight (values, index) is constant for the session, so a kernel launched as a
   // programmatic dependent may read it before the previous kernel has finished.
   bool weight_constant = false;

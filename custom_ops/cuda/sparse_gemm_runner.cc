@@ -73,6 +73,7 @@ Ort::Status SparseGemmRunner::OwnArgsLocked(const char* op, cudaStream_t stream,
                                             SparseGemmArgs* own) {
   *own = args;
   own->pdl = options_.cuda_pdl;
+  own->persistent = options_.cuda_persistent;
   own->weight_constant = weight_constant_;
   if constexpr (!std::is_same_v<T, float>) {
     if (!options_.cuda_pack || !weight_constant_ || !CanPackWeight(args.k, args.values, args.index)) return Ort::Status{nullptr};

@@ -56,7 +56,6 @@ __global__ void __launch_bounds__(kGemmWarps * 32, kMTiles <= 2 ? 2 : 1) SparseG
   const int warp = threadIdx.x >> 5;
   const int g = lane >> 2;
   const int t = lane & 3;
-  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * 16;
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * (8 * kMTiles);
   const int valid_x = static_cast<int>(p.m - m0 < x_rows ? p.m - m0 : x_rows);
   const int64_t half_k = p.k / 2;
@@ -64,23 +63,38 @@ __global__ void __launch_bounds__(kGemmWarps * 32, kMTiles <= 2 ? 2 : 1) SparseG
   const int64_t nchunks = p.k / 128;
   const int stage_bytes = AsyncStageBytes(x_rows);
   const uint32_t my_ring = static_cast<uint32_t>(__cvta_generic_to_shared(ring)) + warp * kStages * stage_bytes;
-  // 16 zero bytes after the rings: what ldmatrix reads for activation rows past M.
+  // 16 zero bytes after the rings: what ldmatrix reads for activation rows past M; then the
+  // warps' partial sums of a tile (ReduceAndStore), apart from the rings, which by then already
+  // hold the next tile's chunks.
   const uint32_t zero_piece = static_cast<uint32_t>(__cvta_generic_to_shared(ring)) + kGemmWarps * kStages * stage_bytes;
+  float* partial = reinterpret_cast<float*>(ring + kGemmWarps * kStages * stage_bytes + 16);
   if constexpr (kPacked) {
     if (threadIdx.x < 4) reinterpret_cast<uint32_t*>(ring + kGemmWarps * kStages * stage_bytes)[threadIdx.x] = 0u;
     __syncthreads();
   }
+  // The block's tiles of 16 weight rows: blockIdx.x, + gridDim.x, ... (one, unless the launch made
+  // the grid smaller than the tiles: then each block streams several, and a warp's ring runs on
+  // from one tile's chunks into the next's without draining). Warp w takes chunks w, w + 8, ... of
+  // each: `per_tile` of them; its items q = 0, 1, ... run through its chunks of tile after tile.
+  const int64_t row_tiles = (p.n + 15) / 16;
+  const int64_t my_tiles = blockIdx.x < row_tiles ? (row_tiles - 1 - blockIdx.x) / gridDim.x + 1 : 0;
+  const int64_t per_tile = nchunks > warp ? (nchunks - 1 - warp) / kGemmWarps + 1 : 0;
+  const int64_t items = per_tile * my_tiles;
+  auto tile_of = [&](int64_t q) { return blockIdx.x + (q / per_tile) * gridDim.x; };
+  auto chunk_of = [&](int64_t q) { return warp + (q % per_tile) * kGemmWarps; };
   const uint16_t* values = static_cast<const uint16_t*>(p.values);
   const uint16_t* x = static_cast<const uint16_t*>(p.x);
 
-  // Copies the weight (values and index) of chunk c into stage st; nothing when c is past the end.
+  // Copies the weight (values and index) of item q into stage st; nothing when q is past the end.
   // From the packed form a stage is one contiguous tile, already in the ring's order.
-  auto issue_weight = [&](int64_t c, int st) {
-    if (c >= nchunks) return;
+  auto issue_weight = [&](int64_t q, int st) {
+    if (q >= items) return;
+    const int64_t b = tile_of(q);
+    const int64_t c = chunk_of(q);
+    const int64_t r0 = b * 16;
     const uint32_t base = my_ring + st * stage_bytes;
     if constexpr (kPacked) {
-      const unsigned char* tile =
-          static_cast<const unsigned char*>(p.packed) + (blockIdx.x * nchunks + c) * kPackedTileBytes;
+      const unsigned char* tile = static_cast<const unsigned char*>(p.packed) + (b * nchunks + c) * kPackedTileBytes;
 #pragma unroll
       for (int j = 0; j < (kPackedTileBytes / 16 + 31) / 32; ++j) {
         const int i = lane + 32 * j;
@@ -103,9 +117,10 @@ __global__ void __launch_bounds__(kGemmWarps * 32, kMTiles <= 2 ? 2 : 1) SparseG
       }
     }
   };
-  // Copies the activations of chunk c into stage st.
-  auto issue_x = [&](int64_t c, int st) {
-    if (c >= nchunks) return;
+  // Copies the activations of item q's chunk into stage st.
+  auto issue_x = [&](int64_t q, int st) {
+    if (q >= items) return;
+    const int64_t c = chunk_of(q);
     const uint32_t xbase = my_ring + st * stage_bytes + kAsyncWBytes + kAsyncIndexBytes;
     for (int i = lane; i < valid_x * 16; i += 32) {
       const int r = i >> 4;
@@ -118,8 +133,6 @@ __global__ void __launch_bounds__(kGemmWarps * 32, kMTiles <= 2 ? 2 : 1) SparseG
   };
 
   float acc[kMTiles][4];
-#pragma unroll
-  for (int i = 0; i < kMTiles; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
 
   // Packed: per MMA j (32 K of the chunk), lane (g, t) holds A registers (row g, group 8j + t),
   // (g + 8, 8j + t), (g, 8j + t + 4), (g + 8, 8j + t + 4) as one 16-byte piece, and lanes t = 0, 1
@@ -190,41 +203,46 @@ __global__ void __launch_bounds__(kGemmWarps * 32, kMTiles <= 2 ? 2 : 1) SparseG
     }
   };
 
-  // Warps take chunks warp, warp + 8, ...: a block reads 8 consecutive chunks of its rows at a time.
+  // A block reads 8 consecutive chunks of a tile's rows at a time (one per warp).
   // Launched as a programmatic dependent (PDL), a constant weight is fetched before the wait for
   // the previous kernel, whose output may be X; the first commit group then holds the weight of
   // every prologue stage. Without PDL the wait returns at once.
   if (p.weight_constant) {
 #pragma unroll
-    for (int st = 0; st < kStages - 1; ++st) issue_weight(warp + st * kGemmWarps, st);
+    for (int st = 0; st < kStages - 1; ++st) issue_weight(st, st);
   }
   GridDependencyWait();
 #pragma unroll
   for (int st = 0; st < kStages - 1; ++st) {
-    if (!p.weight_constant) issue_weight(warp + st * kGemmWarps, st);
-    issue_x(warp + st * kGemmWarps, st);
+    if (!p.weight_constant) issue_weight(st, st);
+    issue_x(st, st);
     CpAsyncCommit();
   }
   int st = 0;
+  int64_t q = 0;
 #pragma unroll 1
-  for (int64_t c = warp; c < nchunks; c += kGemmWarps) {
-    CpAsyncWait<kStages - 2>();
-    __syncwarp();  // chunk c has landed for every lane, and every lane is done with the stage reused next
-    const int next = st == 0 ? kStages - 1 : st - 1;
-    issue_weight(c + (kStages - 1) * kGemmWarps, next);
-    issue_x(c + (kStages - 1) * kGemmWarps, next);
-    CpAsyncCommit();
-    if constexpr (kPacked) compute_packed(st);
-    else compute_decoded(st);
-    st = st + 1 == kStages ? 0 : st + 1;
+  for (int64_t i = 0; i < my_tiles; ++i) {
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.f;
+#pragma unroll 1
+    for (int64_t j = 0; j < per_tile; ++j, ++q) {
+      CpAsyncWait<kStages - 2>();
+      __syncwarp();  // item q has landed for every lane, and every lane is done with the stage reused next
+      const int next = st == 0 ? kStages - 1 : st - 1;
+      issue_weight(q + kStages - 1, next);
+      issue_x(q + kStages - 1, next);
+      CpAsyncCommit();
+      if constexpr (kPacked) compute_packed(st);
+      else compute_decoded(st);
+      st = st + 1 == kStages ? 0 : st + 1;
+    }
+    // The next kernel, when launched as a programmatic dependent, may start its prologue now (its
+    // own wait still waits for this grid to finish).
+    if (i + 1 == my_tiles) GridDependencyLaunchDependents();
+    __syncthreads();  // every warp has read the previous tile's partial sums
+    ReduceAndStore<T, kMTiles>(partial, acc, p, (blockIdx.x + i * gridDim.x) * 16, m0);
   }
-  // The next kernel, when launched as a programmatic dependent, may start its prologue now (its
-  // own wait still waits for this grid to finish).
-  GridDependencyLaunchDependents();
   CpAsyncWait<0>();
-  __syncthreads();  // the ring is free: the partial sums go there
-
-  ReduceAndStore<T, kMTiles>(reinterpret_cast<float*>(ring), acc, p, r0, m0);
 }
 
 // Shared memory of one v5 block with kStages stages; the stage count for a given M is the largest
@@ -232,10 +250,14 @@ __global__ void __launch_bounds__(kGemmWarps * 32, kMTiles <= 2 ? 2 : 1) SparseG
 constexpr int kAsyncBlockBudget = 100 * 1024;
 constexpr int kAsyncMaxStages = 6;
 inline int AsyncRingBytes(int x_rows, int stages) { return kGemmWarps * stages * AsyncStageBytes(x_rows); }
+// A block's shared memory: the rings, 16 zero bytes, the warps' partial sums.
+inline int AsyncBlockBytes(int x_rows, int stages, int m_tiles) {
+  return AsyncRingBytes(x_rows, stages) + 16 + kGemmWarps * m_tiles * 4 * 32 * 4;
+}
 
 template <typename T, int kMTiles, int kStages, bool kPacked>
 cudaError_t LaunchAsync(const SparseGemmArgs& args, int x_rows, cudaStream_t stream) {
-  const int bytes = std::max(AsyncRingBytes(x_rows, kStages) + 16, kGemmWarps * kMTiles * 4 * 32 * 4);
+  const int bytes = AsyncBlockBytes(x_rows, kStages, kMTiles);
   auto* kernel = SparseGemmAsyncKernel<T, kMTiles, kStages, kPacked>;
   // Raised once per device to the most a block may opt into (it does not change occupancy; the
   // launch's size does): a bit per device id. The device is the current one, which the op made
@@ -256,8 +278,26 @@ cudaError_t LaunchAsync(const SparseGemmArgs& args, int x_rows, cudaStream_t str
   bool pdl = false;
   e = dependent.Allowed(kernel, device, args.pdl, &pdl);
   if (e != cudaSuccess) return e;
+  const int64_t row_tiles = CeilDiv(args.n, 16);
+  const int64_t m_blocks = CeilDiv(args.m, 8 * kMTiles);
+  int64_t grid_x = row_tiles;
+  if (args.persistent) {
+    // As many blocks as the GPU holds at once (per device, once: occupancy does not depend on the
+    // call), shared among the grid's rows of M tiles; each streams row_tiles / grid_x tiles or one more.
+    static std::atomic<int> resident_by_device[64];
+    int resident = device < 64 ? resident_by_device[device].load(std::memory_order_relaxed) : 0;
+    if (resident == 0) {
+      int per_sm = 0, sms = 0;
+      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kGemmWarps * 32, bytes);
+      if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+      if (e != cudaSuccess) return e;
+      resident = std::max(1, per_sm * sms);
+      if (device < 64) resident_by_device[device].store(resident, std::memory_order_relaxed);
+    }
+    grid_x = std::min<int64_t>(row_tiles, std::max<int64_t>(1, resident / m_blocks));
+  }
   cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(CeilDiv(args.n, 16), CeilDiv(args.m, 8 * kMTiles));
+  config.gridDim = dim3(static_cast<unsigned>(grid_x), static_cast<unsigned>(m_blocks));
   config.blockDim = dim3(kGemmWarps * 32);
   config.dynamicSmemBytes = bytes;
   config.stream = stream;
@@ -270,7 +310,7 @@ template <typename T, int kMTiles, bool kPacked>
 cudaError_t LaunchAsyncGemm(const SparseGemmArgs& args, cudaStream_t stream) {
   const int x_rows = static_cast<int>(std::min<int64_t>(args.m, 8 * kMTiles));
   int stages = kAsyncMaxStages;
-  while (stages > 2 && AsyncRingBytes(x_rows, stages) > kAsyncBlockBudget) --stages;
+  while (stages > 2 && AsyncBlockBytes(x_rows, stages, kMTiles) > kAsyncBlockBudget) --stages;
   switch (stages) {
     case 6: return LaunchAsync<T, kMTiles, 6, kPacked>(args, x_rows, stream);
     case 5: return LaunchAsync<T, kMTiles, 5, kPacked>(args, x_rows, stream);
