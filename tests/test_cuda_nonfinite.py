@@ -16,8 +16,8 @@ import pytest
 
 import onnxsparse
 from conftest import cuda_reason
-from test_nonfinite import (CONV_CASES, DTYPES, assert_same_nonfinite, conv_models, matmul_models, nhwc_relu,
-                            relu_keeping_nan)
+from test_nonfinite import (CONV_CASES, DTYPES, assert_same_nonfinite, conv_models, infinities_at_kept_positions,
+                            matmul_models, nhwc_relu, relu_keeping_nan)
 
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(cuda_reason() is not None, reason=cuda_reason() or "")]
@@ -103,47 +103,12 @@ def test_nonfinite_under_cuda_graph_replay(m):
 def test_nhwc_layout_infinities_at_kept_positions_like_dense(activation):
     """Infinities at positions the weight keeps: +Inf and -Inf products (Inf - Inf), or an infinity
     times a kept zero, make the dense product NaN; products of one sign stay +-Inf, and the dense
-    ReLU makes -Inf 0. cuSPARSELt's ReLU fused into its epilogue turned that -Inf into NaN on the
-    H200, and its product alone cannot see the pruned zeros; the fix-up writes these outputs as dense
-    does. cuSPARSELt serves every row (M = 64, not timed against the own kernel)."""
-    import onnx.helper as oh
-    import onnx.numpy_helper
-
-    from onnxsparse import format as fmt
+    ReLU makes -Inf 0. cuSPARSELt 0.8.0 returned NaN for a -Inf output on the H200 (with or without
+    its fused ReLU), and its product alone cannot see the pruned zeros; the fix-up writes these
+    outputs as dense does. cuSPARSELt serves every row (M = 64, not timed against the own kernel)."""
     from onnxsparse.session import session_options
 
-    n, h, w, c, oc = 4, 4, 4, 32, 16  # K = 32: a shape cuSPARSELt takes
-    rng = np.random.default_rng(5)
-    weight = fmt.prune_weight_magnitude(rng.standard_normal((oc, c, 1, 1)).astype(np.float32), "oihw")
-    weight[:5, :, 0, 0] = 0.0
-    weight[0, :2, 0, 0] = [1.0, 1.0]    # +Inf * 1 + -Inf * 1: NaN
-    weight[1, 2, 0, 0] = 2.0            # one non-zero in the group: +Inf meets a zero (kept or pruned): NaN
-    weight[2, :2, 0, 0] = [1.0, -1.0]   # +Inf * 1 + -Inf * -1 = +Inf
-    weight[3, :2, 0, 0] = [-1.0, 1.0]   # -Inf: 0 after the ReLU
-    weight[4, :4, 0, 0] = [3.0, 0.0, 0.0, 0.0]  # -Inf meets a kept zero (X 0 0 0 keeps elements 0 and 1): NaN
-    weight = weight.astype(np.float16)
-    values, index = fmt.compress_weight(weight, "oihw")
-    x = rng.standard_normal((n, h, w, c)).astype(np.float16)
-    x[0, 0, 0, :2] = [np.inf, -np.inf]
-    x[1, 2, 3, :2] = [np.inf, -np.inf]
-    bias = rng.standard_normal(oc).astype(np.float16)
-    attributes = {"activation": activation} if activation else {}
-    node = oh.make_node("Conv2dCompress", ["X", "values", "index", "B"], ["Y"], domain="onnxsparse",
-                        kernel_shape=[1, 1], layout="NHWC", **attributes)
-    graph = oh.make_graph([node], "g", [oh.make_tensor_value_info("X", onnx.TensorProto.FLOAT16, [n, h, w, c])],
-                          [oh.make_tensor_value_info("Y", onnx.TensorProto.FLOAT16, [n, h, w, oc])],
-                          initializer=[onnx.numpy_helper.from_array(values, "values"),
-                                       onnx.numpy_helper.from_array(index, "index"),
-                                       onnx.numpy_helper.from_array(bias, "B")])
-    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid("onnxsparse", 1)])
-    model.ir_version = 10
-    with np.errstate(invalid="ignore"):
-        expected = np.einsum("nhwc,oc->nhwo", x.astype(np.float64),
-                             weight[:, :, 0, 0].astype(np.float64)) + bias.astype(np.float64)
-    if activation:
-        expected = relu_keeping_nan(expected)
-    assert np.isnan(expected[0, 0, 0, [0, 1, 4]]).all() and np.isposinf(expected[0, 0, 0, 2])
-    assert expected[0, 0, 0, 3] == (0 if activation else -np.inf)
+    model, x, expected = infinities_at_kept_positions(activation)
     opts = session_options(cuda_small_m_max=32, cuda_own_timed_m_max=0)
     opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CUDAExecutionProvider"])

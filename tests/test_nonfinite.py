@@ -212,6 +212,58 @@ def test_conv_nhwc_layout_relu_nonfinite_like_dense(isa, dtype, case):
     assert_same_nonfinite(run(nhwc_relu(const), {"X": x}, sparse=True), expected, rtol)
 
 
+def infinities_at_kept_positions(activation: str | None):
+    """(model, X, expected): a 1x1 Conv2dCompress in layout "NHWC" (fp16, K = 32, 16 outputs, 64
+    pixels, a bias, `activation` fused or None) whose input pixels (0, 0, 0) and (1, 2, 3) hold
+    [+Inf, -Inf] in channels 0-1, met by weight rows 0-4 with kept values: [1, 1] (Inf - Inf: NaN),
+    [0, 0, 2, 0] (Inf times a zero: NaN), [1, -1] (+Inf), [-1, 1] (-Inf, 0 after a ReLU) and
+    [3, 0, 0, 0] (SPEC keeps elements 0 and 1, the second as a zero: -Inf times 0, NaN). `expected`:
+    the dense product in float64 (numpy), the ReLU keeping NaN. Also used by the CUDA tests and
+    benchmarks/cuda/probe_nonfinite_conv.py."""
+    import onnx.helper as oh
+
+    n, h, w, c, oc = 4, 4, 4, 32, 16  # K = 32: a shape cuSPARSELt takes
+    rng = np.random.default_rng(5)
+    weight = fmt.prune_weight_magnitude(rng.standard_normal((oc, c, 1, 1)).astype(np.float32), "oihw")
+    weight[:5, :, 0, 0] = 0.0
+    weight[0, :2, 0, 0] = [1.0, 1.0]
+    weight[1, 2, 0, 0] = 2.0
+    weight[2, :2, 0, 0] = [1.0, -1.0]
+    weight[3, :2, 0, 0] = [-1.0, 1.0]
+    weight[4, 0, 0, 0] = 3.0
+    weight = weight.astype(np.float16)
+    values, index = fmt.compress_weight(weight, "oihw")
+    x = rng.standard_normal((n, h, w, c)).astype(np.float16)
+    x[0, 0, 0, :2] = [np.inf, -np.inf]
+    x[1, 2, 3, :2] = [np.inf, -np.inf]
+    bias = rng.standard_normal(oc).astype(np.float16)
+    attributes = {"activation": activation} if activation else {}
+    node = oh.make_node("Conv2dCompress", ["X", "values", "index", "B"], ["Y"], domain="onnxsparse",
+                        kernel_shape=[1, 1], layout="NHWC", **attributes)
+    graph = oh.make_graph([node], "g", [oh.make_tensor_value_info("X", onnx.TensorProto.FLOAT16, [n, h, w, c])],
+                          [oh.make_tensor_value_info("Y", onnx.TensorProto.FLOAT16, [n, h, w, oc])],
+                          initializer=[onnx.numpy_helper.from_array(values, "values"),
+                                       onnx.numpy_helper.from_array(index, "index"),
+                                       onnx.numpy_helper.from_array(bias, "B")])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid("onnxsparse", 1)])
+    model.ir_version = 10
+    with np.errstate(invalid="ignore"):
+        expected = np.einsum("nhwc,oc->nhwo", x.astype(np.float64),
+                             weight[:, :, 0, 0].astype(np.float64)) + bias.astype(np.float64)
+    if activation:
+        expected = relu_keeping_nan(expected)
+    assert np.isnan(expected[0, 0, 0, [0, 1, 4]]).all() and np.isposinf(expected[0, 0, 0, 2])
+    assert expected[0, 0, 0, 3] == (0 if activation else -np.inf)
+    return model, x, expected
+
+
+@pytest.mark.parametrize("activation", ["Relu", None])
+def test_nhwc_layout_infinities_at_kept_positions_like_dense(isa, activation):
+    """The CPU twin of the CUDA test of the same name: infinities at positions the weight keeps."""
+    model, x, expected = infinities_at_kept_positions(activation)
+    assert_same_nonfinite(run(model, {"X": x}, sparse=True), expected, DTYPES["float16"][1])
+
+
 def test_fixup_touches_only_rows_with_nonfinite_inputs(isa):
     """Rows of A without a NaN/Inf give bit-for-bit the product they give in a batch without any."""
     rng = np.random.default_rng(3)
