@@ -12,47 +12,25 @@ namespace onnxsparse::cuda {
 
 namespace {
 
-// The bits of T, and the exponent mask: a value is NaN or +-Inf when all of its bits are set.
+// The bits of T and two of their patterns: +Inf, which is also the exponent mask (a value is NaN
+// or +-Inf when all of its exponent bits are set), and the quiet NaN the fix-up writes.
 template <typename T>
-struct Bits {
-  using type = uint16_t;
-};
+struct Bits;
 template <>
 struct Bits<float> {
   using type = uint32_t;
+  static constexpr uint32_t kInfinity = 0x7F800000u, kQuietNaN = 0x7FC00000u;
 };
-template <typename T>
-__device__ __forceinline__ bool NonFinite(typename Bits<T>::type bits);
 template <>
-__device__ __forceinline__ bool NonFinite<float>(uint32_t bits) { return (bits & 0x7F800000u) == 0x7F800000u; }
+struct Bits<__half> {
+  using type = uint16_t;
+  static constexpr uint16_t kInfinity = 0x7C00u, kQuietNaN = 0x7E00u;
+};
 template <>
-__device__ __forceinline__ bool NonFinite<__half>(uint16_t bits) { return (bits & 0x7C00u) == 0x7C00u; }
-template <>
-__device__ __forceinline__ bool NonFinite<__nv_bfloat16>(uint16_t bits) { return (bits & 0x7F80u) == 0x7F80u; }
-
-// NaN (not an infinity): above the infinity's bits once the sign is cleared.
-template <typename T>
-__device__ __forceinline__ bool IsNaN(typename Bits<T>::type bits);
-template <>
-__device__ __forceinline__ bool IsNaN<float>(uint32_t bits) { return (bits & 0x7FFFFFFFu) > 0x7F800000u; }
-template <>
-__device__ __forceinline__ bool IsNaN<__half>(uint16_t bits) { return (bits & 0x7FFFu) > 0x7C00u; }
-template <>
-__device__ __forceinline__ bool IsNaN<__nv_bfloat16>(uint16_t bits) { return (bits & 0x7FFFu) > 0x7F80u; }
-
-// Whether one of the values packed in a 32-bit word is NaN or +-Inf (two 16-bit values or one float).
-template <typename T>
-__device__ __forceinline__ bool AnyNonFinite(uint32_t word);
-template <>
-__device__ __forceinline__ bool AnyNonFinite<float>(uint32_t word) { return NonFinite<float>(word); }
-template <>
-__device__ __forceinline__ bool AnyNonFinite<__half>(uint32_t word) {
-  return (word & 0x7C00u) == 0x7C00u || (word & 0x7C000000u) == 0x7C000000u;
-}
-template <>
-__device__ __forceinline__ bool AnyNonFinite<__nv_bfloat16>(uint32_t word) {
-  return (word & 0x7F80u) == 0x7F80u || (word & 0x7F800000u) == 0x7F800000u;
-}
+struct Bits<__nv_bfloat16> {
+  using type = uint16_t;
+  static constexpr uint16_t kInfinity = 0x7F80u, kQuietNaN = 0x7FC0u;
+};
 
 // The sign bit of T's bits.
 template <typename T>
@@ -61,22 +39,25 @@ __device__ __forceinline__ typename Bits<T>::type SignBit() {
 }
 
 template <typename T>
-__device__ __forceinline__ typename Bits<T>::type Infinity();  // +Inf; with SignBit<T>(): -Inf
-template <>
-__device__ __forceinline__ uint32_t Infinity<float>() { return 0x7F800000u; }
-template <>
-__device__ __forceinline__ uint16_t Infinity<__half>() { return 0x7C00u; }
-template <>
-__device__ __forceinline__ uint16_t Infinity<__nv_bfloat16>() { return 0x7F80u; }
+__device__ __forceinline__ bool NonFinite(typename Bits<T>::type bits) {
+  return (bits & Bits<T>::kInfinity) == Bits<T>::kInfinity;
+}
 
+// NaN (not an infinity): above the infinity's bits once the sign is cleared.
 template <typename T>
-__device__ __forceinline__ typename Bits<T>::type QuietNaN();
-template <>
-__device__ __forceinline__ uint32_t QuietNaN<float>() { return 0x7FC00000u; }
-template <>
-__device__ __forceinline__ uint16_t QuietNaN<__half>() { return 0x7E00u; }
-template <>
-__device__ __forceinline__ uint16_t QuietNaN<__nv_bfloat16>() { return 0x7FC0u; }
+__device__ __forceinline__ bool IsNaN(typename Bits<T>::type bits) {
+  return static_cast<typename Bits<T>::type>(bits & ~SignBit<T>()) > Bits<T>::kInfinity;
+}
+
+// Whether one of the values packed in a 32-bit word is NaN or +-Inf (two 16-bit values or one float).
+template <typename T>
+__device__ __forceinline__ bool AnyNonFinite(uint32_t word) {
+  if constexpr (sizeof(typename Bits<T>::type) == 4) {
+    return NonFinite<T>(word);
+  } else {
+    return NonFinite<T>(static_cast<uint16_t>(word)) || NonFinite<T>(static_cast<uint16_t>(word >> 16));
+  }
+}
 
 constexpr int kThreads = 256;
 constexpr int kMaxBad = 512;  // positions of one row kept in shared memory; more: the row is rescanned
@@ -219,9 +200,9 @@ __global__ void __launch_bounds__(kThreads) ScanFixKernel(const typename Bits<T>
         }
       }
       // Not NaN: every infinite position met a non-zero weight, all of one sign.
-      y[i * ldy + j] = nan ? QuietNaN<T>()
-                           : positive ? Infinity<T>()
-                                      : relu ? static_cast<B>(0) : static_cast<B>(Infinity<T>() | SignBit<T>());
+      y[i * ldy + j] = nan ? Bits<T>::kQuietNaN
+                           : positive ? Bits<T>::kInfinity
+                                      : relu ? static_cast<B>(0) : static_cast<B>(Bits<T>::kInfinity | SignBit<T>());
     }
   }
 }
