@@ -366,6 +366,20 @@ def _odd_encodings(values: np.ndarray, index: np.ndarray, seed: int) -> tuple[np
     return values, index
 
 
+def _odd_encoding_matmul(dtype: str, m: int, k: int, n: int, seed: int):
+    """(model, A, reference): a MatMulCompress [m, k] x [k, n] with a bias, its weight's groups in every
+    order SPEC allows (_odd_encodings), and the numpy product on the decompressed weight."""
+    _, values, index = _weight(n, k, dtype, seed)
+    values, index = _odd_encodings(values, index, seed + 1)
+    dense = fmt.decompress(values, index).astype(np.float64)
+    rng = np.random.default_rng(m)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    node = oh.make_node("MatMulCompress", ["A", "values", "u8_index", "bias"], ["Y"], domain="onnxsparse")
+    model = _model(node, dtype, {"A": [m, k]}, {"values": values, "u8_index": index, "bias": b.astype(DTYPES[dtype][1])})
+    return model, a, _round(a, dtype) @ dense.T + _round(b, dtype)
+
+
 @pytest.mark.parametrize("pack", ["1", "0"])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("m", [1, 5, 16, 24, 32])
@@ -374,17 +388,8 @@ def test_small_m_packed_weight_matches_spec_form(monkeypatch, pack, dtype, m):
     form (ONNXSPARSE_CUDA_PACK=0), against numpy on the decompressed weight; N not a multiple of 16
     and groups in every order SPEC allows."""
     monkeypatch.setenv("ONNXSPARSE_CUDA_PACK", pack)
-    k, n = 384, 200
-    _, values, index = _weight(n, k, dtype, 21)
-    values, index = _odd_encodings(values, index, 22)
-    dense = fmt.decompress(values, index).astype(np.float64)
-    rng = np.random.default_rng(m)
-    a = rng.standard_normal((m, k)).astype(np.float32)
-    b = rng.standard_normal(n).astype(np.float32)
-    node = oh.make_node("MatMulCompress", ["A", "values", "u8_index", "bias"], ["Y"], domain="onnxsparse")
-    model = _model(node, dtype, {"A": [m, k]}, {"values": values, "u8_index": index, "bias": b.astype(DTYPES[dtype][1])})
+    model, a, ref = _odd_encoding_matmul(dtype, m, 384, 200, 21)
     out = _session(model).run(None, {"A": a})[0].astype(np.float64)
-    ref = _round(a, dtype) @ dense.T + _round(b, dtype)
     assert _rel_err(out, ref) < TOLERANCE[dtype]
 
 
@@ -394,26 +399,16 @@ def test_small_m_packed_weight_matches_spec_form(monkeypatch, pack, dtype, m):
 def test_own_kernel_blocks_streaming_several_tiles(persistent, pack, m):
     """N = 11208: 701 tiles of 16 weight rows (the last one half), more than an H200 holds blocks
     at once, so with onnxsparse.cuda.persistent each block streams several tiles through its warps'
-    rings (M = 40: two rows of M tiles share the resident blocks); against numpy, and equal to the
-    one-block-per-tile launch up to fp32 summation order."""
+    rings (M = 40: two rows of M tiles share the resident blocks); with it off, one block per tile.
+    Both against numpy."""
     from onnxsparse.session import session_options
 
-    k, n = 256, 16 * 700 + 8
-    _, values, index = _weight(n, k, "float16", 31)
-    values, index = _odd_encodings(values, index, 32)
-    dense = fmt.decompress(values, index).astype(np.float64)
-    rng = np.random.default_rng(m)
-    a = rng.standard_normal((m, k)).astype(np.float32)
-    b = rng.standard_normal(n).astype(np.float32)
-    node = oh.make_node("MatMulCompress", ["A", "values", "u8_index", "bias"], ["Y"], domain="onnxsparse")
-    model = _model(node, "float16", {"A": [m, k]}, {"values": values, "u8_index": index,
-                                                     "bias": b.astype(np.float16)})
+    model, a, ref = _odd_encoding_matmul("float16", m, 256, 16 * 700 + 8, 31)
     opts = session_options(cuda_small_m_max=64, cuda_own_timed_m_max=0, cuda_persistent=persistent, cuda_pack=pack)
     opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CUDAExecutionProvider"])
     for _ in range(2):  # the second call reuses what the first built (the packed weight)
         out = session.run(None, {"A": a})[0].astype(np.float64)
-        ref = _round(a, "float16") @ dense.T + _round(b, "float16")
         assert _rel_err(out, ref) < TOLERANCE["float16"]
         # every column of every row written: a tile a block skipped would hold the arena's leftovers
         np.testing.assert_allclose(out, ref, rtol=2e-2, atol=5e-2)
