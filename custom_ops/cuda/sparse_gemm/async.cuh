@@ -282,8 +282,10 @@ cudaError_t LaunchAsync(const SparseGemmArgs& args, int x_rows, cudaStream_t str
   const int64_t m_blocks = CeilDiv(args.m, 8 * kMTiles);
   int64_t grid_x = row_tiles;
   if (args.persistent) {
-    // As many blocks as the GPU holds at once (per device, once: occupancy does not depend on the
-    // call), shared among the grid's rows of M tiles; each streams row_tiles / grid_x tiles or one more.
+    // As many blocks as the GPU holds at once, shared among the grid's rows of M tiles; each streams
+    // row_tiles / grid_x tiles or one more. Counted once per device for this kernel, at its first
+    // launch's shared memory (later calls of it may hold a few activation rows more or fewer): the
+    // count only sizes the grid, and every grid size computes the same result.
     static std::atomic<int> resident_by_device[64];
     int resident = device < 64 ? resident_by_device[device].load(std::memory_order_relaxed) : 0;
     if (resident == 0) {
